@@ -1,0 +1,98 @@
+//! # calico-store: the datastore room
+//!
+//! Owns everything about *where* Calico state lives and *what it looks like*:
+//!
+//! * [`Datastore`]: a small key/value trait with compare-and-swap semantics
+//!   (get with revision, atomic multi-key commit of create-if-absent /
+//!   update-if-revision / delete-if-revision, list by prefix). Everything above
+//!   this trait (IPAM, pod records, the node agent, the rule generator) is
+//!   backend-agnostic.
+//! * Backends: [`file::FileStore`] (embedded single-node default) and
+//!   [`etcd::EtcdStore`] (etcd v3, shared by many nodes).
+//! * [`model`]: Calico's etcd v3 key layout and JSON documents (blocks,
+//!   affinities, handles, IPAM config, IP pools, workload endpoints, nodes).
+//! * [`config::DatastoreConfig`]: the `datastore_type` / `etcd_*` /
+//!   `datastore_path` keys of a CNI network config, and [`open`] to get a
+//!   backend from them.
+//!
+//! May call: the filesystem, etcd (through `etcd-client`). Must not know about
+//! IP allocation policy (that is `ipam-block`) or the CNI protocol.
+
+pub mod config;
+pub mod error;
+pub mod etcd;
+pub mod file;
+pub mod model;
+
+pub use config::{open, DatastoreConfig, DatastoreType};
+pub use error::StoreError;
+
+/// etcd's mod_revision (or the file store's equivalent): the version a
+/// compare-and-swap compares against. Always > 0 for an existing key.
+pub type Revision = i64;
+
+/// One stored key with its value and the revision it was last modified at.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyValue {
+    pub key: String,
+    pub value: Vec<u8>,
+    pub revision: Revision,
+}
+
+/// One conditional write of an atomic [`Datastore::commit`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Op {
+    /// Create `key`; the commit fails with [`StoreError::Conflict`] if it exists.
+    Create { key: String, value: Vec<u8> },
+    /// Replace `key` if it is still at `revision`.
+    Update { key: String, value: Vec<u8>, revision: Revision },
+    /// Delete `key` if it is still at `revision`.
+    Delete { key: String, revision: Revision },
+}
+
+impl Op {
+    pub fn key(&self) -> &str {
+        match self {
+            Op::Create { key, .. } | Op::Update { key, .. } | Op::Delete { key, .. } => key,
+        }
+    }
+}
+
+/// A key/value store with compare-and-swap, the only thing the upper layers
+/// see. Implementations must make `commit` all-or-nothing: either every
+/// condition holds and every op is applied, or nothing changes and
+/// [`StoreError::Conflict`] names the first key whose condition failed.
+pub trait Datastore: Send + Sync {
+    /// Read one key (linearizable).
+    fn get(&self, key: &str) -> Result<Option<KeyValue>, StoreError>;
+
+    /// Every key starting with `prefix`, sorted by key.
+    fn list(&self, prefix: &str) -> Result<Vec<KeyValue>, StoreError>;
+
+    /// Apply all `ops` atomically. Returns the revision the commit created.
+    fn commit(&self, ops: &[Op]) -> Result<Revision, StoreError>;
+
+    /// A store-wide revision that changes whenever anything is written. Cheap
+    /// polling for watchers (node agent, rule generator): relist only when it moved.
+    fn revision(&self) -> Result<Revision, StoreError>;
+
+    /// Ok when the store can serve requests now (CNI STATUS).
+    fn ready(&self) -> Result<(), StoreError> {
+        self.revision().map(|_| ())
+    }
+
+    /// Create-if-absent of one key.
+    fn create(&self, key: &str, value: &[u8]) -> Result<Revision, StoreError> {
+        self.commit(&[Op::Create { key: key.to_string(), value: value.to_vec() }])
+    }
+
+    /// Update-if-revision of one key.
+    fn update(&self, key: &str, value: &[u8], revision: Revision) -> Result<Revision, StoreError> {
+        self.commit(&[Op::Update { key: key.to_string(), value: value.to_vec(), revision }])
+    }
+
+    /// Delete-if-revision of one key.
+    fn delete(&self, key: &str, revision: Revision) -> Result<Revision, StoreError> {
+        self.commit(&[Op::Delete { key: key.to_string(), revision }])
+    }
+}

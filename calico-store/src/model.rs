@@ -1,0 +1,400 @@
+//! Calico's etcd v3 key layout and JSON documents.
+//!
+//! Keys and field names follow libcalico-go so that a `calicoctl`-era operator
+//! recognises them (`etcdctl get --prefix /calico/ipam/v2/`). Documents keep
+//! unknown fields out of our types; decoding errors become
+//! [`StoreError::Corrupt`] naming the key, never a panic.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use ipnetwork::IpNetwork;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::{KeyValue, StoreError};
+
+/// Root of all IPAM state.
+pub const IPAM_PREFIX: &str = "/calico/ipam/v2/";
+/// `/calico/ipam/v2/config`: the global IPAM configuration.
+pub const IPAM_CONFIG_KEY: &str = "/calico/ipam/v2/config";
+/// Root of v3 resources (pools, workload endpoints, nodes).
+pub const RESOURCES_PREFIX: &str = "/calico/resources/v3/projectcalico.org/";
+
+/// IP family of a block, pool or affinity, as it appears in keys (`ipv4`/`ipv6`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum IpFamily {
+    V4,
+    V6,
+}
+
+impl IpFamily {
+    pub fn of(net: &IpNetwork) -> Self {
+        if net.is_ipv4() {
+            IpFamily::V4
+        } else {
+            IpFamily::V6
+        }
+    }
+    pub fn of_addr(ip: &IpAddr) -> Self {
+        if ip.is_ipv4() {
+            IpFamily::V4
+        } else {
+            IpFamily::V6
+        }
+    }
+    /// The key segment: `ipv4` or `ipv6`.
+    pub fn key_segment(self) -> &'static str {
+        match self {
+            IpFamily::V4 => "ipv4",
+            IpFamily::V6 => "ipv6",
+        }
+    }
+}
+
+/// A CIDR as written inside keys: `10.0.0.0/26` → `10.0.0.0-26`,
+/// `fd00::/122` → `fd00::-122`.
+pub fn cidr_key_segment(net: &IpNetwork) -> String {
+    format!("{}-{}", net.network(), net.prefix())
+}
+
+/// Inverse of [`cidr_key_segment`].
+pub fn parse_cidr_key_segment(seg: &str) -> Option<IpNetwork> {
+    let (ip, len) = seg.rsplit_once('-')?;
+    let ip: IpAddr = ip.parse().ok()?;
+    let len: u8 = len.parse().ok()?;
+    IpNetwork::new(ip, len).ok()
+}
+
+/// `/calico/ipam/v2/assignment/ipv4/block/` (list prefix of all blocks of a family).
+pub fn blocks_prefix(family: IpFamily) -> String {
+    format!("{IPAM_PREFIX}assignment/{}/block/", family.key_segment())
+}
+
+/// `/calico/ipam/v2/assignment/ipv4/block/10.0.0.0-26`.
+pub fn block_key(cidr: &IpNetwork) -> String {
+    format!("{}{}", blocks_prefix(IpFamily::of(cidr)), cidr_key_segment(cidr))
+}
+
+/// `/calico/ipam/v2/host/` (list prefix of every host's affinities).
+pub fn all_affinities_prefix() -> String {
+    format!("{IPAM_PREFIX}host/")
+}
+
+/// `/calico/ipam/v2/host/<node>/ipv4/block/` (one host's affinities of a family).
+pub fn host_affinities_prefix(node: &str, family: IpFamily) -> String {
+    format!("{IPAM_PREFIX}host/{node}/{}/block/", family.key_segment())
+}
+
+/// `/calico/ipam/v2/host/<node>/ipv4/block/10.0.0.0-26`.
+pub fn affinity_key(node: &str, cidr: &IpNetwork) -> String {
+    format!("{}{}", host_affinities_prefix(node, IpFamily::of(cidr)), cidr_key_segment(cidr))
+}
+
+/// Parse an affinity key back into (node, block CIDR).
+pub fn parse_affinity_key(key: &str) -> Option<(String, IpNetwork)> {
+    let rest = key.strip_prefix(IPAM_PREFIX)?.strip_prefix("host/")?;
+    let mut parts = rest.split('/');
+    let node = parts.next()?;
+    let _family = parts.next()?;
+    if parts.next()? != "block" {
+        return None;
+    }
+    let cidr = parse_cidr_key_segment(parts.next()?)?;
+    if parts.next().is_some() {
+        return None;
+    }
+    Some((node.to_string(), cidr))
+}
+
+/// `/calico/ipam/v2/handle/` (list prefix of all handles).
+pub fn handles_prefix() -> String {
+    format!("{IPAM_PREFIX}handle/")
+}
+
+/// `/calico/ipam/v2/handle/<handle>`.
+pub fn handle_key(handle: &str) -> String {
+    format!("{}{handle}", handles_prefix())
+}
+
+/// `/calico/resources/v3/projectcalico.org/ippools/`.
+pub fn pools_prefix() -> String {
+    format!("{RESOURCES_PREFIX}ippools/")
+}
+
+/// `/calico/resources/v3/projectcalico.org/ippools/<name>`.
+pub fn pool_key(name: &str) -> String {
+    format!("{}{name}", pools_prefix())
+}
+
+/// `/calico/resources/v3/projectcalico.org/workloadendpoints/`.
+pub fn workload_endpoints_prefix() -> String {
+    format!("{RESOURCES_PREFIX}workloadendpoints/")
+}
+
+/// `/calico/resources/v3/projectcalico.org/workloadendpoints/<ns>/<name>`.
+pub fn workload_endpoint_key(namespace: &str, name: &str) -> String {
+    format!("{}{namespace}/{name}", workload_endpoints_prefix())
+}
+
+/// `/calico/resources/v3/projectcalico.org/nodes/`.
+pub fn nodes_prefix() -> String {
+    format!("{RESOURCES_PREFIX}nodes/")
+}
+
+/// `/calico/resources/v3/projectcalico.org/nodes/<name>`.
+pub fn node_key(name: &str) -> String {
+    format!("{}{name}", nodes_prefix())
+}
+
+/// Decode a stored JSON document; a bad document is `Corrupt` naming its key.
+pub fn decode<T: DeserializeOwned>(kv: &KeyValue) -> Result<T, StoreError> {
+    serde_json::from_slice(&kv.value)
+        .map_err(|e| StoreError::Corrupt { key: kv.key.clone(), reason: e.to_string() })
+}
+
+/// Encode a document for storage.
+pub fn encode<T: Serialize>(doc: &T) -> Vec<u8> {
+    // Serializing plain data structs with string keys cannot fail.
+    serde_json::to_vec(doc).unwrap_or_default()
+}
+
+/// `/calico/ipam/v2/assignment/.../block/<cidr>`: one allocation block.
+///
+/// `allocations[ordinal]` is the index into `attributes` of the allocation at
+/// that ordinal (`None` = free); `unallocated` is the FIFO of free ordinals
+/// (allocate from the head, release to the tail).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AllocationBlock {
+    pub cidr: IpNetwork,
+    /// `host:<node>` for an affine block, `None` for an orphan one.
+    #[serde(default)]
+    pub affinity: Option<String>,
+    #[serde(rename = "strictAffinity", default)]
+    pub strict_affinity: bool,
+    pub allocations: Vec<Option<usize>>,
+    pub unallocated: Vec<usize>,
+    #[serde(default)]
+    pub attributes: Vec<AllocationAttribute>,
+    #[serde(default)]
+    pub deleted: bool,
+}
+
+/// What an allocation belongs to: its handle and secondary attributes
+/// (`node`, `namespace`, `pod`, `timestamp`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AllocationAttribute {
+    #[serde(rename = "handle_id", default)]
+    pub handle_id: Option<String>,
+    #[serde(default)]
+    pub secondary: Option<BTreeMap<String, String>>,
+}
+
+/// The state of a host's claim on a block (two-phase claim).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum AffinityState {
+    Pending,
+    Confirmed,
+    PendingDeletion,
+}
+
+/// `/calico/ipam/v2/host/<node>/ipv4/block/<cidr>`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlockAffinity {
+    pub state: AffinityState,
+    #[serde(default)]
+    pub deleted: bool,
+}
+
+/// `/calico/ipam/v2/handle/<handle>`: how many addresses the handle holds in
+/// each block (keys are block CIDRs).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct IpamHandle {
+    #[serde(default)]
+    pub block: BTreeMap<String, u32>,
+    #[serde(default)]
+    pub deleted: bool,
+}
+
+/// `/calico/ipam/v2/config`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IpamConfig {
+    #[serde(default)]
+    pub strict_affinity: bool,
+    #[serde(default = "default_true")]
+    pub auto_allocate_blocks: bool,
+    #[serde(rename = "maxBlocksPerHost", default)]
+    pub max_blocks_per_host: u32,
+}
+
+/// Calico's default block cap when the config leaves `maxBlocksPerHost` at 0.
+pub const DEFAULT_MAX_BLOCKS_PER_HOST: u32 = 20;
+
+impl Default for IpamConfig {
+    fn default() -> Self {
+        IpamConfig { strict_affinity: false, auto_allocate_blocks: true, max_blocks_per_host: 0 }
+    }
+}
+
+fn default_true() -> bool {
+    true
+}
+
+/// Object metadata of a v3 resource (the subset we use).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct ObjectMeta {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    #[serde(rename = "creationTimestamp", default, skip_serializing_if = "Option::is_none")]
+    pub creation_timestamp: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uid: Option<String>,
+}
+
+/// A v3 resource envelope: `{kind, apiVersion, metadata, spec}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Resource<S> {
+    pub kind: String,
+    #[serde(rename = "apiVersion")]
+    pub api_version: String,
+    pub metadata: ObjectMeta,
+    pub spec: S,
+}
+
+pub const API_VERSION: &str = "projectcalico.org/v3";
+
+impl<S> Resource<S> {
+    pub fn new(kind: &str, metadata: ObjectMeta, spec: S) -> Self {
+        Resource { kind: kind.to_string(), api_version: API_VERSION.to_string(), metadata, spec }
+    }
+}
+
+/// IPPool spec (`/calico/resources/v3/projectcalico.org/ippools/<name>`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IpPoolSpec {
+    pub cidr: IpNetwork,
+    /// Prefix length of the pool's blocks: 26 (IPv4) / 122 (IPv6) by default.
+    #[serde(rename = "blockSize", default, skip_serializing_if = "Option::is_none")]
+    pub block_size: Option<u8>,
+    /// Calico selector over node labels; `all()` (or absent) selects every node.
+    #[serde(rename = "nodeSelector", default, skip_serializing_if = "Option::is_none")]
+    pub node_selector: Option<String>,
+    #[serde(default)]
+    pub disabled: bool,
+    #[serde(rename = "natOutgoing", default)]
+    pub nat_outgoing: bool,
+}
+
+impl IpPoolSpec {
+    pub fn block_prefix(&self) -> u8 {
+        self.block_size.unwrap_or(if self.cidr.is_ipv4() { 26 } else { 122 })
+    }
+}
+
+pub type IpPool = Resource<IpPoolSpec>;
+
+/// A container port of a workload endpoint (for named `targetPort`s).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EndpointPort {
+    pub name: String,
+    pub protocol: String,
+    pub port: u16,
+}
+
+/// WorkloadEndpoint spec: the pod record the CNI writes on ADD and removes on
+/// DEL, and the service-rule generator reads.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkloadEndpointSpec {
+    /// `k8s` when CNI_ARGS named the pod, else `cni`.
+    pub orchestrator: String,
+    #[serde(default)]
+    pub workload: String,
+    pub node: String,
+    #[serde(rename = "containerID")]
+    pub container_id: String,
+    #[serde(default)]
+    pub pod: String,
+    /// The pod-side interface name (CNI_IFNAME).
+    pub endpoint: String,
+    /// The host-side veth name (`cali…`).
+    #[serde(rename = "interfaceName")]
+    pub interface_name: String,
+    /// The pod-side MAC address.
+    #[serde(default)]
+    pub mac: String,
+    /// `ip/32` and `ip/128` entries.
+    #[serde(rename = "ipNetworks", default)]
+    pub ip_networks: Vec<IpNetwork>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub profiles: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<EndpointPort>,
+}
+
+pub type WorkloadEndpoint = Resource<WorkloadEndpointSpec>;
+
+/// Calico's workload endpoint name: segments joined by `-`, with every `-`
+/// inside a segment doubled: `node1-k8s-mypod--1-eth0`.
+pub fn workload_endpoint_name(node: &str, orchestrator: &str, workload: &str, ifname: &str) -> String {
+    [node, orchestrator, workload, ifname].iter().map(|s| s.replace('-', "--")).collect::<Vec<_>>().join("-")
+}
+
+/// Node spec (`/calico/resources/v3/projectcalico.org/nodes/<name>`), written by
+/// the node agent; IPAM checks use it to find blocks claimed by unknown nodes.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct NodeSpec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bgp: Option<NodeBgpSpec>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct NodeBgpSpec {
+    /// `a.b.c.d/len` of the node's address used for peering.
+    #[serde(rename = "ipv4Address", default, skip_serializing_if = "Option::is_none")]
+    pub ipv4_address: Option<String>,
+    #[serde(rename = "asNumber", default, skip_serializing_if = "Option::is_none")]
+    pub as_number: Option<u32>,
+}
+
+pub type Node = Resource<NodeSpec>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_follow_calico_layout() {
+        let b: IpNetwork = "10.0.0.0/26".parse().unwrap();
+        assert_eq!(block_key(&b), "/calico/ipam/v2/assignment/ipv4/block/10.0.0.0-26");
+        assert_eq!(affinity_key("node1", &b), "/calico/ipam/v2/host/node1/ipv4/block/10.0.0.0-26");
+        assert_eq!(parse_affinity_key(&affinity_key("node1", &b)), Some(("node1".into(), b)));
+        let v6: IpNetwork = "fd00::/122".parse().unwrap();
+        assert_eq!(block_key(&v6), "/calico/ipam/v2/assignment/ipv6/block/fd00::-122");
+        assert_eq!(parse_cidr_key_segment("fd00::-122"), Some(v6));
+        assert_eq!(handle_key("k8s-pod-network.abc"), "/calico/ipam/v2/handle/k8s-pod-network.abc");
+    }
+
+    #[test]
+    fn wep_name_doubles_dashes() {
+        assert_eq!(workload_endpoint_name("node1", "k8s", "mypod-1", "eth0"), "node1-k8s-mypod--1-eth0");
+    }
+
+    #[test]
+    fn block_document_round_trips_calico_json() {
+        let json = r#"{"cidr":"10.0.0.0/26","affinity":"host:n1","strictAffinity":false,
+            "allocations":[0,null],"unallocated":[1],
+            "attributes":[{"handle_id":"net.c1","secondary":{"node":"n1"}}],"deleted":false}"#;
+        let kv = KeyValue { key: "k".into(), value: json.as_bytes().to_vec(), revision: 1 };
+        let b: AllocationBlock = decode(&kv).unwrap();
+        assert_eq!(b.allocations, vec![Some(0), None]);
+        assert_eq!(b.attributes[0].handle_id.as_deref(), Some("net.c1"));
+        let bad = KeyValue { key: "/x".into(), value: b"{".to_vec(), revision: 1 };
+        assert!(
+            matches!(decode::<AllocationBlock>(&bad), Err(StoreError::Corrupt { key, .. }) if key == "/x")
+        );
+    }
+}

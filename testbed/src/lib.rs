@@ -1,0 +1,270 @@
+//! # testbed: what every test needs to stay off the machine's own network
+//!
+//! Owns test fixtures only (a dev-dependency of the other crates):
+//! * [`unique`]: names that are unique per process and call (parallel tests);
+//! * [`Netns`]: a named network namespace, removed on drop (with every process
+//!   still inside it killed), so a failing test leaves nothing behind;
+//! * [`Etcd`]: a real `etcd` on a free loopback port with a temporary data
+//!   directory, stopped on drop, restartable for fault tests;
+//! * [`target_bin`]: the path of a workspace binary built by cargo.
+//!
+//! May call: `ip netns`, `etcd`, the filesystem. Never touches the root
+//! namespace's links, routes or firewall.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// A short name unique to this process and call: `<prefix><pid hex><n>`.
+/// Kept short so it can also name links (15 characters at most) when the
+/// prefix is at most 4 characters.
+pub fn unique(prefix: &str) -> String {
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    format!("{prefix}{:x}{n:x}", std::process::id() & 0xfffff)
+}
+
+/// Run a command, failing with its stderr when it exits non-zero.
+pub fn run(cmd: &mut Command) -> Result<Output, String> {
+    let out = cmd.output().map_err(|e| format!("spawn {cmd:?}: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "{cmd:?} failed ({}): {}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr),
+            String::from_utf8_lossy(&out.stdout)
+        ));
+    }
+    Ok(out)
+}
+
+/// Run a shell snippet (`sh -c`), returning stdout; panics with context on failure.
+/// For test setup only.
+pub fn sh(script: &str) -> String {
+    match run(Command::new("sh").arg("-c").arg(script)) {
+        Ok(out) => String::from_utf8_lossy(&out.stdout).into_owned(),
+        Err(e) => panic!("{e}"),
+    }
+}
+
+/// A named network namespace (`/run/netns/<name>`), deleted on drop.
+pub struct Netns {
+    name: String,
+}
+
+impl Netns {
+    /// Create `/run/netns/<unique(prefix)>` with its loopback up.
+    pub fn new(prefix: &str) -> Netns {
+        let name = unique(prefix);
+        if let Err(e) = run(Command::new("ip").args(["netns", "add", &name])) {
+            panic!("cannot create netns {name}: {e}");
+        }
+        let ns = Netns { name };
+        ns.exec(&["ip", "link", "set", "lo", "up"]);
+        ns
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// `/run/netns/<name>`: what CNI_NETNS is set to.
+    pub fn path(&self) -> PathBuf {
+        Path::new("/run/netns").join(&self.name)
+    }
+
+    /// A command that runs inside this namespace (`ip netns exec`).
+    pub fn cmd(&self, program: &str) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.name, program]);
+        c
+    }
+
+    /// A command that runs inside this namespace through `nsenter --net`,
+    /// which (unlike `ip netns exec`) keeps the host's /sys and cgroup mounts.
+    pub fn nsenter(&self, program: &str) -> Command {
+        let mut c = Command::new("nsenter");
+        c.arg(format!("--net={}", self.path().display())).arg("--").arg(program);
+        c
+    }
+
+    /// Run `argv` inside the namespace; panic with stderr on failure.
+    pub fn exec(&self, argv: &[&str]) -> String {
+        let mut c = self.cmd(argv[0]);
+        c.args(&argv[1..]);
+        match run(&mut c) {
+            Ok(out) => String::from_utf8_lossy(&out.stdout).into_owned(),
+            Err(e) => panic!("in netns {}: {e}", self.name),
+        }
+    }
+
+    /// Run `argv` inside the namespace and return whether it succeeded.
+    pub fn try_exec(&self, argv: &[&str]) -> Result<String, String> {
+        let mut c = self.cmd(argv[0]);
+        c.args(&argv[1..]);
+        run(&mut c).map(|out| String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// Run a shell snippet inside the namespace.
+    pub fn sh(&self, script: &str) -> Result<String, String> {
+        self.try_exec(&["sh", "-c", script])
+    }
+
+    /// Kill every process still running in the namespace.
+    pub fn kill_all(&self) {
+        if let Ok(out) = Command::new("ip").args(["netns", "pids", &self.name]).output() {
+            for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+                if let Ok(pid) = pid.parse::<i32>() {
+                    // SAFETY: plain kill(2) on a pid we just listed.
+                    unsafe {
+                        libc::kill(pid, libc::SIGKILL);
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        self.kill_all();
+        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
+    }
+}
+
+/// A free TCP port on 127.0.0.1 (bound then released; the window is small
+/// and ports are handed out by the kernel, so parallel tests do not collide).
+pub fn free_port() -> u16 {
+    match TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()) {
+        Ok(a) => a.port(),
+        Err(e) => panic!("no free port: {e}"),
+    }
+}
+
+/// A real etcd (Debian `etcd-server`) on free loopback ports with a
+/// temporary data directory. Stopped (and the directory removed) on drop.
+pub struct Etcd {
+    dir: tempfile::TempDir,
+    client_port: u16,
+    peer_port: u16,
+    child: Option<Child>,
+}
+
+impl Etcd {
+    /// Start etcd and wait until it answers.
+    pub fn start() -> Etcd {
+        let dir = match tempfile::tempdir() {
+            Ok(d) => d,
+            Err(e) => panic!("tempdir: {e}"),
+        };
+        let mut etcd = Etcd { dir, client_port: free_port(), peer_port: free_port(), child: None };
+        etcd.spawn();
+        etcd
+    }
+
+    /// `http://127.0.0.1:<port>`.
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.client_port)
+    }
+
+    fn spawn(&mut self) {
+        let client = self.endpoint();
+        let peer = format!("http://127.0.0.1:{}", self.peer_port);
+        let log = std::fs::File::create(self.dir.path().join("etcd.log")).ok();
+        let mut cmd = Command::new("etcd");
+        cmd.arg("--name=test")
+            .arg(format!("--data-dir={}", self.dir.path().join("data").display()))
+            .arg(format!("--listen-client-urls={client}"))
+            .arg(format!("--advertise-client-urls={client}"))
+            .arg(format!("--listen-peer-urls={peer}"))
+            .arg(format!("--initial-advertise-peer-urls={peer}"))
+            .arg(format!("--initial-cluster=test={peer}"))
+            .arg("--log-level=error")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null());
+        match log {
+            Some(f) => cmd.stderr(f),
+            None => cmd.stderr(Stdio::null()),
+        };
+        let child = match cmd.spawn() {
+            Ok(c) => c,
+            Err(e) => panic!("cannot start etcd (is etcd-server installed?): {e}"),
+        };
+        self.child = Some(child);
+        self.wait_ready();
+    }
+
+    fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let url = format!("{}/health", self.endpoint());
+        while Instant::now() < deadline {
+            if let Ok(out) = Command::new("curl").args(["-sf", "-m", "1", &url]).output() {
+                if out.status.success() && String::from_utf8_lossy(&out.stdout).contains("true") {
+                    return;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let log = std::fs::read_to_string(self.dir.path().join("etcd.log")).unwrap_or_default();
+        panic!("etcd did not become healthy on {}: {log}", self.endpoint());
+    }
+
+    /// Stop etcd (SIGKILL), keeping its data for [`Etcd::restart`].
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Start etcd again on the same ports and data.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.spawn();
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// The path of a binary built in this workspace's target directory
+/// (`target/<profile>/<name>`), found from the running test executable
+/// (`target/<profile>/deps/<test>`). Panics with a hint when it is missing.
+pub fn target_bin(name: &str) -> PathBuf {
+    let exe = match std::env::current_exe() {
+        Ok(e) => e,
+        Err(e) => panic!("current_exe: {e}"),
+    };
+    let mut dir = exe.parent().map(Path::to_path_buf).unwrap_or_default();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    let p = dir.join(name);
+    if !p.exists() {
+        panic!("{} not built: run `cargo build --workspace --bins` first (make test does)", p.display());
+    }
+    p
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unique_names_differ_and_fit_a_link_name() {
+        let a = unique("cal");
+        let b = unique("cal");
+        assert_ne!(a, b);
+        assert!(a.len() <= 15, "{a}");
+    }
+}
