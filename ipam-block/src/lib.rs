@@ -1,1 +1,2 @@
-//! placeholder: owned by a helper (see README)
+//! placeholder: owned by the IPAM helper (h3). Keep `pub mod ops;` (owned by h5).
+pub mod ops;

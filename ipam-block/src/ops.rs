@@ -1,0 +1,1 @@
+//! Operator commands (show/check/release/configure/gc). Owned by h5.
