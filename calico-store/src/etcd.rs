@@ -1,7 +1,373 @@
-//! The etcd v3 backend. TO BE WRITTEN by the etcd helper.
-pub struct EtcdStore;
+//! The etcd v3 backend, shared by every node of a cluster.
+//!
+//! [`Datastore`] is synchronous, the `etcd-client` crate is async: the store
+//! owns a tokio *current-thread* runtime and `block_on`s each call on the
+//! calling thread. There is no background thread; the few tasks the gRPC
+//! channel spawns (connection driver, balancer) only run inside a call and
+//! die with the store. Connecting is lazy: [`EtcdStore::connect`] opens no
+//! socket, the first request does.
+//!
+//! Compare-and-swap is a real etcd transaction: `commit` compares
+//! `create_revision == 0` (create) or `mod_revision == rev` (update/delete) on
+//! every key and applies all puts/deletes in one Txn. Its else-branch reads
+//! every key back at the same revision, so a failed commit names the first key
+//! whose condition did not hold.
+//!
+//! Every call is bounded by [`DatastoreConfig::timeout`] in total (connect,
+//! request and retries): past it the call is [`StoreError::Unavailable`] naming
+//! the endpoints and what failed. Reads are retried on transient errors within
+//! that bound; a commit is retried only when the error proves it never reached
+//! etcd (the connection could not be made), because re-sending a commit whose
+//! answer was lost would turn its own success into a false conflict.
+
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use etcd_client::{
+    Certificate, Client, Compare, CompareOp, ConnectOptions, GetOptions, Identity, KvClient, TlsOptions, Txn,
+    TxnOp, TxnOpResponse,
+};
+
+use crate::{Datastore, DatastoreConfig, KeyValue, Op, Revision, StoreError};
+
+/// How many times one call may be attempted (first try included).
+const MAX_ATTEMPTS: u32 = 4;
+/// First pause between attempts; doubles each retry.
+const FIRST_BACKOFF: Duration = Duration::from_millis(50);
+/// Largest answer we accept (a big cluster's block list in one range read).
+const MAX_RESPONSE_BYTES: usize = 256 << 20;
+
+/// A [`Datastore`] on etcd v3.
+pub struct EtcdStore {
+    endpoints: Vec<String>,
+    timeout: Duration,
+    options: ConnectOptions,
+    rt: tokio::runtime::Runtime,
+    /// The connected client; `None` until the first call, and again after a
+    /// transport failure so the next call reconnects from scratch.
+    client: Mutex<Option<KvClient>>,
+    requests: AtomicU64,
+}
+
+/// Why one attempt failed, and whether trying again may help.
+struct Failure {
+    message: String,
+    /// A transport problem: reconnect before the next attempt.
+    transport: bool,
+    /// The request certainly never reached etcd (safe to re-send a commit).
+    not_sent: bool,
+    /// Retrying cannot help (etcd refused the request itself).
+    permanent: bool,
+}
+
 impl EtcdStore {
-    pub fn connect(_cfg: &crate::DatastoreConfig) -> Result<crate::config::Unimplemented, crate::StoreError> {
-        Err(crate::StoreError::Config("etcd store not written yet".into()))
+    /// Prepare a store for `cfg`'s endpoints and TLS files. No connection is
+    /// made here (see the module doc); a bad configuration (no endpoints,
+    /// unreadable certificate files, TLS files with `http://` endpoints) is a
+    /// [`StoreError::Config`].
+    pub fn connect(cfg: &DatastoreConfig) -> Result<EtcdStore, StoreError> {
+        let endpoints = cfg.endpoints();
+        if endpoints.is_empty() {
+            return Err(StoreError::Config("etcd datastore needs etcd_endpoints".into()));
+        }
+        let timeout = cfg.timeout();
+        let mut options = ConnectOptions::new().with_connect_timeout(timeout).with_timeout(timeout);
+        if let Some(tls) = tls_options(cfg)? {
+            if let Some(ep) = endpoints.iter().find(|e| e.starts_with("http://")) {
+                return Err(StoreError::Config(format!(
+                    "etcd TLS files are configured but endpoint {ep} is http://; use https://"
+                )));
+            }
+            options = options.with_tls(tls);
+        } else if let Some(ep) = endpoints.iter().find(|e| e.starts_with("https://")) {
+            // Without a CA we would trust nothing (or everything): say so instead.
+            return Err(StoreError::Config(format!(
+                "etcd endpoint {ep} is https:// but etcd_ca_cert_file is not set"
+            )));
+        }
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| StoreError::Unavailable(format!("cannot start the etcd client runtime: {e}")))?;
+        Ok(EtcdStore {
+            endpoints,
+            timeout,
+            options,
+            rt,
+            client: Mutex::new(None),
+            requests: AtomicU64::new(0),
+        })
+    }
+
+    /// How many requests this store has sent to etcd (every attempt counts).
+    /// Benchmarks divide it by the work done to get requests per operation.
+    pub fn requests(&self) -> u64 {
+        self.requests.load(Ordering::Relaxed)
+    }
+
+    /// The configured total bound of one call.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    fn endpoints_text(&self) -> String {
+        self.endpoints.join(",")
+    }
+
+    fn cached_client(&self) -> Option<KvClient> {
+        match self.client.lock() {
+            Ok(g) => g.clone(),
+            Err(p) => p.into_inner().clone(),
+        }
+    }
+
+    fn set_client(&self, c: Option<KvClient>) {
+        match self.client.lock() {
+            Ok(mut g) => *g = c,
+            Err(p) => *p.into_inner() = c,
+        }
+    }
+
+    /// Run `f` against etcd with the store's bound and retry policy.
+    /// `resend_safe`: whether an attempt whose fate is unknown may be re-sent.
+    fn call<T, F, Fut>(&self, what: &str, resend_safe: bool, f: F) -> Result<T, StoreError>
+    where
+        F: Fn(KvClient) -> Fut,
+        Fut: Future<Output = Result<T, etcd_client::Error>>,
+    {
+        let deadline = Instant::now() + self.timeout;
+        let mut backoff = FIRST_BACKOFF;
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            let failure = match self.rt.block_on(self.attempt(remaining, &f)) {
+                Ok(v) => return Ok(v),
+                Err(f) => f,
+            };
+            if failure.transport {
+                self.set_client(None);
+            }
+            let retry_ok = !failure.permanent && (resend_safe || failure.not_sent);
+            let left = deadline.saturating_duration_since(Instant::now());
+            if !retry_ok || attempt >= MAX_ATTEMPTS || left <= backoff {
+                log::warn!("etcd {what} failed after {attempt} attempt(s): {}", failure.message);
+                if failure.permanent {
+                    return Err(StoreError::Unavailable(format!(
+                        "etcd at {} refused {what}: {}",
+                        self.endpoints_text(),
+                        failure.message
+                    )));
+                }
+                return Err(StoreError::Unavailable(format!(
+                    "etcd at {} did not complete {what} within {:?} ({attempt} attempt(s)): {}",
+                    self.endpoints_text(),
+                    self.timeout,
+                    failure.message
+                )));
+            }
+            log::debug!("etcd {what} attempt {attempt} failed, retrying: {}", failure.message);
+            std::thread::sleep(backoff);
+            backoff *= 2;
+        }
+    }
+
+    async fn attempt<T, F, Fut>(&self, remaining: Duration, f: &F) -> Result<T, Failure>
+    where
+        F: Fn(KvClient) -> Fut,
+        Fut: Future<Output = Result<T, etcd_client::Error>>,
+    {
+        let timed_out = |stage: &str| Failure {
+            message: format!("{stage} timed out"),
+            transport: true,
+            not_sent: stage == "connect",
+            permanent: false,
+        };
+        let client = match self.cached_client() {
+            Some(c) => c,
+            None => {
+                let connect = Client::connect(&self.endpoints, Some(self.options.clone()));
+                match tokio::time::timeout(remaining, connect).await {
+                    Err(_) => return Err(timed_out("connect")),
+                    Ok(Err(e)) => return Err(classify(e)),
+                    Ok(Ok(c)) => {
+                        let kv = c
+                            .kv_client()
+                            .max_decoding_message_size(MAX_RESPONSE_BYTES)
+                            .max_encoding_message_size(MAX_RESPONSE_BYTES);
+                        self.set_client(Some(kv.clone()));
+                        kv
+                    }
+                }
+            }
+        };
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        match tokio::time::timeout(remaining, f(client)).await {
+            Err(_) => Err(timed_out("request")),
+            Ok(Err(e)) => Err(classify(e)),
+            Ok(Ok(v)) => Ok(v),
+        }
+    }
+}
+
+/// Sort an etcd-client error into our retry classes.
+fn classify(e: etcd_client::Error) -> Failure {
+    use etcd_client::Error as E;
+    use tonic::Code;
+    let message = e.to_string();
+    // tonic reports a refused/unreachable connection as Unavailable with the
+    // connector's error text; nothing was sent then.
+    let lower = message.to_ascii_lowercase();
+    let not_sent = lower.contains("connect") || lower.contains("dns error");
+    match &e {
+        E::GRpcStatus(s) => match s.code() {
+            Code::Unavailable | Code::Unknown | Code::Cancelled | Code::Aborted => {
+                Failure { message, transport: true, not_sent, permanent: false }
+            }
+            Code::DeadlineExceeded | Code::ResourceExhausted => {
+                Failure { message, transport: false, not_sent: false, permanent: false }
+            }
+            _ => Failure { message, transport: false, not_sent: false, permanent: true },
+        },
+        E::TransportError(_) | E::IoError(_) => {
+            Failure { message, transport: true, not_sent, permanent: false }
+        }
+        E::InvalidArgs(_) | E::InvalidUri(_) => {
+            Failure { message, transport: false, not_sent: true, permanent: true }
+        }
+        _ => Failure { message, transport: true, not_sent: false, permanent: false },
+    }
+}
+
+/// TLS client options from `etcd_ca_cert_file` / `etcd_cert_file` /
+/// `etcd_key_file`, or `None` when none is set.
+fn tls_options(cfg: &DatastoreConfig) -> Result<Option<TlsOptions>, StoreError> {
+    let (ca, cert, key) = (&cfg.etcd_ca_cert_file, &cfg.etcd_cert_file, &cfg.etcd_key_file);
+    if ca.is_none() && cert.is_none() && key.is_none() {
+        return Ok(None);
+    }
+    let read = |what: &str, p: &std::path::Path| {
+        std::fs::read(p).map_err(|e| StoreError::Config(format!("cannot read {what} {}: {e}", p.display())))
+    };
+    let mut tls = TlsOptions::new();
+    match ca {
+        Some(p) => tls = tls.ca_certificate(Certificate::from_pem(read("etcd_ca_cert_file", p)?)),
+        None => {
+            return Err(StoreError::Config(
+                "etcd_cert_file/etcd_key_file are set but etcd_ca_cert_file is not".into(),
+            ))
+        }
+    }
+    match (cert, key) {
+        (Some(c), Some(k)) => {
+            tls = tls.identity(Identity::from_pem(read("etcd_cert_file", c)?, read("etcd_key_file", k)?))
+        }
+        (None, None) => {}
+        (Some(_), None) => {
+            return Err(StoreError::Config("etcd_cert_file is set without etcd_key_file".into()))
+        }
+        (None, Some(_)) => {
+            return Err(StoreError::Config("etcd_key_file is set without etcd_cert_file".into()))
+        }
+    }
+    Ok(Some(tls))
+}
+
+fn to_key_value(kv: &etcd_client::KeyValue) -> Result<KeyValue, StoreError> {
+    let key = String::from_utf8(kv.key().to_vec()).map_err(|_| StoreError::Corrupt {
+        key: String::from_utf8_lossy(kv.key()).into_owned(),
+        reason: "key is not valid UTF-8".into(),
+    })?;
+    Ok(KeyValue { key, value: kv.value().to_vec(), revision: kv.mod_revision() })
+}
+
+fn header_revision(h: Option<&etcd_client::ResponseHeader>, what: &str) -> Result<Revision, StoreError> {
+    h.map(|h| h.revision())
+        .ok_or_else(|| StoreError::Unavailable(format!("etcd answered {what} without a response header")))
+}
+
+impl Datastore for EtcdStore {
+    fn get(&self, key: &str) -> Result<Option<KeyValue>, StoreError> {
+        let resp = self.call(&format!("get {key}"), true, |mut kv| {
+            let key = key.to_string();
+            async move { kv.get(key, None).await }
+        })?;
+        resp.kvs().first().map(to_key_value).transpose()
+    }
+
+    fn list(&self, prefix: &str) -> Result<Vec<KeyValue>, StoreError> {
+        let resp = self.call(&format!("list {prefix}"), true, |mut kv| {
+            let prefix = prefix.to_string();
+            async move { kv.get(prefix, Some(GetOptions::new().with_prefix())).await }
+        })?;
+        // etcd returns a range sorted by key (bytewise), which for UTF-8 keys
+        // is the same order as `String`'s.
+        resp.kvs().iter().map(to_key_value).collect()
+    }
+
+    fn commit(&self, ops: &[Op]) -> Result<Revision, StoreError> {
+        if ops.is_empty() {
+            return self.revision();
+        }
+        for (i, op) in ops.iter().enumerate() {
+            if ops[..i].iter().any(|o| o.key() == op.key()) {
+                return Err(StoreError::Config(format!("one commit names key {} twice", op.key())));
+            }
+        }
+        let mut compares = Vec::with_capacity(ops.len());
+        let mut writes = Vec::with_capacity(ops.len());
+        let mut reads = Vec::with_capacity(ops.len());
+        for op in ops {
+            match op {
+                Op::Create { key, value } => {
+                    compares.push(Compare::create_revision(key.as_str(), CompareOp::Equal, 0));
+                    writes.push(TxnOp::put(key.as_str(), value.clone(), None));
+                }
+                Op::Update { key, value, revision } => {
+                    compares.push(Compare::mod_revision(key.as_str(), CompareOp::Equal, *revision));
+                    writes.push(TxnOp::put(key.as_str(), value.clone(), None));
+                }
+                Op::Delete { key, revision } => {
+                    compares.push(Compare::mod_revision(key.as_str(), CompareOp::Equal, *revision));
+                    writes.push(TxnOp::delete(key.as_str(), None));
+                }
+            }
+            reads.push(TxnOp::get(op.key(), None));
+        }
+        let txn = Txn::new().when(compares).and_then(writes).or_else(reads);
+        let what = format!("commit of {} op(s) starting at {}", ops.len(), ops[0].key());
+        let resp = self.call(&what, false, |mut kv| {
+            let txn = txn.clone();
+            async move { kv.txn(txn).await }
+        })?;
+        if resp.succeeded() {
+            return header_revision(resp.header(), &what);
+        }
+        // The else-branch read every key at the revision the compares saw.
+        let current = resp.op_responses();
+        for (op, read) in ops.iter().zip(current.iter()) {
+            let found = match read {
+                TxnOpResponse::Get(g) => g.kvs().first().map(|kv| kv.mod_revision()),
+                _ => None,
+            };
+            let holds = match op {
+                Op::Create { .. } => found.is_none(),
+                Op::Update { revision, .. } | Op::Delete { revision, .. } => found == Some(*revision),
+            };
+            if !holds {
+                return Err(StoreError::Conflict { key: op.key().to_string() });
+            }
+        }
+        // Unreachable in a consistent etcd; still a conflict, on the first key.
+        Err(StoreError::Conflict { key: ops[0].key().to_string() })
+    }
+
+    fn revision(&self) -> Result<Revision, StoreError> {
+        let resp = self.call("revision", true, |mut kv| async move {
+            kv.get("/", Some(GetOptions::new().with_count_only())).await
+        })?;
+        header_revision(resp.header(), "revision")
     }
 }
