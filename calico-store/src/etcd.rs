@@ -137,7 +137,8 @@ impl EtcdStore {
         F: Fn(KvClient) -> Fut,
         Fut: Future<Output = Result<T, etcd_client::Error>>,
     {
-        let deadline = Instant::now() + self.timeout;
+        let start = Instant::now();
+        let deadline = start + self.timeout;
         let mut backoff = FIRST_BACKOFF;
         let mut attempt = 0;
         loop {
@@ -162,8 +163,9 @@ impl EtcdStore {
                     )));
                 }
                 return Err(StoreError::Unavailable(format!(
-                    "etcd at {} did not complete {what} within {:?} ({attempt} attempt(s)): {}",
+                    "etcd at {}: {what} failed after {attempt} attempt(s) in {:.1?} (bound {:?}): {}",
                     self.endpoints_text(),
+                    start.elapsed(),
                     self.timeout,
                     failure.message
                 )));
@@ -216,7 +218,7 @@ impl EtcdStore {
 fn classify(e: etcd_client::Error) -> Failure {
     use etcd_client::Error as E;
     use tonic::Code;
-    let message = e.to_string();
+    let message = describe(&e);
     // tonic reports a refused/unreachable connection as Unavailable with the
     // connector's error text; nothing was sent then.
     let lower = message.to_ascii_lowercase();
@@ -238,6 +240,25 @@ fn classify(e: etcd_client::Error) -> Failure {
             Failure { message, transport: false, not_sent: true, permanent: true }
         }
         _ => Failure { message, transport: true, not_sent: false, permanent: false },
+    }
+}
+
+/// A one-line description: the gRPC message plus the innermost cause (e.g.
+/// "tcp connect error: Connection refused (os error 111)").
+fn describe(e: &etcd_client::Error) -> String {
+    let (head, mut cause): (String, Option<&(dyn std::error::Error + 'static)>) = match e {
+        etcd_client::Error::GRpcStatus(s) => (s.message().to_string(), std::error::Error::source(s)),
+        etcd_client::Error::TransportError(t) => (t.to_string(), std::error::Error::source(t)),
+        other => (other.to_string(), None),
+    };
+    let mut root = None;
+    while let Some(c) = cause {
+        root = Some(c);
+        cause = c.source();
+    }
+    match root.map(|r| r.to_string()) {
+        Some(r) if !head.contains(&r) => format!("{head}: {r}"),
+        _ => head,
     }
 }
 

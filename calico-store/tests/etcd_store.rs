@@ -255,6 +255,7 @@ fn stopped_etcd_is_unavailable_within_the_bound_then_recovers() {
         let t = Instant::now();
         let err = call().unwrap_err();
         let took = t.elapsed();
+        eprintln!("{name} with etcd down ({took:?}): {err}");
         match &err {
             StoreError::Unavailable(msg) => {
                 assert!(msg.contains(&etcd.endpoint()), "{name}: message must name the endpoint: {msg}")
