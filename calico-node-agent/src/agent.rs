@@ -1,0 +1,176 @@
+//! Node registration and the reconcile loop.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use calico_store::model::{self, Node, NodeBgpSpec, NodeSpec, ObjectMeta};
+use calico_store::{Datastore, Revision, StoreError};
+
+use crate::bird::{render, BirdInputs};
+use crate::birdctl::{Applied, Bird, BirdError};
+use crate::config::AgentConfig;
+use crate::routes::BlackholeRoutes;
+use crate::state::{self, RoutingState};
+
+/// Even when the store's revision stands still, re-check the kernel this
+/// often: someone may have deleted a blackhole by hand.
+const RESYNC_EVERY: Duration = Duration::from_secs(10);
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("datastore: {0}")]
+    Store(#[from] StoreError),
+    #[error("kernel routes: {0}")]
+    Netlink(#[from] netlink_util::Error),
+    #[error("BIRD: {0}")]
+    Bird(#[from] BirdError),
+}
+
+/// The Node resource this agent publishes.
+pub fn node_resource(cfg: &AgentConfig) -> Node {
+    Node::new(
+        "Node",
+        ObjectMeta { name: cfg.node_name.clone(), ..Default::default() },
+        NodeSpec {
+            bgp: Some(NodeBgpSpec {
+                ipv4_address: Some(cfg.node_ip.to_string()),
+                as_number: cfg.as_number.map(|a| a.0),
+            }),
+        },
+    )
+}
+
+/// Create or update this node's Node resource (keeping labels and other
+/// metadata someone else set). Retries CAS conflicts a few times.
+pub fn register_node(store: &dyn Datastore, cfg: &AgentConfig) -> Result<(), StoreError> {
+    let key = model::node_key(&cfg.node_name);
+    let want = node_resource(cfg);
+    let mut last = None;
+    for _ in 0..5 {
+        let res = match store.get(&key)? {
+            None => store.create(&key, &model::encode(&want)).map(drop),
+            Some(kv) => {
+                let mut cur: Node = model::decode(&kv)?;
+                if cur.spec == want.spec {
+                    return Ok(());
+                }
+                cur.spec = want.spec.clone();
+                store.update(&key, &model::encode(&cur), kv.revision).map(drop)
+            }
+        };
+        match res {
+            Ok(()) => {
+                log::info!("registered node {} ({})", cfg.node_name, cfg.node_ip);
+                return Ok(());
+            }
+            Err(e @ StoreError::Conflict { .. }) => last = Some(e),
+            Err(e) => return Err(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| StoreError::Conflict { key }))
+}
+
+/// The agent: owns the store handle, the route programmer and BIRD.
+pub struct Agent {
+    cfg: AgentConfig,
+    store: Arc<dyn Datastore>,
+    routes: BlackholeRoutes,
+    bird: Bird,
+    last_revision: Option<Revision>,
+    last_state: Option<RoutingState>,
+}
+
+impl Agent {
+    pub fn new(cfg: AgentConfig) -> Result<Agent, AgentError> {
+        let store = calico_store::open(&cfg.datastore)?;
+        Agent::with_store(cfg, store)
+    }
+
+    pub fn with_store(cfg: AgentConfig, store: Arc<dyn Datastore>) -> Result<Agent, AgentError> {
+        let routes = BlackholeRoutes::new(cfg.route_protocol)?;
+        let bird = Bird::new(&cfg.bird_config, &cfg.bird_socket);
+        Ok(Agent { cfg, store, routes, bird, last_revision: None, last_state: None })
+    }
+
+    pub fn register(&self) -> Result<(), AgentError> {
+        Ok(register_node(self.store.as_ref(), &self.cfg)?)
+    }
+
+    /// Read the datastore, program the blackholes, re-render BIRD.
+    pub fn reconcile(&mut self) -> Result<(), AgentError> {
+        let revision = self.store.revision()?;
+        let st = state::read(self.store.as_ref(), &self.cfg.node_name)?;
+        if self.last_state.as_ref() != Some(&st) {
+            log::info!(
+                "state at revision {revision}: blocks [{}], borrowed [{}], {} other node(s)",
+                st.own_blocks.iter().map(|b| b.0.to_string()).collect::<Vec<_>>().join(", "),
+                st.borrowed.iter().map(|a| a.0.to_string()).collect::<Vec<_>>().join(", "),
+                st.other_nodes.len()
+            );
+        }
+        let changes = self.routes.reconcile(&st.own_blocks)?;
+        for b in &changes.added {
+            log::info!("added blackhole route {}", b.0);
+        }
+        for b in &changes.removed {
+            log::info!("removed blackhole route {}", b.0);
+        }
+        let text = render(&BirdInputs::new(&self.cfg, &st));
+        match self.bird.apply(&text)? {
+            Applied::Reconfigured => log::info!("BIRD reconfigured ({})", self.cfg.bird_config.display()),
+            Applied::WrittenNotRunning | Applied::Unchanged => {}
+        }
+        self.last_state = Some(st);
+        self.last_revision = Some(revision);
+        Ok(())
+    }
+
+    /// Poll the store's revision every `poll_interval` and reconcile when it
+    /// moved (or every RESYNC_EVERY), until `stop` is set. Errors are logged
+    /// and retried on the next tick: a datastore outage must not take the
+    /// node's routes down with it.
+    pub fn run(&mut self, stop: &AtomicBool) {
+        let mut registered = false;
+        let mut dirty = true;
+        let mut last_full = Instant::now();
+        while !stop.load(Ordering::Relaxed) {
+            if !registered {
+                match self.register() {
+                    Ok(()) => registered = true,
+                    Err(e) => log::warn!("registering node {}: {e}", self.cfg.node_name),
+                }
+            }
+            let moved = match self.store.revision() {
+                Ok(r) => Some(r) != self.last_revision,
+                Err(e) => {
+                    log::warn!("datastore revision: {e}");
+                    false
+                }
+            };
+            if moved || dirty || last_full.elapsed() >= RESYNC_EVERY {
+                last_full = Instant::now();
+                match self.reconcile() {
+                    Ok(()) => dirty = false,
+                    Err(e) => {
+                        log::error!("reconcile: {e}");
+                        dirty = true;
+                    }
+                }
+            }
+            sleep_unless_stopped(self.cfg.poll_interval, stop);
+        }
+        log::info!("agent stopping; routes and BIRD config are left in place");
+    }
+}
+
+fn sleep_unless_stopped(d: Duration, stop: &AtomicBool) {
+    let end = Instant::now() + d;
+    while !stop.load(Ordering::Relaxed) {
+        let now = Instant::now();
+        if now >= end {
+            return;
+        }
+        std::thread::sleep((end - now).min(Duration::from_millis(100)));
+    }
+}
