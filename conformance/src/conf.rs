@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use serde_json::{Map, Value};
 
 use crate::error::Error;
-use crate::version::{self, Version};
+use cni_proto::version::{self, Version};
 
 /// One plugin object of a list (`{"type": ..., ...}`), verbatim.
 #[derive(Debug, Clone, PartialEq)]

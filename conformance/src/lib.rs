@@ -24,7 +24,6 @@ pub mod exec;
 pub mod result;
 pub mod runtime;
 pub mod suite;
-pub mod version;
 
 pub use conf::{load_conf_list, NetworkConfigList, PluginConf};
 pub use error::{Error, PluginError};

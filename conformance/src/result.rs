@@ -8,10 +8,11 @@
 
 use std::net::IpAddr;
 
+use cni_proto::version;
 use ipnetwork::IpNetwork;
 use serde_json::{json, Map, Value};
 
-use crate::version::Version;
+use cni_proto::version::Version;
 
 fn is_legacy(v: Version) -> bool {
     v < Version { major: 0, minor: 3, patch: 0 }
@@ -24,7 +25,8 @@ pub fn convert(result: &Value, to: &str, fallback: &str) -> Result<Value, String
         return Err("result is not a JSON object".into());
     };
     let from_s = obj.get("cniVersion").and_then(Value::as_str).filter(|s| !s.is_empty()).unwrap_or(fallback);
-    let from = Version::parse(from_s).ok_or_else(|| format!("result has invalid cniVersion {from_s:?}"))?;
+    let from = Version::parse(if from_s.is_empty() { version::IMPLICIT } else { from_s })
+        .ok_or_else(|| format!("result has invalid cniVersion {from_s:?}"))?;
     let target = Version::parse(to).ok_or_else(|| format!("invalid target version {to:?}"))?;
     let mut modern = if is_legacy(from) { legacy_to_modern(obj)? } else { obj.clone() };
     if is_legacy(target) {

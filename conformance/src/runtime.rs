@@ -13,7 +13,7 @@ use crate::conf::{NetworkConfigList, PluginConf};
 use crate::error::{Error, PluginError};
 use crate::exec::{find_in_path, Exec, Output};
 use crate::result;
-use crate::version::{self, Version};
+use cni_proto::version::{self, Version};
 
 /// The per-attachment arguments of one call (libcni's `RuntimeConf`).
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -245,7 +245,7 @@ impl Runtime {
 
     /// CHECK (config ≥ 0.4.0): every plugin in order with the cached result.
     pub fn check_network_list(&self, list: &NetworkConfigList, rt: &RuntimeConf) -> Result<(), Error> {
-        if !Version::at_least(&list.cni_version, Version::V0_4_0) {
+        if !at_least(&list.cni_version, Version::V0_4_0) {
             return Err(Error::CheckNotSupported(list.cni_version.clone()));
         }
         if list.disable_check {
@@ -268,7 +268,7 @@ impl Runtime {
     pub fn del_network_list(&self, list: &NetworkConfigList, rt: &RuntimeConf) -> Result<(), Error> {
         Self::validate(list, rt)?;
         let mut cached = None;
-        if Version::at_least(&list.cni_version, Version::V0_4_0) {
+        if at_least(&list.cni_version, Version::V0_4_0) {
             match self.cached_result(list, rt) {
                 Ok(c) => cached = c,
                 // An unreadable entry is dropped, as libcni does.
@@ -319,7 +319,7 @@ impl Runtime {
                 )));
             }
         }
-        if Version::at_least(&list.cni_version, Version::V1_1_0) {
+        if at_least(&list.cni_version, Version::V1_1_0) {
             let empty = RuntimeConf::default();
             for plugin in &list.plugins {
                 let mut conf = Self::plugin_config(&list.name, &list.cni_version, plugin, None, None);
@@ -343,7 +343,7 @@ impl Runtime {
     /// STATUS (config ≥ 1.1.0; older lists are reported ready without a
     /// call): the first plugin that is not ready fails the network.
     pub fn status_network_list(&self, list: &NetworkConfigList) -> Result<(), Error> {
-        if !Version::at_least(&list.cni_version, Version::V1_1_0) {
+        if !at_least(&list.cni_version, Version::V1_1_0) {
             return Ok(());
         }
         let empty = RuntimeConf::default();
@@ -420,42 +420,22 @@ pub fn parse_version_info(stdout: &[u8]) -> Result<VersionInfo, String> {
     Ok(VersionInfo { cni_version, supported_versions })
 }
 
-// TODO(h6): use cni-proto's validators (ContainerId::parse, IfName::parse,
-// validate_network_name) once that crate exports them.
-fn valid_id(s: &str) -> bool {
-    let mut chars = s.chars();
-    chars.next().is_some_and(|c| c.is_ascii_alphanumeric())
-        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+/// `true` when `s` (empty = the implicit 0.1.0) is at least `floor`.
+pub fn at_least(s: &str, floor: Version) -> bool {
+    Version::parse(if s.is_empty() { version::IMPLICIT } else { s }).is_some_and(|v| v >= floor)
 }
 
-pub fn validate_container_id(id: &str) -> Result<(), Error> {
-    if id.is_empty() {
-        return Err(Error::InvalidArgs("missing containerID".into()));
-    }
-    if !valid_id(id) {
-        return Err(Error::InvalidArgs(format!("invalid characters in containerID {id:?}")));
-    }
-    Ok(())
+// The same rules a plugin applies (libcni validates before executing).
+fn validate_container_id(id: &str) -> Result<(), Error> {
+    cni_proto::env::ContainerId::parse(id).map(|_| ()).map_err(|e| Error::InvalidArgs(e.to_string()))
 }
 
-pub fn validate_network_name(name: &str) -> Result<(), Error> {
-    if name.is_empty() {
-        return Err(Error::InvalidArgs("missing network name".into()));
-    }
-    if !valid_id(name) {
-        return Err(Error::InvalidArgs(format!("invalid characters found in network name {name:?}")));
-    }
-    Ok(())
+fn validate_network_name(name: &str) -> Result<(), Error> {
+    cni_proto::env::validate_network_name(name).map_err(|e| Error::InvalidArgs(e.to_string()))
 }
 
-pub fn validate_ifname(name: &str) -> Result<(), Error> {
-    if name.is_empty() || name.len() > 15 || name == "." || name == ".." {
-        return Err(Error::InvalidArgs(format!("interface name {name:?} is empty, too long or . / ..")));
-    }
-    if name.chars().any(|c| c == '/' || c == ':' || c.is_whitespace()) {
-        return Err(Error::InvalidArgs(format!("interface name {name:?} contains / : or whitespace")));
-    }
-    Ok(())
+fn validate_ifname(name: &str) -> Result<(), Error> {
+    cni_proto::env::IfName::parse(name).map(|_| ()).map_err(|e| Error::InvalidArgs(e.to_string()))
 }
 
 #[cfg(test)]
