@@ -167,7 +167,7 @@ impl Netlink {
 
     /// Wait (polling every 50 ms, at most `timeout`) for link `index` to get
     /// its IPv6 link-local address, which the kernel only assigns once the
-    /// link is up. `Error::Timeout` when it does not appear in time. The
+    /// link is up and has carrier (a veth: both ends up). `Error::Timeout` when it does not appear in time. The
     /// address may still be tentative unless DAD is off on that link
     /// (`accept_dad=0`, as Calico sets before link-up).
     pub fn wait_link_local_v6(&mut self, index: u32, timeout: Duration) -> Result<Ipv6Addr> {
