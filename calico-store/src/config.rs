@@ -101,20 +101,3 @@ pub fn open(cfg: &DatastoreConfig) -> Result<Arc<dyn Datastore>, StoreError> {
         DatastoreType::Etcd => Ok(Arc::new(crate::etcd::EtcdStore::connect(cfg)?)),
     }
 }
-
-/// Placeholder backend while file.rs / etcd.rs are being written. REMOVE.
-pub struct Unimplemented;
-impl Datastore for Unimplemented {
-    fn get(&self, _: &str) -> Result<Option<crate::KeyValue>, StoreError> {
-        unreachable!()
-    }
-    fn list(&self, _: &str) -> Result<Vec<crate::KeyValue>, StoreError> {
-        unreachable!()
-    }
-    fn commit(&self, _: &[crate::Op]) -> Result<crate::Revision, StoreError> {
-        unreachable!()
-    }
-    fn revision(&self) -> Result<crate::Revision, StoreError> {
-        unreachable!()
-    }
-}
