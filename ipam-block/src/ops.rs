@@ -45,7 +45,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use calico_store::model::{
-    self, AllocationBlock, IpFamily, IpPool, IpPoolSpec, IpamConfig, IpamHandle, ObjectMeta, WorkloadEndpoint,
+    self, AllocationBlock, IpFamily, IpPool, IpPoolSpec, IpamConfig, IpamHandle, WorkloadEndpoint,
 };
 use calico_store::{Datastore, DatastoreConfig, KeyValue, Op, Revision, StoreError};
 use ipnetwork::IpNetwork;
@@ -53,6 +53,8 @@ use serde::Serialize;
 use thiserror::Error;
 
 use crate::block::{self, Allocation};
+use crate::pool::{self, Pool};
+use crate::query;
 use crate::selector::Selector;
 use crate::types::PoolName;
 use crate::IpamError;
@@ -584,9 +586,18 @@ fn release_in_one_commit(
     Err(IpamError::MaxRetries.into())
 }
 
-/// `calicoctl ipam release --ip X`: free one address whatever holds it.
-pub fn release_ip(store: &dyn Datastore, ip: IpAddr) -> Result<(), OpsError> {
-    release_in_one_commit(store, &[ip], None, &|_| Ok(())).map(|_| ())
+/// `calicoctl ipam release --ip X`: free one address whatever holds it
+/// (the library's single-address release); returns the handle it belonged to.
+pub fn release_ip(store: &dyn Datastore, ip: IpAddr) -> Result<Option<String>, OpsError> {
+    // The library answers `None` both for "not allocated" and "allocated
+    // without a handle": look first so the operator is told which.
+    let allocated = query::list_blocks(store)?
+        .iter()
+        .any(|b| b.cidr.contains(ip) && block::allocations(&b.doc).iter().any(|a| a.ip == ip));
+    if !allocated {
+        return Err(OpsError::Refused(format!("{ip} is not allocated")));
+    }
+    Ok(query::release_ip(store, ip)?)
 }
 
 /// What one `gc` run did.
@@ -695,38 +706,29 @@ fn refuse_if_corrupt(snap: &Snapshot) -> Result<(), OpsError> {
 // ---------------------------------------------------------------------------
 // configure
 
-/// `calicoctl ipam configure`: change the global IPAM config (CAS).
+/// `calicoctl ipam configure`: change the global IPAM config (CAS, re-read
+/// on conflict).
 pub fn configure(
     store: &dyn Datastore,
     strict_affinity: Option<bool>,
     max_blocks_per_host: Option<u32>,
 ) -> Result<IpamConfig, OpsError> {
     for _ in 0..MAX_CAS_ATTEMPTS {
-        let current = store.get(model::IPAM_CONFIG_KEY)?;
-        let mut cfg = match &current {
-            Some(kv) => model::decode::<IpamConfig>(kv)?,
-            None => IpamConfig::default(),
-        };
+        let (mut cfg, revision) = query::ipam_config(store)?;
         if let Some(s) = strict_affinity {
             cfg.strict_affinity = s;
         }
         if let Some(m) = max_blocks_per_host {
             cfg.max_blocks_per_host = m;
         }
-        if !cfg.strict_affinity && !cfg.auto_allocate_blocks {
-            return Err(OpsError::Refused("StrictAffinity=false needs AutoAllocateBlocks=true".into()));
-        }
+        // Calico's rule: a per-host block cap only makes sense when hosts
+        // cannot borrow around it.
         if cfg.max_blocks_per_host > 0 && !cfg.strict_affinity {
             return Err(OpsError::Refused("maxBlocksPerHost > 0 needs --strictaffinity=true".into()));
         }
-        let value = model::encode(&cfg);
-        let res = match &current {
-            Some(kv) => store.update(model::IPAM_CONFIG_KEY, &value, kv.revision),
-            None => store.create(model::IPAM_CONFIG_KEY, &value),
-        };
-        match res {
+        match query::set_ipam_config(store, &cfg, revision) {
             Ok(_) => return Ok(cfg),
-            Err(StoreError::Conflict { .. }) => continue,
+            Err(IpamError::Store(StoreError::Conflict { .. })) => continue,
             Err(e) => return Err(e.into()),
         }
     }
@@ -747,16 +749,12 @@ pub struct NewPool {
     pub nat_outgoing: bool,
 }
 
-/// `calicoctl ipam pool add`: validate like Calico and create (never replace).
-pub fn pool_add(store: &dyn Datastore, p: &NewPool) -> Result<IpPool, OpsError> {
+/// `calicoctl ipam pool add`: create (never replace) a pool; the library
+/// validates it like Calico (host bits, block size range, overlap, selector).
+pub fn pool_add(store: &dyn Datastore, p: &NewPool) -> Result<Pool, OpsError> {
     let name = PoolName::new(p.name.clone())?;
-    if p.cidr.network() != p.cidr.ip() {
-        return Err(OpsError::Usage(format!(
-            "pool CIDR {} has host bits set (did you mean {}/{}?)",
-            p.cidr,
-            p.cidr.network(),
-            p.cidr.prefix()
-        )));
+    if let Some(sel) = &p.node_selector {
+        Selector::parse(sel)?;
     }
     let spec = IpPoolSpec {
         cidr: p.cidr,
@@ -765,53 +763,26 @@ pub fn pool_add(store: &dyn Datastore, p: &NewPool) -> Result<IpPool, OpsError> 
         disabled: p.disabled,
         nat_outgoing: p.nat_outgoing,
     };
-    let bs = spec.block_prefix();
-    let (lo, hi) = if p.cidr.is_ipv4() { (20, 32) } else { (116, 128) };
-    if !(lo..=hi).contains(&bs) {
-        return Err(OpsError::Usage(format!("block size /{bs} is outside /{lo}../{hi}")));
-    }
-    if bs < p.cidr.prefix() {
-        return Err(OpsError::Usage(format!("block size /{bs} is larger than the pool {}", p.cidr)));
-    }
-    if let Some(sel) = &p.node_selector {
-        Selector::parse(sel)?;
-    }
-    for kv in store.list(&model::pools_prefix())? {
-        let other: IpPool = model::decode(&kv)?;
-        let o = other.spec.cidr;
-        if o.contains(p.cidr.network()) || p.cidr.contains(o.network()) {
-            return Err(OpsError::Refused(format!("{} overlaps pool {} ({o})", p.cidr, other.metadata.name)));
+    match pool::create_pool(store, &name, spec) {
+        Ok(pool) => Ok(pool),
+        Err(IpamError::Store(StoreError::Conflict { .. })) => {
+            Err(OpsError::Refused(format!("pool {name} already exists")))
         }
-    }
-    let meta = ObjectMeta { name: name.as_str().to_string(), ..Default::default() };
-    let pool = IpPool::new("IPPool", meta, spec);
-    match store.create(&name.key(), &model::encode(&pool)) {
-        Ok(_) => Ok(pool),
-        Err(StoreError::Conflict { .. }) => Err(OpsError::Refused(format!("pool {name} already exists"))),
         Err(e) => Err(e.into()),
     }
 }
 
-pub fn pool_list(store: &dyn Datastore) -> Result<Vec<IpPool>, OpsError> {
-    store.list(&model::pools_prefix())?.iter().map(|kv| model::decode(kv).map_err(Into::into)).collect()
+pub fn pool_list(store: &dyn Datastore) -> Result<Vec<Pool>, OpsError> {
+    Ok(pool::list_pools(store)?)
 }
 
 /// `pool enable` / `pool disable`.
-pub fn pool_set_disabled(store: &dyn Datastore, name: &str, disabled: bool) -> Result<IpPool, OpsError> {
+pub fn pool_set_disabled(store: &dyn Datastore, name: &str, disabled: bool) -> Result<(), OpsError> {
     let name = PoolName::new(name)?;
-    for _ in 0..MAX_CAS_ATTEMPTS {
-        let kv = store
-            .get(&name.key())?
-            .ok_or_else(|| OpsError::Refused(format!("pool {name} does not exist")))?;
-        let mut pool: IpPool = model::decode(&kv)?;
-        pool.spec.disabled = disabled;
-        match store.update(&kv.key, &model::encode(&pool), kv.revision) {
-            Ok(_) => return Ok(pool),
-            Err(StoreError::Conflict { .. }) => continue,
-            Err(e) => return Err(e.into()),
-        }
+    match pool::set_pool_disabled(store, &name, disabled) {
+        Err(IpamError::PoolNotUsable(_)) => Err(OpsError::Refused(format!("pool {name} does not exist"))),
+        other => Ok(other?),
     }
-    Err(IpamError::MaxRetries.into())
 }
 
 // ---------------------------------------------------------------------------
@@ -992,7 +963,7 @@ mod tests {
     use crate::block::{new_block, ATTR_NODE, ATTR_TIMESTAMP};
     use crate::types::{Affinity, BlockCidr, Handle};
     use calico_store::file::FileStore;
-    use calico_store::model::{AllocationAttribute, WorkloadEndpointSpec};
+    use calico_store::model::{AllocationAttribute, ObjectMeta, WorkloadEndpointSpec};
 
     fn store() -> (tempfile::TempDir, FileStore) {
         let d = tempfile::tempdir().unwrap();
@@ -1209,15 +1180,20 @@ mod tests {
         };
         pool_add(&s, &mk("a", "10.0.0.0/16", None)).unwrap();
         assert!(matches!(pool_add(&s, &mk("a", "10.9.0.0/16", None)), Err(OpsError::Refused(_))));
-        assert!(matches!(pool_add(&s, &mk("b", "10.0.128.0/17", None)), Err(OpsError::Refused(_))));
-        assert!(matches!(pool_add(&s, &mk("c", "10.1.0.0/16", Some(8))), Err(OpsError::Usage(_))));
-        assert!(matches!(pool_add(&s, &mk("d", "10.2.0.0/28", Some(26))), Err(OpsError::Usage(_))));
-        assert!(matches!(pool_add(&s, &mk("e", "10.3.0.1/16", None)), Err(OpsError::Usage(_))));
+        let invalid =
+            |r: Result<Pool, OpsError>| matches!(r, Err(OpsError::Ipam(IpamError::InvalidConfig(_))));
+        assert!(invalid(pool_add(&s, &mk("b", "10.0.128.0/17", None))), "overlap");
+        assert!(invalid(pool_add(&s, &mk("c", "10.1.0.0/16", Some(8)))), "block size range");
+        assert!(invalid(pool_add(&s, &mk("d", "10.2.0.0/28", Some(26)))), "block larger than pool");
+        assert!(invalid(pool_add(&s, &mk("e", "10.3.0.1/16", None))), "host bits");
+        let bad_sel = NewPool { node_selector: Some("zone ==".into()), ..mk("f", "10.4.0.0/16", None) };
+        assert!(invalid(pool_add(&s, &bad_sel)), "selector");
         pool_add(&s, &mk("v6", "fd00::/48", None)).unwrap();
         assert_eq!(pool_list(&s).unwrap().len(), 2);
-        assert!(pool_set_disabled(&s, "a", true).unwrap().spec.disabled);
-        assert!(pool_list(&s).unwrap().iter().find(|p| p.metadata.name == "a").unwrap().spec.disabled);
-        assert!(!pool_set_disabled(&s, "a", false).unwrap().spec.disabled);
+        pool_set_disabled(&s, "a", true).unwrap();
+        assert!(pool_list(&s).unwrap().iter().find(|p| p.name.as_str() == "a").unwrap().spec.disabled);
+        pool_set_disabled(&s, "a", false).unwrap();
+        assert!(!pool_list(&s).unwrap().iter().find(|p| p.name.as_str() == "a").unwrap().spec.disabled);
         assert!(matches!(pool_set_disabled(&s, "nope", true), Err(OpsError::Refused(_))));
     }
 

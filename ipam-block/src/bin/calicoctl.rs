@@ -159,8 +159,10 @@ fn run(argv: Vec<String>) -> Result<ExitCode, OpsError> {
             let ip = a.take("--ip")?.ok_or_else(|| OpsError::Usage("release needs --ip <addr>".into()))?;
             let ip: IpAddr = parse("--ip", &ip)?;
             a.finish()?;
-            ops::release_ip(store, ip)?;
-            println!("Released {ip}");
+            match ops::release_ip(store, ip)? {
+                Some(handle) => println!("Released {ip} (handle {handle})"),
+                None => println!("Released {ip} (it had no handle)"),
+            }
             Ok(ExitCode::SUCCESS)
         }
         ["configure"] => {
@@ -218,7 +220,7 @@ fn run(argv: Vec<String>) -> Result<ExitCode, OpsError> {
             let pool = ops::pool_add(store, &p)?;
             println!(
                 "Created IP pool {} ({}, blocks /{})",
-                pool.metadata.name,
+                pool.name,
                 pool.spec.cidr,
                 pool.spec.block_prefix()
             );
@@ -230,7 +232,7 @@ fn run(argv: Vec<String>) -> Result<ExitCode, OpsError> {
                 vec![["NAME", "CIDR", "BLOCK SIZE", "SELECTOR", "DISABLED"].map(String::from).to_vec()];
             for p in ops::pool_list(store)? {
                 rows.push(vec![
-                    p.metadata.name.clone(),
+                    p.name.to_string(),
                     p.spec.cidr.to_string(),
                     p.spec.block_prefix().to_string(),
                     p.spec.node_selector.clone().unwrap_or_else(|| "all()".into()),
@@ -242,12 +244,8 @@ fn run(argv: Vec<String>) -> Result<ExitCode, OpsError> {
         }
         ["pool", verb @ ("enable" | "disable"), name] => {
             a.finish()?;
-            let pool = ops::pool_set_disabled(store, name, verb == "disable")?;
-            println!(
-                "IP pool {} is now {}",
-                pool.metadata.name,
-                if pool.spec.disabled { "disabled" } else { "enabled" }
-            );
+            ops::pool_set_disabled(store, name, verb == "disable")?;
+            println!("IP pool {name} is now {verb}d");
             Ok(ExitCode::SUCCESS)
         }
         _ => Err(OpsError::Usage(format!("unknown command: {}\n\n{USAGE}", words.join(" ")))),
