@@ -1,2 +1,52 @@
-//! placeholder: owned by the IPAM helper (h3). Keep `pub mod ops;` (owned by h5).
+//! # ipam-block: Calico's block IPAM
+//!
+//! Owns IP allocation policy over any [`calico_store::Datastore`] (file or
+//! etcd), in Calico's model and key layout:
+//!
+//! * **Pools** ([`pool`]): `ipam.ipv4_pools`/`ipv6_pools` entries are pool
+//!   names or CIDRs (a CIDR that is not a pool yet becomes one on first use);
+//!   with none configured and none stored, Calico's default pool is created.
+//!   Disabled pools are never used; `nodeSelector` is evaluated against the
+//!   Node resource's labels ([`selector`]).
+//! * **Blocks** ([`block`]): /26 (v4) and /122 (v6) by default, claimed by a
+//!   node in two phases (affinity pending → block → affinity confirmed),
+//!   searched from a start seeded by the node name, capped by
+//!   `maxBlocksPerHost` (default 20); borrowed from other nodes when no block
+//!   is free unless `strict_affinity`.
+//! * **Handles**: `<network>.<containerID>`, `{block:{cidr:count}}`, released
+//!   idempotently on DEL.
+//! * **Allocator** ([`Ipam`]): every write is a CAS commit retried at most
+//!   [`MAX_RETRIES`] times; a steady-state allocation takes two round trips
+//!   (pool get + one commit of block and handle) thanks to a node-local
+//!   [`hint`]. [`CountingStore`] makes the count observable.
+//! * **Operator views** ([`query`]): blocks, affinities, handles and
+//!   allocations with usage; release of one address; IPAM config. The
+//!   `calicoctl` commands live in [`ops`].
+//!
+//! The `calico-ipam` binary (`src/bin/calico-ipam.rs`) maps the CNI protocol
+//! onto this library ([`cni`]).
+//!
+//! May call: `calico-store`, `cni-proto` (only in [`cni`]). Must not know
+//! about interfaces, routes or the pod data plane.
+
+pub mod allocator;
+pub mod block;
+pub mod cni;
+pub mod counting;
+pub mod error;
+pub mod hint;
 pub mod ops;
+pub mod pool;
+pub mod query;
+pub mod selector;
+pub mod timestamp;
+pub mod types;
+
+pub use allocator::{AssignRequest, AssignedIp, FamilyRequest, Ipam};
+pub use counting::{CountingStore, RoundTrips};
+pub use error::IpamError;
+pub use types::{Affinity, BlockCidr, Handle, PoolName, PoolRef};
+
+/// Calico's `datastoreRetries`: how many times a CAS write is retried before
+/// "Max retries hit - excessive concurrent IPAM requests".
+pub const MAX_RETRIES: usize = 100;

@@ -1,0 +1,316 @@
+//! The `calico-ipam` CNI plugin: the CNI protocol (through `cni-proto`)
+//! mapped onto [`Ipam`]. The binary's `main` only calls [`CalicoIpam`].
+//!
+//! Config keys (Calico's): top level `datastore_type`, `datastore_path`,
+//! `etcd_*`, `nodename`, `nodename_file`; under `ipam`: `assign_ipv4`
+//! (default `"true"`), `assign_ipv6` (default `"false"`), `ipv4_pools`,
+//! `ipv6_pools`. `CNI_ARGS`: `IP=` (one address per family, comma-separated),
+//! `K8S_POD_NAMESPACE`, `K8S_POD_NAME`.
+
+use std::collections::HashSet;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use calico_store::{Datastore, DatastoreConfig, StoreError};
+use cni_proto::{CniError, CniResult, IpConfig, NetConf, Plugin, Request};
+use ipnetwork::IpNetwork;
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::types::{Handle, PoolRef};
+use crate::{AssignRequest, FamilyRequest, Ipam, IpamError};
+
+/// Where calico-node records the node name; used when the config has no `nodename`.
+pub const DEFAULT_NODENAME_FILE: &str = "/var/lib/calico/nodename";
+
+/// The plugin object keys calico-ipam reads (unknown keys are ignored).
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct TopConf {
+    #[serde(default)]
+    pub nodename: Option<String>,
+    #[serde(default)]
+    pub nodename_file: Option<PathBuf>,
+}
+
+/// The `ipam` object keys.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct IpamSection {
+    #[serde(default)]
+    pub assign_ipv4: Option<Value>,
+    #[serde(default)]
+    pub assign_ipv6: Option<Value>,
+    #[serde(default)]
+    pub ipv4_pools: Vec<String>,
+    #[serde(default)]
+    pub ipv6_pools: Vec<String>,
+}
+
+/// Everything calico-ipam needs from one invocation's config.
+#[derive(Debug, Clone)]
+pub struct IpamCniConf {
+    pub network: String,
+    pub datastore: DatastoreConfig,
+    pub nodename: String,
+    pub assign_ipv4: bool,
+    pub assign_ipv6: bool,
+    pub ipv4_pools: Vec<PoolRef>,
+    pub ipv6_pools: Vec<PoolRef>,
+}
+
+/// Calico's booleans are strings (`"true"`/`"false"`); accept JSON booleans too.
+fn flag(v: &Option<Value>, key: &str, default: bool) -> Result<bool, CniError> {
+    match v {
+        None | Some(Value::Null) => Ok(default),
+        Some(Value::Bool(b)) => Ok(*b),
+        Some(Value::String(s)) if s.eq_ignore_ascii_case("true") => Ok(true),
+        Some(Value::String(s)) if s.eq_ignore_ascii_case("false") => Ok(false),
+        Some(other) => Err(CniError::invalid_config(
+            format!("ipam.{key} must be \"true\" or \"false\""),
+            other.to_string(),
+        )),
+    }
+}
+
+fn pool_refs(list: &[String], key: &str) -> Result<Vec<PoolRef>, CniError> {
+    list.iter()
+        .map(|s| {
+            PoolRef::parse(s).map_err(|e| CniError::invalid_config(format!("ipam.{key}"), e.to_string()))
+        })
+        .collect()
+}
+
+impl IpamCniConf {
+    /// Read and validate the config (code 7 on bad values), resolving the node name.
+    pub fn from_netconf(conf: &NetConf) -> Result<IpamCniConf, CniError> {
+        let top: TopConf = conf.extra()?;
+        let datastore: DatastoreConfig = conf.extra()?;
+        datastore
+            .validate()
+            .map_err(|e| CniError::invalid_config("datastore configuration", e.to_string()))?;
+        let ipam: IpamSection = conf.ipam_extra()?;
+        let assign_ipv4 = flag(&ipam.assign_ipv4, "assign_ipv4", true)?;
+        let assign_ipv6 = flag(&ipam.assign_ipv6, "assign_ipv6", false)?;
+        if !assign_ipv4 && !assign_ipv6 {
+            return Err(CniError::invalid_config(
+                "ipam: assign_ipv4 and assign_ipv6 are both false: nothing to assign",
+                "",
+            ));
+        }
+        let nodename = resolve_nodename(top.nodename.as_deref(), top.nodename_file.as_deref())
+            .map_err(|e| CniError::invalid_config("cannot determine the node name", e))?;
+        Ok(IpamCniConf {
+            network: conf.name.clone(),
+            datastore,
+            nodename,
+            assign_ipv4,
+            assign_ipv6,
+            ipv4_pools: pool_refs(&ipam.ipv4_pools, "ipv4_pools")?,
+            ipv6_pools: pool_refs(&ipam.ipv6_pools, "ipv6_pools")?,
+        })
+    }
+
+    /// Open the configured datastore (unreachable → code 11).
+    pub fn open_store(&self) -> Result<Arc<dyn Datastore>, CniError> {
+        calico_store::open(&self.datastore).map_err(|e| store_error(e).context("opening the datastore"))
+    }
+
+    /// Node-local IPAM state (hint, host lock) lives next to the file store
+    /// (or in `/var/lib/calico-rs` with etcd).
+    pub fn state_dir(&self) -> PathBuf {
+        self.datastore.path()
+    }
+}
+
+/// The node name: `nodename` from the config, else the contents of
+/// `nodename_file` (default [`DEFAULT_NODENAME_FILE`]) if it exists, else the
+/// hostname (Calico's order).
+pub fn resolve_nodename(conf: Option<&str>, file: Option<&Path>) -> Result<String, String> {
+    if let Some(n) = conf.map(str::trim).filter(|n| !n.is_empty()) {
+        return Ok(n.to_string());
+    }
+    let file = file.unwrap_or(Path::new(DEFAULT_NODENAME_FILE));
+    match std::fs::read_to_string(file) {
+        Ok(s) if !s.trim().is_empty() => return Ok(s.trim().to_string()),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(format!("reading {}: {e}", file.display())),
+    }
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map_err(|e| format!("reading /proc/sys/kernel/hostname: {e}"))?;
+    let host = host.trim();
+    if host.is_empty() {
+        return Err("the hostname is empty and no nodename is configured".to_string());
+    }
+    Ok(host.to_string())
+}
+
+/// A datastore failure as a CNI error: unreachable/I/O → 11 (try again later).
+pub fn store_error(e: StoreError) -> CniError {
+    match e {
+        StoreError::Unavailable(_) | StoreError::Io { .. } | StoreError::Conflict { .. } => {
+            CniError::try_again_later(e.to_string(), "")
+        }
+        StoreError::Config(_) => CniError::invalid_config(e.to_string(), ""),
+        StoreError::Corrupt { .. } => CniError::internal(e.to_string()),
+    }
+}
+
+/// An IPAM failure as a CNI error: transient → 11, configuration → 7,
+/// allocation policy (exhausted, block limit, taken address) → 999 like
+/// Calico's plain errors through skel.
+pub fn ipam_error(e: IpamError) -> CniError {
+    match e {
+        IpamError::Store(s) => store_error(s),
+        IpamError::MaxRetries => CniError::try_again_later(e.to_string(), ""),
+        IpamError::InvalidConfig(_) | IpamError::PoolNotUsable(_) => {
+            CniError::invalid_config(e.to_string(), "")
+        }
+        _ => CniError::internal(e.to_string()),
+    }
+}
+
+/// `IP=` from CNI_ARGS: at most one address per family.
+pub fn requested_ips(arg: Option<&str>) -> Result<(Option<IpAddr>, Option<IpAddr>), CniError> {
+    let (mut v4, mut v6) = (None, None);
+    let Some(arg) = arg else { return Ok((None, None)) };
+    for s in arg.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let ip: IpAddr =
+            s.parse().map_err(|_| CniError::invalid_env("invalid IP in CNI_ARGS", s.to_string()))?;
+        let slot = if ip.is_ipv4() { &mut v4 } else { &mut v6 };
+        if slot.replace(ip).is_some() {
+            return Err(CniError::invalid_env(
+                "CNI_ARGS IP= may hold one address per family",
+                arg.to_string(),
+            ));
+        }
+    }
+    Ok((v4, v6))
+}
+
+/// The calico-ipam plugin.
+pub struct CalicoIpam;
+
+impl CalicoIpam {
+    fn handle(req: &Request, conf: &IpamCniConf) -> Result<Handle, CniError> {
+        Handle::for_container(&conf.network, req.container_id()?.as_str())
+            .map_err(|e| CniError::invalid_config(e.to_string(), ""))
+    }
+}
+
+impl Plugin for CalicoIpam {
+    fn add(&self, req: &Request) -> Result<CniResult, CniError> {
+        let conf = IpamCniConf::from_netconf(&req.conf)?;
+        let handle = Self::handle(req, &conf)?;
+        let (ip4, ip6) = requested_ips(req.args().get("IP"))?;
+        let family = |on: bool, pools: &[PoolRef], ip: Option<IpAddr>| {
+            (on || ip.is_some()).then(|| FamilyRequest { pools: pools.to_vec(), ip })
+        };
+        let request = AssignRequest {
+            handle,
+            namespace: req.args().get("K8S_POD_NAMESPACE").map(str::to_string),
+            pod: req.args().get("K8S_POD_NAME").map(str::to_string),
+            // An explicit IP= of a family implies that family.
+            ipv4: family(conf.assign_ipv4 && ip6.is_none() || ip4.is_some(), &conf.ipv4_pools, ip4),
+            ipv6: family(conf.assign_ipv6 && ip4.is_none() || ip6.is_some(), &conf.ipv6_pools, ip6),
+        };
+        let store = conf.open_store()?;
+        let ipam = Ipam::new(store.as_ref(), &conf.nodename).with_state_dir(conf.state_dir());
+        let assigned = ipam.assign(&request).map_err(|e| ipam_error(e).context("IPAM ADD"))?;
+        let mut result = CniResult::default();
+        for a in assigned {
+            let prefix = if a.ip.is_ipv4() { 32 } else { 128 };
+            let address = IpNetwork::new(a.ip, prefix).map_err(|e| CniError::internal(e.to_string()))?;
+            log::info!("assigned {address} from block {} to {}", a.block, request.handle);
+            result.ips.push(IpConfig { address, gateway: None, interface: None });
+        }
+        Ok(result)
+    }
+
+    fn del(&self, req: &Request) -> Result<(), CniError> {
+        let conf = IpamCniConf::from_netconf(&req.conf)?;
+        let handle = Self::handle(req, &conf)?;
+        let store = conf.open_store()?;
+        let ipam = Ipam::new(store.as_ref(), &conf.nodename).with_state_dir(conf.state_dir());
+        let freed = ipam.release_handle(&handle).map_err(|e| ipam_error(e).context("IPAM DEL"))?;
+        log::info!("released {freed:?} of {handle}");
+        Ok(())
+    }
+
+    fn check(&self, req: &Request) -> Result<(), CniError> {
+        let conf = IpamCniConf::from_netconf(&req.conf)?;
+        let handle = Self::handle(req, &conf)?;
+        let store = conf.open_store()?;
+        let ipam = Ipam::new(store.as_ref(), &conf.nodename);
+        let held: HashSet<IpAddr> = ipam
+            .ips_of_handle(&handle)
+            .map_err(|e| ipam_error(e).context("IPAM CHECK"))?
+            .into_iter()
+            .collect();
+        if held.is_empty() {
+            return Err(CniError::unknown_container(format!("IPAM handle {handle} holds no addresses"), ""));
+        }
+        let prev = req.conf.prev_result.as_ref().map(|r| r.ips.as_slice()).unwrap_or(&[]);
+        for ipc in prev {
+            if !held.contains(&ipc.address.ip()) {
+                return Err(CniError::plugin(
+                    100,
+                    format!("IPAM handle {handle} does not hold {}", ipc.address.ip()),
+                    format!("held: {held:?}"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn status(&self, req: &Request) -> Result<(), CniError> {
+        let conf = IpamCniConf::from_netconf(&req.conf)?;
+        let store = calico_store::open(&conf.datastore)
+            .map_err(|e| CniError::unavailable(format!("datastore not ready: {e}"), ""))?;
+        store.ready().map_err(|e| CniError::unavailable(format!("datastore not ready: {e}"), ""))
+    }
+
+    fn gc(&self, req: &Request) -> Result<(), CniError> {
+        let conf = IpamCniConf::from_netconf(&req.conf)?;
+        let Some(valid) = req.conf.valid_attachments()? else {
+            log::warn!("GC without cni.dev/valid-attachments: releasing nothing");
+            return Ok(());
+        };
+        let keep: HashSet<String> = valid.into_iter().map(|a| a.container_id).collect();
+        let store = conf.open_store()?;
+        let ipam = Ipam::new(store.as_ref(), &conf.nodename).with_state_dir(conf.state_dir());
+        let (released, failed) =
+            ipam.gc_network(&conf.network, &keep).map_err(|e| ipam_error(e).context("IPAM GC"))?;
+        log::info!("GC of {}: released {} handle(s)", conf.network, released.len());
+        // Continue past single failures (spec), but report them.
+        if let Some((h, e)) = failed.into_iter().next() {
+            return Err(ipam_error(e).context(&format!("IPAM GC of {h}")));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ip_arg_parsing() {
+        assert_eq!(requested_ips(None).unwrap(), (None, None));
+        let (a, b) = requested_ips(Some("10.0.0.5,fd00::5")).unwrap();
+        assert_eq!((a.unwrap().to_string(), b.unwrap().to_string()), ("10.0.0.5".into(), "fd00::5".into()));
+        assert!(requested_ips(Some("10.0.0.5,10.0.0.6")).is_err());
+        assert!(requested_ips(Some("bogus")).is_err());
+    }
+
+    #[test]
+    fn nodename_order() {
+        let d = tempfile::tempdir().unwrap();
+        let f = d.path().join("nodename");
+        assert_eq!(resolve_nodename(Some("conf"), Some(&f)).unwrap(), "conf");
+        std::fs::write(&f, "from-file\n").unwrap();
+        assert_eq!(resolve_nodename(None, Some(&f)).unwrap(), "from-file");
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+        assert_eq!(resolve_nodename(None, Some(&d.path().join("missing"))).unwrap(), host.trim());
+    }
+}

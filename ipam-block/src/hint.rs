@@ -1,0 +1,88 @@
+//! The node-local allocation hint: the node's current block per family,
+//! with the last block document and revision this node wrote.
+//!
+//! Why: a steady-state allocation then needs only two datastore round trips,
+//! a get of the block's pool (so disabling a pool takes effect at once) and
+//! one commit that updates the block (CAS on the cached revision) and creates
+//! the handle. If anybody else changed the block since, the CAS fails and
+//! the allocator re-reads the block, so a stale hint costs one extra round
+//! trip and is never trusted for correctness: the block document's affinity
+//! and revision are authoritative.
+//!
+//! One small JSON file per (node, family): `ipam-hint.<node>.<ipv4|ipv6>.json`
+//! in the hint directory, replaced atomically (temp file + rename; no fsync:
+//! losing it only costs round trips). Unreadable or undecodable hints are
+//! ignored.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use calico_store::model::{AllocationBlock, IpFamily};
+use calico_store::Revision;
+use serde::{Deserialize, Serialize};
+
+/// What the hint remembers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hint {
+    /// The pool request this hint was made for (see `Ipam::assign`); a
+    /// request for other pools ignores the hint.
+    pub request: String,
+    /// The pool the block belongs to.
+    pub pool: String,
+    pub block: AllocationBlock,
+    pub revision: Revision,
+}
+
+/// The hint directory of one node.
+#[derive(Debug, Clone)]
+pub struct HintDir {
+    dir: PathBuf,
+    node: String,
+}
+
+impl HintDir {
+    pub fn new(dir: impl Into<PathBuf>, node: &str) -> HintDir {
+        // Node names are DNS names; keep anything else out of the file name.
+        let node = node.replace(|c: char| !(c.is_ascii_alphanumeric() || "-_.".contains(c)), "_");
+        HintDir { dir: dir.into(), node }
+    }
+
+    fn path(&self, family: IpFamily) -> PathBuf {
+        self.dir.join(format!("ipam-hint.{}.{}.json", self.node, family.key_segment()))
+    }
+
+    pub fn read(&self, family: IpFamily) -> Option<Hint> {
+        let bytes = std::fs::read(self.path(family)).ok()?;
+        serde_json::from_slice(&bytes).ok()
+    }
+
+    /// Best effort: failures are logged, never returned.
+    pub fn write(&self, family: IpFamily, hint: &Hint) {
+        let path = self.path(family);
+        if let Err(e) = write_atomic(&self.dir, &path, hint) {
+            log::debug!("cannot write IPAM hint {}: {e}", path.display());
+        }
+    }
+
+    /// Forget the hint (e.g. when its block is no longer ours).
+    pub fn remove(&self, family: IpFamily) {
+        let _ = std::fs::remove_file(self.path(family));
+    }
+}
+
+fn write_atomic(dir: &Path, path: &Path, hint: &Hint) -> std::io::Result<()> {
+    let bytes = serde_json::to_vec(hint).map_err(std::io::Error::other)?;
+    static SEQ: AtomicU64 = AtomicU64::new(0);
+    let n = SEQ.fetch_add(1, Ordering::Relaxed);
+    let tmp = path.with_extension(format!("{}-{n}.tmp", std::process::id()));
+    if let Err(e) = std::fs::write(&tmp, &bytes) {
+        if e.kind() != std::io::ErrorKind::NotFound {
+            return Err(e);
+        }
+        std::fs::create_dir_all(dir)?;
+        std::fs::write(&tmp, &bytes)?;
+    }
+    std::fs::rename(&tmp, path).inspect_err(|_| {
+        let _ = std::fs::remove_file(&tmp);
+    })
+}
