@@ -1,0 +1,193 @@
+//! `kube-proxy-rules bench`: N services × M endpoints, synthetic. Measures
+//! full render time and peak memory, the partial-sync payload for one changed
+//! service against the full one, and how long `iptables-restore` takes for
+//! both in a scratch network namespace the bench creates and deletes.
+
+use std::collections::HashSet;
+use std::net::Ipv4Addr;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use crate::cli::Args;
+use crate::endpoints::{key_of, EndpointInfo};
+use crate::iptables::Iptables;
+use crate::k8s::IntOrString;
+use crate::names::ServiceChains;
+use crate::proxier::{render, ProxierConfig, ProxyState, RenderPlan};
+use crate::service::{Protocol, ServicePortInfo};
+
+/// A synthetic cluster: `services` ClusterIP services with `endpoints` each,
+/// a tenth of the endpoints on this node.
+pub fn synthetic_state(services: usize, endpoints: usize) -> ProxyState {
+    let mut st = ProxyState::default();
+    for i in 0..services {
+        let name = format!("svc-{i}");
+        let name_string = format!("bench/{name}:http");
+        let sp = ServicePortInfo {
+            namespace: "bench".into(),
+            name,
+            port_name: "http".into(),
+            chains: ServiceChains::new(&name_string, "tcp"),
+            name_string,
+            protocol: Protocol::Tcp,
+            cluster_ip: Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 96, 0, 0)) + 1 + i as u32),
+            port: 80,
+            target_port: IntOrString::Int(8080),
+            node_port: 0,
+            external_ips: Vec::new(),
+            load_balancer_vips: Vec::new(),
+            load_balancer_source_ranges: Vec::new(),
+            affinity_timeout: None,
+            health_check_node_port: 0,
+            internal_policy_local: false,
+            external_policy_local: false,
+        };
+        let eps: Vec<EndpointInfo> = (0..endpoints)
+            .map(|j| {
+                let ip = Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 128, 0, 0)) + (i * endpoints + j) as u32);
+                let node = if j == 0 { "bench-node".to_string() } else { format!("node-{}", j % 50) };
+                EndpointInfo::new(ip, 8080, Some(node))
+            })
+            .collect();
+        let mut eps = eps;
+        eps.sort_by(|a, b| a.endpoint.cmp(&b.endpoint));
+        st.endpoints.insert(key_of(&sp), eps);
+        st.services.push(sp);
+    }
+    st
+}
+
+fn status_kb(field: &str) -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = s.lines().find(|l| l.starts_with(field))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Reset the peak-RSS counter (VmHWM) so the next reading covers what follows.
+fn reset_peak() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
+/// A scratch namespace for the restore timing, deleted on drop.
+struct ScratchNetns(String);
+
+impl ScratchNetns {
+    fn new() -> Result<Self, String> {
+        let name = format!("kprbench{}", std::process::id());
+        let st = Command::new("ip")
+            .args(["netns", "add", &name])
+            .status()
+            .map_err(|e| format!("ip netns add: {e}"))?;
+        if !st.success() {
+            return Err(format!("ip netns add {name} failed"));
+        }
+        Ok(ScratchNetns(name))
+    }
+}
+
+impl Drop for ScratchNetns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+    }
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+pub fn run(args: &Args) -> Result<i32, String> {
+    let (n, m) = (args.bench_services, args.bench_endpoints);
+    let cfg = ProxierConfig {
+        hostname: "bench-node".into(),
+        cluster_cidr: "10.128.0.0/9".parse().ok(),
+        random_fully: true,
+        ..Default::default()
+    };
+    let t = Instant::now();
+    let state = synthetic_state(n, m);
+    let build = t.elapsed();
+    let rss_state_kb = status_kb("VmRSS:").unwrap_or(0);
+
+    reset_peak();
+    let base_kb = status_kb("VmRSS:").unwrap_or(0);
+    let mut best = Duration::MAX;
+    let mut full = None;
+    for _ in 0..3 {
+        let t = Instant::now();
+        let r = render(&state, &cfg, &RenderPlan { full: true, ..Default::default() });
+        best = best.min(t.elapsed());
+        full = Some(r);
+    }
+    let hwm_kb = status_kb("VmHWM:").unwrap_or(0);
+    let full = full.ok_or("no render")?;
+
+    // One service's endpoints change: only its chains are written.
+    let mut changed_state = state.clone();
+    let victim = changed_state.services[n / 2].clone();
+    if let Some(eps) = changed_state.endpoints.get_mut(&key_of(&victim)) {
+        if let Some(e) = eps.first_mut() {
+            *e = EndpointInfo::new(Ipv4Addr::new(10, 127, 255, 1), 8080, e.node_name.clone());
+        }
+        eps.sort_by(|a, b| a.endpoint.cmp(&b.endpoint));
+    }
+    let changed: HashSet<_> = [(victim.namespace.clone(), victim.name.clone())].into_iter().collect();
+    let t = Instant::now();
+    let partial = render(
+        &changed_state,
+        &cfg,
+        &RenderPlan { full: false, changed: Some(&changed), existing_nat_chains: None },
+    );
+    let partial_time = t.elapsed();
+
+    let full_lines = full.payload.lines().count();
+    let partial_lines = partial.payload.lines().count();
+    println!(
+        "kube-proxy-rules bench: {n} services x {m} endpoints (large-cluster mode: {})",
+        full.large_cluster_mode
+    );
+    println!(
+        "  synthetic state build          {:>10.1} ms   RSS after build {:.1} MiB",
+        ms(build),
+        rss_state_kb as f64 / 1024.0
+    );
+    println!("  full render (best of 3)        {:>10.1} ms   peak RSS during render {:.1} MiB (+{:.1} MiB over {:.1})",
+        ms(best), hwm_kb as f64 / 1024.0, hwm_kb.saturating_sub(base_kb) as f64 / 1024.0, base_kb as f64 / 1024.0);
+    println!(
+        "  full payload                   {:>10} bytes {:>8} lines ({} filter + {} nat rules)",
+        full.payload.len(),
+        full_lines,
+        full.filter_rules,
+        full.nat_rules
+    );
+    println!("  partial render (1 service)     {:>10.1} ms", ms(partial_time));
+    println!(
+        "  partial payload (1 service)    {:>10} bytes {:>8} lines  = {:.3}% of full (target <= 1%)",
+        partial.payload.len(),
+        partial_lines,
+        100.0 * partial.payload.len() as f64 / full.payload.len() as f64
+    );
+
+    if !args.bench_restore {
+        return Ok(0);
+    }
+    let ns = ScratchNetns::new()?;
+    let ipt = Iptables::in_netns(&ns.0);
+    let t = Instant::now();
+    ipt.restore(&full.payload).map_err(|e| format!("full restore: {e}"))?;
+    let restore_full = t.elapsed();
+    let t = Instant::now();
+    ipt.restore(&partial.payload).map_err(|e| format!("partial restore: {e}"))?;
+    let restore_partial = t.elapsed();
+    drop(ns);
+    println!("  iptables-restore full          {:>10.1} ms", ms(restore_full));
+    println!(
+        "  iptables-restore partial       {:>10.1} ms   = {:.1}% of full",
+        ms(restore_partial),
+        100.0 * restore_partial.as_secs_f64() / restore_full.as_secs_f64()
+    );
+    println!(
+        "  render / iptables-restore      {:>10.2}%  (target <= 10%)",
+        100.0 * best.as_secs_f64() / restore_full.as_secs_f64()
+    );
+    Ok(0)
+}

@@ -1,0 +1,411 @@
+//! Command line: kube-proxy's flag names and defaults, hand-parsed.
+//!
+//! ```text
+//! kube-proxy-rules render|sync|run|bench [flags] [FILE|DIR]...
+//! ```
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime};
+
+use calico_store::{Datastore, DatastoreConfig};
+use ipnetwork::{IpNetwork, Ipv4Network};
+
+use crate::inputs::{self, Loaded};
+use crate::iptables::Iptables;
+use crate::proxier::{masquerade_mark, ProxierConfig};
+use crate::service::DEFAULT_SERVICE_CIDR;
+
+pub const USAGE: &str = "\
+usage: kube-proxy-rules <command> [flags] [FILE|DIR]...
+
+commands:
+  render   print the iptables-restore payload (filter + nat) kube-proxy would write
+  sync     apply it once (full sync: jump rules, canary, restore, stale chains)
+  run      keep syncing when the inputs or the pod records change (partial syncs)
+  bench    synthetic scale benchmark (see --services/--endpoints)
+
+inputs: Service, EndpointSlice, Pod, Deployment manifests (YAML or JSON, Lists too),
+        files or directories (*.yaml, *.yml, *.json)
+
+node flags (kube-proxy's names and defaults):
+  --hostname-override NAME            node name (default: the host name)
+  --node-ip IP                        node IP, repeatable
+  --cluster-cidr CIDR                 pod CIDR for the local-traffic detector
+  --iptables-masquerade-bit N         default 14
+  --masquerade-all[=BOOL]             default false
+  --iptables-localhost-nodeports[=BOOL]  default true
+  --nodeport-addresses CIDR[,CIDR]    default: all local addresses
+  --service-cluster-ip-range CIDR     for manifests without clusterIP (default 10.96.0.0/12)
+datastore (pod records for selector-based services without EndpointSlices):
+  --datastore-type file|etcdv3        env DATASTORE_TYPE
+  --datastore-path DIR                file store directory
+  --etcd-endpoints URL[,URL]          env ETCD_ENDPOINTS
+sync/run:
+  --dry-run                           show which chains a sync would rewrite; apply nothing
+  --sync-period DUR                   default 30s (periodic sync, canary check)
+  --min-sync-period DUR               default 1s
+render:
+  --canonical                         print in kube-proxy's canonical test order
+bench:
+  --services N (10000) --endpoints N (10) --no-restore
+";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Command {
+    Render,
+    Sync,
+    Run,
+    Bench,
+}
+
+/// Parsed command line.
+#[derive(Debug, Clone)]
+pub struct Args {
+    pub command: Command,
+    pub inputs: Vec<PathBuf>,
+    pub hostname: Option<String>,
+    pub node_ips: Vec<IpAddr>,
+    pub cluster_cidr: Option<Ipv4Network>,
+    pub masquerade_bit: u32,
+    pub masquerade_all: bool,
+    pub localhost_nodeports: bool,
+    pub nodeport_addresses: Vec<String>,
+    pub service_cidr: Ipv4Network,
+    pub datastore: Option<DatastoreConfig>,
+    pub dry_run: bool,
+    pub canonical: bool,
+    pub sync_period: Duration,
+    pub min_sync_period: Duration,
+    pub bench_services: usize,
+    pub bench_endpoints: usize,
+    pub bench_restore: bool,
+}
+
+fn parse_bool(flag: &str, v: &str) -> Result<bool, String> {
+    match v {
+        "true" | "1" => Ok(true),
+        "false" | "0" => Ok(false),
+        _ => Err(format!("{flag}: expected true or false, got {v:?}")),
+    }
+}
+
+/// `30s`, `1m`, `500ms`, `1h`, or plain seconds.
+pub fn parse_duration(flag: &str, v: &str) -> Result<Duration, String> {
+    let err = || format!("{flag}: invalid duration {v:?} (e.g. 30s, 1m, 500ms)");
+    let (num, mult_ms) = if let Some(n) = v.strip_suffix("ms") {
+        (n, 1.0)
+    } else if let Some(n) = v.strip_suffix('s') {
+        (n, 1000.0)
+    } else if let Some(n) = v.strip_suffix('m') {
+        (n, 60_000.0)
+    } else if let Some(n) = v.strip_suffix('h') {
+        (n, 3_600_000.0)
+    } else {
+        (v, 1000.0)
+    };
+    let n: f64 = num.parse().map_err(|_| err())?;
+    if !n.is_finite() || n < 0.0 {
+        return Err(err());
+    }
+    Ok(Duration::from_millis((n * mult_ms) as u64))
+}
+
+fn env(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.is_empty())
+}
+
+impl Args {
+    pub fn parse(argv: &[String]) -> Result<Args, String> {
+        let mut it = argv.iter();
+        let command = match it.next().map(String::as_str) {
+            Some("render") => Command::Render,
+            Some("sync") => Command::Sync,
+            Some("run") => Command::Run,
+            Some("bench") => Command::Bench,
+            Some("-h" | "--help" | "help") | None => return Err(USAGE.to_string()),
+            Some(other) => return Err(format!("unknown command {other:?}\n\n{USAGE}")),
+        };
+        let mut a = Args {
+            command,
+            inputs: Vec::new(),
+            hostname: None,
+            node_ips: Vec::new(),
+            cluster_cidr: None,
+            masquerade_bit: 14,
+            masquerade_all: false,
+            localhost_nodeports: true,
+            nodeport_addresses: Vec::new(),
+            service_cidr: DEFAULT_SERVICE_CIDR.parse().map_err(|e| format!("{e}"))?,
+            datastore: None,
+            dry_run: false,
+            canonical: false,
+            sync_period: Duration::from_secs(30),
+            min_sync_period: Duration::from_secs(1),
+            bench_services: 10_000,
+            bench_endpoints: 10,
+            bench_restore: true,
+        };
+        let mut ds = DatastoreConfig {
+            datastore_type: env("DATASTORE_TYPE"),
+            etcd_endpoints: env("ETCD_ENDPOINTS"),
+            ..Default::default()
+        };
+        let mut ds_configured = ds.datastore_type.is_some() || ds.etcd_endpoints.is_some();
+        while let Some(arg) = it.next() {
+            if !arg.starts_with("--") {
+                a.inputs.push(PathBuf::from(arg));
+                continue;
+            }
+            let (flag, inline) = match arg.split_once('=') {
+                Some((f, v)) => (f, Some(v.to_string())),
+                None => (arg.as_str(), None),
+            };
+            // Boolean flags take an optional `=value`; the others a value.
+            let boolean =
+                |inline: &Option<String>| inline.as_deref().map(|v| parse_bool(flag, v)).unwrap_or(Ok(true));
+            let mut value = || -> Result<String, String> {
+                match &inline {
+                    Some(v) => Ok(v.clone()),
+                    None => it.next().cloned().ok_or_else(|| format!("{flag} needs a value")),
+                }
+            };
+            match flag {
+                "--hostname-override" => a.hostname = Some(value()?),
+                "--node-ip" => {
+                    for v in value()?.split(',').filter(|s| !s.is_empty()) {
+                        a.node_ips
+                            .push(v.trim().parse().map_err(|_| format!("--node-ip: invalid IP {v:?}"))?);
+                    }
+                }
+                "--cluster-cidr" => {
+                    for v in value()?.split(',').filter(|s| !s.is_empty()) {
+                        match v.trim().parse::<IpNetwork>() {
+                            Ok(IpNetwork::V4(n)) if a.cluster_cidr.is_none() => a.cluster_cidr = Some(n),
+                            Ok(_) => {}
+                            Err(_) => return Err(format!("--cluster-cidr: invalid CIDR {v:?}")),
+                        }
+                    }
+                }
+                "--iptables-masquerade-bit" => {
+                    let v = value()?;
+                    a.masquerade_bit = v
+                        .parse()
+                        .ok()
+                        .filter(|b| *b <= 31)
+                        .ok_or_else(|| format!("--iptables-masquerade-bit: expected 0..31, got {v:?}"))?;
+                }
+                "--masquerade-all" => a.masquerade_all = boolean(&inline)?,
+                "--iptables-localhost-nodeports" => a.localhost_nodeports = boolean(&inline)?,
+                "--nodeport-addresses" => a
+                    .nodeport_addresses
+                    .extend(value()?.split(',').filter(|s| !s.is_empty()).map(|s| s.trim().to_string())),
+                "--service-cluster-ip-range" => {
+                    let v = value()?;
+                    a.service_cidr =
+                        v.parse().map_err(|_| format!("--service-cluster-ip-range: invalid CIDR {v:?}"))?;
+                }
+                "--datastore-type" => {
+                    ds.datastore_type = Some(value()?);
+                    ds_configured = true;
+                }
+                "--datastore-path" => {
+                    ds.datastore_path = Some(PathBuf::from(value()?));
+                    ds_configured = true;
+                }
+                "--etcd-endpoints" => {
+                    ds.etcd_endpoints = Some(value()?);
+                    ds_configured = true;
+                }
+                "--dry-run" => a.dry_run = boolean(&inline)?,
+                "--canonical" => a.canonical = boolean(&inline)?,
+                "--sync-period" => a.sync_period = parse_duration(flag, &value()?)?,
+                "--min-sync-period" => a.min_sync_period = parse_duration(flag, &value()?)?,
+                "--services" => {
+                    a.bench_services = value()?.parse().map_err(|_| "--services: expected a number")?
+                }
+                "--endpoints" => {
+                    a.bench_endpoints = value()?.parse().map_err(|_| "--endpoints: expected a number")?
+                }
+                "--no-restore" => a.bench_restore = !boolean(&inline)?,
+                "--help" => return Err(USAGE.to_string()),
+                other => return Err(format!("unknown flag {other}\n\n{USAGE}")),
+            }
+        }
+        if !ds_configured && std::path::Path::new(calico_store::config::DEFAULT_DATASTORE_PATH).is_dir() {
+            ds_configured = true; // Calico's default file store exists on this node
+        }
+        if ds_configured {
+            ds.validate().map_err(|e| format!("datastore: {e}"))?;
+            a.datastore = Some(ds);
+        }
+        if a.sync_period.is_zero() {
+            return Err("--sync-period must be > 0".into());
+        }
+        Ok(a)
+    }
+
+    /// The proxier settings; `ipt` answers the runtime questions (random-fully,
+    /// tcp_be_liberal) for the namespace the rules go to.
+    pub fn proxier_config(&self, ipt: &Iptables) -> Result<ProxierConfig, String> {
+        let hostname = match &self.hostname {
+            Some(h) => h.clone(),
+            None => std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|h| h.trim().to_lowercase())
+                .map_err(|e| format!("no --hostname-override and cannot read the host name: {e}"))?,
+        };
+        let mut nodeport_addresses = Vec::new();
+        for a in &self.nodeport_addresses {
+            if a == "primary" {
+                for ip in &self.node_ips {
+                    if let IpAddr::V4(v4) = ip {
+                        nodeport_addresses.push(Ipv4Network::new(*v4, 32).map_err(|e| e.to_string())?);
+                    }
+                }
+                continue;
+            }
+            match a.parse::<IpNetwork>() {
+                Ok(IpNetwork::V4(n)) => nodeport_addresses.push(n),
+                Ok(IpNetwork::V6(_)) => {}
+                Err(_) => return Err(format!("--nodeport-addresses: invalid CIDR {a:?}")),
+            }
+        }
+        // kube-proxy turns localhost NodePorts off unless the addresses include 127.0.0.1.
+        let mut localhost_nodeports = self.localhost_nodeports;
+        if !nodeport_addresses.is_empty()
+            && !nodeport_addresses.iter().any(|n| n.contains(Ipv4Addr::LOCALHOST))
+        {
+            localhost_nodeports = false;
+        }
+        Ok(ProxierConfig {
+            hostname,
+            node_ips: self.node_ips.clone(),
+            cluster_cidr: self.cluster_cidr,
+            masquerade_mark: masquerade_mark(self.masquerade_bit),
+            masquerade_all: self.masquerade_all,
+            localhost_nodeports,
+            nodeport_addresses,
+            local_addresses: local_ipv4_addresses(ipt),
+            random_fully: ipt.has_random_fully(),
+            conntrack_tcp_liberal: ipt.conntrack_tcp_liberal(),
+            nfacct: false,
+        })
+    }
+}
+
+/// The IPv4 addresses of this namespace's interfaces (for --nodeport-addresses).
+fn local_ipv4_addresses(ipt: &Iptables) -> Vec<Ipv4Addr> {
+    if ipt.netns().is_some() {
+        return Vec::new(); // only the binary itself runs inside other namespaces
+    }
+    let Ok(addrs) = nix::ifaddrs::getifaddrs() else { return Vec::new() };
+    let mut out: Vec<Ipv4Addr> =
+        addrs.filter_map(|a| a.address.and_then(|s| s.as_sockaddr_in().map(|sin| sin.ip()))).collect();
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// The pod records source, opened once.
+pub struct PodRecords {
+    store: Option<std::sync::Arc<dyn Datastore>>,
+}
+
+impl PodRecords {
+    pub fn open(cfg: Option<&DatastoreConfig>) -> Result<Self, String> {
+        let store = match cfg {
+            Some(c) => Some(calico_store::open(c).map_err(|e| format!("opening the datastore: {e}"))?),
+            None => None,
+        };
+        Ok(PodRecords { store })
+    }
+
+    /// The store's revision (0 without a store).
+    pub fn revision(&self) -> Result<i64, String> {
+        match &self.store {
+            Some(s) => inputs::store_revision(s.as_ref()),
+            None => Ok(0),
+        }
+    }
+
+    /// Read the inputs and the records into a state; bad objects are in `errors`.
+    pub fn load(&self, args: &Args) -> Result<Loaded, String> {
+        let (weps, mut record_errors) = match &self.store {
+            Some(s) => inputs::load_pod_records(s.as_ref())?,
+            None => (Vec::new(), Vec::new()),
+        };
+        let mut loaded = inputs::load(&args.inputs, &weps, args.service_cidr);
+        loaded.errors.append(&mut record_errors);
+        Ok(loaded)
+    }
+}
+
+/// The modification times of every input file (and the directories), to poll.
+pub fn input_stamp(paths: &[PathBuf]) -> Vec<(PathBuf, Option<SystemTime>)> {
+    let mut out = Vec::new();
+    for p in paths {
+        out.push((p.clone(), std::fs::metadata(p).and_then(|m| m.modified()).ok()));
+        if let Ok(files) = crate::k8s::input_files(p) {
+            for f in files {
+                let t = std::fs::metadata(&f).and_then(|m| m.modified()).ok();
+                out.push((f, t));
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(v: &[&str]) -> Result<Args, String> {
+        Args::parse(&v.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+    }
+
+    #[test]
+    fn kube_proxy_flag_names_and_defaults() {
+        let a = args(&[
+            "render",
+            "--hostname-override",
+            "n1",
+            "--node-ip=10.0.0.1",
+            "--node-ip",
+            "10.0.0.2",
+            "--cluster-cidr",
+            "10.244.0.0/16",
+            "--masquerade-all",
+            "--iptables-localhost-nodeports=false",
+            "--datastore-type",
+            "file",
+            "--datastore-path",
+            "/tmp/x",
+            "a.yaml",
+            "dir",
+        ])
+        .unwrap();
+        assert_eq!(a.command, Command::Render);
+        assert_eq!(a.node_ips.len(), 2);
+        assert!(a.masquerade_all && !a.localhost_nodeports);
+        assert_eq!(a.masquerade_bit, 14);
+        assert_eq!(a.inputs, vec![PathBuf::from("a.yaml"), PathBuf::from("dir")]);
+        assert!(a.datastore.is_some());
+        assert_eq!(a.sync_period, Duration::from_secs(30));
+        assert!(args(&["render", "--iptables-masquerade-bit", "40"]).is_err());
+        assert!(args(&["render", "--bogus"]).unwrap_err().contains("unknown flag --bogus"));
+        assert!(args(&["render", "--datastore-type", "etcdv3"]).unwrap_err().contains("etcd_endpoints"));
+        assert_eq!(parse_duration("x", "250ms").unwrap(), Duration::from_millis(250));
+    }
+
+    #[test]
+    fn nodeport_addresses_without_loopback_disable_localhost_nodeports() {
+        let a =
+            args(&["render", "--hostname-override", "n", "--nodeport-addresses", "192.168.0.0/16"]).unwrap();
+        let cfg = a.proxier_config(&Iptables::in_netns("unused")).unwrap();
+        assert!(!cfg.localhost_nodeports);
+        let a =
+            args(&["render", "--hostname-override", "n", "--nodeport-addresses", "127.0.0.0/8,10.0.0.0/8"])
+                .unwrap();
+        assert!(a.proxier_config(&Iptables::in_netns("unused")).unwrap().localhost_nodeports);
+    }
+}

@@ -1,0 +1,290 @@
+//! Endpoints per service port: from EndpointSlices (as kube-proxy's
+//! endpointslicecache reads them), or, for selector-based services without a
+//! slice, from the pod records Calico's CNI writes (WorkloadEndpoints), the
+//! way the endpoint controller would have built the slice. Then
+//! [`categorize`] (kube-proxy's `CategorizeEndpoints`) picks the cluster and
+//! local endpoints a sync uses.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::Ipv4Addr;
+
+use calico_store::model::WorkloadEndpoint;
+
+use crate::k8s::{Container, EndpointSlice, IntOrString, ObjectError, ObjectRef, Objects};
+use crate::service::{parse_ipv4_sloppy, Protocol, ServicePortInfo};
+
+/// One endpoint of one service port.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct EndpointInfo {
+    pub ip: Ipv4Addr,
+    pub port: u16,
+    /// `ip:port` (`net.JoinHostPort`): the DNAT target, comment and hash input.
+    pub endpoint: String,
+    pub node_name: Option<String>,
+    pub ready: bool,
+    pub serving: bool,
+    pub terminating: bool,
+}
+
+impl EndpointInfo {
+    pub fn new(ip: Ipv4Addr, port: u16, node_name: Option<String>) -> Self {
+        EndpointInfo {
+            ip,
+            port,
+            endpoint: format!("{ip}:{port}"),
+            node_name,
+            ready: true,
+            serving: true,
+            terminating: false,
+        }
+    }
+    pub fn is_local(&self, node: &str) -> bool {
+        self.node_name.as_deref() == Some(node)
+    }
+}
+
+/// (`ns/name:port`, protocol) → endpoints sorted by their `ip:port` string.
+pub type EndpointsMap = HashMap<(String, Protocol), Vec<EndpointInfo>>;
+
+/// The key of one service port in an [`EndpointsMap`].
+pub fn key_of(sp: &ServicePortInfo) -> (String, Protocol) {
+    (sp.name_string.clone(), sp.protocol)
+}
+
+/// Endpoints from EndpointSlices. Slices of another address family are
+/// ignored (an IPv4 proxier); a slice with an invalid address or port is an
+/// error and contributes nothing.
+pub fn from_slices(slices: &[EndpointSlice], errors: &mut Vec<ObjectError>) -> EndpointsMap {
+    let mut sets: HashMap<(String, Protocol), BTreeMap<String, EndpointInfo>> = HashMap::new();
+    'slice: for slice in slices {
+        let oref = ObjectRef {
+            kind: "EndpointSlice".into(),
+            namespace: slice.metadata.ns().to_string(),
+            name: slice.metadata.name().to_string(),
+        };
+        let err =
+            |reason: String| ObjectError { object: oref.clone(), source_file: slice.source.clone(), reason };
+        let Some(svc) = slice.service_name() else {
+            errors.push(err("no kubernetes.io/service-name label: it belongs to no Service".into()));
+            continue;
+        };
+        match slice.address_type.as_str() {
+            "IPv4" => {}
+            "IPv6" | "FQDN" => continue,
+            other => {
+                errors.push(err(format!("invalid addressType {other:?}")));
+                continue;
+            }
+        }
+        let mut ports = Vec::new();
+        for p in &slice.ports {
+            let proto = match Protocol::parse(p.protocol.as_deref()) {
+                Ok(pr) => pr,
+                Err(e) => {
+                    errors.push(err(e));
+                    continue 'slice;
+                }
+            };
+            let Some(port) = p.port else { continue };
+            let Some(port) = u16::try_from(port).ok().filter(|p| *p != 0) else {
+                errors.push(err(format!("invalid port {port}")));
+                continue 'slice;
+            };
+            ports.push((p.name.clone().unwrap_or_default(), proto, port));
+        }
+        let mut eps = Vec::new();
+        for ep in &slice.endpoints {
+            let Some(addr) = ep.addresses.first() else { continue };
+            let Some(ip) = parse_ipv4_sloppy(addr) else {
+                errors.push(err(format!("invalid endpoint address {addr:?}")));
+                continue 'slice;
+            };
+            eps.push((ip, ep));
+        }
+        let ns = slice.metadata.ns();
+        for (port_name, proto, port) in &ports {
+            let name_string =
+                if port_name.is_empty() { format!("{ns}/{svc}") } else { format!("{ns}/{svc}:{port_name}") };
+            let set = sets.entry((name_string, *proto)).or_default();
+            for (ip, ep) in &eps {
+                let mut info = EndpointInfo::new(*ip, *port, ep.node_name.clone());
+                info.ready = ep.conditions.ready.unwrap_or(true);
+                info.serving = ep.conditions.serving.unwrap_or(true);
+                info.terminating = ep.conditions.terminating.unwrap_or(false);
+                set.entry(info.endpoint.clone()).or_insert(info);
+            }
+        }
+    }
+    sets.into_iter().map(|(k, v)| (k, v.into_values().collect())).collect()
+}
+
+/// Services that have at least one EndpointSlice (`ns`, `name`).
+pub fn services_with_slices(slices: &[EndpointSlice]) -> BTreeSet<(String, String)> {
+    slices
+        .iter()
+        .filter_map(|s| s.service_name().map(|n| (s.metadata.ns().to_string(), n.to_string())))
+        .collect()
+}
+
+/// A pod as the selector sees it: its labels and containers.
+struct PodView<'a> {
+    labels: &'a BTreeMap<String, String>,
+    containers: &'a [Container],
+}
+
+/// Labels and container ports of the pods behind pod records: a Pod manifest
+/// by exact name, else the Deployment whose name is the longest `<name>-`
+/// prefix of the pod name (its pods are `<deployment>-<hash>-<suffix>`).
+pub struct PodCatalog<'a> {
+    objs: &'a Objects,
+}
+
+impl<'a> PodCatalog<'a> {
+    pub fn new(objs: &'a Objects) -> Self {
+        PodCatalog { objs }
+    }
+
+    fn find(&self, ns: &str, pod: &str) -> Option<PodView<'a>> {
+        if let Some(p) = self.objs.pods.iter().find(|p| p.metadata.ns() == ns && p.metadata.name() == pod) {
+            return Some(PodView { labels: &p.metadata.labels, containers: &p.spec.containers });
+        }
+        self.objs
+            .deployments
+            .iter()
+            .filter(|d| d.metadata.ns() == ns && pod.starts_with(&format!("{}-", d.metadata.name())))
+            .max_by_key(|d| d.metadata.name().len())
+            .map(|d| PodView {
+                labels: &d.spec.template.metadata.labels,
+                containers: &d.spec.template.spec.containers,
+            })
+    }
+}
+
+fn selector_matches(selector: &BTreeMap<String, String>, labels: &BTreeMap<String, String>) -> bool {
+    selector.iter().all(|(k, v)| labels.get(k) == Some(v))
+}
+
+/// Resolve a `targetPort` against a pod: a number as is, a name through the
+/// pod's container ports (or the ports stored in its record).
+fn resolve_target_port(
+    target: &IntOrString,
+    protocol: Protocol,
+    containers: &[Container],
+    wep: &WorkloadEndpoint,
+) -> Option<u16> {
+    match target {
+        IntOrString::Int(n) => u16::try_from(*n).ok(),
+        IntOrString::Str(name) => {
+            let from_manifest = containers.iter().flat_map(|c| c.ports.iter()).find(|p| {
+                p.name.as_deref() == Some(name.as_str())
+                    && Protocol::parse(p.protocol.as_deref()).ok() == Some(protocol)
+            });
+            if let Some(p) = from_manifest {
+                return u16::try_from(p.container_port).ok();
+            }
+            wep.spec
+                .ports
+                .iter()
+                .find(|p| &p.name == name && p.protocol.eq_ignore_ascii_case(protocol.as_str()))
+                .map(|p| p.port)
+        }
+    }
+}
+
+/// Endpoints for the selector-based services that have no EndpointSlice, from
+/// the pod records: a record's pod is selected when its labels (from the Pod
+/// or Deployment manifest, else the labels stored on the record) match the
+/// selector. Every record is a running pod, so its endpoint is ready.
+pub fn from_pod_records(
+    services: &[(ServicePortInfo, BTreeMap<String, String>)],
+    weps: &[WorkloadEndpoint],
+    catalog: &PodCatalog<'_>,
+) -> EndpointsMap {
+    let mut out: EndpointsMap = HashMap::new();
+    for (sp, selector) in services {
+        if selector.is_empty() {
+            continue;
+        }
+        let mut set: BTreeMap<String, EndpointInfo> = BTreeMap::new();
+        for wep in weps {
+            let ns = wep.metadata.namespace.as_deref().unwrap_or("default");
+            if ns != sp.namespace {
+                continue;
+            }
+            let pod = if wep.spec.pod.is_empty() { &wep.spec.workload } else { &wep.spec.pod };
+            let view = catalog.find(ns, pod);
+            let labels = view.as_ref().map(|v| v.labels).unwrap_or(&wep.metadata.labels);
+            if !selector_matches(selector, labels) {
+                continue;
+            }
+            let containers = view.as_ref().map(|v| v.containers).unwrap_or(&[]);
+            let Some(port) = resolve_target_port(&sp.target_port, sp.protocol, containers, wep) else {
+                continue; // a named port this pod does not have: no endpoint, as in Kubernetes
+            };
+            let Some(ip) = wep.spec.ip_networks.iter().find_map(|n| match n.ip() {
+                std::net::IpAddr::V4(ip) => Some(ip),
+                _ => None,
+            }) else {
+                continue;
+            };
+            let info = EndpointInfo::new(ip, port, Some(wep.spec.node.clone()));
+            set.entry(info.endpoint.clone()).or_insert(info);
+        }
+        out.insert(key_of(sp), set.into_values().collect());
+    }
+    out
+}
+
+/// The endpoints one sync uses for a service port.
+#[derive(Debug, Default)]
+pub struct Categorized<'a> {
+    pub cluster: Vec<&'a EndpointInfo>,
+    pub local: Vec<&'a EndpointInfo>,
+    /// Cluster ∪ local: the endpoints that get a KUBE-SEP chain.
+    pub all_reachable: Vec<&'a EndpointInfo>,
+    pub has_any: bool,
+}
+
+/// kube-proxy's `CategorizeEndpoints` (without topology hints): ready
+/// endpoints, else serving+terminating ones as a fallback; the same for the
+/// endpoints on this node when a Local policy is in use.
+pub fn categorize<'a>(eps: &'a [EndpointInfo], sp: &ServicePortInfo, node: &str) -> Categorized<'a> {
+    let mut c = Categorized::default();
+    if sp.uses_cluster_endpoints() {
+        c.cluster = eps.iter().filter(|e| e.ready).collect();
+        if c.cluster.is_empty() {
+            c.cluster = eps.iter().filter(|e| e.serving && e.terminating).collect();
+        }
+        c.has_any = !c.cluster.is_empty();
+    }
+    if !sp.uses_local_endpoints() {
+        c.all_reachable = c.cluster.clone();
+        return c;
+    }
+    let (mut local_ready, mut local_serving_terminating) = (false, false);
+    for e in eps {
+        if e.ready {
+            c.has_any = true;
+            local_ready |= e.is_local(node);
+        } else if e.serving && e.terminating {
+            c.has_any = true;
+            local_serving_terminating |= e.is_local(node);
+        }
+    }
+    if local_ready {
+        c.local = eps.iter().filter(|e| e.is_local(node) && e.ready).collect();
+    } else if local_serving_terminating {
+        c.local = eps.iter().filter(|e| e.is_local(node) && e.serving && e.terminating).collect();
+    }
+    if !sp.uses_cluster_endpoints() {
+        c.all_reachable = c.local.clone();
+        return c;
+    }
+    let mut seen: BTreeSet<&str> = BTreeSet::new();
+    for e in c.cluster.iter().chain(c.local.iter()) {
+        if seen.insert(&e.endpoint) {
+            c.all_reachable.push(e);
+        }
+    }
+    c
+}

@@ -1,0 +1,126 @@
+//! From what the user has to what a sync renders: the Kubernetes objects
+//! (files) and the pod records (the Calico datastore) become a [`ProxyState`].
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use calico_store::model::{self, WorkloadEndpoint};
+use calico_store::{Datastore, Revision};
+use ipnetwork::Ipv4Network;
+
+use crate::endpoints::{self, EndpointsMap, PodCatalog};
+use crate::k8s::{self, ObjectError, ObjectRef, Objects};
+use crate::proxier::ProxyState;
+use crate::service::{self, Converted};
+
+/// The outcome of one load: the state, the bad objects (skipped) and notes
+/// (allocations, services that are not proxied).
+#[derive(Debug, Default)]
+pub struct Loaded {
+    pub state: ProxyState,
+    pub errors: Vec<ObjectError>,
+    pub notes: Vec<String>,
+}
+
+/// Read the pod records (WorkloadEndpoints). A record that does not decode is
+/// an error naming its key; the others are used.
+pub fn load_pod_records(store: &dyn Datastore) -> Result<(Vec<WorkloadEndpoint>, Vec<ObjectError>), String> {
+    let prefix = model::workload_endpoints_prefix();
+    let kvs = store.list(&prefix).map_err(|e| format!("listing pod records under {prefix}: {e}"))?;
+    let mut weps = Vec::with_capacity(kvs.len());
+    let mut errors = Vec::new();
+    for kv in &kvs {
+        match model::decode::<WorkloadEndpoint>(kv) {
+            Ok(w) => weps.push(w),
+            Err(e) => {
+                let rest = kv.key.strip_prefix(&prefix).unwrap_or(&kv.key);
+                let (ns, name) = rest.split_once('/').unwrap_or(("", rest));
+                errors.push(ObjectError {
+                    object: ObjectRef {
+                        kind: "WorkloadEndpoint".into(),
+                        namespace: ns.to_string(),
+                        name: name.to_string(),
+                    },
+                    source_file: kv.key.clone(),
+                    reason: e.to_string(),
+                });
+            }
+        }
+    }
+    Ok((weps, errors))
+}
+
+/// The store-wide revision, to notice changed pod records cheaply.
+pub fn store_revision(store: &dyn Datastore) -> Result<Revision, String> {
+    store.revision().map_err(|e| format!("reading the datastore revision: {e}"))
+}
+
+/// Build the state: allocate what the apiserver would, convert services,
+/// take endpoints from slices, and from pod records for selector-based
+/// services without a slice.
+pub fn build_state(objs: &Objects, weps: &[WorkloadEndpoint], service_cidr: Ipv4Network) -> Loaded {
+    let mut out = Loaded::default();
+    let mut services = objs.services.clone();
+    out.notes.extend(service::allocate(&mut services, service_cidr));
+
+    let mut ports = Vec::new();
+    let mut selectors: Vec<BTreeMap<String, String>> = Vec::new();
+    for svc in &services {
+        match service::convert(svc, &svc.source) {
+            Ok(Converted::Ports(p)) => {
+                for sp in p {
+                    selectors.push(svc.spec.selector.clone().unwrap_or_default());
+                    ports.push(sp);
+                }
+            }
+            Ok(Converted::Skipped(why)) => {
+                out.notes.push(format!("Service {}/{}: {why}", svc.metadata.ns(), svc.metadata.name()))
+            }
+            Err(e) => out.errors.push(e),
+        }
+    }
+    // Two inputs defining the same service: the first wins, the second is reported.
+    let mut seen = std::collections::HashSet::new();
+    let mut keep = Vec::with_capacity(ports.len());
+    for (sp, sel) in ports.into_iter().zip(selectors) {
+        if seen.insert(endpoints::key_of(&sp)) {
+            keep.push((sp, sel));
+        } else {
+            out.errors.push(ObjectError {
+                object: ObjectRef {
+                    kind: "Service".into(),
+                    namespace: sp.namespace.clone(),
+                    name: sp.name.clone(),
+                },
+                source_file: String::new(),
+                reason: format!("defined more than once (port {}): the later one is ignored", sp.name_string),
+            });
+        }
+    }
+
+    let mut eps: EndpointsMap = endpoints::from_slices(&objs.slices, &mut out.errors);
+    let with_slices = endpoints::services_with_slices(&objs.slices);
+    let selector_based: Vec<_> = keep
+        .iter()
+        .filter(|(sp, sel)| {
+            !sel.is_empty() && !with_slices.contains(&(sp.namespace.clone(), sp.name.clone()))
+        })
+        .cloned()
+        .collect();
+    let catalog = PodCatalog::new(objs);
+    eps.extend(endpoints::from_pod_records(&selector_based, weps, &catalog));
+
+    let mut services: Vec<_> = keep.into_iter().map(|(sp, _)| sp).collect();
+    services.sort_by(|a, b| (&a.name_string, a.protocol).cmp(&(&b.name_string, b.protocol)));
+    out.state = ProxyState { services, endpoints: eps };
+    out
+}
+
+/// Load the files and build the state in one go (pod records already read).
+pub fn load(paths: &[PathBuf], weps: &[WorkloadEndpoint], service_cidr: Ipv4Network) -> Loaded {
+    let (objs, mut errors) = k8s::load(paths);
+    let mut loaded = build_state(&objs, weps, service_cidr);
+    errors.append(&mut loaded.errors);
+    loaded.errors = errors;
+    loaded
+}

@@ -1,0 +1,950 @@
+//! The iptables-restore payload kube-proxy's iptables proxier writes
+//! (`syncProxyRules`), built by small functions named after the chains they
+//! fill. [`render`] writes the whole payload (full sync) or only the per-service
+//! chains of changed services (partial sync, KEP-3453): the top-level chains
+//! are always rewritten, the SVC/SVL/EXT/FW/SEP chains of unchanged services are
+//! computed into a discard buffer (for the counts) and left out, and stale
+//! chains are flushed and deleted with `-X`.
+
+use std::collections::{BTreeSet, HashSet};
+use std::net::{IpAddr, Ipv4Addr};
+
+use ipnetwork::Ipv4Network;
+
+use crate::endpoints::{categorize, key_of, EndpointInfo, EndpointsMap};
+use crate::names::{self, *};
+use crate::service::ServicePortInfo;
+
+/// Above this many endpoints, kube-proxy drops the comments of SEP rules and
+/// SVC→SEP rules and cleans stale chains at most once per sync period.
+pub const LARGE_CLUSTER_ENDPOINTS_THRESHOLD: usize = 1000;
+
+/// The node settings (kube-proxy's flags) a payload depends on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProxierConfig {
+    /// `--hostname-override`: endpoints with this nodeName are local.
+    pub hostname: String,
+    /// `--node-ip`: the first IPv4 one is "the" node IP (LB source ranges).
+    pub node_ips: Vec<IpAddr>,
+    /// `--cluster-cidr`: the local-traffic detector (`! -s` / `-s`); None = no detector.
+    pub cluster_cidr: Option<Ipv4Network>,
+    /// The masquerade mark, e.g. `0x00004000` (see [`masquerade_mark`]).
+    pub masquerade_mark: String,
+    pub masquerade_all: bool,
+    pub localhost_nodeports: bool,
+    /// `--nodeport-addresses` (IPv4 CIDRs); empty = every local address.
+    pub nodeport_addresses: Vec<Ipv4Network>,
+    /// This node's interface addresses, matched against `nodeport_addresses`.
+    pub local_addresses: Vec<Ipv4Addr>,
+    /// MASQUERADE `--random-fully` (iptables ≥ 1.6.2).
+    pub random_fully: bool,
+    /// `net.netfilter.nf_conntrack_tcp_be_liberal` ≠ 0: no INVALID drop rule.
+    pub conntrack_tcp_liberal: bool,
+    /// nfacct counters present (`localhost_nps_accepted_pkts`, `ct_state_invalid_dropped_pkts`).
+    pub nfacct: bool,
+}
+
+/// kube-proxy's mark: `fmt.Sprintf("%#08x", 1<<bit)` pads the digits to 8: `0x00004000`.
+pub fn masquerade_mark(bit: u32) -> String {
+    format!("0x{:08x}", 1u64 << bit)
+}
+
+impl Default for ProxierConfig {
+    fn default() -> Self {
+        ProxierConfig {
+            hostname: String::new(),
+            node_ips: Vec::new(),
+            cluster_cidr: None,
+            masquerade_mark: masquerade_mark(14),
+            masquerade_all: false,
+            localhost_nodeports: true,
+            nodeport_addresses: Vec::new(),
+            local_addresses: Vec::new(),
+            random_fully: false,
+            conntrack_tcp_liberal: false,
+            nfacct: false,
+        }
+    }
+}
+
+impl ProxierConfig {
+    fn node_ipv4(&self) -> Option<Ipv4Addr> {
+        self.node_ips.iter().find_map(|ip| match ip {
+            IpAddr::V4(v4) => Some(*v4),
+            _ => None,
+        })
+    }
+}
+
+/// Everything a sync renders from: service ports sorted by name, and endpoints.
+#[derive(Debug, Clone, Default)]
+pub struct ProxyState {
+    pub services: Vec<ServicePortInfo>,
+    pub endpoints: EndpointsMap,
+}
+
+impl ProxyState {
+    pub fn endpoints_of(&self, sp: &ServicePortInfo) -> &[EndpointInfo] {
+        self.endpoints.get(&key_of(sp)).map(Vec::as_slice).unwrap_or(&[])
+    }
+    pub fn total_endpoints(&self) -> usize {
+        self.services.iter().map(|sp| self.endpoints_of(sp).len()).sum()
+    }
+}
+
+/// What one sync writes.
+#[derive(Debug, Clone, Default)]
+pub struct RenderPlan<'a> {
+    /// Full sync: write every service's chains.
+    pub full: bool,
+    /// Partial sync: the services (`ns`, `name`) whose chains are written.
+    pub changed: Option<&'a HashSet<(String, String)>>,
+    /// The nat chains that exist now (from iptables-save); stale service
+    /// chains among them are deleted. None = skip the cleanup.
+    pub existing_nat_chains: Option<&'a BTreeSet<String>>,
+}
+
+/// The payload and what it does.
+#[derive(Debug, Clone, Default)]
+pub struct Rendered {
+    pub payload: String,
+    /// Every per-service nat chain the rules use (written or skipped).
+    pub active_nat_chains: BTreeSet<String>,
+    /// The per-service nat chains this payload rewrites.
+    pub written_service_chains: Vec<String>,
+    /// Stale chains this payload flushes and deletes.
+    pub deleted_chains: Vec<String>,
+    pub large_cluster_mode: bool,
+    pub filter_rules: usize,
+    pub nat_rules: usize,
+    /// Rules of unchanged services left out of a partial payload.
+    pub skipped_nat_rules: usize,
+}
+
+/// A line buffer (`proxyutil.LineBuffer`); `discard` only counts lines.
+#[derive(Default)]
+struct LineBuffer {
+    buf: String,
+    lines: usize,
+    discard: bool,
+}
+
+impl LineBuffer {
+    fn discarding() -> Self {
+        LineBuffer { discard: true, ..Default::default() }
+    }
+    fn write(&mut self, words: &[&str]) {
+        self.lines += 1;
+        if self.discard {
+            return;
+        }
+        for (i, w) in words.iter().enumerate() {
+            if i > 0 {
+                self.buf.push(' ');
+            }
+            self.buf.push_str(w);
+        }
+        self.buf.push('\n');
+    }
+    fn chain_line(&mut self, chain: &str) {
+        self.lines += 1;
+        if !self.discard {
+            self.buf.push(':');
+            self.buf.push_str(chain);
+            self.buf.push_str(" - [0:0]\n");
+        }
+    }
+}
+
+/// The four buffers of the payload.
+#[derive(Default)]
+struct Tables {
+    filter_chains: LineBuffer,
+    filter_rules: LineBuffer,
+    nat_chains: LineBuffer,
+    nat_rules: LineBuffer,
+}
+
+fn quoted(s: &str) -> String {
+    format!("\"{s}\"")
+}
+
+/// `%0.10f` of 1/n.
+fn probability(n: usize) -> String {
+    format!("{:.10}", 1.0 / n as f64)
+}
+
+/// Per-service-port decisions (the local variables of kube-proxy's loop).
+struct PortPlan<'a> {
+    sp: &'a ServicePortInfo,
+    proto: &'static str,
+    port: String,
+    cluster: Vec<&'a EndpointInfo>,
+    local: Vec<&'a EndpointInfo>,
+    all_reachable: Vec<&'a EndpointInfo>,
+    has_endpoints: bool,
+    has_internal_endpoints: bool,
+    has_external_endpoints: bool,
+    internal_chain: &'a str,
+    external_policy_chain: &'a str,
+    uses_cluster_chain: bool,
+    uses_local_chain: bool,
+    uses_ext_chain: bool,
+    uses_fw_chain: bool,
+    /// REJECT/DROP and its comment for internal and external traffic.
+    internal_filter: (&'static str, String),
+    external_filter: (&'static str, String),
+}
+
+impl<'a> PortPlan<'a> {
+    fn new(sp: &'a ServicePortInfo, eps: &'a [EndpointInfo], node: &str) -> Self {
+        let c = categorize(eps, sp, node);
+        let uses_cluster_chain = !c.cluster.is_empty() && sp.uses_cluster_endpoints();
+        let uses_local_chain = !c.local.is_empty() && sp.uses_local_endpoints();
+        let has_endpoints = c.has_any;
+        let (mut internal_chain, mut has_internal) = (sp.chains.svc.as_str(), has_endpoints);
+        if sp.internal_policy_local {
+            internal_chain = sp.chains.svl.as_str();
+            has_internal = has_internal && !c.local.is_empty();
+        }
+        let (mut external_policy_chain, mut has_external) = (sp.chains.svc.as_str(), has_endpoints);
+        if sp.external_policy_local {
+            external_policy_chain = sp.chains.svl.as_str();
+            has_external = has_external && !c.local.is_empty();
+        }
+        let name = &sp.name_string;
+        let (internal_filter, external_filter) = if !has_endpoints {
+            let reject = ("REJECT", quoted(&format!("{name} has no endpoints")));
+            (reject.clone(), reject)
+        } else {
+            let drop = ("DROP", quoted(&format!("{name} has no local endpoints")));
+            (drop.clone(), drop)
+        };
+        PortPlan {
+            sp,
+            proto: sp.protocol.as_str(),
+            port: sp.port.to_string(),
+            has_endpoints,
+            has_internal_endpoints: has_internal,
+            has_external_endpoints: has_external,
+            internal_chain,
+            external_policy_chain,
+            uses_cluster_chain,
+            uses_local_chain,
+            uses_ext_chain: has_endpoints && sp.externally_accessible(),
+            uses_fw_chain: has_endpoints
+                && !sp.load_balancer_vips.is_empty()
+                && !sp.load_balancer_source_ranges.is_empty(),
+            internal_filter,
+            external_filter,
+            cluster: c.cluster,
+            local: c.local,
+            all_reachable: c.all_reachable,
+        }
+    }
+
+    /// Where LB traffic goes: the FW chain with source ranges, else EXT.
+    fn load_balancer_chain(&self) -> &str {
+        if self.uses_fw_chain {
+            &self.sp.chains.fw
+        } else {
+            &self.sp.chains.ext
+        }
+    }
+}
+
+/// nat KUBE-SERVICES: capture the ClusterIP, externalIPs and LB IPs; filter
+/// KUBE-SERVICES: REJECT/DROP a ClusterIP without (local) endpoints.
+fn kube_services(t: &mut Tables, p: &PortPlan<'_>) {
+    let sp = p.sp;
+    let cip = sp.cluster_ip.to_string();
+    if p.has_internal_endpoints {
+        let comment = quoted(&format!("{} cluster IP", sp.name_string));
+        t.nat_rules.write(&[
+            "-A",
+            KUBE_SERVICES,
+            "-m",
+            "comment",
+            "--comment",
+            &comment,
+            "-m",
+            p.proto,
+            "-p",
+            p.proto,
+            "-d",
+            &cip,
+            "--dport",
+            &p.port,
+            "-j",
+            p.internal_chain,
+        ]);
+    } else {
+        let (target, comment) = &p.internal_filter;
+        t.filter_rules.write(&[
+            "-A",
+            KUBE_SERVICES,
+            "-m",
+            "comment",
+            "--comment",
+            comment,
+            "-m",
+            p.proto,
+            "-p",
+            p.proto,
+            "-d",
+            &cip,
+            "--dport",
+            &p.port,
+            "-j",
+            target,
+        ]);
+    }
+    if p.has_endpoints {
+        let comment = quoted(&format!("{} external IP", sp.name_string));
+        for eip in &sp.external_ips {
+            let eip = eip.to_string();
+            t.nat_rules.write(&[
+                "-A",
+                KUBE_SERVICES,
+                "-m",
+                "comment",
+                "--comment",
+                &comment,
+                "-m",
+                p.proto,
+                "-p",
+                p.proto,
+                "-d",
+                &eip,
+                "--dport",
+                &p.port,
+                "-j",
+                &sp.chains.ext,
+            ]);
+        }
+        let comment = quoted(&format!("{} loadbalancer IP", sp.name_string));
+        for lbip in &sp.load_balancer_vips {
+            let lbip = lbip.to_string();
+            t.nat_rules.write(&[
+                "-A",
+                KUBE_SERVICES,
+                "-m",
+                "comment",
+                "--comment",
+                &comment,
+                "-m",
+                p.proto,
+                "-p",
+                p.proto,
+                "-d",
+                &lbip,
+                "--dport",
+                &p.port,
+                "-j",
+                p.load_balancer_chain(),
+            ]);
+        }
+    }
+}
+
+/// filter KUBE-EXTERNAL-SERVICES: REJECT (no endpoints) or DROP (no local
+/// endpoints with eTP Local) external traffic to externalIPs, LB IPs and the NodePort.
+fn kube_external_services(t: &mut Tables, p: &PortPlan<'_>) {
+    if p.has_external_endpoints {
+        return;
+    }
+    let sp = p.sp;
+    let (target, comment) = &p.external_filter;
+    for ip in sp.external_ips.iter().chain(sp.load_balancer_vips.iter()) {
+        let ip = ip.to_string();
+        t.filter_rules.write(&[
+            "-A",
+            KUBE_EXTERNAL_SERVICES,
+            "-m",
+            "comment",
+            "--comment",
+            comment,
+            "-m",
+            p.proto,
+            "-p",
+            p.proto,
+            "-d",
+            &ip,
+            "--dport",
+            &p.port,
+            "-j",
+            target,
+        ]);
+    }
+    if sp.node_port != 0 {
+        let np = sp.node_port.to_string();
+        t.filter_rules.write(&[
+            "-A",
+            KUBE_EXTERNAL_SERVICES,
+            "-m",
+            "comment",
+            "--comment",
+            comment,
+            "-m",
+            "addrtype",
+            "--dst-type",
+            "LOCAL",
+            "-m",
+            p.proto,
+            "-p",
+            p.proto,
+            "--dport",
+            &np,
+            "-j",
+            target,
+        ]);
+    }
+}
+
+/// filter KUBE-PROXY-FIREWALL: drop LB traffic the KUBE-FW chain did not DNAT.
+fn kube_proxy_firewall(t: &mut Tables, p: &PortPlan<'_>) {
+    if !p.uses_fw_chain {
+        return;
+    }
+    let sp = p.sp;
+    let comment = quoted(&format!("{} traffic not accepted by {}", sp.name_string, sp.chains.fw));
+    for lbip in &sp.load_balancer_vips {
+        let lbip = lbip.to_string();
+        t.filter_rules.write(&[
+            "-A",
+            KUBE_PROXY_FIREWALL,
+            "-m",
+            "comment",
+            "--comment",
+            &comment,
+            "-m",
+            p.proto,
+            "-p",
+            p.proto,
+            "-d",
+            &lbip,
+            "--dport",
+            &p.port,
+            "-j",
+            "DROP",
+        ]);
+    }
+}
+
+/// nat KUBE-NODEPORTS: the NodePort to KUBE-EXT (not subject to source
+/// ranges); filter KUBE-NODEPORTS: accept the health check node port.
+fn kube_nodeports(t: &mut Tables, p: &PortPlan<'_>, cfg: &ProxierConfig) {
+    let sp = p.sp;
+    if sp.node_port != 0 && p.has_endpoints {
+        let np = sp.node_port.to_string();
+        if cfg.localhost_nodeports && cfg.nfacct {
+            t.nat_rules.write(&[
+                "-A",
+                KUBE_NODEPORTS,
+                "-m",
+                "comment",
+                "--comment",
+                &sp.name_string,
+                "-m",
+                p.proto,
+                "-p",
+                p.proto,
+                "-d",
+                "127.0.0.0/8",
+                "--dport",
+                &np,
+                "-m",
+                "nfacct",
+                "--nfacct-name",
+                "localhost_nps_accepted_pkts",
+                "-j",
+                &sp.chains.ext,
+            ]);
+        }
+        t.nat_rules.write(&[
+            "-A",
+            KUBE_NODEPORTS,
+            "-m",
+            "comment",
+            "--comment",
+            &sp.name_string,
+            "-m",
+            p.proto,
+            "-p",
+            p.proto,
+            "--dport",
+            &np,
+            "-j",
+            &sp.chains.ext,
+        ]);
+    }
+    if sp.health_check_node_port != 0 {
+        let comment = quoted(&format!("{} health check node port", sp.name_string));
+        let hc = sp.health_check_node_port.to_string();
+        t.filter_rules.write(&[
+            "-A",
+            KUBE_NODEPORTS,
+            "-m",
+            "comment",
+            "--comment",
+            &comment,
+            "-m",
+            "tcp",
+            "-p",
+            "tcp",
+            "--dport",
+            &hc,
+            "-j",
+            "ACCEPT",
+        ]);
+    }
+}
+
+/// First rule of the internal chain (KUBE-SVC, or KUBE-SVL with iTP Local):
+/// mark off-cluster traffic to the ClusterIP for masquerading.
+fn internal_masquerade(nat_rules: &mut LineBuffer, p: &PortPlan<'_>, cfg: &ProxierConfig) {
+    if !p.has_internal_endpoints {
+        return;
+    }
+    let sp = p.sp;
+    let comment = quoted(&format!("{} cluster IP", sp.name_string));
+    let cip = sp.cluster_ip.to_string();
+    let base = [
+        "-A",
+        p.internal_chain,
+        "-m",
+        "comment",
+        "--comment",
+        &comment,
+        "-m",
+        p.proto,
+        "-p",
+        p.proto,
+        "-d",
+        &cip,
+        "--dport",
+        &p.port,
+    ];
+    if cfg.masquerade_all {
+        nat_rules.write(&[&base[..], &["-j", KUBE_MARK_MASQ]].concat());
+    } else if let Some(cidr) = cfg.cluster_cidr {
+        let cidr = cidr.to_string();
+        nat_rules.write(&[&base[..], &["!", "-s", &cidr, "-j", KUBE_MARK_MASQ]].concat());
+    }
+}
+
+/// KUBE-EXT-…: masquerade (eTP Cluster) or short-circuit pod and host traffic
+/// to the cluster chain (eTP Local), then on to the policy chain.
+fn kube_ext(nat_chains: &mut LineBuffer, nat_rules: &mut LineBuffer, p: &PortPlan<'_>, cfg: &ProxierConfig) {
+    let sp = p.sp;
+    let ext = sp.chains.ext.as_str();
+    nat_chains.chain_line(ext);
+    if !sp.external_policy_local {
+        let comment = quoted(&format!("masquerade traffic for {} external destinations", sp.name_string));
+        nat_rules.write(&["-A", ext, "-m", "comment", "--comment", &comment, "-j", KUBE_MARK_MASQ]);
+    } else {
+        if let Some(cidr) = cfg.cluster_cidr {
+            let comment = quoted(&format!("pod traffic for {} external destinations", sp.name_string));
+            let cidr = cidr.to_string();
+            nat_rules.write(&[
+                "-A",
+                ext,
+                "-m",
+                "comment",
+                "--comment",
+                &comment,
+                "-s",
+                &cidr,
+                "-j",
+                &sp.chains.svc,
+            ]);
+        }
+        let comment =
+            quoted(&format!("masquerade LOCAL traffic for {} external destinations", sp.name_string));
+        nat_rules.write(&[
+            "-A",
+            ext,
+            "-m",
+            "comment",
+            "--comment",
+            &comment,
+            "-m",
+            "addrtype",
+            "--src-type",
+            "LOCAL",
+            "-j",
+            KUBE_MARK_MASQ,
+        ]);
+        let comment = quoted(&format!("route LOCAL traffic for {} external destinations", sp.name_string));
+        nat_rules.write(&[
+            "-A",
+            ext,
+            "-m",
+            "comment",
+            "--comment",
+            &comment,
+            "-m",
+            "addrtype",
+            "--src-type",
+            "LOCAL",
+            "-j",
+            &sp.chains.svc,
+        ]);
+    }
+    if p.has_external_endpoints {
+        nat_rules.write(&["-A", ext, "-j", p.external_policy_chain]);
+    }
+}
+
+/// KUBE-FW-…: loadBalancerSourceRanges; whatever falls through is dropped
+/// by KUBE-PROXY-FIREWALL in filter.
+fn kube_fw(nat_chains: &mut LineBuffer, nat_rules: &mut LineBuffer, p: &PortPlan<'_>, cfg: &ProxierConfig) {
+    let sp = p.sp;
+    let fw = sp.chains.fw.as_str();
+    nat_chains.chain_line(fw);
+    let comment = quoted(&format!("{} loadbalancer IP", sp.name_string));
+    let node_ip = cfg.node_ipv4();
+    let mut allow_from_node = false;
+    for cidr in &sp.load_balancer_source_ranges {
+        let c = cidr.to_string();
+        nat_rules.write(&["-A", fw, "-m", "comment", "--comment", &comment, "-s", &c, "-j", &sp.chains.ext]);
+        allow_from_node |= node_ip.is_some_and(|ip| cidr.contains(ip));
+    }
+    // A VIP-like LB address is often local too: node → VIP traffic then
+    // arrives with the VIP as source and must be let through.
+    if allow_from_node {
+        for lbip in &sp.load_balancer_vips {
+            let lbip = lbip.to_string();
+            nat_rules.write(&[
+                "-A",
+                fw,
+                "-m",
+                "comment",
+                "--comment",
+                &comment,
+                "-s",
+                &lbip,
+                "-j",
+                &sp.chains.ext,
+            ]);
+        }
+    }
+    let comment =
+        quoted(&format!("other traffic to {} will be dropped by KUBE-PROXY-FIREWALL", sp.name_string));
+    nat_rules.write(&["-A", fw, "-m", "comment", "--comment", &comment]);
+}
+
+/// KUBE-SVC-… / KUBE-SVL-…: affinity checks, then one random-probability
+/// jump per endpoint (`writeServiceToEndpointRules`).
+fn kube_svc(
+    nat_chains: &mut LineBuffer,
+    nat_rules: &mut LineBuffer,
+    sp: &ServicePortInfo,
+    chain: &str,
+    eps: &[&EndpointInfo],
+    large_cluster: bool,
+) {
+    nat_chains.chain_line(chain);
+    let seps: Vec<String> =
+        eps.iter().map(|e| endpoint_chain(&sp.name_string, sp.protocol.as_str(), &e.endpoint)).collect();
+    let comments: Vec<String> = if large_cluster {
+        Vec::new()
+    } else {
+        eps.iter().map(|e| quoted(&format!("{} -> {}", sp.name_string, e.endpoint))).collect()
+    };
+    let timeout = sp.affinity_timeout.map(|t| t.to_string());
+    let n = seps.len();
+    let probs: Vec<String> = (0..n.saturating_sub(1)).map(|i| probability(n - i)).collect();
+    let mut args: Vec<&str> = Vec::with_capacity(16);
+    if let Some(timeout) = &timeout {
+        for (i, sep) in seps.iter().enumerate() {
+            args.clear();
+            args.extend(["-A", chain]);
+            if !large_cluster {
+                args.extend(["-m", "comment", "--comment", &comments[i]]);
+            }
+            args.extend([
+                "-m",
+                "recent",
+                "--name",
+                sep,
+                "--rcheck",
+                "--seconds",
+                timeout,
+                "--reap",
+                "-j",
+                sep,
+            ]);
+            nat_rules.write(&args);
+        }
+    }
+    for (i, sep) in seps.iter().enumerate() {
+        args.clear();
+        args.extend(["-A", chain]);
+        if !large_cluster {
+            args.extend(["-m", "comment", "--comment", &comments[i]]);
+        }
+        if i < n - 1 {
+            args.extend(["-m", "statistic", "--mode", "random", "--probability", &probs[i]]);
+        }
+        args.extend(["-j", sep]);
+        nat_rules.write(&args);
+    }
+}
+
+/// KUBE-SEP-…: hairpin masquerade, then DNAT (recording affinity).
+fn kube_sep(
+    nat_chains: &mut LineBuffer,
+    nat_rules: &mut LineBuffer,
+    p: &PortPlan<'_>,
+    ep: &EndpointInfo,
+    large_cluster: bool,
+    active: &mut BTreeSet<String>,
+) {
+    let sp = p.sp;
+    let sep = endpoint_chain(&sp.name_string, p.proto, &ep.endpoint);
+    nat_chains.chain_line(&sep);
+    let ip = ep.ip.to_string();
+    let mut args: Vec<&str> = Vec::with_capacity(16);
+    args.extend(["-A", &sep]);
+    if !large_cluster {
+        args.extend(["-m", "comment", "--comment", &sp.name_string]);
+    }
+    let prefix = args.len();
+    args.extend(["-s", &ip, "-j", KUBE_MARK_MASQ]);
+    nat_rules.write(&args);
+    args.truncate(prefix);
+    if sp.affinity_timeout.is_some() {
+        args.extend(["-m", "recent", "--name", &sep, "--set"]);
+    }
+    args.extend(["-m", p.proto, "-p", p.proto, "-j", "DNAT", "--to-destination", &ep.endpoint]);
+    nat_rules.write(&args);
+    active.insert(sep);
+}
+
+/// KUBE-POSTROUTING and KUBE-MARK-MASQ: masquerade marked packets once.
+fn kube_postrouting_and_mark_masq(t: &mut Tables, cfg: &ProxierConfig) {
+    let mark = &cfg.masquerade_mark;
+    let mark_mask = format!("{mark}/{mark}");
+    t.nat_rules.write(&["-A", KUBE_POSTROUTING, "-m", "mark", "!", "--mark", &mark_mask, "-j", "RETURN"]);
+    // Clear the mark so a packet that re-traverses the stack is not masqueraded twice.
+    t.nat_rules.write(&["-A", KUBE_POSTROUTING, "-j", "MARK", "--xor-mark", mark]);
+    let comment = quoted("kubernetes service traffic requiring SNAT");
+    let mut masq = vec!["-A", KUBE_POSTROUTING, "-m", "comment", "--comment", &comment, "-j", "MASQUERADE"];
+    if cfg.random_fully {
+        masq.push("--random-fully");
+    }
+    t.nat_rules.write(&masq);
+    t.nat_rules.write(&["-A", KUBE_MARK_MASQ, "-j", "MARK", "--or-mark", mark]);
+}
+
+/// KUBE-FIREWALL: with route_localnet on, block martian traffic to 127/8
+/// from outside (CVE-2020-8558).
+fn kube_firewall(t: &mut Tables) {
+    t.filter_chains.chain_line(KUBE_FIREWALL);
+    let comment = quoted("block incoming localnet connections");
+    t.filter_rules.write(&[
+        "-A",
+        KUBE_FIREWALL,
+        "-m",
+        "comment",
+        "--comment",
+        &comment,
+        "-d",
+        "127.0.0.0/8",
+        "!",
+        "-s",
+        "127.0.0.0/8",
+        "-m",
+        "conntrack",
+        "!",
+        "--ctstate",
+        "RELATED,ESTABLISHED,DNAT",
+        "-j",
+        "DROP",
+    ]);
+}
+
+/// KUBE-FORWARD: drop INVALID, accept marked and established forwarded traffic.
+fn kube_forward(t: &mut Tables, cfg: &ProxierConfig) {
+    if !cfg.conntrack_tcp_liberal {
+        let mut rule = vec!["-A", KUBE_FORWARD, "-m", "conntrack", "--ctstate", "INVALID"];
+        if cfg.nfacct {
+            rule.extend(["-m", "nfacct", "--nfacct-name", "ct_state_invalid_dropped_pkts"]);
+        }
+        rule.extend(["-j", "DROP"]);
+        t.filter_rules.write(&rule);
+    }
+    let mark_mask = format!("{0}/{0}", cfg.masquerade_mark);
+    let comment = quoted("kubernetes forwarding rules");
+    t.filter_rules.write(&[
+        "-A",
+        KUBE_FORWARD,
+        "-m",
+        "comment",
+        "--comment",
+        &comment,
+        "-m",
+        "mark",
+        "--mark",
+        &mark_mask,
+        "-j",
+        "ACCEPT",
+    ]);
+    let comment = quoted("kubernetes forwarding conntrack rule");
+    t.filter_rules.write(&[
+        "-A",
+        KUBE_FORWARD,
+        "-m",
+        "comment",
+        "--comment",
+        &comment,
+        "-m",
+        "conntrack",
+        "--ctstate",
+        "RELATED,ESTABLISHED",
+        "-j",
+        "ACCEPT",
+    ]);
+}
+
+/// The last nat KUBE-SERVICES rule(s): local destinations go on to KUBE-NODEPORTS.
+fn kube_services_nodeports_jump(t: &mut Tables, cfg: &ProxierConfig) {
+    let comment = quoted("kubernetes service nodeports; NOTE: this must be the last rule in this chain");
+    let match_all =
+        cfg.nodeport_addresses.is_empty() || cfg.nodeport_addresses.iter().any(|c| c.prefix() == 0);
+    if match_all {
+        let mut rule = vec!["-A", KUBE_SERVICES, "-m", "comment", "--comment", &comment];
+        rule.extend(["-m", "addrtype", "--dst-type", "LOCAL"]);
+        if !cfg.localhost_nodeports {
+            rule.extend(["!", "-d", "127.0.0.0/8"]);
+        }
+        rule.extend(["-j", KUBE_NODEPORTS]);
+        t.nat_rules.write(&rule);
+        return;
+    }
+    let mut ips: Vec<Ipv4Addr> = cfg
+        .local_addresses
+        .iter()
+        .copied()
+        .filter(|ip| cfg.nodeport_addresses.iter().any(|c| c.contains(*ip)))
+        .filter(|ip| !ip.is_loopback() || cfg.localhost_nodeports)
+        .collect();
+    ips.sort();
+    ips.dedup();
+    for ip in ips {
+        let ip = ip.to_string();
+        t.nat_rules.write(&[
+            "-A",
+            KUBE_SERVICES,
+            "-m",
+            "comment",
+            "--comment",
+            &comment,
+            "-d",
+            &ip,
+            "-j",
+            KUBE_NODEPORTS,
+        ]);
+    }
+}
+
+/// Render one sync's iptables-restore payload (`syncProxyRules`).
+pub fn render(state: &ProxyState, cfg: &ProxierConfig, plan: &RenderPlan<'_>) -> Rendered {
+    let mut t = Tables::default();
+    let mut skipped_chains = LineBuffer::discarding();
+    let mut skipped_rules = LineBuffer::discarding();
+    let mut out = Rendered::default();
+
+    for c in [KUBE_SERVICES, KUBE_EXTERNAL_SERVICES, KUBE_FORWARD, KUBE_NODEPORTS, KUBE_PROXY_FIREWALL] {
+        t.filter_chains.chain_line(c);
+    }
+    for c in [KUBE_SERVICES, KUBE_NODEPORTS, KUBE_POSTROUTING, KUBE_MARK_MASQ] {
+        t.nat_chains.chain_line(c);
+    }
+    kube_postrouting_and_mark_masq(&mut t, cfg);
+    if cfg.localhost_nodeports {
+        kube_firewall(&mut t);
+    }
+
+    let large_cluster = state.total_endpoints() > LARGE_CLUSTER_ENDPOINTS_THRESHOLD;
+    out.large_cluster_mode = large_cluster;
+
+    for sp in &state.services {
+        let p = PortPlan::new(sp, state.endpoints_of(sp), &cfg.hostname);
+        kube_services(&mut t, &p);
+        kube_external_services(&mut t, &p);
+        kube_proxy_firewall(&mut t, &p);
+        kube_nodeports(&mut t, &p, cfg);
+
+        let skip =
+            !plan.full && !plan.changed.is_some_and(|c| c.contains(&(sp.namespace.clone(), sp.name.clone())));
+        let before = t.nat_chains.buf.len();
+        let (nat_chains, nat_rules) = if skip {
+            (&mut skipped_chains, &mut skipped_rules)
+        } else {
+            (&mut t.nat_chains, &mut t.nat_rules)
+        };
+
+        internal_masquerade(nat_rules, &p, cfg);
+        if p.uses_ext_chain {
+            kube_ext(nat_chains, nat_rules, &p, cfg);
+            out.active_nat_chains.insert(sp.chains.ext.clone());
+        }
+        if p.uses_fw_chain {
+            kube_fw(nat_chains, nat_rules, &p, cfg);
+            out.active_nat_chains.insert(sp.chains.fw.clone());
+        }
+        if p.uses_cluster_chain {
+            kube_svc(nat_chains, nat_rules, sp, &sp.chains.svc, &p.cluster, large_cluster);
+            out.active_nat_chains.insert(sp.chains.svc.clone());
+        }
+        if p.uses_local_chain {
+            kube_svc(nat_chains, nat_rules, sp, &sp.chains.svl, &p.local, large_cluster);
+            out.active_nat_chains.insert(sp.chains.svl.clone());
+        }
+        for ep in &p.all_reachable {
+            kube_sep(nat_chains, nat_rules, &p, ep, large_cluster, &mut out.active_nat_chains);
+        }
+        if !skip {
+            let written = &t.nat_chains.buf[before..];
+            out.written_service_chains.extend(
+                written.lines().filter_map(|l| l.strip_prefix(':')?.split(' ').next()).map(String::from),
+            );
+        }
+    }
+
+    if let Some(existing) = plan.existing_nat_chains {
+        for chain in existing.difference(&out.active_nat_chains) {
+            if names::is_service_chain(chain) {
+                // A chain line flushes it; then it can be deleted.
+                t.nat_chains.chain_line(chain);
+                t.nat_rules.write(&["-X", chain]);
+                out.deleted_chains.push(chain.clone());
+            }
+        }
+    }
+
+    kube_services_nodeports_jump(&mut t, cfg);
+    kube_forward(&mut t, cfg);
+
+    out.filter_rules = t.filter_rules.lines;
+    out.nat_rules = t.nat_rules.lines - out.deleted_chains.len();
+    out.skipped_nat_rules = skipped_rules.lines;
+    let mut payload = String::with_capacity(
+        t.filter_chains.buf.len()
+            + t.filter_rules.buf.len()
+            + t.nat_chains.buf.len()
+            + t.nat_rules.buf.len()
+            + 32,
+    );
+    payload.push_str("*filter\n");
+    payload.push_str(&t.filter_chains.buf);
+    payload.push_str(&t.filter_rules.buf);
+    payload.push_str("COMMIT\n*nat\n");
+    payload.push_str(&t.nat_chains.buf);
+    payload.push_str(&t.nat_rules.buf);
+    payload.push_str("COMMIT\n");
+    out.payload = payload;
+    out
+}

@@ -1,0 +1,252 @@
+//! Full and partial syncs (KEP-3453, kube-proxy's MinimizeIPTablesRestore).
+//!
+//! A full sync (at start, after a failed restore, when the canary chain is
+//! gone, or when large-cluster mode flips and every SEP rule changes text)
+//! ensures the jump rules and canary chains and rewrites every chain. Later
+//! syncs rewrite the top-level chains plus the chains of the services whose
+//! Service or endpoints changed since the last successful sync, found by
+//! comparing a fingerprint of each service's ports and endpoints.
+
+use std::collections::hash_map::DefaultHasher;
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::hash::{Hash, Hasher};
+use std::time::{Duration, Instant};
+
+use crate::iptables::{Iptables, IptablesError};
+use crate::names;
+use crate::proxier::{render, ProxierConfig, ProxyState, RenderPlan, Rendered};
+
+/// A service by (`namespace`, `name`).
+pub type ServiceKey = (String, String);
+
+/// Per-service fingerprints of what its chains are built from.
+pub fn fingerprints(state: &ProxyState) -> HashMap<ServiceKey, u64> {
+    let mut hashers: HashMap<ServiceKey, DefaultHasher> = HashMap::new();
+    for sp in &state.services {
+        let h = hashers.entry((sp.namespace.clone(), sp.name.clone())).or_default();
+        sp.hash(h);
+        state.endpoints_of(sp).hash(h);
+    }
+    hashers.into_iter().map(|(k, h)| (k, h.finish())).collect()
+}
+
+/// What a sync did.
+#[derive(Debug)]
+pub struct SyncReport {
+    pub full: bool,
+    /// Why it was full (empty for a partial sync).
+    pub reason: String,
+    pub changed_services: usize,
+    pub rendered: Rendered,
+    pub jump_rules_added: usize,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    #[error("{what}: {source}")]
+    Iptables { what: String, source: IptablesError },
+}
+
+fn ipt_err(what: &str) -> impl FnOnce(IptablesError) -> SyncError + '_ {
+    move |source| SyncError::Iptables { what: what.to_string(), source }
+}
+
+/// The sync loop's memory between syncs.
+pub struct Syncer {
+    pub ipt: Iptables,
+    pub cfg: ProxierConfig,
+    pub sync_period: Duration,
+    need_full_sync: Option<String>,
+    applied: HashMap<ServiceKey, u64>,
+    last_large_cluster: Option<bool>,
+    last_cleanup: Option<Instant>,
+}
+
+impl Syncer {
+    pub fn new(ipt: Iptables, cfg: ProxierConfig, sync_period: Duration) -> Self {
+        Syncer {
+            ipt,
+            cfg,
+            sync_period,
+            need_full_sync: Some("first sync".into()),
+            applied: HashMap::new(),
+            last_large_cluster: None,
+            last_cleanup: None,
+        }
+    }
+
+    /// Make the next sync a full one.
+    pub fn force_full_sync(&mut self, reason: &str) {
+        self.need_full_sync.get_or_insert_with(|| reason.to_string());
+    }
+
+    /// Why the next sync is full, if it is.
+    pub fn needs_full_sync(&self) -> Option<&str> {
+        self.need_full_sync.as_deref()
+    }
+
+    /// Record `state` as applied without applying it (`run --dry-run`).
+    pub fn mark_applied(&mut self, state: &ProxyState) {
+        self.applied = fingerprints(state);
+        self.need_full_sync = None;
+        self.last_large_cluster =
+            Some(state.total_endpoints() > crate::proxier::LARGE_CLUSTER_ENDPOINTS_THRESHOLD);
+    }
+
+    /// Check the canary chains; if one is gone, the next sync is full.
+    pub fn check_canary(&mut self) -> Result<bool, SyncError> {
+        let missing = self.ipt.canary_missing().map_err(ipt_err("checking the canary chains"))?;
+        if missing {
+            self.force_full_sync("canary chain KUBE-PROXY-CANARY is gone");
+        }
+        Ok(missing)
+    }
+
+    /// Decide full/partial and the changed services, without side effects.
+    fn plan(&self, state: &ProxyState) -> (Option<String>, HashSet<ServiceKey>, HashMap<ServiceKey, u64>) {
+        let now = fingerprints(state);
+        let large = state.total_endpoints() > crate::proxier::LARGE_CLUSTER_ENDPOINTS_THRESHOLD;
+        let mut full = self.need_full_sync.clone();
+        if full.is_none() && self.last_large_cluster.is_some_and(|l| l != large) {
+            full = Some("large-cluster mode changed (every endpoint rule changes text)".into());
+        }
+        let changed =
+            now.iter().filter(|(k, v)| self.applied.get(*k) != Some(*v)).map(|(k, _)| k.clone()).collect();
+        (full, changed, now)
+    }
+
+    fn existing_chains(&mut self, large: bool) -> Result<Option<BTreeSet<String>>, SyncError> {
+        // iptables-save is slow on big rule sets: in large clusters clean up
+        // stale chains at most once per sync period (they are unreferenced).
+        if large && self.last_cleanup.is_some_and(|t| t.elapsed() < self.sync_period) {
+            return Ok(None);
+        }
+        let chains = self.ipt.chains("nat").map_err(ipt_err("listing nat chains (iptables-save -t nat)"))?;
+        Ok(Some(chains))
+    }
+
+    /// Render what the next sync would write, without applying it.
+    pub fn preview(&mut self, state: &ProxyState) -> Result<(SyncPreview, Rendered), SyncError> {
+        let (full, changed, _) = self.plan(state);
+        let existing =
+            self.ipt.chains("nat").map_err(ipt_err("listing nat chains (iptables-save -t nat)"))?;
+        let rendered = render(
+            state,
+            &self.cfg,
+            &RenderPlan {
+                full: full.is_some(),
+                changed: Some(&changed),
+                existing_nat_chains: Some(&existing),
+            },
+        );
+        Ok((SyncPreview { full, changed_services: changed.len(), existing }, rendered))
+    }
+
+    /// One sync: full or partial, applied in one iptables-restore transaction.
+    pub fn sync(&mut self, state: &ProxyState) -> Result<SyncReport, SyncError> {
+        let (full, changed, now) = self.plan(state);
+        let large = state.total_endpoints() > crate::proxier::LARGE_CLUSTER_ENDPOINTS_THRESHOLD;
+        let mut jump_rules_added = 0;
+        let result = (|| {
+            if full.is_some() {
+                // Outside the restore: we must not own the built-in chains.
+                jump_rules_added = self.ipt.ensure_jump_rules().map_err(ipt_err("ensuring jump rules"))?;
+                self.ipt.ensure_canary().map_err(ipt_err("creating the canary chains"))?;
+                if self.cfg.localhost_nodeports {
+                    self.ipt.enable_route_localnet().map_err(ipt_err("setting route_localnet"))?;
+                }
+            }
+            let existing = self.existing_chains(large)?;
+            let rendered = render(
+                state,
+                &self.cfg,
+                &RenderPlan {
+                    full: full.is_some(),
+                    changed: Some(&changed),
+                    existing_nat_chains: existing.as_ref(),
+                },
+            );
+            self.ipt.restore(&rendered.payload).map_err(ipt_err(if full.is_some() {
+                "full iptables-restore"
+            } else {
+                "partial iptables-restore"
+            }))?;
+            if existing.is_some() {
+                self.last_cleanup = Some(Instant::now());
+            }
+            Ok(rendered)
+        })();
+        match result {
+            Ok(rendered) => {
+                self.need_full_sync = None;
+                self.applied = now;
+                self.last_large_cluster = Some(large);
+                Ok(SyncReport {
+                    full: full.is_some(),
+                    reason: full.unwrap_or_default(),
+                    changed_services: changed.len(),
+                    rendered,
+                    jump_rules_added,
+                })
+            }
+            Err(e) => {
+                // The changes are folded into `now` already: only a full sync is safe.
+                self.need_full_sync = Some(format!("previous sync failed: {e}"));
+                Err(e)
+            }
+        }
+    }
+}
+
+/// What `--dry-run` shows.
+#[derive(Debug)]
+pub struct SyncPreview {
+    pub full: Option<String>,
+    pub changed_services: usize,
+    pub existing: BTreeSet<String>,
+}
+
+/// A diff view of a payload: per table, which chains it rewrites (`~`),
+/// creates (`+`) or deletes (`-`), and how many rules each gets.
+pub fn diff_view(preview: &SyncPreview, rendered: &Rendered, existing_filter: &BTreeSet<String>) -> String {
+    let mut out = String::new();
+    match &preview.full {
+        Some(why) => out.push_str(&format!("# full sync ({why})\n")),
+        None => out.push_str(&format!("# partial sync: {} service(s) changed\n", preview.changed_services)),
+    }
+    let mut table = "";
+    let mut counts: Vec<(String, String, usize)> = Vec::new();
+    let deleted: BTreeSet<&str> = rendered.deleted_chains.iter().map(String::as_str).collect();
+    for line in rendered.payload.lines() {
+        if let Some(t) = line.strip_prefix('*') {
+            table = if t == "filter" { "filter" } else { "nat" };
+        } else if let Some(c) = line.strip_prefix(':') {
+            let name = c.split(' ').next().unwrap_or("").to_string();
+            if !deleted.contains(name.as_str()) {
+                counts.push((table.to_string(), name, 0));
+            }
+        } else if let Some(r) = line.strip_prefix("-A ") {
+            let chain = r.split(' ').next().unwrap_or("");
+            if let Some(e) = counts.iter_mut().rev().find(|(t, n, _)| t == table && n == chain) {
+                e.2 += 1;
+            }
+        }
+    }
+    for (t, name, rules) in &counts {
+        let exists =
+            if t == "filter" { existing_filter.contains(name) } else { preview.existing.contains(name) };
+        let mark = if exists { '~' } else { '+' };
+        out.push_str(&format!("{mark} {t} {name} ({rules} rules)\n"));
+    }
+    for c in &rendered.deleted_chains {
+        out.push_str(&format!("- nat {c} (stale)\n"));
+    }
+    let kept = preview
+        .existing
+        .iter()
+        .filter(|c| names::is_service_chain(c))
+        .filter(|c| !counts.iter().any(|(t, n, _)| t == "nat" && n == *c) && !deleted.contains(c.as_str()))
+        .count();
+    out.push_str(&format!("# {kept} service chain(s) left as they are\n"));
+    out
+}

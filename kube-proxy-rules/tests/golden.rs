@@ -1,0 +1,114 @@
+//! Golden tests of the rule text, modelled on kube-proxy's proxier_test
+//! expectations: each directory under tests/golden/ has `input.yaml`
+//! (manifests), optionally `pods.json` (pod records, a JSON array of
+//! WorkloadEndpoints), `config.txt` (node settings) and `expected.txt` (the
+//! payload after kube-proxy's canonical sort). `UPDATE_GOLDEN=1` rewrites
+//! the expectations of cases marked `generated=true` (never the upstream ones).
+
+use std::path::{Path, PathBuf};
+
+use calico_store::model::WorkloadEndpoint;
+use kube_proxy_rules::canonical::sort_payload;
+use kube_proxy_rules::inputs;
+use kube_proxy_rules::proxier::{render, ProxierConfig, RenderPlan};
+
+fn config(dir: &Path) -> (ProxierConfig, bool) {
+    let mut cfg = ProxierConfig { masquerade_mark: "0x4000".into(), ..Default::default() };
+    let mut generated = false;
+    let text = std::fs::read_to_string(dir.join("config.txt")).unwrap_or_default();
+    for line in text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')) {
+        let (k, v) = line.split_once('=').unwrap();
+        match k {
+            "hostname" => cfg.hostname = v.into(),
+            "node_ip" => cfg.node_ips.push(v.parse().unwrap()),
+            "cluster_cidr" => cfg.cluster_cidr = Some(v.parse().unwrap()),
+            "masquerade_all" => cfg.masquerade_all = v.parse().unwrap(),
+            "localhost_nodeports" => cfg.localhost_nodeports = v.parse().unwrap(),
+            "nodeport_addresses" => {
+                cfg.nodeport_addresses = v.split(',').map(|c| c.parse().unwrap()).collect()
+            }
+            "local_addresses" => cfg.local_addresses = v.split(',').map(|c| c.parse().unwrap()).collect(),
+            "random_fully" => cfg.random_fully = v.parse().unwrap(),
+            "conntrack_tcp_liberal" => cfg.conntrack_tcp_liberal = v.parse().unwrap(),
+            "nfacct" => cfg.nfacct = v.parse().unwrap(),
+            "mark" => cfg.masquerade_mark = v.into(),
+            "generated" => generated = v.parse().unwrap(),
+            other => panic!("{}: unknown config key {other}", dir.display()),
+        }
+    }
+    (cfg, generated)
+}
+
+fn run_case(dir: &Path) -> Result<(), String> {
+    let (cfg, generated) = config(dir);
+    let weps: Vec<WorkloadEndpoint> = match std::fs::read_to_string(dir.join("pods.json")) {
+        Ok(t) => serde_json::from_str(&t).unwrap(),
+        Err(_) => Vec::new(),
+    };
+    let loaded = inputs::load(&[dir.join("input.yaml")], &weps, "10.96.0.0/12".parse().unwrap());
+    let mut errors: Vec<String> = loaded.errors.iter().map(|e| format!("skipped {e}")).collect();
+    let expected_errors = std::fs::read_to_string(dir.join("errors.txt")).unwrap_or_default();
+    let rendered = render(&loaded.state, &cfg, &RenderPlan { full: true, ..Default::default() });
+    let got = sort_payload(&rendered.payload)?;
+    let want_path = dir.join("expected.txt");
+    if generated && std::env::var("UPDATE_GOLDEN").is_ok() {
+        std::fs::write(&want_path, &got).unwrap();
+    }
+    let want = std::fs::read_to_string(&want_path).map_err(|e| format!("{}: {e}", want_path.display()))?;
+    let want = sort_payload(&want)?;
+    if got != want {
+        let mut msg = format!("{}: payload differs\n", dir.display());
+        let (g, w): (Vec<_>, Vec<_>) = (got.lines().collect(), want.lines().collect());
+        for l in &w {
+            if !g.contains(l) {
+                msg.push_str(&format!("- {l}\n"));
+            }
+        }
+        for l in &g {
+            if !w.contains(l) {
+                msg.push_str(&format!("+ {l}\n"));
+            }
+        }
+        if !msg.contains("\n-") && !msg.contains("\n+") {
+            msg.push_str("(same lines, different order)\n");
+            msg.push_str(&got);
+        }
+        return Err(msg);
+    }
+    // Every bad object must be expected (by substring, one per line).
+    for want in expected_errors.lines().filter(|l| !l.trim().is_empty()) {
+        match errors.iter().position(|e| e.contains(want.trim())) {
+            Some(i) => {
+                errors.remove(i);
+            }
+            None => return Err(format!("{}: expected error {want:?} not reported", dir.display())),
+        }
+    }
+    if !errors.is_empty() {
+        return Err(format!("{}: unexpected errors: {errors:#?}", dir.display()));
+    }
+    Ok(())
+}
+
+fn cases() -> Vec<PathBuf> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden");
+    let mut dirs: Vec<PathBuf> =
+        std::fs::read_dir(&root).unwrap().map(|e| e.unwrap().path()).filter(|p| p.is_dir()).collect();
+    dirs.sort();
+    dirs
+}
+
+#[test]
+fn golden_cases() {
+    let cases = cases();
+    assert!(cases.len() >= 1);
+    let failures: Vec<String> = cases.iter().filter_map(|d| run_case(d).err()).collect();
+    assert!(
+        failures.is_empty(),
+        "{} of {} golden cases failed:\n{}",
+        failures.len(),
+        cases.len(),
+        failures.join("\n")
+    );
+    eprintln!("{} golden cases passed", cases.len());
+}
