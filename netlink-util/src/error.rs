@@ -17,7 +17,7 @@ pub enum Error {
     Exists { op: &'static str, what: String },
     /// Any other kernel refusal, with its errno and the kernel's extended ack
     /// message when it sent one.
-    #[error("{op} {what}: {} (errno {errno}){}", io::Error::from_raw_os_error(*errno), ext_msg(.message))]
+    #[error("{op} {what}: {} (errno {errno}){}", nix::errno::Errno::from_raw(*errno).desc(), ext_msg(.message))]
     Kernel { op: &'static str, what: String, errno: i32, message: Option<String> },
     /// A system call or file operation outside netlink failed.
     #[error("{context}: {source}")]

@@ -26,7 +26,7 @@
 //! Netns::open(path) / Netns::current() / ns.run(|nl| ..) / ns.run_thread(|| ..)
 //! Netlink::new()
 //!   create_veth(&VethConfig) -> Link        link_by_name / link_by_index / links
-//!   set_link_up / set_link_down / set_link_mtu / del_link_by_name / del_link
+//!   set_link_up / set_link_down / set_link_mtu / move_link / del_link_by_name / del_link
 //!   add_address(index, net, &AddrOptions) / del_address / addresses(family, index)
 //!   link_local_v6(index) / wait_link_local_v6(index, timeout)
 //!   add_route / replace_route / del_route (&Route) / routes(family, table) / routes_to(dst, table)
@@ -36,7 +36,6 @@
 //!
 //! ## Example: the Calico pod wiring
 //! ```no_run
-//! use std::time::Duration;
 //! use netlink_util::*;
 //!
 //! fn wire(pod_netns: &str) -> Result<()> {
@@ -67,11 +66,16 @@
 //!     Sysctl::ipv4_forwarding(&veth.name)?.write("1")?;
 //!     host.set_link_up(veth.index)?;
 //!     match host.add_route(&Route::new("10.65.0.5/32".parse().unwrap()).dev(veth.index).scope(Scope::Link)) {
-//!         Err(e) if e.is_exists() => { /* check routes_to(..): same interface is fine */ }
+//!         // EEXIST: fine if the existing route is on our veth (see routes_to).
+//!         Err(e) if e.is_exists() => {
+//!             let dst = "10.65.0.5/32".parse().unwrap();
+//!             if !host.routes_to(dst, MAIN_TABLE)?.iter().any(|r| r.oif == Some(veth.index)) {
+//!                 return Err(e);
+//!             }
+//!         }
 //!         other => other?,
 //!     }
 //!     guard.commit();
-//!     let _ = Duration::ZERO;
 //!     Ok(())
 //! }
 //! ```

@@ -287,6 +287,18 @@ impl Netlink {
         self.request(RouteNetlinkMessage::SetLink(msg), 0, &Op { op: "set mtu of", what: &what }).map(drop)
     }
 
+    /// Move a link into another namespace (it keeps its name unless that is
+    /// taken there: `Error::Exists`). Prefer creating links in place
+    /// ([`VethConfig::peer_netns`]): a move unregisters and re-registers the
+    /// device, which costs more than the creation itself.
+    pub fn move_link(&mut self, index: u32, netns: &Netns) -> Result<()> {
+        let mut msg = LinkMessage::default();
+        msg.header.index = index;
+        msg.attributes.push(LinkAttribute::NetNsFd(netns.as_raw_fd()));
+        let what = || format!("link index {index} to netns {}", netns.path().display());
+        self.request(RouteNetlinkMessage::SetLink(msg), 0, &Op { op: "move", what: &what }).map(drop)
+    }
+
     /// Delete a link by name (a veth takes its peer with it).
     /// `Error::NotFound` when there is no such link.
     pub fn del_link_by_name(&mut self, name: &str) -> Result<()> {

@@ -168,6 +168,26 @@ mod tests {
     }
 
     #[test]
+    fn a_proc_pid_path_opens_the_same_namespace() {
+        let ns = testbed::Netns::new("nlu");
+        let mut child = ns.cmd("sleep").arg("30").spawn().unwrap();
+        // `ip netns exec` execs sleep in the same process once it has entered.
+        let by_pid = format!("/proc/{}/ns/net", child.id());
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        let named = Netns::open(ns.path()).unwrap();
+        let mut same = false;
+        while !same && std::time::Instant::now() < deadline {
+            same = Netns::open(&by_pid).and_then(|p| p.same_as(&named)).unwrap_or(false);
+            if !same {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        assert!(same, "{by_pid} never became the netns {}", ns.name());
+    }
+
+    #[test]
     fn run_returns_the_closure_error() {
         let ns = testbed::Netns::new("nlu");
         let target = Netns::open(ns.path()).unwrap();

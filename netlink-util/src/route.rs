@@ -69,6 +69,20 @@ impl From<Protocol> for u8 {
     }
 }
 
+/// `ip route` names: `boot`, `static`, `bird`, ... or the number.
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Protocol::Unspec => f.write_str("unspec"),
+            Protocol::Kernel => f.write_str("kernel"),
+            Protocol::Boot => f.write_str("boot"),
+            Protocol::Static => f.write_str("static"),
+            Protocol::Bird => f.write_str("bird"),
+            Protocol::Other(n) => write!(f, "{n}"),
+        }
+    }
+}
+
 /// Route type (`RTN_*`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum RouteKind {
@@ -343,10 +357,10 @@ impl fmt::Display for Route {
             write!(f, " table {}", self.table)?;
         }
         if let Some(p) = self.protocol {
-            write!(f, " proto {}", u8::from(p))?;
+            write!(f, " proto {p}")?;
         }
         if let Some(s) = self.scope {
-            write!(f, " scope {}", u8::from(s))?;
+            write!(f, " scope {s}")?;
         }
         if self.onlink {
             write!(f, " onlink")?;
@@ -484,6 +498,6 @@ mod tests {
     #[test]
     fn display_reads_like_ip_route() {
         let r = Route::new(net("169.254.1.1/32")).dev(2).scope(Scope::Link);
-        assert_eq!(r.to_string(), "169.254.1.1/32 dev index 2 scope 253");
+        assert_eq!(r.to_string(), "169.254.1.1/32 dev index 2 scope link");
     }
 }

@@ -95,6 +95,20 @@ impl From<Scope> for u8 {
     }
 }
 
+/// `ip route` names: `universe`, `link`, `host`, ... or the number.
+impl fmt::Display for Scope {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Scope::Universe => f.write_str("universe"),
+            Scope::Site => f.write_str("site"),
+            Scope::Link => f.write_str("link"),
+            Scope::Host => f.write_str("host"),
+            Scope::Nowhere => f.write_str("nowhere"),
+            Scope::Other(n) => write!(f, "{n}"),
+        }
+    }
+}
+
 /// IPv4 or IPv6, for listing.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum IpFamily {

@@ -180,3 +180,21 @@ fn a_socket_sees_only_its_own_namespace() {
     let in_a = a.ns.run_thread(|| Netlink::new()?.links()).unwrap();
     assert!(in_a.iter().any(|l| l.name == x));
 }
+
+#[test]
+fn move_link_puts_it_in_the_other_netns() {
+    let a = TestNs::new();
+    let b = TestNs::new();
+    let (x, y) = (name("ma"), name("mb"));
+    a.ns.run(|nl| {
+        nl.create_veth(&VethConfig::new(&x, &y))?;
+        let ly = nl.link_by_name(&y)?;
+        nl.move_link(ly.index, &b.ns)?;
+        assert!(nl.link_by_name(&y).unwrap_err().is_not_found());
+        Ok(())
+    })
+    .unwrap();
+    let moved = b.ns.run(|nl| nl.link_by_name(&y)).unwrap();
+    assert_eq!(moved.kind, Some(LinkKind::Veth));
+    assert!(b.ip("link show").contains(&y));
+}
