@@ -1,0 +1,652 @@
+//! The lab: several "hosts" on one machine, each a network namespace.
+//!
+//! ```text
+//!                 client (192.168.40.2)
+//!                    |
+//!   node-a ------- tor (BIRD, AS 65000) ------- node-b
+//! (agent+BIRD)       |                        (agent+BIRD)
+//!                  etcd (real etcd)
+//! ```
+//!
+//! Every host has one veth (`eth0`) to the `tor` namespace, its own /24 and a
+//! default route via the tor: the tor is a routed top-of-rack, so a packet
+//! from node-a to a pod on node-b goes through the tor, which knows the pod's
+//! block only because node-b announced it by BGP. Nodes peer with the tor
+//! (eBGP, one AS per node as in Calico's per-rack AS pattern: with a shared
+//! AS, each node would reject the other's routes as an AS-path loop).
+//!
+//! Everything is named `<prefix><id>-<host>` with a per-instance id, lives
+//! under a per-instance run directory, and is torn down when the [`Lab`] is
+//! dropped (or by `calico-lab down <id>` for a detached lab). Only private
+//! addresses are used, only inside the lab's own namespaces.
+
+mod host;
+mod narrate;
+mod scenario;
+mod tor;
+
+use std::collections::BTreeMap;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ipnetwork::{IpNetwork, Ipv4Network};
+use serde::{Deserialize, Serialize};
+
+pub use host::{http_get, run_cmd, wait_until, LabNetns, LabProc};
+pub use scenario::{Pod, ScenarioConfig, ScenarioReport};
+
+#[derive(Debug, thiserror::Error)]
+pub enum LabError {
+    #[error("lab config {path}: {reason}")]
+    Config { path: PathBuf, reason: String },
+    #[error("I/O on {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot start {what}: {source}")]
+    Spawn {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{cmd} failed: {output}")]
+    Command { cmd: String, output: String },
+    #[error("netlink: {0}")]
+    Netlink(#[from] netlink_util::Error),
+    #[error("datastore: {0}")]
+    Store(#[from] calico_store::StoreError),
+    #[error("HTTP to {addr}: {reason}")]
+    Http { addr: SocketAddr, reason: String },
+    #[error("timed out waiting for {0}")]
+    Timeout(String),
+    #[error("{0}")]
+    Check(String),
+}
+
+impl LabError {
+    pub fn io(path: &Path, source: std::io::Error) -> Self {
+        LabError::Io { path: path.to_path_buf(), source }
+    }
+}
+
+/// One lab host's link to the tor.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HostConfig {
+    #[serde(default)]
+    pub name: String,
+    /// The host's address on its link (`eth0`).
+    pub ip: Ipv4Network,
+    /// The tor's address on the same link (the host's default gateway).
+    pub tor_ip: Ipv4Network,
+    #[serde(default)]
+    pub as_number: Option<u32>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TorConfig {
+    pub as_number: u32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EtcdConfig {
+    pub ip: Ipv4Network,
+    pub tor_ip: Ipv4Network,
+    pub client_port: u16,
+    pub peer_port: u16,
+}
+
+/// `lab/lab.json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LabConfig {
+    /// Namespaces are `<name_prefix><id>-<host>`.
+    pub name_prefix: String,
+    pub tor: TorConfig,
+    pub pool: Ipv4Network,
+    #[serde(default = "default_block_size")]
+    pub block_size: u8,
+    pub nodes: Vec<HostConfig>,
+    pub etcd: EtcdConfig,
+    pub client: HostConfig,
+    #[serde(default)]
+    pub scenario: Option<ScenarioConfig>,
+    /// Where relative paths (the manifest) are resolved; the config's directory.
+    #[serde(skip)]
+    pub base_dir: PathBuf,
+}
+
+fn default_block_size() -> u8 {
+    26
+}
+
+impl LabConfig {
+    pub fn load(path: &Path) -> Result<LabConfig, LabError> {
+        let bad = |reason: String| LabError::Config { path: path.to_path_buf(), reason };
+        let text = std::fs::read(path).map_err(|e| LabError::io(path, e))?;
+        let mut cfg: LabConfig = serde_json::from_slice(&text).map_err(|e| bad(e.to_string()))?;
+        cfg.base_dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        cfg.validate().map_err(bad)?;
+        Ok(cfg)
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        if self.nodes.is_empty() {
+            return Err("at least one node is needed".into());
+        }
+        let mut names = std::collections::BTreeSet::new();
+        for h in self.hosts() {
+            if h.name.is_empty()
+                || h.name.len() > 12
+                || !h.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+            {
+                return Err(format!("host name {:?}: 1-12 chars of [a-z0-9-]", h.name));
+            }
+            if !names.insert(h.name.clone()) {
+                return Err(format!("host name {} used twice", h.name));
+            }
+            if h.ip.network() != h.tor_ip.network()
+                || h.ip.prefix() != h.tor_ip.prefix()
+                || h.ip.ip() == h.tor_ip.ip()
+            {
+                return Err(format!(
+                    "{}: ip {} and tor_ip {} must be two addresses of one subnet",
+                    h.name, h.ip, h.tor_ip
+                ));
+            }
+            if !is_private(h.ip.ip()) {
+                return Err(format!("{}: {} is not a private address", h.name, h.ip));
+            }
+        }
+        if !is_private(self.pool.ip()) || self.block_size < self.pool.prefix() || self.block_size > 32 {
+            return Err(format!(
+                "pool {} / block size {} invalid (private, block within pool)",
+                self.pool, self.block_size
+            ));
+        }
+        Ok(())
+    }
+
+    /// Every host except the tor: nodes, etcd, client.
+    pub fn hosts(&self) -> Vec<HostConfig> {
+        let mut v = self.nodes.clone();
+        v.push(HostConfig {
+            name: "etcd".into(),
+            ip: self.etcd.ip,
+            tor_ip: self.etcd.tor_ip,
+            as_number: None,
+        });
+        let mut c = self.client.clone();
+        if c.name.is_empty() {
+            c.name = "client".into();
+        }
+        v.push(c);
+        v
+    }
+
+    pub fn node(&self, name: &str) -> Option<&HostConfig> {
+        self.nodes.iter().find(|n| n.name == name)
+    }
+
+    pub fn etcd_endpoint(&self) -> String {
+        format!("http://{}:{}", self.etcd.ip.ip(), self.etcd.client_port)
+    }
+
+    pub fn node_as(&self, n: &HostConfig) -> u32 {
+        n.as_number.unwrap_or(crate::config::DEFAULT_AS_NUMBER)
+    }
+}
+
+fn is_private(ip: Ipv4Addr) -> bool {
+    ip.is_private()
+}
+
+/// Where the lab finds the workspace binaries (`calico-node-agent`, `calico`,
+/// `calico-ipam`, `kube-proxy-rules`): one directory, e.g. `target/debug`.
+#[derive(Debug, Clone)]
+pub struct Bins {
+    pub dir: PathBuf,
+}
+
+impl Bins {
+    pub fn new(dir: impl Into<PathBuf>) -> Bins {
+        Bins { dir: dir.into() }
+    }
+    /// The directory of the running executable (for `calico-lab`).
+    pub fn beside_current_exe() -> Result<Bins, LabError> {
+        let exe = std::env::current_exe().map_err(|e| LabError::io(Path::new("/proc/self/exe"), e))?;
+        Ok(Bins::new(exe.parent().map(Path::to_path_buf).unwrap_or_default()))
+    }
+    pub fn path(&self, name: &str) -> Result<PathBuf, LabError> {
+        let p = self.dir.join(name);
+        if p.exists() {
+            Ok(p)
+        } else {
+            Err(LabError::Check(format!("{} not built (cargo build --workspace --bins)", p.display())))
+        }
+    }
+}
+
+/// What a detached lab leaves behind for `down`/`status`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct LabState {
+    pub id: String,
+    pub run_dir: PathBuf,
+    pub namespaces: Vec<String>,
+    pub pids: Vec<u32>,
+    pub config: LabConfig,
+}
+
+pub const STATE_FILE: &str = "lab-state.json";
+
+/// A running lab. Dropping it tears everything down.
+pub struct Lab {
+    pub cfg: LabConfig,
+    pub id: String,
+    pub run_dir: PathBuf,
+    pub bins: Bins,
+    // Field order matters on drop: processes stop before their namespaces go.
+    procs: Vec<LabProc>,
+    pods: Vec<Pod>,
+    nets: BTreeMap<String, LabNetns>,
+    keep_run_dir: bool,
+}
+
+/// A per-instance id: short (it becomes part of netns names), unique across
+/// processes and across calls in one process.
+fn instance_id() -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    let n = N.fetch_add(1, Ordering::Relaxed);
+    let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    format!("{:x}{:x}{n:x}", std::process::id() & 0xffff, t.subsec_micros() & 0xfff)
+}
+
+impl Lab {
+    /// Build the whole topology, start etcd, the tor's BIRD and on every node
+    /// BIRD plus the agent, then wait until every BGP session is up. On any
+    /// error, everything created so far is torn down.
+    pub fn up(cfg: &LabConfig, bins: &Bins) -> Result<Lab, LabError> {
+        let id = instance_id();
+        let run_dir = std::env::temp_dir().join(format!("calico-lab-{}{id}", cfg.name_prefix));
+        std::fs::create_dir_all(&run_dir).map_err(|e| LabError::io(&run_dir, e))?;
+        let mut lab = Lab {
+            cfg: cfg.clone(),
+            id,
+            run_dir,
+            bins: bins.clone(),
+            procs: Vec::new(),
+            pods: Vec::new(),
+            nets: BTreeMap::new(),
+            keep_run_dir: std::env::var_os("CALICO_LAB_KEEP").is_some(),
+        };
+        lab.build_network()?;
+        lab.start_etcd()?;
+        lab.seed_datastore()?;
+        lab.start_tor()?;
+        for n in cfg.nodes.clone() {
+            lab.start_node(&n)?;
+        }
+        lab.wait_bgp_established()?;
+        log::info!("lab {} up ({})", lab.id, lab.run_dir.display());
+        Ok(lab)
+    }
+
+    /// The namespace name of a host (`tor`, `node-a`, `etcd`, `client`, pods).
+    pub fn ns_name(&self, host: &str) -> String {
+        format!("{}{}-{host}", self.cfg.name_prefix, self.id)
+    }
+
+    pub fn ns(&self, host: &str) -> Result<&LabNetns, LabError> {
+        self.nets.get(host).ok_or_else(|| LabError::Check(format!("no lab host {host}")))
+    }
+
+    fn host_dir(&self, host: &str) -> Result<PathBuf, LabError> {
+        let d = self.run_dir.join(host);
+        std::fs::create_dir_all(&d).map_err(|e| LabError::io(&d, e))?;
+        Ok(d)
+    }
+
+    fn add_ns(&mut self, host: &str) -> Result<(), LabError> {
+        let ns = LabNetns::create(&self.ns_name(host))?;
+        self.nets.insert(host.to_string(), ns);
+        Ok(())
+    }
+
+    fn build_network(&mut self) -> Result<(), LabError> {
+        self.add_ns("tor")?;
+        for h in self.cfg.hosts() {
+            self.add_ns(&h.name)?;
+        }
+        let tor_path = self.ns("tor")?.path();
+        self.ns("tor")?.run(|| Ok(netlink_util::Sysctl::ip_forward().write("1")?))?;
+        for h in self.cfg.hosts() {
+            let peer = format!("to-{}", h.name);
+            let ns = self.ns(&h.name)?;
+            let tor_ns = netlink_util::Netns::open(&tor_path)?;
+            let (ip, gw) = (h.ip, h.tor_ip.ip());
+            ns.with_netlink(|nl| {
+                // The host end is created here and its peer directly in the
+                // tor's namespace: nothing ever appears in the root namespace.
+                let eth = nl
+                    .create_veth(&netlink_util::VethConfig::new("eth0", peer.as_str()).peer_netns(&tor_ns))?;
+                nl.add_address(eth.index, IpNetwork::V4(ip), &netlink_util::AddrOptions::default())?;
+                nl.set_link_up(eth.index)?;
+                nl.add_route(&netlink_util::Route::default_v4().via(gw.into()).dev(eth.index))?;
+                Ok(())
+            })?;
+            // Nodes route pods' traffic.
+            if self.cfg.node(&h.name).is_some() {
+                ns.run(|| Ok(netlink_util::Sysctl::ip_forward().write("1")?))?;
+            }
+            let tor_ip = h.tor_ip;
+            self.ns("tor")?.with_netlink(|nl| {
+                let l = nl.link_by_name(&peer)?;
+                nl.add_address(l.index, IpNetwork::V4(tor_ip), &netlink_util::AddrOptions::default())?;
+                nl.set_link_up(l.index)
+            })?;
+        }
+        Ok(())
+    }
+
+    fn spawn(&mut self, host: &str, name: &str, cmd: std::process::Command) -> Result<(), LabError> {
+        let log = self.host_dir(host)?.join(format!("{name}.out"));
+        let p = self.ns(host)?.spawn(name, cmd, &log)?;
+        self.procs.push(p);
+        Ok(())
+    }
+
+    fn start_etcd(&mut self) -> Result<(), LabError> {
+        let dir = self.host_dir("etcd")?;
+        let ip = self.cfg.etcd.ip.ip();
+        let client = self.cfg.etcd_endpoint();
+        let peer = format!("http://{ip}:{}", self.cfg.etcd.peer_port);
+        let mut cmd = self.ns("etcd")?.command("etcd");
+        cmd.arg("--name=lab")
+            .arg(format!("--data-dir={}", dir.join("data").display()))
+            .arg(format!("--listen-client-urls={client}"))
+            .arg(format!("--advertise-client-urls={client}"))
+            .arg(format!("--listen-peer-urls={peer}"))
+            .arg(format!("--initial-advertise-peer-urls={peer}"))
+            .arg(format!("--initial-cluster=lab={peer}"))
+            .arg("--log-level=error");
+        self.spawn("etcd", "etcd", cmd)?;
+        let addr = SocketAddr::new(ip.into(), self.cfg.etcd.client_port);
+        let ns = self.ns("etcd")?;
+        wait_until("etcd health", Duration::from_secs(20), || {
+            ns.run(|| http_get(addr, "/health", Duration::from_millis(500)))
+                .ok()
+                .filter(|b| b.contains("true"))
+        })
+        .map_err(|e| self.with_log("etcd", e))?;
+        Ok(())
+    }
+
+    /// Attach a daemon's log tail to an error.
+    fn with_log(&self, name: &str, e: LabError) -> LabError {
+        match self.procs.iter().find(|p| p.name == name) {
+            Some(p) => LabError::Check(format!("{e}\n--- {} log ---\n{}", p.name, p.log_tail())),
+            None => e,
+        }
+    }
+
+    /// Open the lab's etcd from a node's namespace and run `f` there (the
+    /// etcd client is current-thread, so its sockets open in that netns).
+    pub fn with_store<T: Send>(
+        &self,
+        from_host: &str,
+        f: impl FnOnce(&dyn calico_store::Datastore) -> Result<T, LabError> + Send,
+    ) -> Result<T, LabError> {
+        let ds = self.datastore_config();
+        self.ns(from_host)?.run(move || {
+            let store = calico_store::open(&ds)?;
+            f(store.as_ref())
+        })
+    }
+
+    pub fn datastore_config(&self) -> calico_store::DatastoreConfig {
+        calico_store::DatastoreConfig {
+            datastore_type: Some("etcdv3".into()),
+            etcd_endpoints: Some(self.cfg.etcd_endpoint()),
+            ..Default::default()
+        }
+    }
+
+    /// The cluster's IP pool (what `calicoctl create ippool` would write).
+    fn seed_datastore(&mut self) -> Result<(), LabError> {
+        use calico_store::model::{self, IpPool, IpPoolSpec, ObjectMeta};
+        let pool = IpPool::new(
+            "IPPool",
+            ObjectMeta { name: "default-ipv4-ippool".into(), ..Default::default() },
+            IpPoolSpec {
+                cidr: IpNetwork::V4(self.cfg.pool),
+                block_size: Some(self.cfg.block_size),
+                node_selector: Some("all()".into()),
+                disabled: false,
+                nat_outgoing: false,
+            },
+        );
+        let host = self.cfg.nodes[0].name.clone();
+        self.with_store(&host, move |s| {
+            let key = model::pool_key(&pool.metadata.name);
+            if s.get(&key)?.is_none() {
+                s.create(&key, &model::encode(&pool))?;
+            }
+            Ok(())
+        })
+    }
+
+    fn start_tor(&mut self) -> Result<(), LabError> {
+        let dir = self.host_dir("tor")?;
+        let conf = dir.join("bird.conf");
+        let text = tor::render(&self.cfg);
+        std::fs::write(&conf, text).map_err(|e| LabError::io(&conf, e))?;
+        self.start_bird("tor")
+    }
+
+    /// Start (or restart) BIRD in `host` with `<run>/<host>/bird.conf`.
+    pub fn start_bird(&mut self, host: &str) -> Result<(), LabError> {
+        let dir = self.host_dir(host)?;
+        let mut cmd = self.ns(host)?.command("bird");
+        cmd.arg("-f")
+            .arg("-c")
+            .arg(dir.join("bird.conf"))
+            .arg("-s")
+            .arg(dir.join("bird.ctl"))
+            .arg("-P")
+            .arg(dir.join("bird.pid"));
+        let name = format!("bird-{host}");
+        self.procs.retain(|p| p.name != name);
+        self.spawn(host, &name, cmd)?;
+        let sock = dir.join("bird.ctl");
+        wait_until(&format!("BIRD socket of {host}"), Duration::from_secs(10), || {
+            birdc(&sock, &["show", "status"]).ok().filter(|s| s.contains("Daemon is up"))
+        })
+        .map_err(|e| self.with_log(&name, e))?;
+        Ok(())
+    }
+
+    /// Kill a host's BIRD hard (a crash: no BGP notification is sent).
+    pub fn kill_bird(&mut self, host: &str) {
+        let name = format!("bird-{host}");
+        if let Some(p) = self.procs.iter_mut().find(|p| p.name == name) {
+            p.kill_now();
+        }
+        self.procs.retain(|p| p.name != name);
+    }
+
+    pub fn bird_socket(&self, host: &str) -> PathBuf {
+        self.run_dir.join(host).join("bird.ctl")
+    }
+
+    /// `birdc -s <host's socket> <args>`.
+    pub fn birdc(&self, host: &str, args: &[&str]) -> Result<String, LabError> {
+        birdc(&self.bird_socket(host), args)
+    }
+
+    fn agent_config(&self, n: &HostConfig) -> Result<PathBuf, LabError> {
+        let dir = self.host_dir(&n.name)?;
+        let path = dir.join("agent.json");
+        let doc = serde_json::json!({
+            "node_name": n.name,
+            "node_ip": n.ip.to_string(),
+            "as_number": self.cfg.node_as(n),
+            "peers": [{"ip": n.tor_ip.ip().to_string(), "as_number": self.cfg.tor.as_number}],
+            "node_to_node_mesh": false,
+            "datastore": {"datastore_type": "etcdv3", "etcd_endpoints": self.cfg.etcd_endpoint()},
+            "bird_config": dir.join("bird.conf"),
+            "bird_socket": dir.join("bird.ctl"),
+            "poll_interval_ms": 500,
+            "log_file": dir.join("agent.log"),
+        });
+        let text = serde_json::to_vec_pretty(&doc).unwrap_or_default();
+        std::fs::write(&path, text).map_err(|e| LabError::io(&path, e))?;
+        Ok(path)
+    }
+
+    fn start_node(&mut self, n: &HostConfig) -> Result<(), LabError> {
+        let conf = self.agent_config(n)?;
+        let agent = self.bins.path("calico-node-agent")?;
+        // One pass first: registers the Node and writes bird.conf, which BIRD
+        // then starts with (so the agent's first reconcile has nothing to reload).
+        let mut once = self.ns(&n.name)?.command(&agent);
+        once.arg("run").arg("--once").arg("--config").arg(&conf);
+        run_cmd(&mut once)?;
+        self.start_bird(&n.name)?;
+        let mut cmd = self.ns(&n.name)?.command(&agent);
+        cmd.arg("run").arg("--config").arg(&conf);
+        self.spawn(&n.name, "agent", cmd)
+    }
+
+    /// Wait until the tor has an established session with every node.
+    pub fn wait_bgp_established(&self) -> Result<(), LabError> {
+        let want = self.cfg.nodes.len();
+        wait_until("BGP sessions tor <-> nodes", Duration::from_secs(30), || {
+            let out = self.birdc("tor", &["show", "protocols"]).ok()?;
+            (out.lines().filter(|l| l.contains(" BGP ") && l.contains("Established")).count() == want)
+                .then_some(())
+        })
+        .map_err(|e| {
+            let out = self.birdc("tor", &["show", "protocols"]).unwrap_or_default();
+            LabError::Check(format!("{e}\n{out}"))
+        })
+    }
+
+    /// `birdc show route` on the tor: what it learnt from the nodes.
+    pub fn tor_routes(&self) -> Result<String, LabError> {
+        self.birdc("tor", &["show", "route"])
+    }
+
+    /// Wait until the tor routes `prefix` (e.g. a node's block) via BGP.
+    pub fn wait_tor_route(&self, prefix: &str, timeout: Duration) -> Result<String, LabError> {
+        wait_until(&format!("tor route to {prefix}"), timeout, || {
+            let out = self.birdc("tor", &["show", "route", "for", prefix, "all"]).ok()?;
+            out.contains("BGP").then_some(out)
+        })
+    }
+
+    /// Keep everything running after this process exits; `calico-lab down`
+    /// tears it down from the state file.
+    pub fn detach(mut self) -> Result<LabState, LabError> {
+        let mut namespaces: Vec<String> = self.pods.iter().map(|p| p.ns.name().to_string()).collect();
+        namespaces.extend(self.nets.values().map(|n| n.name().to_string()));
+        let state = LabState {
+            id: self.id.clone(),
+            run_dir: self.run_dir.clone(),
+            namespaces,
+            pids: self.procs.iter().filter_map(|p| p.pid()).collect(),
+            config: self.cfg.clone(),
+        };
+        let path = self.run_dir.join(STATE_FILE);
+        let text = serde_json::to_vec_pretty(&state).unwrap_or_default();
+        std::fs::write(&path, text).map_err(|e| LabError::io(&path, e))?;
+        for p in &mut self.procs {
+            p.forget();
+        }
+        for p in &mut self.pods {
+            p.forget();
+        }
+        for n in self.nets.values_mut() {
+            n.forget();
+        }
+        self.keep_run_dir = true;
+        Ok(state)
+    }
+
+    /// Find a detached lab's state by id (or its run directory).
+    pub fn find_state(id: &str) -> Result<LabState, LabError> {
+        let candidates = [PathBuf::from(id), std::env::temp_dir()];
+        let mut dirs = vec![candidates[0].clone()];
+        if let Ok(rd) = std::fs::read_dir(&candidates[1]) {
+            for e in rd.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if name.starts_with("calico-lab-") && name.ends_with(id) {
+                    dirs.push(e.path());
+                }
+            }
+        }
+        for d in dirs {
+            let p = d.join(STATE_FILE);
+            if let Ok(text) = std::fs::read(&p) {
+                return serde_json::from_slice(&text)
+                    .map_err(|e| LabError::Config { path: p, reason: e.to_string() });
+            }
+        }
+        Err(LabError::Check(format!(
+            "no lab {id:?} (looked for {}/calico-lab-*{id}/{STATE_FILE})",
+            std::env::temp_dir().display()
+        )))
+    }
+
+    /// Every detached lab on this machine.
+    pub fn list_states() -> Vec<LabState> {
+        let mut v = Vec::new();
+        if let Ok(rd) = std::fs::read_dir(std::env::temp_dir()) {
+            for e in rd.flatten() {
+                if e.file_name().to_string_lossy().starts_with("calico-lab-") {
+                    if let Ok(text) = std::fs::read(e.path().join(STATE_FILE)) {
+                        if let Ok(s) = serde_json::from_slice(&text) {
+                            v.push(s);
+                        }
+                    }
+                }
+            }
+        }
+        v
+    }
+
+    /// Tear down a detached lab: its processes, namespaces and run directory.
+    pub fn down(state: &LabState) {
+        for pid in &state.pids {
+            // SAFETY: kill(2) of a pid recorded by this lab.
+            unsafe {
+                libc::kill(*pid as i32, libc::SIGKILL);
+            }
+        }
+        for ns in &state.namespaces {
+            LabNetns::destroy(ns);
+        }
+        let _ = std::fs::remove_dir_all(&state.run_dir);
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        // Pods first (nginx, then their namespaces), then daemons, then hosts.
+        self.pods.clear();
+        for p in self.procs.iter_mut().rev() {
+            p.stop();
+        }
+        self.procs.clear();
+        self.nets.clear();
+        if !self.keep_run_dir {
+            let _ = std::fs::remove_dir_all(&self.run_dir);
+        }
+    }
+}
+
+/// `birdc -s <socket> <args>`.
+pub fn birdc(socket: &Path, args: &[&str]) -> Result<String, LabError> {
+    run_cmd(std::process::Command::new("birdc").arg("-s").arg(socket).args(args))
+}

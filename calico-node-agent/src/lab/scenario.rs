@@ -1,0 +1,366 @@
+//! The article's scenario on the lab: two nginx pods (one per node) added
+//! through our `calico` CNI plugin, the two Services rendered and applied by
+//! `kube-proxy-rules sync` on each node, then the checks and the narrated
+//! packet walk.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ipnetwork::Ipv4Network;
+use serde::{Deserialize, Serialize};
+
+use super::host::{http_get, run_cmd, LabNetns, LabProc};
+use super::{Lab, LabError};
+
+/// `scenario` in lab.json.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ScenarioConfig {
+    /// The seed manifests (relative to lab.json), used unchanged except for
+    /// the fields below, filled into a lab-local copy.
+    pub manifest: PathBuf,
+    #[serde(default = "default_ns")]
+    pub namespace: String,
+    /// The node whose IP replaces the article's externalIP.
+    pub external_ip_node: String,
+    pub service_cidr: Ipv4Network,
+    /// Service name → clusterIP (the article's manifests leave it to the API server).
+    pub cluster_ips: BTreeMap<String, Ipv4Addr>,
+    /// Service name → nodePort (likewise).
+    pub node_ports: BTreeMap<String, u16>,
+    pub pods: Vec<PodConfig>,
+}
+
+fn default_ns() -> String {
+    "default".into()
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PodConfig {
+    pub name: String,
+    pub node: String,
+}
+
+/// A pod: its netns, address, host-side veth and nginx. Dropping it stops
+/// nginx and deletes the netns.
+pub struct Pod {
+    pub name: String,
+    pub node: String,
+    pub ip: Ipv4Addr,
+    pub host_veth: String,
+    // Drop order: nginx before its namespace.
+    nginx: Option<LabProc>,
+    pub(super) ns: LabNetns,
+}
+
+impl Pod {
+    pub fn ns(&self) -> &LabNetns {
+        &self.ns
+    }
+    pub(super) fn forget(&mut self) {
+        if let Some(p) = self.nginx.as_mut() {
+            p.forget();
+        }
+        self.ns.forget();
+    }
+}
+
+/// What the checks measured.
+#[derive(Debug, Default, Clone)]
+pub struct ScenarioReport {
+    pub lines: Vec<String>,
+    /// Pod name → answers out of the load-balancing requests.
+    pub distribution: BTreeMap<String, usize>,
+}
+
+impl ScenarioReport {
+    fn ok(&mut self, s: String) {
+        log::info!("check ok: {s}");
+        self.lines.push(format!("ok   {s}"));
+    }
+}
+
+const HTTP_TIMEOUT: Duration = Duration::from_secs(3);
+
+impl Lab {
+    pub fn scenario(&self) -> Result<&ScenarioConfig, LabError> {
+        self.cfg.scenario.as_ref().ok_or_else(|| LabError::Check("lab config has no scenario".into()))
+    }
+
+    pub fn pods(&self) -> &[Pod] {
+        &self.pods
+    }
+
+    pub fn pod(&self, name: &str) -> Result<&Pod, LabError> {
+        self.pods.iter().find(|p| p.name == name).ok_or_else(|| LabError::Check(format!("no pod {name}")))
+    }
+
+    fn node_ip(&self, node: &str) -> Result<Ipv4Addr, LabError> {
+        self.cfg.node(node).map(|n| n.ip.ip()).ok_or_else(|| LabError::Check(format!("no node {node}")))
+    }
+
+    /// The CNI network config our `calico` plugin gets on `node`.
+    fn cni_conf(&self, node: &str) -> serde_json::Value {
+        serde_json::json!({
+            "cniVersion": "1.0.0",
+            "name": "k8s-pod-network",
+            "type": "calico",
+            "nodename": node,
+            "log_level": "info",
+            "log_file_path": self.run_dir.join(node).join("cni.log"),
+            "datastore_type": "etcdv3",
+            "etcd_endpoints": self.cfg.etcd_endpoint(),
+            "mtu": 1500,
+            "ipam": {"type": "calico-ipam", "assign_ipv4": "true", "ipv4_pools": [self.cfg.pool.to_string()]},
+        })
+    }
+
+    /// Create a pod netns and ADD it through `calico` inside `node`'s netns,
+    /// then start nginx in it serving a page that names the pod.
+    pub fn add_pod(&mut self, namespace: &str, name: &str, node: &str) -> Result<Ipv4Addr, LabError> {
+        let host = format!("pod-{}", self.pods.len());
+        let ns = LabNetns::create(&self.ns_name(&host))?;
+        let dir = self.run_dir.join(&host);
+        std::fs::create_dir_all(dir.join("www")).map_err(|e| LabError::io(&dir, e))?;
+        let conf = serde_json::to_vec(&self.cni_conf(node)).unwrap_or_default();
+        let plugin = self.bins.path("calico")?;
+        let mut cmd = self.ns(node)?.command(&plugin);
+        cmd.env("CNI_COMMAND", "ADD")
+            .env("CNI_CONTAINERID", format!("{}{}", self.id, host.replace('-', "")))
+            .env("CNI_NETNS", ns.path())
+            .env("CNI_IFNAME", "eth0")
+            .env("CNI_PATH", &self.bins.dir)
+            .env("CNI_ARGS", format!("IgnoreUnknown=1;K8S_POD_NAMESPACE={namespace};K8S_POD_NAME={name}"));
+        let out = run_with_stdin(&mut cmd, &conf)?;
+        let result: serde_json::Value = serde_json::from_str(&out)
+            .map_err(|e| LabError::Check(format!("calico ADD of {name}: bad result {out:?}: {e}")))?;
+        let ip = result["ips"][0]["address"]
+            .as_str()
+            .and_then(|a| a.split('/').next())
+            .and_then(|a| a.parse::<Ipv4Addr>().ok())
+            .ok_or_else(|| LabError::Check(format!("calico ADD of {name}: no IPv4 in {out}")))?;
+        let host_veth = result["interfaces"]
+            .as_array()
+            .and_then(|v| v.iter().find(|i| i.get("sandbox").is_none()))
+            .and_then(|i| i["name"].as_str())
+            .unwrap_or("")
+            .to_string();
+
+        // nginx: a private prefix, config, pid and logs in the pod's run dir.
+        let page = format!("{name} on {node} ({ip})\n");
+        std::fs::write(dir.join("www/index.html"), &page).map_err(|e| LabError::io(&dir, e))?;
+        let nginx_conf = dir.join("nginx.conf");
+        let d = dir.display();
+        let text = format!(
+            "daemon off;\nmaster_process off;\nworker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\n\
+             events {{ worker_connections 128; }}\n\
+             http {{\n  access_log off;\n  client_body_temp_path {d}/tmp;\n  proxy_temp_path {d}/tmp;\n\
+             \x20 fastcgi_temp_path {d}/tmp;\n  uwsgi_temp_path {d}/tmp;\n  scgi_temp_path {d}/tmp;\n\
+             \x20 server {{\n    listen 80;\n    root {d}/www;\n    location / {{ default_type text/plain; return 200 \"{page_esc}\"; }}\n\
+             \x20   location = /index.html {{ }}\n  }}\n}}\n",
+            page_esc = page.trim_end().replace('"', "'") + "\\n"
+        );
+        std::fs::write(&nginx_conf, text).map_err(|e| LabError::io(&nginx_conf, e))?;
+        let mut cmd = ns.command("nginx");
+        cmd.arg("-p").arg(&dir).arg("-c").arg(&nginx_conf).arg("-e").arg(dir.join("error.log"));
+        let nginx = ns.spawn(&format!("nginx-{name}"), cmd, &dir.join("nginx.out"))?;
+        let addr = SocketAddr::new(IpAddr::V4(ip), 80);
+        super::wait_until(&format!("nginx in {name}"), Duration::from_secs(10), || {
+            ns.run(|| http_get(addr, "/", Duration::from_millis(500))).ok()
+        })?;
+        log::info!("pod {namespace}/{name} on {node}: {ip} (host veth {host_veth})");
+        self.pods.push(Pod { name: name.into(), node: node.into(), ip, host_veth, nginx: Some(nginx), ns });
+        Ok(ip)
+    }
+
+    /// The lab-local copy of the seed manifests: externalIP = the chosen
+    /// node's IP, clusterIP and nodePort filled from the scenario config.
+    pub fn write_manifest(&self) -> Result<PathBuf, LabError> {
+        let sc = self.scenario()?;
+        let src = self.cfg.base_dir.join(&sc.manifest);
+        let text = std::fs::read_to_string(&src).map_err(|e| LabError::io(&src, e))?;
+        let ext_ip = self.node_ip(&sc.external_ip_node)?;
+        let mut docs = Vec::new();
+        for de in serde_yaml::Deserializer::from_str(&text) {
+            let mut doc = serde_yaml::Value::deserialize(de)
+                .map_err(|e| LabError::Config { path: src.clone(), reason: e.to_string() })?;
+            if doc.is_null() {
+                continue;
+            }
+            if doc["kind"].as_str() == Some("Service") {
+                let name = doc["metadata"]["name"].as_str().unwrap_or("").to_string();
+                let spec = &mut doc["spec"];
+                if spec.get("externalIPs").is_some() {
+                    spec["externalIPs"] = serde_yaml::Value::Sequence(vec![ext_ip.to_string().into()]);
+                }
+                if let (Some(ip), serde_yaml::Value::Mapping(m)) = (sc.cluster_ips.get(&name), &mut *spec) {
+                    m.insert("clusterIP".into(), ip.to_string().into());
+                }
+                if let (Some(port), Some(serde_yaml::Value::Sequence(ports))) =
+                    (sc.node_ports.get(&name), spec.get_mut("ports"))
+                {
+                    if let Some(serde_yaml::Value::Mapping(p)) = ports.first_mut() {
+                        p.insert("nodePort".into(), u64::from(*port).into());
+                    }
+                }
+            }
+            docs.push(
+                serde_yaml::to_string(&doc)
+                    .map_err(|e| LabError::Check(format!("serialize manifest: {e}")))?,
+            );
+        }
+        let out = self.run_dir.join("manifests.yaml");
+        let body = docs.iter().map(|d| format!("---\n{d}")).collect::<String>();
+        std::fs::write(&out, body).map_err(|e| LabError::io(&out, e))?;
+        Ok(out)
+    }
+
+    /// `kube-proxy-rules sync` inside every node's netns.
+    pub fn sync_services(&self, manifest: &Path) -> Result<(), LabError> {
+        let sc = self.scenario()?;
+        let krules = self.bins.path("kube-proxy-rules")?;
+        for n in &self.cfg.nodes {
+            let mut cmd = self.ns(&n.name)?.command(&krules);
+            cmd.arg("sync")
+                .args(["--hostname-override", &n.name])
+                .args(["--node-ip", &n.ip.ip().to_string()])
+                .args(["--cluster-cidr", &self.cfg.pool.to_string()])
+                .args(["--service-cluster-ip-range", &sc.service_cidr.to_string()])
+                .args(["--datastore-type", "etcdv3", "--etcd-endpoints", &self.cfg.etcd_endpoint()])
+                .arg(manifest);
+            run_cmd(&mut cmd)?;
+        }
+        Ok(())
+    }
+
+    /// Pods, then services: the article's deployment on the lab.
+    pub fn deploy_scenario(&mut self) -> Result<PathBuf, LabError> {
+        let sc = self.scenario()?.clone();
+        for p in &sc.pods {
+            self.add_pod(&sc.namespace, &p.name, &p.node)?;
+        }
+        // Each node announces the block its pod came from.
+        for p in &self.pods {
+            let block = Ipv4Network::new(p.ip, self.cfg.block_size)
+                .map(|b| Ipv4Network::new(b.network(), self.cfg.block_size).unwrap_or(b))
+                .map_err(|e| LabError::Check(e.to_string()))?;
+            self.wait_tor_route(&block.to_string(), Duration::from_secs(15))?;
+        }
+        let manifest = self.write_manifest()?;
+        self.sync_services(&manifest)?;
+        Ok(manifest)
+    }
+
+    /// HTTP GET from inside a lab host or pod namespace.
+    pub fn get_from(&self, ns: &LabNetns, ip: Ipv4Addr, port: u16) -> Result<String, LabError> {
+        let addr = SocketAddr::new(IpAddr::V4(ip), port);
+        ns.run(|| http_get(addr, "/", HTTP_TIMEOUT))
+    }
+
+    /// The article's checks. Fails on the first that does not hold.
+    pub fn check_scenario(&self) -> Result<ScenarioReport, LabError> {
+        let sc = self.scenario()?;
+        let mut r = ScenarioReport::default();
+        let client = self.ns("client")?;
+        let ext = self.node_ip(&sc.external_ip_node)?;
+        let svc1 = "nginx-demo-1";
+        let svc2 = "nginx-demo-2";
+        let port1 = 8088;
+        let node_port =
+            *sc.node_ports.get(svc2).ok_or_else(|| LabError::Check(format!("no nodePort for {svc2}")))?;
+
+        let body = self.get_from(client, ext, port1)?;
+        r.ok(format!("client -> {ext}:{port1} (externalIP of {svc1}): {}", body.trim()));
+        for n in &self.cfg.nodes {
+            let body = self.get_from(client, n.ip.ip(), node_port)?;
+            r.ok(format!(
+                "client -> {}:{node_port} (NodePort of {svc2} on {}): {}",
+                n.ip.ip(),
+                n.name,
+                body.trim()
+            ));
+        }
+
+        for _ in 0..100 {
+            let body = self.get_from(client, ext, port1)?;
+            let pod = self.pods.iter().find(|p| body.starts_with(&format!("{} ", p.name)));
+            *r.distribution
+                .entry(pod.map(|p| p.name.clone()).unwrap_or_else(|| body.clone()))
+                .or_default() += 1;
+        }
+        if r.distribution.len() < self.pods.len()
+            || self.pods.iter().any(|p| !r.distribution.contains_key(&p.name))
+        {
+            return Err(LabError::Check(format!(
+                "100 requests did not reach every pod: {:?}",
+                r.distribution
+            )));
+        }
+        r.ok(format!("100 requests to {ext}:{port1}: {:?}", r.distribution));
+
+        // A pod on another node than the external IP's is reached via the tor,
+        // which learnt that node's block by BGP.
+        if let Some(remote) = self.pods.iter().find(|p| p.node != sc.external_ip_node) {
+            let tor = self.birdc("tor", &["show", "route", "for", &remote.ip.to_string(), "all"])?;
+            let remote_ip = self.node_ip(&remote.node)?;
+            if !tor.contains("BGP") || !tor.contains(&remote_ip.to_string()) {
+                return Err(LabError::Check(format!(
+                    "tor has no BGP route to {} via {remote_ip}:\n{tor}",
+                    remote.ip
+                )));
+            }
+            let entry = self.ns(&sc.external_ip_node)?;
+            let route = entry.output(&["ip", "route", "get", &remote.ip.to_string()])?;
+            let gw =
+                self.cfg.node(&sc.external_ip_node).map(|n| n.tor_ip.ip().to_string()).unwrap_or_default();
+            if !route.contains(&format!("via {gw}")) {
+                return Err(LabError::Check(format!(
+                    "{} routes {} not via the tor {gw}: {route}",
+                    sc.external_ip_node, remote.ip
+                )));
+            }
+            let body = self.get_from(entry, remote.ip, 80)?;
+            r.ok(format!(
+                "{} -> pod {} ({}) via tor {gw}; tor learnt it by BGP from {remote_ip}: {}",
+                sc.external_ip_node,
+                remote.name,
+                remote.ip,
+                body.trim()
+            ));
+        }
+
+        let cluster_ip =
+            *sc.cluster_ips.get(svc1).ok_or_else(|| LabError::Check(format!("no clusterIP for {svc1}")))?;
+        for p in &self.pods {
+            let body = self.get_from(&p.ns, cluster_ip, port1)?;
+            r.ok(format!("pod {} -> {cluster_ip}:{port1} (clusterIP): {}", p.name, body.trim()));
+        }
+        Ok(r)
+    }
+}
+
+/// Run a command with `input` on stdin; stdout, or an error with stderr.
+fn run_with_stdin(cmd: &mut std::process::Command, input: &[u8]) -> Result<String, LabError> {
+    use std::io::Write;
+    use std::process::Stdio;
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| LabError::Spawn { what: format!("{cmd:?}"), source: e })?;
+    if let Some(mut stdin) = child.stdin.take() {
+        let _ = stdin.write_all(input);
+    }
+    let out =
+        child.wait_with_output().map_err(|e| LabError::Spawn { what: format!("{cmd:?}"), source: e })?;
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    if !out.status.success() {
+        return Err(LabError::Command {
+            cmd: format!("{cmd:?}"),
+            output: format!("{}{stdout}", String::from_utf8_lossy(&out.stderr)).trim().to_string(),
+        });
+    }
+    Ok(stdout)
+}
