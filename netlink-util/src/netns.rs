@@ -87,7 +87,7 @@ impl Netns {
     /// namespace is never changed. A panic in `f` is propagated to the caller.
     ///
     /// `f` may borrow from the caller (the thread is scoped). Everything `f`
-    /// does — netlink through the given socket, [`crate::sysctl`] reads and
+    /// does — netlink through the given socket, [`crate::Sysctl`] reads and
     /// writes, sockets it opens — happens in this namespace.
     pub fn run<T, F>(&self, f: F) -> Result<T>
     where

@@ -198,3 +198,34 @@ fn move_link_puts_it_in_the_other_netns() {
     assert_eq!(moved.kind, Some(LinkKind::Veth));
     assert!(b.ip("link show").contains(&y));
 }
+
+#[test]
+fn peer_name_taken_in_the_target_netns_is_exists_and_leaves_nothing() {
+    let host = TestNs::new();
+    let pod = TestNs::new();
+    let (a, b) = (name("pa"), name("pb"));
+    // A stale eth0 already in the pod (e.g. a half-cleaned earlier ADD).
+    pod.ns.run(|nl| nl.create_veth(&VethConfig::new("eth0", &b)).map(drop)).unwrap();
+    let e = host.ns.run(|nl| nl.create_veth(&VethConfig::new(&a, "eth0").peer_netns(&pod.ns))).unwrap_err();
+    assert!(e.is_exists(), "{e}");
+    let msg = e.to_string();
+    assert!(msg.contains(&a) && msg.contains("eth0") && msg.contains(pod.tb.name()), "{msg}");
+    assert!(!host.ip("link show").contains(&a));
+}
+
+#[test]
+fn link_guard_rolls_back_when_the_closure_panics() {
+    let host = TestNs::new();
+    let pod = TestNs::new();
+    let a = name("pg");
+    let res = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        host.ns.run(|nl| -> netlink_util::Result<()> {
+            let l = nl.create_veth(&VethConfig::new(&a, "eth0").peer_netns(&pod.ns))?;
+            let _guard = LinkGuard::new(&l)?;
+            panic!("simulated failure after creating {}", l.name);
+        })
+    }));
+    assert!(res.is_err(), "the panic propagates to the caller");
+    assert!(!host.ip("link show").contains(&a));
+    assert!(!pod.ip("link show").contains("eth0"));
+}
