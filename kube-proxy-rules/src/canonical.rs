@@ -3,7 +3,8 @@
 //! then other KUBE-* alphabetically, then the rest; rules grouped by chain in
 //! their original order, except that KUBE-NODEPORTS and KUBE-SERVICES rules are
 //! stably sorted by the service name in their comment (the nat KUBE-SERVICES
-//! "must be the last rule" rule stays last). `-X CHAIN` removes the chain.
+//! "must be the last rule" rule stays last). `-X CHAIN` lines (stale chains
+//! being deleted) follow the rules, in their original order.
 
 use std::cmp::Ordering;
 
@@ -15,6 +16,7 @@ struct Chain {
 struct Table {
     name: String,
     chains: Vec<Chain>,
+    deleted: Vec<String>,
 }
 
 fn chain_rank(a: &str, b: &str) -> Ordering {
@@ -60,7 +62,7 @@ pub fn sort_payload(payload: &str) -> Result<String, String> {
             continue;
         }
         if let Some(t) = line.strip_prefix('*') {
-            tables.push(Table { name: t.to_string(), chains: Vec::new() });
+            tables.push(Table { name: t.to_string(), chains: Vec::new(), deleted: Vec::new() });
             continue;
         }
         let table = tables.last_mut().ok_or_else(|| format!("line {}: {line:?} outside a table", n + 1))?;
@@ -78,7 +80,7 @@ pub fn sort_payload(payload: &str) -> Result<String, String> {
                 .ok_or_else(|| format!("line {}: rule for undeclared chain {chain}", n + 1))?;
             c.rules.push(line.to_string());
         } else if let Some(chain) = line.strip_prefix("-X ") {
-            table.chains.retain(|c| c.name != chain.trim());
+            table.deleted.push(chain.trim().to_string());
         } else {
             return Err(format!("line {}: cannot parse {line:?}", n + 1));
         }
@@ -109,6 +111,10 @@ pub fn sort_payload(payload: &str) -> Result<String, String> {
                 out.push_str(r);
                 out.push('\n');
             }
+        }
+        t.deleted.sort();
+        for d in &t.deleted {
+            out.push_str(&format!("-X {d}\n"));
         }
         out.push_str("COMMIT\n");
     }
