@@ -1,0 +1,279 @@
+//! Real packets through the rules `kube-proxy-rules sync` applies, in
+//! namespaces this test creates: a node netns (the rules are applied by the
+//! binary run inside it), two "pods" wired the Calico way (a /32 on eth0,
+//! 169.254.1.1 as a link-scope gateway answered by proxy ARP on the host's
+//! cali veth, a host /32 route to the veth) and a client netns on an external
+//! link. The pods' endpoints come from Calico pod records in a file store
+//! (selected through a Deployment's labels, named targetPort), one service
+//! from an EndpointSlice.
+
+use std::fs::File;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use calico_store::model::{self, EndpointPort, ObjectMeta, WorkloadEndpoint, WorkloadEndpointSpec};
+use calico_store::Datastore;
+use testbed::{sh, Netns};
+
+const NODE: &str = "node1";
+const NODE_IP: &str = "192.168.77.1";
+
+/// Run `f` on a thread that has entered `netns` (setns affects one thread only).
+fn in_netns<T: Send + 'static>(netns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let path = format!("/run/netns/{netns}");
+    std::thread::spawn(move || {
+        let fd = File::open(&path).unwrap();
+        nix::sched::setns(&fd, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+        f()
+    })
+    .join()
+    .unwrap()
+}
+
+/// A TCP server in a pod: answers every connection with "<name> <peer ip>".
+struct Server {
+    stop: Arc<AtomicBool>,
+    handle: Option<JoinHandle<()>>,
+}
+
+impl Server {
+    fn start(netns: &str, name: &str, port: u16) -> Server {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (tx, rx) = mpsc::channel();
+        let path = format!("/run/netns/{netns}");
+        let (name, stop2) = (name.to_string(), stop.clone());
+        let handle = std::thread::spawn(move || {
+            let fd = File::open(&path).unwrap();
+            nix::sched::setns(&fd, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+            let l = TcpListener::bind(("0.0.0.0", port)).unwrap();
+            l.set_nonblocking(true).unwrap();
+            tx.send(()).unwrap();
+            while !stop2.load(Ordering::Relaxed) {
+                match l.accept() {
+                    Ok((mut s, peer)) => {
+                        let _ = s.set_nonblocking(false);
+                        let _ = writeln!(s, "{name} {}", peer.ip());
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(1)),
+                }
+            }
+        });
+        rx.recv_timeout(Duration::from_secs(5)).unwrap();
+        Server { stop, handle: Some(handle) }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+fn fetch_once(addr: SocketAddr) -> std::io::Result<String> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(3))?;
+    s.set_read_timeout(Some(Duration::from_secs(3)))?;
+    let mut out = String::new();
+    s.read_to_string(&mut out)?;
+    Ok(out.trim().to_string())
+}
+
+/// Connect from `netns` to `addr` `n` times (new connections), collecting answers.
+fn fetch(netns: &str, addr: &str, n: usize) -> Vec<std::io::Result<String>> {
+    let addr: SocketAddr = addr.parse().unwrap();
+    in_netns(netns, move || (0..n).map(|_| fetch_once(addr)).collect())
+}
+
+fn fetch1(netns: &str, addr: &str) -> String {
+    match fetch(netns, addr, 1).pop().unwrap() {
+        Ok(s) => s,
+        Err(e) => panic!("connect {addr} from {netns}: {e}"),
+    }
+}
+
+/// A pod netns wired to the node the Calico way.
+fn calico_pod(node: &Netns, prefix: &str, ip: &str, host_if: &str) -> Netns {
+    let pod = Netns::new(prefix);
+    let (n, p) = (node.name(), pod.name());
+    sh(&format!(
+        "ip -n {n} link add {host_if} type veth peer name eth0 netns {p} && \
+         ip -n {p} addr add {ip}/32 dev eth0 && ip -n {p} link set eth0 up && \
+         ip -n {p} route add 169.254.1.1 dev eth0 scope link && \
+         ip -n {p} route add default via 169.254.1.1 dev eth0 && \
+         ip -n {n} link set {host_if} up && \
+         ip netns exec {n} sh -c 'echo 1 > /proc/sys/net/ipv4/conf/{host_if}/proxy_arp; \
+           echo 0 > /proc/sys/net/ipv4/neigh/{host_if}/proxy_delay' && \
+         ip -n {n} route add {ip}/32 dev {host_if} scope link"
+    ));
+    pod
+}
+
+fn pod_record(pod: &str, ip: &str, host_if: &str) -> WorkloadEndpoint {
+    let name = model::workload_endpoint_name(NODE, "k8s", pod, "eth0");
+    WorkloadEndpoint::new(
+        "WorkloadEndpoint",
+        ObjectMeta { name, namespace: Some("default".into()), ..Default::default() },
+        WorkloadEndpointSpec {
+            orchestrator: "k8s".into(),
+            workload: String::new(),
+            node: NODE.into(),
+            container_id: format!("cid-{pod}"),
+            pod: pod.into(),
+            endpoint: "eth0".into(),
+            interface_name: host_if.into(),
+            mac: String::new(),
+            ip_networks: vec![format!("{ip}/32").parse().unwrap()],
+            profiles: vec!["kns.default".into()],
+            ports: vec![EndpointPort { name: "http".into(), protocol: "TCP".into(), port: 80 }],
+        },
+    )
+}
+
+const MANIFESTS: &str = "\
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: web}
+spec:
+  template:
+    metadata: {labels: {app: web}}
+    spec: {containers: [{name: web, ports: [{name: http, containerPort: 80}]}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web}
+spec:
+  type: NodePort
+  clusterIP: 10.96.0.10
+  selector: {app: web}
+  externalIPs: [192.168.77.1]
+  ports: [{port: 8080, targetPort: http, nodePort: 30080}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: empty}
+spec:
+  clusterIP: 10.96.0.20
+  selector: {app: nothing}
+  ports: [{port: 80}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: solo}
+spec:
+  clusterIP: 10.96.0.30
+  ports: [{port: 80}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: solo-1, labels: {kubernetes.io/service-name: solo}}
+addressType: IPv4
+endpoints: [{addresses: [10.244.0.12], nodeName: node1}]
+ports: [{port: 80}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: bad}
+spec:
+  clusterIP: 10.96.0.40
+  externalIPs: [not-an-ip]
+  ports: [{port: 80}]
+";
+
+fn sync(node: &Netns, dir: &std::path::Path, store: &std::path::Path) -> String {
+    let out = Command::new("ip")
+        .args(["netns", "exec", node.name(), env!("CARGO_BIN_EXE_kube-proxy-rules"), "sync"])
+        .args(["--hostname-override", NODE, "--node-ip", NODE_IP, "--cluster-cidr", "10.244.0.0/16"])
+        .args(["--datastore-type", "file", "--datastore-path"])
+        .arg(store)
+        .arg(dir)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "sync failed: {stderr}");
+    stderr
+}
+
+fn share(answers: &[std::io::Result<String>], pod: &str) -> usize {
+    answers.iter().filter(|a| a.as_ref().is_ok_and(|s| s.starts_with(pod))).count()
+}
+
+#[test]
+fn services_carry_real_packets() {
+    let node = Netns::new("kpn");
+    let n = node.name().to_string();
+    sh(&format!("ip netns exec {n} sh -c 'echo 1 > /proc/sys/net/ipv4/ip_forward'"));
+    let p1 = calico_pod(&node, "kpa", "10.244.0.11", &testbed::unique("cali"));
+    let p2 = calico_pod(&node, "kpb", "10.244.0.12", &testbed::unique("cali"));
+    let client = Netns::new("kpc");
+    let c = client.name().to_string();
+    sh(&format!(
+        "ip -n {n} link add ext0 type veth peer name eth0 netns {c} && \
+         ip -n {n} addr add {NODE_IP}/24 dev ext0 && ip -n {n} link set ext0 up && \
+         ip -n {c} addr add 192.168.77.2/24 dev eth0 && ip -n {c} link set eth0 up && \
+         ip -n {c} route add default via {NODE_IP} && \
+         ip -n {n} route add default via 192.168.77.2"
+    ));
+    let _s1 = Server::start(p1.name(), "web-5d9f8-aaaaa", 80);
+    let _s2 = Server::start(p2.name(), "web-5d9f8-bbbbb", 80);
+
+    // Pod records as the CNI writes them, in a file store.
+    let tmp = tempfile::tempdir().unwrap();
+    let store_dir = tmp.path().join("store");
+    let store = calico_store::file::FileStore::open(store_dir.clone()).unwrap();
+    for (pod, ip) in [("web-5d9f8-aaaaa", "10.244.0.11"), ("web-5d9f8-bbbbb", "10.244.0.12")] {
+        let wep = pod_record(pod, ip, "cali");
+        store
+            .create(&model::workload_endpoint_key("default", &wep.metadata.name), &model::encode(&wep))
+            .unwrap();
+    }
+    let manifests = tmp.path().join("manifests");
+    std::fs::create_dir(&manifests).unwrap();
+    std::fs::write(manifests.join("app.yaml"), MANIFESTS).unwrap();
+
+    let stderr = sync(&node, &manifests, &store_dir);
+    assert!(stderr.contains("skipped Service default/bad"), "{stderr}");
+    assert!(stderr.contains("externalIP"), "{stderr}");
+    let nat = node.exec(&["iptables-save", "-t", "nat"]);
+    for ep in ["10.244.0.11:80", "10.244.0.12:80"] {
+        assert!(nat.contains(&format!("default/web -> {ep}")), "endpoint {ep} missing:\n{stderr}\n{nat}");
+    }
+
+    // ClusterIP from a pod and from the node.
+    let a = fetch1(p1.name(), "10.96.0.10:8080");
+    assert!(a.starts_with("web-5d9f8-"), "{a}");
+    let a = fetch1(&n, "10.96.0.10:8080");
+    assert!(a.starts_with("web-5d9f8-"), "{a}");
+
+    // externalIP and NodePort from the client: reached, and masqueraded
+    // (the pod sees the node's address, not the client's).
+    for addr in [format!("{NODE_IP}:8080"), format!("{NODE_IP}:30080")] {
+        let a = fetch1(&c, &addr);
+        let (pod, peer) = a.split_once(' ').unwrap();
+        assert!(pod.starts_with("web-5d9f8-"), "{a}");
+        assert_eq!(peer, NODE_IP, "external traffic to {addr} must be masqueraded: {a}");
+    }
+
+    // Pod-to-service traffic keeps the pod's address.
+    assert_eq!(fetch1(p1.name(), "10.96.0.30:80"), "web-5d9f8-bbbbb 10.244.0.11");
+
+    // Two endpoints: 1000 new connections split between 40% and 60%.
+    let answers = fetch(&c, &format!("{NODE_IP}:30080"), 1000);
+    let (a, b) = (share(&answers, "web-5d9f8-aaaaa"), share(&answers, "web-5d9f8-bbbbb"));
+    assert_eq!(a + b, 1000, "every connection must be answered");
+    assert!((400..=600).contains(&a), "split {a}/{b}");
+    eprintln!("1000 connections to the NodePort: {a} / {b}");
+
+    // A service without endpoints is rejected at once (REJECT, not a timeout),
+    // from a pod (FORWARD) and from the node itself (OUTPUT).
+    for from in [p1.name(), n.as_str()] {
+        let err = fetch(from, "10.96.0.20:80", 1).pop().unwrap().unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused, "from {from}: {err}");
+    }
+}
