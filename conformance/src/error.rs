@@ -70,7 +70,7 @@ pub enum Error {
     #[error("failed to find plugin {plugin:?} in path {paths:?}")]
     PluginNotFound { plugin: String, paths: Vec<PathBuf> },
     #[error("plugin {plugin} failed ({command}): {error}")]
-    Plugin { plugin: String, command: String, error: PluginError },
+    Plugin { plugin: String, command: String, error: Box<PluginError> },
     #[error("cannot execute plugin {}: {reason}", path.display())]
     Exec { path: PathBuf, reason: String },
     #[error("plugin {} ({command}) timed out after {after:?} and was killed", path.display())]

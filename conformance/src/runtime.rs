@@ -176,7 +176,7 @@ impl Runtime {
             return Err(Error::Plugin {
                 plugin: plugin.plugin_type().to_string(),
                 command: command.to_string(),
-                error: PluginError::from_output(&out.stdout, &out.stderr, &out.status_text()),
+                error: Box::new(PluginError::from_output(&out.stdout, &out.stderr, &out.status_text())),
             });
         }
         Ok(out)
@@ -367,7 +367,7 @@ impl Runtime {
             return Err(Error::Plugin {
                 plugin: plugin_type.into(),
                 command: "VERSION".into(),
-                error: PluginError::from_output(&out.stdout, &out.stderr, &out.status_text()),
+                error: Box::new(PluginError::from_output(&out.stdout, &out.stderr, &out.status_text())),
             });
         }
         parse_version_info(&out.stdout).map_err(|reason| Error::BadResult {

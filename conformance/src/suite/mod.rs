@@ -136,6 +136,8 @@ pub fn cases() -> Vec<Case> {
     v
 }
 
+const CALICO_ONLY: &str = "Calico-specific behaviour";
+
 /// One row of a report.
 #[derive(Debug, Clone)]
 pub struct CaseReport {
@@ -151,7 +153,7 @@ pub struct CaseReport {
 pub fn run_case(imp: &dyn Implementation, case: &Case) -> CaseReport {
     let start = Instant::now();
     let outcome = if case.group == Group::Calico && !imp.is_calico() {
-        Outcome::NotApplicable("Calico-specific behaviour".into())
+        Outcome::NotApplicable(CALICO_ONLY.into())
     } else {
         let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             let env = Env::new(imp)?;
@@ -208,11 +210,8 @@ pub fn render_table(columns: &[(&str, &[CaseReport])]) -> String {
     for (name, reports) in columns {
         for r in reports.iter() {
             let note = r.outcome.note();
-            if !note.is_empty()
-                && !(r.group == Group::Calico
-                    && matches!(r.outcome, Outcome::NotApplicable(_))
-                    && note == "Calico-specific behaviour")
-            {
+            let calico_na = r.group == Group::Calico && note == CALICO_ONLY;
+            if !note.is_empty() && !calico_na {
                 out.push_str(&format!("  [{name}] {} {}: {note}\n", r.id, r.outcome.label()));
             }
         }
