@@ -113,9 +113,11 @@ pub fn render(i: &BirdInputs<'_>) -> String {
 
     w!("# One blackhole per affine block: the aggregate to announce. Pod /32 device");
     w!("# routes win locally by longest prefix. Borrowed /32s are here only to be");
-    w!("# announced (the kernel filter never installs static routes).");
+    w!("# announced (the kernel filter never installs static routes). Preference");
+    w!("# 250 beats `direct` (240) and `learn` (10), so these routes are the best");
+    w!("# for their prefixes and the RTS_STATIC export test sees them.");
     w!("protocol static calico_aggr {{");
-    w!("  ipv4;");
+    w!("  ipv4 {{ preference 250; }};");
     for b in &i.state.own_blocks {
         w!("  route {} blackhole;", b.0);
     }

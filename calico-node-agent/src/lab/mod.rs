@@ -449,6 +449,13 @@ impl Lab {
     pub fn start_bird(&mut self, host: &str) -> Result<(), LabError> {
         let dir = self.host_dir(host)?;
         let mut cmd = self.ns(host)?.command("bird");
+        if self.cfg.node(host).is_some() {
+            // As calico/node runs it: graceful-restart recovery on start. BIRD
+            // tells its peers it kept forwarding (they keep our routes until
+            // our End-of-RIB) and does not prune the kernel's BGP routes
+            // before its sessions have resynchronised.
+            cmd.arg("-R");
+        }
         cmd.arg("-f")
             .arg("-c")
             .arg(dir.join("bird.conf"))

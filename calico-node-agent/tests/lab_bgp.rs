@@ -1,0 +1,145 @@
+//! The lab without pods: block claims written to the lab's etcd become
+//! routes on the tor and on the other node within seconds, borrowed addresses
+//! are announced as /32s, releases are withdrawn, and a lab leaves nothing
+//! behind when dropped.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use calico_node_agent::lab::{wait_until, Bins, Lab, LabConfig};
+use calico_store::model::{self, AffinityState, AllocationAttribute, AllocationBlock, BlockAffinity};
+use calico_store::Op;
+use ipnetwork::IpNetwork;
+
+fn lab() -> Lab {
+    let cfg = LabConfig::load(&PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("lab/lab.json")).unwrap();
+    let bins = testbed::target_bin("calico-node-agent").parent().unwrap().to_path_buf();
+    Lab::up(&cfg, &Bins::new(bins)).unwrap()
+}
+
+fn block(cidr: &str, node: &str, held: &[(usize, &str)]) -> AllocationBlock {
+    let mut b = AllocationBlock {
+        cidr: cidr.parse().unwrap(),
+        affinity: Some(format!("host:{node}")),
+        strict_affinity: false,
+        allocations: vec![None; 64],
+        unallocated: (0..64).collect(),
+        attributes: vec![],
+        deleted: false,
+    };
+    for (ord, holder) in held {
+        b.allocations[*ord] = Some(b.attributes.len());
+        b.unallocated.retain(|o| o != ord);
+        b.attributes.push(AllocationAttribute {
+            handle_id: Some(format!("net.{holder}{ord}")),
+            secondary: Some([("node".to_string(), holder.to_string())].into()),
+        });
+    }
+    b
+}
+
+fn claim_ops(node: &str, b: &AllocationBlock) -> Vec<Op> {
+    let aff = BlockAffinity { state: AffinityState::Confirmed, deleted: false };
+    vec![
+        Op::Create { key: model::block_key(&b.cidr), value: model::encode(b) },
+        Op::Create { key: model::affinity_key(node, &b.cidr), value: model::encode(&aff) },
+    ]
+}
+
+fn tor_route(lab: &Lab, prefix: &str) -> String {
+    lab.birdc("tor", &["show", "route", prefix, "all"]).unwrap_or_default()
+}
+
+#[test]
+fn claims_borrowing_and_releases_reach_the_tor() {
+    let lab = lab();
+    let a = block("10.244.0.0/26", "node-a", &[(1, "node-a")]);
+    // node-a borrowed ordinal 5 (10.244.0.69) of node-b's block.
+    let b = block("10.244.0.64/26", "node-b", &[(1, "node-b"), (5, "node-a")]);
+    lab.with_store("node-a", move |s| {
+        s.commit(&claim_ops("node-a", &a))?;
+        s.commit(&claim_ops("node-b", &b))?;
+        Ok(())
+    })
+    .unwrap();
+
+    let t = Duration::from_secs(10);
+    let ra = lab.wait_tor_route("10.244.0.0/26", t).unwrap();
+    assert!(ra.contains("192.168.10.2"), "{ra}");
+    let rb = lab.wait_tor_route("10.244.0.64/26", t).unwrap();
+    assert!(rb.contains("192.168.20.2"), "{rb}");
+    let rbor = lab.wait_tor_route("10.244.0.69/32", t).unwrap();
+    assert!(rbor.contains("192.168.10.2"), "borrowed /32 must point at node-a: {rbor}");
+    // Own pods' /32s are never announced.
+    assert!(!tor_route(&lab, "10.244.0.1/32").contains("BGP"));
+    assert!(!tor_route(&lab, "10.244.0.65/32").contains("BGP"));
+
+    // Kernel state: node-a blackholes its block and reaches node-b's via the tor.
+    let na = lab.ns("node-a").unwrap().output(&["ip", "route"]).unwrap();
+    assert!(na.contains("blackhole 10.244.0.0/26 proto 80"), "{na}");
+    wait_until("node-a route to node-b's block", Duration::from_secs(10), || {
+        let r = lab.ns("node-a").ok()?.output(&["ip", "route", "show", "10.244.0.64/26"]).ok()?;
+        r.contains("via 192.168.10.1").then_some(())
+    })
+    .unwrap();
+
+    // Forwarding: "pods" on the nodes' loopbacks answer the client through the
+    // tor; the borrowed address lands on node-a although its block is node-b's.
+    lab.ns("node-b").unwrap().output(&["ip", "addr", "add", "10.244.0.65/32", "dev", "lo"]).unwrap();
+    lab.ns("node-a").unwrap().output(&["ip", "addr", "add", "10.244.0.69/32", "dev", "lo"]).unwrap();
+    let client = lab.ns("client").unwrap();
+    client.output(&["ping", "-c1", "-W2", "10.244.0.65"]).unwrap();
+    client.output(&["ping", "-c1", "-W2", "10.244.0.69"]).unwrap();
+
+    // Release node-a's block: withdrawn from the tor, blackhole gone.
+    lab.with_store("node-a", |s| {
+        let cidr: IpNetwork = "10.244.0.0/26".parse().unwrap();
+        let aff = s.get(&model::affinity_key("node-a", &cidr))?.unwrap();
+        s.delete(&aff.key, aff.revision)?;
+        Ok(())
+    })
+    .unwrap();
+    wait_until("withdrawal of 10.244.0.0/26", Duration::from_secs(10), || {
+        (!tor_route(&lab, "10.244.0.0/26").contains("BGP")).then_some(())
+    })
+    .unwrap();
+    let na = lab.ns("node-a").unwrap().output(&["ip", "route"]).unwrap();
+    assert!(!na.contains("blackhole 10.244.0.0/26"), "{na}");
+    assert!(tor_route(&lab, "10.244.0.64/26").contains("BGP"));
+}
+
+#[test]
+fn a_dropped_lab_leaves_nothing_behind() {
+    let lab = lab();
+    let run_dir = lab.run_dir.clone();
+    let prefix = lab.ns_name("");
+    let nsnames = ["tor", "node-a", "node-b", "etcd", "client"].map(|h| lab.ns_name(h));
+    for n in &nsnames {
+        assert!(std::path::Path::new("/run/netns").join(n).exists(), "{n}");
+    }
+    let pids: Vec<String> = nsnames
+        .iter()
+        .flat_map(|n| {
+            testbed::sh(&format!("ip netns pids {n}"))
+                .split_whitespace()
+                .map(String::from)
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    assert!(pids.len() >= 6, "etcd + 3 BIRDs + 2 agents expected, got {pids:?}");
+    drop(lab);
+    for n in &nsnames {
+        assert!(!std::path::Path::new("/run/netns").join(n).exists(), "{n} left behind");
+    }
+    assert!(!run_dir.exists(), "{} left behind", run_dir.display());
+    for p in &pids {
+        assert!(
+            !std::path::Path::new("/proc").join(p).exists() || {
+                let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).unwrap_or_default();
+                stat.contains(") Z ")
+            },
+            "process {p} survived"
+        );
+    }
+    assert!(!testbed::sh("ip netns list").contains(&prefix));
+}
