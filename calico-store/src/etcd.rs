@@ -25,9 +25,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use etcd_client::proto::PbTxnOpResponse;
 use etcd_client::{
     Certificate, Client, Compare, CompareOp, ConnectOptions, GetOptions, Identity, KvClient, TlsOptions, Txn,
-    TxnOp, TxnOpResponse,
+    TxnOp,
 };
 
 use crate::{Datastore, DatastoreConfig, KeyValue, Op, Revision, StoreError};
@@ -367,10 +368,11 @@ impl Datastore for EtcdStore {
             return header_revision(resp.header(), &what);
         }
         // The else-branch read every key at the revision the compares saw.
-        let current = resp.op_responses();
-        for (op, read) in ops.iter().zip(current.iter()) {
-            let found = match read {
-                TxnOpResponse::Get(g) => g.kvs().first().map(|kv| kv.mod_revision()),
+        // (Read through the raw protobuf: `op_responses()` would panic on an
+        // answer without a body.)
+        for (i, op) in ops.iter().enumerate() {
+            let found = match resp.0.responses.get(i).and_then(|r| r.response.as_ref()) {
+                Some(PbTxnOpResponse::ResponseRange(r)) => r.kvs.first().map(|kv| kv.mod_revision),
                 _ => None,
             };
             let holds = match op {
