@@ -1,0 +1,275 @@
+//! The `calico` plugin's keys of the network config (Calico's conflist
+//! format, unknown keys tolerated), with the defaults Calico applies.
+
+use std::path::{Path, PathBuf};
+
+use calico_store::DatastoreConfig;
+use cni_proto::{CniError, NetConf};
+use serde::{Deserialize, Deserializer};
+
+/// Where Calico's node agent records the node name.
+pub const DEFAULT_NODENAME_FILE: &str = "/var/lib/calico/nodename";
+/// Where Calico's node agent records the detected MTU.
+pub const DEFAULT_MTU_FILE: &str = "/var/lib/calico/mtu";
+/// MTU when neither the config nor the MTU file give one.
+pub const DEFAULT_MTU: u32 = 1500;
+/// The smallest MTU a veth accepts for IPv4 (IPv6 needs 1280).
+const MIN_MTU: u32 = 68;
+const MIN_MTU_V6: u32 = 1280;
+/// ETH_MAX_MTU: the largest MTU a veth accepts.
+const MAX_MTU: u32 = 65535;
+/// The kernel's limit on a veth's TX/RX queues.
+const MAX_QUEUES: u32 = 4096;
+
+/// Calico's boolean-ish strings: `ipam.assign_ipv4: "true"`. Real JSON
+/// booleans are accepted too.
+fn flag<'de, D: Deserializer<'de>>(d: D) -> Result<Option<bool>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Flag {
+        Bool(bool),
+        Str(String),
+    }
+    match Option::<Flag>::deserialize(d)? {
+        None => Ok(None),
+        Some(Flag::Bool(b)) => Ok(Some(b)),
+        Some(Flag::Str(s)) => match s.to_ascii_lowercase().as_str() {
+            "true" => Ok(Some(true)),
+            "false" => Ok(Some(false)),
+            "" => Ok(None),
+            _ => Err(serde::de::Error::custom(format!("expected \"true\" or \"false\", got {s:?}"))),
+        },
+    }
+}
+
+/// `ipam` keys the plugin itself needs (the rest is calico-ipam's business).
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct IpamKeys {
+    #[serde(rename = "type", default)]
+    pub ipam_type: String,
+    #[serde(default, deserialize_with = "flag")]
+    pub assign_ipv4: Option<bool>,
+    #[serde(default, deserialize_with = "flag")]
+    pub assign_ipv6: Option<bool>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct ContainerSettings {
+    #[serde(default)]
+    pub allow_ip_forwarding: bool,
+}
+
+/// The plugin object of a Calico conflist, as far as `calico` reads it.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct CalicoConf {
+    #[serde(default)]
+    pub nodename: Option<String>,
+    #[serde(default)]
+    pub nodename_file: Option<PathBuf>,
+    #[serde(default)]
+    pub mtu: Option<u32>,
+    #[serde(default)]
+    pub num_queues: Option<u32>,
+    #[serde(default)]
+    pub ipam: IpamKeys,
+    #[serde(default)]
+    pub container_settings: ContainerSettings,
+    #[serde(flatten)]
+    pub datastore: DatastoreConfig,
+}
+
+impl CalicoConf {
+    /// Decode and validate (code 7 naming the key).
+    pub fn from_netconf(conf: &NetConf) -> Result<CalicoConf, CniError> {
+        let c: CalicoConf = conf.extra()?;
+        if c.ipam.ipam_type.is_empty() {
+            return Err(CniError::invalid_config("ipam.type is missing", "calico needs an IPAM plugin"));
+        }
+        if let Some(m) = c.mtu.filter(|m| *m != 0) {
+            let min = if c.assign_ipv6() { MIN_MTU_V6 } else { MIN_MTU };
+            if !(min..=MAX_MTU).contains(&m) {
+                return Err(CniError::invalid_config(
+                    format!("mtu {m} is out of range"),
+                    format!("a veth MTU must be between {min} and {MAX_MTU}"),
+                ));
+            }
+        }
+        if let Some(q) = c.num_queues {
+            if q == 0 || q > MAX_QUEUES {
+                return Err(CniError::invalid_config(
+                    format!("num_queues {q} is out of range"),
+                    format!("must be between 1 and {MAX_QUEUES}"),
+                ));
+            }
+        }
+        c.datastore
+            .validate()
+            .map_err(|e| CniError::invalid_config("invalid datastore configuration", e.to_string()))?;
+        Ok(c)
+    }
+
+    /// IPv4 is on unless `ipam.assign_ipv4` is "false".
+    pub fn assign_ipv4(&self) -> bool {
+        self.ipam.assign_ipv4.unwrap_or(true)
+    }
+
+    /// IPv6 is off unless `ipam.assign_ipv6` is "true".
+    pub fn assign_ipv6(&self) -> bool {
+        self.ipam.assign_ipv6.unwrap_or(false)
+    }
+
+    /// The veth MTU: `mtu` if non-zero, else the MTU file, else 1500.
+    pub fn mtu(&self) -> u32 {
+        self.mtu_with_file(Path::new(DEFAULT_MTU_FILE))
+    }
+
+    fn mtu_with_file(&self, file: &Path) -> u32 {
+        match self.mtu {
+            Some(m) if m != 0 => m,
+            _ => std::fs::read_to_string(file)
+                .ok()
+                .and_then(|s| s.trim().parse::<u32>().ok())
+                .filter(|m| (MIN_MTU..=MAX_MTU).contains(m))
+                .unwrap_or(DEFAULT_MTU),
+        }
+    }
+
+    /// The node name: `nodename`, else the nodename file (only if present),
+    /// else the OS hostname.
+    pub fn nodename(&self) -> Result<String, CniError> {
+        let file = self.nodename_file.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_NODENAME_FILE));
+        resolve_nodename(self.nodename.as_deref(), &file, Path::new("/proc/sys/kernel/hostname"))
+    }
+}
+
+/// A node name ends up in datastore keys (`/calico/ipam/v2/host/<node>/...`),
+/// so it must not contain `/` or whitespace.
+fn check_nodename(name: &str, source: &str) -> Result<String, CniError> {
+    let name = name.trim();
+    if name.is_empty()
+        || name.len() > 253
+        || name.chars().any(|c| c == '/' || c.is_whitespace() || c.is_control())
+    {
+        return Err(CniError::invalid_config(
+            format!("invalid node name from {source}"),
+            format!("{name:?}"),
+        ));
+    }
+    Ok(name.to_string())
+}
+
+fn resolve_nodename(conf: Option<&str>, file: &Path, hostname_file: &Path) -> Result<String, CniError> {
+    if let Some(n) = conf.filter(|n| !n.trim().is_empty()) {
+        return check_nodename(n, "nodename");
+    }
+    match std::fs::read_to_string(file) {
+        Ok(s) if !s.trim().is_empty() => return check_nodename(&s, &file.display().to_string()),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => {
+            return Err(CniError::io(format!("cannot read nodename file {}", file.display()), e.to_string()))
+        }
+    }
+    let host = std::fs::read_to_string(hostname_file)
+        .map_err(|e| CniError::io("cannot read the hostname", e.to_string()))?;
+    check_nodename(&host, "the hostname")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn conf(v: serde_json::Value) -> Result<CalicoConf, CniError> {
+        let nc = NetConf::parse(v.to_string().as_bytes()).unwrap();
+        CalicoConf::from_netconf(&nc)
+    }
+
+    fn base() -> serde_json::Value {
+        json!({"cniVersion":"1.0.0","name":"k8s-pod-network","type":"calico","ipam":{"type":"calico-ipam"}})
+    }
+
+    #[test]
+    fn calico_conflist_as_is() {
+        let c = conf(json!({
+            "cniVersion":"1.0.0","name":"k8s-pod-network","type":"calico","log_level":"info",
+            "datastore_type":"etcdv3","etcd_endpoints":"http://127.0.0.1:2379","nodename":"node1","mtu":1440,
+            "policy":{"type":"k8s"},"kubernetes":{"kubeconfig":"/x"},"unknown":{"a":[1]},
+            "ipam":{"type":"calico-ipam","assign_ipv4":"true","assign_ipv6":"true","ipv4_pools":["10.0.0.0/16"]},
+            "container_settings":{"allow_ip_forwarding":true}
+        }))
+        .unwrap();
+        assert_eq!(c.ipam.ipam_type, "calico-ipam");
+        assert!(c.assign_ipv4() && c.assign_ipv6());
+        assert!(c.container_settings.allow_ip_forwarding);
+        assert_eq!(c.mtu(), 1440);
+        assert_eq!(c.nodename().unwrap(), "node1");
+        assert_eq!(c.datastore.endpoints(), vec!["http://127.0.0.1:2379"]);
+    }
+
+    #[test]
+    fn defaults() {
+        let c = conf(base()).unwrap();
+        assert!(c.assign_ipv4());
+        assert!(!c.assign_ipv6());
+        assert!(!c.container_settings.allow_ip_forwarding);
+        let d = tempfile::tempdir().unwrap();
+        assert_eq!(c.mtu_with_file(&d.path().join("absent")), 1500);
+        std::fs::write(d.path().join("mtu"), "1410\n").unwrap();
+        assert_eq!(c.mtu_with_file(&d.path().join("mtu")), 1410);
+        let mut zero = base();
+        zero["mtu"] = json!(0);
+        assert_eq!(conf(zero).unwrap().mtu_with_file(&d.path().join("absent")), 1500);
+        let mut v4off = base();
+        v4off["ipam"]["assign_ipv4"] = json!("false");
+        v4off["ipam"]["assign_ipv6"] = json!(true);
+        let c = conf(v4off).unwrap();
+        assert!(!c.assign_ipv4() && c.assign_ipv6());
+    }
+
+    #[test]
+    fn bad_values_are_code_7() {
+        let cases = [
+            json!({"ipam":{}}),
+            json!({"ipam":{"type":"calico-ipam","assign_ipv6":"yes"}}),
+            json!({"mtu":"big"}),
+            json!({"mtu":-1}),
+            json!({"mtu":70000}),
+            json!({"mtu":60}),
+            json!({"num_queues":0}),
+            json!({"nodename":7}),
+            json!({"datastore_type":"kubernetes"}),
+            json!({"datastore_type":"etcdv3"}),
+            json!({"container_settings":{"allow_ip_forwarding":"maybe"}}),
+        ];
+        for patch in cases {
+            let mut v = base();
+            for (k, val) in patch.as_object().unwrap() {
+                v[k] = val.clone();
+            }
+            let e = conf(v.clone()).unwrap_err();
+            assert_eq!(e.code, 7, "{v}: {e}");
+        }
+        let mut v6 = base();
+        v6["ipam"]["assign_ipv6"] = json!("true");
+        v6["mtu"] = json!(1000);
+        assert_eq!(conf(v6).unwrap_err().code, 7, "IPv6 needs an MTU of 1280 or more");
+    }
+
+    #[test]
+    fn nodename_order() {
+        let d = tempfile::tempdir().unwrap();
+        let file = d.path().join("nodename");
+        let host = d.path().join("hostname");
+        std::fs::write(&host, "myhost\n").unwrap();
+        assert_eq!(resolve_nodename(None, &file, &host).unwrap(), "myhost");
+        std::fs::write(&file, "node-from-file\n").unwrap();
+        assert_eq!(resolve_nodename(None, &file, &host).unwrap(), "node-from-file");
+        assert_eq!(resolve_nodename(Some("conf-node"), &file, &host).unwrap(), "conf-node");
+        assert_eq!(resolve_nodename(Some(""), &file, &host).unwrap(), "node-from-file");
+        assert_eq!(resolve_nodename(Some("a/b"), &file, &host).unwrap_err().code, 7);
+        std::fs::write(&file, "bad name").unwrap();
+        assert_eq!(resolve_nodename(None, &file, &host).unwrap_err().code, 7);
+        assert_eq!(resolve_nodename(None, &d.path().join("x"), &d.path().join("y")).unwrap_err().code, 5);
+    }
+}

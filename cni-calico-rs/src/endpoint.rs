@@ -1,0 +1,226 @@
+//! The pod record: the WorkloadEndpoint written on ADD and removed on DEL
+//! (only by the container that owns it) and by GC.
+
+use std::collections::BTreeMap;
+
+use calico_store::model::{self, ObjectMeta, WorkloadEndpoint, WorkloadEndpointSpec};
+use calico_store::{Datastore, KeyValue, Revision, StoreError};
+use cni_proto::CniError;
+use ipnetwork::IpNetwork;
+
+use crate::errors::store_error;
+use crate::identity::{Orchestrator, Workload};
+
+/// Compare-and-swap attempts before giving up with code 11.
+const CAS_RETRIES: usize = 5;
+
+/// The record for a wired pod. `network` becomes its profile (Calico's
+/// behaviour without `policy.type: k8s`), which is also how GC finds the
+/// records of one network.
+pub fn build(w: &Workload, host_veth: &str, mac: &str, ips: &[IpNetwork], network: &str) -> WorkloadEndpoint {
+    let mut labels = BTreeMap::new();
+    labels.insert("projectcalico.org/namespace".to_string(), w.namespace.clone());
+    labels.insert("projectcalico.org/orchestrator".to_string(), w.orchestrator.as_str().to_string());
+    let meta = ObjectMeta {
+        name: w.endpoint_name(),
+        namespace: Some(w.namespace.clone()),
+        labels,
+        creation_timestamp: None,
+        uid: None,
+    };
+    let spec = WorkloadEndpointSpec {
+        orchestrator: w.orchestrator.as_str().to_string(),
+        workload: match w.orchestrator {
+            Orchestrator::K8s => String::new(),
+            Orchestrator::Cni => w.container_id.to_string(),
+        },
+        node: w.node.clone(),
+        container_id: w.container_id.to_string(),
+        pod: w.pod.clone().unwrap_or_default(),
+        endpoint: w.ifname.to_string(),
+        interface_name: host_veth.to_string(),
+        mac: mac.to_string(),
+        ip_networks: ips.to_vec(),
+        profiles: vec![network.to_string()],
+        ports: Vec::new(),
+    };
+    WorkloadEndpoint::new("WorkloadEndpoint", meta, spec)
+}
+
+fn read(ds: &dyn Datastore, key: &str) -> Result<Option<(WorkloadEndpoint, Revision)>, CniError> {
+    match ds.get(key).map_err(|e| store_error("read pod record", e))? {
+        None => Ok(None),
+        Some(kv) => {
+            let wep: WorkloadEndpoint =
+                model::decode(&kv).map_err(|e| store_error("decode pod record", e))?;
+            Ok(Some((wep, kv.revision)))
+        }
+    }
+}
+
+/// Create or replace the record at `key` (a re-ADD of a pod replaces the
+/// record of its previous sandbox, as Calico does).
+pub fn put(ds: &dyn Datastore, key: &str, wep: &WorkloadEndpoint) -> Result<(), CniError> {
+    let value = model::encode(wep);
+    let mut last = None;
+    for _ in 0..CAS_RETRIES {
+        let res = match ds.get(key).map_err(|e| store_error("read pod record", e))? {
+            None => ds.create(key, &value),
+            Some(kv) => ds.update(key, &value, kv.revision),
+        };
+        match res {
+            Ok(_) => return Ok(()),
+            Err(e @ StoreError::Conflict { .. }) => last = Some(e),
+            Err(e) => return Err(store_error(&format!("write pod record {key}"), e)),
+        }
+    }
+    Err(store_error(
+        &format!("write pod record {key}"),
+        last.unwrap_or(StoreError::Conflict { key: key.to_string() }),
+    ))
+}
+
+/// Delete the record at `key` if it belongs to `container_id` (or names no
+/// container). A record of another container (a newer sandbox of the same
+/// pod) is kept. Returns the deleted record.
+pub fn delete_if_owned(
+    ds: &dyn Datastore,
+    key: &str,
+    container_id: &str,
+) -> Result<Option<WorkloadEndpoint>, CniError> {
+    for _ in 0..CAS_RETRIES {
+        let Some((wep, rev)) = read(ds, key)? else { return Ok(None) };
+        if !wep.spec.container_id.is_empty() && wep.spec.container_id != container_id {
+            log::info!(
+                "pod record {key} belongs to container {}, not {container_id}: kept",
+                wep.spec.container_id
+            );
+            return Ok(None);
+        }
+        match ds.delete(key, rev) {
+            Ok(_) => return Ok(Some(wep)),
+            Err(StoreError::Conflict { .. }) => continue,
+            Err(e) => return Err(store_error(&format!("delete pod record {key}"), e)),
+        }
+    }
+    Err(CniError::try_again_later(format!("delete pod record {key}: it kept changing"), ""))
+}
+
+/// Delete the record at `key` only if it is still at `revision` (GC).
+/// `Ok(false)` if it changed or vanished meanwhile.
+pub fn delete_at(ds: &dyn Datastore, key: &str, revision: Revision) -> Result<bool, CniError> {
+    match ds.delete(key, revision) {
+        Ok(_) => Ok(true),
+        Err(StoreError::Conflict { .. }) => Ok(false),
+        Err(e) => Err(store_error(&format!("delete pod record {key}"), e)),
+    }
+}
+
+/// One stored record with where it lives.
+#[derive(Debug, Clone)]
+pub struct Stored {
+    pub key: String,
+    pub revision: Revision,
+    pub wep: WorkloadEndpoint,
+}
+
+/// Every record of `node` whose profile is `network`. Undecodable records
+/// are skipped with a warning (never deleted: they are not provably ours).
+pub fn list_for(ds: &dyn Datastore, node: &str, network: &str) -> Result<Vec<Stored>, CniError> {
+    let kvs = ds.list(&model::workload_endpoints_prefix()).map_err(|e| store_error("list pod records", e))?;
+    Ok(kvs.iter().filter_map(|kv| decode_for(kv, node, network)).collect())
+}
+
+fn decode_for(kv: &KeyValue, node: &str, network: &str) -> Option<Stored> {
+    match model::decode::<WorkloadEndpoint>(kv) {
+        Ok(wep) if wep.spec.node == node && wep.spec.profiles.iter().any(|p| p == network) => {
+            Some(Stored { key: kv.key.clone(), revision: kv.revision, wep })
+        }
+        Ok(_) => None,
+        Err(e) => {
+            log::warn!("skipping undecodable pod record: {e}");
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cni_proto::{CniArgs, ContainerId, IfName};
+
+    fn store() -> (tempfile::TempDir, calico_store::file::FileStore) {
+        let d = tempfile::tempdir().unwrap();
+        let s = calico_store::file::FileStore::open(d.path().join("store")).unwrap();
+        (d, s)
+    }
+
+    fn wl(args: &str, cid: &str) -> Workload {
+        Workload::new(
+            &CniArgs::parse(args).unwrap(),
+            &ContainerId::parse(cid).unwrap(),
+            &IfName::parse("eth0").unwrap(),
+            "node1",
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn record_fields() {
+        let w = wl("K8S_POD_NAMESPACE=ns1;K8S_POD_NAME=web-1", "c1");
+        let wep =
+            build(&w, "cali123", "02:00:00:00:00:01", &["10.0.0.5/32".parse().unwrap()], "k8s-pod-network");
+        let v = serde_json::to_value(&wep).unwrap();
+        assert_eq!(v["kind"], "WorkloadEndpoint");
+        assert_eq!(v["metadata"]["name"], "node1-k8s-web--1-eth0");
+        assert_eq!(v["metadata"]["namespace"], "ns1");
+        assert_eq!(v["spec"]["containerID"], "c1");
+        assert_eq!(v["spec"]["interfaceName"], "cali123");
+        assert_eq!(v["spec"]["endpoint"], "eth0");
+        assert_eq!(v["spec"]["pod"], "web-1");
+        assert_eq!(v["spec"]["orchestrator"], "k8s");
+        assert_eq!(v["spec"]["ipNetworks"], serde_json::json!(["10.0.0.5/32"]));
+        assert_eq!(v["spec"]["profiles"], serde_json::json!(["k8s-pod-network"]));
+        let c = build(&wl("", "c2"), "calic2", "m", &[], "n");
+        assert_eq!(c.spec.orchestrator, "cni");
+        assert_eq!(c.spec.workload, "c2");
+        assert_eq!(c.metadata.namespace.as_deref(), Some("default"));
+    }
+
+    #[test]
+    fn put_replace_and_owned_delete() {
+        let (_d, s) = store();
+        let old = wl("K8S_POD_NAMESPACE=ns;K8S_POD_NAME=p", "old");
+        let new = wl("K8S_POD_NAMESPACE=ns;K8S_POD_NAME=p", "new");
+        let key = old.endpoint_key();
+        put(&s, &key, &build(&old, "cali1", "m", &[], "net")).unwrap();
+        put(&s, &key, &build(&new, "cali1", "m", &[], "net")).unwrap();
+        // The stale sandbox's DEL keeps the newer record.
+        assert!(delete_if_owned(&s, &key, "old").unwrap().is_none());
+        assert!(s.get(&key).unwrap().is_some());
+        assert_eq!(list_for(&s, "node1", "net").unwrap().len(), 1);
+        assert!(list_for(&s, "node2", "net").unwrap().is_empty());
+        assert!(list_for(&s, "node1", "other").unwrap().is_empty());
+        let gone = delete_if_owned(&s, &key, "new").unwrap().unwrap();
+        assert_eq!(gone.spec.container_id, "new");
+        assert!(s.get(&key).unwrap().is_none());
+        assert!(delete_if_owned(&s, &key, "new").unwrap().is_none(), "idempotent");
+    }
+
+    #[test]
+    fn gc_delete_is_conditional_and_corrupt_records_are_skipped() {
+        let (_d, s) = store();
+        let w = wl("", "c9");
+        let key = w.endpoint_key();
+        put(&s, &key, &build(&w, "calic9", "m", &[], "net")).unwrap();
+        let stored = list_for(&s, "node1", "net").unwrap().pop().unwrap();
+        put(&s, &key, &build(&w, "calic9", "m2", &[], "net")).unwrap();
+        assert!(!delete_at(&s, &key, stored.revision).unwrap(), "changed since listed");
+        let fresh = list_for(&s, "node1", "net").unwrap().pop().unwrap();
+        assert!(delete_at(&s, &key, fresh.revision).unwrap());
+        s.create(&format!("{}default/junk", model::workload_endpoints_prefix()), b"{").unwrap();
+        assert!(list_for(&s, "node1", "net").unwrap().is_empty());
+        let e = read(&s, &format!("{}default/junk", model::workload_endpoints_prefix())).unwrap_err();
+        assert_eq!(e.code, 100);
+    }
+}

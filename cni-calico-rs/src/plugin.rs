@@ -1,0 +1,255 @@
+//! The `calico` plugin: ADD, DEL, CHECK, STATUS, GC.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use calico_store::Datastore;
+use cni_proto::{CniError, CniResult, Command, Interface, IpConfig, Plugin, Request, Route};
+use ipnetwork::IpNetwork;
+use netlink_util::MacAddr;
+
+use crate::config::CalicoConf;
+use crate::dataplane::{self, Expected, VethPlan, GATEWAY_V4};
+use crate::endpoint;
+use crate::errors::{store_error, ERR_CALICO};
+use crate::identity::Workload;
+use crate::ipam;
+
+/// The plugin; stateless, everything comes from the request.
+pub struct Calico;
+
+/// What every attachment command needs: config, node, identity.
+struct Context {
+    conf: CalicoConf,
+    workload: Workload,
+}
+
+impl Context {
+    fn new(req: &Request) -> Result<Context, CniError> {
+        let conf = CalicoConf::from_netconf(&req.conf)?;
+        let node = conf.nodename()?;
+        let workload = Workload::new(req.args(), req.container_id()?, req.ifname()?, &node)?;
+        Ok(Context { conf, workload })
+    }
+}
+
+fn open_store(conf: &CalicoConf) -> Result<Arc<dyn Datastore>, CniError> {
+    calico_store::open(&conf.datastore).map_err(|e| store_error("open the datastore", e))
+}
+
+fn default_v4() -> IpNetwork {
+    netlink_util::Route::default_v4().dst
+}
+
+fn default_v6() -> IpNetwork {
+    netlink_util::Route::default_v6().dst
+}
+
+impl Plugin for Calico {
+    fn add(&self, req: &Request) -> Result<CniResult, CniError> {
+        let ctx = Context::new(req)?;
+        let ifname = ctx.workload.ifname.as_str();
+        let netns_path = req.netns().ok_or_else(|| CniError::missing_env(&["CNI_NETNS"]))?;
+        let netns = dataplane::open_netns(netns_path)?;
+        // Spec: ADD onto an existing interface is an error. Checked before
+        // IPAM so that nothing is allocated for it.
+        if dataplane::pod_link_exists(&netns, ifname)? {
+            return Err(CniError::plugin(
+                ERR_CALICO,
+                format!("interface {ifname} already exists in netns {}", netns_path.display()),
+                "",
+            ));
+        }
+        let store = open_store(&ctx.conf)?;
+        store.ready().map_err(|e| store_error("datastore not ready", e))?;
+
+        let alloc = ipam::add(req, &ctx.conf.ipam.ipam_type)?;
+        let ips = alloc.pod_ips()?;
+        let host_name = ctx.workload.host_veth_name();
+        let mtu = ctx.conf.mtu();
+        let plan = VethPlan {
+            host_name: &host_name,
+            ifname,
+            netns: &netns,
+            mtu,
+            num_queues: ctx.conf.num_queues,
+            ips: &ips,
+            allow_ip_forwarding: ctx.conf.container_settings.allow_ip_forwarding,
+        };
+        let wired = dataplane::wire(&plan)?;
+        let pod_mac = wired.pod.mac.map(|m| m.to_string()).unwrap_or_default();
+        let wep = endpoint::build(&ctx.workload, &host_name, &pod_mac, &ips, &req.conf.name);
+        endpoint::put(&*store, &ctx.workload.endpoint_key(), &wep)?;
+
+        let host_link_local = wired.host_link_local;
+        wired.commit();
+        let ipam_result = alloc.commit();
+        log::info!("wired {ifname} ({ips:?}) to {host_name} for {}", ctx.workload.endpoint_name());
+
+        // Chained after another plugin: keep what it reported, add ours.
+        let mut result = req.conf.prev_result.clone().unwrap_or_default();
+        let host_idx = result.interfaces.len();
+        result.interfaces.push(Interface {
+            name: host_name,
+            mac: Some(MacAddr::CALICO_HOST.to_string()),
+            mtu: Some(mtu),
+            ..Default::default()
+        });
+        result.interfaces.push(Interface {
+            name: ifname.to_string(),
+            mac: Some(pod_mac),
+            mtu: Some(mtu),
+            sandbox: Some(netns_path.display().to_string()),
+            ..Default::default()
+        });
+        for ip in &ips {
+            result.ips.push(IpConfig { address: *ip, gateway: None, interface: Some(host_idx + 1) });
+        }
+        if ips.iter().any(IpNetwork::is_ipv4) {
+            result.routes.push(Route::new(default_v4(), Some(IpAddr::V4(GATEWAY_V4))));
+        }
+        if let Some(ll) = host_link_local {
+            result.routes.push(Route::new(default_v6(), Some(IpAddr::V6(ll))));
+        }
+        if !ipam_result.dns.is_empty() {
+            result.dns = ipam_result.dns;
+        } else if let Some(dns) = &req.conf.dns {
+            result.dns = dns.clone();
+        }
+        Ok(result)
+    }
+
+    /// Best effort and idempotent: every step runs even if an earlier one
+    /// failed; the first error is returned (so the runtime retries).
+    fn del(&self, req: &Request) -> Result<(), CniError> {
+        let ctx = Context::new(req)?;
+        let ifname = ctx.workload.ifname.as_str();
+        let mut errors: Vec<CniError> = Vec::new();
+
+        match dataplane::unwire(req.netns(), ifname) {
+            Ok(true) => log::info!("deleted {ifname} in {:?}", req.netns()),
+            Ok(false) => log::info!("{ifname} not found in {:?}: nothing to delete", req.netns()),
+            Err(e) => errors.push(e),
+        }
+        let key = ctx.workload.endpoint_key();
+        let owned = open_store(&ctx.conf)
+            .and_then(|s| endpoint::delete_if_owned(&*s, &key, ctx.workload.container_id.as_str()));
+        match owned {
+            // The record says which host veth this container had; it may
+            // outlive a netns that was deleted while held open elsewhere.
+            Ok(Some(wep)) => {
+                if let Err(e) = dataplane::delete_host_veth(&wep.spec.interface_name) {
+                    errors.push(e);
+                }
+            }
+            Ok(None) => {}
+            Err(e) => errors.push(e),
+        }
+        if let Err(e) = ipam::forward(req, &ctx.conf.ipam.ipam_type, Command::Del) {
+            errors.push(e);
+        }
+        for extra in errors.iter().skip(1) {
+            log::error!("DEL also failed: {extra}");
+        }
+        errors.into_iter().next().map_or(Ok(()), Err)
+    }
+
+    fn check(&self, req: &Request) -> Result<(), CniError> {
+        let ctx = Context::new(req)?;
+        let prev = req
+            .conf
+            .prev_result
+            .as_ref()
+            .ok_or_else(|| CniError::invalid_config("CHECK needs prevResult", "prevResult is missing"))?;
+        ipam::forward(req, &ctx.conf.ipam.ipam_type, Command::Check)?;
+        let netns_path = req.netns().ok_or_else(|| CniError::missing_env(&["CNI_NETNS"]))?;
+        let sandbox = netns_path.display().to_string();
+        let ifname = ctx.workload.ifname.as_str();
+        let pod_idx = prev
+            .interfaces
+            .iter()
+            .position(|i| i.name == ifname && i.sandbox.as_deref() == Some(sandbox.as_str()))
+            .ok_or_else(|| {
+                CniError::plugin(ERR_CALICO, format!("prevResult has no interface {ifname} in {sandbox}"), "")
+            })?;
+        let host_name = ctx.workload.host_veth_name();
+        if !prev.interfaces.iter().any(|i| i.name == host_name && i.sandbox.is_none()) {
+            return Err(CniError::plugin(
+                ERR_CALICO,
+                format!("prevResult has no host interface {host_name}"),
+                "",
+            ));
+        }
+        let ips: Vec<IpNetwork> = prev
+            .ips
+            .iter()
+            .filter(|c| c.interface == Some(pod_idx))
+            .map(|c| dataplane::host_prefix(c.address.ip()))
+            .collect();
+        let netns = dataplane::open_netns(netns_path)?;
+        dataplane::check(&Expected {
+            host_name: &host_name,
+            ifname,
+            netns: &netns,
+            pod_mac: prev.interfaces[pod_idx].mac.as_deref(),
+            ips: &ips,
+        })
+    }
+
+    fn status(&self, req: &Request) -> Result<(), CniError> {
+        let conf = CalicoConf::from_netconf(&req.conf)?;
+        let store = calico_store::open(&conf.datastore)
+            .map_err(|e| CniError::unavailable("datastore cannot be opened", e.to_string()))?;
+        store.ready().map_err(|e| CniError::unavailable("datastore not ready", e.to_string()))?;
+        ipam::forward(req, &conf.ipam.ipam_type, Command::Status)
+    }
+
+    /// Remove this node's pod records of this network whose attachment is
+    /// not in `cni.dev/valid-attachments` (and their host veths), then let
+    /// IPAM release its leftovers. Continues past errors.
+    fn gc(&self, req: &Request) -> Result<(), CniError> {
+        let conf = CalicoConf::from_netconf(&req.conf)?;
+        let valid = req.conf.valid_attachments()?.ok_or_else(|| {
+            CniError::invalid_config(
+                "GC needs cni.dev/valid-attachments",
+                "refusing to treat every pod as stale",
+            )
+        })?;
+        let node = conf.nodename()?;
+        let mut errors: Vec<CniError> = Vec::new();
+        match open_store(&conf).and_then(|s| {
+            let stale: Vec<endpoint::Stored> = endpoint::list_for(&*s, &node, &req.conf.name)?
+                .into_iter()
+                .filter(|st| {
+                    !valid.iter().any(|v| {
+                        v.container_id == st.wep.spec.container_id && v.ifname == st.wep.spec.endpoint
+                    })
+                })
+                .collect();
+            Ok((s, stale))
+        }) {
+            Ok((store, stale)) => {
+                for st in stale {
+                    log::info!("GC: pod record {} (container {}) is stale", st.key, st.wep.spec.container_id);
+                    match endpoint::delete_at(&*store, &st.key, st.revision) {
+                        Ok(true) => {
+                            if let Err(e) = dataplane::delete_host_veth(&st.wep.spec.interface_name) {
+                                errors.push(e);
+                            }
+                        }
+                        Ok(false) => log::info!("GC: {} changed meanwhile: kept", st.key),
+                        Err(e) => errors.push(e),
+                    }
+                }
+            }
+            Err(e) => errors.push(e),
+        }
+        if let Err(e) = ipam::forward(req, &conf.ipam.ipam_type, Command::Gc) {
+            errors.push(e);
+        }
+        for extra in errors.iter().skip(1) {
+            log::error!("GC also failed: {extra}");
+        }
+        errors.into_iter().next().map_or(Ok(()), Err)
+    }
+}
