@@ -214,6 +214,9 @@ impl<'a> Ipam<'a> {
     /// does not exist releases nothing and succeeds. Returns the freed addresses.
     pub fn release_handle(&self, handle: &Handle) -> Result<Vec<IpAddr>, IpamError> {
         let _lock = self.host_lock()?;
+        // First attempt: take this node's hinted block from the hint instead
+        // of reading it (the commit's CAS catches a stale copy).
+        let mut trust_hint = true;
         for _ in 0..MAX_RETRIES {
             let Some(hkv) = self.store.get(&handle.key())? else { return Ok(Vec::new()) };
             let hdoc: IpamHandle = model::decode(&hkv)?;
@@ -225,22 +228,25 @@ impl<'a> Ipam<'a> {
                     key: hkv.key.clone(),
                     reason: format!("block {seg:?} is not a CIDR"),
                 })?;
-                let Some(bkv) = self.store.get(&cidr.key())? else { continue };
-                let mut doc = block::decode_block(&bkv)?;
+                let hinted = if trust_hint { self.hinted_block(&cidr) } else { None };
+                let (mut doc, revision) = match hinted {
+                    Some(v) => v,
+                    None => {
+                        let Some(bkv) = self.store.get(&cidr.key())? else { continue };
+                        (block::decode_block(&bkv)?, bkv.revision)
+                    }
+                };
                 let ips = block::release_handle(&mut doc, handle);
                 if ips.is_empty() {
                     continue;
                 }
                 freed.extend(ips);
+                let key = cidr.key();
                 if block::is_empty(&doc) && doc.affinity.is_none() {
                     // Nobody owns this block: give its range back to the pool.
-                    ops.push(Op::Delete { key: bkv.key.clone(), revision: bkv.revision });
+                    ops.push(Op::Delete { key, revision });
                 } else {
-                    ops.push(Op::Update {
-                        key: bkv.key.clone(),
-                        value: model::encode(&doc),
-                        revision: bkv.revision,
-                    });
+                    ops.push(Op::Update { key, value: model::encode(&doc), revision });
                     updated.push(doc);
                 }
             }
@@ -254,11 +260,18 @@ impl<'a> Ipam<'a> {
                 }
                 Err(StoreError::Conflict { key }) => {
                     log::debug!("release {handle}: conflict on {key}, retrying");
+                    trust_hint = false;
                 }
                 Err(e) => return Err(e.into()),
             }
         }
         Err(IpamError::MaxRetries)
+    }
+
+    /// This node's hinted copy of `cidr`, if the hint is about that block.
+    fn hinted_block(&self, cidr: &BlockCidr) -> Option<(AllocationBlock, Revision)> {
+        let h = self.hints.as_ref()?.read(cidr.family())?;
+        (h.block.cidr == cidr.net()).then_some((h.block, h.revision))
     }
 
     /// Keep the hint current when this node changes its hinted block.
@@ -292,16 +305,11 @@ impl<'a> Ipam<'a> {
     }
 
     /// CNI GC: release every handle of `network` (`<network>.<containerID>`)
-    /// whose container ID is not in `keep`. Continues past failures; returns
-    /// the released handles and the failures.
-    pub fn gc_network(
-        &self,
-        network: &str,
-        keep: &HashSet<String>,
-    ) -> Result<(Vec<Handle>, Vec<(Handle, IpamError)>), IpamError> {
+    /// whose container ID is not in `keep`. Continues past single failures
+    /// (the spec asks GC to carry on) and reports them in the outcome.
+    pub fn gc_network(&self, network: &str, keep: &HashSet<String>) -> Result<GcOutcome, IpamError> {
         let prefix = model::handle_key(&format!("{network}."));
-        let mut released = Vec::new();
-        let mut failed = Vec::new();
+        let mut out = GcOutcome::default();
         for kv in self.store.list(&prefix)? {
             let Some(id) = kv.key.strip_prefix(&model::handles_prefix()) else { continue };
             let Ok(handle) = Handle::new(id) else { continue };
@@ -310,12 +318,19 @@ impl<'a> Ipam<'a> {
                 continue;
             }
             match self.release_handle(&handle) {
-                Ok(_) => released.push(handle),
-                Err(e) => failed.push((handle, e)),
+                Ok(_) => out.released.push(handle),
+                Err(e) => out.failed.push((handle, e)),
             }
         }
-        Ok((released, failed))
+        Ok(out)
     }
+}
+
+/// What [`Ipam::gc_network`] did.
+#[derive(Debug, Default)]
+pub struct GcOutcome {
+    pub released: Vec<Handle>,
+    pub failed: Vec<(Handle, IpamError)>,
 }
 
 /// One family's chosen address, before the commit.
@@ -476,7 +491,7 @@ impl<'s, 'a> Session<'s, 'a> {
     }
 
     /// Allocate the next free address of our own block `cidr`, if it has one.
-    fn from_own_block(
+    fn next_in_own_block(
         &mut self,
         cidr: BlockCidr,
         attr: &AllocationAttribute,
@@ -504,7 +519,7 @@ impl<'s, 'a> Session<'s, 'a> {
                 self.blocks.entry(cidr).or_insert(Some((hint.block, hint.revision)));
             }
             if self.hinted_pool_usable(&hint.pool, &cidr, req)? {
-                if let Some((doc, rev, ip)) = self.from_own_block(cidr, attr)? {
+                if let Some((doc, rev, ip)) = self.next_in_own_block(cidr, attr)? {
                     let pool = PoolName::new(hint.pool)?;
                     return Ok(Pick { cidr, doc, rev, ip, pool, hint_request: Some(rkey) });
                 }
@@ -532,7 +547,7 @@ impl<'s, 'a> Session<'s, 'a> {
                     log::debug!("confirming affinity {}: {e}", kv.key);
                 }
             }
-            if let Some((doc, rev, ip)) = self.from_own_block(cidr, attr)? {
+            if let Some((doc, rev, ip)) = self.next_in_own_block(cidr, attr)? {
                 return Ok(Pick { cidr, doc, rev, ip, pool, hint_request: Some(rkey) });
             }
         }
@@ -559,7 +574,7 @@ impl<'s, 'a> Session<'s, 'a> {
             }
             for p in &pools {
                 if let Some(cidr) = self.claim_in_pool(p, &existing, &config)? {
-                    if let Some((doc, rev, ip)) = self.from_own_block(cidr, attr)? {
+                    if let Some((doc, rev, ip)) = self.next_in_own_block(cidr, attr)? {
                         return Ok(Pick {
                             cidr,
                             doc,

@@ -38,27 +38,37 @@ pub fn new_block(cidr: BlockCidr, affinity: Option<&Affinity>, strict_affinity: 
 /// `Corrupt` naming the key (never "repaired" by overwriting).
 pub fn decode_block(kv: &KeyValue) -> Result<AllocationBlock, StoreError> {
     let b: AllocationBlock = model::decode(kv)?;
-    let corrupt = |reason: String| StoreError::Corrupt { key: kv.key.clone(), reason };
+    check_block(&b).map_err(|reason| StoreError::Corrupt { key: kv.key.clone(), reason })?;
+    Ok(b)
+}
+
+/// The invariants every operation here relies on: one slot per address,
+/// attribute indices in range, `unallocated` = exactly the free ordinals.
+pub fn check_block(b: &AllocationBlock) -> Result<(), String> {
     let cidr = BlockCidr::from_net(b.cidr);
     if b.allocations.len() != cidr.size() {
-        return Err(corrupt(format!(
+        return Err(format!(
             "block {} has {} allocation slots, expected {}",
             b.cidr,
             b.allocations.len(),
             cidr.size()
-        )));
+        ));
     }
     if let Some(bad) = b.allocations.iter().flatten().find(|&&i| i >= b.attributes.len()) {
-        return Err(corrupt(format!("allocation refers to attribute {bad} of {}", b.attributes.len())));
+        return Err(format!("allocation refers to attribute {bad} of {}", b.attributes.len()));
     }
     let mut seen = vec![false; b.allocations.len()];
     for &o in &b.unallocated {
         if o >= b.allocations.len() || seen[o] || b.allocations[o].is_some() {
-            return Err(corrupt(format!("unallocated ordinal {o} is out of range, repeated or allocated")));
+            return Err(format!("unallocated ordinal {o} is out of range, repeated or allocated"));
         }
         seen[o] = true;
     }
-    Ok(b)
+    let free = b.allocations.iter().filter(|a| a.is_none()).count();
+    if free != b.unallocated.len() {
+        return Err(format!("{free} free slots but {} unallocated ordinals", b.unallocated.len()));
+    }
+    Ok(())
 }
 
 /// The block's CIDR as a domain type.

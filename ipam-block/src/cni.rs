@@ -279,11 +279,10 @@ impl Plugin for CalicoIpam {
         let keep: HashSet<String> = valid.into_iter().map(|a| a.container_id).collect();
         let store = conf.open_store()?;
         let ipam = Ipam::new(store.as_ref(), &conf.nodename).with_state_dir(conf.state_dir());
-        let (released, failed) =
-            ipam.gc_network(&conf.network, &keep).map_err(|e| ipam_error(e).context("IPAM GC"))?;
-        log::info!("GC of {}: released {} handle(s)", conf.network, released.len());
+        let outcome = ipam.gc_network(&conf.network, &keep).map_err(|e| ipam_error(e).context("IPAM GC"))?;
+        log::info!("GC of {}: released {} handle(s)", conf.network, outcome.released.len());
         // Continue past single failures (spec), but report them.
-        if let Some((h, e)) = failed.into_iter().next() {
+        if let Some((h, e)) = outcome.failed.into_iter().next() {
             return Err(ipam_error(e).context(&format!("IPAM GC of {h}")));
         }
         Ok(())

@@ -51,9 +51,12 @@ impl HintDir {
         self.dir.join(format!("ipam-hint.{}.{}.json", self.node, family.key_segment()))
     }
 
+    /// The hint, if there is a readable, self-consistent one.
     pub fn read(&self, family: IpFamily) -> Option<Hint> {
         let bytes = std::fs::read(self.path(family)).ok()?;
-        serde_json::from_slice(&bytes).ok()
+        let hint: Hint = serde_json::from_slice(&bytes).ok()?;
+        crate::block::check_block(&hint.block).ok()?;
+        (IpFamily::of(&hint.block.cidr) == family).then_some(hint)
     }
 
     /// Best effort: failures are logged, never returned.

@@ -42,7 +42,7 @@ pub mod selector;
 pub mod timestamp;
 pub mod types;
 
-pub use allocator::{AssignRequest, AssignedIp, FamilyRequest, Ipam};
+pub use allocator::{AssignRequest, AssignedIp, FamilyRequest, GcOutcome, Ipam};
 pub use counting::{CountingStore, RoundTrips};
 pub use error::IpamError;
 pub use types::{Affinity, BlockCidr, Handle, PoolName, PoolRef};
