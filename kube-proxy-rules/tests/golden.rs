@@ -1,7 +1,8 @@
 //! Golden tests of the rule text, modelled on kube-proxy's proxier_test
 //! expectations: each directory under tests/golden/ has `input.yaml`
 //! (manifests), optionally `pods.json` (pod records, a JSON array of
-//! WorkloadEndpoints), `config.txt` (node settings) and `expected.txt` (the
+//! WorkloadEndpoints) and `errors.txt` (the bad objects that must be reported,
+//! one per line), `config.txt` (node settings) and `expected.txt` (the
 //! payload after kube-proxy's canonical sort). `UPDATE_GOLDEN=1` rewrites
 //! the expectations of cases marked `generated=true` (never the upstream ones).
 
@@ -75,9 +76,10 @@ fn run_case(dir: &Path) -> Result<(), String> {
         }
         return Err(msg);
     }
-    // Every bad object must be expected (by substring, one per line).
+    // Every bad object must be expected: one line per error, `A && B` = both substrings.
     for want in expected_errors.lines().filter(|l| !l.trim().is_empty()) {
-        match errors.iter().position(|e| e.contains(want.trim())) {
+        let parts: Vec<&str> = want.split(" && ").map(str::trim).collect();
+        match errors.iter().position(|e| parts.iter().all(|p| e.contains(p))) {
             Some(i) => {
                 errors.remove(i);
             }
