@@ -245,7 +245,8 @@ fn stopped_etcd_is_unavailable_within_the_bound_then_recovers() {
     let s = EtcdStore::connect(&etcd_cfg(&etcd.endpoint(), bound)).unwrap();
     let r = s.create("/fault/k", b"1").unwrap();
     etcd.stop();
-    let calls: [(&str, Box<dyn Fn() -> Result<(), StoreError>>); 4] = [
+    type Call<'a> = Box<dyn Fn() -> Result<(), StoreError> + 'a>;
+    let calls: [(&str, Call); 4] = [
         ("get", Box::new(|| s.get("/fault/k").map(|_| ()))),
         ("list", Box::new(|| s.list("/fault/").map(|_| ()))),
         ("commit", Box::new(|| s.update("/fault/k", b"2", r).map(|_| ()))),

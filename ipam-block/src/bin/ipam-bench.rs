@@ -263,16 +263,20 @@ fn exec(
     Ok((took, Some(ip)))
 }
 
+/// One job's work: (node index, container ID) → result.
+type JobFn<T> = Arc<dyn Fn(usize, &str) -> Result<T, String> + Send + Sync>;
+/// Per-job result slots, filled by the workers.
+type Slots<T> = Arc<Mutex<Vec<Option<Result<T, String>>>>>;
+
 /// Run `jobs` on `workers` threads; returns results in job order or the first error.
 fn run_parallel<T: Send + Sync + 'static>(
     jobs: Vec<(usize, String)>,
     workers: usize,
-    f: Arc<dyn Fn(usize, &str) -> Result<T, String> + Send + Sync>,
+    f: JobFn<T>,
 ) -> Result<Vec<T>, String> {
     let n = jobs.len();
     let queue = Arc::new(Mutex::new(jobs.into_iter().enumerate().rev().collect::<Vec<_>>()));
-    let results: Arc<Mutex<Vec<Option<Result<T, String>>>>> =
-        Arc::new(Mutex::new((0..n).map(|_| None).collect()));
+    let results: Slots<T> = Arc::new(Mutex::new((0..n).map(|_| None).collect()));
     let threads: Vec<_> = (0..workers)
         .map(|_| {
             let (queue, results, f) = (queue.clone(), results.clone(), f.clone());
