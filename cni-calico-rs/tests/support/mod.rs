@@ -1,0 +1,259 @@
+//! Shared fixtures of the plugin's integration tests: a "node" network
+//! namespace the built `calico` binary runs in (so the host veth lands there,
+//! never in the machine's namespace), pod namespaces, a temporary file
+//! datastore, and helpers to read the kernel and datastore state back.
+
+#![allow(dead_code)]
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+
+use calico_store::file::FileStore;
+use calico_store::Datastore;
+use serde_json::{json, Value};
+use testbed::Netns;
+
+pub const NETWORK: &str = "k8s-pod-network";
+
+/// The `calico` binary of this package and the directory holding it and
+/// `calico-ipam` (built by `cargo build -p cni-calico-rs -p ipam-block --bins`).
+pub fn plugin_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_calico"))
+}
+
+pub fn cni_path() -> String {
+    let ipam = testbed::target_bin("calico-ipam");
+    let dir = ipam.parent().map(Path::to_path_buf).unwrap_or_default();
+    // host-local etc. for tests that use a reference IPAM plugin.
+    format!("{}:/usr/lib/cni", dir.display())
+}
+
+pub struct Out {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Out {
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.stdout).unwrap_or_else(|e| panic!("stdout not JSON ({e}): {self:?}"))
+    }
+    pub fn ok(&self) -> &Self {
+        assert_eq!(self.code, 0, "{self:?}");
+        self
+    }
+    pub fn silent_ok(&self) {
+        assert_eq!((self.code, self.stdout.as_str()), (0, ""), "{self:?}");
+    }
+    pub fn err_code(&self) -> u64 {
+        assert_ne!(self.code, 0, "expected a failure: {self:?}");
+        self.json()["code"].as_u64().unwrap_or_else(|| panic!("no code: {self:?}"))
+    }
+}
+
+impl std::fmt::Debug for Out {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "exit {} stdout {:?} stderr {:?}", self.code, self.stdout, self.stderr)
+    }
+}
+
+/// One CNI invocation's environment.
+#[derive(Clone, Debug)]
+pub struct Call<'a> {
+    pub cmd: &'a str,
+    pub cid: &'a str,
+    pub netns: Option<PathBuf>,
+    pub ifname: &'a str,
+    pub args: &'a str,
+}
+
+/// A node: its namespace, a temporary datastore and log file.
+pub struct Node {
+    pub ns: Netns,
+    pub dir: tempfile::TempDir,
+    pub name: String,
+}
+
+impl Node {
+    pub fn new() -> Node {
+        let ns = Netns::new("cno");
+        // Proxy ARP only answers the pod's ARP for 169.254.1.1 if the node
+        // routes 169.254.1.1 out of *another* interface; on a real node the
+        // default route does that. Give this node an uplink and a default route.
+        ns.exec(&["ip", "link", "add", "up0", "type", "veth", "peer", "name", "up1"]);
+        ns.exec(&["ip", "link", "set", "up0", "up"]);
+        ns.exec(&["ip", "link", "set", "up1", "up"]);
+        ns.exec(&["ip", "addr", "add", "192.0.2.1/24", "dev", "up0"]);
+        ns.exec(&["ip", "route", "add", "default", "via", "192.0.2.254"]);
+        // IPv6 forwards only with the global switch on (IPv4 honours the
+        // per-interface `forwarding` the plugin sets). On a Calico node Felix
+        // turns it on; the plugin does not touch node-wide settings.
+        ns.exec(&["sysctl", "-q", "-w", "net.ipv6.conf.all.forwarding=1"]);
+        Node { ns, dir: tempfile::tempdir().unwrap(), name: testbed::unique("node-") }
+    }
+
+    pub fn store_path(&self) -> PathBuf {
+        self.dir.path().join("store")
+    }
+
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.path().join("cni.log")
+    }
+
+    /// A Calico plugin config (file datastore, calico-ipam with one pool).
+    pub fn conf(&self, version: &str, pool: &str) -> Value {
+        json!({
+            "cniVersion": version,
+            "name": NETWORK,
+            "type": "calico",
+            "log_level": "debug",
+            "log_file_path": self.log_path(),
+            "datastore_type": "file",
+            "datastore_path": self.store_path(),
+            "nodename": self.name,
+            "mtu": 1450,
+            "policy": {"type": "k8s"},
+            "an_unknown_key": {"kept": [1, 2]},
+            "ipam": {"type": "calico-ipam", "assign_ipv4": "true", "ipv4_pools": [pool]},
+            "container_settings": {"allow_ip_forwarding": false}
+        })
+    }
+
+    /// Run the built plugin inside the node's namespace.
+    pub fn run(&self, call: &Call<'_>, conf: &Value) -> Out {
+        self.run_raw(call, conf.to_string().as_bytes(), &[])
+    }
+
+    pub fn run_raw(&self, call: &Call<'_>, stdin: &[u8], extra_env: &[(&str, &str)]) -> Out {
+        let mut c = self.ns.nsenter(plugin_bin().to_str().unwrap());
+        c.env_clear()
+            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+            .env("CNI_COMMAND", call.cmd)
+            .env("CNI_CONTAINERID", call.cid)
+            .env("CNI_IFNAME", call.ifname)
+            .env("CNI_ARGS", call.args)
+            .env("CNI_PATH", cni_path())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        if let Some(ns) = &call.netns {
+            c.env("CNI_NETNS", ns);
+        }
+        for (k, v) in extra_env {
+            c.env(k, v);
+        }
+        let mut child = c.spawn().unwrap();
+        child.stdin.take().unwrap().write_all(stdin).unwrap();
+        let out = child.wait_with_output().unwrap();
+        Out {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    pub fn store(&self) -> FileStore {
+        FileStore::open(self.store_path()).unwrap()
+    }
+
+    /// A datastore document, decoded.
+    pub fn doc(&self, key: &str) -> Option<Value> {
+        self.store().get(key).unwrap().map(|kv| serde_json::from_slice(&kv.value).unwrap())
+    }
+
+    /// Every key under a prefix.
+    pub fn keys(&self, prefix: &str) -> Vec<String> {
+        if !self.store_path().exists() {
+            return Vec::new();
+        }
+        self.store().list(prefix).unwrap().into_iter().map(|kv| kv.key).collect()
+    }
+
+    pub fn handle(&self, cid: &str) -> Option<Value> {
+        self.doc(&format!("/calico/ipam/v2/handle/{NETWORK}.{cid}"))
+    }
+
+    /// How many addresses are allocated in all blocks.
+    pub fn allocated(&self) -> usize {
+        if !self.store_path().exists() {
+            return 0;
+        }
+        self.store()
+            .list("/calico/ipam/v2/assignment/")
+            .unwrap()
+            .iter()
+            .map(|kv| {
+                let b: Value = serde_json::from_slice(&kv.value).unwrap();
+                b["allocations"].as_array().unwrap().iter().filter(|a| !a.is_null()).count()
+            })
+            .sum()
+    }
+
+    pub fn sysctl(&self, key: &str) -> String {
+        self.ns.exec(&["cat", &format!("/proc/sys/{key}")]).trim().to_string()
+    }
+
+    /// Names of the links in the node namespace.
+    pub fn links(&self) -> Vec<String> {
+        links(&self.ns)
+    }
+}
+
+/// Names of the links in a namespace.
+pub fn links(ns: &Netns) -> Vec<String> {
+    ip_json(ns, &["link", "show"]).iter().map(|l| l["ifname"].as_str().unwrap().to_string()).collect()
+}
+
+/// `ip -j <args>` in a namespace.
+pub fn ip_json(ns: &Netns, args: &[&str]) -> Vec<Value> {
+    let mut argv = vec!["ip", "-j"];
+    argv.extend_from_slice(args);
+    let out = ns.exec(&argv);
+    if out.trim().is_empty() {
+        return Vec::new();
+    }
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("ip -j {args:?}: {e}: {out}"))
+}
+
+/// `ip -j route show <args>` rendered as `dst[ via gw] dev X[ scope S]` lines.
+pub fn routes(ns: &Netns, v6: bool) -> Vec<String> {
+    let fam = if v6 { "-6" } else { "-4" };
+    ip_json(ns, &[fam, "route", "show"])
+        .iter()
+        .map(|r| {
+            let mut s = r["dst"].as_str().unwrap().to_string();
+            if let Some(gw) = r["gateway"].as_str() {
+                s += &format!(" via {gw}");
+            }
+            s += &format!(" dev {}", r["dev"].as_str().unwrap_or("?"));
+            if let Some(scope) = r["scope"].as_str() {
+                s += &format!(" scope {scope}");
+            }
+            s
+        })
+        .collect()
+}
+
+/// The global addresses (`ip/len`) of a link in a namespace (no fe80::).
+pub fn addrs(ns: &Netns, dev: &str) -> Vec<String> {
+    ip_json(ns, &["addr", "show", "dev", dev, "scope", "global"])
+        .iter()
+        .flat_map(|l| l["addr_info"].as_array().cloned().unwrap_or_default())
+        .filter_map(|a| Some(format!("{}/{}", a["local"].as_str()?, a["prefixlen"])))
+        .collect()
+}
+
+/// One link's `ip -j link show` object.
+pub fn link(ns: &Netns, dev: &str) -> Value {
+    ip_json(ns, &["link", "show", "dev", dev]).pop().unwrap_or(Value::Null)
+}
+
+pub const K8S_ARGS: &str =
+    "IgnoreUnknown=1;K8S_POD_NAMESPACE=ns1;K8S_POD_NAME=web-0;K8S_POD_INFRA_CONTAINER_ID=c1";
+
+/// `cali` + sha1("ns1.web-0")[:11], computed independently of the plugin.
+pub fn expected_veth(namespace: &str, pod: &str) -> String {
+    let out = testbed::sh(&format!("printf '%s' '{namespace}.{pod}' | sha1sum"));
+    format!("cali{}", &out[..11])
+}
