@@ -321,8 +321,11 @@ fn pools(env: &Env) -> CaseResult {
 }
 
 fn ip_request(env: &Env) -> CaseResult {
-    let (p1, p2) = (env.pod(), env.pod());
+    let (p0, p1, p2) = (env.pod(), env.pod(), env.pod());
     let l = env.list();
+    // Pools exist before pods in Calico; ours creates a configured pool CIDR on
+    // first automatic use, so let one ordinary ADD do that first.
+    add(env, &p0, "k-ipr0")?;
     let mut rt = env.rt(&p1, "k-ipr");
     rt.args.push(("IP".into(), "10.78.3.7".into()));
     let res = env.runtime.add_network_list(&l, &rt).map_err(|e| format!("ADD IP=10.78.3.7: {e}"))?;
