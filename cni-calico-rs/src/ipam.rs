@@ -54,7 +54,7 @@ impl Drop for Allocation<'_> {
 pub fn add<'a>(req: &'a Request, ipam_type: &'a str) -> Result<Allocation<'a>, CniError> {
     let result = req
         .delegate(ipam_type, Command::Add)
-        .map_err(|e| e.context(&format!("IPAM ADD ({ipam_type})")))?
+        .map_err(|e| e.context(&format!("IPAM plugin {ipam_type}")))?
         .unwrap_or_default();
     log::info!(
         "IPAM {ipam_type} assigned {:?}",

@@ -551,3 +551,70 @@ fn works_with_a_reference_ipam_plugin_too() {
     node.run(&with_cmd(&add, "DEL"), &with_prev(&conf, &res)).silent_ok();
     assert!(!node.dir.path().join("hl").join(NETWORK).join("10.75.0.2").exists());
 }
+
+#[test]
+fn parallel_adds_and_dels_on_one_node() {
+    // kubelet runs sandboxes in parallel: the veths, routes, pod records and
+    // IPAM must not step on each other.
+    let node = Node::new();
+    let conf = node.conf("1.0.0", "10.77.0.0/24");
+    let pods: Vec<Netns> = (0..8).map(|_| Netns::new("cpp")).collect();
+    let results: Vec<Value> = std::thread::scope(|s| {
+        let handles: Vec<_> = pods
+            .iter()
+            .enumerate()
+            .map(|(i, ns)| {
+                let (node, conf) = (&node, &conf);
+                s.spawn(move || {
+                    let (cid, args) = (format!("p{i}"), format!("K8S_POD_NAMESPACE=ns;K8S_POD_NAME=pod-{i}"));
+                    node.run(&add_call(&cid, ns, &args), conf).ok().json()
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let mut ips: Vec<&str> = results.iter().map(|r| r["ips"][0]["address"].as_str().unwrap()).collect();
+    ips.sort();
+    ips.dedup();
+    assert_eq!(ips.len(), 8, "unique addresses: {ips:?}");
+    assert_eq!(node.keys("/calico/resources/v3/projectcalico.org/workloadendpoints/").len(), 8);
+    assert_eq!(node.links().iter().filter(|l| l.starts_with("cali")).count(), 8);
+    // Every pod reaches the first one.
+    let first = results[0]["ips"][0]["address"].as_str().unwrap().trim_end_matches("/32").to_string();
+    for ns in &pods[1..] {
+        ns.exec(&["ping", "-c", "1", "-W", "2", &first]);
+    }
+    std::thread::scope(|s| {
+        for (i, ns) in pods.iter().enumerate() {
+            let (node, conf) = (&node, &conf);
+            s.spawn(move || {
+                let (cid, args) = (format!("p{i}"), format!("K8S_POD_NAMESPACE=ns;K8S_POD_NAME=pod-{i}"));
+                node.run(&with_cmd(&add_call(&cid, ns, &args), "DEL"), conf).silent_ok();
+            });
+        }
+    });
+    assert_eq!(node.allocated(), 0);
+    assert!(node.keys("/calico/resources/v3/projectcalico.org/workloadendpoints/").is_empty());
+    assert_eq!(node.links().iter().filter(|l| l.starts_with("cali")).count(), 0);
+}
+
+#[test]
+fn a_requested_ip_in_cni_args_reaches_calico_ipam() {
+    let node = Node::new();
+    let pod = Netns::new("cpr");
+    let conf = node.conf("1.0.0", "10.78.0.0/24");
+    // calico-ipam creates a configured pool on its first automatic assignment.
+    let first = Netns::new("cpr");
+    node.run(&add_call("c0", &first, ""), &conf).ok();
+    let res = node.run(&add_call("c1", &pod, "IgnoreUnknown=1;IP=10.78.0.9"), &conf).ok().json();
+    assert_eq!(res["ips"][0]["address"], "10.78.0.9/32");
+    assert_eq!(addrs(&pod, "eth0"), vec!["10.78.0.9/32".to_string()]);
+    // Taken: a second pod asking for it fails, and leaves nothing behind.
+    let other = Netns::new("cpr");
+    let out = node.run(&add_call("c2", &other, "IgnoreUnknown=1;IP=10.78.0.9"), &conf);
+    assert_ne!(out.code, 0, "{out:?}");
+    assert!(out.json()["msg"].as_str().unwrap().starts_with("IPAM plugin calico-ipam: "), "{out:?}");
+    assert!(node.handle("c2").is_none());
+    assert_eq!(links(&other), vec!["lo".to_string()]);
+    assert!(!node.links().contains(&"calic2".to_string()));
+}
