@@ -86,7 +86,42 @@ pub fn open_netns(path: &Path) -> Result<Netns, CniError> {
         .map_err(|e| CniError::invalid_netns(format!("cannot open netns {}", path.display()), e.to_string()))
 }
 
-/// Whether `ifname` already exists in the pod's namespace.
+/// Why the pod's namespace cannot take our interface, found before anything
+/// is allocated: `ifname` exists already (the spec makes that an error), or
+/// another Calico interface owns the 169.254.1.1 gateway route (a second one
+/// could not get its routes, and its IPAM rollback would release the first
+/// interface's handle, which is per network and container).
+pub fn pod_precheck(netns: &Netns, ifname: &str) -> Result<(), CniError> {
+    let gw = host_prefix(IpAddr::V4(GATEWAY_V4));
+    let (exists, gw_routes) = netns
+        .run(|nl| {
+            let exists = match nl.link_by_name(ifname) {
+                Ok(_) => true,
+                Err(e) if e.is_not_found() => false,
+                Err(e) => return Err(e),
+            };
+            Ok((exists, nl.routes_to(gw, MAIN_TABLE)?))
+        })
+        .map_err(nl(&format!("inspect {}", netns.path().display())))?;
+    let path = netns.path().display();
+    if exists {
+        return Err(CniError::plugin(
+            ERR_DATAPLANE,
+            format!("interface {ifname} already exists in netns {path}"),
+            "",
+        ));
+    }
+    if let Some(r) = gw_routes.first() {
+        return Err(CniError::plugin(
+            ERR_DATAPLANE,
+            format!("netns {path} already has a Calico interface (route {r}): one Calico interface per pod"),
+            "",
+        ));
+    }
+    Ok(())
+}
+
+/// Whether `ifname` exists in the pod's namespace.
 pub fn pod_link_exists(netns: &Netns, ifname: &str) -> Result<bool, CniError> {
     netns
         .run(|nl| match nl.link_by_name(ifname) {
@@ -421,6 +456,7 @@ mod tests {
                 allow_ip_forwarding: false,
             };
             assert!(!pod_link_exists(&pod, "eth0").unwrap());
+            pod_precheck(&pod, "eth0").unwrap();
             let wired = wire(&plan).unwrap();
             assert_eq!(wired.host.mac, Some(MacAddr::CALICO_HOST));
             assert_eq!(wired.host.mtu, 1400);
@@ -429,6 +465,8 @@ mod tests {
             let mac = wired.pod.mac.unwrap().to_string();
             wired.commit();
             assert!(pod_link_exists(&pod, "eth0").unwrap());
+            assert!(pod_precheck(&pod, "eth0").unwrap_err().msg.contains("already exists"));
+            assert!(pod_precheck(&pod, "eth1").unwrap_err().msg.contains("one Calico interface per pod"));
             let exp = Expected {
                 host_name: &host_name,
                 ifname: "eth0",

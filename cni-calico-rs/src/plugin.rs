@@ -52,14 +52,8 @@ impl Plugin for Calico {
         let netns_path = req.netns().ok_or_else(|| CniError::missing_env(&["CNI_NETNS"]))?;
         let netns = dataplane::open_netns(netns_path)?;
         // Spec: ADD onto an existing interface is an error. Checked before
-        // IPAM so that nothing is allocated for it.
-        if dataplane::pod_link_exists(&netns, ifname)? {
-            return Err(CniError::plugin(
-                ERR_CALICO,
-                format!("interface {ifname} already exists in netns {}", netns_path.display()),
-                "",
-            ));
-        }
+        // IPAM so that nothing is allocated (or rolled back) for it.
+        dataplane::pod_precheck(&netns, ifname)?;
         let store = open_store(&ctx.conf)?;
         store.ready().map_err(|e| store_error("datastore not ready", e))?;
 

@@ -618,3 +618,20 @@ fn a_requested_ip_in_cni_args_reaches_calico_ipam() {
     assert_eq!(links(&other), vec!["lo".to_string()]);
     assert!(!node.links().contains(&"calic2".to_string()));
 }
+
+#[test]
+fn a_second_calico_interface_in_one_pod_is_refused_before_ipam() {
+    let node = Node::new();
+    let pod = Netns::new("cpm");
+    let conf = node.conf("1.0.0", "10.79.0.0/24");
+    let eth0 = add_call("c1", &pod, K8S_ARGS);
+    let r0 = node.run(&eth0, &conf).ok().json();
+    let net1 = Call { ifname: "net1", ..eth0.clone() };
+    let out = node.run(&net1, &conf);
+    assert_eq!(out.err_code(), 100);
+    assert!(out.json()["msg"].as_str().unwrap().contains("one Calico interface per pod"), "{out:?}");
+    // eth0 and its address are untouched (the IPAM handle is per network and container).
+    assert_eq!(node.handle("c1").unwrap()["block"].as_object().unwrap().values().next(), Some(&json!(1)));
+    assert_eq!(node.allocated(), 1);
+    node.run(&with_cmd(&eth0, "CHECK"), &with_prev(&conf, &r0)).silent_ok();
+}
