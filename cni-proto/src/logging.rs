@@ -5,7 +5,7 @@
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::Path;
-use std::sync::{Mutex, OnceLock};
+use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use log::{LevelFilter, Log, Metadata, Record};
@@ -33,8 +33,6 @@ struct Logger {
     /// Prefix identifying the invocation (`ADD ContainerID=… IfName=…`).
     context: String,
 }
-
-static CONTEXT: OnceLock<String> = OnceLock::new();
 
 impl Log for Logger {
     fn enabled(&self, metadata: &Metadata) -> bool {
@@ -91,7 +89,7 @@ pub fn init(level: Option<&str>, file: Option<&Path>, context: &str) {
             None
         }
     });
-    let context = CONTEXT.get_or_init(|| context.to_string()).clone();
+    let context = context.to_string();
     // Leaked once per process: the logger lives as long as the plugin does.
     let logger: &'static Logger = Box::leak(Box::new(Logger { level: lvl, file, context }));
     if log::set_logger(logger).is_ok() {
