@@ -68,7 +68,7 @@ pub fn register_node(store: &dyn Datastore, cfg: &AgentConfig) -> Result<(), Sto
             Err(e) => return Err(e),
         }
     }
-    Err(last.unwrap_or_else(|| StoreError::Conflict { key }))
+    Err(last.unwrap_or(StoreError::Conflict { key }))
 }
 
 /// The agent: owns the store handle, the route programmer and BIRD.

@@ -143,3 +143,51 @@ fn a_dropped_lab_leaves_nothing_behind() {
     }
     assert!(!testbed::sh("ip netns list").contains(&prefix));
 }
+
+#[test]
+fn node_to_node_mesh_peers_the_nodes_directly() {
+    let mut cfg = LabConfig::load(&PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("lab/lab.json")).unwrap();
+    cfg.node_to_node_mesh = true;
+    // One AS for the cluster (iBGP mesh); the tor's copy of a node's routes
+    // then carries the cluster AS and is dropped as a loop: the mesh route wins.
+    for n in &mut cfg.nodes {
+        n.as_number = None;
+    }
+    let bins = testbed::target_bin("calico-node-agent").parent().unwrap().to_path_buf();
+    let lab = Lab::up(&cfg, &Bins::new(bins)).unwrap();
+    let b = block("10.244.0.64/26", "node-b", &[]);
+    lab.with_store("node-a", move |s| {
+        s.commit(&claim_ops("node-b", &b))?;
+        Ok(())
+    })
+    .unwrap();
+
+    // Calico's passive rule: "192.168.20.2" > "192.168.10.2", so node-a waits
+    // for node-b to connect, and node-b actively connects.
+    let conf_a = std::fs::read_to_string(lab.run_dir.join("node-a/bird.conf")).unwrap();
+    let conf_b = std::fs::read_to_string(lab.run_dir.join("node-b/bird.conf")).unwrap();
+    let mesh_a = &conf_a[conf_a.find("protocol bgp Mesh_192_168_20_2").expect("node-a meshes with node-b")..];
+    assert!(mesh_a[..mesh_a.find('}').unwrap()].contains("passive on"), "{conf_a}");
+    let mesh_b = &conf_b[conf_b.find("protocol bgp Mesh_192_168_10_2").expect("node-b meshes with node-a")..];
+    assert!(!mesh_b[..mesh_b.find('}').unwrap()].contains("passive"), "{conf_b}");
+
+    wait_until("mesh session node-a <-> node-b", Duration::from_secs(20), || {
+        let p = lab.birdc("node-a", &["show", "protocols", "Mesh_192_168_20_2"]).ok()?;
+        p.contains("Established").then_some(())
+    })
+    .unwrap();
+    let r = wait_until("node-a learns node-b's block over the mesh", Duration::from_secs(10), || {
+        let r = lab.birdc("node-a", &["show", "route", "10.244.0.64/26", "all"]).ok()?;
+        r.contains("Mesh_192_168_20_2").then_some(r)
+    })
+    .unwrap();
+    assert!(r.contains("BGP.next_hop: 192.168.20.2"), "iBGP keeps node-b as next hop: {r}");
+    // The kernel route points at node-b's address, resolved through the tor.
+    wait_until("kernel route on node-a", Duration::from_secs(10), || {
+        let r = lab.ns("node-a").ok()?.output(&["ip", "route", "show", "10.244.0.64/26"]).ok()?;
+        r.contains("via 192.168.10.1").then_some(())
+    })
+    .unwrap();
+    lab.ns("node-b").unwrap().output(&["ip", "addr", "add", "10.244.0.65/32", "dev", "lo"]).unwrap();
+    lab.ns("node-a").unwrap().output(&["ping", "-c1", "-W2", "10.244.0.65"]).unwrap();
+}

@@ -110,6 +110,10 @@ pub struct LabConfig {
     pub nodes: Vec<HostConfig>,
     pub etcd: EtcdConfig,
     pub client: HostConfig,
+    /// Calico's node-to-node mesh between the nodes, in addition to each
+    /// node's tor session (`false`: the article's ToR-only design).
+    #[serde(default)]
+    pub node_to_node_mesh: bool,
     #[serde(default)]
     pub scenario: Option<ScenarioConfig>,
     /// Where relative paths (the manifest) are resolved; the config's directory.
@@ -500,7 +504,7 @@ impl Lab {
             "node_ip": n.ip.to_string(),
             "as_number": self.cfg.node_as(n),
             "peers": [{"ip": n.tor_ip.ip().to_string(), "as_number": self.cfg.tor.as_number}],
-            "node_to_node_mesh": false,
+            "node_to_node_mesh": self.cfg.node_to_node_mesh,
             "datastore": {"datastore_type": "etcdv3", "etcd_endpoints": self.cfg.etcd_endpoint()},
             "bird_config": dir.join("bird.conf"),
             "bird_socket": dir.join("bird.ctl"),
