@@ -45,6 +45,9 @@ pub fn read(store: &dyn Datastore, node: &str) -> Result<RoutingState, StoreErro
     let mut state = RoutingState::default();
 
     for kv in store.list(&model::host_affinities_prefix(node, IpFamily::V4))? {
+        // Our own claims are not skipped when unreadable: dropping one would
+        // withdraw a block that still has pods. The read fails, the caller
+        // keeps the current routes and retries.
         let aff: BlockAffinity = model::decode(&kv)?;
         // Only a confirmed claim routes: a pending one may still lose the
         // race for the block, a pendingDeletion one is being released.
@@ -61,7 +64,15 @@ pub fn read(store: &dyn Datastore, node: &str) -> Result<RoutingState, StoreErro
 
     let my_affinity = format!("host:{node}");
     for kv in store.list(&model::blocks_prefix(IpFamily::V4))? {
-        let block: AllocationBlock = model::decode(&kv)?;
+        // A corrupt block costs at most its borrowed /32s; failing the whole
+        // read would freeze this node's routing on someone else's document.
+        let block: AllocationBlock = match model::decode(&kv) {
+            Ok(b) => b,
+            Err(e) => {
+                log::error!("skipping block: {e}");
+                continue;
+            }
+        };
         if block.deleted || block.affinity.as_deref() == Some(my_affinity.as_str()) {
             continue;
         }
@@ -87,7 +98,13 @@ pub fn read(store: &dyn Datastore, node: &str) -> Result<RoutingState, StoreErro
     }
 
     for kv in store.list(&model::nodes_prefix())? {
-        let n: Node = model::decode(&kv)?;
+        let n: Node = match model::decode(&kv) {
+            Ok(n) => n,
+            Err(e) => {
+                log::error!("skipping node: {e}");
+                continue;
+            }
+        };
         if n.metadata.name == node {
             continue;
         }
@@ -106,4 +123,77 @@ pub fn read(store: &dyn Datastore, node: &str) -> Result<RoutingState, StoreErro
     }
     state.other_nodes.sort();
     Ok(state)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use calico_store::file::FileStore;
+    use calico_store::model::{AllocationAttribute, NodeBgpSpec, NodeSpec, ObjectMeta};
+
+    fn aff(state: AffinityState) -> Vec<u8> {
+        model::encode(&BlockAffinity { state, deleted: false })
+    }
+
+    #[test]
+    fn only_confirmed_claims_route_and_borrowed_addresses_are_found() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = FileStore::open(dir.path()).unwrap();
+        let net = |c: &str| -> IpNetwork { c.parse().unwrap() };
+        s.create(&model::affinity_key("me", &net("10.0.0.0/26")), &aff(AffinityState::Confirmed)).unwrap();
+        s.create(&model::affinity_key("me", &net("10.0.0.64/26")), &aff(AffinityState::Pending)).unwrap();
+        s.create(&model::affinity_key("me", &net("10.0.0.128/26")), &aff(AffinityState::PendingDeletion))
+            .unwrap();
+        s.create(&model::affinity_key("other", &net("10.0.1.0/26")), &aff(AffinityState::Confirmed)).unwrap();
+        let attr = |n: &str| AllocationAttribute {
+            handle_id: Some(format!("h.{n}")),
+            secondary: Some([("node".to_string(), n.to_string())].into()),
+        };
+        let mut allocations = vec![None; 64];
+        allocations[3] = Some(0);
+        allocations[7] = Some(1);
+        let other_block = AllocationBlock {
+            cidr: net("10.0.1.0/26"),
+            affinity: Some("host:other".into()),
+            strict_affinity: false,
+            allocations,
+            unallocated: vec![],
+            attributes: vec![attr("me"), attr("other")],
+            deleted: false,
+        };
+        s.create(&model::block_key(&net("10.0.1.0/26")), &model::encode(&other_block)).unwrap();
+        // Our own block with our own allocation: not "borrowed".
+        let mut own = other_block.clone();
+        own.cidr = net("10.0.0.0/26");
+        own.affinity = Some("host:me".into());
+        own.attributes = vec![attr("me"), attr("me")];
+        s.create(&model::block_key(&net("10.0.0.0/26")), &model::encode(&own)).unwrap();
+        // A corrupt block of someone else is skipped, not fatal.
+        s.create(&model::block_key(&net("10.0.2.0/26")), b"{not json").unwrap();
+        let node = |name: &str, ip: &str, asn: Option<u32>| {
+            model::encode(&Node::new(
+                "Node",
+                ObjectMeta { name: name.into(), ..Default::default() },
+                NodeSpec { bgp: Some(NodeBgpSpec { ipv4_address: Some(ip.into()), as_number: asn }) },
+            ))
+        };
+        s.create(&model::node_key("me"), &node("me", "192.168.1.1/24", None)).unwrap();
+        s.create(&model::node_key("other"), &node("other", "192.168.1.2/24", Some(64600))).unwrap();
+
+        let st = read(&s, "me").unwrap();
+        assert_eq!(st.own_blocks.iter().map(|b| b.0.to_string()).collect::<Vec<_>>(), ["10.0.0.0/26"]);
+        assert_eq!(st.borrowed.iter().map(|a| a.0.to_string()).collect::<Vec<_>>(), ["10.0.1.3"]);
+        assert_eq!(
+            st.other_nodes,
+            vec![MeshNode {
+                name: "other".into(),
+                ip: "192.168.1.2".parse().unwrap(),
+                as_number: Some(AsNumber(64600))
+            }]
+        );
+
+        // A corrupt affinity of our own fails the read (routes stay as they are).
+        s.create(&model::affinity_key("me", &net("10.0.3.0/26")), b"garbage").unwrap();
+        assert!(matches!(read(&s, "me"), Err(StoreError::Corrupt { .. })));
+    }
 }

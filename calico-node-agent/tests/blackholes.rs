@@ -185,3 +185,34 @@ fn blackholes_and_bird_follow_claims_and_releases() {
     let log = std::fs::read_to_string(run.join("agent.log")).unwrap();
     assert_eq!(log.matches("BIRD reconfigured").count(), 2, "{log}");
 }
+
+#[test]
+fn a_datastore_outage_keeps_the_routes_and_the_agent_recovers() {
+    let ns = Netns::new("nao");
+    let dir = tempfile::tempdir().unwrap();
+    let store_dir = dir.path().join("store");
+    let run = dir.path().join("run");
+    std::fs::create_dir_all(&run).unwrap();
+    let store = FileStore::open(&store_dir).unwrap();
+    let node = testbed::unique("n");
+    claim(&store, &node, "10.251.0.0/26", None);
+    let mut agent = start_agent(&ns, &store_dir, &run, &node);
+    wait_for("first blackhole", Duration::from_secs(5), || blackholes(&ns).contains("10.251.0.0/26"));
+
+    // The store becomes unreadable: the agent keeps running and keeps routes.
+    let data = store_dir.join("store.json");
+    let good = std::fs::read(&data).unwrap();
+    std::fs::write(&data, b"{ truncated").unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(agent.0.try_wait().unwrap().is_none(), "agent exited on a datastore error");
+    assert!(blackholes(&ns).contains("10.251.0.0/26"), "routes dropped during the outage");
+
+    // Back: new claims are picked up again.
+    std::fs::write(&data, good).unwrap();
+    claim(&store, &node, "10.251.0.64/26", None);
+    wait_for("blackhole after recovery", Duration::from_secs(5), || {
+        blackholes(&ns).contains("10.251.0.64/26")
+    });
+    let log = std::fs::read_to_string(run.join("agent.log")).unwrap();
+    assert!(log.contains("datastore"), "the outage is logged: {log}");
+}
