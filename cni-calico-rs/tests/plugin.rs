@@ -635,3 +635,57 @@ fn a_second_calico_interface_in_one_pod_is_refused_before_ipam() {
     assert_eq!(node.allocated(), 1);
     node.run(&with_cmd(&eth0, "CHECK"), &with_prev(&conf, &r0)).silent_ok();
 }
+
+#[test]
+fn etcd_datastore_add_del_and_outage() {
+    let node = Node::new();
+    let mut etcd = NsEtcd::start(&node.ns);
+    let mut conf = node.conf("1.1.0", "10.80.0.0/24");
+    let obj = conf.as_object_mut().unwrap();
+    obj.insert("datastore_type".into(), json!("etcdv3"));
+    obj.insert("etcd_endpoints".into(), json!(NsEtcd::ENDPOINT));
+    obj.insert("datastore_timeout_seconds".into(), json!(2));
+    // calico-ipam keeps node-local state (hint, lock) in datastore_path.
+    obj.insert("datastore_path".into(), json!(node.dir.path().join("local")));
+    let weps = |e: &NsEtcd<'_>| {
+        e.with_store(|s| s.list("/calico/resources/v3/projectcalico.org/workloadendpoints/").unwrap())
+    };
+    let handle = |e: &NsEtcd<'_>, cid: &str| {
+        let key = format!("/calico/ipam/v2/handle/{NETWORK}.{cid}");
+        e.with_store(move |s| s.get(&key).unwrap().is_some())
+    };
+
+    let pod = Netns::new("cpd");
+    let add = add_call("c1", &pod, K8S_ARGS);
+    let res = node.run(&add, &conf).ok().json();
+    let w = weps(&etcd);
+    assert_eq!(w.len(), 1);
+    let doc: Value = serde_json::from_slice(&w[0].value).unwrap();
+    assert_eq!(doc["spec"]["containerID"], "c1");
+    assert!(handle(&etcd, "c1"));
+    let status = Call { cmd: "STATUS", cid: "", netns: None, ifname: "", args: "" };
+    node.run(&status, &conf).silent_ok();
+    node.run(&with_cmd(&add, "DEL"), &with_prev(&conf, &res)).silent_ok();
+    assert!(weps(&etcd).is_empty());
+    assert!(!handle(&etcd, "c1"));
+
+    // Outage: STATUS says unavailable, ADD fails cleanly without leftovers.
+    etcd.stop();
+    assert_eq!(node.run(&status, &conf).err_code(), 50);
+    let pod2 = Netns::new("cpd");
+    let add2 = add_call("c2", &pod2, K8S_ARGS);
+    let out = node.run(&add2, &conf);
+    assert_eq!(out.err_code(), 11, "{out:?}");
+    assert!(!node.links().iter().any(|l| l.starts_with("cali")));
+    assert_eq!(links(&pod2), vec!["lo".to_string()]);
+    // DEL during the outage fails (the runtime retries it) ...
+    assert_ne!(node.run(&with_cmd(&add2, "DEL"), &conf).code, 0);
+    // ... and everything works again once etcd is back.
+    etcd.restart();
+    node.run(&status, &conf).silent_ok();
+    node.run(&add2, &conf).ok();
+    assert!(handle(&etcd, "c2"));
+    node.run(&with_cmd(&add2, "DEL"), &conf).silent_ok();
+    assert!(weps(&etcd).is_empty());
+    assert!(!handle(&etcd, "c2"));
+}
