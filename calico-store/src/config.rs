@@ -38,6 +38,13 @@ pub struct DatastoreConfig {
     pub etcd_cert_file: Option<PathBuf>,
     #[serde(default)]
     pub etcd_ca_cert_file: Option<PathBuf>,
+    /// File store durability per commit: `full` (default: fsync the data
+    /// file and its directory), `data` (fsync the data file only: a power
+    /// loss may lose the last commits, never tear the file) or `none` (page
+    /// cache only: commits stay atomic for crashing processes, a power loss
+    /// may lose recent commits). See [`crate::file::Durability`].
+    #[serde(default)]
+    pub datastore_sync: Option<String>,
     /// Bound on how long one datastore call may take before it is
     /// `Unavailable` (seconds; default 10).
     #[serde(default)]
@@ -72,6 +79,12 @@ impl DatastoreConfig {
         Duration::from_secs_f64(secs)
     }
 
+    /// The file store durability `datastore_sync` selects (code: `Config` error
+    /// for an unknown value).
+    pub fn durability(&self) -> Result<crate::file::Durability, StoreError> {
+        crate::file::Durability::parse(self.datastore_sync.as_deref().unwrap_or(""))
+    }
+
     /// etcd endpoints as a list (trimmed, empty entries dropped).
     pub fn endpoints(&self) -> Vec<String> {
         self.etcd_endpoints
@@ -87,6 +100,7 @@ impl DatastoreConfig {
     /// Check the combination of keys without touching the backend.
     pub fn validate(&self) -> Result<DatastoreType, StoreError> {
         let kind = self.kind()?;
+        self.durability()?;
         if kind == DatastoreType::Etcd && self.endpoints().is_empty() {
             return Err(StoreError::Config("datastore_type etcdv3 needs etcd_endpoints".into()));
         }
@@ -97,7 +111,9 @@ impl DatastoreConfig {
 /// Open the backend a config selects.
 pub fn open(cfg: &DatastoreConfig) -> Result<Arc<dyn Datastore>, StoreError> {
     match cfg.validate()? {
-        DatastoreType::File => Ok(Arc::new(crate::file::FileStore::open(cfg.path())?)),
+        DatastoreType::File => {
+            Ok(Arc::new(crate::file::FileStore::open_with(cfg.path(), cfg.durability()?)?))
+        }
         DatastoreType::Etcd => Ok(Arc::new(crate::etcd::EtcdStore::connect(cfg)?)),
     }
 }
