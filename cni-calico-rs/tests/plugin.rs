@@ -689,3 +689,27 @@ fn etcd_datastore_add_del_and_outage() {
     assert!(weps(&etcd).is_empty());
     assert!(!handle(&etcd, "c2"));
 }
+
+#[test]
+fn ipv6_only_pods_get_no_ipv4_routes() {
+    let node = Node::new();
+    let pod = Netns::new("cp6");
+    let mut conf = node.conf("1.0.0", "10.81.0.0/24");
+    conf["ipam"]["assign_ipv4"] = json!("false");
+    conf["ipam"]["assign_ipv6"] = json!("true");
+    conf["ipam"]["ipv6_pools"] = json!(["fd00:81::/120"]);
+    let add = add_call("c1", &pod, K8S_ARGS);
+    let res = node.run(&add, &conf).ok().json();
+    let ips = res["ips"].as_array().unwrap();
+    assert_eq!(ips.len(), 1, "{res}");
+    let a6 = ips[0]["address"].as_str().unwrap();
+    assert!(a6.starts_with("fd00:81::") && a6.ends_with("/128"), "{a6}");
+    assert_eq!(res["routes"].as_array().unwrap().len(), 1, "only ::/0: {res}");
+    assert_eq!(res["routes"][0]["dst"], "::/0");
+    assert!(routes(&pod, false).is_empty(), "{:?}", routes(&pod, false));
+    assert_eq!(addrs(&pod, "eth0"), vec![a6.to_string()]);
+    node.ns.exec(&["ping", "-6", "-c", "1", "-W", "2", a6.trim_end_matches("/128")]);
+    node.run(&with_cmd(&add, "CHECK"), &with_prev(&conf, &res)).silent_ok();
+    node.run(&with_cmd(&add, "DEL"), &with_prev(&conf, &res)).silent_ok();
+    assert_eq!(node.allocated(), 0);
+}
