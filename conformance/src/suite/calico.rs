@@ -41,6 +41,14 @@ pub fn cases() -> Vec<Case> {
         c("calico-rollback", "(28) data-plane failure → no handle, no allocation", rollback),
         c("calico-readd", "(29) re-ADD with a stale caliX: replaced, new IP, old handle kept", readd),
         c("calico-fifo", "(15) released IP goes to the tail (not reused next)", fifo),
+        c("calico-borrow", "(16) no free block: borrow unless strict_affinity", borrow),
+        c("calico-block-cap", "(17) maxBlocksPerHost reached → per host block limit", block_cap),
+        c("calico-node-selector", "(18) pool whose nodeSelector misses the node skipped", node_selector),
+        c(
+            "calico-parallel-nodes",
+            "(22) 2 nodes × 12 parallel IPAM ADDs: unique, consistent",
+            parallel_nodes,
+        ),
         c("calico-datastore-down", "(32/33) datastore down: STATUS 50, ADD clean error", datastore_down),
     ]
 }
@@ -292,20 +300,182 @@ fn affinity(env: &Env) -> CaseResult {
     Ok(Outcome::Pass(affs[0].key.clone()))
 }
 
-fn pools(env: &Env) -> CaseResult {
-    let s = store(env)?;
-    let disabled = model::IpPool::new(
+/// Store an IP pool resource.
+fn put_pool(
+    s: &dyn Datastore,
+    name: &str,
+    cidr: &str,
+    block: Option<u8>,
+    selector: Option<&str>,
+    disabled: bool,
+) -> Result<(), String> {
+    let pool = model::IpPool::new(
         "IPPool",
-        model::ObjectMeta { name: "conf-disabled".into(), ..Default::default() },
+        model::ObjectMeta { name: name.into(), ..Default::default() },
         model::IpPoolSpec {
-            cidr: "10.79.0.0/16".parse().map_err(|e| format!("{e}"))?,
-            block_size: None,
-            node_selector: None,
-            disabled: true,
+            cidr: cidr.parse().map_err(|e| format!("{cidr}: {e}"))?,
+            block_size: block,
+            node_selector: selector.map(str::to_string),
+            disabled,
             nat_outgoing: false,
         },
     );
-    s.create(&model::pool_key("conf-disabled"), &model::encode(&disabled)).map_err(|e| e.to_string())?;
+    s.create(&model::pool_key(name), &model::encode(&pool))
+        .map(|_| ())
+        .map_err(|e| format!("pool {name}: {e}"))
+}
+
+fn put_ipam_config(s: &dyn Datastore, cfg: &model::IpamConfig) -> Result<(), String> {
+    let key = model::IPAM_CONFIG_KEY;
+    let r = match s.get(key).map_err(|e| e.to_string())? {
+        Some(kv) => s.update(key, &model::encode(cfg), kv.revision),
+        None => s.create(key, &model::encode(cfg)),
+    };
+    r.map(|_| ()).map_err(|e| format!("IPAM config: {e}"))
+}
+
+/// calico-ipam ADD alone (no data plane) for `cid` as node `node`, with the
+/// ipam object adjusted by `tweak`; the IPs on success.
+fn ipam_add(
+    env: &Env,
+    pod: &str,
+    node: &str,
+    cid: &str,
+    tweak: &dyn Fn(&mut Value),
+) -> Result<Vec<IpAddr>, String> {
+    let mut p = env.plugin(&ConfOpts::v4());
+    p["nodename"] = json!(node);
+    tweak(&mut p["ipam"]);
+    let l = env.list_of(&env.version, vec![p]);
+    let rt = env.rt(pod, cid);
+    let conf = Runtime::plugin_config(&l.name, &l.cni_version, &l.plugins[0], None, Some(&rt));
+    let out = env.raw_call("calico-ipam", "ADD", &conf, &rt)?;
+    if !out.success() {
+        return Err(format!("{}: {}", out.status_text(), out.stdout_str().trim()));
+    }
+    let v: Value = serde_json::from_slice(&out.stdout).map_err(|e| format!("IPAM result: {e}"))?;
+    Ok(result::ips(&v))
+}
+
+fn in_net(ips: &[IpAddr], net: &str) -> bool {
+    net.parse::<IpNetwork>().is_ok_and(|n| !ips.is_empty() && ips.iter().all(|ip| n.contains(*ip)))
+}
+
+fn borrow(env: &Env) -> CaseResult {
+    let s = store(env)?;
+    // One /26 block in the whole pool.
+    put_pool(s.as_ref(), "tiny", "10.82.0.0/26", Some(26), None, false)?;
+    let pod = env.pod();
+    let use_tiny = |ipam: &mut Value| ipam["ipv4_pools"] = json!(["tiny"]);
+    let a = ipam_add(env, &pod, env.node.name(), "b-a1", &use_tiny).map_err(|e| format!("node A: {e}"))?;
+    let b =
+        ipam_add(env, &pod, "other-node", "b-b1", &use_tiny).map_err(|e| format!("node B borrow: {e}"))?;
+    ensure!(in_net(&a, "10.82.0.0/26") && in_net(&b, "10.82.0.0/26") && a != b, "A {a:?} B {b:?}");
+    let affs =
+        s.list(&model::host_affinities_prefix("other-node", IpFamily::V4)).map_err(|e| e.to_string())?;
+    ensure!(
+        affs.is_empty(),
+        "borrowing node got an affinity: {:?}",
+        affs.iter().map(|k| &k.key).collect::<Vec<_>>()
+    );
+    put_ipam_config(
+        s.as_ref(),
+        &model::IpamConfig { strict_affinity: true, auto_allocate_blocks: true, max_blocks_per_host: 0 },
+    )?;
+    let r = ipam_add(env, &pod, "other-node", "b-b2", &use_tiny);
+    ensure!(r.is_err(), "strict_affinity still borrowed: {r:?}");
+    Ok(Outcome::Pass(format!("strict: {}", r.err().unwrap_or_default())))
+}
+
+fn block_cap(env: &Env) -> CaseResult {
+    let s = store(env)?;
+    // Two blocks of 4 addresses; this node may own one.
+    put_pool(s.as_ref(), "capped", "10.83.0.0/29", Some(30), None, false)?;
+    put_ipam_config(
+        s.as_ref(),
+        &model::IpamConfig { strict_affinity: true, auto_allocate_blocks: true, max_blocks_per_host: 1 },
+    )?;
+    let pod = env.pod();
+    let use_capped = |ipam: &mut Value| ipam["ipv4_pools"] = json!(["capped"]);
+    let mut got = Vec::new();
+    for i in 0..4 {
+        got.extend(ipam_add(env, &pod, env.node.name(), &format!("cap{i}"), &use_capped)?);
+    }
+    let block = got
+        .first()
+        .map(|ip| IpNetwork::new(*ip, 30).map(|n| n.network()))
+        .transpose()
+        .map_err(|e| e.to_string())?;
+    ensure!(
+        got.iter().all(|ip| IpNetwork::new(*ip, 30).map(|n| Some(n.network()) == block).unwrap_or(false)),
+        "4 IPs not from one block: {got:?}"
+    );
+    let r = ipam_add(env, &pod, env.node.name(), "cap4", &use_capped);
+    let e = r.err().ok_or("5th allocation succeeded past maxBlocksPerHost=1")?;
+    ensure!(e.contains("per host block limit"), "unexpected error: {e}");
+    Ok(Outcome::Pass(e))
+}
+
+fn node_selector(env: &Env) -> CaseResult {
+    let s = store(env)?;
+    put_pool(s.as_ref(), "elsewhere", "10.84.0.0/24", None, Some("rack == 'r9'"), false)?;
+    put_pool(s.as_ref(), "here", "10.85.0.0/24", None, Some("all()"), false)?;
+    let pod = env.pod();
+    let no_pools = |ipam: &mut Value| {
+        if let Some(m) = ipam.as_object_mut() {
+            m.remove("ipv4_pools");
+        }
+    };
+    for i in 0..3 {
+        let ips = ipam_add(env, &pod, env.node.name(), &format!("sel{i}"), &no_pools)?;
+        ensure!(in_net(&ips, "10.85.0.0/24"), "got {ips:?}, expected the pool selecting this node");
+    }
+    pass()
+}
+
+fn parallel_nodes(env: &Env) -> CaseResult {
+    const PER_NODE: usize = 12;
+    let pod = env.pod();
+    let nodes = [env.node.name().to_string(), "second-node".to_string()];
+    let keep = |_: &mut Value| {};
+    let results: Vec<(String, Result<Vec<IpAddr>, String>)> = std::thread::scope(|s| {
+        let hs: Vec<_> = nodes
+            .iter()
+            .flat_map(|n| (0..PER_NODE).map(move |i| (n.clone(), format!("par-{n}-{i}"))))
+            .map(|(n, cid)| {
+                let pod = &pod;
+                s.spawn(move || (cid.clone(), ipam_add(env, pod, &n, &cid, &keep)))
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap_or_else(|_| (String::new(), Err("panicked".into())))).collect()
+    });
+    let mut seen = std::collections::BTreeSet::new();
+    for (cid, r) in &results {
+        let ips = r.as_ref().map_err(|e| format!("{cid}: {e}"))?;
+        for ip in ips {
+            ensure!(seen.insert(*ip), "{ip} handed out twice");
+        }
+    }
+    ensure!(seen.len() == nodes.len() * PER_NODE, "{} IPs for {} ADDs", seen.len(), nodes.len() * PER_NODE);
+    let st = store(env)?;
+    let allocs = CalicoImpl::block_allocations(st.as_ref())?;
+    ensure!(allocs.len() == seen.len(), "blocks hold {} IPs, results {}", allocs.len(), seen.len());
+    for (cid, _) in &results {
+        let h = st.get(&model::handle_key(&format!("{}.{cid}", env.network))).map_err(|e| e.to_string())?;
+        let h: IpamHandle = model::decode(&h.ok_or_else(|| format!("handle of {cid} missing"))?)
+            .map_err(|e| e.to_string())?;
+        ensure!(h.block.values().sum::<u32>() == 1, "handle {cid}: {:?}", h.block);
+    }
+    for n in &nodes {
+        let affs = st.list(&model::host_affinities_prefix(n, IpFamily::V4)).map_err(|e| e.to_string())?;
+        ensure!(!affs.is_empty(), "node {n} claimed no block");
+    }
+    pass()
+}
+
+fn pools(env: &Env) -> CaseResult {
+    let s = store(env)?;
+    put_pool(s.as_ref(), "conf-disabled", "10.79.0.0/16", None, None, true)?;
     for (what, pools) in
         [("disabled pool", json!(["conf-disabled"])), ("missing pool", json!(["no-such-pool"]))]
     {
