@@ -1,6 +1,7 @@
 //! The `calico` plugin: ADD, DEL, CHECK, STATUS, GC.
 
 use std::net::IpAddr;
+use std::path::Path;
 use std::sync::Arc;
 
 use calico_store::Datastore;
@@ -45,6 +46,53 @@ fn default_v6() -> IpNetwork {
     netlink_util::Route::default_v6().dst
 }
 
+/// The ADD result: after whatever a previous plugin reported (chaining),
+/// the host veth, then the pod interface (with its sandbox), the pod's
+/// addresses pointing at it, and its default routes.
+fn build_result(
+    req: &Request,
+    wired: &dataplane::Wired,
+    ips: &[IpNetwork],
+    mtu: u32,
+    netns: &Path,
+) -> CniResult {
+    let mut result = req.conf.prev_result.clone().unwrap_or_default();
+    let pod_idx = result.interfaces.len() + 1;
+    result.interfaces.push(Interface {
+        name: wired.host.name.clone(),
+        mac: Some(MacAddr::CALICO_HOST.to_string()),
+        mtu: Some(mtu),
+        ..Default::default()
+    });
+    result.interfaces.push(Interface {
+        name: wired.pod.name.clone(),
+        mac: wired.pod.mac.map(|m| m.to_string()),
+        mtu: Some(mtu),
+        sandbox: Some(netns.display().to_string()),
+        ..Default::default()
+    });
+    for ip in ips {
+        result.ips.push(IpConfig { address: *ip, gateway: None, interface: Some(pod_idx) });
+    }
+    if ips.iter().any(IpNetwork::is_ipv4) {
+        result.routes.push(Route::new(default_v4(), Some(IpAddr::V4(GATEWAY_V4))));
+    }
+    if let Some(ll) = wired.host_link_local {
+        result.routes.push(Route::new(default_v6(), Some(IpAddr::V6(ll))));
+    }
+    result
+}
+
+/// DNS from the IPAM result, else from the config's `dns`.
+fn with_dns(mut result: CniResult, ipam_result: CniResult, req: &Request) -> CniResult {
+    if !ipam_result.dns.is_empty() {
+        result.dns = ipam_result.dns;
+    } else if let Some(dns) = &req.conf.dns {
+        result.dns = dns.clone();
+    }
+    result
+}
+
 impl Plugin for Calico {
     fn add(&self, req: &Request) -> Result<CniResult, CniError> {
         let ctx = Context::new(req)?;
@@ -75,42 +123,11 @@ impl Plugin for Calico {
         let wep = endpoint::build(&ctx.workload, &host_name, &pod_mac, &ips, &req.conf.name);
         endpoint::put(&*store, &ctx.workload.endpoint_key(), &wep)?;
 
-        let host_link_local = wired.host_link_local;
+        let result = build_result(req, &wired, &ips, mtu, netns_path);
         wired.commit();
         let ipam_result = alloc.commit();
         log::info!("wired {ifname} ({ips:?}) to {host_name} for {}", ctx.workload.endpoint_name());
-
-        // Chained after another plugin: keep what it reported, add ours.
-        let mut result = req.conf.prev_result.clone().unwrap_or_default();
-        let host_idx = result.interfaces.len();
-        result.interfaces.push(Interface {
-            name: host_name,
-            mac: Some(MacAddr::CALICO_HOST.to_string()),
-            mtu: Some(mtu),
-            ..Default::default()
-        });
-        result.interfaces.push(Interface {
-            name: ifname.to_string(),
-            mac: Some(pod_mac),
-            mtu: Some(mtu),
-            sandbox: Some(netns_path.display().to_string()),
-            ..Default::default()
-        });
-        for ip in &ips {
-            result.ips.push(IpConfig { address: *ip, gateway: None, interface: Some(host_idx + 1) });
-        }
-        if ips.iter().any(IpNetwork::is_ipv4) {
-            result.routes.push(Route::new(default_v4(), Some(IpAddr::V4(GATEWAY_V4))));
-        }
-        if let Some(ll) = host_link_local {
-            result.routes.push(Route::new(default_v6(), Some(IpAddr::V6(ll))));
-        }
-        if !ipam_result.dns.is_empty() {
-            result.dns = ipam_result.dns;
-        } else if let Some(dns) = &req.conf.dns {
-            result.dns = dns.clone();
-        }
-        Ok(result)
+        Ok(with_dns(result, ipam_result, req))
     }
 
     /// Best effort and idempotent: every step runs even if an earlier one
