@@ -36,6 +36,17 @@ fn main() -> ExitCode {
     if only.as_deref() != Some("ours") {
         imps.push((&reference, false));
     }
+    if imps.iter().any(|(_, ours)| *ours) {
+        for b in ["calico", "calico-ipam", "cni-probe"] {
+            if !bin_dir.join(b).exists() {
+                eprintln!(
+                    "conformance: {b} not found in {} (run `cargo build --workspace --bins`)",
+                    bin_dir.display()
+                );
+                return ExitCode::FAILURE;
+            }
+        }
+    }
     let reports: Vec<_> = std::thread::scope(|s| {
         let hs: Vec<_> = imps.iter().map(|(imp, _)| s.spawn(|| suite::run_suite(*imp, &filter))).collect();
         hs.into_iter().map(|h| h.join().unwrap_or_default()).collect()

@@ -40,6 +40,7 @@ pub fn cases() -> Vec<Case> {
         c("calico-del-clean", "(24) DEL: veth, route, handle, WEP gone; ordinal freed", del_clean),
         c("calico-rollback", "(28) data-plane failure → no handle, no allocation", rollback),
         c("calico-readd", "(29) re-ADD with a stale caliX: replaced, new IP, old handle kept", readd),
+        c("calico-block-fill", "(15) 64 IPs fill one /26 before a second block is claimed", block_fill),
         c("calico-fifo", "(15) released IP goes to the tail (not reused next)", fifo),
         c("calico-borrow", "(16) no free block: borrow unless strict_affinity", borrow),
         c("calico-block-cap", "(17) maxBlocksPerHost reached → per host block limit", block_cap),
@@ -414,6 +415,30 @@ fn block_cap(env: &Env) -> CaseResult {
     let e = r.err().ok_or("5th allocation succeeded past maxBlocksPerHost=1")?;
     ensure!(e.contains("per host block limit"), "unexpected error: {e}");
     Ok(Outcome::Pass(e))
+}
+
+fn block_fill(env: &Env) -> CaseResult {
+    let s = store(env)?;
+    put_pool(s.as_ref(), "fill", "10.86.0.0/25", Some(26), None, false)?;
+    let pod = env.pod();
+    let use_fill = |ipam: &mut Value| ipam["ipv4_pools"] = json!(["fill"]);
+    let mut first_block = Vec::new();
+    for i in 0..64 {
+        first_block.extend(ipam_add(env, &pod, env.node.name(), &format!("fill{i}"), &use_fill)?);
+    }
+    let nets: std::collections::BTreeSet<IpAddr> =
+        first_block.iter().filter_map(|ip| IpNetwork::new(*ip, 26).ok()).map(|n| n.network()).collect();
+    ensure!(first_block.len() == 64 && nets.len() == 1, "64 IPs span blocks {nets:?}");
+    let affs =
+        s.list(&model::host_affinities_prefix(env.node.name(), IpFamily::V4)).map_err(|e| e.to_string())?;
+    ensure!(affs.len() == 1, "{} affinities after 64 IPs", affs.len());
+    let next = ipam_add(env, &pod, env.node.name(), "fill64", &use_fill)?;
+    let next_net = next.first().and_then(|ip| IpNetwork::new(*ip, 26).ok()).map(|n| n.network());
+    ensure!(next_net.is_some_and(|n| !nets.contains(&n)), "65th IP {next:?} not from a new block");
+    let affs =
+        s.list(&model::host_affinities_prefix(env.node.name(), IpFamily::V4)).map_err(|e| e.to_string())?;
+    ensure!(affs.len() == 2, "{} affinities after 65 IPs", affs.len());
+    pass()
 }
 
 fn node_selector(env: &Env) -> CaseResult {
