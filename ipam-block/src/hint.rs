@@ -89,3 +89,32 @@ fn write_atomic(dir: &Path, path: &Path, hint: &Hint) -> std::io::Result<()> {
         let _ = std::fs::remove_file(&tmp);
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::block::new_block;
+
+    #[test]
+    fn round_trip_and_bad_hints_are_ignored() {
+        let d = tempfile::tempdir().unwrap();
+        let hints = HintDir::new(d.path().join("sub"), "node/1");
+        assert_eq!(hints.read(IpFamily::V4), None);
+        let block = new_block("10.0.0.0/26".parse().unwrap(), None, false);
+        let hint = Hint { request: String::new(), pool: "p".into(), block, revision: 7 };
+        hints.write(IpFamily::V4, &hint);
+        assert_eq!(hints.read(IpFamily::V4), Some(hint.clone()));
+        // A v4 block is no v6 hint.
+        std::fs::copy(hints.path(IpFamily::V4), hints.path(IpFamily::V6)).unwrap();
+        assert_eq!(hints.read(IpFamily::V6), None);
+        // An inconsistent block (free list disagrees with the slots) is ignored.
+        let mut bad = hint.clone();
+        bad.block.unallocated.pop();
+        hints.write(IpFamily::V4, &bad);
+        assert_eq!(hints.read(IpFamily::V4), None);
+        std::fs::write(hints.path(IpFamily::V4), b"{garbage").unwrap();
+        assert_eq!(hints.read(IpFamily::V4), None);
+        hints.remove(IpFamily::V4);
+        assert!(!hints.path(IpFamily::V4).exists());
+    }
+}

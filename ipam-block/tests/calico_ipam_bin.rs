@@ -261,3 +261,24 @@ fn bad_config_values_are_code_7() {
     conf["datastore_type"] = json!("kubernetes");
     assert_eq!(n.run("ADD", "c1", "", &conf).json()["code"], 7);
 }
+
+#[test]
+fn parallel_adds_get_unique_addresses() {
+    let n = Node::new();
+    let conf = n.conf("1.0.0", json!({"ipv4_pools": ["10.36.0.0/24"]}));
+    let outs: Vec<Out> = std::thread::scope(|s| {
+        let threads: Vec<_> = (0..40)
+            .map(|i| {
+                let (n, conf) = (&n, &conf);
+                s.spawn(move || n.run("ADD", &format!("p{i}"), "", conf))
+            })
+            .collect();
+        threads.into_iter().map(|t| t.join().unwrap()).collect()
+    });
+    let mut ips = std::collections::HashSet::new();
+    for o in &outs {
+        assert_eq!(o.code, 0, "{o:?}");
+        assert!(ips.insert(o.json()["ips"][0]["address"].as_str().unwrap().to_string()), "duplicate: {o:?}");
+    }
+    assert_eq!(n.store().list("/calico/ipam/v2/handle/").unwrap().len(), 40);
+}
