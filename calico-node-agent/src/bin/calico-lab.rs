@@ -76,7 +76,13 @@ fn run(args: &[String]) -> Result<(), LabError> {
         }
         Some("down") => {
             let which = args.get(1).ok_or_else(usage)?;
-            let states = if which == "--all" { Lab::list_states() } else { vec![Lab::find_state(which)?] };
+            // --all: detached labs and orphans of dead processes, never a lab
+            // a running test or demo still owns.
+            let states = if which == "--all" {
+                Lab::list_states().into_iter().filter(|s| s.is_orphan_or_detached()).collect()
+            } else {
+                vec![Lab::find_state(which)?]
+            };
             for st in &states {
                 Lab::down(st);
                 println!("lab {} down", st.id);
@@ -85,7 +91,12 @@ fn run(args: &[String]) -> Result<(), LabError> {
         }
         Some("list") => {
             for st in Lab::list_states() {
-                println!("{}  {}  {}", st.id, st.run_dir.display(), st.namespaces.join(" "));
+                let owner = match st.owner {
+                    None => "detached".to_string(),
+                    Some(p) if st.is_orphan_or_detached() => format!("orphan (owner {p} gone)"),
+                    Some(p) => format!("owned by pid {p}"),
+                };
+                println!("{}  {owner}  {}  {}", st.id, st.run_dir.display(), st.namespaces.join(" "));
             }
             Ok(())
         }

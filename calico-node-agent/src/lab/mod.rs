@@ -240,6 +240,24 @@ pub struct LabState {
     pub namespaces: Vec<String>,
     pub pids: Vec<u32>,
     pub config: LabConfig,
+    /// The process that owns the lab (`None` once detached). A lab whose
+    /// owner died without tearing down (SIGKILL) is an orphan `down --all` removes.
+    #[serde(default)]
+    pub owner: Option<u32>,
+}
+
+impl LabState {
+    /// Detached, or its owner is gone: safe for `down --all`.
+    pub fn is_orphan_or_detached(&self) -> bool {
+        match self.owner {
+            None => true,
+            // Gone, or a zombie nobody reaped yet.
+            Some(pid) => match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+                Err(_) => true,
+                Ok(stat) => stat.rsplit_once(") ").is_some_and(|(_, rest)| rest.starts_with('Z')),
+            },
+        }
+    }
 }
 
 pub const STATE_FILE: &str = "lab-state.json";
@@ -315,7 +333,27 @@ impl Lab {
     fn add_ns(&mut self, host: &str) -> Result<(), LabError> {
         let ns = LabNetns::create(&self.ns_name(host))?;
         self.nets.insert(host.to_string(), ns);
+        // Recorded as soon as it exists, so even a lab whose process is
+        // SIGKILLed can be found and removed (`calico-lab down --all`).
+        self.save_state(Some(std::process::id()))?;
         Ok(())
+    }
+
+    fn save_state(&self, owner: Option<u32>) -> Result<LabState, LabError> {
+        let mut namespaces: Vec<String> = self.pods.iter().map(|p| p.ns.name().to_string()).collect();
+        namespaces.extend(self.nets.values().map(|n| n.name().to_string()));
+        let state = LabState {
+            id: self.id.clone(),
+            run_dir: self.run_dir.clone(),
+            namespaces,
+            pids: self.procs.iter().filter_map(|p| p.pid()).collect(),
+            config: self.cfg.clone(),
+            owner,
+        };
+        let path = self.run_dir.join(STATE_FILE);
+        let text = serde_json::to_vec_pretty(&state).unwrap_or_default();
+        std::fs::write(&path, text).map_err(|e| LabError::io(&path, e))?;
+        Ok(state)
     }
 
     fn build_network(&mut self) -> Result<(), LabError> {
@@ -560,18 +598,7 @@ impl Lab {
     /// Keep everything running after this process exits; `calico-lab down`
     /// tears it down from the state file.
     pub fn detach(mut self) -> Result<LabState, LabError> {
-        let mut namespaces: Vec<String> = self.pods.iter().map(|p| p.ns.name().to_string()).collect();
-        namespaces.extend(self.nets.values().map(|n| n.name().to_string()));
-        let state = LabState {
-            id: self.id.clone(),
-            run_dir: self.run_dir.clone(),
-            namespaces,
-            pids: self.procs.iter().filter_map(|p| p.pid()).collect(),
-            config: self.cfg.clone(),
-        };
-        let path = self.run_dir.join(STATE_FILE);
-        let text = serde_json::to_vec_pretty(&state).unwrap_or_default();
-        std::fs::write(&path, text).map_err(|e| LabError::io(&path, e))?;
+        let state = self.save_state(None)?;
         for p in &mut self.procs {
             p.forget();
         }
@@ -629,12 +656,9 @@ impl Lab {
 
     /// Tear down a detached lab: its processes, namespaces and run directory.
     pub fn down(state: &LabState) {
-        for pid in &state.pids {
-            // SAFETY: kill(2) of a pid recorded by this lab.
-            unsafe {
-                libc::kill(*pid as i32, libc::SIGKILL);
-            }
-        }
+        // Every lab process runs inside one of the lab's namespaces; killing
+        // what is inside them (not recorded pids, which may have been reused)
+        // stops exactly the lab.
         for ns in &state.namespaces {
             LabNetns::destroy(ns);
         }

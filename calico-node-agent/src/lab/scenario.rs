@@ -171,6 +171,7 @@ impl Lab {
         })?;
         log::info!("pod {namespace}/{name} on {node}: {ip} (host veth {host_veth})");
         self.pods.push(Pod { name: name.into(), node: node.into(), ip, host_veth, nginx: Some(nginx), ns });
+        self.save_state(Some(std::process::id()))?;
         Ok(ip)
     }
 
