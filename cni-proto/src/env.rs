@@ -267,9 +267,10 @@ impl CniEnv {
             (None, None)
         };
         let netns = get_str(&raw, "CNI_NETNS")?.map(PathBuf::from);
+        // CNI_ARGS belongs to ADD/DEL/CHECK (spec table); STATUS and GC ignore it.
         let args = match get_str(&raw, "CNI_ARGS")? {
-            Some(a) => CniArgs::parse(a)?,
-            None => CniArgs::default(),
+            Some(a) if command.has_attachment() => CniArgs::parse(a)?,
+            _ => CniArgs::default(),
         };
         let cni_path = get_str(&raw, "CNI_PATH")?
             .map(|p| p.split(':').filter(|s| !s.is_empty()).map(PathBuf::from).collect())
@@ -384,6 +385,9 @@ mod tests {
         assert_eq!((s.command, s.container_id, s.ifname), (Command::Status, None, None));
         let v = CniEnv::parse(env(&[("CNI_COMMAND", "VERSION")])).unwrap();
         assert_eq!(v.command, Command::Version);
+        let g =
+            CniEnv::parse(env(&[("CNI_COMMAND", "GC"), ("CNI_PATH", "/p"), ("CNI_ARGS", "junk")])).unwrap();
+        assert_eq!(g.args, CniArgs::default(), "GC ignores CNI_ARGS");
     }
 
     #[test]
