@@ -38,6 +38,11 @@ pub fn cases() -> Vec<Case> {
         c("calico-ip-request", "(20) CNI_ARGS IP= → that IP; taken → error", ip_request),
         c("calico-wep", "(23) workload endpoint record", wep),
         c("calico-del-clean", "(24) DEL: veth, route, handle, WEP gone; ordinal freed", del_clean),
+        c(
+            "calico-unaffine-release",
+            "(30) last IP of an unaffine block freed → block deleted",
+            unaffine_release,
+        ),
         c("calico-rollback", "(28) data-plane failure → no handle, no allocation", rollback),
         c("calico-readd", "(29) re-ADD with a stale caliX: replaced, new IP, old handle kept", readd),
         c("calico-block-fill", "(15) 64 IPs fill one /26 before a second block is claimed", block_fill),
@@ -573,6 +578,48 @@ fn del_clean(env: &Env) -> CaseResult {
     for (addr, _, cidr) in CalicoImpl::block_allocations(s.as_ref())? {
         ensure!(addr != ip, "{ip} still allocated in {cidr}");
     }
+    pass()
+}
+
+fn unaffine_release(env: &Env) -> CaseResult {
+    let s = store(env)?;
+    let node = env.node.name();
+    // An affine block emptied by DEL stays (the node keeps its claim).
+    let p1 = env.pod();
+    let (_, rt1) = add(env, &p1, "k-ua1")?;
+    let affs = s.list(&model::host_affinities_prefix(node, IpFamily::V4)).map_err(|e| e.to_string())?;
+    let (_, block) = affs.first().and_then(|kv| model::parse_affinity_key(&kv.key)).ok_or("no affinity")?;
+    env.runtime.del_network_list(&env.list(), &rt1).map_err(|e| format!("DEL: {e}"))?;
+    ensure!(
+        s.get(&model::block_key(&block)).map_err(|e| e.to_string())?.is_some(),
+        "empty affine block {block} deleted"
+    );
+    // Make the block unaffine (as after its node's affinity was released),
+    // keeping every other field of the stored document.
+    let p2 = env.pod();
+    let (res, rt2) = add(env, &p2, "k-ua2")?;
+    let ip = result::ips(&res).first().copied().ok_or("no IP")?;
+    ensure!(block.contains(ip), "{ip} not from the node's block {block}");
+    let bkey = model::block_key(&block);
+    let kv = s.get(&bkey).map_err(|e| e.to_string())?.ok_or("block gone")?;
+    let mut doc: Value = serde_json::from_slice(&kv.value).map_err(|e| e.to_string())?;
+    doc["affinity"] = Value::Null;
+    let akey = model::affinity_key(node, &block);
+    let akv = s.get(&akey).map_err(|e| e.to_string())?.ok_or("affinity gone")?;
+    s.commit(&[
+        calico_store::Op::Update {
+            key: bkey.clone(),
+            value: doc.to_string().into_bytes(),
+            revision: kv.revision,
+        },
+        calico_store::Op::Delete { key: akey, revision: akv.revision },
+    ])
+    .map_err(|e| format!("making {block} unaffine: {e}"))?;
+    env.runtime.del_network_list(&env.list(), &rt2).map_err(|e| format!("DEL: {e}"))?;
+    ensure!(
+        s.get(&bkey).map_err(|e| e.to_string())?.is_none(),
+        "unaffine block {block} kept after its last IP was released"
+    );
     pass()
 }
 
