@@ -247,6 +247,15 @@ impl Lab {
                 .map(|b| Ipv4Network::new(b.network(), self.cfg.block_size).unwrap_or(b))
                 .map_err(|e| LabError::Check(e.to_string()))?;
             self.wait_tor_route(&block.to_string(), Duration::from_secs(15))?;
+            // ... and every other node installed it (from the tor, by BGP).
+            for n in self.cfg.nodes.iter().filter(|n| n.name != p.node) {
+                let ns = self.ns(&n.name)?;
+                let want = format!("{block} via {}", n.tor_ip.ip());
+                super::wait_until(&format!("{} route to {block}", n.name), Duration::from_secs(15), || {
+                    let r = ns.output(&["ip", "route", "show", &block.to_string(), "proto", "bird"]).ok()?;
+                    r.contains(&want).then_some(())
+                })?;
+            }
         }
         let manifest = self.write_manifest()?;
         self.sync_services(&manifest)?;
@@ -312,10 +321,12 @@ impl Lab {
                 )));
             }
             let entry = self.ns(&sc.external_ip_node)?;
-            let route = entry.output(&["ip", "route", "get", &remote.ip.to_string()])?;
+            // Not just the default route: the BGP route (proto bird) to the block.
+            let route =
+                entry.output(&["ip", "route", "show", "match", &remote.ip.to_string(), "proto", "bird"])?;
             let gw =
                 self.cfg.node(&sc.external_ip_node).map(|n| n.tor_ip.ip().to_string()).unwrap_or_default();
-            if !route.contains(&format!("via {gw}")) {
+            if !route.contains(&format!("/{} via {gw}", self.cfg.block_size)) {
                 return Err(LabError::Check(format!(
                     "{} routes {} not via the tor {gw}: {route}",
                     sc.external_ip_node, remote.ip
