@@ -612,32 +612,28 @@ impl Lab {
         Ok(state)
     }
 
-    /// Find a detached lab's state by id (or its run directory).
+    /// Find a lab's state by its id (or its run directory).
     pub fn find_state(id: &str) -> Result<LabState, LabError> {
-        let candidates = [PathBuf::from(id), std::env::temp_dir()];
-        let mut dirs = vec![candidates[0].clone()];
-        if let Ok(rd) = std::fs::read_dir(&candidates[1]) {
-            for e in rd.flatten() {
-                let name = e.file_name().to_string_lossy().into_owned();
-                if name.starts_with("calico-lab-") && name.ends_with(id) {
-                    dirs.push(e.path());
-                }
-            }
+        let read = |p: PathBuf| -> Result<LabState, LabError> {
+            let text = std::fs::read(&p).map_err(|e| LabError::io(&p, e))?;
+            serde_json::from_slice(&text).map_err(|e| LabError::Config { path: p, reason: e.to_string() })
+        };
+        let as_dir = PathBuf::from(id).join(STATE_FILE);
+        if as_dir.exists() {
+            return read(as_dir);
         }
-        for d in dirs {
-            let p = d.join(STATE_FILE);
-            if let Ok(text) = std::fs::read(&p) {
-                return serde_json::from_slice(&text)
-                    .map_err(|e| LabError::Config { path: p, reason: e.to_string() });
-            }
+        let mut matches: Vec<LabState> = Lab::list_states().into_iter().filter(|s| s.id == id).collect();
+        match matches.len() {
+            1 => Ok(matches.remove(0)),
+            0 => Err(LabError::Check(format!(
+                "no lab {id:?} (calico-lab list shows the labs under {})",
+                std::env::temp_dir().display()
+            ))),
+            n => Err(LabError::Check(format!("{n} labs have id {id:?}; pass the run directory instead"))),
         }
-        Err(LabError::Check(format!(
-            "no lab {id:?} (looked for {}/calico-lab-*{id}/{STATE_FILE})",
-            std::env::temp_dir().display()
-        )))
     }
 
-    /// Every detached lab on this machine.
+    /// Every lab with a state file on this machine (detached, running, orphaned).
     pub fn list_states() -> Vec<LabState> {
         let mut v = Vec::new();
         if let Ok(rd) = std::fs::read_dir(std::env::temp_dir()) {
