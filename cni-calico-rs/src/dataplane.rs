@@ -121,6 +121,16 @@ pub fn pod_precheck(netns: &Netns, ifname: &str) -> Result<(), CniError> {
     Ok(())
 }
 
+/// Whether a link named `name` exists in the node's namespace.
+pub fn host_link_exists(name: &str) -> Result<bool, CniError> {
+    let mut host = Netlink::new().map_err(nl("open netlink in the node namespace"))?;
+    match host.link_by_name(name) {
+        Ok(_) => Ok(true),
+        Err(e) if e.is_not_found() => Ok(false),
+        Err(e) => Err(dataplane_error(&format!("look up {name}"), e)),
+    }
+}
+
 /// Whether `ifname` exists in the pod's namespace.
 pub fn pod_link_exists(netns: &Netns, ifname: &str) -> Result<bool, CniError> {
     netns

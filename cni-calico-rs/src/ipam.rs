@@ -67,5 +67,5 @@ pub fn add<'a>(req: &'a Request, ipam_type: &'a str) -> Result<Allocation<'a>, C
 pub fn forward(req: &Request, ipam_type: &str, command: Command) -> Result<(), CniError> {
     req.delegate(ipam_type, command)
         .map(drop)
-        .map_err(|e| e.context(&format!("IPAM {command} ({ipam_type})")))
+        .map_err(|e| e.context(&format!("IPAM plugin {ipam_type} ({command})")))
 }

@@ -13,7 +13,7 @@ use crate::config::CalicoConf;
 use crate::dataplane::{self, Expected, VethPlan, GATEWAY_V4};
 use crate::endpoint;
 use crate::errors::{store_error, ERR_CALICO};
-use crate::identity::Workload;
+use crate::identity::{Orchestrator, Workload};
 use crate::ipam;
 
 /// The plugin; stateless, everything comes from the request.
@@ -102,12 +102,23 @@ impl Plugin for Calico {
         // Spec: ADD onto an existing interface is an error. Checked before
         // IPAM so that nothing is allocated (or rolled back) for it.
         dataplane::pod_precheck(&netns, ifname)?;
+        let host_name = ctx.workload.host_veth_name();
+        // A k8s veth name is per pod, so an existing one is a stale sandbox's
+        // and is replaced (Calico). A cni one is `cali` + the container ID's
+        // first 11 characters: an existing one may belong to another live
+        // container whose ID shares them, so it is an error, not a deletion.
+        if ctx.workload.orchestrator == Orchestrator::Cni && dataplane::host_link_exists(&host_name)? {
+            return Err(CniError::plugin(
+                ERR_CALICO,
+                format!("host interface {host_name} already exists"),
+                "another container whose ID starts with the same 11 characters, or a leftover that DEL removes",
+            ));
+        }
         let store = open_store(&ctx.conf)?;
         store.ready().map_err(|e| store_error("datastore not ready", e))?;
 
         let alloc = ipam::add(req, &ctx.conf.ipam.ipam_type)?;
         let ips = alloc.pod_ips()?;
-        let host_name = ctx.workload.host_veth_name();
         let mtu = ctx.conf.mtu();
         let plan = VethPlan {
             host_name: &host_name,

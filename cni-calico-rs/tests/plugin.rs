@@ -713,3 +713,19 @@ fn ipv6_only_pods_get_no_ipv4_routes() {
     node.run(&with_cmd(&add, "DEL"), &with_prev(&conf, &res)).silent_ok();
     assert_eq!(node.allocated(), 0);
 }
+
+#[test]
+fn cni_container_ids_sharing_a_veth_name_do_not_break_each_other() {
+    let node = Node::new();
+    let (pa, pb) = (Netns::new("cpq"), Netns::new("cpq"));
+    let conf = node.conf("1.0.0", "10.82.0.0/24");
+    let first = add_call("samepref-0001", &pa, "");
+    let r1 = node.run(&first, &conf).ok().json();
+    assert_eq!(r1["interfaces"][0]["name"], "calisamepref-00");
+    let out = node.run(&add_call("samepref-0002", &pb, ""), &conf);
+    assert_eq!(out.err_code(), 100);
+    assert!(out.json()["msg"].as_str().unwrap().contains("calisamepref-00 already exists"), "{out:?}");
+    assert!(node.handle("samepref-0002").is_none());
+    assert_eq!(links(&pb), vec!["lo".to_string()]);
+    node.run(&with_cmd(&first, "CHECK"), &with_prev(&conf, &r1)).silent_ok();
+}
