@@ -11,10 +11,21 @@
 //! through `cni-proto`.
 //!
 //! ADD, in order: config and identity (no side effects) → the pod netns
-//! opens and has no CNI_IFNAME yet → datastore ready → IPAM ADD (released
-//! on any later failure) → stale `cali…` link deleted, veth created with its
-//! peer directly in the pod netns (deleted on any later failure) → host
-//! sysctls, pod addresses and routes, host routes → pod record → result.
+//! opens, has no CNI_IFNAME and no other Calico interface yet (a cni
+//! orchestrator's `cali<id[:11]>` must not exist either) → datastore ready →
+//! IPAM ADD (released on any later failure) → a stale k8s `cali…` link of the
+//! same pod deleted, veth created with its peer directly in the pod netns
+//! (deleted on any later failure) → host sysctls, pod addresses and routes,
+//! host routes → pod record → result.
+//!
+//! DEL, best effort and idempotent: the pod's interface (its host peer and
+//! routes go with it) → the pod record if this container owns it (and the
+//! host veth it names) → IPAM DEL, always; the first error is returned.
+//!
+//! The node must route 169.254.1.1 somewhere other than the pod's veth (a
+//! default route does) for proxy ARP to answer the pod's gateway, and must
+//! have `net.ipv6.conf.all.forwarding=1` for IPv6 pods (Felix's job on a
+//! Calico node); the plugin only sets per-interface sysctls.
 
 pub mod config;
 pub mod dataplane;
