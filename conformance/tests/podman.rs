@@ -144,12 +144,12 @@ impl Podman {
 
     /// Allocated IPs and their handles, from the datastore.
     fn allocations(&self) -> Vec<(IpAddr, Option<String>)> {
-        let store = CalicoImpl::open_store(self.dir.path()).unwrap();
+        let store = CalicoImpl::open_file_store(self.dir.path()).unwrap();
         CalicoImpl::block_allocations(store.as_ref()).unwrap().into_iter().map(|(ip, h, _)| (ip, h)).collect()
     }
 
     fn handle_exists(&self, id: &str) -> bool {
-        let store = CalicoImpl::open_store(self.dir.path()).unwrap();
+        let store = CalicoImpl::open_file_store(self.dir.path()).unwrap();
         store.get(&model::handle_key(&format!("{}.{id}", self.net))).unwrap().is_some()
     }
 

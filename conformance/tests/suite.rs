@@ -5,7 +5,7 @@
 
 use std::path::PathBuf;
 
-use conformance::suite::{self, CalicoImpl, Group, Outcome, PtpHostLocal};
+use conformance::suite::{self, CalicoDatastore, CalicoImpl, Group, Implementation, Outcome, PtpHostLocal};
 
 fn bin_dir() -> PathBuf {
     let p = testbed::target_bin("cni-probe");
@@ -30,7 +30,16 @@ fn reference_plugins_pass_every_generic_case() {
 }
 
 #[test]
-fn ours_passes_every_case() {
+fn ours_passes_every_case_on_the_file_store() {
+    ours_passes_every_case(CalicoDatastore::File);
+}
+
+#[test]
+fn ours_passes_every_case_on_etcd() {
+    ours_passes_every_case(CalicoDatastore::Etcd);
+}
+
+fn ours_passes_every_case(datastore: CalicoDatastore) {
     let dir = bin_dir();
     for b in ["calico", "calico-ipam"] {
         assert!(
@@ -39,9 +48,9 @@ fn ours_passes_every_case() {
             dir.display()
         );
     }
-    let imp = CalicoImpl { bin_dir: dir };
+    let imp = CalicoImpl { bin_dir: dir, datastore };
     let reports = suite::run_suite(&imp, &[]);
-    eprintln!("{}", suite::render_table(&[("ours", &reports)]));
+    eprintln!("{}", suite::render_table(&[(imp.name(), &reports)]));
     let failed: Vec<String> = reports
         .iter()
         .filter_map(|r| match &r.outcome {

@@ -5,7 +5,7 @@
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-use conformance::suite::{self, Allocation, ConfOpts, Implementation, Outcome, PtpHostLocal};
+use conformance::suite::{self, Allocation, CaseCtx, ConfOpts, Implementation, Outcome, PtpHostLocal};
 use serde_json::Value;
 
 /// ptp behind a shell shim that changes one behaviour.
@@ -45,16 +45,16 @@ impl Implementation for Shim {
     fn ipam_plugin(&self) -> &str {
         "host-local"
     }
-    fn plugin_conf(&self, state: &Path, node: &str, opts: &ConfOpts) -> Value {
-        let mut v = self.inner.plugin_conf(state, node, opts);
+    fn plugin_conf(&self, ctx: &CaseCtx, opts: &ConfOpts) -> Value {
+        let mut v = self.inner.plugin_conf(ctx, opts);
         v["type"] = "ptp-shim".into();
         v
     }
-    fn allocations(&self, state: &Path, network: &str) -> Result<Vec<Allocation>, String> {
-        self.inner.allocations(state, network)
+    fn allocations(&self, ctx: &CaseCtx, network: &str) -> Result<Vec<Allocation>, String> {
+        self.inner.allocations(ctx, network)
     }
-    fn forget_allocation(&self, state: &Path, network: &str, cid: &str) -> Result<bool, String> {
-        self.inner.forget_allocation(state, network, cid)
+    fn forget_allocation(&self, ctx: &CaseCtx, network: &str, cid: &str) -> Result<bool, String> {
+        self.inner.forget_allocation(ctx, network, cid)
     }
     fn is_calico(&self) -> bool {
         self.calico

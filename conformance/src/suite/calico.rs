@@ -86,7 +86,7 @@ fn json_of(out: String) -> Result<Value, String> {
 }
 
 fn store(env: &Env) -> Result<std::sync::Arc<dyn Datastore>, String> {
-    CalicoImpl::open_store(env.state.path())
+    CalicoImpl::open_store(&env.ctx())
 }
 
 fn sysctl(env: &Env, pod: Option<&str>, key: &str) -> Result<String, String> {

@@ -7,10 +7,14 @@ use serde_json::{json, Value};
 use tempfile::TempDir;
 use testbed::Netns;
 
-use super::{Allocation, ConfOpts, Implementation};
+use super::{Allocation, CaseCtx, ConfOpts, Implementation};
 use crate::conf::NetworkConfigList;
 use crate::exec::Output;
 use crate::runtime::{Runtime, RuntimeConf, VersionInfo};
+
+/// Where the plugins in the node netns reach the case's etcd.
+pub const NODE_ETCD: &str = "http://127.0.0.1:2379";
+const NODE_ETCD_PORT: u16 = 2379;
 
 /// Versions the suite tries, newest first.
 pub const MODERN_VERSIONS: &[&str] = &["1.1.0", "1.0.0"];
@@ -28,6 +32,10 @@ pub struct Env<'a> {
     pub ipam_versions: VersionInfo,
     /// The newest version both plugins support (what most cases use).
     pub version: String,
+    /// The case's own etcd (implementations that ask for one), reachable from
+    /// the node netns at [`NODE_ETCD`] through a port forward.
+    pub etcd: Option<(testbed::Etcd, super::forward::NetnsForward)>,
+    etcd_local: Option<String>,
     pods: Mutex<Vec<Netns>>,
 }
 
@@ -50,7 +58,23 @@ impl<'a> Env<'a> {
             .map(|v| v.to_string())
             .ok_or_else(|| format!("{} supports neither 1.0.0 nor 1.1.0", imp.main_plugin()))?;
         let network = testbed::unique("cnet");
+        let etcd = match imp.needs_etcd() {
+            false => None,
+            true => {
+                let e = testbed::Etcd::start();
+                let ep = e.endpoint();
+                let target = ep
+                    .trim_start_matches("http://")
+                    .parse()
+                    .map_err(|err| format!("etcd endpoint {ep}: {err}"))?;
+                let fw = super::forward::NetnsForward::start(&node.path(), NODE_ETCD_PORT, target)?;
+                Some((e, fw))
+            }
+        };
+        let etcd_local = etcd.as_ref().map(|(e, _)| e.endpoint());
         Ok(Env {
+            etcd,
+            etcd_local,
             imp,
             node,
             state,
@@ -61,6 +85,16 @@ impl<'a> Env<'a> {
             version,
             pods: Mutex::new(Vec::new()),
         })
+    }
+
+    /// What the implementation's hooks get.
+    pub fn ctx(&self) -> CaseCtx<'_> {
+        CaseCtx {
+            state: self.state.path(),
+            node: self.node.name(),
+            etcd: self.etcd.as_ref().map(|_| NODE_ETCD),
+            etcd_local: self.etcd_local.as_deref(),
+        }
     }
 
     /// Both plugins support `v`.
@@ -106,7 +140,7 @@ impl<'a> Env<'a> {
 
     /// The implementation's plugin object for this case.
     pub fn plugin(&self, opts: &ConfOpts) -> Value {
-        self.imp.plugin_conf(self.state.path(), self.node.name(), opts)
+        self.imp.plugin_conf(&self.ctx(), opts)
     }
 
     /// A conflist of `plugins` at `version`.
@@ -180,7 +214,7 @@ impl<'a> Env<'a> {
     }
 
     pub fn allocations(&self) -> Result<Vec<Allocation>, String> {
-        self.imp.allocations(self.state.path(), &self.network)
+        self.imp.allocations(&self.ctx(), &self.network)
     }
 
     /// The IPs the IPAM holds for one container.

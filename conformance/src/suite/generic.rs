@@ -371,7 +371,7 @@ fn check_ipam(env: &Env) -> CaseResult {
     let list = env.list();
     let rt = env.rt(&pod, "c-chk3");
     env.runtime.check_network_list(&list, &rt).map_err(|e| format!("CHECK before: {e}"))?;
-    if !env.imp.forget_allocation(env.state.path(), &env.network, "c-chk3")? {
+    if !env.imp.forget_allocation(&env.ctx(), &env.network, "c-chk3")? {
         return na("no hook to remove an IPAM record");
     }
     let r = env.runtime.check_network_list(&list, &rt);

@@ -5,11 +5,11 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
 use calico_store::model::{self, AllocationBlock, IpFamily};
-use calico_store::{Datastore, DatastoreConfig};
+use calico_store::DatastoreConfig;
 use ipnetwork::IpNetwork;
 use serde_json::{json, Value};
 
-use super::{Allocation, ConfOpts, Implementation};
+use super::{Allocation, CaseCtx, ConfOpts, Implementation};
 
 /// Debian's containernetworking-plugins: `ptp` delegating to `host-local`.
 pub struct PtpHostLocal {
@@ -35,7 +35,8 @@ impl Implementation for PtpHostLocal {
     fn ipam_plugin(&self) -> &str {
         "host-local"
     }
-    fn plugin_conf(&self, state: &Path, _node: &str, opts: &ConfOpts) -> Value {
+    fn plugin_conf(&self, ctx: &CaseCtx, opts: &ConfOpts) -> Value {
+        let state = ctx.state;
         let mut ranges = Vec::new();
         if opts.ipv4 {
             ranges.push(json!([{"subnet": PTP_V4_SUBNET}]));
@@ -55,8 +56,8 @@ impl Implementation for PtpHostLocal {
             }
         })
     }
-    fn allocations(&self, state: &Path, network: &str) -> Result<Vec<Allocation>, String> {
-        let dir = state.join("ipam").join(network);
+    fn allocations(&self, ctx: &CaseCtx, network: &str) -> Result<Vec<Allocation>, String> {
+        let dir = ctx.state.join("ipam").join(network);
         let entries = match std::fs::read_dir(&dir) {
             Ok(e) => e,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
@@ -76,10 +77,10 @@ impl Implementation for PtpHostLocal {
         out.sort_by_key(|a| a.ip);
         Ok(out)
     }
-    fn forget_allocation(&self, state: &Path, network: &str, container_id: &str) -> Result<bool, String> {
-        for a in self.allocations(state, network)? {
+    fn forget_allocation(&self, ctx: &CaseCtx, network: &str, container_id: &str) -> Result<bool, String> {
+        for a in self.allocations(ctx, network)? {
             if a.container_id == container_id {
-                let p = state.join("ipam").join(network).join(a.ip.to_string());
+                let p = ctx.state.join("ipam").join(network).join(a.ip.to_string());
                 std::fs::remove_file(&p).map_err(|e| format!("{}: {e}", p.display()))?;
             }
         }
@@ -90,32 +91,55 @@ impl Implementation for PtpHostLocal {
     }
 }
 
-/// Our `calico` delegating to `calico-ipam`, on the embedded file store.
+/// Which datastore our plugins are configured with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Datastore {
+    /// The embedded file store in the case's directory.
+    File,
+    /// A private etcd per case (`testbed::Etcd`).
+    Etcd,
+}
+
+/// Our `calico` delegating to `calico-ipam`.
 pub struct CalicoImpl {
     /// Where `calico`, `calico-ipam` and `cni-probe` are (the target dir).
     pub bin_dir: PathBuf,
+    pub datastore: Datastore,
 }
 
 pub const CALICO_V4_POOL: &str = "10.78.0.0/16";
 pub const CALICO_V6_POOL: &str = "fd78::/112";
 
 impl CalicoImpl {
-    /// The datastore config the plugin object names (for the suite's own reads).
-    pub fn datastore_config(state: &Path) -> DatastoreConfig {
-        DatastoreConfig {
-            datastore_type: Some("file".into()),
-            datastore_path: Some(state.join("store")),
-            ..Default::default()
+    /// The datastore config the plugin object names, as the suite (not the
+    /// plugin) reaches it.
+    pub fn datastore_config(ctx: &CaseCtx) -> DatastoreConfig {
+        match ctx.etcd_local {
+            Some(ep) => DatastoreConfig {
+                datastore_type: Some("etcdv3".into()),
+                etcd_endpoints: Some(ep.to_string()),
+                ..Default::default()
+            },
+            None => DatastoreConfig {
+                datastore_type: Some("file".into()),
+                datastore_path: Some(ctx.state.join("store")),
+                ..Default::default()
+            },
         }
     }
 
-    pub fn open_store(state: &Path) -> Result<std::sync::Arc<dyn Datastore>, String> {
-        calico_store::open(&Self::datastore_config(state)).map_err(|e| format!("open datastore: {e}"))
+    pub fn open_store(ctx: &CaseCtx) -> Result<std::sync::Arc<dyn calico_store::Datastore>, String> {
+        calico_store::open(&Self::datastore_config(ctx)).map_err(|e| format!("open datastore: {e}"))
+    }
+
+    /// The file store kept in `<state>/store` (podman test, tools).
+    pub fn open_file_store(state: &Path) -> Result<std::sync::Arc<dyn calico_store::Datastore>, String> {
+        Self::open_store(&CaseCtx { state, node: "", etcd: None, etcd_local: None })
     }
 
     /// Every allocated IP of every block, with its handle.
     pub fn block_allocations(
-        store: &dyn Datastore,
+        store: &dyn calico_store::Datastore,
     ) -> Result<Vec<(IpAddr, Option<String>, IpNetwork)>, String> {
         let mut out = Vec::new();
         for fam in [IpFamily::V4, IpFamily::V6] {
@@ -152,7 +176,10 @@ pub fn nth_ip(net: &IpNetwork, n: u128) -> Result<IpAddr, String> {
 
 impl Implementation for CalicoImpl {
     fn name(&self) -> &str {
-        "calico+calico-ipam (ours)"
+        match self.datastore {
+            Datastore::File => "ours (file store)",
+            Datastore::Etcd => "ours (etcd)",
+        }
     }
     fn cni_path(&self) -> Vec<PathBuf> {
         vec![self.bin_dir.clone()]
@@ -163,13 +190,12 @@ impl Implementation for CalicoImpl {
     fn ipam_plugin(&self) -> &str {
         "calico-ipam"
     }
-    fn plugin_conf(&self, state: &Path, node: &str, opts: &ConfOpts) -> Value {
-        json!({
+    fn plugin_conf(&self, ctx: &CaseCtx, opts: &ConfOpts) -> Value {
+        let state = ctx.state;
+        let mut v = json!({
             "type": "calico",
-            "nodename": node,
+            "nodename": ctx.node,
             "nodename_file_optional": true,
-            "datastore_type": "file",
-            "datastore_path": state.join("store"),
             "mtu": 1500,
             "log_level": "debug",
             "log_file_path": state.join("calico.log"),
@@ -180,13 +206,24 @@ impl Implementation for CalicoImpl {
                 "ipv4_pools": [CALICO_V4_POOL],
                 "ipv6_pools": [CALICO_V6_POOL],
             }
-        })
+        });
+        match ctx.etcd {
+            Some(ep) => {
+                v["datastore_type"] = json!("etcdv3");
+                v["etcd_endpoints"] = json!(ep);
+            }
+            None => {
+                v["datastore_type"] = json!("file");
+                v["datastore_path"] = json!(state.join("store"));
+            }
+        }
+        v
     }
-    fn allocations(&self, state: &Path, network: &str) -> Result<Vec<Allocation>, String> {
-        if !state.join("store").exists() {
+    fn allocations(&self, ctx: &CaseCtx, network: &str) -> Result<Vec<Allocation>, String> {
+        if ctx.etcd.is_none() && !ctx.state.join("store").exists() {
             return Ok(Vec::new());
         }
-        let store = Self::open_store(state)?;
+        let store = Self::open_store(ctx)?;
         let prefix = format!("{network}.");
         let mut out: Vec<Allocation> = Self::block_allocations(store.as_ref())?
             .into_iter()
@@ -202,8 +239,8 @@ impl Implementation for CalicoImpl {
         out.sort_by_key(|a| a.ip);
         Ok(out)
     }
-    fn forget_allocation(&self, state: &Path, network: &str, container_id: &str) -> Result<bool, String> {
-        let store = Self::open_store(state)?;
+    fn forget_allocation(&self, ctx: &CaseCtx, network: &str, container_id: &str) -> Result<bool, String> {
+        let store = Self::open_store(ctx)?;
         let key = model::handle_key(&format!("{network}.{container_id}"));
         if let Some(kv) = store.get(&key).map_err(|e| e.to_string())? {
             store.delete(&key, kv.revision).map_err(|e| e.to_string())?;
@@ -212,6 +249,9 @@ impl Implementation for CalicoImpl {
     }
     fn is_calico(&self) -> bool {
         true
+    }
+    fn needs_etcd(&self) -> bool {
+        self.datastore == Datastore::Etcd
     }
 }
 

@@ -9,6 +9,7 @@
 
 pub mod calico;
 pub mod env;
+pub mod forward;
 pub mod generic;
 pub mod impls;
 
@@ -19,7 +20,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 pub use env::Env;
-pub use impls::{CalicoImpl, PtpHostLocal};
+pub use impls::{CalicoImpl, Datastore as CalicoDatastore, PtpHostLocal};
 
 /// The result of one case on one implementation.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -107,6 +108,20 @@ impl ConfOpts {
     }
 }
 
+/// What a case gives an implementation's hooks: where its state lives.
+#[derive(Debug, Clone, Copy)]
+pub struct CaseCtx<'a> {
+    /// The case's private directory (IPAM data, file datastore, logs).
+    pub state: &'a Path,
+    /// The node name (= the node netns name).
+    pub node: &'a str,
+    /// The case's own etcd as the plugins (in the node netns) reach it,
+    /// when the implementation asked for one.
+    pub etcd: Option<&'a str>,
+    /// The same etcd as the suite itself (in the test's netns) reaches it.
+    pub etcd_local: Option<&'a str>,
+}
+
 /// An implementation under test.
 pub trait Implementation: Send + Sync {
     /// Column name in the table.
@@ -117,16 +132,21 @@ pub trait Implementation: Send + Sync {
     fn main_plugin(&self) -> &str;
     /// The IPAM delegate.
     fn ipam_plugin(&self) -> &str;
-    /// The plugin object (with its `ipam`), keeping all state under `state`.
-    fn plugin_conf(&self, state: &Path, node: &str, opts: &ConfOpts) -> Value;
+    /// The plugin object (with its `ipam`), keeping all state in the case's
+    /// directory (or its etcd).
+    fn plugin_conf(&self, ctx: &CaseCtx, opts: &ConfOpts) -> Value;
     /// Every address the IPAM holds for `network`.
-    fn allocations(&self, state: &Path, network: &str) -> Result<Vec<Allocation>, String>;
+    fn allocations(&self, ctx: &CaseCtx, network: &str) -> Result<Vec<Allocation>, String>;
     /// Remove the IPAM's record of a container's addresses behind the
     /// plugin's back (to see whether CHECK consults the IPAM). `Ok(false)`:
     /// not supported by this implementation's hooks.
-    fn forget_allocation(&self, state: &Path, network: &str, container_id: &str) -> Result<bool, String>;
+    fn forget_allocation(&self, ctx: &CaseCtx, network: &str, container_id: &str) -> Result<bool, String>;
     /// Whether the Calico-specific cases apply.
     fn is_calico(&self) -> bool;
+    /// Start a private etcd for every case (its endpoint is in [`CaseCtx::etcd`]).
+    fn needs_etcd(&self) -> bool {
+        false
+    }
 }
 
 /// All cases, generic first.
