@@ -592,18 +592,20 @@ impl<'s, 'a> Session<'s, 'a> {
         if !config.strict_affinity {
             for p in &pools {
                 let start = host_seed(&self.ipam.node, p.block_count());
-                let mut candidates: Vec<(u128, BlockCidr)> = existing
-                    .keys()
-                    .filter_map(|c| {
-                        p.index_of(c).map(|i| (i.wrapping_sub(start) % p.block_count().max(1), *c))
+                // Distance from the node's seeded start, wrapping. Block
+                // counts are powers of two, so wrapping u128 arithmetic
+                // reduced modulo the count is exact.
+                let mut candidates: Vec<(u128, BlockCidr, &calico_store::KeyValue)> = existing
+                    .iter()
+                    .filter_map(|(c, kv)| {
+                        p.index_of(c).map(|i| (i.wrapping_sub(start) % p.block_count().max(1), *c, kv))
                     })
                     .collect();
-                candidates.sort();
-                for (_, cidr) in candidates {
+                candidates.sort_by_key(|(d, c, _)| (*d, *c));
+                for (_, cidr, kv) in candidates {
                     let known = match self.blocks.get(&cidr) {
                         Some(k) => k.clone(),
                         None => {
-                            let kv = &existing[&cidr];
                             let v = Some((block::decode_block(kv)?, kv.revision));
                             self.blocks.insert(cidr, v.clone());
                             v

@@ -10,12 +10,12 @@
 //! and revision are authoritative.
 //!
 //! One small JSON file per (node, family): `ipam-hint.<node>.<ipv4|ipv6>.json`
-//! in the hint directory, replaced atomically (temp file + rename; no fsync:
-//! losing it only costs round trips). Unreadable or undecodable hints are
-//! ignored.
+//! in the node's state directory, read and written only under the node's
+//! IPAM lock, overwritten in place without fsync (losing it only costs round
+//! trips). Unreadable, undecodable or inconsistent hints are ignored.
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use calico_store::model::{AllocationBlock, IpFamily};
 use calico_store::Revision;
@@ -62,7 +62,7 @@ impl HintDir {
     /// Best effort: failures are logged, never returned.
     pub fn write(&self, family: IpFamily, hint: &Hint) {
         let path = self.path(family);
-        if let Err(e) = write_atomic(&self.dir, &path, hint) {
+        if let Err(e) = write_in_place(&self.dir, &path, hint) {
             log::debug!("cannot write IPAM hint {}: {e}", path.display());
         }
     }
@@ -73,21 +73,26 @@ impl HintDir {
     }
 }
 
-fn write_atomic(dir: &Path, path: &Path, hint: &Hint) -> std::io::Result<()> {
+/// Overwrite the hint in place (write at offset 0, then cut to length).
+///
+/// Why not temp file + rename: on ext4, renaming over an existing file (and
+/// truncating one to zero) forces the new data out to disk, which cost ~2 ms
+/// per allocation. In-place writing is safe here because hints are only read
+/// and written under the node's IPAM lock (`Ipam::with_state_dir`), and a
+/// torn hint (a crash mid-write) fails to decode or to validate and is ignored.
+fn write_in_place(dir: &Path, path: &Path, hint: &Hint) -> std::io::Result<()> {
     let bytes = serde_json::to_vec(hint).map_err(std::io::Error::other)?;
-    static SEQ: AtomicU64 = AtomicU64::new(0);
-    let n = SEQ.fetch_add(1, Ordering::Relaxed);
-    let tmp = path.with_extension(format!("{}-{n}.tmp", std::process::id()));
-    if let Err(e) = std::fs::write(&tmp, &bytes) {
-        if e.kind() != std::io::ErrorKind::NotFound {
-            return Err(e);
+    let open = || std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(path);
+    let mut f = match open() {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            std::fs::create_dir_all(dir)?;
+            open()?
         }
-        std::fs::create_dir_all(dir)?;
-        std::fs::write(&tmp, &bytes)?;
-    }
-    std::fs::rename(&tmp, path).inspect_err(|_| {
-        let _ = std::fs::remove_file(&tmp);
-    })
+        Err(e) => return Err(e),
+    };
+    f.write_all(&bytes)?;
+    f.set_len(bytes.len() as u64)
 }
 
 #[cfg(test)]
