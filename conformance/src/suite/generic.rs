@@ -39,6 +39,7 @@ pub fn cases() -> Vec<Case> {
             "chained plugin gets the result as prevResult (ADD/CHECK/DEL)",
             chain_prevresult,
         ),
+        g("chain-tuning", "chained with Debian's tuning: result kept, sysctl applied", chain_tuning),
         g("prevresult-tolerated", "plugin after another one tolerates a prevResult", prevresult_tolerated),
         g("unknown-keys", "unknown keys, args, runtimeConfig tolerated", unknown_keys),
         g("ipam-direct", "IPAM result: ips, no interfaces; DEL releases", ipam_direct),
@@ -465,6 +466,38 @@ fn chain_prevresult(env: &Env) -> CaseResult {
         );
     }
     ensure!(env.ips_of("c-chain")?.is_empty(), "IPs left after chained DEL");
+    pass()
+}
+
+fn chain_tuning(env: &Env) -> CaseResult {
+    // tuning (a reference meta plugin, ≤ 1.0.0) needs the interface plugin's
+    // result as prevResult and must hand it on unchanged.
+    let Ok(tuning_path) = crate::exec::find_in_path("tuning", &[std::path::PathBuf::from("/usr/lib/cni")])
+    else {
+        return na("no /usr/lib/cni/tuning");
+    };
+    let version = "1.0.0";
+    if !env.supports(version) {
+        return na("plugin does not support 1.0.0 (tuning's highest)");
+    }
+    let tuning_dir = tuning_path.parent().map(|p| p.to_path_buf()).unwrap_or_default();
+    let mut rt_env = env.runtime.clone();
+    if !rt_env.paths.contains(&tuning_dir) {
+        rt_env.paths.push(tuning_dir);
+    }
+    let pod = env.pod();
+    let tuning = json!({"type": "tuning", "sysctl": {"net.core.somaxconn": "500"},
+        "dataDir": env.state.path().join("tuning")});
+    let list = env.list_of(version, vec![env.plugin(&ConfOpts::v4()), tuning]);
+    let rt = env.rt(&pod, "c-tun");
+    let res = rt_env.add_network_list(&list, &rt).map_err(|e| format!("ADD: {e}"))?;
+    ensure!(!result::ips(&res).is_empty(), "chain result lost the IPs: {res}");
+    ensure!(env.ips_of("c-tun")? == result::ips(&res), "IPAM state differs from the chain result");
+    let v = env.in_pod(&pod, &["cat", "/proc/sys/net/core/somaxconn"])?;
+    ensure!(v.trim() == "500", "tuning did not run: somaxconn {v}");
+    rt_env.check_network_list(&list, &rt).map_err(|e| format!("CHECK: {e}"))?;
+    rt_env.del_network_list(&list, &rt).map_err(|e| format!("DEL: {e}"))?;
+    ensure!(env.ips_of("c-tun")?.is_empty(), "IPs left after chained DEL");
     pass()
 }
 
