@@ -538,3 +538,68 @@ fn processes_never_get_the_same_address() {
     }
     assert_consistent(env.store.as_ref(), 120);
 }
+
+/// A store that lets another node create a block just before our claim's
+/// block create reaches the backend: the claim must lose cleanly.
+struct RacingStore {
+    inner: Arc<dyn Datastore>,
+    raced: std::sync::Mutex<Option<String>>,
+}
+
+impl Datastore for RacingStore {
+    fn get(&self, key: &str) -> Result<Option<calico_store::KeyValue>, StoreError> {
+        self.inner.get(key)
+    }
+    fn list(&self, prefix: &str) -> Result<Vec<calico_store::KeyValue>, StoreError> {
+        self.inner.list(prefix)
+    }
+    fn commit(&self, ops: &[calico_store::Op]) -> Result<calico_store::Revision, StoreError> {
+        if let [calico_store::Op::Create { key, value }] = ops {
+            let mut raced = self.raced.lock().unwrap();
+            if key.contains("/assignment/") && raced.is_none() {
+                let mut doc: Value = serde_json::from_slice(value).unwrap();
+                doc["affinity"] = json!("host:intruder");
+                self.inner.create(key, &serde_json::to_vec(&doc).unwrap()).unwrap();
+                *raced = Some(key.clone());
+            }
+        }
+        self.inner.commit(ops)
+    }
+    fn revision(&self) -> Result<calico_store::Revision, StoreError> {
+        self.inner.revision()
+    }
+}
+
+#[test]
+fn a_lost_block_claim_drops_its_pending_affinity_and_moves_on() {
+    let env = Env::new();
+    let racing = RacingStore { inner: Arc::clone(&env.store), raced: Default::default() };
+    let ipam = Ipam::new(&racing, "node1");
+    let got = ipam.assign(&req("c", v4(&["10.24.0.0/24"]), None)).unwrap();
+    let lost = racing.raced.lock().unwrap().clone().expect("the race was staged");
+    let lost_cidr = model::parse_cidr_key_segment(lost.rsplit('/').next().unwrap()).unwrap();
+    // The intruder keeps the block it created; our address is in another block we own.
+    assert_eq!(env.raw(&lost)["affinity"], "host:intruder");
+    assert!(!lost_cidr.contains(got[0].ip));
+    assert_eq!(env.raw(&got[0].block.key())["affinity"], "host:node1");
+    // Our pending affinity for the lost block was removed; exactly one affinity remains.
+    assert!(env.store.get(&model::affinity_key("node1", &lost_cidr)).unwrap().is_none());
+    let affs = query::list_affinities(env.store.as_ref()).unwrap();
+    assert_eq!(affs.len(), 1);
+    assert_eq!(affs[0].block, got[0].block);
+}
+
+#[test]
+fn an_unconfirmed_claim_of_ours_is_confirmed_and_used() {
+    let env = Env::new();
+    env.pool("p", "10.25.0.0/26", None, false, None);
+    // A claim that crashed after creating the block, before confirming.
+    let cidr: BlockCidr = "10.25.0.0/26".parse().unwrap();
+    let aff_key = model::affinity_key("node1", &cidr.net());
+    env.store.create(&aff_key, br#"{"state":"pending","deleted":false}"#).unwrap();
+    let block = ipam_block::block::new_block(cidr, Some(&ipam_block::Affinity::host("node1")), false);
+    env.store.create(&cidr.key(), &model::encode(&block)).unwrap();
+    let ipam = env.ipam("node1");
+    assert_eq!(one(&ipam, "c", &["p"]), ip("10.25.0.0"));
+    assert_eq!(env.raw(&aff_key)["state"], "confirmed");
+}
