@@ -1,12 +1,55 @@
 //! Datastore selection from a CNI network config (Calico's keys).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Deserialize;
 
 use crate::{Datastore, StoreError};
+
+/// Where calico-node records the node name; read when the config has no `nodename`.
+pub const DEFAULT_NODENAME_FILE: &str = "/var/lib/calico/nodename";
+
+/// The node's name, in Calico's order: the config's `nodename`, else the
+/// contents of `nodename_file` (default [`DEFAULT_NODENAME_FILE`]) when that
+/// file exists, else the hostname. The name becomes part of datastore keys
+/// (`/calico/ipam/v2/host/<node>/…`), so one with `/`, whitespace or control
+/// characters (or longer than a DNS name) is a `Config` error.
+pub fn resolve_nodename(conf: Option<&str>, nodename_file: Option<&Path>) -> Result<String, StoreError> {
+    resolve_nodename_from(conf, nodename_file, Path::new("/proc/sys/kernel/hostname"))
+}
+
+fn resolve_nodename_from(
+    conf: Option<&str>,
+    file: Option<&Path>,
+    hostname: &Path,
+) -> Result<String, StoreError> {
+    if let Some(n) = conf.filter(|n| !n.trim().is_empty()) {
+        return check_nodename(n, "nodename");
+    }
+    let file = file.unwrap_or(Path::new(DEFAULT_NODENAME_FILE));
+    match std::fs::read_to_string(file) {
+        Ok(s) if !s.trim().is_empty() => return check_nodename(&s, &file.display().to_string()),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(StoreError::io(file.display().to_string(), e)),
+    }
+    let host =
+        std::fs::read_to_string(hostname).map_err(|e| StoreError::io(hostname.display().to_string(), e))?;
+    check_nodename(&host, "the hostname")
+}
+
+fn check_nodename(name: &str, source: &str) -> Result<String, StoreError> {
+    let name = name.trim();
+    if name.is_empty()
+        || name.len() > 253
+        || name.chars().any(|c| c == '/' || c.is_whitespace() || c.is_control())
+    {
+        return Err(StoreError::Config(format!("invalid node name {name:?} from {source}")));
+    }
+    Ok(name.to_string())
+}
 
 /// Where the embedded store lives when `datastore_path` is not given.
 pub const DEFAULT_DATASTORE_PATH: &str = "/var/lib/calico-rs";
@@ -115,5 +158,28 @@ pub fn open(cfg: &DatastoreConfig) -> Result<Arc<dyn Datastore>, StoreError> {
             Ok(Arc::new(crate::file::FileStore::open_with(cfg.path(), cfg.durability()?)?))
         }
         DatastoreType::Etcd => Ok(Arc::new(crate::etcd::EtcdStore::connect(cfg)?)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nodename_order_and_validation() {
+        let d = tempfile::tempdir().unwrap();
+        let (file, host) = (d.path().join("nodename"), d.path().join("hostname"));
+        std::fs::write(&host, "host-1\n").unwrap();
+        assert_eq!(resolve_nodename_from(Some("conf"), Some(&file), &host).unwrap(), "conf");
+        assert_eq!(resolve_nodename_from(None, Some(&file), &host).unwrap(), "host-1");
+        std::fs::write(&file, "from-file\n").unwrap();
+        assert_eq!(resolve_nodename_from(Some(" "), Some(&file), &host).unwrap(), "from-file");
+        for bad in ["a/b", "a b"] {
+            assert!(matches!(resolve_nodename_from(Some(bad), None, &host), Err(StoreError::Config(_))));
+        }
+        std::fs::write(&file, "x".repeat(300)).unwrap();
+        assert!(resolve_nodename_from(None, Some(&file), &host).is_err());
+        // A nodename path that is a directory is an I/O error, not a fallback.
+        assert!(matches!(resolve_nodename_from(None, Some(d.path()), &host), Err(StoreError::Io { .. })));
     }
 }

@@ -9,7 +9,7 @@
 
 use std::collections::HashSet;
 use std::net::IpAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use calico_store::{Datastore, DatastoreConfig, StoreError};
@@ -20,9 +20,6 @@ use serde_json::Value;
 
 use crate::types::{Handle, PoolRef};
 use crate::{AssignRequest, FamilyRequest, Ipam, IpamError};
-
-/// Where calico-node records the node name; used when the config has no `nodename`.
-pub const DEFAULT_NODENAME_FILE: &str = "/var/lib/calico/nodename";
 
 /// The plugin object keys calico-ipam reads (unknown keys are ignored).
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -97,8 +94,15 @@ impl IpamCniConf {
                 "",
             ));
         }
-        let nodename = resolve_nodename(top.nodename.as_deref(), top.nodename_file.as_deref())
-            .map_err(|e| CniError::invalid_config("cannot determine the node name", e))?;
+        let nodename =
+            calico_store::config::resolve_nodename(top.nodename.as_deref(), top.nodename_file.as_deref())
+                .map_err(|e| match e {
+                    StoreError::Io { path, source } => CniError::io(
+                        format!("cannot determine the node name: reading {path}"),
+                        source.to_string(),
+                    ),
+                    other => CniError::invalid_config("cannot determine the node name", other.to_string()),
+                })?;
         Ok(IpamCniConf {
             network: conf.name.clone(),
             datastore,
@@ -120,29 +124,6 @@ impl IpamCniConf {
     pub fn state_dir(&self) -> PathBuf {
         self.datastore.path()
     }
-}
-
-/// The node name: `nodename` from the config, else the contents of
-/// `nodename_file` (default [`DEFAULT_NODENAME_FILE`]) if it exists, else the
-/// hostname (Calico's order).
-pub fn resolve_nodename(conf: Option<&str>, file: Option<&Path>) -> Result<String, String> {
-    if let Some(n) = conf.map(str::trim).filter(|n| !n.is_empty()) {
-        return Ok(n.to_string());
-    }
-    let file = file.unwrap_or(Path::new(DEFAULT_NODENAME_FILE));
-    match std::fs::read_to_string(file) {
-        Ok(s) if !s.trim().is_empty() => return Ok(s.trim().to_string()),
-        Ok(_) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(format!("reading {}: {e}", file.display())),
-    }
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map_err(|e| format!("reading /proc/sys/kernel/hostname: {e}"))?;
-    let host = host.trim();
-    if host.is_empty() {
-        return Err("the hostname is empty and no nodename is configured".to_string());
-    }
-    Ok(host.to_string())
 }
 
 /// A datastore failure as a CNI error: unreachable/I/O → 11 (try again later).
@@ -300,16 +281,5 @@ mod tests {
         assert_eq!((a.unwrap().to_string(), b.unwrap().to_string()), ("10.0.0.5".into(), "fd00::5".into()));
         assert!(requested_ips(Some("10.0.0.5,10.0.0.6")).is_err());
         assert!(requested_ips(Some("bogus")).is_err());
-    }
-
-    #[test]
-    fn nodename_order() {
-        let d = tempfile::tempdir().unwrap();
-        let f = d.path().join("nodename");
-        assert_eq!(resolve_nodename(Some("conf"), Some(&f)).unwrap(), "conf");
-        std::fs::write(&f, "from-file\n").unwrap();
-        assert_eq!(resolve_nodename(None, Some(&f)).unwrap(), "from-file");
-        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
-        assert_eq!(resolve_nodename(None, Some(&d.path().join("missing"))).unwrap(), host.trim());
     }
 }

@@ -282,3 +282,20 @@ fn parallel_adds_get_unique_addresses() {
     }
     assert_eq!(n.store().list("/calico/ipam/v2/handle/").unwrap().len(), 40);
 }
+
+#[test]
+fn node_name_comes_from_conf_then_file() {
+    let n = Node::new();
+    let mut conf = n.conf("1.0.0", json!({"ipv4_pools": ["10.37.0.0/26"]}));
+    conf["nodename"] = json!("");
+    let file = n.dir.path().join("nodename");
+    std::fs::write(&file, "node-from-file\n").unwrap();
+    conf["nodename_file"] = json!(file);
+    assert_eq!(n.run("ADD", "c1", "", &conf).code, 0);
+    assert_eq!(
+        n.raw("/calico/ipam/v2/assignment/ipv4/block/10.37.0.0-26").unwrap()["affinity"],
+        "host:node-from-file"
+    );
+    conf["nodename"] = json!("bad/name");
+    assert_eq!(n.run("ADD", "c2", "", &conf).json()["code"], 7);
+}
