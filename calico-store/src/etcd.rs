@@ -220,10 +220,7 @@ fn classify(e: etcd_client::Error) -> Failure {
     use etcd_client::Error as E;
     use tonic::Code;
     let message = describe(&e);
-    // tonic reports a refused/unreachable connection as Unavailable with the
-    // connector's error text; nothing was sent then.
-    let lower = message.to_ascii_lowercase();
-    let not_sent = lower.contains("connect") || lower.contains("dns error");
+    let not_sent = never_sent(&e);
     match &e {
         E::GRpcStatus(s) => match s.code() {
             Code::Unavailable | Code::Unknown | Code::Cancelled | Code::Aborted => {
@@ -242,6 +239,39 @@ fn classify(e: etcd_client::Error) -> Failure {
         }
         _ => Failure { message, transport: true, not_sent: false, permanent: false },
     }
+}
+
+/// True when the error proves the request never left: the connection could
+/// not be made (refused, unreachable, name not resolved). A connection that
+/// broke *after* sending (reset, GOAWAY, timeout) is not such proof.
+fn never_sent(e: &etcd_client::Error) -> bool {
+    use std::io::ErrorKind;
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = match e {
+        etcd_client::Error::GRpcStatus(s) => std::error::Error::source(s),
+        etcd_client::Error::TransportError(t) => std::error::Error::source(t),
+        etcd_client::Error::IoError(io) => Some(io),
+        _ => None,
+    };
+    while let Some(c) = cause {
+        if let Some(io) = c.downcast_ref::<std::io::Error>() {
+            if matches!(
+                io.kind(),
+                ErrorKind::ConnectionRefused
+                    | ErrorKind::AddrNotAvailable
+                    | ErrorKind::NetworkUnreachable
+                    | ErrorKind::HostUnreachable
+            ) {
+                return true;
+            }
+        }
+        // hyper-util's connector names its failures like this (its error type is private).
+        let text = c.to_string();
+        if text.starts_with("tcp connect error") || text.starts_with("dns error") {
+            return true;
+        }
+        cause = c.source();
+    }
+    false
 }
 
 /// A one-line description: the gRPC message plus the innermost cause (e.g.

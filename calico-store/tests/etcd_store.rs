@@ -481,3 +481,26 @@ fn tls_with_client_certificates() {
     let plain = DatastoreConfig { etcd_endpoints: Some("http://127.0.0.1:1".into()), ..cfg };
     assert!(matches!(EtcdStore::connect(&plain), Err(StoreError::Config(_))));
 }
+
+#[test]
+fn an_ambiguous_failure_is_retried_for_reads_but_never_for_commits() {
+    // A "server" that accepts, reads the request bytes, then hangs up: the
+    // client cannot know whether a commit was applied.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for conn in listener.incoming().take(64) {
+            let Ok(mut conn) = conn else { continue };
+            let mut buf = [0u8; 4096];
+            let _ = std::io::Read::read(&mut conn, &mut buf);
+        }
+    });
+    let s = EtcdStore::connect(&etcd_cfg(&format!("http://{addr}"), 3.0)).unwrap();
+    let err = s.commit(&[Op::Create { key: "/amb".into(), value: b"1".to_vec() }]).unwrap_err();
+    assert!(matches!(err, StoreError::Unavailable(_)), "{err}");
+    eprintln!("{err}");
+    assert_eq!(s.requests(), 1, "a commit with an unknown outcome was re-sent: {err}");
+    let before = s.requests();
+    assert!(matches!(s.get("/amb"), Err(StoreError::Unavailable(_))));
+    assert!(s.requests() - before > 1, "reads are safe to retry");
+}
