@@ -17,8 +17,9 @@
 //! rewriting one file is cheaper than the extra `open`/`fsync` calls per key
 //! of a file-per-key layout, and it makes a multi-key commit trivially
 //! all-or-nothing: a commit writes `store.json.tmp`, fsyncs it, renames it
-//! over `store.json` and fsyncs the directory. A crash leaves either the old
-//! or the new document, never a mix.
+//! over `store.json` and fsyncs the directory (with the default
+//! [`Durability::Full`]). A crash leaves either the old or the new document,
+//! never a mix.
 //!
 //! ## Concurrency
 //!

@@ -307,6 +307,11 @@ impl<'a> Ipam<'a> {
     /// CNI GC: release every handle of `network` (`<network>.<containerID>`)
     /// whose container ID is not in `keep`. Continues past single failures
     /// (the spec asks GC to carry on) and reports them in the outcome.
+    ///
+    /// Limitation (inherited from Calico's handle format): network names and
+    /// container IDs may both contain `.`, so a handle of a network named
+    /// `<network>.x` looks like one of `<network>` with container `x.…`; GC of
+    /// `<network>` on a store shared with such a network would release it.
     pub fn gc_network(&self, network: &str, keep: &HashSet<String>) -> Result<GcOutcome, IpamError> {
         let prefix = model::handle_key(&format!("{network}."));
         let mut out = GcOutcome::default();
@@ -684,7 +689,10 @@ impl<'s, 'a> Session<'s, 'a> {
         Ok(true)
     }
 
-    /// `IP=`: one specific address, in whichever enabled pool contains it.
+    /// `IP=`: one specific address, in whichever enabled pool contains it
+    /// (requested pools and node selectors do not apply, as in Calico's
+    /// AssignIP). A block that does not exist yet is claimed for this node
+    /// (not counted against `maxBlocksPerHost`).
     fn pick_ip(&mut self, ip: IpAddr, attr: &AllocationAttribute) -> Result<Pick, IpamError> {
         let pools = self.all_pools()?;
         let pool = pool::enabled_pool_containing(&pools, ip).ok_or(IpamError::NotInPool(ip))?.clone();
