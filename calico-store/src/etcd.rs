@@ -19,9 +19,14 @@
 //! that bound; a commit is retried only when the error proves it never reached
 //! etcd (the connection could not be made), because re-sending a commit whose
 //! answer was lost would turn its own success into a false conflict.
+//!
+//! With several endpoints the store talks to one member at a time (starting
+//! at one chosen by the process ID, so plugin processes spread out) and moves
+//! to the next after a transport failure. etcd-client's own balancer is not
+//! used for this: it keeps picking a dead member, failing one call in N.
 
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -46,9 +51,12 @@ pub struct EtcdStore {
     timeout: Duration,
     options: ConnectOptions,
     rt: tokio::runtime::Runtime,
-    /// The connected client; `None` until the first call, and again after a
-    /// transport failure so the next call reconnects from scratch.
-    client: Mutex<Option<KvClient>>,
+    /// The connected client and the index of its endpoint; `None` until the
+    /// first call, and again after a transport failure so the next call
+    /// reconnects from scratch (to the next endpoint).
+    client: Mutex<Option<(usize, KvClient)>>,
+    /// The endpoint to connect to next (rotates on transport failures).
+    current: AtomicUsize,
     requests: AtomicU64,
 }
 
@@ -70,6 +78,7 @@ impl EtcdStore {
     /// [`StoreError::Config`].
     pub fn connect(cfg: &DatastoreConfig) -> Result<EtcdStore, StoreError> {
         let endpoints = cfg.endpoints();
+        let endpoints_len = endpoints.len().max(1);
         if endpoints.is_empty() {
             return Err(StoreError::Config("etcd datastore needs etcd_endpoints".into()));
         }
@@ -98,6 +107,8 @@ impl EtcdStore {
             options,
             rt,
             client: Mutex::new(None),
+            // Spread short-lived plugin processes over the members.
+            current: AtomicUsize::new(std::process::id() as usize % endpoints_len),
             requests: AtomicU64::new(0),
         })
     }
@@ -117,14 +128,14 @@ impl EtcdStore {
         self.endpoints.join(",")
     }
 
-    fn cached_client(&self) -> Option<KvClient> {
+    fn cached_client(&self) -> Option<(usize, KvClient)> {
         match self.client.lock() {
             Ok(g) => g.clone(),
             Err(p) => p.into_inner().clone(),
         }
     }
 
-    fn set_client(&self, c: Option<KvClient>) {
+    fn set_client(&self, c: Option<(usize, KvClient)>) {
         match self.client.lock() {
             Ok(mut g) => *g = c,
             Err(p) => *p.into_inner() = c,
@@ -140,21 +151,27 @@ impl EtcdStore {
     {
         let start = Instant::now();
         let deadline = start + self.timeout;
+        let members = self.endpoints.len();
+        // Enough attempts to try every member twice.
+        let max_attempts = MAX_ATTEMPTS.max(2 * members as u32);
         let mut backoff = FIRST_BACKOFF;
         let mut attempt = 0;
         loop {
             attempt += 1;
             let remaining = deadline.saturating_duration_since(Instant::now());
-            let failure = match self.rt.block_on(self.attempt(remaining, &f)) {
+            // With several members, a silent one must not eat the whole bound.
+            let share = (max_attempts - attempt + 1).min(members as u32).max(1);
+            let budget = remaining / share;
+            let failure = match self.rt.block_on(self.attempt(budget, &f)) {
                 Ok(v) => return Ok(v),
                 Err(f) => f,
             };
-            if failure.transport {
-                self.set_client(None);
-            }
             let retry_ok = !failure.permanent && (resend_safe || failure.not_sent);
             let left = deadline.saturating_duration_since(Instant::now());
-            if !retry_ok || attempt >= MAX_ATTEMPTS || left <= backoff {
+            // Moving on to another member needs no pause; a full round does.
+            let pause =
+                if failure.transport && attempt % members as u32 != 0 { Duration::ZERO } else { backoff };
+            if !retry_ok || attempt >= max_attempts || left <= pause {
                 log::warn!("etcd {what} failed after {attempt} attempt(s): {}", failure.message);
                 if failure.permanent {
                     return Err(StoreError::Unavailable(format!(
@@ -172,46 +189,73 @@ impl EtcdStore {
                 )));
             }
             log::debug!("etcd {what} attempt {attempt} failed, retrying: {}", failure.message);
-            std::thread::sleep(backoff);
-            backoff *= 2;
+            if !pause.is_zero() {
+                std::thread::sleep(pause);
+                backoff *= 2;
+            }
         }
     }
 
-    async fn attempt<T, F, Fut>(&self, remaining: Duration, f: &F) -> Result<T, Failure>
+    async fn attempt<T, F, Fut>(&self, budget: Duration, f: &F) -> Result<T, Failure>
     where
         F: Fn(KvClient) -> Fut,
         Fut: Future<Output = Result<T, etcd_client::Error>>,
     {
-        let timed_out = |stage: &str| Failure {
-            message: format!("{stage} timed out"),
-            transport: true,
-            not_sent: stage == "connect",
-            permanent: false,
-        };
-        let client = match self.cached_client() {
+        let (idx, client) = match self.cached_client() {
             Some(c) => c,
             None => {
-                let connect = Client::connect(&self.endpoints, Some(self.options.clone()));
-                match tokio::time::timeout(remaining, connect).await {
-                    Err(_) => return Err(timed_out("connect")),
-                    Ok(Err(e)) => return Err(classify(e)),
+                let idx = self.current.load(Ordering::Relaxed) % self.endpoints.len();
+                let endpoint = &self.endpoints[idx];
+                // One member per client: a dead member must fail the attempt
+                // (and make us move on), not be picked again by a balancer.
+                let connect = Client::connect([endpoint], Some(self.options.clone()));
+                match tokio::time::timeout(budget, connect).await {
+                    Err(_) => return Err(self.failed(idx, timed_out("connect"))),
+                    Ok(Err(e)) => return Err(self.failed(idx, classify(e))),
                     Ok(Ok(c)) => {
                         let kv = c
                             .kv_client()
                             .max_decoding_message_size(MAX_RESPONSE_BYTES)
                             .max_encoding_message_size(MAX_RESPONSE_BYTES);
-                        self.set_client(Some(kv.clone()));
-                        kv
+                        self.set_client(Some((idx, kv.clone())));
+                        (idx, kv)
                     }
                 }
             }
         };
         self.requests.fetch_add(1, Ordering::Relaxed);
-        match tokio::time::timeout(remaining, f(client)).await {
-            Err(_) => Err(timed_out("request")),
-            Ok(Err(e)) => Err(classify(e)),
+        match tokio::time::timeout(budget, f(client)).await {
+            Err(_) => Err(self.failed(idx, timed_out("request"))),
+            Ok(Err(e)) => Err(self.failed(idx, classify(e))),
             Ok(Ok(v)) => Ok(v),
         }
+    }
+
+    /// Name the endpoint in a failure; after a transport failure drop the
+    /// client and move on to the next endpoint.
+    fn failed(&self, idx: usize, mut f: Failure) -> Failure {
+        if self.endpoints.len() > 1 {
+            f.message = format!("{}: {}", self.endpoints[idx], f.message);
+        }
+        if f.transport {
+            self.set_client(None);
+            let _ = self.current.compare_exchange(
+                idx,
+                (idx + 1) % self.endpoints.len(),
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            );
+        }
+        f
+    }
+}
+
+fn timed_out(stage: &str) -> Failure {
+    Failure {
+        message: format!("{stage} timed out"),
+        transport: true,
+        not_sent: stage == "connect",
+        permanent: false,
     }
 }
 

@@ -504,3 +504,30 @@ fn an_ambiguous_failure_is_retried_for_reads_but_never_for_commits() {
     assert!(matches!(s.get("/amb"), Err(StoreError::Unavailable(_))));
     assert!(s.requests() - before > 1, "reads are safe to retry");
 }
+
+#[test]
+fn one_dead_endpoint_of_several_is_survived() {
+    let etcd = Etcd::start();
+    let dead = format!("http://127.0.0.1:{}", testbed::free_port());
+    for endpoints in [format!("{dead},{}", etcd.endpoint()), format!("{},{dead}", etcd.endpoint())] {
+        let s = EtcdStore::connect(&etcd_cfg(&endpoints, 5.0)).unwrap();
+        for i in 0..40 {
+            let key = format!("/multi/{i}");
+            let r = s.create(&key, b"v").unwrap_or_else(|e| panic!("{endpoints}: create {i}: {e}"));
+            assert_eq!(s.get(&key).unwrap().unwrap().revision, r);
+            s.delete(&key, r).unwrap();
+        }
+    }
+    // A member that accepts connections but never answers: reads move on to
+    // the live member within the bound.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let silent = format!("http://{}", silent.local_addr().unwrap());
+    for endpoints in [format!("{silent},{}", etcd.endpoint()), format!("{},{silent}", etcd.endpoint())] {
+        let s = EtcdStore::connect(&etcd_cfg(&endpoints, 3.0)).unwrap();
+        let t = Instant::now();
+        for _ in 0..3 {
+            assert!(s.list("/multi/").unwrap().is_empty(), "{endpoints}");
+        }
+        assert!(t.elapsed() < Duration::from_secs(4), "{endpoints}: {:?}", t.elapsed());
+    }
+}
