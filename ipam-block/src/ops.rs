@@ -340,6 +340,39 @@ pub struct IpInfo {
     pub endpoints: Vec<String>,
 }
 
+/// An address allocated by a node from a block affine to another node
+/// (`ipam show --show-borrowed`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Borrowed {
+    pub ip: IpAddr,
+    pub block: IpNetwork,
+    /// The block's owner (`host:<node>`, empty when none).
+    pub block_owner: String,
+    /// The node the allocation was made for (`node` attribute).
+    pub node: String,
+    pub handle: Option<String>,
+}
+
+pub fn borrowed(snap: &Snapshot) -> Vec<Borrowed> {
+    let mut out = Vec::new();
+    for b in &snap.blocks {
+        let owner = block::affinity_of(&b.value);
+        for a in block::allocations(&b.value) {
+            let Some(node) = a.attributes.get(block::ATTR_NODE) else { continue };
+            if owner.as_ref().map(|o| o.node()) != Some(node.as_str()) {
+                out.push(Borrowed {
+                    ip: a.ip,
+                    block: b.value.cidr,
+                    block_owner: b.value.affinity.clone().unwrap_or_default(),
+                    node: node.clone(),
+                    handle: a.handle.clone(),
+                });
+            }
+        }
+    }
+    out
+}
+
 pub fn show_ip(snap: &Snapshot, ip: IpAddr) -> IpInfo {
     let blk = snap.block_of(ip);
     let alloc = blk.and_then(|b| block::allocations(&b.value).into_iter().find(|a| a.ip == ip));
@@ -1157,6 +1190,15 @@ mod tests {
         assert_eq!((rows[1].grouping, rows[1].total, rows[1].in_use), ("Block", 64, 3));
         assert_eq!(rows[1].owner, "host:n1");
         assert_eq!(show(&Snapshot::load(&s).unwrap(), false).len(), 1);
+        assert!(borrowed(&Snapshot::load(&s).unwrap()).is_empty());
+        // An allocation for n2 in n1's block is borrowed.
+        let kv = s.get(&model::block_key(&"10.1.0.0/26".parse().unwrap())).unwrap().unwrap();
+        let mut b: AllocationBlock = model::decode(&kv).unwrap();
+        block::allocate_next(&mut b, &attr("net.n2", "n2", OLD)).unwrap();
+        s.update(&kv.key, &model::encode(&b), kv.revision).unwrap();
+        let got = borrowed(&Snapshot::load(&s).unwrap());
+        assert_eq!(got.len(), 1);
+        assert_eq!((got[0].node.as_str(), got[0].block_owner.as_str()), ("n2", "host:n1"));
     }
 
     #[test]

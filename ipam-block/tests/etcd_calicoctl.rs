@@ -164,3 +164,31 @@ fn datastore_is_chosen_by_env_and_cni_config() {
     assert!(err.contains(&format!("127.0.0.1:{port}")), "{err}");
     assert!(t.elapsed() < std::time::Duration::from_secs(12));
 }
+
+#[test]
+fn borrowing_shows_up_and_strict_affinity_forbids_it() {
+    let c = Cluster::new(&["node-a", "node-b"]);
+    let ok = |args: &[&str]| {
+        let (code, out, err) = calicoctl(&c.etcd, args);
+        assert_eq!(code, 0, "calicoctl {args:?}: {out}{err}");
+        out
+    };
+    // One pool of exactly one block: node-a claims it, node-b has to borrow.
+    ok(&["ipam", "pool", "add", "--name", "one", "--cidr", "10.65.0.0/26"]);
+    let a = add(&c.conf(0, &["one"], 5.0), "pa", &c.netns.path());
+    let b = add(&c.conf(1, &["one"], 5.0), "pb", &c.netns.path());
+    let out = ok(&["ipam", "show", "--show-borrowed"]);
+    let line = out.lines().find(|l| l.starts_with(&b.to_string())).unwrap_or_else(|| panic!("{out}"));
+    assert!(line.contains("node-b") && line.contains("host:node-a"), "{line}");
+    assert!(!out.contains(&format!("{a} ")), "{out}");
+
+    ok(&["ipam", "configure", "--strictaffinity=true"]);
+    let out = ok(&["ipam", "show", "--show-configuration"]);
+    assert!(out.lines().any(|l| l.starts_with("StrictAffinity") && l.ends_with("true")), "{out}");
+    match run_ipam("ADD", &c.conf(1, &["one"], 5.0), "pb2", &c.netns.path()) {
+        Outcome::Failed { .. } => {}
+        other => panic!("strict affinity must forbid borrowing: {other:?}"),
+    }
+    // node-a still allocates from its own block.
+    add(&c.conf(0, &["one"], 5.0), "pa2", &c.netns.path());
+}

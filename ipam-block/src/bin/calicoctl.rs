@@ -16,6 +16,7 @@ Usage: calicoctl [datastore flags] ipam <command> [options]
 
 Commands:
   ipam show [--show-blocks] [--ip <addr>]   utilization per pool (and block), or one address
+  ipam show --show-borrowed | --show-configuration
   ipam check [-o <report.json>]             find leaked addresses and inconsistent documents
   ipam release --ip <addr>                  free one address (and its handle count)
   ipam configure --strictaffinity=<true|false> [--max-blocks-per-host <n>]
@@ -36,7 +37,15 @@ struct Args {
 }
 
 /// Flags that never take a value.
-const BARE: &[&str] = &["--show-blocks", "--disabled", "--nat-outgoing", "--help", "-h"];
+const BARE: &[&str] = &[
+    "--show-blocks",
+    "--show-borrowed",
+    "--show-configuration",
+    "--disabled",
+    "--nat-outgoing",
+    "--help",
+    "-h",
+];
 
 impl Args {
     fn parse(argv: Vec<String>) -> Args {
@@ -118,11 +127,38 @@ fn run(argv: Vec<String>) -> Result<ExitCode, OpsError> {
     match words[1..] {
         ["show"] => {
             let blocks = a.has("--show-blocks");
+            let show_borrowed = a.has("--show-borrowed");
+            let show_config = a.has("--show-configuration");
             let ip = a.take("--ip")?.map(|v| parse::<IpAddr>("--ip", &v)).transpose()?;
             a.finish()?;
             let snap = Snapshot::load(store)?;
             match ip {
                 Some(ip) => print_ip(&ops::show_ip(&snap, ip)),
+                None if show_config => {
+                    let c = &snap.config;
+                    let rows = vec![
+                        vec!["PROPERTY".to_string(), "VALUE".to_string()],
+                        vec!["StrictAffinity".into(), c.strict_affinity.to_string()],
+                        vec!["AutoAllocateBlocks".into(), c.auto_allocate_blocks.to_string()],
+                        vec!["MaxBlocksPerHost".into(), c.max_blocks_per_host.to_string()],
+                    ];
+                    print!("{}", ops::table(&rows));
+                }
+                None if show_borrowed => {
+                    let mut rows = vec![["IP", "BORROWING-NODE", "BLOCK", "BLOCK OWNER", "HANDLE"]
+                        .map(String::from)
+                        .to_vec()];
+                    for b in ops::borrowed(&snap) {
+                        rows.push(vec![
+                            b.ip.to_string(),
+                            b.node,
+                            b.block.to_string(),
+                            b.block_owner,
+                            b.handle.unwrap_or_default(),
+                        ]);
+                    }
+                    print!("{}", ops::table(&rows));
+                }
                 None => {
                     let mut rows = vec![["GROUPING", "CIDR", "OWNER", "IPS TOTAL", "IPS IN USE", "IPS FREE"]
                         .map(String::from)
