@@ -136,6 +136,27 @@ fn etcd_down_fails_add_fast_with_code_11_and_recovers() {
 }
 
 #[test]
+fn unresponsive_etcd_fails_add_within_the_configured_timeout() {
+    // An endpoint that accepts connections and never answers (a hung member):
+    // the ADD waits for datastore_timeout_seconds, no longer, then says 11.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let endpoint = format!("http://{}", silent.local_addr().unwrap());
+    let netns = testbed::Netns::new("ipm");
+    let node = Node::new("node-h");
+    for timeout in [1.0, 2.5] {
+        let conf = net_conf(&endpoint, &node, &["10.82.0.0/16"], timeout);
+        let t = Instant::now();
+        let res = run_ipam("ADD", &conf, "hung", &netns.path());
+        let took = t.elapsed().as_secs_f64();
+        match &res {
+            Outcome::Failed { code: 11, msg, .. } => assert!(msg.contains(&endpoint), "{msg}"),
+            other => panic!("expected code 11, got {other:?}"),
+        }
+        assert!(took >= timeout * 0.9 && took < timeout + 2.0, "timeout {timeout}s: ADD took {took:.2}s");
+    }
+}
+
+#[test]
 fn plugins_killed_mid_add_leave_only_what_check_reports_and_gc_releases() {
     let c = Cluster::new(&["node-a", "node-b"]);
     let s = store(&c.etcd);
