@@ -45,6 +45,8 @@ sync/run:
   --dry-run                           show which chains a sync would rewrite; apply nothing
   --sync-period DUR                   default 30s (periodic sync, canary check)
   --min-sync-period DUR               default 1s
+  --rewrite-top-level-chains          partial syncs rewrite KUBE-SERVICES etc. even when
+                                      unchanged (kube-proxy's exact partial payloads)
 render:
   --canonical                         print in kube-proxy's canonical test order
 bench:
@@ -74,6 +76,7 @@ pub struct Args {
     pub service_cidr: Ipv4Network,
     pub datastore: Option<DatastoreConfig>,
     pub dry_run: bool,
+    pub rewrite_top_level: bool,
     pub canonical: bool,
     pub sync_period: Duration,
     pub min_sync_period: Duration,
@@ -139,6 +142,7 @@ impl Args {
             service_cidr: DEFAULT_SERVICE_CIDR.parse().map_err(|e| format!("{e}"))?,
             datastore: None,
             dry_run: false,
+            rewrite_top_level: false,
             canonical: false,
             sync_period: Duration::from_secs(30),
             min_sync_period: Duration::from_secs(1),
@@ -218,6 +222,7 @@ impl Args {
                     ds_configured = true;
                 }
                 "--dry-run" => a.dry_run = boolean(&inline)?,
+                "--rewrite-top-level-chains" => a.rewrite_top_level = boolean(&inline)?,
                 "--canonical" => a.canonical = boolean(&inline)?,
                 "--sync-period" => a.sync_period = parse_duration(flag, &value()?)?,
                 "--min-sync-period" => a.min_sync_period = parse_duration(flag, &value()?)?,

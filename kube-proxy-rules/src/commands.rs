@@ -7,7 +7,7 @@ use crate::canonical;
 use crate::cli::{input_stamp, Args, Command, PodRecords};
 use crate::inputs::Loaded;
 use crate::iptables::Iptables;
-use crate::proxier::{render, RenderPlan};
+use crate::proxier::{render, RenderPlan, Rendered};
 use crate::syncer::{diff_view, Syncer};
 
 /// Report bad objects and notes on stderr (stdout is the payload).
@@ -47,10 +47,17 @@ fn cmd_render(args: &Args) -> Result<i32, String> {
     Ok(0)
 }
 
-fn dry_run(syncer: &mut Syncer, loaded: &Loaded) -> Result<(), String> {
+fn dry_run(syncer: &mut Syncer, loaded: &Loaded) -> Result<Rendered, String> {
     let (preview, rendered) = syncer.preview(&loaded.state).map_err(|e| e.to_string())?;
     let filter = syncer.ipt.chains("filter").map_err(|e| e.to_string())?;
-    write_stdout(&diff_view(&preview, &rendered, &filter))
+    write_stdout(&diff_view(&preview, &rendered, &filter))?;
+    Ok(rendered)
+}
+
+fn new_syncer(args: &Args, ipt: Iptables, cfg: crate::proxier::ProxierConfig) -> Syncer {
+    let mut s = Syncer::new(ipt, cfg, args.sync_period);
+    s.minimize_top_level = !args.rewrite_top_level;
+    s
 }
 
 fn cmd_sync(args: &Args) -> Result<i32, String> {
@@ -59,7 +66,7 @@ fn cmd_sync(args: &Args) -> Result<i32, String> {
     let records = PodRecords::open(args.datastore.as_ref())?;
     let loaded = records.load(args)?;
     report(&loaded);
-    let mut syncer = Syncer::new(ipt, cfg, args.sync_period);
+    let mut syncer = new_syncer(args, ipt, cfg);
     if args.dry_run {
         dry_run(&mut syncer, &loaded)?;
         return Ok(0);
@@ -83,7 +90,7 @@ fn cmd_run(args: &Args) -> Result<i32, String> {
     let ipt = Iptables::current();
     let cfg = args.proxier_config(&ipt)?;
     let records = PodRecords::open(args.datastore.as_ref())?;
-    let mut syncer = Syncer::new(ipt, cfg, args.sync_period);
+    let mut syncer = new_syncer(args, ipt, cfg);
     let poll = args.min_sync_period.clamp(Duration::from_millis(50), Duration::from_millis(500));
     let mut last_stamp = None;
     let mut last_rev = None;
@@ -122,12 +129,12 @@ fn cmd_run(args: &Args) -> Result<i32, String> {
                     }
                     if args.dry_run {
                         if changed || periodic {
-                            if let Err(e) = dry_run(&mut syncer, &loaded) {
-                                eprintln!("error: {e}");
+                            match dry_run(&mut syncer, &loaded) {
+                                // Pretend it was applied so the next preview is relative to it.
+                                Ok(rendered) => syncer.mark_applied(&loaded.state, &rendered),
+                                Err(e) => eprintln!("error: {e}"),
                             }
                         }
-                        // Pretend it was applied so the next preview is relative to it.
-                        syncer.mark_applied(&loaded.state);
                         last_sync = Some(Instant::now());
                     } else {
                         let started = Instant::now();

@@ -20,6 +20,8 @@ pub struct EndpointInfo {
     pub port: u16,
     /// `ip:port` (`net.JoinHostPort`): the DNAT target, comment and hash input.
     pub endpoint: String,
+    /// Its `KUBE-SEP-…` chain (hashed once, when the endpoint is read).
+    pub chain: String,
     pub node_name: Option<String>,
     pub ready: bool,
     pub serving: bool,
@@ -27,11 +29,20 @@ pub struct EndpointInfo {
 }
 
 impl EndpointInfo {
-    pub fn new(ip: Ipv4Addr, port: u16, node_name: Option<String>) -> Self {
+    /// An endpoint of the service port `svc_port_name` (`ns/name:port`) / `protocol`.
+    pub fn new(
+        svc_port_name: &str,
+        protocol: Protocol,
+        ip: Ipv4Addr,
+        port: u16,
+        node_name: Option<String>,
+    ) -> Self {
+        let endpoint = format!("{ip}:{port}");
         EndpointInfo {
             ip,
             port,
-            endpoint: format!("{ip}:{port}"),
+            chain: crate::names::endpoint_chain(svc_port_name, protocol.as_str(), &endpoint),
+            endpoint,
             node_name,
             ready: true,
             serving: true,
@@ -105,9 +116,9 @@ pub fn from_slices(slices: &[EndpointSlice], errors: &mut Vec<ObjectError>) -> E
         for (port_name, proto, port) in &ports {
             let name_string =
                 if port_name.is_empty() { format!("{ns}/{svc}") } else { format!("{ns}/{svc}:{port_name}") };
-            let set = sets.entry((name_string, *proto)).or_default();
+            let set = sets.entry((name_string.clone(), *proto)).or_default();
             for (ip, ep) in &eps {
-                let mut info = EndpointInfo::new(*ip, *port, ep.node_name.clone());
+                let mut info = EndpointInfo::new(&name_string, *proto, *ip, *port, ep.node_name.clone());
                 info.ready = ep.conditions.ready.unwrap_or(true);
                 info.serving = ep.conditions.serving.unwrap_or(true);
                 info.terminating = ep.conditions.terminating.unwrap_or(false);
@@ -227,7 +238,7 @@ pub fn from_pod_records(
             }) else {
                 continue;
             };
-            let info = EndpointInfo::new(ip, port, Some(wep.spec.node.clone()));
+            let info = EndpointInfo::new(&sp.name_string, sp.protocol, ip, port, Some(wep.spec.node.clone()));
             set.entry(info.endpoint.clone()).or_insert(info);
         }
         out.insert(key_of(sp), set.into_values().collect());

@@ -1,12 +1,15 @@
 //! The iptables-restore payload kube-proxy's iptables proxier writes
 //! (`syncProxyRules`), built by small functions named after the chains they
 //! fill. [`render`] writes the whole payload (full sync) or only the per-service
-//! chains of changed services (partial sync, KEP-3453): the top-level chains
-//! are always rewritten, the SVC/SVL/EXT/FW/SEP chains of unchanged services are
-//! computed into a discard buffer (for the counts) and left out, and stale
-//! chains are flushed and deleted with `-X`.
+//! chains of changed services (partial sync, KEP-3453): the SVC/SVL/EXT/FW/SEP
+//! chains of unchanged services are left out (only counted), stale chains are
+//! flushed and deleted with `-X`, and the top-level chains (KUBE-SERVICES, …)
+//! are rewritten as kube-proxy does, or, when [`RenderPlan::applied_top_level`]
+//! is given, only if their content changed since the last applied sync: a
+//! one-service change then costs a payload of that service's chains alone.
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::hash::{Hash, Hasher};
 use std::net::{IpAddr, Ipv4Addr};
 
 use ipnetwork::Ipv4Network;
@@ -102,6 +105,11 @@ pub struct RenderPlan<'a> {
     /// The nat chains that exist now (from iptables-save); stale service
     /// chains among them are deleted. None = skip the cleanup.
     pub existing_nat_chains: Option<&'a BTreeSet<String>>,
+    /// Partial sync only: the content hashes of the top-level chains as last
+    /// applied ([`Rendered::top_level_hashes`]). A top-level chain whose
+    /// content is unchanged is left out of the payload. None = kube-proxy's
+    /// behaviour (every top-level chain is rewritten on every sync).
+    pub applied_top_level: Option<&'a HashMap<String, u64>>,
 }
 
 /// The payload and what it does.
@@ -114,30 +122,27 @@ pub struct Rendered {
     pub written_service_chains: Vec<String>,
     /// Stale chains this payload flushes and deletes.
     pub deleted_chains: Vec<String>,
+    /// `table/chain` → hash of the content of each top-level chain.
+    pub top_level_hashes: HashMap<String, u64>,
+    /// Top-level chains left out because they did not change.
+    pub skipped_top_level: Vec<String>,
     pub large_cluster_mode: bool,
     pub filter_rules: usize,
     pub nat_rules: usize,
-    /// Rules of unchanged services left out of a partial payload.
+    /// Rules of unchanged services (and unchanged top-level chains) left out of a partial payload.
     pub skipped_nat_rules: usize,
 }
 
-/// A line buffer (`proxyutil.LineBuffer`); `discard` only counts lines.
+/// A line buffer (`proxyutil.LineBuffer`).
 #[derive(Default)]
 struct LineBuffer {
     buf: String,
     lines: usize,
-    discard: bool,
 }
 
 impl LineBuffer {
-    fn discarding() -> Self {
-        LineBuffer { discard: true, ..Default::default() }
-    }
     fn write(&mut self, words: &[&str]) {
         self.lines += 1;
-        if self.discard {
-            return;
-        }
         for (i, w) in words.iter().enumerate() {
             if i > 0 {
                 self.buf.push(' ');
@@ -148,21 +153,36 @@ impl LineBuffer {
     }
     fn chain_line(&mut self, chain: &str) {
         self.lines += 1;
-        if !self.discard {
-            self.buf.push(':');
-            self.buf.push_str(chain);
-            self.buf.push_str(" - [0:0]\n");
-        }
+        self.buf.push(':');
+        self.buf.push_str(chain);
+        self.buf.push_str(" - [0:0]\n");
     }
 }
 
-/// The four buffers of the payload.
+// The fixed chains, one buffer each, in kube-proxy's chain-line order.
+const F_SERVICES: usize = 0;
+const F_EXTERNAL: usize = 1;
+const F_FORWARD: usize = 2;
+const F_NODEPORTS: usize = 3;
+const F_PROXY_FIREWALL: usize = 4;
+const F_FIREWALL: usize = 5;
+const FILTER_CHAINS: [&str; 6] =
+    [KUBE_SERVICES, KUBE_EXTERNAL_SERVICES, KUBE_FORWARD, KUBE_NODEPORTS, KUBE_PROXY_FIREWALL, KUBE_FIREWALL];
+const N_SERVICES: usize = 0;
+const N_NODEPORTS: usize = 1;
+const N_POSTROUTING: usize = 2;
+const N_MARK_MASQ: usize = 3;
+const NAT_CHAINS: [&str; 4] = [KUBE_SERVICES, KUBE_NODEPORTS, KUBE_POSTROUTING, KUBE_MARK_MASQ];
+
+/// The buffers of the payload: the top-level chains each on their own (so an
+/// unchanged one can be left out), then the per-service nat chains.
 #[derive(Default)]
 struct Tables {
-    filter_chains: LineBuffer,
-    filter_rules: LineBuffer,
+    filter: [LineBuffer; 6],
+    nat: [LineBuffer; 4],
     nat_chains: LineBuffer,
     nat_rules: LineBuffer,
+    nat_deletes: LineBuffer,
 }
 
 fn quoted(s: &str) -> String {
@@ -260,7 +280,7 @@ fn kube_services(t: &mut Tables, p: &PortPlan<'_>) {
     let cip = sp.cluster_ip.to_string();
     if p.has_internal_endpoints {
         let comment = quoted(&format!("{} cluster IP", sp.name_string));
-        t.nat_rules.write(&[
+        t.nat[N_SERVICES].write(&[
             "-A",
             KUBE_SERVICES,
             "-m",
@@ -280,7 +300,7 @@ fn kube_services(t: &mut Tables, p: &PortPlan<'_>) {
         ]);
     } else {
         let (target, comment) = &p.internal_filter;
-        t.filter_rules.write(&[
+        t.filter[F_SERVICES].write(&[
             "-A",
             KUBE_SERVICES,
             "-m",
@@ -303,7 +323,7 @@ fn kube_services(t: &mut Tables, p: &PortPlan<'_>) {
         let comment = quoted(&format!("{} external IP", sp.name_string));
         for eip in &sp.external_ips {
             let eip = eip.to_string();
-            t.nat_rules.write(&[
+            t.nat[N_SERVICES].write(&[
                 "-A",
                 KUBE_SERVICES,
                 "-m",
@@ -325,7 +345,7 @@ fn kube_services(t: &mut Tables, p: &PortPlan<'_>) {
         let comment = quoted(&format!("{} loadbalancer IP", sp.name_string));
         for lbip in &sp.load_balancer_vips {
             let lbip = lbip.to_string();
-            t.nat_rules.write(&[
+            t.nat[N_SERVICES].write(&[
                 "-A",
                 KUBE_SERVICES,
                 "-m",
@@ -357,7 +377,7 @@ fn kube_external_services(t: &mut Tables, p: &PortPlan<'_>) {
     let (target, comment) = &p.external_filter;
     for ip in sp.external_ips.iter().chain(sp.load_balancer_vips.iter()) {
         let ip = ip.to_string();
-        t.filter_rules.write(&[
+        t.filter[F_EXTERNAL].write(&[
             "-A",
             KUBE_EXTERNAL_SERVICES,
             "-m",
@@ -378,7 +398,7 @@ fn kube_external_services(t: &mut Tables, p: &PortPlan<'_>) {
     }
     if sp.node_port != 0 {
         let np = sp.node_port.to_string();
-        t.filter_rules.write(&[
+        t.filter[F_EXTERNAL].write(&[
             "-A",
             KUBE_EXTERNAL_SERVICES,
             "-m",
@@ -410,7 +430,7 @@ fn kube_proxy_firewall(t: &mut Tables, p: &PortPlan<'_>) {
     let comment = quoted(&format!("{} traffic not accepted by {}", sp.name_string, sp.chains.fw));
     for lbip in &sp.load_balancer_vips {
         let lbip = lbip.to_string();
-        t.filter_rules.write(&[
+        t.filter[F_PROXY_FIREWALL].write(&[
             "-A",
             KUBE_PROXY_FIREWALL,
             "-m",
@@ -438,7 +458,7 @@ fn kube_nodeports(t: &mut Tables, p: &PortPlan<'_>, cfg: &ProxierConfig) {
     if sp.node_port != 0 && p.has_endpoints {
         let np = sp.node_port.to_string();
         if cfg.localhost_nodeports && cfg.nfacct {
-            t.nat_rules.write(&[
+            t.nat[N_NODEPORTS].write(&[
                 "-A",
                 KUBE_NODEPORTS,
                 "-m",
@@ -461,7 +481,7 @@ fn kube_nodeports(t: &mut Tables, p: &PortPlan<'_>, cfg: &ProxierConfig) {
                 &sp.chains.ext,
             ]);
         }
-        t.nat_rules.write(&[
+        t.nat[N_NODEPORTS].write(&[
             "-A",
             KUBE_NODEPORTS,
             "-m",
@@ -481,7 +501,7 @@ fn kube_nodeports(t: &mut Tables, p: &PortPlan<'_>, cfg: &ProxierConfig) {
     if sp.health_check_node_port != 0 {
         let comment = quoted(&format!("{} health check node port", sp.name_string));
         let hc = sp.health_check_node_port.to_string();
-        t.filter_rules.write(&[
+        t.filter[F_NODEPORTS].write(&[
             "-A",
             KUBE_NODEPORTS,
             "-m",
@@ -645,8 +665,7 @@ fn kube_svc(
     large_cluster: bool,
 ) {
     nat_chains.chain_line(chain);
-    let seps: Vec<String> =
-        eps.iter().map(|e| endpoint_chain(&sp.name_string, sp.protocol.as_str(), &e.endpoint)).collect();
+    let seps: Vec<&str> = eps.iter().map(|e| e.chain.as_str()).collect();
     let comments: Vec<String> = if large_cluster {
         Vec::new()
     } else {
@@ -699,14 +718,13 @@ fn kube_sep(
     p: &PortPlan<'_>,
     ep: &EndpointInfo,
     large_cluster: bool,
-    active: &mut BTreeSet<String>,
 ) {
     let sp = p.sp;
-    let sep = endpoint_chain(&sp.name_string, p.proto, &ep.endpoint);
-    nat_chains.chain_line(&sep);
+    let sep = &ep.chain;
+    nat_chains.chain_line(sep);
     let ip = ep.ip.to_string();
     let mut args: Vec<&str> = Vec::with_capacity(16);
-    args.extend(["-A", &sep]);
+    args.extend(["-A", sep]);
     if !large_cluster {
         args.extend(["-m", "comment", "--comment", &sp.name_string]);
     }
@@ -715,35 +733,43 @@ fn kube_sep(
     nat_rules.write(&args);
     args.truncate(prefix);
     if sp.affinity_timeout.is_some() {
-        args.extend(["-m", "recent", "--name", &sep, "--set"]);
+        args.extend(["-m", "recent", "--name", sep, "--set"]);
     }
     args.extend(["-m", p.proto, "-p", p.proto, "-j", "DNAT", "--to-destination", &ep.endpoint]);
     nat_rules.write(&args);
-    active.insert(sep);
 }
 
 /// KUBE-POSTROUTING and KUBE-MARK-MASQ: masquerade marked packets once.
 fn kube_postrouting_and_mark_masq(t: &mut Tables, cfg: &ProxierConfig) {
     let mark = &cfg.masquerade_mark;
     let mark_mask = format!("{mark}/{mark}");
-    t.nat_rules.write(&["-A", KUBE_POSTROUTING, "-m", "mark", "!", "--mark", &mark_mask, "-j", "RETURN"]);
+    t.nat[N_POSTROUTING].write(&[
+        "-A",
+        KUBE_POSTROUTING,
+        "-m",
+        "mark",
+        "!",
+        "--mark",
+        &mark_mask,
+        "-j",
+        "RETURN",
+    ]);
     // Clear the mark so a packet that re-traverses the stack is not masqueraded twice.
-    t.nat_rules.write(&["-A", KUBE_POSTROUTING, "-j", "MARK", "--xor-mark", mark]);
+    t.nat[N_POSTROUTING].write(&["-A", KUBE_POSTROUTING, "-j", "MARK", "--xor-mark", mark]);
     let comment = quoted("kubernetes service traffic requiring SNAT");
     let mut masq = vec!["-A", KUBE_POSTROUTING, "-m", "comment", "--comment", &comment, "-j", "MASQUERADE"];
     if cfg.random_fully {
         masq.push("--random-fully");
     }
-    t.nat_rules.write(&masq);
-    t.nat_rules.write(&["-A", KUBE_MARK_MASQ, "-j", "MARK", "--or-mark", mark]);
+    t.nat[N_POSTROUTING].write(&masq);
+    t.nat[N_MARK_MASQ].write(&["-A", KUBE_MARK_MASQ, "-j", "MARK", "--or-mark", mark]);
 }
 
 /// KUBE-FIREWALL: with route_localnet on, block martian traffic to 127/8
 /// from outside (CVE-2020-8558).
 fn kube_firewall(t: &mut Tables) {
-    t.filter_chains.chain_line(KUBE_FIREWALL);
     let comment = quoted("block incoming localnet connections");
-    t.filter_rules.write(&[
+    t.filter[F_FIREWALL].write(&[
         "-A",
         KUBE_FIREWALL,
         "-m",
@@ -773,11 +799,11 @@ fn kube_forward(t: &mut Tables, cfg: &ProxierConfig) {
             rule.extend(["-m", "nfacct", "--nfacct-name", "ct_state_invalid_dropped_pkts"]);
         }
         rule.extend(["-j", "DROP"]);
-        t.filter_rules.write(&rule);
+        t.filter[F_FORWARD].write(&rule);
     }
     let mark_mask = format!("{0}/{0}", cfg.masquerade_mark);
     let comment = quoted("kubernetes forwarding rules");
-    t.filter_rules.write(&[
+    t.filter[F_FORWARD].write(&[
         "-A",
         KUBE_FORWARD,
         "-m",
@@ -792,7 +818,7 @@ fn kube_forward(t: &mut Tables, cfg: &ProxierConfig) {
         "ACCEPT",
     ]);
     let comment = quoted("kubernetes forwarding conntrack rule");
-    t.filter_rules.write(&[
+    t.filter[F_FORWARD].write(&[
         "-A",
         KUBE_FORWARD,
         "-m",
@@ -820,7 +846,7 @@ fn kube_services_nodeports_jump(t: &mut Tables, cfg: &ProxierConfig) {
             rule.extend(["!", "-d", "127.0.0.0/8"]);
         }
         rule.extend(["-j", KUBE_NODEPORTS]);
-        t.nat_rules.write(&rule);
+        t.nat[N_SERVICES].write(&rule);
         return;
     }
     let mut ips: Vec<Ipv4Addr> = cfg
@@ -834,7 +860,7 @@ fn kube_services_nodeports_jump(t: &mut Tables, cfg: &ProxierConfig) {
     ips.dedup();
     for ip in ips {
         let ip = ip.to_string();
-        t.nat_rules.write(&[
+        t.nat[N_SERVICES].write(&[
             "-A",
             KUBE_SERVICES,
             "-m",
@@ -849,19 +875,45 @@ fn kube_services_nodeports_jump(t: &mut Tables, cfg: &ProxierConfig) {
     }
 }
 
+/// How many nat rules a skipped service would have written (for the counts),
+/// without formatting them.
+fn skipped_rule_count(p: &PortPlan<'_>, cfg: &ProxierConfig) -> usize {
+    let sp = p.sp;
+    let mut n = 0;
+    if p.has_internal_endpoints && (cfg.masquerade_all || cfg.cluster_cidr.is_some()) {
+        n += 1;
+    }
+    if p.uses_ext_chain {
+        n += if sp.external_policy_local { 2 + cfg.cluster_cidr.is_some() as usize } else { 1 };
+        n += p.has_external_endpoints as usize;
+    }
+    if p.uses_fw_chain {
+        let node_ip = cfg.node_ipv4();
+        let allow = sp.load_balancer_source_ranges.iter().any(|c| node_ip.is_some_and(|ip| c.contains(ip)));
+        n += sp.load_balancer_source_ranges.len() + 1 + if allow { sp.load_balancer_vips.len() } else { 0 };
+    }
+    let per_svc = |k: usize| if sp.affinity_timeout.is_some() { 2 * k } else { k };
+    if p.uses_cluster_chain {
+        n += per_svc(p.cluster.len());
+    }
+    if p.uses_local_chain {
+        n += per_svc(p.local.len());
+    }
+    n + 2 * p.all_reachable.len()
+}
+
+fn content_hash(buf: &str) -> u64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    buf.hash(&mut h);
+    h.finish()
+}
+
 /// Render one sync's iptables-restore payload (`syncProxyRules`).
 pub fn render(state: &ProxyState, cfg: &ProxierConfig, plan: &RenderPlan<'_>) -> Rendered {
     let mut t = Tables::default();
-    let mut skipped_chains = LineBuffer::discarding();
-    let mut skipped_rules = LineBuffer::discarding();
     let mut out = Rendered::default();
+    let mut skipped_rules = 0;
 
-    for c in [KUBE_SERVICES, KUBE_EXTERNAL_SERVICES, KUBE_FORWARD, KUBE_NODEPORTS, KUBE_PROXY_FIREWALL] {
-        t.filter_chains.chain_line(c);
-    }
-    for c in [KUBE_SERVICES, KUBE_NODEPORTS, KUBE_POSTROUTING, KUBE_MARK_MASQ] {
-        t.nat_chains.chain_line(c);
-    }
     kube_postrouting_and_mark_masq(&mut t, cfg);
     if cfg.localhost_nodeports {
         kube_firewall(&mut t);
@@ -869,6 +921,8 @@ pub fn render(state: &ProxyState, cfg: &ProxierConfig, plan: &RenderPlan<'_>) ->
 
     let large_cluster = state.total_endpoints() > LARGE_CLUSTER_ENDPOINTS_THRESHOLD;
     out.large_cluster_mode = large_cluster;
+    // A full render is about 100 bytes per endpoint rule: size the big buffer once.
+    t.nat_rules.buf.reserve(if plan.full { state.total_endpoints() * 3 * 100 } else { 64 * 1024 });
 
     for sp in &state.services {
         let p = PortPlan::new(sp, state.endpoints_of(sp), &cfg.hostname);
@@ -877,41 +931,49 @@ pub fn render(state: &ProxyState, cfg: &ProxierConfig, plan: &RenderPlan<'_>) ->
         kube_proxy_firewall(&mut t, &p);
         kube_nodeports(&mut t, &p, cfg);
 
+        // Every chain in use stays active (stale-chain cleanup), written or not.
+        let chains = &sp.chains;
+        let mut insert = |used: bool, c: &String| {
+            if used {
+                out.active_nat_chains.insert(c.clone());
+            }
+        };
+        insert(p.uses_ext_chain, &chains.ext);
+        insert(p.uses_fw_chain, &chains.fw);
+        insert(p.uses_cluster_chain, &chains.svc);
+        insert(p.uses_local_chain, &chains.svl);
+        for ep in &p.all_reachable {
+            out.active_nat_chains.insert(ep.chain.clone());
+        }
+
         let skip =
             !plan.full && !plan.changed.is_some_and(|c| c.contains(&(sp.namespace.clone(), sp.name.clone())));
+        if skip {
+            // kube-proxy renders these into a discard buffer; counting is enough.
+            skipped_rules += skipped_rule_count(&p, cfg);
+            continue;
+        }
         let before = t.nat_chains.buf.len();
-        let (nat_chains, nat_rules) = if skip {
-            (&mut skipped_chains, &mut skipped_rules)
-        } else {
-            (&mut t.nat_chains, &mut t.nat_rules)
-        };
-
+        let (nat_chains, nat_rules) = (&mut t.nat_chains, &mut t.nat_rules);
         internal_masquerade(nat_rules, &p, cfg);
         if p.uses_ext_chain {
             kube_ext(nat_chains, nat_rules, &p, cfg);
-            out.active_nat_chains.insert(sp.chains.ext.clone());
         }
         if p.uses_fw_chain {
             kube_fw(nat_chains, nat_rules, &p, cfg);
-            out.active_nat_chains.insert(sp.chains.fw.clone());
         }
         if p.uses_cluster_chain {
             kube_svc(nat_chains, nat_rules, sp, &sp.chains.svc, &p.cluster, large_cluster);
-            out.active_nat_chains.insert(sp.chains.svc.clone());
         }
         if p.uses_local_chain {
             kube_svc(nat_chains, nat_rules, sp, &sp.chains.svl, &p.local, large_cluster);
-            out.active_nat_chains.insert(sp.chains.svl.clone());
         }
         for ep in &p.all_reachable {
-            kube_sep(nat_chains, nat_rules, &p, ep, large_cluster, &mut out.active_nat_chains);
+            kube_sep(nat_chains, nat_rules, &p, ep, large_cluster);
         }
-        if !skip {
-            let written = &t.nat_chains.buf[before..];
-            out.written_service_chains.extend(
-                written.lines().filter_map(|l| l.strip_prefix(':')?.split(' ').next()).map(String::from),
-            );
-        }
+        let written = &t.nat_chains.buf[before..];
+        out.written_service_chains
+            .extend(written.lines().filter_map(|l| l.strip_prefix(':')?.split(' ').next()).map(String::from));
     }
 
     if let Some(existing) = plan.existing_nat_chains {
@@ -919,7 +981,7 @@ pub fn render(state: &ProxyState, cfg: &ProxierConfig, plan: &RenderPlan<'_>) ->
             if names::is_service_chain(chain) {
                 // A chain line flushes it; then it can be deleted.
                 t.nat_chains.chain_line(chain);
-                t.nat_rules.write(&["-X", chain]);
+                t.nat_deletes.write(&["-X", chain]);
                 out.deleted_chains.push(chain.clone());
             }
         }
@@ -928,22 +990,56 @@ pub fn render(state: &ProxyState, cfg: &ProxierConfig, plan: &RenderPlan<'_>) ->
     kube_services_nodeports_jump(&mut t, cfg);
     kube_forward(&mut t, cfg);
 
-    out.filter_rules = t.filter_rules.lines;
-    out.nat_rules = t.nat_rules.lines - out.deleted_chains.len();
-    out.skipped_nat_rules = skipped_rules.lines;
-    let mut payload = String::with_capacity(
-        t.filter_chains.buf.len()
-            + t.filter_rules.buf.len()
-            + t.nat_chains.buf.len()
-            + t.nat_rules.buf.len()
-            + 32,
-    );
-    payload.push_str("*filter\n");
-    payload.push_str(&t.filter_chains.buf);
-    payload.push_str(&t.filter_rules.buf);
-    payload.push_str("COMMIT\n*nat\n");
-    payload.push_str(&t.nat_chains.buf);
-    payload.push_str(&t.nat_rules.buf);
+    // Top-level chains: always rewritten by kube-proxy; left out here when
+    // asked to and unchanged since the last applied sync.
+    let filter_used = if cfg.localhost_nodeports { 6 } else { 5 };
+    let mut keep_filter = [false; 6];
+    let mut keep_nat = [false; 4];
+    let mut decide = |table: &str, chain: &str, buf: &LineBuffer| -> bool {
+        let key = format!("{table}/{chain}");
+        let h = content_hash(&buf.buf);
+        let unchanged = !plan.full && plan.applied_top_level.is_some_and(|a| a.get(&key) == Some(&h));
+        out.top_level_hashes.insert(key.clone(), h);
+        if unchanged {
+            out.skipped_top_level.push(key);
+        }
+        !unchanged
+    };
+    for i in 0..filter_used {
+        keep_filter[i] = decide("filter", FILTER_CHAINS[i], &t.filter[i]);
+    }
+    for i in 0..4 {
+        keep_nat[i] = decide("nat", NAT_CHAINS[i], &t.nat[i]);
+    }
+
+    out.filter_rules = (0..filter_used).filter(|i| keep_filter[*i]).map(|i| t.filter[i].lines).sum();
+    let top_nat: usize = (0..4).filter(|i| keep_nat[*i]).map(|i| t.nat[i].lines).sum();
+    out.nat_rules = top_nat + t.nat_rules.lines;
+    out.skipped_nat_rules =
+        skipped_rules + (0..4).filter(|i| !keep_nat[*i]).map(|i| t.nat[i].lines).sum::<usize>();
+
+    // Assemble: everything before the per-service rules, then those (the bulk,
+    // moved in place rather than copied), then the deletions.
+    let mut head = String::with_capacity(1024 + t.nat_chains.buf.len() + t.nat[N_SERVICES].buf.len());
+    head.push_str("*filter\n");
+    for i in (0..filter_used).filter(|i| keep_filter[*i]) {
+        head.push_str(&format!(":{} - [0:0]\n", FILTER_CHAINS[i]));
+    }
+    for i in (0..filter_used).filter(|i| keep_filter[*i]) {
+        head.push_str(&t.filter[i].buf);
+    }
+    head.push_str("COMMIT\n*nat\n");
+    for i in (0..4).filter(|i| keep_nat[*i]) {
+        head.push_str(&format!(":{} - [0:0]\n", NAT_CHAINS[i]));
+    }
+    head.push_str(&t.nat_chains.buf);
+    for i in (0..4).filter(|i| keep_nat[*i]) {
+        head.push_str(&t.nat[i].buf);
+    }
+    let mut payload = std::mem::take(&mut t.nat_rules.buf);
+    payload.reserve(head.len() + t.nat_deletes.buf.len() + 8);
+    payload.insert_str(0, &head);
+    payload.push_str(&t.nat_deletes.buf);
     payload.push_str("COMMIT\n");
     out.payload = payload;
     out
@@ -977,11 +1073,8 @@ mod tests {
         // the cluster IP rules keep theirs.
         let mut st = synthetic_state(100, 10);
         let sp = st.services[0].clone();
-        st.endpoints.get_mut(&crate::endpoints::key_of(&sp)).unwrap().push(EndpointInfo::new(
-            "10.127.0.1".parse().unwrap(),
-            8080,
-            None,
-        ));
+        let ep = EndpointInfo::new(&sp.name_string, sp.protocol, "10.127.0.1".parse().unwrap(), 8080, None);
+        st.endpoints.get_mut(&crate::endpoints::key_of(&sp)).unwrap().push(ep);
         let big = render(&st, &cfg(), &RenderPlan { full: true, ..Default::default() });
         assert!(big.large_cluster_mode);
         assert!(rules_of(&big.payload, "KUBE-SEP-").iter().all(|r| !r.contains("--comment")));
@@ -1005,11 +1098,8 @@ mod tests {
         let st = synthetic_state(50, 3);
         let full = render(&st, &cfg(), &RenderPlan { full: true, ..Default::default() });
         let changed: HashSet<(String, String)> = [("bench".to_string(), "svc-7".to_string())].into();
-        let part = render(
-            &st,
-            &cfg(),
-            &RenderPlan { full: false, changed: Some(&changed), existing_nat_chains: None },
-        );
+        let part =
+            render(&st, &cfg(), &RenderPlan { full: false, changed: Some(&changed), ..Default::default() });
         let sp = &st.services.iter().find(|s| s.name == "svc-7").unwrap().chains;
         // Its SVC chain and 3 SEP chains are written, nobody else's.
         assert_eq!(part.written_service_chains.len(), 4, "{:?}", part.written_service_chains);
@@ -1036,7 +1126,7 @@ mod tests {
         let r = render(
             &st,
             &cfg(),
-            &RenderPlan { full: true, changed: None, existing_nat_chains: Some(&existing) },
+            &RenderPlan { full: true, existing_nat_chains: Some(&existing), ..Default::default() },
         );
         assert_eq!(r.deleted_chains, ["KUBE-SEP-GONE", "KUBE-SVC-GONE"]);
         assert!(r.payload.contains(":KUBE-SEP-GONE - [0:0]\n") && r.payload.contains("\n-X KUBE-SEP-GONE\n"));

@@ -56,6 +56,10 @@ pub struct Syncer {
     pub ipt: Iptables,
     pub cfg: ProxierConfig,
     pub sync_period: Duration,
+    /// Leave unchanged top-level chains out of partial payloads (on by
+    /// default). Off = kube-proxy's partial payloads byte for byte.
+    pub minimize_top_level: bool,
+    applied_top_level: HashMap<String, u64>,
     need_full_sync: Option<String>,
     applied: HashMap<ServiceKey, u64>,
     last_large_cluster: Option<bool>,
@@ -68,6 +72,8 @@ impl Syncer {
             ipt,
             cfg,
             sync_period,
+            minimize_top_level: true,
+            applied_top_level: HashMap::new(),
             need_full_sync: Some("first sync".into()),
             applied: HashMap::new(),
             last_large_cluster: None,
@@ -86,8 +92,9 @@ impl Syncer {
     }
 
     /// Record `state` as applied without applying it (`run --dry-run`).
-    pub fn mark_applied(&mut self, state: &ProxyState) {
+    pub fn mark_applied(&mut self, state: &ProxyState, rendered: &Rendered) {
         self.applied = fingerprints(state);
+        self.applied_top_level = rendered.top_level_hashes.clone();
         self.need_full_sync = None;
         self.last_large_cluster =
             Some(state.total_endpoints() > crate::proxier::LARGE_CLUSTER_ENDPOINTS_THRESHOLD);
@@ -137,6 +144,7 @@ impl Syncer {
                 full: full.is_some(),
                 changed: Some(&changed),
                 existing_nat_chains: Some(&existing),
+                applied_top_level: self.minimize_top_level.then_some(&self.applied_top_level),
             },
         );
         Ok((SyncPreview { full, changed_services: changed.len(), existing }, rendered))
@@ -164,6 +172,7 @@ impl Syncer {
                     full: full.is_some(),
                     changed: Some(&changed),
                     existing_nat_chains: existing.as_ref(),
+                    applied_top_level: self.minimize_top_level.then_some(&self.applied_top_level),
                 },
             );
             self.ipt.restore(&rendered.payload).map_err(ipt_err(if full.is_some() {
@@ -180,6 +189,7 @@ impl Syncer {
             Ok(rendered) => {
                 self.need_full_sync = None;
                 self.applied = now;
+                self.applied_top_level = rendered.top_level_hashes.clone();
                 self.last_large_cluster = Some(large);
                 Ok(SyncReport {
                     full: full.is_some(),
