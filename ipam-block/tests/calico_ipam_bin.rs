@@ -220,6 +220,15 @@ fn status_and_unavailable_datastore() {
     assert!(add.json()["msg"].as_str().unwrap().contains("datastore"), "{add:?}");
     let del = n.run("DEL", "c1", "", &down);
     assert_eq!(del.json()["code"], 11, "{del:?}");
+    // A file store that cannot be created (its parent is a regular file).
+    let blocker = n.dir.path().join("not-a-dir");
+    std::fs::write(&blocker, b"x").unwrap();
+    let mut broken = conf.clone();
+    broken["datastore_path"] = json!(blocker.join("store"));
+    assert_eq!(n.run("STATUS", "", "", &broken).json()["code"], 50);
+    let add = n.run("ADD", "c1", "", &broken);
+    assert_eq!(add.json()["code"], 11, "{add:?}");
+    assert!(add.json()["msg"].as_str().unwrap().contains("not-a-dir"), "{add:?}");
 }
 
 #[test]
