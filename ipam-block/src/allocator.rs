@@ -122,6 +122,19 @@ impl<'a> Ipam<'a> {
     /// Steady state (a free address in the node's hinted block): one get of
     /// the block's pool and one commit of block + handle.
     pub fn assign(&self, req: &AssignRequest) -> Result<Vec<AssignedIp>, IpamError> {
+        self.assign_with(req, |_| Ok(Vec::new()))
+    }
+
+    /// [`Ipam::assign`] plus the caller's own writes in the same atomic
+    /// commit: `extra` gets the addresses about to be assigned and returns
+    /// ops (e.g. the workload endpoint record of an in-process plugin), so
+    /// the record and the allocation exist together or not at all. `extra`
+    /// may run once per attempt. A conflict on one of its keys is returned
+    /// as `Store(Conflict)` (not retried: only the caller knows how).
+    pub fn assign_with<F>(&self, req: &AssignRequest, extra: F) -> Result<Vec<AssignedIp>, IpamError>
+    where
+        F: Fn(&[AssignedIp]) -> Result<Vec<Op>, IpamError>,
+    {
         if req.ipv4.is_none() && req.ipv6.is_none() {
             return Err(IpamError::InvalidConfig("no address family requested".to_string()));
         }
@@ -165,6 +178,11 @@ impl<'a> Ipam<'a> {
                 None => Op::Create { key: hkey.clone(), value: model::encode(&hdoc) },
                 Some(revision) => Op::Update { key: hkey.clone(), value: model::encode(&hdoc), revision },
             });
+            let assigned: Vec<AssignedIp> =
+                picks.iter().map(|p| AssignedIp { ip: p.ip, block: p.cidr, pool: p.pool.clone() }).collect();
+            let extra_ops = extra(&assigned)?;
+            let extra_keys: HashSet<String> = extra_ops.iter().map(|o| o.key().to_string()).collect();
+            ops.extend(extra_ops);
             match self.store.commit(&ops) {
                 Ok(rev) => {
                     for p in &picks {
@@ -178,10 +196,10 @@ impl<'a> Ipam<'a> {
                             h.write(p.cidr.family(), &hint);
                         }
                     }
-                    return Ok(picks
-                        .into_iter()
-                        .map(|p| AssignedIp { ip: p.ip, block: p.cidr, pool: p.pool })
-                        .collect());
+                    return Ok(assigned);
+                }
+                Err(StoreError::Conflict { key }) if extra_keys.contains(&key) => {
+                    return Err(StoreError::Conflict { key }.into());
                 }
                 Err(StoreError::Conflict { key }) => {
                     log::debug!("assign {}: conflict on {key}, retrying", req.handle);
@@ -213,12 +231,25 @@ impl<'a> Ipam<'a> {
     /// Release every address of `handle` (CNI DEL). Idempotent: a handle that
     /// does not exist releases nothing and succeeds. Returns the freed addresses.
     pub fn release_handle(&self, handle: &Handle) -> Result<Vec<IpAddr>, IpamError> {
+        self.release_handle_with(handle, &[])
+    }
+
+    /// [`Ipam::release_handle`] plus the caller's own writes in the same
+    /// atomic commit (committed alone when the handle does not exist). A
+    /// conflict on one of their keys is returned, not retried.
+    pub fn release_handle_with(&self, handle: &Handle, extra: &[Op]) -> Result<Vec<IpAddr>, IpamError> {
         let _lock = self.host_lock()?;
+        let extra_keys: HashSet<&str> = extra.iter().map(Op::key).collect();
         // First attempt: take this node's hinted block from the hint instead
         // of reading it (the commit's CAS catches a stale copy).
         let mut trust_hint = true;
         for _ in 0..MAX_RETRIES {
-            let Some(hkv) = self.store.get(&handle.key())? else { return Ok(Vec::new()) };
+            let Some(hkv) = self.store.get(&handle.key())? else {
+                if !extra.is_empty() {
+                    self.store.commit(extra)?;
+                }
+                return Ok(Vec::new());
+            };
             let hdoc: IpamHandle = model::decode(&hkv)?;
             let mut ops = Vec::new();
             let mut freed = Vec::new();
@@ -251,12 +282,16 @@ impl<'a> Ipam<'a> {
                 }
             }
             ops.push(Op::Delete { key: hkv.key.clone(), revision: hkv.revision });
+            ops.extend_from_slice(extra);
             match self.store.commit(&ops) {
                 Ok(rev) => {
                     for doc in updated {
                         self.refresh_hint(doc, rev);
                     }
                     return Ok(freed);
+                }
+                Err(StoreError::Conflict { key }) if extra_keys.contains(key.as_str()) => {
+                    return Err(StoreError::Conflict { key }.into());
                 }
                 Err(StoreError::Conflict { key }) => {
                     log::debug!("release {handle}: conflict on {key}, retrying");

@@ -603,3 +603,33 @@ fn an_unconfirmed_claim_of_ours_is_confirmed_and_used() {
     assert_eq!(one(&ipam, "c", &["p"]), ip("10.25.0.0"));
     assert_eq!(env.raw(&aff_key)["state"], "confirmed");
 }
+
+#[test]
+fn callers_writes_share_the_allocation_commit() {
+    let env = Env::new();
+    let counting = CountingStore::new(Arc::clone(&env.store));
+    let ipam = Ipam::new(&counting, "node1").with_state_dir(env.state("node1"));
+    one(&ipam, "warm", &["10.26.0.0/24"]);
+    let record = |ips: &[ipam_block::AssignedIp]| {
+        Ok(vec![calico_store::Op::Create {
+            key: "/test/wep/c1".into(),
+            value: ips[0].ip.to_string().into_bytes(),
+        }])
+    };
+    counting.reset();
+    let got = ipam.assign_with(&req("c1", v4(&["10.26.0.0/24"]), None), record).unwrap();
+    assert_eq!(counting.counts().commits, 1, "allocation and record in one commit");
+    assert_eq!(env.store.get("/test/wep/c1").unwrap().unwrap().value, got[0].ip.to_string().into_bytes());
+    // The record's condition fails: nothing is allocated, the conflict is returned.
+    let err = ipam.assign_with(&req("c2", v4(&["10.26.0.0/24"]), None), record).unwrap_err();
+    assert!(matches!(&err, IpamError::Store(StoreError::Conflict { key }) if key == "/test/wep/c1"), "{err}");
+    assert!(env.store.get("/calico/ipam/v2/handle/net.c2").unwrap().is_none());
+    assert_eq!(query::list_allocations(env.store.as_ref()).unwrap().len(), 2);
+    // Release with the record's deletion, then again (handle gone, record gone: a conflict).
+    let rev = env.store.get("/test/wep/c1").unwrap().unwrap().revision;
+    let del = [calico_store::Op::Delete { key: "/test/wep/c1".into(), revision: rev }];
+    let h = Handle::for_container("net", "c1").unwrap();
+    assert_eq!(ipam.release_handle_with(&h, &del).unwrap(), got.iter().map(|a| a.ip).collect::<Vec<_>>());
+    assert!(env.store.get("/test/wep/c1").unwrap().is_none());
+    assert!(matches!(ipam.release_handle_with(&h, &del), Err(IpamError::Store(StoreError::Conflict { .. }))));
+}
