@@ -502,6 +502,17 @@ fn assert_consistent(store: &dyn Datastore, n: usize) {
     }
     let unique: HashSet<_> = allocs.iter().map(|a| a.ip).collect();
     assert_eq!(unique.len(), n);
+    // Never two owners: every affinity names the block's owner, one per block.
+    let blocks: BTreeMap<BlockCidr, Option<String>> = query::list_blocks(store)
+        .unwrap()
+        .into_iter()
+        .map(|b| (b.cidr, b.affinity.map(|a| a.node().to_string())))
+        .collect();
+    let mut owned = HashSet::new();
+    for a in query::list_affinities(store).unwrap() {
+        assert_eq!(blocks.get(&a.block), Some(&Some(a.node.clone())), "affinity {a:?}");
+        assert!(owned.insert(a.block), "two affinities for {}", a.block);
+    }
 }
 
 /// Child body for the multi-process test (inert unless started by it).
