@@ -18,7 +18,9 @@
 //! * **Allocator** ([`Ipam`]): every write is a CAS commit retried at most
 //!   [`MAX_RETRIES`] times; a steady-state allocation takes two round trips
 //!   (pool get + one commit of block and handle) thanks to a node-local
-//!   [`hint`]. [`CountingStore`] makes the count observable.
+//!   [`hint`]. [`CountingStore`] makes the count observable. An in-process
+//!   caller can put its own records in the allocation's commit
+//!   ([`Ipam::assign_with`], [`Ipam::release_handle_with`]).
 //! * **Operator views** ([`query`]): blocks, affinities, handles and
 //!   allocations with usage; release of one address; IPAM config. The
 //!   `calicoctl` commands live in [`ops`].
