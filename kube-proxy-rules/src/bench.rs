@@ -192,15 +192,17 @@ pub fn run(args: &Args) -> Result<i32, String> {
     let ns = ScratchNetns::new()?;
     let ipt = Iptables::in_netns(&ns.0);
     let t = Instant::now();
-    ipt.restore(&full.payload).map_err(|e| format!("full restore: {e}"))?;
+    let prog = args.bench_restore_command.as_str();
+    ipt.restore_with(prog, &full.payload).map_err(|e| format!("full restore: {e}"))?;
     let restore_full = t.elapsed();
     let t = Instant::now();
-    ipt.restore(&partial.payload).map_err(|e| format!("partial restore: {e}"))?;
+    ipt.restore_with(prog, &partial.payload).map_err(|e| format!("partial restore: {e}"))?;
     let restore_partial = t.elapsed();
     drop(ns);
-    println!("  iptables-restore full            {:>10.1} ms", ms(restore_full));
+    println!("  {:<32} {:>10.1} ms", format!("{prog} full"), ms(restore_full));
     println!(
-        "  iptables-restore partial         {:>10.1} ms   = {:.2}% of full",
+        "  {:<32} {:>10.1} ms   = {:.2}% of full",
+        format!("{prog} partial"),
         ms(restore_partial),
         100.0 * restore_partial.as_secs_f64() / restore_full.as_secs_f64()
     );

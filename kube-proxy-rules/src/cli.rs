@@ -51,6 +51,7 @@ render:
   --canonical                         print in kube-proxy's canonical test order
 bench:
   --services N (10000) --endpoints N (10) --no-restore
+  --restore-command PROG              default iptables-restore (e.g. iptables-legacy-restore)
 ";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -83,6 +84,7 @@ pub struct Args {
     pub bench_services: usize,
     pub bench_endpoints: usize,
     pub bench_restore: bool,
+    pub bench_restore_command: String,
 }
 
 fn parse_bool(flag: &str, v: &str) -> Result<bool, String> {
@@ -149,6 +151,7 @@ impl Args {
             bench_services: 10_000,
             bench_endpoints: 10,
             bench_restore: true,
+            bench_restore_command: "iptables-restore".into(),
         };
         let mut ds = DatastoreConfig {
             datastore_type: env("DATASTORE_TYPE"),
@@ -233,6 +236,7 @@ impl Args {
                     a.bench_endpoints = value()?.parse().map_err(|_| "--endpoints: expected a number")?
                 }
                 "--no-restore" => a.bench_restore = !boolean(&inline)?,
+                "--restore-command" => a.bench_restore_command = value()?,
                 "--help" => return Err(USAGE.to_string()),
                 other => return Err(format!("unknown flag {other}\n\n{USAGE}")),
             }

@@ -197,9 +197,14 @@ impl Iptables {
     /// `iptables-restore -w 5 -W 100000 --noflush --counters` with `payload`
     /// on stdin: one transaction for every table in it.
     pub fn restore(&self, payload: &str) -> Result<(), IptablesError> {
+        self.restore_with("iptables-restore", payload)
+    }
+
+    /// [`Iptables::restore`] with another restore binary (e.g. `iptables-legacy-restore`).
+    pub fn restore_with(&self, program: &str, payload: &str) -> Result<(), IptablesError> {
         let mut args = WAIT_FLAGS.to_vec();
         args.extend(["--noflush", "--counters"]);
-        self.check("iptables-restore", &args, Some(payload.as_bytes())).map(|_| ())
+        self.check(program, &args, Some(payload.as_bytes())).map(|_| ())
     }
 
     /// `iptables-save -t <table>`.

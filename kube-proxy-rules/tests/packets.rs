@@ -277,3 +277,101 @@ fn services_carry_real_packets() {
         assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused, "from {from}: {err}");
     }
 }
+
+/// Run the built `calico` CNI plugin in the node namespace (ADD/DEL one pod).
+fn cni(node: &Netns, cmd: &str, cid: &str, pod: &Netns, pod_name: &str, conf: &str) -> String {
+    let calico = testbed::target_bin("calico");
+    let ipam_dir = testbed::target_bin("calico-ipam").parent().unwrap().display().to_string();
+    let mut c = node.nsenter(calico.to_str().unwrap());
+    c.env_clear()
+        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+        .env("CNI_COMMAND", cmd)
+        .env("CNI_CONTAINERID", cid)
+        .env("CNI_NETNS", pod.path())
+        .env("CNI_IFNAME", "eth0")
+        .env("CNI_ARGS", format!("K8S_POD_NAMESPACE=default;K8S_POD_NAME={pod_name}"))
+        .env("CNI_PATH", format!("{ipam_dir}:/usr/lib/cni"))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = c.spawn().unwrap();
+    child.stdin.take().unwrap().write_all(conf.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "calico {cmd}: {} {}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The same data path with pods wired by the real `calico` plugin (which also
+/// writes the pod records the endpoints come from); a CNI DEL removes the pod
+/// from the service at the next sync.
+#[test]
+fn services_reach_pods_added_by_the_calico_plugin() {
+    let node = Netns::new("kqn");
+    let n = node.name().to_string();
+    let client = Netns::new("kqc");
+    let c = client.name().to_string();
+    sh(&format!(
+        "ip netns exec {n} sh -c 'echo 1 > /proc/sys/net/ipv4/ip_forward' && \
+         ip -n {n} link add ext0 type veth peer name eth0 netns {c} && \
+         ip -n {n} addr add {NODE_IP}/24 dev ext0 && ip -n {n} link set ext0 up && \
+         ip -n {c} addr add 192.168.77.2/24 dev eth0 && ip -n {c} link set eth0 up && \
+         ip -n {c} route add default via {NODE_IP} && ip -n {n} route add default via 192.168.77.2"
+    ));
+    let tmp = tempfile::tempdir().unwrap();
+    let store_dir = tmp.path().join("store");
+    let conf = serde_json::json!({
+        "cniVersion": "1.0.0", "name": "k8s-pod-network", "type": "calico",
+        "datastore_type": "file", "datastore_path": store_dir, "nodename": NODE,
+        "log_file_path": tmp.path().join("cni.log"), "mtu": 1450,
+        "ipam": {"type": "calico-ipam", "assign_ipv4": "true", "ipv4_pools": ["10.244.0.0/24"]}
+    })
+    .to_string();
+    let (pa, pb) = (Netns::new("kqa"), Netns::new("kqb"));
+    let (na, nb) = ("web-5d9f8-aaaaa", "web-5d9f8-bbbbb");
+    let mut ips = Vec::new();
+    for (cid, pod, name) in [("ca", &pa, na), ("cb", &pb, nb)] {
+        let res: serde_json::Value = serde_json::from_str(&cni(&node, "ADD", cid, pod, name, &conf)).unwrap();
+        ips.push(res["ips"][0]["address"].as_str().unwrap().trim_end_matches("/32").to_string());
+    }
+    let _sa = Server::start(pa.name(), na, 80);
+    let _sb = Server::start(pb.name(), nb, 80);
+
+    let manifests = tmp.path().join("m");
+    std::fs::create_dir(&manifests).unwrap();
+    std::fs::write(
+        manifests.join("web.yaml"),
+        MANIFESTS.split("---\napiVersion: v1\nkind: Service\nmetadata: {name: empty}").next().unwrap(),
+    )
+    .unwrap();
+    sync(&node, &manifests, &store_dir);
+    let nat = node.exec(&["iptables-save", "-t", "nat"]);
+    for ip in &ips {
+        assert!(nat.contains(&format!("default/web -> {ip}:80")), "{nat}");
+    }
+
+    let answers = fetch(&c, &format!("{NODE_IP}:30080"), 200);
+    let (a, b) = (share(&answers, na), share(&answers, nb));
+    assert_eq!(a + b, 200, "{answers:?}");
+    assert!(a > 0 && b > 0, "both pods must serve: {a}/{b}");
+    // Pod to service: when pod b answers, it sees pod a's own address.
+    let from_a = fetch(pa.name(), "10.96.0.10:8080", 40);
+    let seen_by_b: Vec<&str> = from_a
+        .iter()
+        .filter_map(|r| r.as_ref().ok())
+        .filter_map(|s| s.strip_prefix(&format!("{nb} ")))
+        .collect();
+    assert!(!seen_by_b.is_empty(), "{from_a:?}");
+    assert!(seen_by_b.iter().all(|ip| *ip == ips[0]), "{seen_by_b:?} vs {}", ips[0]);
+
+    // The CNI deletes pod b: its record goes, the next sync drops its endpoint.
+    cni(&node, "DEL", "cb", &pb, nb, &conf);
+    sync(&node, &manifests, &store_dir);
+    let answers = fetch(&c, &format!("{NODE_IP}:30080"), 50);
+    assert_eq!(share(&answers, na), 50, "{answers:?}");
+    cni(&node, "DEL", "ca", &pa, na, &conf);
+}
