@@ -288,6 +288,12 @@ pub fn allocate(services: &mut [Service], service_cidr: Ipv4Network) -> Vec<Stri
         if svc_type == "ExternalName" {
             continue;
         }
+        if svc.spec.cluster_ip.as_deref().unwrap_or("").is_empty() {
+            // `clusterIPs` alone (dual-stack manifests): its first entry is the clusterIP.
+            if let Some(first) = svc.spec.cluster_ips.first() {
+                svc.spec.cluster_ip = Some(first.clone());
+            }
+        }
         if svc.spec.cluster_ip.as_deref().unwrap_or("").is_empty() && size > 2 {
             let base = u32::from(service_cidr.network());
             let mut off = 1 + hash_u64(&format!("{ns}/{name}")) % (size - 2);

@@ -103,7 +103,7 @@ fn cases() -> Vec<PathBuf> {
 #[test]
 fn golden_cases() {
     let cases = cases();
-    assert!(cases.len() >= 1);
+    assert!(cases.len() >= 20, "{cases:?}");
     let failures: Vec<String> = cases.iter().filter_map(|d| run_case(d).err()).collect();
     assert!(
         failures.is_empty(),
