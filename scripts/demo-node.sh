@@ -67,6 +67,16 @@ EOF
 say "create the node namespace $NODE and two pod namespaces"
 ip netns add "$NODE"
 ip -n "$NODE" link set lo up
+# A real node has an uplink and a default route. Proxy-ARP answers a pod's
+# ARP for 169.254.1.1 only when the node would route that address out of a
+# *different* interface than the one the request came in on, so the demo node
+# gets an uplink with a default route: a veth pair whose both ends stay in the
+# node namespace (this kernel has no dummy links), so traffic to it goes nowhere.
+ip -n "$NODE" link add uplink type veth peer name uplink-peer
+ip -n "$NODE" addr add 198.51.100.10/24 dev uplink
+ip -n "$NODE" link set uplink-peer up
+ip -n "$NODE" link set uplink up
+ip -n "$NODE" route add default via 198.51.100.1 dev uplink
 for p in "${PODS[@]}"; do ip netns add "$p"; done
 
 for i in 0 1; do
@@ -78,9 +88,9 @@ IP_A=$(ip -n "${PODS[0]}" -4 -o addr show dev eth0 | awk '{print $4}' | cut -d/ 
 IP_B=$(ip -n "${PODS[1]}" -4 -o addr show dev eth0 | awk '{print $4}' | cut -d/ -f1)
 
 say "the node: cali veths (MAC ee:ee:ee:ee:ee:ee, proxy-ARP) and /32 routes"
-ip -n "$NODE" -br link show type veth
+ip -n "$NODE" -br link show type veth | grep -v uplink
 ip -n "$NODE" route show
-for l in $(ip -n "$NODE" -o link show type veth | awk -F': ' '{print $2}' | cut -d@ -f1); do
+for l in $(ip -n "$NODE" -o link show type veth | awk -F': ' '{print $2}' | cut -d@ -f1 | grep '^cali'); do
     echo "$l: proxy_arp=$(ip netns exec "$NODE" cat /proc/sys/net/ipv4/conf/$l/proxy_arp)"
 done
 
@@ -105,7 +115,7 @@ for i in 0 1; do
 done
 
 say "after DEL: no cali veth, no pod route left on the node"
-ip -n "$NODE" -br link show type veth
-ip -n "$NODE" route show
-echo "(empty above = clean)"
+ip -n "$NODE" -br link show type veth | grep -v uplink || true
+ip -n "$NODE" route show | grep -v uplink || true
+echo "(nothing above = clean)"
 say "demo finished; namespaces and scratch files are removed on exit"

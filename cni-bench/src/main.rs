@@ -186,7 +186,7 @@ fn call(
         .env("CNI_NETNS", netns)
         .env("CNI_IFNAME", "eth0")
         .env("CNI_PATH", &imp.cni_path)
-        .env("CNI_ARGS", format!("K8S_POD_NAMESPACE=bench;K8S_POD_NAME=pod-{i}"))
+        .env("CNI_ARGS", format!("IgnoreUnknown=1;K8S_POD_NAMESPACE=bench;K8S_POD_NAME=pod-{i}"))
         .env("PATH", std::env::var_os("PATH").unwrap_or_else(|| OsStr::new("/usr/bin:/bin").into()))
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
