@@ -137,37 +137,35 @@ impl Plugin for Calico {
         let result = build_result(req, &wired, &ips, mtu, netns_path);
         wired.commit();
         let ipam_result = alloc.commit();
-        log::info!("wired {ifname} ({ips:?}) to {host_name} for {}", ctx.workload.endpoint_name());
+        let shown: Vec<String> = ips.iter().map(ToString::to_string).collect();
+        log::info!(
+            "wired {ifname} ({}) to {host_name} for {}",
+            shown.join(", "),
+            ctx.workload.endpoint_name()
+        );
         Ok(with_dns(result, ipam_result, req))
     }
 
     /// Best effort and idempotent: every step runs even if an earlier one
     /// failed; the first error is returned (so the runtime retries).
+    ///
+    /// The IPAM release runs beside the data-plane teardown: deleting a veth
+    /// spends most of its time in the kernel waiting for an RCU grace period
+    /// (~20 ms), during which the IPAM process can start and commit. Releasing
+    /// the address before its veth is gone is safe: released ordinals go to
+    /// the tail of the block's free list, so the address is the last one of
+    /// its block to be handed out again (ptp even releases before it deletes).
     fn del(&self, req: &Request) -> Result<(), CniError> {
         let ctx = Context::new(req)?;
         let ifname = ctx.workload.ifname.as_str();
-        let mut errors: Vec<CniError> = Vec::new();
-
-        match dataplane::unwire(req.netns(), ifname) {
-            Ok(true) => log::info!("deleted {ifname} in {:?}", req.netns()),
-            Ok(false) => log::info!("{ifname} not found in {:?}: nothing to delete", req.netns()),
-            Err(e) => errors.push(e),
-        }
-        let key = ctx.workload.endpoint_key();
-        let owned = open_store(&ctx.conf)
-            .and_then(|s| endpoint::delete_if_owned(&*s, &key, ctx.workload.container_id.as_str()));
-        match owned {
-            // The record says which host veth this container had; it may
-            // outlive a netns that was deleted while held open elsewhere.
-            Ok(Some(wep)) => {
-                if let Err(e) = dataplane::delete_host_veth(&wep.spec.interface_name) {
-                    errors.push(e);
-                }
-            }
-            Ok(None) => {}
-            Err(e) => errors.push(e),
-        }
-        if let Err(e) = ipam::forward(req, &ctx.conf.ipam.ipam_type, Command::Del) {
+        let (ipam_result, mut errors) = std::thread::scope(|s| {
+            let ipam = s.spawn(|| ipam::forward(req, &ctx.conf.ipam.ipam_type, Command::Del));
+            let errors = del_dataplane_and_record(req, &ctx, ifname);
+            let ipam_result =
+                ipam.join().unwrap_or_else(|_| Err(CniError::internal("the IPAM DEL thread panicked")));
+            (ipam_result, errors)
+        });
+        if let Err(e) = ipam_result {
             errors.push(e);
         }
         for extra in errors.iter().skip(1) {
@@ -274,4 +272,31 @@ impl Plugin for Calico {
         }
         errors.into_iter().next().map_or(Ok(()), Err)
     }
+}
+
+/// DEL's own part: the pod's interface (and with it the host veth and its
+/// routes), then the pod record if it belongs to this container. Returns
+/// every failure; none stops the next step.
+fn del_dataplane_and_record(req: &Request, ctx: &Context, ifname: &str) -> Vec<CniError> {
+    let mut errors = Vec::new();
+    match dataplane::unwire(req.netns(), ifname) {
+        Ok(true) => log::info!("deleted {ifname} in {:?}", req.netns()),
+        Ok(false) => log::info!("{ifname} not found in {:?}: nothing to delete", req.netns()),
+        Err(e) => errors.push(e),
+    }
+    let key = ctx.workload.endpoint_key();
+    let owned = open_store(&ctx.conf)
+        .and_then(|s| endpoint::delete_if_owned(&*s, &key, ctx.workload.container_id.as_str()));
+    match owned {
+        // The record says which host veth this container had; it may
+        // outlive a netns that was deleted while held open elsewhere.
+        Ok(Some(wep)) => {
+            if let Err(e) = dataplane::delete_host_veth(&wep.spec.interface_name) {
+                errors.push(e);
+            }
+        }
+        Ok(None) => {}
+        Err(e) => errors.push(e),
+    }
+    errors
 }
