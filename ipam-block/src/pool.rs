@@ -116,14 +116,23 @@ pub fn get_pool(store: &dyn Datastore, name: &PoolName) -> Result<Option<Pool>, 
 /// taken (`Conflict`) or the CIDR overlaps a stored pool.
 pub fn create_pool(store: &dyn Datastore, name: &PoolName, spec: IpPoolSpec) -> Result<Pool, IpamError> {
     validate_spec(name, &spec)?;
-    for p in list_pools(store)? {
-        if overlaps(&p.spec.cidr, &spec.cidr) {
-            return Err(IpamError::InvalidConfig(format!(
-                "pool CIDR {} overlaps pool {} ({})",
-                spec.cidr, p.name, p.spec.cidr
-            )));
-        }
+    check_no_overlap(&list_pools(store)?, &spec.cidr)?;
+    put_new_pool(store, name, spec)
+}
+
+/// `InvalidConfig` naming the first of `pools` whose CIDR overlaps `cidr`.
+fn check_no_overlap(pools: &[Pool], cidr: &IpNetwork) -> Result<(), IpamError> {
+    match pools.iter().find(|p| overlaps(&p.spec.cidr, cidr)) {
+        Some(p) => Err(IpamError::InvalidConfig(format!(
+            "pool CIDR {cidr} overlaps pool {} ({})",
+            p.name, p.spec.cidr
+        ))),
+        None => Ok(()),
     }
+}
+
+/// Store a new, already validated pool (`Conflict` when the name is taken).
+fn put_new_pool(store: &dyn Datastore, name: &PoolName, spec: IpPoolSpec) -> Result<Pool, IpamError> {
     let res = IpPool::new(
         "IPPool",
         ObjectMeta { name: name.as_str().to_string(), ..Default::default() },
@@ -165,9 +174,20 @@ fn default_spec(cidr: &IpNetwork) -> IpPoolSpec {
     }
 }
 
-/// Create-if-absent; a concurrent creator winning is fine (we re-read).
+/// Create-if-absent, safe against concurrent first use: when several nodes
+/// first use the same CIDR at once, the stored pool with exactly that CIDR
+/// (whoever created it, whatever its name) is the pool we wanted, both when it
+/// is already there before our create and when our create loses the race for
+/// the name (`Conflict`, then we re-read). Only an overlap with a *different*
+/// CIDR is an error.
 fn ensure_pool(store: &dyn Datastore, name: &PoolName, spec: IpPoolSpec) -> Result<Pool, IpamError> {
-    match create_pool(store, name, spec) {
+    validate_spec(name, &spec)?;
+    let pools = list_pools(store)?;
+    if let Some(p) = pools.iter().find(|p| p.spec.cidr == spec.cidr) {
+        return Ok(p.clone());
+    }
+    check_no_overlap(&pools, &spec.cidr)?;
+    match put_new_pool(store, name, spec) {
         Ok(p) => {
             log::info!("created IP pool {} ({})", p.name, p.spec.cidr);
             Ok(p)
@@ -288,5 +308,28 @@ mod tests {
             revision: 3,
         };
         assert!(matches!(Pool::from_kv(&kv), Err(IpamError::InvalidConfig(_))));
+    }
+
+    #[test]
+    fn ensure_pool_takes_an_existing_pool_of_the_same_cidr_but_not_an_overlapping_one() {
+        let d = tempfile::tempdir().unwrap();
+        let s = calico_store::file::FileStore::open(d.path()).unwrap();
+        let cidr: IpNetwork = "10.81.0.0/16".parse().unwrap();
+        // A concurrent creator already stored the pool (under any name).
+        let winner = create_pool(&s, &PoolName::new("winner").unwrap(), default_spec(&cidr)).unwrap();
+        let got = ensure_pool(&s, &PoolName::for_cidr(&cidr), default_spec(&cidr)).unwrap();
+        assert_eq!(got, winner);
+        assert_eq!(list_pools(&s).unwrap().len(), 1);
+        // A different CIDR overlapping it is still refused.
+        let wider: IpNetwork = "10.80.0.0/15".parse().unwrap();
+        match ensure_pool(&s, &PoolName::for_cidr(&wider), default_spec(&wider)) {
+            Err(IpamError::InvalidConfig(m)) => assert!(m.contains("overlaps pool winner"), "{m}"),
+            other => panic!("expected an overlap error, got {other:?}"),
+        }
+        // And creating the same CIDR explicitly (calicoctl) is still an overlap.
+        assert!(matches!(
+            create_pool(&s, &PoolName::new("again").unwrap(), default_spec(&cidr)),
+            Err(IpamError::InvalidConfig(_))
+        ));
     }
 }

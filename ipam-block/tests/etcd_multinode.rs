@@ -71,8 +71,6 @@ fn three_nodes_allocate_concurrently_without_duplicates_or_leaks() {
 }
 
 #[test]
-#[ignore = "known bug in ipam_block::pool::create_pool (owned by the IPAM library): concurrent first use \
-            of a pool CIDR fails with code 7 'overlaps pool'; run with --ignored once it is fixed"]
 fn first_use_of_a_pool_cidr_is_race_free() {
     // No pool stored yet: the first ADDs naming the CIDR create it. Eight
     // nodes doing that at once must all succeed with distinct addresses.
@@ -86,11 +84,7 @@ fn first_use_of_a_pool_cidr_is_race_free() {
     for r in results {
         match r {
             Outcome::Added(ip) => assert!(ips.insert(ip), "duplicate {ip}"),
-            other => panic!(
-                "concurrent first use of the pool CIDR failed: {other:?}\n(pool::create_pool runs its overlap \
-                 check before the create, so a concurrent creator of the *same* pool makes it fail with \
-                 InvalidConfig instead of Conflict, and ensure_pool never re-reads the winner's pool)"
-            ),
+            other => panic!("concurrent first use of the pool CIDR failed: {other:?}"),
         }
     }
     assert_eq!(ips.len(), 8);
