@@ -17,10 +17,15 @@ pub const DEFAULT_NODENAME_FILE: &str = "/var/lib/calico/nodename";
 /// (`/calico/ipam/v2/host/<node>/…`), so one with `/`, whitespace or control
 /// characters (or longer than a DNS name) is a `Config` error.
 pub fn resolve_nodename(conf: Option<&str>, nodename_file: Option<&Path>) -> Result<String, StoreError> {
-    resolve_nodename_from(conf, nodename_file, Path::new("/proc/sys/kernel/hostname"))
+    resolve_nodename_from(conf, nodename_file, Path::new(HOSTNAME_FILE))
 }
 
-fn resolve_nodename_from(
+/// Where the OS hostname is read from.
+pub const HOSTNAME_FILE: &str = "/proc/sys/kernel/hostname";
+
+/// [`resolve_nodename`] with the hostname read from `hostname` instead of
+/// [`HOSTNAME_FILE`] (for tests of callers).
+pub fn resolve_nodename_from(
     conf: Option<&str>,
     file: Option<&Path>,
     hostname: &Path,

@@ -7,8 +7,8 @@ use calico_store::DatastoreConfig;
 use cni_proto::{CniError, NetConf};
 use serde::{Deserialize, Deserializer};
 
-/// Where Calico's node agent records the node name.
-pub const DEFAULT_NODENAME_FILE: &str = "/var/lib/calico/nodename";
+use crate::errors::store_error;
+
 /// Where Calico's node agent records the detected MTU.
 pub const DEFAULT_MTU_FILE: &str = "/var/lib/calico/mtu";
 /// MTU when neither the config nor the MTU file give one.
@@ -135,44 +135,20 @@ impl CalicoConf {
     }
 
     /// The node name: `nodename`, else the nodename file (only if present),
-    /// else the OS hostname.
+    /// else the OS hostname (calico-store's rules, shared with calico-ipam):
+    /// an invalid name is code 7, an unreadable file code 5.
     pub fn nodename(&self) -> Result<String, CniError> {
-        let file = self.nodename_file.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_NODENAME_FILE));
-        resolve_nodename(self.nodename.as_deref(), &file, Path::new("/proc/sys/kernel/hostname"))
+        self.nodename_with_hostname(Path::new(calico_store::config::HOSTNAME_FILE))
     }
-}
 
-/// A node name ends up in datastore keys (`/calico/ipam/v2/host/<node>/...`),
-/// so it must not contain `/` or whitespace.
-fn check_nodename(name: &str, source: &str) -> Result<String, CniError> {
-    let name = name.trim();
-    if name.is_empty()
-        || name.len() > 253
-        || name.chars().any(|c| c == '/' || c.is_whitespace() || c.is_control())
-    {
-        return Err(CniError::invalid_config(
-            format!("invalid node name from {source}"),
-            format!("{name:?}"),
-        ));
+    fn nodename_with_hostname(&self, hostname_file: &Path) -> Result<String, CniError> {
+        calico_store::config::resolve_nodename_from(
+            self.nodename.as_deref(),
+            self.nodename_file.as_deref(),
+            hostname_file,
+        )
+        .map_err(|e| store_error("cannot determine the node name", e))
     }
-    Ok(name.to_string())
-}
-
-fn resolve_nodename(conf: Option<&str>, file: &Path, hostname_file: &Path) -> Result<String, CniError> {
-    if let Some(n) = conf.filter(|n| !n.trim().is_empty()) {
-        return check_nodename(n, "nodename");
-    }
-    match std::fs::read_to_string(file) {
-        Ok(s) if !s.trim().is_empty() => return check_nodename(&s, &file.display().to_string()),
-        Ok(_) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => {
-            return Err(CniError::io(format!("cannot read nodename file {}", file.display()), e.to_string()))
-        }
-    }
-    let host = std::fs::read_to_string(hostname_file)
-        .map_err(|e| CniError::io("cannot read the hostname", e.to_string()))?;
-    check_nodename(&host, "the hostname")
 }
 
 #[cfg(test)]
@@ -262,14 +238,22 @@ mod tests {
         let file = d.path().join("nodename");
         let host = d.path().join("hostname");
         std::fs::write(&host, "myhost\n").unwrap();
-        assert_eq!(resolve_nodename(None, &file, &host).unwrap(), "myhost");
+        let resolve = |conf: Option<&str>, file: &Path, host: &Path| {
+            let c = CalicoConf {
+                nodename: conf.map(str::to_string),
+                nodename_file: Some(file.to_path_buf()),
+                ..Default::default()
+            };
+            c.nodename_with_hostname(host)
+        };
+        assert_eq!(resolve(None, &file, &host).unwrap(), "myhost");
         std::fs::write(&file, "node-from-file\n").unwrap();
-        assert_eq!(resolve_nodename(None, &file, &host).unwrap(), "node-from-file");
-        assert_eq!(resolve_nodename(Some("conf-node"), &file, &host).unwrap(), "conf-node");
-        assert_eq!(resolve_nodename(Some(""), &file, &host).unwrap(), "node-from-file");
-        assert_eq!(resolve_nodename(Some("a/b"), &file, &host).unwrap_err().code, 7);
+        assert_eq!(resolve(None, &file, &host).unwrap(), "node-from-file");
+        assert_eq!(resolve(Some("conf-node"), &file, &host).unwrap(), "conf-node");
+        assert_eq!(resolve(Some(""), &file, &host).unwrap(), "node-from-file");
+        assert_eq!(resolve(Some("a/b"), &file, &host).unwrap_err().code, 7);
         std::fs::write(&file, "bad name").unwrap();
-        assert_eq!(resolve_nodename(None, &file, &host).unwrap_err().code, 7);
-        assert_eq!(resolve_nodename(None, &d.path().join("x"), &d.path().join("y")).unwrap_err().code, 5);
+        assert_eq!(resolve(None, &file, &host).unwrap_err().code, 7);
+        assert_eq!(resolve(None, &d.path().join("x"), &d.path().join("y")).unwrap_err().code, 5);
     }
 }
