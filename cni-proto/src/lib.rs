@@ -2,7 +2,9 @@
 //!
 //! Owns the protocol only: environment and config parsing, validation,
 //! version negotiation, result/error JSON in every supported version, the
-//! skel-like dispatcher, exec of delegate plugins, and the log backend.
+//! skel-like dispatcher, exec of delegate plugins, and the log backend (with
+//! the small UTC calendar in [`time`] its timestamps need, shared with
+//! `ipam-block`'s allocation timestamps so the calendar math exists once).
 //! May call: the filesystem (log file, CNI_PATH lookup) and delegate plugin
 //! processes. Knows nothing about Calico, IPAM policy or netlink.
 //!
@@ -71,6 +73,7 @@ pub mod exec;
 pub mod logging;
 pub mod result;
 pub mod skel;
+pub mod time;
 pub mod version;
 
 pub use conf::{IpamConf, NetConf, ValidAttachment};

@@ -42,7 +42,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use calico_store::model::{
     self, AllocationBlock, IpFamily, IpPool, IpPoolSpec, IpamConfig, IpamHandle, WorkloadEndpoint,
@@ -462,7 +462,7 @@ fn leaked(a: &Allocation, now: SystemTime) -> LeakedIp {
     let timestamp = a.attributes.get(block::ATTR_TIMESTAMP).cloned();
     let age_seconds = timestamp
         .as_deref()
-        .and_then(parse_timestamp)
+        .and_then(crate::timestamp::parse_timestamp)
         .and_then(|t| now.duration_since(t).ok().or(Some(Duration::ZERO)))
         .map(|d| d.as_secs());
     LeakedIp {
@@ -841,67 +841,6 @@ pub fn parse_duration(s: &str) -> Result<Duration, OpsError> {
     Ok(Duration::from_secs_f64(secs))
 }
 
-/// Parse an allocation `timestamp`: RFC 3339 (`2026-11-21T19:45:53.1Z`,
-/// `…+01:00`), Go's `time.String()` form Calico writes (`2026-11-21
-/// 19:45:53.123 +0000 UTC`), or Unix seconds.
-pub fn parse_timestamp(s: &str) -> Option<SystemTime> {
-    let s = s.trim();
-    if let Ok(secs) = s.parse::<u64>() {
-        return UNIX_EPOCH.checked_add(Duration::from_secs(secs));
-    }
-    let b = s.as_bytes();
-    if b.len() < 19 || b[4] != b'-' || b[7] != b'-' || !(b[10] == b'T' || b[10] == b' ') {
-        return None;
-    }
-    let num = |r: std::ops::Range<usize>| s.get(r)?.parse::<i64>().ok();
-    let (y, mo, d, h, mi, sec) =
-        (num(0..4)?, num(5..7)?, num(8..10)?, num(11..13)?, num(14..16)?, num(17..19)?);
-    if !(1..=12).contains(&mo) || !(1..=31).contains(&d) || h > 23 || mi > 59 || sec > 60 {
-        return None;
-    }
-    let mut rest = &s[19..];
-    let mut nanos = 0u32;
-    if let Some(frac) = rest.strip_prefix('.') {
-        let digits: String = frac.chars().take_while(char::is_ascii_digit).collect();
-        rest = &frac[digits.len()..];
-        let padded: String = digits.chars().chain(std::iter::repeat('0')).take(9).collect();
-        nanos = padded.parse().ok()?;
-    }
-    let rest = rest.trim_start();
-    let offset_secs: i64 = if rest.is_empty() || rest == "Z" || rest.starts_with("UTC") {
-        0
-    } else {
-        // `+01:00`, `+0100`, optionally followed by a zone name.
-        let sign = match rest.as_bytes()[0] {
-            b'+' => 1,
-            b'-' => -1,
-            _ => return None,
-        };
-        let digits: String = rest[1..].chars().filter(char::is_ascii_digit).take(4).collect();
-        if digits.len() != 4 {
-            return None;
-        }
-        let oh: i64 = digits[..2].parse().ok()?;
-        let om: i64 = digits[2..].parse().ok()?;
-        sign * (oh * 3600 + om * 60)
-    };
-    let days = days_from_civil(y, mo, d);
-    let unix = days * 86400 + h * 3600 + mi * 60 + sec - offset_secs;
-    let unix = u64::try_from(unix).ok()?;
-    UNIX_EPOCH.checked_add(Duration::new(unix, nanos))
-}
-
-/// Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's algorithm).
-fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = if y >= 0 { y } else { y - 399 } / 400;
-    let yoe = y - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146097 + doe - 719468
-}
-
 /// Render rows as an aligned text table (header first).
 pub fn table(rows: &[Vec<String>]) -> String {
     let cols = rows.iter().map(Vec::len).max().unwrap_or(0);
@@ -1062,19 +1001,7 @@ mod tests {
     const OLD: &str = "2020-01-01T00:00:00Z";
 
     #[test]
-    fn timestamps_and_durations_parse() {
-        let t = parse_timestamp("1970-01-02T00:00:01Z").unwrap();
-        assert_eq!(t, UNIX_EPOCH + Duration::from_secs(86401));
-        assert_eq!(
-            parse_timestamp("1970-01-02 01:00:01.5 +0100 CET").unwrap(),
-            t + Duration::from_millis(500)
-        );
-        assert_eq!(parse_timestamp("2026-11-21 19:45:53.123456789 +0000 UTC").unwrap(), {
-            parse_timestamp("2026-11-21T19:45:53.123456789+00:00").unwrap()
-        });
-        assert_eq!(parse_timestamp("86401").unwrap(), t);
-        assert_eq!(parse_timestamp("yesterday"), None);
-        assert_eq!(parse_timestamp("2026-13-01T00:00:00Z"), None);
+    fn durations_parse() {
         assert_eq!(parse_duration("15m").unwrap(), Duration::from_secs(900));
         assert_eq!(parse_duration("0s").unwrap(), Duration::ZERO);
         assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
