@@ -52,6 +52,7 @@ install: build
 # so build them first. Tests create their own namespaces and need root.
 test: build-debug
 	$(CARGO) test --workspace --no-fail-fast
+	$(MAKE) --no-print-directory conformance
 
 conformance: build-debug
 	$(CARGO) run -q -p conformance --bin conformance
@@ -64,8 +65,14 @@ demo-node: build
 demo-lab: build
 	bash scripts/demo-lab.sh
 
+# Each benchmark measures the reference in the same run and prints ratios.
 bench: build
-	$(CARGO) run -q --release -p cni-bench
+	@echo "== 1/3 CNI ADD+DEL cycle: calico + calico-ipam vs ptp + host-local"
+	target/release/cni-bench
+	@echo; echo "== 2/3 IPAM: etcd round trips per allocation; 3 nodes x 300 pods throughput"
+	target/release/ipam-bench
+	@echo; echo "== 3/3 service rules: 10,000 services x 10 endpoints, render vs iptables-restore"
+	target/release/kube-proxy-rules bench
 
 fmt:
 	$(CARGO) fmt --all
