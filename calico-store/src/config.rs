@@ -1,10 +1,14 @@
-//! Datastore selection from a CNI network config (Calico's keys).
+//! The Calico keys of a network config shared by both binaries (`calico`
+//! and `calico-ipam`): datastore selection ([`DatastoreConfig`], [`open`]),
+//! the node name ([`resolve_nodename`]) and Calico's string booleans
+//! ([`flag`], [`flag_value`]). Keys only one binary reads stay in that binary.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Deserializer};
+use serde_json::Value;
 
 use crate::{Datastore, StoreError};
 
@@ -54,6 +58,27 @@ fn check_nodename(name: &str, source: &str) -> Result<String, StoreError> {
         return Err(StoreError::Config(format!("invalid node name {name:?} from {source}")));
     }
     Ok(name.to_string())
+}
+
+/// Calico's booleans are strings (`ipam.assign_ipv4: "true"`): `"true"` or
+/// `"false"` in any case; real JSON booleans are accepted too. Absent
+/// (`null`) or `""` is unset (`None`: the key's default applies). Anything
+/// else is an error describing the value.
+pub fn flag_value(v: &Value) -> Result<Option<bool>, String> {
+    match v {
+        Value::Null => Ok(None),
+        Value::Bool(b) => Ok(Some(*b)),
+        Value::String(s) if s.is_empty() => Ok(None),
+        Value::String(s) if s.eq_ignore_ascii_case("true") => Ok(Some(true)),
+        Value::String(s) if s.eq_ignore_ascii_case("false") => Ok(Some(false)),
+        other => Err(format!("expected \"true\" or \"false\", got {other}")),
+    }
+}
+
+/// [`flag_value`] as a serde field deserializer:
+/// `#[serde(default, deserialize_with = "calico_store::config::flag")] assign_ipv4: Option<bool>`.
+pub fn flag<'de, D: Deserializer<'de>>(d: D) -> Result<Option<bool>, D::Error> {
+    flag_value(&Value::deserialize(d)?).map_err(serde::de::Error::custom)
 }
 
 /// Where the embedded store lives when `datastore_path` is not given.
@@ -169,6 +194,34 @@ pub fn open(cfg: &DatastoreConfig) -> Result<Arc<dyn Datastore>, StoreError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn calico_flags() {
+        use serde_json::json;
+        for (v, want) in [
+            (json!(null), None),
+            (json!(""), None),
+            (json!("true"), Some(true)),
+            (json!("TRUE"), Some(true)),
+            (json!("false"), Some(false)),
+            (json!(true), Some(true)),
+            (json!(false), Some(false)),
+        ] {
+            assert_eq!(flag_value(&v), Ok(want), "{v}");
+        }
+        for bad in [json!("yes"), json!(1), json!(["true"])] {
+            assert!(flag_value(&bad).unwrap_err().contains(&bad.to_string()), "{bad}");
+        }
+        #[derive(Deserialize)]
+        struct K {
+            #[serde(default, deserialize_with = "flag")]
+            f: Option<bool>,
+        }
+        let k = |v: Value| serde_json::from_value::<K>(v).map(|k| k.f);
+        assert_eq!(k(json!({})).unwrap(), None);
+        assert_eq!(k(json!({"f": "false"})).unwrap(), Some(false));
+        assert!(k(json!({"f": "maybe"})).unwrap_err().to_string().contains("\"maybe\""));
+    }
 
     #[test]
     fn nodename_order_and_validation() {

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use calico_store::DatastoreConfig;
 use cni_proto::{CniError, NetConf};
-use serde::{Deserialize, Deserializer};
+use serde::Deserialize;
 
 use crate::errors::store_error;
 
@@ -21,35 +21,14 @@ const MAX_MTU: u32 = 65535;
 /// The kernel's limit on a veth's TX/RX queues.
 const MAX_QUEUES: u32 = 4096;
 
-/// Calico's boolean-ish strings: `ipam.assign_ipv4: "true"`. Real JSON
-/// booleans are accepted too.
-fn flag<'de, D: Deserializer<'de>>(d: D) -> Result<Option<bool>, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Flag {
-        Bool(bool),
-        Str(String),
-    }
-    match Option::<Flag>::deserialize(d)? {
-        None => Ok(None),
-        Some(Flag::Bool(b)) => Ok(Some(b)),
-        Some(Flag::Str(s)) => match s.to_ascii_lowercase().as_str() {
-            "true" => Ok(Some(true)),
-            "false" => Ok(Some(false)),
-            "" => Ok(None),
-            _ => Err(serde::de::Error::custom(format!("expected \"true\" or \"false\", got {s:?}"))),
-        },
-    }
-}
-
 /// `ipam` keys the plugin itself needs (the rest is calico-ipam's business).
 #[derive(Debug, Clone, Default, Deserialize)]
 pub struct IpamKeys {
     #[serde(rename = "type", default)]
     pub ipam_type: String,
-    #[serde(default, deserialize_with = "flag")]
+    #[serde(default, deserialize_with = "calico_store::config::flag")]
     pub assign_ipv4: Option<bool>,
-    #[serde(default, deserialize_with = "flag")]
+    #[serde(default, deserialize_with = "calico_store::config::flag")]
     pub assign_ipv6: Option<bool>,
 }
 

@@ -55,18 +55,13 @@ pub struct IpamCniConf {
     pub ipv6_pools: Vec<PoolRef>,
 }
 
-/// Calico's booleans are strings (`"true"`/`"false"`); accept JSON booleans too.
+/// An `ipam` flag (Calico's string booleans, see
+/// [`calico_store::config::flag_value`]) or its default when unset.
 fn flag(v: &Option<Value>, key: &str, default: bool) -> Result<bool, CniError> {
-    match v {
-        None | Some(Value::Null) => Ok(default),
-        Some(Value::Bool(b)) => Ok(*b),
-        Some(Value::String(s)) if s.eq_ignore_ascii_case("true") => Ok(true),
-        Some(Value::String(s)) if s.eq_ignore_ascii_case("false") => Ok(false),
-        Some(other) => Err(CniError::invalid_config(
-            format!("ipam.{key} must be \"true\" or \"false\""),
-            other.to_string(),
-        )),
-    }
+    let v = v.as_ref().unwrap_or(&Value::Null);
+    calico_store::config::flag_value(v)
+        .map(|f| f.unwrap_or(default))
+        .map_err(|why| CniError::invalid_config(format!("ipam.{key} must be \"true\" or \"false\""), why))
 }
 
 fn pool_refs(list: &[String], key: &str) -> Result<Vec<PoolRef>, CniError> {
