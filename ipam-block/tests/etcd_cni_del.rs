@@ -7,68 +7,15 @@
 //! etcd (on its own loopback), the plugin and the host veth; the pod netns
 //! holds eth0. Needs the workspace binaries: `cargo build --workspace --bins`.
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
+use std::path::PathBuf;
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use testbed::Netns;
 
-/// etcd inside `ns` on 127.0.0.1:2379 (the namespace is ours alone, so the
-/// fixed port cannot collide), keeping its data across stop/start.
-struct NsEtcd<'a> {
-    ns: &'a Netns,
-    dir: PathBuf,
-    child: Option<Child>,
-}
-
+/// etcd runs inside the node netns ([`testbed::Etcd::start_in`]), on the
+/// namespace's own loopback.
 const ENDPOINT: &str = "http://127.0.0.1:2379";
-
-impl<'a> NsEtcd<'a> {
-    fn start(ns: &'a Netns, dir: &Path) -> NsEtcd<'a> {
-        let mut e = NsEtcd { ns, dir: dir.to_path_buf(), child: None };
-        e.spawn();
-        e
-    }
-
-    fn spawn(&mut self) {
-        let log = std::fs::File::create(self.dir.join("etcd.log")).unwrap();
-        let child = self
-            .ns
-            .nsenter("etcd")
-            .arg("--name=n")
-            .arg(format!("--data-dir={}", self.dir.join("data").display()))
-            .arg(format!("--listen-client-urls={ENDPOINT}"))
-            .arg(format!("--advertise-client-urls={ENDPOINT}"))
-            .arg("--listen-peer-urls=http://127.0.0.1:2380")
-            .arg("--initial-advertise-peer-urls=http://127.0.0.1:2380")
-            .arg("--initial-cluster=n=http://127.0.0.1:2380")
-            .arg("--log-level=error")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while self.ns.try_exec(&["curl", "-sf", "-m", "1", &format!("{ENDPOINT}/health")]).is_err() {
-            assert!(Instant::now() < deadline, "etcd in {} did not start", self.ns.name());
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-
-    fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-impl Drop for NsEtcd<'_> {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
 
 struct Out {
     code: i32,
@@ -123,7 +70,8 @@ fn del_with_etcd_down_fails_but_removes_the_veth() {
     let node = Netns::new("cdn");
     let pod = Netns::new("cdp");
     let dir = tempfile::tempdir().unwrap();
-    let mut etcd = NsEtcd::start(&node, dir.path());
+    let mut etcd = testbed::Etcd::start_in(&node);
+    assert_eq!(etcd.endpoint(), ENDPOINT);
     let conf = serde_json::json!({
         "cniVersion": "1.0.0",
         "name": "k8s-pod-network",
@@ -180,7 +128,7 @@ fn del_with_etcd_down_fails_but_removes_the_veth() {
     assert!(!links(&pod).contains("eth0"), "{}", links(&pod));
 
     // etcd back: the runtime's retried DEL finishes the job.
-    etcd.spawn();
+    etcd.restart();
     let del = calico(&node, "DEL", &conf, &pod);
     assert_eq!((del.code, del.stdout.as_str()), (0, ""), "{}", del.stderr);
     let (code, out) = calicoctl(&node, &["ipam", "check"]);

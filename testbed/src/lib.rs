@@ -5,7 +5,11 @@
 //! * [`Netns`]: a named network namespace, removed on drop (with every process
 //!   still inside it killed), so a failing test leaves nothing behind;
 //! * [`Etcd`]: a real `etcd` on a free loopback port with a temporary data
-//!   directory, stopped on drop, restartable for fault tests;
+//!   directory, stopped on drop, restartable for fault tests; or, with
+//!   [`Etcd::start_in`], on the loopback of a [`Netns`] (where a node's
+//!   plugins run);
+//! * [`NetnsForward`]: a loopback port inside a netns forwarded to an address
+//!   in the test's own netns (plugins in a node netns reaching [`Etcd`]);
 //! * [`target_bin`]: the path of a workspace binary built by cargo.
 //!
 //! May call: `ip netns`, `etcd`, the filesystem. Never touches the root
@@ -16,6 +20,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
+
+mod forward;
+pub use forward::NetnsForward;
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
@@ -86,9 +93,7 @@ impl Netns {
     /// A command that runs inside this namespace through `nsenter --net`,
     /// which (unlike `ip netns exec`) keeps the host's /sys and cgroup mounts.
     pub fn nsenter(&self, program: &str) -> Command {
-        let mut c = Command::new("nsenter");
-        c.arg(format!("--net={}", self.path().display())).arg("--").arg(program);
-        c
+        nsenter(&self.path(), program)
     }
 
     /// Run `argv` inside the namespace; panic with stderr on failure.
@@ -128,6 +133,13 @@ impl Netns {
     }
 }
 
+/// `program` run in the network namespace at `netns` (`nsenter --net`).
+fn nsenter(netns: &Path, program: &str) -> Command {
+    let mut c = Command::new("nsenter");
+    c.arg(format!("--net={}", netns.display())).arg("--").arg(program);
+    c
+}
+
 impl Drop for Netns {
     fn drop(&mut self) {
         self.kill_all();
@@ -150,31 +162,60 @@ pub struct Etcd {
     dir: tempfile::TempDir,
     client_port: u16,
     peer_port: u16,
+    /// The namespace etcd runs in (and is health-checked from); `None` is the
+    /// test's own.
+    netns: Option<PathBuf>,
     child: Option<Child>,
 }
 
 impl Etcd {
+    /// The client port of an etcd started with [`Etcd::start_in`]: etcd's
+    /// usual port, which cannot collide because the namespace's loopback is
+    /// the test's alone.
+    pub const NETNS_CLIENT_PORT: u16 = 2379;
+    const NETNS_PEER_PORT: u16 = 2380;
+
     /// Start etcd and wait until it answers.
     pub fn start() -> Etcd {
+        Etcd::launch(None, free_port(), free_port())
+    }
+
+    /// Start etcd inside `ns`, listening on the namespace's own loopback
+    /// (`127.0.0.1:2379`), for plugins running in that namespace (whose
+    /// loopback is not the test's, so [`Etcd::start`]'s is out of their
+    /// reach). The namespace must outlive it (dropping the namespace kills it).
+    pub fn start_in(ns: &Netns) -> Etcd {
+        Etcd::launch(Some(ns.path()), Etcd::NETNS_CLIENT_PORT, Etcd::NETNS_PEER_PORT)
+    }
+
+    fn launch(netns: Option<PathBuf>, client_port: u16, peer_port: u16) -> Etcd {
         let dir = match tempfile::tempdir() {
             Ok(d) => d,
             Err(e) => panic!("tempdir: {e}"),
         };
-        let mut etcd = Etcd { dir, client_port: free_port(), peer_port: free_port(), child: None };
+        let mut etcd = Etcd { dir, client_port, peer_port, netns, child: None };
         etcd.spawn();
         etcd
     }
 
-    /// `http://127.0.0.1:<port>`.
+    /// `http://127.0.0.1:<port>` (in etcd's namespace).
     pub fn endpoint(&self) -> String {
         format!("http://127.0.0.1:{}", self.client_port)
+    }
+
+    /// `program`, run in etcd's namespace.
+    fn command(&self, program: &str) -> Command {
+        match &self.netns {
+            Some(ns) => nsenter(ns, program),
+            None => Command::new(program),
+        }
     }
 
     fn spawn(&mut self) {
         let client = self.endpoint();
         let peer = format!("http://127.0.0.1:{}", self.peer_port);
         let log = std::fs::File::create(self.dir.path().join("etcd.log")).ok();
-        let mut cmd = Command::new("etcd");
+        let mut cmd = self.command("etcd");
         cmd.arg("--name=test")
             .arg(format!("--data-dir={}", self.dir.path().join("data").display()))
             .arg(format!("--listen-client-urls={client}"))
@@ -201,7 +242,7 @@ impl Etcd {
         let deadline = Instant::now() + Duration::from_secs(20);
         let url = format!("{}/health", self.endpoint());
         while Instant::now() < deadline {
-            if let Ok(out) = Command::new("curl").args(["-sf", "-m", "1", &url]).output() {
+            if let Ok(out) = self.command("curl").args(["-sf", "-m", "1", &url]).output() {
                 if out.status.success() && String::from_utf8_lossy(&out.stdout).contains("true") {
                     return;
                 }
@@ -209,7 +250,8 @@ impl Etcd {
             std::thread::sleep(Duration::from_millis(50));
         }
         let log = std::fs::read_to_string(self.dir.path().join("etcd.log")).unwrap_or_default();
-        panic!("etcd did not become healthy on {}: {log}", self.endpoint());
+        let place = self.netns.as_ref().map(|ns| format!(" in {}", ns.display())).unwrap_or_default();
+        panic!("etcd did not become healthy on {}{place}: {log}", self.endpoint());
     }
 
     /// Stop etcd (SIGKILL), keeping its data for [`Etcd::restart`].
@@ -266,5 +308,17 @@ mod tests {
         let b = unique("cal");
         assert_ne!(a, b);
         assert!(a.len() <= 15, "{a}");
+    }
+
+    #[test]
+    fn etcd_in_a_netns_answers_there_and_keeps_its_data_across_restart() {
+        let ns = Netns::new("tbe");
+        let mut etcd = Etcd::start_in(&ns);
+        let ep = etcd.endpoint();
+        ns.exec(&["etcdctl", "--endpoints", &ep, "put", "k", "v"]);
+        etcd.restart();
+        assert_eq!(ns.exec(&["etcdctl", "--endpoints", &ep, "get", "--print-value-only", "k"]).trim(), "v");
+        etcd.stop();
+        assert!(ns.try_exec(&["curl", "-sf", "-m", "1", &format!("{ep}/health")]).is_err());
     }
 }

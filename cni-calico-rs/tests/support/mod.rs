@@ -259,64 +259,30 @@ pub fn expected_veth(namespace: &str, pod: &str) -> String {
     format!("cali{}", &out[..11])
 }
 
-/// A real etcd running *inside* a namespace (the plugin runs in the node's
-/// namespace, whose loopback is its own, so the machine's 127.0.0.1 is out
-/// of reach). Killed on drop (and by the namespace's drop).
+/// A real etcd running *inside* a namespace ([`testbed::Etcd::start_in`]:
+/// the plugin runs in the node's namespace, whose loopback is its own, so the
+/// machine's 127.0.0.1 is out of reach), with the datastore reachable from
+/// there. Stopped on drop (and by the namespace's drop).
 pub struct NsEtcd<'a> {
     ns: &'a Netns,
-    dir: tempfile::TempDir,
-    child: Option<std::process::Child>,
+    etcd: testbed::Etcd,
 }
 
 impl<'a> NsEtcd<'a> {
     pub const ENDPOINT: &'static str = "http://127.0.0.1:2379";
 
     pub fn start(ns: &'a Netns) -> NsEtcd<'a> {
-        let mut e = NsEtcd { ns, dir: tempfile::tempdir().unwrap(), child: None };
-        e.spawn();
-        e
-    }
-
-    fn spawn(&mut self) {
-        let log = std::fs::File::create(self.dir.path().join("etcd.log")).unwrap();
-        let child = self
-            .ns
-            .cmd("etcd")
-            .arg("--name=node")
-            .arg(format!("--data-dir={}", self.dir.path().join("data").display()))
-            .arg("--listen-client-urls=http://127.0.0.1:2379")
-            .arg("--advertise-client-urls=http://127.0.0.1:2379")
-            .arg("--listen-peer-urls=http://127.0.0.1:2380")
-            .arg("--initial-advertise-peer-urls=http://127.0.0.1:2380")
-            .arg("--initial-cluster=node=http://127.0.0.1:2380")
-            .arg("--log-level=error")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        self.child = Some(child);
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-        while std::time::Instant::now() < deadline {
-            if self.ns.sh("curl -sf -m 1 http://127.0.0.1:2379/health | grep -q true").is_ok() {
-                return;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(50));
-        }
-        let log = std::fs::read_to_string(self.dir.path().join("etcd.log")).unwrap_or_default();
-        panic!("etcd in {} did not become healthy: {log}", self.ns.name());
+        let etcd = testbed::Etcd::start_in(ns);
+        assert_eq!(etcd.endpoint(), Self::ENDPOINT);
+        NsEtcd { ns, etcd }
     }
 
     pub fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        self.etcd.stop();
     }
 
     pub fn restart(&mut self) {
-        self.stop();
-        self.spawn();
+        self.etcd.restart();
     }
 
     /// Run `f` against the datastore from a thread inside the namespace.
@@ -332,11 +298,5 @@ impl<'a> NsEtcd<'a> {
             Ok(f(&*store))
         })
         .unwrap()
-    }
-}
-
-impl Drop for NsEtcd<'_> {
-    fn drop(&mut self) {
-        self.stop();
     }
 }

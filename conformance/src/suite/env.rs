@@ -34,7 +34,7 @@ pub struct Env<'a> {
     pub version: String,
     /// The case's own etcd (implementations that ask for one), reachable from
     /// the node netns at [`NODE_ETCD`] through a port forward.
-    pub etcd: Option<(testbed::Etcd, super::forward::NetnsForward)>,
+    pub etcd: Option<(testbed::Etcd, testbed::NetnsForward)>,
     etcd_local: Option<String>,
     pods: Mutex<Vec<Netns>>,
 }
@@ -67,7 +67,7 @@ impl<'a> Env<'a> {
                     .trim_start_matches("http://")
                     .parse()
                     .map_err(|err| format!("etcd endpoint {ep}: {err}"))?;
-                let fw = super::forward::NetnsForward::start(&node.path(), NODE_ETCD_PORT, target)?;
+                let fw = testbed::NetnsForward::start(&node.path(), NODE_ETCD_PORT, target)?;
                 Some((e, fw))
             }
         };

@@ -9,7 +9,6 @@
 
 pub mod calico;
 pub mod env;
-pub mod forward;
 pub mod generic;
 pub mod impls;
 

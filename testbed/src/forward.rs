@@ -1,6 +1,6 @@
 //! A loopback TCP port inside a netns forwarded to an address in the
 //! test's own netns. The plugins run in the node netns, whose loopback cannot
-//! reach the etcd that `testbed::Etcd` starts on the test's loopback; this
+//! reach the etcd that [`crate::Etcd::start`] starts on the test's loopback; this
 //! bridges exactly that without any link or route: the listening socket is
 //! created while the thread is inside the node netns (a socket keeps the
 //! netns it was created in), then the thread returns to its own netns before
@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use nix::sched::{setns, CloneFlags};
 
+/// A running forward ([`NetnsForward::start`]); stops accepting on drop.
 pub struct NetnsForward {
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
@@ -108,7 +109,7 @@ mod tests {
 
     #[test]
     fn forwards_from_inside_a_netns() {
-        let ns = testbed::Netns::new("cfw");
+        let ns = crate::Netns::new("cfw");
         let upstream = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = upstream.local_addr().unwrap();
         std::thread::spawn(move || {
