@@ -272,14 +272,11 @@ impl<'a> Ipam<'a> {
                     continue;
                 }
                 freed.extend(ips);
-                let key = cidr.key();
-                if block::is_empty(&doc) && doc.affinity.is_none() {
-                    // Nobody owns this block: give its range back to the pool.
-                    ops.push(Op::Delete { key, revision });
-                } else {
-                    ops.push(Op::Update { key, value: model::encode(&doc), revision });
+                let op = block::write_after_release(cidr.key(), &doc, revision);
+                if matches!(op, Op::Update { .. }) {
                     updated.push(doc);
                 }
+                ops.push(op);
             }
             ops.push(Op::Delete { key: hkv.key.clone(), revision: hkv.revision });
             ops.extend_from_slice(extra);

@@ -8,8 +8,8 @@
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
-use calico_store::model::{self, AllocationAttribute, AllocationBlock};
-use calico_store::{KeyValue, StoreError};
+use calico_store::model::{self, AllocationAttribute, AllocationBlock, IpamHandle};
+use calico_store::{KeyValue, Op, Revision, StoreError};
 
 use crate::types::{Affinity, BlockCidr, Handle};
 use crate::IpamError;
@@ -164,6 +164,39 @@ pub fn release_ip(b: &mut AllocationBlock, ip: IpAddr) -> Option<Option<String>>
     Some(handle)
 }
 
+/// The write that stores block `b` (at `key`, read at `revision`) after
+/// releases: an emptied block nobody is affine to is deleted, giving its
+/// range back to the pool (like Calico); any other block is updated.
+pub fn write_after_release(key: String, b: &AllocationBlock, revision: Revision) -> Op {
+    if is_empty(b) && b.affinity.is_none() {
+        Op::Delete { key, revision }
+    } else {
+        Op::Update { key, value: model::encode(b), revision }
+    }
+}
+
+/// The write that stores handle document `doc` (at `key`, read at
+/// `revision`) after `released[block segment]` of its addresses were freed:
+/// the counts decremented, the document deleted once no block is left.
+pub fn handle_write_after_release(
+    key: String,
+    mut doc: IpamHandle,
+    released: &BTreeMap<String, u32>,
+    revision: Revision,
+) -> Op {
+    for (seg, n) in released {
+        if let Some(c) = doc.block.get_mut(seg) {
+            *c = c.saturating_sub(*n);
+        }
+    }
+    doc.block.retain(|_, c| *c > 0);
+    if doc.block.is_empty() {
+        Op::Delete { key, revision }
+    } else {
+        Op::Update { key, value: model::encode(&doc), revision }
+    }
+}
+
 fn release_ordinals(b: &mut AllocationBlock, ordinals: &[usize]) -> Vec<IpAddr> {
     let cidr = cidr_of(b);
     let mut freed = Vec::new();
@@ -250,6 +283,34 @@ mod tests {
         assert!(matches!(allocate_ip(&mut b, ips[2], &attr("y")), Err(IpamError::AlreadyAssigned { .. })));
         allocate_ip(&mut b, ips[0], &attr("y")).unwrap();
         assert_eq!(b.unallocated, vec![1]);
+    }
+
+    #[test]
+    fn writes_after_release() {
+        let cidr: BlockCidr = "10.0.0.0/30".parse().unwrap();
+        let mut free = new_block(cidr, None, false);
+        assert!(matches!(write_after_release("/b".into(), &free, 4), Op::Delete { revision: 4, .. }));
+        allocate_next(&mut free, &attr("h")).unwrap();
+        assert!(matches!(write_after_release("/b".into(), &free, 4), Op::Update { .. }));
+        let owned = new_block(cidr, Some(&Affinity::host("n1")), false);
+        assert!(matches!(write_after_release("/b".into(), &owned, 4), Op::Update { .. }));
+
+        let doc = IpamHandle { block: BTreeMap::from([("a".into(), 2), ("b".into(), 1)]), deleted: false };
+        let released = BTreeMap::from([("a".to_string(), 2)]);
+        match handle_write_after_release("/h".into(), doc.clone(), &released, 7) {
+            Op::Update { value, revision: 7, .. } => {
+                assert_eq!(
+                    serde_json::from_slice::<IpamHandle>(&value).unwrap().block,
+                    BTreeMap::from([("b".into(), 1)])
+                )
+            }
+            other => panic!("{other:?}"),
+        }
+        let all = BTreeMap::from([("a".to_string(), 2), ("b".to_string(), 5)]);
+        assert!(matches!(
+            handle_write_after_release("/h".into(), doc, &all, 7),
+            Op::Delete { revision: 7, .. }
+        ));
     }
 
     #[test]

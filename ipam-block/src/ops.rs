@@ -581,32 +581,16 @@ fn release_in_one_commit(
                 *decrements.entry(h).or_default().entry(b.value.cidr.to_string()).or_default() += 1;
             }
         }
-        let mut ops = Vec::new();
-        for (key, (revision, b)) in blocks {
-            if block::is_empty(&b) && b.affinity.is_none() {
-                ops.push(Op::Delete { key, revision });
-            } else {
-                ops.push(Op::Update { key, value: model::encode(&b), revision });
-            }
-        }
+        let mut ops: Vec<Op> =
+            blocks.into_iter().map(|(key, (rev, b))| block::write_after_release(key, &b, rev)).collect();
         for (h, dec) in decrements {
             let Some(doc) = snap.handles.get(&h) else { continue };
-            let mut value = doc.value.clone();
-            for (blk, n) in dec {
-                if let Some(c) = value.block.get_mut(&blk) {
-                    *c = c.saturating_sub(n);
-                }
-            }
-            value.block.retain(|_, c| *c > 0);
-            if value.block.is_empty() {
-                ops.push(Op::Delete { key: doc.key.clone(), revision: doc.revision });
-            } else {
-                ops.push(Op::Update {
-                    key: doc.key.clone(),
-                    value: model::encode(&value),
-                    revision: doc.revision,
-                });
-            }
+            ops.push(block::handle_write_after_release(
+                doc.key.clone(),
+                doc.value.clone(),
+                &dec,
+                doc.revision,
+            ));
         }
         match store.commit(&ops) {
             Ok(_) => return Ok(ips.to_vec()),

@@ -8,7 +8,7 @@ use std::net::IpAddr;
 use calico_store::model::{
     self, AffinityState, AllocationBlock, BlockAffinity, IpFamily, IpamConfig, IpamHandle,
 };
-use calico_store::{Datastore, Op, Revision, StoreError};
+use calico_store::{Datastore, Revision, StoreError};
 
 use crate::block::{self, Allocation};
 use crate::types::{Affinity, BlockCidr, Handle};
@@ -147,28 +147,13 @@ pub fn release_ip(store: &dyn Datastore, ip: IpAddr) -> Result<Option<String>, I
         };
         let mut doc = block::decode_block(&kv)?;
         let Some(handle) = block::release_ip(&mut doc, ip) else { return Ok(None) };
-        let mut ops = Vec::new();
-        if block::is_empty(&doc) && doc.affinity.is_none() {
-            ops.push(Op::Delete { key: kv.key.clone(), revision: kv.revision });
-        } else {
-            ops.push(Op::Update { key: kv.key.clone(), value: model::encode(&doc), revision: kv.revision });
-        }
+        let mut ops = vec![block::write_after_release(kv.key.clone(), &doc, kv.revision)];
         if let Some(h) = &handle {
             let hkey = model::handle_key(h);
             if let Some(hkv) = store.get(&hkey)? {
-                let mut hdoc: IpamHandle = model::decode(&hkv)?;
-                let seg = block::cidr_of(&doc).handle_segment();
-                if let Some(n) = hdoc.block.get_mut(&seg) {
-                    *n = n.saturating_sub(1);
-                    if *n == 0 {
-                        hdoc.block.remove(&seg);
-                    }
-                }
-                ops.push(if hdoc.block.is_empty() {
-                    Op::Delete { key: hkey, revision: hkv.revision }
-                } else {
-                    Op::Update { key: hkey, value: model::encode(&hdoc), revision: hkv.revision }
-                });
+                let hdoc: IpamHandle = model::decode(&hkv)?;
+                let released = BTreeMap::from([(block::cidr_of(&doc).handle_segment(), 1)]);
+                ops.push(block::handle_write_after_release(hkey, hdoc, &released, hkv.revision));
             }
         }
         match store.commit(&ops) {
