@@ -2,6 +2,11 @@
 //! full render time and peak memory, the partial-sync payload for one changed
 //! service against the full one, and how long `iptables-restore` takes for
 //! both in a scratch network namespace the bench creates and deletes.
+//!
+//! Measured on this machine (iptables 1.8.9): `iptables-restore` (nf_tables)
+//! grows super-linearly with the number of chains (×10 endpoints: 250 services
+//! 0.8 s, 500 3.6 s, 1000 21 s, 2000 231 s; 10,000 had not finished after 65
+//! min), `iptables-legacy-restore` takes ~30 s at 10,000 (`--restore-command`).
 
 use std::collections::HashSet;
 use std::net::Ipv4Addr;
