@@ -208,7 +208,16 @@ impl Netlink {
         let what = || cfg.describe();
         let op = Op { op: "create", what: &what };
         self.request(RouteNetlinkMessage::NewLink(cfg.message()), NLM_F_CREATE | NLM_F_EXCL, &op)?;
-        self.link_by_name(&cfg.name)
+        // The pair exists now, but the caller only gets a guard for it from
+        // the returned Link: if reading it back fails, delete it here (which
+        // takes the peer too) so that the error leaves nothing behind.
+        let found = self.link_by_name(&cfg.name);
+        if found.is_err() {
+            if let Err(e) = self.del_link_by_name(&cfg.name) {
+                log::warn!("rollback: cannot delete new veth {}: {e}", cfg.name);
+            }
+        }
+        found
     }
 
     /// Look a link up by name. `Error::NotFound` when there is none.
