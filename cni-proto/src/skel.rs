@@ -7,6 +7,7 @@ use std::ffi::{OsStr, OsString};
 use std::io::{Read, Write};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::conf::NetConf;
 use crate::env::{CniArgs, CniEnv, Command, ContainerId, IfName};
@@ -88,6 +89,9 @@ pub trait Plugin {
     fn gc(&self, req: &Request) -> Result<(), CniError>;
 }
 
+/// Set by [`run`]'s panic hook once it has printed its error to stdout.
+static PANIC_REPORTED: AtomicBool = AtomicBool::new(false);
+
 /// Run `plugin` as a process entry point: process environment, stdin,
 /// stdout; installs the logger from the config (`log_level`,
 /// `log_file_path`) and a panic hook that still prints a CNI error.
@@ -96,7 +100,12 @@ pub fn run<P: Plugin>(plugin: &P) -> i32 {
     std::panic::set_hook(Box::new(|info| {
         let e = CniError::internal(format!("internal error (panic): {info}"));
         let _ = writeln!(std::io::stderr(), "{e}");
-        let _ = writeln!(std::io::stdout(), "{}", e.to_json(version::CURRENT));
+        // Once per process: a panic on a helper thread that the plugin
+        // survives (a joined worker) must not add a second document after
+        // this one, nor may a later panic.
+        if !PANIC_REPORTED.swap(true, Ordering::SeqCst) {
+            let _ = writeln!(std::io::stdout(), "{}", e.to_json(version::CURRENT));
+        }
     }));
     let env = CniEnv::from_process();
     let stdin = std::io::stdin();
@@ -130,6 +139,15 @@ fn dispatch<P: Plugin>(
 ) -> i32 {
     let mut reply_version = version::CURRENT.to_string();
     let outcome = handle(plugin, env, stdin, init_logging, &mut reply_version);
+    if PANIC_REPORTED.load(Ordering::SeqCst) {
+        // The panic hook already printed the error document (a helper
+        // thread panicked and the plugin carried on): stdout holds one
+        // document only, and the invocation failed.
+        if let Err(e) = &outcome {
+            log::error!("{e}");
+        }
+        return 1;
+    }
     let (json, code) = match outcome {
         Ok(None) => return 0,
         Ok(Some(v)) => (v, 0),
