@@ -160,8 +160,11 @@ pub fn wire(plan: &VethPlan<'_>) -> Result<Wired, CniError> {
     if let Some(q) = plan.num_queues {
         cfg = cfg.queues(q);
     }
+    // The guard's namespace handle is opened before the veth exists: opening
+    // it afterwards could fail (e.g. EMFILE) and return with the veth left behind.
+    let node_ns = Netns::current().map_err(nl("open the node namespace"))?;
     let host_link = host.create_veth(&cfg).map_err(nl("create the veth"))?;
-    let guard = LinkGuard::new(&host_link).map_err(nl("guard the new veth"))?;
+    let guard = LinkGuard::in_netns(node_ns, &host_link);
 
     host_sysctls(&host_link.name, plan.has_v4(), plan.has_v6())?;
     host.set_link_up(host_link.index).map_err(nl(&format!("set {} up", host_link.name)))?;
