@@ -1,0 +1,172 @@
+//! Default mode: sequential ADD+DEL cycles of one pod, ours and the
+//! reference alternating, inside one node netns and one pod netns.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use nix::sched::{setns, CloneFlags};
+
+use crate::plugin::{self, ms, percentile};
+
+/// One implementation under test: how to configure it and where its binaries are.
+struct Implementation {
+    label: &'static str,
+    cni_path: PathBuf,
+    /// The plugin's network configuration (what a runtime sends on stdin).
+    conf: serde_json::Value,
+}
+
+/// Per-call measurements.
+#[derive(Default)]
+struct Samples {
+    add: Vec<Duration>,
+    del: Vec<Duration>,
+    cycle: Vec<Duration>,
+    peak_rss_kib: i64,
+}
+
+/// What the cycle mode needs from the command line.
+pub struct CycleArgs {
+    pub iterations: usize,
+    pub warmup: usize,
+    pub ours: PathBuf,
+    pub reference: PathBuf,
+}
+
+pub fn run(args: &CycleArgs) -> Result<(), String> {
+    let node = testbed::Netns::new("bnd");
+    let pod = testbed::Netns::new("bpd");
+    let store = tempfile::tempdir().map_err(|e| format!("tempdir: {e}"))?;
+    let hl_dir = tempfile::tempdir().map_err(|e| format!("tempdir: {e}"))?;
+
+    let impls = [
+        Implementation {
+            label: "calico + calico-ipam",
+            cni_path: args.ours.clone(),
+            conf: serde_json::json!({
+                "cniVersion": "1.0.0", "name": "bench-net", "type": "calico",
+                "datastore_type": "file", "datastore_path": store.path(),
+                "nodename": "bench-node", "mtu": 1500, "log_level": "warning",
+                "ipam": {"type": "calico-ipam", "ipv4_pools": ["10.77.0.0/16"]}
+            }),
+        },
+        Implementation {
+            label: "ptp + host-local",
+            cni_path: args.reference.clone(),
+            conf: serde_json::json!({
+                "cniVersion": "1.0.0", "name": "bench-net", "type": "ptp", "mtu": 1500,
+                "ipam": {"type": "host-local", "subnet": "10.78.0.0/16", "dataDir": hl_dir.path()}
+            }),
+        },
+    ];
+
+    // All plugin processes are spawned from one thread that has entered the
+    // node netns: a child inherits the namespaces of the thread that forks it,
+    // so host-side veths land in the node, never in the root namespace.
+    let node_path = node.path();
+    let pod_path = pod.path();
+    let iterations = args.iterations;
+    let warmup = args.warmup;
+    let results = std::thread::scope(|s| {
+        s.spawn(|| -> Result<Vec<Samples>, String> {
+            let ns = File::open(&node_path).map_err(|e| format!("open {}: {e}", node_path.display()))?;
+            setns(&ns, CloneFlags::CLONE_NEWNET).map_err(|e| format!("setns node: {e}"))?;
+            let mut samples: Vec<Samples> = impls.iter().map(|_| Samples::default()).collect();
+            for i in 0..warmup + iterations {
+                for (k, imp) in impls.iter().enumerate() {
+                    let id = format!("bench{k}{i:07}");
+                    let (add, rss_a) = call(imp, "ADD", &id, &pod_path, i)?;
+                    let (del, rss_d) = call(imp, "DEL", &id, &pod_path, i)?;
+                    if i >= warmup {
+                        let s = &mut samples[k];
+                        s.add.push(add);
+                        s.del.push(del);
+                        s.cycle.push(add + del);
+                        s.peak_rss_kib = s.peak_rss_kib.max(rss_a).max(rss_d);
+                    }
+                }
+            }
+            Ok(samples)
+        })
+        .join()
+        .map_err(|_| "benchmark thread panicked".to_string())?
+    })?;
+
+    report(&impls, &results, iterations);
+    Ok(())
+}
+
+/// Execute one plugin command and return its wall time and the peak RSS
+/// (KiB) of the process and its waited-for children (the IPAM delegate).
+fn call(
+    imp: &Implementation,
+    command: &str,
+    id: &str,
+    netns: &Path,
+    i: usize,
+) -> Result<(Duration, i64), String> {
+    let plugin = imp.cni_path.join(imp.conf["type"].as_str().unwrap_or_default());
+    let stdin = serde_json::to_vec(&imp.conf).map_err(|e| e.to_string())?;
+    let out = plugin::exec(
+        &plugin::Call {
+            plugin: &plugin,
+            cni_path: &imp.cni_path,
+            command,
+            container_id: id,
+            netns,
+            pod_name: &format!("pod-{i}"),
+        },
+        &stdin,
+    )
+    .map_err(|e| format!("{}: {e}", imp.label))?;
+    Ok((out.elapsed, out.peak_rss_kib))
+}
+
+fn report(impls: &[Implementation], results: &[Samples], n: usize) {
+    println!("CNI ADD+DEL cycle, {n} iterations each, alternating implementations (times in ms)");
+    println!(
+        "{:<22} {:>9} {:>9} {:>9} {:>9} {:>11} {:>11} {:>13}",
+        "implementation",
+        "ADD p50",
+        "ADD p90",
+        "DEL p50",
+        "DEL p90",
+        "cycle p50",
+        "cycle p90",
+        "peak RSS MiB"
+    );
+    let mut medians = Vec::new();
+    for (imp, s) in impls.iter().zip(results) {
+        let mut add = s.add.clone();
+        let mut del = s.del.clone();
+        let mut cyc = s.cycle.clone();
+        add.sort();
+        del.sort();
+        cyc.sort();
+        medians.push(percentile(&cyc, 0.5));
+        println!(
+            "{:<22} {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>11.2} {:>11.2} {:>13.2}",
+            imp.label,
+            ms(percentile(&add, 0.5)),
+            ms(percentile(&add, 0.9)),
+            ms(percentile(&del, 0.5)),
+            ms(percentile(&del, 0.9)),
+            ms(percentile(&cyc, 0.5)),
+            ms(percentile(&cyc, 0.9)),
+            s.peak_rss_kib as f64 / 1024.0
+        );
+    }
+    if let [ours, reference] = medians[..] {
+        let ratio = ours.as_secs_f64() / reference.as_secs_f64().max(f64::MIN_POSITIVE);
+        println!(
+            "ratio ours/reference, median ADD+DEL: {ratio:.2} (target <= 0.70: {})",
+            if ratio <= 0.70 { "met" } else { "NOT met" }
+        );
+        let rss = results[0].peak_rss_kib as f64 / 1024.0;
+        println!(
+            "peak RSS of calico/calico-ipam: {rss:.2} MiB (target <= 10 MiB: {})",
+            if rss <= 10.0 { "met" } else { "NOT met" }
+        );
+    }
+}
