@@ -186,8 +186,8 @@ pub fn run(args: &ThroughputArgs) -> Result<bool, String> {
         eprintln!("cni-bench: running {} ...", setup.kind.label());
         rows.push(measure(k, setup, &jobs, &pod_paths, &node_files, &nodes, args.concurrency)?);
     }
+    // Stop etcd now (it holds the node netns's loopback), not at the end of the report.
     drop(forwards);
-
     drop(etcd);
     report(&rows, args);
     Ok(rows.iter().all(|r| r.duplicates == 0 && r.leaked() == 0))
