@@ -118,7 +118,7 @@ pub fn run(args: &ThroughputArgs) -> Result<bool, String> {
     let pods = NODES * args.per_node;
     let node_netns = if args.relay { NODES } else { 1 };
     eprintln!("cni-bench: creating {node_netns} node and {pods} pod namespaces, starting etcd ...");
-    // Declared before etcd: etcd inside a node netns must stop before it goes.
+    // Declared before etcd and the forwards: they are dropped (stopped) first.
     let nodes: Vec<testbed::Netns> = (0..node_netns).map(|_| testbed::Netns::new("tnd")).collect();
     let etcd = if args.relay { testbed::Etcd::start() } else { testbed::Etcd::start_in(&nodes[0]) };
     let mut forwards = Vec::new();
@@ -186,9 +186,6 @@ pub fn run(args: &ThroughputArgs) -> Result<bool, String> {
         eprintln!("cni-bench: running {} ...", setup.kind.label());
         rows.push(measure(k, setup, &jobs, &pod_paths, &node_files, &nodes, args.concurrency)?);
     }
-    // Stop etcd now (it holds the node netns's loopback), not at the end of the report.
-    drop(forwards);
-    drop(etcd);
     report(&rows, args);
     Ok(rows.iter().all(|r| r.duplicates == 0 && r.leaked() == 0))
 }
