@@ -149,7 +149,9 @@ impl DatastoreConfig {
 
     pub fn timeout(&self) -> Duration {
         let secs = self.datastore_timeout_seconds.filter(|s| s.is_finite() && *s > 0.0).unwrap_or(10.0);
-        Duration::from_secs_f64(secs)
+        // Capped: a value too big for a Duration panicked here, and one too
+        // big for a deadline (`Instant + timeout`) panicked in the etcd store.
+        Duration::from_secs_f64(secs.min(f64::from(u32::MAX)))
     }
 
     /// The file store durability `datastore_sync` selects (code: `Config` error
@@ -194,6 +196,15 @@ pub fn open(cfg: &DatastoreConfig) -> Result<Arc<dyn Datastore>, StoreError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn huge_timeout_is_capped_not_a_panic() {
+        let c =
+            |s: f64| DatastoreConfig { datastore_timeout_seconds: Some(s), ..Default::default() }.timeout();
+        assert_eq!(c(2.5), Duration::from_millis(2500));
+        assert_eq!(c(1e30), Duration::from_secs(u64::from(u32::MAX)));
+        assert_eq!(c(f64::NAN), Duration::from_secs(10));
+    }
 
     #[test]
     fn calico_flags() {
