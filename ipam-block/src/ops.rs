@@ -822,7 +822,8 @@ pub fn parse_duration(s: &str) -> Result<Duration, OpsError> {
     if !secs.is_finite() || secs < 0.0 {
         return Err(bad());
     }
-    Ok(Duration::from_secs_f64(secs))
+    // Too big for a Duration (e.g. `1e30h`) is a usage error, not a panic.
+    Duration::try_from_secs_f64(secs).map_err(|_| bad())
 }
 
 /// Render rows as an aligned text table (header first).
@@ -990,6 +991,7 @@ mod tests {
         assert_eq!(parse_duration("0s").unwrap(), Duration::ZERO);
         assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
         assert!(parse_duration("-1s").is_err() && parse_duration("5x").is_err());
+        assert!(parse_duration("99999999999999999999999999h").is_err(), "too big for a Duration");
     }
 
     #[test]
