@@ -67,11 +67,13 @@ demo-lab: build
 
 # Each benchmark measures the reference in the same run and prints ratios.
 bench: build
-	@echo "== 1/3 CNI ADD+DEL cycle: calico + calico-ipam vs ptp + host-local"
+	@echo "== 1/4 CNI ADD+DEL cycle: calico + calico-ipam vs ptp + host-local"
 	target/release/cni-bench
-	@echo; echo "== 2/3 IPAM: etcd round trips per allocation; 3 nodes x 300 pods throughput"
+	@echo; echo "== 2/4 full-pod throughput: 3 nodes x 300 pods, 32 ADDs in flight, etcd / file / ptp+host-local"
+	target/release/cni-bench --throughput
+	@echo; echo "== 3/4 IPAM alone: etcd round trips per allocation; 3 nodes x 300 calico-ipam ADDs vs host-local"
 	target/release/ipam-bench
-	@echo; echo "== 3/3 service rules: 10,000 services x 10 endpoints, render vs iptables-restore"
+	@echo; echo "== 4/4 service rules: 10,000 services x 10 endpoints, render vs iptables-restore"
 	@echo "   (iptables-legacy-restore: the nf_tables iptables-restore 1.8.9 is super-linear in the"
 	@echo "    number of chains here and does not finish 10,000 services within an hour; see below)"
 	target/release/kube-proxy-rules bench --restore-command iptables-legacy-restore

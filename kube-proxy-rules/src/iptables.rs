@@ -173,13 +173,20 @@ impl Iptables {
         cmd.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() });
         let mut child =
             cmd.spawn().map_err(|source| IptablesError::Spawn { program: program.to_string(), source })?;
-        if let (Some(data), Some(mut pipe)) = (stdin, child.stdin.take()) {
-            // A write error (the child exited early) shows up in its status and stderr.
-            let _ = pipe.write_all(data);
-        }
-        child
-            .wait_with_output()
-            .map_err(|source| IptablesError::Spawn { program: program.to_string(), source })
+        let pipe = child.stdin.take();
+        // Feed stdin from a second thread while this one drains stdout and
+        // stderr: a child that writes more than a pipe buffer of warnings
+        // before it has read the whole payload would otherwise deadlock.
+        std::thread::scope(|s| {
+            if let (Some(data), Some(mut pipe)) = (stdin, pipe) {
+                // A write error (the child exited early) shows up in its status and stderr.
+                s.spawn(move || {
+                    let _ = pipe.write_all(data);
+                });
+            }
+            child.wait_with_output()
+        })
+        .map_err(|source| IptablesError::Spawn { program: program.to_string(), source })
     }
 
     fn check(&self, program: &str, args: &[&str], stdin: Option<&[u8]>) -> Result<Output, IptablesError> {

@@ -39,6 +39,10 @@ fn pipe(client: TcpStream, target: SocketAddr) {
         let _ = client.shutdown(Shutdown::Both);
         return;
     };
+    // gRPC (etcd) sends small frames and waits for their answers: with Nagle's
+    // algorithm on either hop, each request waits for a delayed ACK (~40 ms).
+    let _ = client.set_nodelay(true);
+    let _ = upstream.set_nodelay(true);
     let (Ok(mut c2), Ok(mut u2)) = (client.try_clone(), upstream.try_clone()) else { return };
     let (mut c, mut u) = (client, upstream);
     let t = std::thread::spawn(move || {
