@@ -176,8 +176,26 @@ impl Etcd {
     const NETNS_PEER_PORT: u16 = 2380;
 
     /// Start etcd and wait until it answers.
+    ///
+    /// The ports come from [`free_port`], which releases them before etcd
+    /// binds them: a parallel test can take one in between. etcd then exits
+    /// at once with "address already in use", and the start is retried on
+    /// fresh ports with a fresh data directory.
     pub fn start() -> Etcd {
-        Etcd::launch(None, free_port(), free_port())
+        let mut last = String::new();
+        for _ in 0..5 {
+            let client = free_port();
+            let mut peer = free_port();
+            while peer == client {
+                peer = free_port();
+            }
+            match Etcd::try_launch(None, client, peer) {
+                Ok(etcd) => return etcd,
+                Err(log) if log.contains("address already in use") => last = log,
+                Err(log) => panic!("etcd did not become healthy on 127.0.0.1:{client}: {log}"),
+            }
+        }
+        panic!("etcd could not bind free loopback ports in 5 attempts: {last}");
     }
 
     /// Start etcd inside `ns`, listening on the namespace's own loopback
@@ -189,13 +207,20 @@ impl Etcd {
     }
 
     fn launch(netns: Option<PathBuf>, client_port: u16, peer_port: u16) -> Etcd {
+        match Etcd::try_launch(netns, client_port, peer_port) {
+            Ok(etcd) => etcd,
+            Err(log) => panic!("etcd did not become healthy on 127.0.0.1:{client_port}: {log}"),
+        }
+    }
+
+    fn try_launch(netns: Option<PathBuf>, client_port: u16, peer_port: u16) -> Result<Etcd, String> {
         let dir = match tempfile::tempdir() {
             Ok(d) => d,
             Err(e) => panic!("tempdir: {e}"),
         };
         let mut etcd = Etcd { dir, client_port, peer_port, netns, child: None };
-        etcd.spawn();
-        etcd
+        etcd.try_spawn()?;
+        Ok(etcd)
     }
 
     /// `http://127.0.0.1:<port>` (in etcd's namespace).
@@ -212,6 +237,14 @@ impl Etcd {
     }
 
     fn spawn(&mut self) {
+        if let Err(log) = self.try_spawn() {
+            let place = self.netns.as_ref().map(|ns| format!(" in {}", ns.display())).unwrap_or_default();
+            panic!("etcd did not become healthy on {}{place}: {log}", self.endpoint());
+        }
+    }
+
+    /// Start etcd and wait for it; on failure stop it and return its log.
+    fn try_spawn(&mut self) -> Result<(), String> {
         let client = self.endpoint();
         let peer = format!("http://127.0.0.1:{}", self.peer_port);
         let log = std::fs::File::create(self.dir.path().join("etcd.log")).ok();
@@ -235,23 +268,30 @@ impl Etcd {
             Err(e) => panic!("cannot start etcd (is etcd-server installed?): {e}"),
         };
         self.child = Some(child);
-        self.wait_ready();
+        let ready = self.wait_ready();
+        if ready.is_err() {
+            self.stop();
+        }
+        ready
     }
 
-    fn wait_ready(&self) {
+    /// Poll `/health` until it answers, etcd exits, or 20 s pass.
+    fn wait_ready(&mut self) -> Result<(), String> {
         let deadline = Instant::now() + Duration::from_secs(20);
         let url = format!("{}/health", self.endpoint());
+        let log = |dir: &Path| std::fs::read_to_string(dir.join("etcd.log")).unwrap_or_default();
         while Instant::now() < deadline {
             if let Ok(out) = self.command("curl").args(["-sf", "-m", "1", &url]).output() {
                 if out.status.success() && String::from_utf8_lossy(&out.stdout).contains("true") {
-                    return;
+                    return Ok(());
                 }
+            }
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
+                return Err(format!("etcd exited ({status}): {}", log(self.dir.path())));
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        let log = std::fs::read_to_string(self.dir.path().join("etcd.log")).unwrap_or_default();
-        let place = self.netns.as_ref().map(|ns| format!(" in {}", ns.display())).unwrap_or_default();
-        panic!("etcd did not become healthy on {}{place}: {log}", self.endpoint());
+        Err(format!("no answer within 20 s: {}", log(self.dir.path())))
     }
 
     /// Stop etcd (SIGKILL), keeping its data for [`Etcd::restart`].
@@ -301,6 +341,17 @@ pub fn target_bin(name: &str) -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_taken_port_fails_fast_as_address_in_use() {
+        let held = TcpListener::bind("127.0.0.1:0").unwrap();
+        let taken = held.local_addr().unwrap().port();
+        let started = Instant::now();
+        let err =
+            Etcd::try_launch(None, taken, free_port()).err().expect("etcd must not start on a taken port");
+        assert!(err.contains("address already in use"), "{err}");
+        assert!(started.elapsed() < Duration::from_secs(15), "not detected before the health deadline");
+    }
 
     #[test]
     fn unique_names_differ_and_fit_a_link_name() {
