@@ -50,23 +50,23 @@ install: build
 
 # Integration tests execute the debug binaries next to the test executables,
 # so build them first. Tests create their own namespaces and need root.
-test: build-debug
+test: deps build-debug
 	$(CARGO) test --workspace --no-fail-fast
 	$(MAKE) --no-print-directory conformance
 
-conformance: build-debug
+conformance: deps build-debug
 	$(CARGO) run -q -p conformance --bin conformance
 
 demo: demo-node demo-lab
 
-demo-node: build
+demo-node: deps build
 	bash scripts/demo-node.sh
 
-demo-lab: build
+demo-lab: deps build
 	bash scripts/demo-lab.sh
 
 # Each benchmark measures the reference in the same run and prints ratios.
-bench: build
+bench: deps build
 	@echo "== 1/4 CNI ADD+DEL cycle: calico + calico-ipam vs ptp + host-local"
 	target/release/cni-bench
 	@echo; echo "== 2/4 full-pod throughput: 3 nodes x 300 pods, 32 ADDs in flight, etcd / file / ptp+host-local"
