@@ -142,8 +142,13 @@ struct LineBuffer {
 
 impl LineBuffer {
     fn write(&mut self, words: &[&str]) {
+        self.write_parts(&[words]);
+    }
+    /// One line of the words of all `parts`: lets a rule be put together from
+    /// fixed pieces without collecting them into a Vec first.
+    fn write_parts(&mut self, parts: &[&[&str]]) {
         self.lines += 1;
-        for (i, w) in words.iter().enumerate() {
+        for (i, w) in parts.iter().flat_map(|p| p.iter()).enumerate() {
             if i > 0 {
                 self.buf.push(' ');
             }
@@ -151,12 +156,43 @@ impl LineBuffer {
         }
         self.buf.push('\n');
     }
+    /// A rule about traffic to one service port: `-A <chain> -m comment
+    /// --comment <comment>`, the destination match ([`Dest`]) around `-m <proto>
+    /// -p <proto> … --dport <port>`, then `rest` (the target).
+    fn write_port_rule(
+        &mut self,
+        chain: &str,
+        comment: &str,
+        proto: &str,
+        dest: Dest<'_>,
+        port: &str,
+        rest: &[&str],
+    ) {
+        let head = ["-A", chain, "-m", "comment", "--comment", comment];
+        let (local, ip): (&[&str], &[&str]) = match dest {
+            Dest::Any => (&[], &[]),
+            Dest::Local => (&["-m", "addrtype", "--dst-type", "LOCAL"], &[]),
+            Dest::Ip(ip) => (&[], &["-d", ip]),
+        };
+        self.write_parts(&[&head, local, &["-m", proto, "-p", proto], ip, &["--dport", port], rest]);
+    }
     fn chain_line(&mut self, chain: &str) {
         self.lines += 1;
         self.buf.push(':');
         self.buf.push_str(chain);
         self.buf.push_str(" - [0:0]\n");
     }
+}
+
+/// The destination a service-port rule matches besides the port.
+#[derive(Clone, Copy)]
+enum Dest<'a> {
+    /// Any address (`--dport` alone).
+    Any,
+    /// A local address of the node (`-m addrtype --dst-type LOCAL`, before the protocol match).
+    Local,
+    /// One address (`-d <ip>`, between `-p` and `--dport`).
+    Ip(&'a str),
 }
 
 // The fixed chains, one buffer each, in kube-proxy's chain-line order.
@@ -277,92 +313,26 @@ impl<'a> PortPlan<'a> {
 /// KUBE-SERVICES: REJECT/DROP a ClusterIP without (local) endpoints.
 fn kube_services(t: &mut Tables, p: &PortPlan<'_>) {
     let sp = p.sp;
+    // `-A KUBE-SERVICES -m comment --comment <comment> … -d <ip> --dport <port> -j <target>`
+    let rule = |buf: &mut LineBuffer, comment: &str, ip: &str, target: &str| {
+        buf.write_port_rule(KUBE_SERVICES, comment, p.proto, Dest::Ip(ip), &p.port, &["-j", target])
+    };
     let cip = sp.cluster_ip.to_string();
     if p.has_internal_endpoints {
         let comment = quoted(&format!("{} cluster IP", sp.name_string));
-        t.nat[N_SERVICES].write(&[
-            "-A",
-            KUBE_SERVICES,
-            "-m",
-            "comment",
-            "--comment",
-            &comment,
-            "-m",
-            p.proto,
-            "-p",
-            p.proto,
-            "-d",
-            &cip,
-            "--dport",
-            &p.port,
-            "-j",
-            p.internal_chain,
-        ]);
+        rule(&mut t.nat[N_SERVICES], &comment, &cip, p.internal_chain);
     } else {
         let (target, comment) = &p.internal_filter;
-        t.filter[F_SERVICES].write(&[
-            "-A",
-            KUBE_SERVICES,
-            "-m",
-            "comment",
-            "--comment",
-            comment,
-            "-m",
-            p.proto,
-            "-p",
-            p.proto,
-            "-d",
-            &cip,
-            "--dport",
-            &p.port,
-            "-j",
-            target,
-        ]);
+        rule(&mut t.filter[F_SERVICES], comment, &cip, target);
     }
     if p.has_endpoints {
         let comment = quoted(&format!("{} external IP", sp.name_string));
         for eip in &sp.external_ips {
-            let eip = eip.to_string();
-            t.nat[N_SERVICES].write(&[
-                "-A",
-                KUBE_SERVICES,
-                "-m",
-                "comment",
-                "--comment",
-                &comment,
-                "-m",
-                p.proto,
-                "-p",
-                p.proto,
-                "-d",
-                &eip,
-                "--dport",
-                &p.port,
-                "-j",
-                &sp.chains.ext,
-            ]);
+            rule(&mut t.nat[N_SERVICES], &comment, &eip.to_string(), &sp.chains.ext);
         }
         let comment = quoted(&format!("{} loadbalancer IP", sp.name_string));
         for lbip in &sp.load_balancer_vips {
-            let lbip = lbip.to_string();
-            t.nat[N_SERVICES].write(&[
-                "-A",
-                KUBE_SERVICES,
-                "-m",
-                "comment",
-                "--comment",
-                &comment,
-                "-m",
-                p.proto,
-                "-p",
-                p.proto,
-                "-d",
-                &lbip,
-                "--dport",
-                &p.port,
-                "-j",
-                p.load_balancer_chain(),
-            ]);
+            rule(&mut t.nat[N_SERVICES], &comment, &lbip.to_string(), p.load_balancer_chain());
         }
     }
 }
@@ -375,49 +345,15 @@ fn kube_external_services(t: &mut Tables, p: &PortPlan<'_>) {
     }
     let sp = p.sp;
     let (target, comment) = &p.external_filter;
+    let jump = ["-j", target];
+    let filter = &mut t.filter[F_EXTERNAL];
     for ip in sp.external_ips.iter().chain(sp.load_balancer_vips.iter()) {
         let ip = ip.to_string();
-        t.filter[F_EXTERNAL].write(&[
-            "-A",
-            KUBE_EXTERNAL_SERVICES,
-            "-m",
-            "comment",
-            "--comment",
-            comment,
-            "-m",
-            p.proto,
-            "-p",
-            p.proto,
-            "-d",
-            &ip,
-            "--dport",
-            &p.port,
-            "-j",
-            target,
-        ]);
+        filter.write_port_rule(KUBE_EXTERNAL_SERVICES, comment, p.proto, Dest::Ip(&ip), &p.port, &jump);
     }
     if sp.node_port != 0 {
         let np = sp.node_port.to_string();
-        t.filter[F_EXTERNAL].write(&[
-            "-A",
-            KUBE_EXTERNAL_SERVICES,
-            "-m",
-            "comment",
-            "--comment",
-            comment,
-            "-m",
-            "addrtype",
-            "--dst-type",
-            "LOCAL",
-            "-m",
-            p.proto,
-            "-p",
-            p.proto,
-            "--dport",
-            &np,
-            "-j",
-            target,
-        ]);
+        filter.write_port_rule(KUBE_EXTERNAL_SERVICES, comment, p.proto, Dest::Local, &np, &jump);
     }
 }
 
@@ -428,26 +364,11 @@ fn kube_proxy_firewall(t: &mut Tables, p: &PortPlan<'_>) {
     }
     let sp = p.sp;
     let comment = quoted(&format!("{} traffic not accepted by {}", sp.name_string, sp.chains.fw));
+    let jump = ["-j", "DROP"];
+    let filter = &mut t.filter[F_PROXY_FIREWALL];
     for lbip in &sp.load_balancer_vips {
         let lbip = lbip.to_string();
-        t.filter[F_PROXY_FIREWALL].write(&[
-            "-A",
-            KUBE_PROXY_FIREWALL,
-            "-m",
-            "comment",
-            "--comment",
-            &comment,
-            "-m",
-            p.proto,
-            "-p",
-            p.proto,
-            "-d",
-            &lbip,
-            "--dport",
-            &p.port,
-            "-j",
-            "DROP",
-        ]);
+        filter.write_port_rule(KUBE_PROXY_FIREWALL, &comment, p.proto, Dest::Ip(&lbip), &p.port, &jump);
     }
 }
 
@@ -457,66 +378,20 @@ fn kube_nodeports(t: &mut Tables, p: &PortPlan<'_>, cfg: &ProxierConfig) {
     let sp = p.sp;
     if sp.node_port != 0 && p.has_endpoints {
         let np = sp.node_port.to_string();
+        let (name, ext) = (sp.name_string.as_str(), sp.chains.ext.as_str());
+        let nat = &mut t.nat[N_NODEPORTS];
         if cfg.localhost_nodeports && cfg.nfacct {
-            t.nat[N_NODEPORTS].write(&[
-                "-A",
-                KUBE_NODEPORTS,
-                "-m",
-                "comment",
-                "--comment",
-                &sp.name_string,
-                "-m",
-                p.proto,
-                "-p",
-                p.proto,
-                "-d",
-                "127.0.0.0/8",
-                "--dport",
-                &np,
-                "-m",
-                "nfacct",
-                "--nfacct-name",
-                "localhost_nps_accepted_pkts",
-                "-j",
-                &sp.chains.ext,
-            ]);
+            let count_and_jump = ["-m", "nfacct", "--nfacct-name", "localhost_nps_accepted_pkts", "-j", ext];
+            let localhost = Dest::Ip("127.0.0.0/8");
+            nat.write_port_rule(KUBE_NODEPORTS, name, p.proto, localhost, &np, &count_and_jump);
         }
-        t.nat[N_NODEPORTS].write(&[
-            "-A",
-            KUBE_NODEPORTS,
-            "-m",
-            "comment",
-            "--comment",
-            &sp.name_string,
-            "-m",
-            p.proto,
-            "-p",
-            p.proto,
-            "--dport",
-            &np,
-            "-j",
-            &sp.chains.ext,
-        ]);
+        nat.write_port_rule(KUBE_NODEPORTS, name, p.proto, Dest::Any, &np, &["-j", ext]);
     }
     if sp.health_check_node_port != 0 {
         let comment = quoted(&format!("{} health check node port", sp.name_string));
         let hc = sp.health_check_node_port.to_string();
-        t.filter[F_NODEPORTS].write(&[
-            "-A",
-            KUBE_NODEPORTS,
-            "-m",
-            "comment",
-            "--comment",
-            &comment,
-            "-m",
-            "tcp",
-            "-p",
-            "tcp",
-            "--dport",
-            &hc,
-            "-j",
-            "ACCEPT",
-        ]);
+        let accept = ["-j", "ACCEPT"];
+        t.filter[F_NODEPORTS].write_port_rule(KUBE_NODEPORTS, &comment, "tcp", Dest::Any, &hc, &accept);
     }
 }
 
@@ -529,27 +404,13 @@ fn internal_masquerade(nat_rules: &mut LineBuffer, p: &PortPlan<'_>, cfg: &Proxi
     let sp = p.sp;
     let comment = quoted(&format!("{} cluster IP", sp.name_string));
     let cip = sp.cluster_ip.to_string();
-    let base = [
-        "-A",
-        p.internal_chain,
-        "-m",
-        "comment",
-        "--comment",
-        &comment,
-        "-m",
-        p.proto,
-        "-p",
-        p.proto,
-        "-d",
-        &cip,
-        "--dport",
-        &p.port,
-    ];
+    let mut rule = |rest: &[&str]| {
+        nat_rules.write_port_rule(p.internal_chain, &comment, p.proto, Dest::Ip(&cip), &p.port, rest)
+    };
     if cfg.masquerade_all {
-        nat_rules.write(&[&base[..], &["-j", KUBE_MARK_MASQ]].concat());
+        rule(&["-j", KUBE_MARK_MASQ]);
     } else if let Some(cidr) = cfg.cluster_cidr {
-        let cidr = cidr.to_string();
-        nat_rules.write(&[&base[..], &["!", "-s", &cidr, "-j", KUBE_MARK_MASQ]].concat());
+        rule(&["!", "-s", &cidr.to_string(), "-j", KUBE_MARK_MASQ]);
     }
 }
 
