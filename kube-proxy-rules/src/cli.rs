@@ -20,8 +20,10 @@ pub const USAGE: &str = "\
 usage: kube-proxy-rules <command> [flags] [FILE|DIR]...
 
 commands:
-  render   print the iptables-restore payload (filter + nat) kube-proxy would write
-  sync     apply it once (full sync: jump rules, canary, restore, stale chains)
+  render   print what kube-proxy would write: the iptables-restore payload (filter + nat),
+           or with --proxy-mode nftables the `nft -f` transaction for table ip kube-proxy
+  sync     apply it once (full sync: jump rules, canary, restore, stale chains; or the
+           whole kube-proxy table in one nft transaction)
   run      keep syncing when the inputs or the pod records change (partial syncs)
   bench    synthetic scale benchmark (see --services/--endpoints)
 
@@ -29,13 +31,15 @@ inputs: Service, EndpointSlice, Pod, Deployment manifests (YAML or JSON, Lists t
         files or directories (*.yaml, *.yml, *.json)
 
 node flags (kube-proxy's names and defaults):
+  --proxy-mode iptables|nftables      default iptables
   --hostname-override NAME            node name (default: the host name)
   --node-ip IP                        node IP, repeatable
   --cluster-cidr CIDR                 pod CIDR for the local-traffic detector
   --iptables-masquerade-bit N         default 14
   --masquerade-all[=BOOL]             default false
   --iptables-localhost-nodeports[=BOOL]  default true
-  --nodeport-addresses CIDR[,CIDR]    default: all local addresses
+  --nodeport-addresses CIDR[,CIDR]    default: all local addresses (iptables), the
+                                      --node-ip addresses (nftables, kube-proxy's 'primary')
   --service-cluster-ip-range CIDR     for manifests without clusterIP (default 10.96.0.0/12)
 datastore (pod records for selector-based services without EndpointSlices):
   --datastore-type file|etcdv3        env DATASTORE_TYPE
@@ -52,7 +56,27 @@ render:
 bench:
   --services N (10000) --endpoints N (10) --no-restore
   --restore-command PROG              default iptables-restore (e.g. iptables-legacy-restore)
+  --proxy-mode nftables               time `nft -f` instead (the iptables renders of the
+                                      same state are printed alongside, without a restore)
 ";
+
+/// `--proxy-mode`: which kube-proxy proxier's rules are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ProxyMode {
+    #[default]
+    Iptables,
+    Nftables,
+}
+
+impl ProxyMode {
+    pub fn parse(v: &str) -> Result<Self, String> {
+        match v {
+            "iptables" | "" => Ok(ProxyMode::Iptables),
+            "nftables" => Ok(ProxyMode::Nftables),
+            other => Err(format!("--proxy-mode: expected iptables or nftables, got {other:?}")),
+        }
+    }
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Command {
@@ -66,6 +90,7 @@ pub enum Command {
 #[derive(Debug, Clone)]
 pub struct Args {
     pub command: Command,
+    pub proxy_mode: ProxyMode,
     pub inputs: Vec<PathBuf>,
     pub hostname: Option<String>,
     pub node_ips: Vec<IpAddr>,
@@ -133,6 +158,7 @@ impl Args {
         };
         let mut a = Args {
             command,
+            proxy_mode: ProxyMode::default(),
             inputs: Vec::new(),
             hostname: None,
             node_ips: Vec::new(),
@@ -178,6 +204,7 @@ impl Args {
                 }
             };
             match flag {
+                "--proxy-mode" => a.proxy_mode = ProxyMode::parse(&value()?)?,
                 "--hostname-override" => a.hostname = Some(value()?),
                 "--node-ip" => {
                     for v in value()?.split(',').filter(|s| !s.is_empty()) {
@@ -257,56 +284,89 @@ impl Args {
     /// The proxier settings; `ipt` answers the runtime questions (random-fully,
     /// tcp_be_liberal) for the namespace the rules go to.
     pub fn proxier_config(&self, ipt: &Iptables) -> Result<ProxierConfig, String> {
+        let mut cfg = self.node_config(ipt.netns().is_some())?;
+        cfg.random_fully = ipt.has_random_fully();
+        cfg.conntrack_tcp_liberal = ipt.conntrack_tcp_liberal();
+        Ok(cfg)
+    }
+
+    /// The nftables proxier's settings. kube-proxy's nftables mode accepts
+    /// NodePorts on the node's primary IPs by default (not on every local
+    /// address), has no localhost NodePorts, and always masquerades
+    /// `fully-random`. `in_other_netns`: the rules go to a namespace other
+    /// than this process's (its interface addresses are not ours to read).
+    pub fn nft_config(&self, in_other_netns: bool) -> Result<ProxierConfig, String> {
+        let mut cfg = self.node_config(in_other_netns)?;
+        if self.nodeport_addresses.is_empty() {
+            self.add_primary(&mut cfg)?;
+        }
+        cfg.localhost_nodeports = false;
+        cfg.random_fully = true;
+        Ok(cfg)
+    }
+
+    /// The `--node-ip` addresses as /32s (kube-proxy's `--nodeport-addresses
+    /// primary`). In nftables mode they are also taken as local addresses
+    /// (kube-proxy uses the node IPs as they are; the iptables proxier matches
+    /// the ranges against the interfaces).
+    fn add_primary(&self, cfg: &mut ProxierConfig) -> Result<(), String> {
+        for ip in &self.node_ips {
+            if let IpAddr::V4(v4) = ip {
+                cfg.nodeport_addresses.push(Ipv4Network::new(*v4, 32).map_err(|e| e.to_string())?);
+                if self.proxy_mode == ProxyMode::Nftables && !cfg.local_addresses.contains(v4) {
+                    cfg.local_addresses.push(*v4);
+                }
+            }
+        }
+        cfg.local_addresses.sort();
+        Ok(())
+    }
+
+    /// The settings both proxiers share.
+    fn node_config(&self, in_other_netns: bool) -> Result<ProxierConfig, String> {
         let hostname = match &self.hostname {
             Some(h) => h.clone(),
             None => std::fs::read_to_string("/proc/sys/kernel/hostname")
                 .map(|h| h.trim().to_lowercase())
                 .map_err(|e| format!("no --hostname-override and cannot read the host name: {e}"))?,
         };
-        let mut nodeport_addresses = Vec::new();
-        for a in &self.nodeport_addresses {
-            if a == "primary" {
-                for ip in &self.node_ips {
-                    if let IpAddr::V4(v4) = ip {
-                        nodeport_addresses.push(Ipv4Network::new(*v4, 32).map_err(|e| e.to_string())?);
-                    }
-                }
-                continue;
-            }
-            match a.parse::<IpNetwork>() {
-                Ok(IpNetwork::V4(n)) => nodeport_addresses.push(n),
-                Ok(IpNetwork::V6(_)) => {}
-                Err(_) => return Err(format!("--nodeport-addresses: invalid CIDR {a:?}")),
-            }
-        }
-        // kube-proxy turns localhost NodePorts off unless the addresses include 127.0.0.1.
-        let mut localhost_nodeports = self.localhost_nodeports;
-        if !nodeport_addresses.is_empty()
-            && !nodeport_addresses.iter().any(|n| n.contains(Ipv4Addr::LOCALHOST))
-        {
-            localhost_nodeports = false;
-        }
-        Ok(ProxierConfig {
+        let mut cfg = ProxierConfig {
             hostname,
             node_ips: self.node_ips.clone(),
             cluster_cidr: self.cluster_cidr,
             masquerade_mark: masquerade_mark(self.masquerade_bit),
             masquerade_all: self.masquerade_all,
-            localhost_nodeports,
-            nodeport_addresses,
-            local_addresses: local_ipv4_addresses(ipt),
-            random_fully: ipt.has_random_fully(),
-            conntrack_tcp_liberal: ipt.conntrack_tcp_liberal(),
+            localhost_nodeports: self.localhost_nodeports,
+            nodeport_addresses: Vec::new(),
+            local_addresses: if in_other_netns { Vec::new() } else { local_ipv4_addresses() },
+            random_fully: false,
+            conntrack_tcp_liberal: false,
             nfacct: false,
-        })
+            service_cidrs: vec![self.service_cidr],
+        };
+        for a in &self.nodeport_addresses {
+            if a == "primary" {
+                self.add_primary(&mut cfg)?;
+                continue;
+            }
+            match a.parse::<IpNetwork>() {
+                Ok(IpNetwork::V4(n)) => cfg.nodeport_addresses.push(n),
+                Ok(IpNetwork::V6(_)) => {}
+                Err(_) => return Err(format!("--nodeport-addresses: invalid CIDR {a:?}")),
+            }
+        }
+        // kube-proxy turns localhost NodePorts off unless the addresses include 127.0.0.1.
+        if !cfg.nodeport_addresses.is_empty()
+            && !cfg.nodeport_addresses.iter().any(|n| n.contains(Ipv4Addr::LOCALHOST))
+        {
+            cfg.localhost_nodeports = false;
+        }
+        Ok(cfg)
     }
 }
 
 /// The IPv4 addresses of this namespace's interfaces (for --nodeport-addresses).
-fn local_ipv4_addresses(ipt: &Iptables) -> Vec<Ipv4Addr> {
-    if ipt.netns().is_some() {
-        return Vec::new(); // only the binary itself runs inside other namespaces
-    }
+fn local_ipv4_addresses() -> Vec<Ipv4Addr> {
     let Ok(addrs) = nix::ifaddrs::getifaddrs() else { return Vec::new() };
     let mut out: Vec<Ipv4Addr> =
         addrs.filter_map(|a| a.address.and_then(|s| s.as_sockaddr_in().map(|sin| sin.ip()))).collect();
@@ -416,5 +476,33 @@ mod tests {
             args(&["render", "--hostname-override", "n", "--nodeport-addresses", "127.0.0.0/8,10.0.0.0/8"])
                 .unwrap();
         assert!(a.proxier_config(&Iptables::in_netns("unused")).unwrap().localhost_nodeports);
+    }
+
+    #[test]
+    fn nftables_mode_defaults_nodeports_to_the_primary_node_ips() {
+        let a =
+            args(&["sync", "--proxy-mode", "nftables", "--hostname-override", "n", "--node-ip", "10.0.0.1"])
+                .unwrap();
+        assert_eq!(a.proxy_mode, ProxyMode::Nftables);
+        let cfg = a.nft_config(true).unwrap();
+        assert_eq!(cfg.nodeport_addresses, vec!["10.0.0.1/32".parse::<Ipv4Network>().unwrap()]);
+        assert_eq!(cfg.local_addresses, vec![Ipv4Addr::new(10, 0, 0, 1)]);
+        assert!(cfg.random_fully && !cfg.localhost_nodeports);
+        assert_eq!(cfg.service_cidrs, vec!["10.96.0.0/12".parse::<Ipv4Network>().unwrap()]);
+        // An explicit range wins; iptables mode keeps "all local addresses".
+        let a = args(&[
+            "sync",
+            "--proxy-mode=nftables",
+            "--hostname-override",
+            "n",
+            "--nodeport-addresses",
+            "0.0.0.0/0",
+        ])
+        .unwrap();
+        assert_eq!(a.nft_config(true).unwrap().nodeport_addresses.len(), 1);
+        let a = args(&["sync", "--hostname-override", "n", "--node-ip", "10.0.0.1"]).unwrap();
+        assert_eq!(a.proxy_mode, ProxyMode::Iptables);
+        assert!(a.proxier_config(&Iptables::in_netns("unused")).unwrap().nodeport_addresses.is_empty());
+        assert!(args(&["sync", "--proxy-mode", "ipvs"]).unwrap_err().contains("--proxy-mode"));
     }
 }

@@ -1,13 +1,15 @@
-//! The subcommands: `render`, `sync`, `run` (and `bench`, in [`crate::bench`]).
+//! The subcommands: `render`, `sync`, `run` (and `bench`, in [`crate::bench`]),
+//! in either proxy mode.
 
 use std::io::Write;
 use std::time::{Duration, Instant};
 
 use crate::canonical;
-use crate::cli::{input_stamp, Args, Command, PodRecords};
+use crate::cli::{input_stamp, Args, Command, PodRecords, ProxyMode};
 use crate::inputs::Loaded;
 use crate::iptables::Iptables;
-use crate::proxier::{render, RenderPlan, Rendered};
+use crate::nftables::{self, Nft, NftSyncer};
+use crate::proxier::{render, ProxyState, RenderPlan, Rendered};
 use crate::syncer::{diff_view, Syncer};
 
 /// Report bad objects and notes on stderr (stdout is the payload).
@@ -36,6 +38,19 @@ pub fn run(args: &Args) -> Result<i32, String> {
 }
 
 fn cmd_render(args: &Args) -> Result<i32, String> {
+    if args.proxy_mode == ProxyMode::Nftables {
+        let cfg = args.nft_config(false)?;
+        let loaded = PodRecords::open(args.datastore.as_ref())?.load(args)?;
+        report(&loaded);
+        let rendered = nftables::render(&loaded.state, &cfg, &nftables::NftPlan::full());
+        let text = if args.canonical {
+            nftables::dump::simulate(&[&rendered.transaction])?
+        } else {
+            rendered.transaction
+        };
+        write_stdout(&text)?;
+        return Ok(0);
+    }
     let ipt = Iptables::current();
     let cfg = args.proxier_config(&ipt)?;
     let records = PodRecords::open(args.datastore.as_ref())?;
@@ -47,8 +62,8 @@ fn cmd_render(args: &Args) -> Result<i32, String> {
     Ok(0)
 }
 
-fn dry_run(syncer: &mut Syncer, loaded: &Loaded) -> Result<Rendered, String> {
-    let (preview, rendered) = syncer.preview(&loaded.state).map_err(|e| e.to_string())?;
+fn dry_run(syncer: &mut Syncer, state: &ProxyState) -> Result<Rendered, String> {
+    let (preview, rendered) = syncer.preview(state).map_err(|e| e.to_string())?;
     let filter = syncer.ipt.chains("filter").map_err(|e| e.to_string())?;
     write_stdout(&diff_view(&preview, &rendered, &filter))?;
     Ok(rendered)
@@ -61,6 +76,18 @@ fn new_syncer(args: &Args, ipt: Iptables, cfg: crate::proxier::ProxierConfig) ->
 }
 
 fn cmd_sync(args: &Args) -> Result<i32, String> {
+    if args.proxy_mode == ProxyMode::Nftables {
+        let loaded = PodRecords::open(args.datastore.as_ref())?.load(args)?;
+        report(&loaded);
+        let mut syncer = NftSyncer::new(Nft::current(), args.nft_config(false)?);
+        if args.dry_run {
+            syncer.dry_run(&loaded.state)?;
+            return Ok(0);
+        }
+        let line = syncer.sync_once(&loaded.state)?;
+        eprintln!("{line}");
+        return Ok(0);
+    }
     let ipt = Iptables::current();
     let cfg = args.proxier_config(&ipt)?;
     let records = PodRecords::open(args.datastore.as_ref())?;
@@ -68,7 +95,7 @@ fn cmd_sync(args: &Args) -> Result<i32, String> {
     report(&loaded);
     let mut syncer = new_syncer(args, ipt, cfg);
     if args.dry_run {
-        dry_run(&mut syncer, &loaded)?;
+        dry_run(&mut syncer, &loaded.state)?;
         return Ok(0);
     }
     let r = syncer.sync(&loaded.state).map_err(|e| e.to_string())?;
@@ -83,14 +110,106 @@ fn cmd_sync(args: &Args) -> Result<i32, String> {
     Ok(0)
 }
 
+/// One proxy mode's syncer, as `run` drives it.
+trait ModeSyncer {
+    /// Sync once; the line to log.
+    fn sync_once(&mut self, state: &ProxyState) -> Result<String, String>;
+    /// Print what a sync would do and remember it as applied (`--dry-run`).
+    fn dry_run(&mut self, state: &ProxyState) -> Result<(), String>;
+    /// Check the canary (iptables: the KUBE-PROXY-CANARY chains; nftables:
+    /// the table). Some(message) when it is gone and the next sync is full.
+    fn check_canary(&mut self) -> Result<Option<String>, String>;
+    /// A vanished canary forced the next sync to be full.
+    fn canary_forced(&self) -> bool;
+}
+
+impl ModeSyncer for Syncer {
+    fn sync_once(&mut self, state: &ProxyState) -> Result<String, String> {
+        let r = self.sync(state).map_err(|e| e.to_string())?;
+        Ok(format!(
+            "synced ({}{}): {} services changed, {} chains written, {} stale chains deleted",
+            if r.full { "full" } else { "partial" },
+            if r.full { format!(": {}", r.reason) } else { String::new() },
+            r.changed_services,
+            r.rendered.written_service_chains.len(),
+            r.rendered.deleted_chains.len(),
+        ))
+    }
+    fn dry_run(&mut self, state: &ProxyState) -> Result<(), String> {
+        let rendered = dry_run(self, state)?;
+        // Pretend it was applied so the next preview is relative to it.
+        self.mark_applied(state, &rendered);
+        Ok(())
+    }
+    fn check_canary(&mut self) -> Result<Option<String>, String> {
+        match self.check_canary() {
+            Ok(true) => Ok(Some("canary chain KUBE-PROXY-CANARY is gone: forcing a full sync".into())),
+            Ok(false) => Ok(None),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+    fn canary_forced(&self) -> bool {
+        self.needs_full_sync().is_some_and(|r| r.contains("canary"))
+    }
+}
+
+impl ModeSyncer for NftSyncer {
+    fn sync_once(&mut self, state: &ProxyState) -> Result<String, String> {
+        let r = self.sync(state).map_err(|e| e.to_string())?;
+        if let Some(e) = &r.stale_delete_error {
+            eprintln!("error: {e}");
+        }
+        Ok(format!(
+            "synced ({}{}): {} services changed, {} chains written, {} stale chains flushed, {} deleted, \
+             {} elements added, {} deleted, {} operations",
+            if r.full { "full" } else { "incremental" },
+            if r.full { format!(": {}", r.reason) } else { String::new() },
+            r.changed_services,
+            r.rendered.written_chains.len(),
+            r.rendered.stale_chains.len(),
+            r.deleted_stale_chains.len(),
+            r.rendered.elements_added,
+            r.rendered.elements_deleted,
+            r.rendered.operations
+        ))
+    }
+    fn dry_run(&mut self, state: &ProxyState) -> Result<(), String> {
+        let (preview, rendered) = self.preview(state).map_err(|e| e.to_string())?;
+        write_stdout(&nftables::sync::diff_view(&preview, &rendered))?;
+        self.mark_applied(state, &rendered);
+        Ok(())
+    }
+    fn check_canary(&mut self) -> Result<Option<String>, String> {
+        match self.check_table() {
+            Ok(true) => Ok(Some("table ip kube-proxy is gone or flushed: forcing a full sync".into())),
+            Ok(false) => Ok(None),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+    fn canary_forced(&self) -> bool {
+        self.needs_full_sync().is_some_and(|r| r.contains("gone or flushed"))
+    }
+}
+
+fn cmd_run(args: &Args) -> Result<i32, String> {
+    let records = PodRecords::open(args.datastore.as_ref())?;
+    match args.proxy_mode {
+        ProxyMode::Iptables => {
+            let ipt = Iptables::current();
+            let cfg = args.proxier_config(&ipt)?;
+            run_loop(args, &records, &mut new_syncer(args, ipt, cfg))
+        }
+        ProxyMode::Nftables => {
+            let mut syncer = NftSyncer::new(Nft::current(), args.nft_config(false)?);
+            run_loop(args, &records, &mut syncer)
+        }
+    }
+}
+
 /// Keep the rules in sync: resync when an input file or the pod records
 /// change (polled), at least every sync period, never more often than the
 /// min sync period; check the canary every sync period; retry failures.
-fn cmd_run(args: &Args) -> Result<i32, String> {
-    let ipt = Iptables::current();
-    let cfg = args.proxier_config(&ipt)?;
-    let records = PodRecords::open(args.datastore.as_ref())?;
-    let mut syncer = new_syncer(args, ipt, cfg);
+fn run_loop(args: &Args, records: &PodRecords, syncer: &mut dyn ModeSyncer) -> Result<i32, String> {
     let poll = args.min_sync_period.clamp(Duration::from_millis(50), Duration::from_millis(500));
     let mut last_stamp = None;
     let mut last_rev = None;
@@ -111,14 +230,14 @@ fn cmd_run(args: &Args) -> Result<i32, String> {
         if !args.dry_run && last_sync.is_some() && last_canary.elapsed() >= args.sync_period {
             last_canary = Instant::now();
             match syncer.check_canary() {
-                Ok(true) => eprintln!("canary chain KUBE-PROXY-CANARY is gone: forcing a full sync"),
-                Ok(false) => {}
+                Ok(Some(msg)) => eprintln!("{msg}"),
+                Ok(None) => {}
                 Err(e) => eprintln!("error: {e}"),
             }
         }
         let retry_due = retry_at.is_some_and(|t| Instant::now() >= t);
         let rate_ok = last_sync.is_none_or(|t| t.elapsed() >= args.min_sync_period);
-        let canary_forced = syncer_needs_full(&syncer);
+        let canary_forced = syncer.canary_forced();
         if (changed || periodic || retry_due || canary_forced) && rate_ok {
             last_stamp = Some(stamp);
             last_rev = rev;
@@ -129,26 +248,15 @@ fn cmd_run(args: &Args) -> Result<i32, String> {
                     }
                     if args.dry_run {
                         if changed || periodic {
-                            match dry_run(&mut syncer, &loaded) {
-                                // Pretend it was applied so the next preview is relative to it.
-                                Ok(rendered) => syncer.mark_applied(&loaded.state, &rendered),
-                                Err(e) => eprintln!("error: {e}"),
+                            if let Err(e) = syncer.dry_run(&loaded.state) {
+                                eprintln!("error: {e}");
                             }
                         }
-                        last_sync = Some(Instant::now());
                     } else {
                         let started = Instant::now();
-                        match syncer.sync(&loaded.state) {
-                            Ok(r) => {
-                                eprintln!(
-                                    "synced ({}{}): {} services changed, {} chains written, {} stale chains deleted, {:?}",
-                                    if r.full { "full" } else { "partial" },
-                                    if r.full { format!(": {}", r.reason) } else { String::new() },
-                                    r.changed_services,
-                                    r.rendered.written_service_chains.len(),
-                                    r.rendered.deleted_chains.len(),
-                                    started.elapsed()
-                                );
+                        match syncer.sync_once(&loaded.state) {
+                            Ok(line) => {
+                                eprintln!("{line}, {:?}", started.elapsed());
                                 retry_at = None;
                             }
                             Err(e) => {
@@ -159,8 +267,8 @@ fn cmd_run(args: &Args) -> Result<i32, String> {
                                 retry_at = Some(Instant::now() + args.sync_period);
                             }
                         }
-                        last_sync = Some(Instant::now());
                     }
+                    last_sync = Some(Instant::now());
                 }
                 Err(e) => {
                     eprintln!("error: {e}");
@@ -171,8 +279,4 @@ fn cmd_run(args: &Args) -> Result<i32, String> {
         }
         std::thread::sleep(poll);
     }
-}
-
-fn syncer_needs_full(s: &Syncer) -> bool {
-    s.needs_full_sync().is_some_and(|r| r.contains("canary"))
 }

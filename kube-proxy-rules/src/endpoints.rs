@@ -299,3 +299,46 @@ pub fn categorize<'a>(eps: &'a [EndpointInfo], sp: &ServicePortInfo, node: &str)
     }
     c
 }
+
+/// What one sync does with one service port, in either proxy mode: the
+/// categorized endpoints and the decisions both proxiers derive from them
+/// (the local variables at the top of kube-proxy's per-service loop).
+#[derive(Debug)]
+pub struct Traffic<'a> {
+    pub cluster: Vec<&'a EndpointInfo>,
+    pub local: Vec<&'a EndpointInfo>,
+    /// Every endpoint that gets an endpoint chain (cluster ∪ local).
+    pub all_reachable: Vec<&'a EndpointInfo>,
+    /// Usable endpoints anywhere in the cluster.
+    pub has_endpoints: bool,
+    /// ClusterIP traffic has somewhere to go (with iTP Local: a local endpoint).
+    pub has_internal_endpoints: bool,
+    /// External traffic has somewhere to go (with eTP Local: a local endpoint).
+    pub has_external_endpoints: bool,
+    /// The cluster-policy chain (all usable endpoints) is written.
+    pub uses_cluster_chain: bool,
+    /// The local-policy chain (this node's endpoints) is written.
+    pub uses_local_chain: bool,
+    /// The "external destinations" chain is written: based on
+    /// `has_endpoints`, not `has_external_endpoints`, because local traffic
+    /// is short-circuited even when no local endpoint exists.
+    pub uses_external_chain: bool,
+}
+
+impl<'a> Traffic<'a> {
+    pub fn new(sp: &ServicePortInfo, eps: &'a [EndpointInfo], node: &str) -> Self {
+        let c = categorize(eps, sp, node);
+        let has_endpoints = c.has_any;
+        Traffic {
+            uses_cluster_chain: !c.cluster.is_empty() && sp.uses_cluster_endpoints(),
+            uses_local_chain: !c.local.is_empty() && sp.uses_local_endpoints(),
+            has_endpoints,
+            has_internal_endpoints: has_endpoints && (!sp.internal_policy_local || !c.local.is_empty()),
+            has_external_endpoints: has_endpoints && (!sp.external_policy_local || !c.local.is_empty()),
+            uses_external_chain: has_endpoints && sp.externally_accessible(),
+            cluster: c.cluster,
+            local: c.local,
+            all_reachable: c.all_reachable,
+        }
+    }
+}

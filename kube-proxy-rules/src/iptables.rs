@@ -9,9 +9,9 @@
 //! namespace's firewall).
 
 use std::collections::BTreeSet;
-use std::io::Write;
-use std::process::{Command, Output, Stdio};
+use std::process::Output;
 
+use crate::exec::Runner;
 use crate::names::*;
 
 /// The xtables lock wait flags (iptables ≥ 1.6.2).
@@ -139,54 +139,27 @@ pub const CANARY_TABLES: [&str; 3] = ["mangle", "nat", "filter"];
 /// iptables of one network namespace.
 #[derive(Debug, Clone, Default)]
 pub struct Iptables {
-    netns: Option<String>,
+    runner: Runner,
 }
 
 impl Iptables {
     /// The current network namespace.
     pub fn current() -> Self {
-        Iptables { netns: None }
+        Iptables { runner: Runner::current() }
     }
     /// A named namespace (`/run/netns/<name>`), through `ip netns exec`.
     pub fn in_netns(name: &str) -> Self {
-        Iptables { netns: Some(name.to_string()) }
+        Iptables { runner: Runner::in_netns(name) }
     }
 
     pub fn netns(&self) -> Option<&str> {
-        self.netns.as_deref()
-    }
-
-    fn command(&self, program: &str) -> Command {
-        match &self.netns {
-            Some(ns) => {
-                let mut c = Command::new("ip");
-                c.args(["netns", "exec", ns, program]);
-                c
-            }
-            None => Command::new(program),
-        }
+        self.runner.netns()
     }
 
     fn run(&self, program: &str, args: &[&str], stdin: Option<&[u8]>) -> Result<Output, IptablesError> {
-        let mut cmd = self.command(program);
-        cmd.args(args).stdout(Stdio::piped()).stderr(Stdio::piped());
-        cmd.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() });
-        let mut child =
-            cmd.spawn().map_err(|source| IptablesError::Spawn { program: program.to_string(), source })?;
-        let pipe = child.stdin.take();
-        // Feed stdin from a second thread while this one drains stdout and
-        // stderr: a child that writes more than a pipe buffer of warnings
-        // before it has read the whole payload would otherwise deadlock.
-        std::thread::scope(|s| {
-            if let (Some(data), Some(mut pipe)) = (stdin, pipe) {
-                // A write error (the child exited early) shows up in its status and stderr.
-                s.spawn(move || {
-                    let _ = pipe.write_all(data);
-                });
-            }
-            child.wait_with_output()
-        })
-        .map_err(|source| IptablesError::Spawn { program: program.to_string(), source })
+        self.runner
+            .run(program, args, stdin)
+            .map_err(|source| IptablesError::Spawn { program: program.to_string(), source })
     }
 
     fn check(&self, program: &str, args: &[&str], stdin: Option<&[u8]>) -> Result<Output, IptablesError> {

@@ -14,7 +14,7 @@ use std::net::{IpAddr, Ipv4Addr};
 
 use ipnetwork::Ipv4Network;
 
-use crate::endpoints::{categorize, key_of, EndpointInfo, EndpointsMap};
+use crate::endpoints::{key_of, EndpointInfo, EndpointsMap, Traffic};
 use crate::names::{self, *};
 use crate::service::ServicePortInfo;
 
@@ -45,6 +45,9 @@ pub struct ProxierConfig {
     pub conntrack_tcp_liberal: bool,
     /// nfacct counters present (`localhost_nps_accepted_pkts`, `ct_state_invalid_dropped_pkts`).
     pub nfacct: bool,
+    /// The service IP ranges (nftables mode: traffic to an unallocated
+    /// ClusterIP in them is dropped). Unused by the iptables proxier.
+    pub service_cidrs: Vec<Ipv4Network>,
 }
 
 /// kube-proxy's mark: `fmt.Sprintf("%#08x", 1<<bit)` pads the digits to 8: `0x00004000`.
@@ -66,12 +69,14 @@ impl Default for ProxierConfig {
             random_fully: false,
             conntrack_tcp_liberal: false,
             nfacct: false,
+            service_cidrs: Vec::new(),
         }
     }
 }
 
 impl ProxierConfig {
-    fn node_ipv4(&self) -> Option<Ipv4Addr> {
+    /// The first IPv4 `--node-ip`: "the" node IP (LB source ranges).
+    pub fn node_ipv4(&self) -> Option<Ipv4Addr> {
         self.node_ips.iter().find_map(|ip| match ip {
             IpAddr::V4(v4) => Some(*v4),
             _ => None,
@@ -230,7 +235,8 @@ fn probability(n: usize) -> String {
     format!("{:.10}", 1.0 / n as f64)
 }
 
-/// Per-service-port decisions (the local variables of kube-proxy's loop).
+/// Per-service-port decisions: the mode-independent ones ([`Traffic`]) and
+/// the iptables chain names and REJECT/DROP targets that follow from them.
 struct PortPlan<'a> {
     sp: &'a ServicePortInfo,
     proto: &'static str,
@@ -254,22 +260,11 @@ struct PortPlan<'a> {
 
 impl<'a> PortPlan<'a> {
     fn new(sp: &'a ServicePortInfo, eps: &'a [EndpointInfo], node: &str) -> Self {
-        let c = categorize(eps, sp, node);
-        let uses_cluster_chain = !c.cluster.is_empty() && sp.uses_cluster_endpoints();
-        let uses_local_chain = !c.local.is_empty() && sp.uses_local_endpoints();
-        let has_endpoints = c.has_any;
-        let (mut internal_chain, mut has_internal) = (sp.chains.svc.as_str(), has_endpoints);
-        if sp.internal_policy_local {
-            internal_chain = sp.chains.svl.as_str();
-            has_internal = has_internal && !c.local.is_empty();
-        }
-        let (mut external_policy_chain, mut has_external) = (sp.chains.svc.as_str(), has_endpoints);
-        if sp.external_policy_local {
-            external_policy_chain = sp.chains.svl.as_str();
-            has_external = has_external && !c.local.is_empty();
-        }
+        let t = Traffic::new(sp, eps, node);
+        let internal_chain = if sp.internal_policy_local { &sp.chains.svl } else { &sp.chains.svc };
+        let external_policy_chain = if sp.external_policy_local { &sp.chains.svl } else { &sp.chains.svc };
         let name = &sp.name_string;
-        let (internal_filter, external_filter) = if !has_endpoints {
+        let (internal_filter, external_filter) = if !t.has_endpoints {
             let reject = ("REJECT", quoted(&format!("{name} has no endpoints")));
             (reject.clone(), reject)
         } else {
@@ -280,22 +275,22 @@ impl<'a> PortPlan<'a> {
             sp,
             proto: sp.protocol.as_str(),
             port: sp.port.to_string(),
-            has_endpoints,
-            has_internal_endpoints: has_internal,
-            has_external_endpoints: has_external,
+            has_endpoints: t.has_endpoints,
+            has_internal_endpoints: t.has_internal_endpoints,
+            has_external_endpoints: t.has_external_endpoints,
             internal_chain,
             external_policy_chain,
-            uses_cluster_chain,
-            uses_local_chain,
-            uses_ext_chain: has_endpoints && sp.externally_accessible(),
-            uses_fw_chain: has_endpoints
+            uses_cluster_chain: t.uses_cluster_chain,
+            uses_local_chain: t.uses_local_chain,
+            uses_ext_chain: t.uses_external_chain,
+            uses_fw_chain: t.has_endpoints
                 && !sp.load_balancer_vips.is_empty()
                 && !sp.load_balancer_source_ranges.is_empty(),
             internal_filter,
             external_filter,
-            cluster: c.cluster,
-            local: c.local,
-            all_reachable: c.all_reachable,
+            cluster: t.cluster,
+            local: t.local,
+            all_reachable: t.all_reachable,
         }
     }
 

@@ -1,0 +1,146 @@
+//! Running `nft` the way kube-proxy's knftables does: one `nft -f -`
+//! transaction per sync with the text on stdin (atomic: all or nothing),
+//! listings as JSON. In the current network namespace or in a named one
+//! (tests and benchmarks never touch the root namespace's ruleset).
+
+use std::collections::BTreeSet;
+use std::process::Output;
+
+use crate::exec::Runner;
+use crate::nftables::render::{FAMILY_TABLE, SERVICES};
+
+#[derive(Debug, thiserror::Error)]
+pub enum NftError {
+    #[error("cannot run nft: {0}")]
+    Spawn(std::io::Error),
+    /// `line`: the transaction line nft blamed, when it said which.
+    #[error("nft {command} failed ({status}){}: {stderr}", line.as_ref().map(|(n, l)| format!(" at line {n}: `{l}`")).unwrap_or_default())]
+    Failed { command: String, status: String, stderr: String, line: Option<(usize, String)> },
+    #[error("nft {command}: unreadable output: {reason}")]
+    Output { command: String, reason: String },
+}
+
+/// nft of one network namespace, for table `ip kube-proxy`.
+#[derive(Debug, Clone, Default)]
+pub struct Nft {
+    runner: Runner,
+}
+
+/// The first `<file>:<line>:<columns>: Error: …` of nft's stderr: the line
+/// number and the message.
+fn blamed_line(stderr: &str) -> Option<(usize, &str)> {
+    stderr.lines().find_map(|l| {
+        let (head, msg) = l.split_once(": Error: ")?;
+        let mut parts = head.rsplitn(3, ':');
+        let _columns = parts.next()?;
+        let line: usize = parts.next()?.parse().ok()?;
+        Some((line, msg))
+    })
+}
+
+impl Nft {
+    pub fn current() -> Self {
+        Nft { runner: Runner::current() }
+    }
+
+    /// The named namespace (`/run/netns/<name>`), through `ip netns exec`.
+    pub fn in_netns(name: &str) -> Self {
+        Nft { runner: Runner::in_netns(name) }
+    }
+
+    pub fn netns(&self) -> Option<&str> {
+        self.runner.netns()
+    }
+
+    fn run(&self, args: &[&str], stdin: Option<&[u8]>) -> Result<Output, NftError> {
+        self.runner.run("nft", args, stdin).map_err(NftError::Spawn)
+    }
+
+    fn check(&self, args: &[&str], stdin: Option<&str>) -> Result<Output, NftError> {
+        let out = self.run(args, stdin.map(str::as_bytes))?;
+        if out.status.success() {
+            return Ok(out);
+        }
+        let stderr = String::from_utf8_lossy(&out.stderr).trim().to_string();
+        let line = stdin.and_then(|text| {
+            let (n, _) = blamed_line(&stderr)?;
+            let l = text.lines().nth(n.checked_sub(1)?)?;
+            Some((n, l.to_string()))
+        });
+        // The blamed line is quoted already: keep only nft's message lines.
+        let stderr = match (&line, blamed_line(&stderr)) {
+            (Some(_), Some((_, msg))) => msg.to_string(),
+            _ => stderr,
+        };
+        Err(NftError::Failed { command: args.join(" "), status: out.status.to_string(), stderr, line })
+    }
+
+    /// Apply one transaction (`nft -f -`): every operation or none.
+    pub fn apply(&self, transaction: &str) -> Result<(), NftError> {
+        self.check(&["-f", "-"], Some(transaction)).map(|_| ())
+    }
+
+    /// The names of one kind of object (`chains`, `sets`, `maps`) in table
+    /// `ip kube-proxy` (`nft -j list <kind>s ip`); empty if there is no table.
+    fn list(&self, kind: &str) -> Result<BTreeSet<String>, NftError> {
+        let args = ["-j", "list", kind, "ip"];
+        let out = self.check(&args, None)?;
+        let command = args.join(" ");
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+            .map_err(|e| NftError::Output { command: command.clone(), reason: e.to_string() })?;
+        let items = v.get("nftables").and_then(|n| n.as_array()).ok_or_else(|| NftError::Output {
+            command: command.clone(),
+            reason: "no \"nftables\" array".into(),
+        })?;
+        let object = kind.trim_end_matches('s');
+        let table = FAMILY_TABLE.rsplit(' ').next().unwrap_or_default();
+        Ok(items
+            .iter()
+            .filter_map(|i| i.get(object))
+            .filter(|o| o.get("table").and_then(|t| t.as_str()) == Some(table))
+            .filter_map(|o| o.get("name").and_then(|n| n.as_str()).map(str::to_string))
+            .collect())
+    }
+
+    /// The chains of table `ip kube-proxy`.
+    pub fn chains(&self) -> Result<BTreeSet<String>, NftError> {
+        self.list("chains")
+    }
+
+    /// The sets of table `ip kube-proxy` (not the maps).
+    pub fn sets(&self) -> Result<BTreeSet<String>, NftError> {
+        self.list("sets")
+    }
+
+    /// kube-proxy's canary in nftables mode is the table itself: true if the
+    /// `services` chain still dispatches through `@service-ips` (false when
+    /// the table was deleted or flushed by someone else).
+    pub fn table_intact(&self) -> Result<bool, NftError> {
+        let chain = format!("{FAMILY_TABLE} {SERVICES}");
+        let mut args = vec!["list", "chain"];
+        args.extend(chain.split(' '));
+        let out = self.run(&args, None)?;
+        Ok(out.status.success() && String::from_utf8_lossy(&out.stdout).contains("@service-ips"))
+    }
+
+    /// `nft list table ip kube-proxy`.
+    pub fn list_table(&self) -> Result<String, NftError> {
+        let mut args = vec!["list", "table"];
+        args.extend(FAMILY_TABLE.split(' '));
+        let out = self.check(&args, None)?;
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_blamed_line_is_found_in_nft_errors() {
+        let stderr = "/dev/stdin:2:15-21: Error: Could not process rule: No such file or directory\n\
+                      add rule ip t nochain accept\n              ^^^^^^^";
+        assert_eq!(blamed_line(stderr), Some((2, "Could not process rule: No such file or directory")));
+        assert_eq!(blamed_line("Error: syntax error"), None);
+    }
+}
