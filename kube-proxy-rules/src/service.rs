@@ -99,6 +99,20 @@ pub fn parse_ipv4_sloppy(s: &str) -> Option<Ipv4Addr> {
     Some(Ipv4Addr::from(octets))
 }
 
+/// Parse an IPv4 CIDR the way Go's `ParseCIDRSloppy` does (leading zeros
+/// allowed, `203.0.113.000/025`), masked like Go's `ParseCIDR`:
+/// 203.0.113.5/25 → 203.0.113.0/25.
+pub fn parse_cidr_sloppy(s: &str) -> Option<Ipv4Network> {
+    let (ip, prefix) = s.split_once('/')?;
+    let ip = parse_ipv4_sloppy(ip)?;
+    if prefix.is_empty() || prefix.len() > 3 || !prefix.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let prefix: u8 = prefix.parse().ok()?;
+    let net = Ipv4Network::new(ip, prefix).ok()?;
+    Ipv4Network::new(net.network(), prefix).ok()
+}
+
 fn is_ipv6_literal(s: &str) -> bool {
     s.parse::<std::net::Ipv6Addr>().is_ok()
 }
@@ -161,10 +175,9 @@ pub fn convert(svc: &Service, source: &str) -> Result<Converted, ObjectError> {
         if r.contains(':') && r.parse::<ipnetwork::Ipv6Network>().is_ok() {
             continue;
         }
-        let net: Ipv4Network =
-            r.parse().map_err(|_| err(format!("invalid loadBalancerSourceRanges entry {r:?}")))?;
-        // Go's ParseCIDR masks the address: 203.0.113.5/25 → 203.0.113.0/25.
-        source_ranges.push(Ipv4Network::new(net.network(), net.prefix()).unwrap_or(net));
+        let net = parse_cidr_sloppy(r)
+            .ok_or_else(|| err(format!("invalid loadBalancerSourceRanges entry {r:?}")))?;
+        source_ranges.push(net);
     }
     let affinity_timeout = match spec.session_affinity.as_deref().unwrap_or("None") {
         "None" => None,
@@ -351,6 +364,15 @@ mod tests {
         assert_eq!(parse_ipv4_sloppy("10.180.00.001"), Some(Ipv4Addr::new(10, 180, 0, 1)));
         assert_eq!(parse_ipv4_sloppy("10.180.0.256"), None);
         assert_eq!(parse_ipv4_sloppy("10.180.0"), None);
+    }
+
+    #[test]
+    fn sloppy_cidrs_are_masked() {
+        assert_eq!(parse_cidr_sloppy("203.0.113.000/025"), Some("203.0.113.0/25".parse().unwrap()));
+        assert_eq!(parse_cidr_sloppy("203.0.113.5/25"), Some("203.0.113.0/25".parse().unwrap()));
+        assert_eq!(parse_cidr_sloppy("10.0.0.0/33"), None);
+        assert_eq!(parse_cidr_sloppy("10.0.0.0"), None);
+        assert_eq!(parse_cidr_sloppy("10.0.0.0/"), None);
     }
 
     #[test]

@@ -262,7 +262,11 @@ impl NftSyncer {
                 },
             );
             let what = if full.is_some() { "full nft transaction" } else { "incremental nft transaction" };
-            self.nft.apply(&rendered.transaction).map_err(nft_err(what))?;
+            // Nothing changed: no transaction at all (nft would accept an
+            // empty one, but there is no reason to run it).
+            if rendered.operations > 0 {
+                self.nft.apply(&rendered.transaction).map_err(nft_err(what))?;
+            }
             Ok(rendered)
         })();
         match result {
