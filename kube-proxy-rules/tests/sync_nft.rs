@@ -1,0 +1,382 @@
+//! nftables syncs against the real kernel, in namespaces the tests create
+//! (never the root namespace's ruleset).
+//!
+//! kube-proxy's TestSyncProxyRulesRepeated (pkg/proxy/nftables/proxier_test.go)
+//! step by step: after every sync, (1) the table as the transactions left it
+//! (applied to the in-memory model) equals kube-proxy's expectation, (2) the
+//! transaction has as many operations as kube-proxy's, and (3) the kernel's
+//! table, `nft list`ed and normalised, equals the table a fresh namespace gets
+//! from one full sync of the same state (stale chains waiting for deletion
+//! aside). Then: the startup case (TestSyncProxyRulesStartup's final state,
+//! with leftovers of an earlier run cleaned up), and a failed incremental
+//! transaction followed by a full sync.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use kube_proxy_rules::inputs::build_state;
+use kube_proxy_rules::k8s::Objects;
+use kube_proxy_rules::nftables::dump::{normalize_listing, sort_dump, Table};
+use kube_proxy_rules::nftables::{Nft, NftSyncReport, NftSyncer};
+use kube_proxy_rules::proxier::{ProxierConfig, ProxyState};
+use testbed::Netns;
+
+const BASE: &str = include_str!("golden-nft/base-rules.txt");
+
+fn state(yaml: &str) -> ProxyState {
+    let mut o = Objects::default();
+    let mut errors = Vec::new();
+    o.add_text(yaml, "test", &mut errors);
+    assert!(errors.is_empty(), "{errors:?}");
+    let loaded = build_state(&o, &[], "10.96.0.0/12".parse().unwrap());
+    assert!(loaded.errors.is_empty(), "{:?}", loaded.errors);
+    loaded.state
+}
+
+fn service(ns: &str, name: &str, ip: &str, port_name: &str, port: u16) -> String {
+    format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: {ns}}}\n\
+         spec: {{clusterIP: {ip}, ports: [{{name: {port_name}, port: {port}, protocol: TCP}}]}}\n---\n"
+    )
+}
+
+fn slice(ns: &str, name: &str, ips: &[&str], port_name: &str, port: u16) -> String {
+    let eps: Vec<String> = ips.iter().map(|ip| format!("{{addresses: [{ip}]}}")).collect();
+    format!(
+        "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
+         metadata: {{name: {name}-1, namespace: {ns}, labels: {{kubernetes.io/service-name: {name}}}}}\n\
+         addressType: IPv4\nendpoints: [{}]\nports: [{{name: {port_name}, port: {port}, protocol: TCP}}]\n---\n",
+        eps.join(", ")
+    )
+}
+
+/// NewFakeProxier's settings.
+fn config() -> ProxierConfig {
+    ProxierConfig {
+        hostname: "test-node".into(),
+        node_ips: vec!["192.168.0.2".parse().unwrap()],
+        cluster_cidr: Some("10.0.0.0/8".parse().unwrap()),
+        masquerade_mark: "0x4000".into(),
+        nodeport_addresses: vec!["192.168.0.2/32".parse().unwrap()],
+        local_addresses: vec!["192.168.0.2".parse().unwrap()],
+        service_cidrs: vec!["172.30.0.0/16".parse().unwrap()],
+        localhost_nodeports: false,
+        random_fully: true,
+        ..Default::default()
+    }
+}
+
+/// The kernel's table, normalised, without the (empty) chains in `skip`.
+fn kernel_table(nft: &Nft, skip: &BTreeSet<String>) -> String {
+    let listing = normalize_listing(&nft.list_table().unwrap());
+    let mut out = String::new();
+    let mut skipping = false;
+    for line in listing.lines() {
+        if let Some(name) = line.strip_prefix("chain ") {
+            skipping = skip.contains(name);
+        } else if !line.starts_with("  ") {
+            skipping = false;
+        }
+        if !skipping {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    out
+}
+
+/// The table a fresh namespace gets from one full sync of `st`.
+fn fresh_table(st: &ProxyState) -> String {
+    let fresh = Netns::new("knf");
+    let nft = Nft::in_netns(fresh.name());
+    NftSyncer::new(nft.clone(), config()).sync(st).unwrap();
+    kernel_table(&nft, &BTreeSet::new())
+}
+
+/// One step of the repeated-sync test.
+struct Steps {
+    syncer: NftSyncer,
+    nft: Nft,
+    model: Table,
+}
+
+impl Steps {
+    /// Sync `yaml`, mirror the transactions in the model, and check the
+    /// three things against upstream's `expected` and `ops`.
+    fn step(&mut self, name: &str, yaml: &str, expected: &str, ops: Option<usize>) -> NftSyncReport {
+        let st = state(yaml);
+        let r = self.syncer.sync(&st).unwrap_or_else(|e| panic!("step {name:?}: {e}"));
+        if !r.deleted_stale_chains.is_empty() {
+            let tx: String =
+                r.deleted_stale_chains.iter().map(|c| format!("delete chain ip kube-proxy {c}\n")).collect();
+            self.model.apply(&tx).unwrap_or_else(|e| panic!("step {name:?}: stale deletion: {e}"));
+        }
+        self.model.apply(&r.rendered.transaction).unwrap_or_else(|e| panic!("step {name:?}: {e}"));
+        let want = sort_dump(&format!("{BASE}\n{expected}"));
+        assert_eq!(sort_dump(&self.model.dump()), want, "step {name:?}: table (model)");
+        if let Some(n) = ops {
+            assert_eq!(r.rendered.operations, n, "step {name:?}: operations in\n{}", r.rendered.transaction);
+        }
+        let stale: BTreeSet<String> = self.syncer.stale_chains().map(String::from).collect();
+        assert_eq!(
+            kernel_table(&self.nft, &stale),
+            fresh_table(&st),
+            "step {name:?}: kernel vs a fresh full sync"
+        );
+        r
+    }
+}
+
+fn chain(name: &str, rules: &[&str]) -> String {
+    let mut s = format!("add chain ip kube-proxy {name}\n");
+    for r in rules {
+        s.push_str(&format!("add rule ip kube-proxy {name} {r}\n"));
+    }
+    s
+}
+
+/// svc<n>'s service chain and one endpoint chain per (hash, ip) of upstream's expectations.
+fn svc_chains(svc: &str, cip: &str, eps: &[(&str, &str)], port: u16) -> String {
+    let mask = format!("ip daddr {cip} ip saddr != 10.0.0.0/8 jump mark-for-masquerade");
+    let vmap: Vec<String> = eps
+        .iter()
+        .enumerate()
+        .map(|(i, (h, ip))| {
+            format!("{i} : goto endpoint-{h}-{}__{ip}/{port}", svc.split_once('-').unwrap().1)
+        })
+        .collect();
+    let lb = format!("numgen random mod {} vmap {{ {} }}", eps.len(), vmap.join(" , "));
+    let mut s = chain(&format!("service-{svc}"), &[&mask, &lb]);
+    for (h, ip) in eps {
+        let ep = format!("endpoint-{h}-{}__{ip}/{port}", svc.split_once('-').unwrap().1);
+        s += &chain(
+            &ep,
+            &[
+                &format!("ip saddr {ip} jump mark-for-masquerade"),
+                &format!("meta l4proto tcp dnat to {ip}:{port}"),
+            ],
+        );
+    }
+    s
+}
+
+const SVC1: &str = "ULMVA6XW-ns1/svc1/tcp/p80";
+const SVC2: &str = "MHHHYRWA-ns2/svc2/tcp/p8080";
+const SVC3: &str = "4AT6LBPK-ns3/svc3/tcp/p80";
+const SVC4: &str = "LAUZTJTB-ns4/svc4/tcp/p80";
+
+fn elements(lines: &[&str]) -> String {
+    lines.iter().map(|l| format!("add element ip kube-proxy {l}\n")).collect()
+}
+
+#[test]
+fn repeated_syncs_match_kube_proxy_and_a_fresh_full_sync() {
+    let ns = Netns::new("knr");
+    let nft = Nft::in_netns(ns.name());
+    let mut s = Steps { syncer: NftSyncer::new(nft.clone(), config()), nft, model: Table::new() };
+    // Only the test ages stale chains (upstream's ageStaleChains).
+    s.syncer.stale_chain_delay = Duration::from_secs(3600);
+    let age = |s: &mut Steps| s.syncer.age_stale_chains(Duration::from_secs(7200));
+
+    let svc1 =
+        service("ns1", "svc1", "172.30.0.41", "p80", 80) + &slice("ns1", "svc1", &["10.0.1.1"], "p80", 80);
+    let svc2 = service("ns2", "svc2", "172.30.0.42", "p8080", 8080)
+        + &slice("ns2", "svc2", &["10.0.2.1"], "p8080", 8080);
+    let svc3 = service("ns3", "svc3", "172.30.0.43", "p80", 80);
+    let svc4 = service("ns4", "svc4", "172.30.0.44", "p80", 80);
+    let c1 = svc_chains(SVC1, "172.30.0.41", &[("5TPGNJF2", "10.0.1.1")], 80);
+    let c2 = svc_chains(SVC2, "172.30.0.42", &[("7RVP4LUQ", "10.0.2.1")], 8080);
+    let c3 = svc_chains(SVC3, "172.30.0.43", &[("2OCDJSZQ", "10.0.3.1")], 80);
+    let c4 = svc_chains(SVC4, "172.30.0.44", &[("WAHRBT2B", "10.0.4.1")], 80);
+    let e1 = [
+        "cluster-ips { 172.30.0.41 }",
+        "service-ips { 172.30.0.41 . tcp . 80 : goto service-ULMVA6XW-ns1/svc1/tcp/p80 }",
+    ];
+    let e2 = [
+        "cluster-ips { 172.30.0.42 }",
+        "service-ips { 172.30.0.42 . tcp . 8080 : goto service-MHHHYRWA-ns2/svc2/tcp/p8080 }",
+    ];
+    let e3 = [
+        "cluster-ips { 172.30.0.43 }",
+        "service-ips { 172.30.0.43 . tcp . 80 : goto service-4AT6LBPK-ns3/svc3/tcp/p80 }",
+    ];
+    let e4 = [
+        "cluster-ips { 172.30.0.44 }",
+        "service-ips { 172.30.0.44 . tcp . 80 : goto service-LAUZTJTB-ns4/svc4/tcp/p80 }",
+    ];
+
+    let r = s.step("initial", &(svc1.clone() + &svc2), &(elements(&e1) + &elements(&e2) + &c1 + &c2), None);
+    assert!(r.full && r.reason == "first sync");
+
+    let s3 = slice("ns3", "svc3", &["10.0.3.1"], "p80", 80);
+    let want = elements(&e1) + &elements(&e2) + &elements(&e3) + &c1 + &c2 + &c3;
+    let r = s.step("add svc3", &(svc1.clone() + &svc2 + &svc3 + &s3), &want, Some(10));
+    assert!(!r.full);
+
+    // Delete svc2 (its slice stays): its chains are flushed, not deleted yet.
+    let empty2 = chain(&format!("service-{SVC2}"), &[])
+        + &chain("endpoint-7RVP4LUQ-ns2/svc2/tcp/p8080__10.0.2.1/8080", &[]);
+    let base = svc1.clone() + &svc3 + &s3 + &slice("ns2", "svc2", &["10.0.2.1"], "p8080", 8080);
+    let want = elements(&e1) + &elements(&e3) + &c1 + &c3 + &empty2;
+    s.step("delete svc2", &base, &want, Some(4));
+
+    // Time passes: the stale chains go, in a transaction of their own.
+    age(&mut s);
+    let want = elements(&e1) + &elements(&e3) + &c1 + &c3;
+    let r = s.step("stale chains deleted", &base, &want, Some(0));
+    assert_eq!(r.deleted_stale_chains.len(), 2);
+
+    // Add svc4 without endpoints, then its endpoints.
+    let no_ep4 =
+        "no-endpoint-services { 172.30.0.44 . tcp . 80 comment \"ns4/svc4:p80\" : goto reject-chain }";
+    let want = elements(&e1) + &elements(&e3) + &elements(&[e4[0], no_ep4]) + &c1 + &c3;
+    s.step("add svc4", &(base.clone() + &svc4), &want, Some(2));
+    let s4 = slice("ns4", "svc4", &["10.0.4.1"], "p80", 80);
+    let with4 = base.clone() + &svc4 + &s4;
+    let want = elements(&e1) + &elements(&e3) + &elements(&e4) + &c1 + &c3 + &c4;
+    s.step("add svc4 endpoints", &with4, &want, Some(10));
+
+    // Change svc3's endpoint: the old endpoint chain is flushed, not deleted.
+    let s3b = slice("ns3", "svc3", &["10.0.3.2"], "p80", 80);
+    let cur = |s3: &str| {
+        svc1.clone() + &svc3 + s3 + &slice("ns2", "svc2", &["10.0.2.1"], "p8080", 8080) + &svc4 + &s4
+    };
+    let c3b = svc_chains(SVC3, "172.30.0.43", &[("SWWHDC7X", "10.0.3.2")], 80);
+    let old31 = chain("endpoint-2OCDJSZQ-ns3/svc3/tcp/p80__10.0.3.1/80", &[]);
+    let all_el = elements(&e1) + &elements(&e3) + &elements(&e4);
+    s.step("change svc3 endpoint", &cur(&s3b), &(all_el.clone() + &c1 + &c3b + &old31 + &c4), Some(9));
+
+    // (Aged.) Add an endpoint to svc3: the old chain is deleted.
+    age(&mut s);
+    let s3c = slice("ns3", "svc3", &["10.0.3.2", "10.0.3.3"], "p80", 80);
+    let c3c = svc_chains(SVC3, "172.30.0.43", &[("SWWHDC7X", "10.0.3.2"), ("TQ2QKHCZ", "10.0.3.3")], 80);
+    let with_two = all_el.clone() + &c1 + &c3c + &c4;
+    s.step("add svc3 endpoint", &cur(&s3c), &with_two, Some(12));
+
+    // Empty svc3's endpoints: reject, its 3 chains flushed and stale.
+    let s3e = slice("ns3", "svc3", &[], "p80", 80).replace("endpoints: []", "endpoints: []");
+    let no_ep3 =
+        "no-endpoint-services { 172.30.0.43 . tcp . 80 comment \"ns3/svc3:p80\" : goto reject-chain }";
+    let empty3 = chain(&format!("service-{SVC3}"), &[])
+        + &chain("endpoint-SWWHDC7X-ns3/svc3/tcp/p80__10.0.3.2/80", &[])
+        + &chain("endpoint-TQ2QKHCZ-ns3/svc3/tcp/p80__10.0.3.3/80", &[]);
+    let want = elements(&e1) + &elements(&[e3[0], no_ep3]) + &elements(&e4) + &c1 + &empty3 + &c4;
+    s.step("empty svc3", &cur(&s3e), &want, Some(5));
+    let stale: BTreeSet<&str> = s.syncer.stale_chains().collect();
+    assert_eq!(
+        stale,
+        [
+            "endpoint-SWWHDC7X-ns3/svc3/tcp/p80__10.0.3.2/80",
+            "endpoint-TQ2QKHCZ-ns3/svc3/tcp/p80__10.0.3.3/80",
+            "service-4AT6LBPK-ns3/svc3/tcp/p80",
+        ]
+        .into()
+    );
+
+    // Restore at once: the chains come back and are no longer stale.
+    s.step("restore svc3", &cur(&s3c), &with_two, Some(14));
+    assert_eq!(s.syncer.stale_chains().count(), 0);
+
+    // Empty, let the chains age, restore: deleted first, then re-created.
+    s.step("empty svc3 again", &cur(&s3e), &want, Some(5));
+    age(&mut s);
+    let r = s.step("restore after ageing", &cur(&s3c), &with_two, Some(14));
+    assert_eq!(r.deleted_stale_chains.len(), 3);
+
+    // Nothing changed: no operations at all.
+    let r = s.step("no change", &cur(&s3c), &with_two, Some(0));
+    assert_eq!(r.changed_services, 0);
+}
+
+/// TestSyncProxyRulesStartup: the table already holds part of the state (a
+/// restart); the first sync is a full one and leaves exactly upstream's
+/// expected table. Unlike upstream (which skips unchanged chains and elements
+/// on that first sync) it rewrites everything; a chain of a service that no
+/// longer exists, left by the earlier run, is found by listing the table,
+/// flushed, and deleted by a later sync.
+#[test]
+fn startup_over_an_existing_table() {
+    let ns = Netns::new("kns");
+    let nft = Nft::in_netns(ns.name());
+    let c1 = svc_chains(SVC1, "172.30.0.41", &[("5TPGNJF2", "10.0.1.1")], 80);
+    let c2 = svc_chains(SVC2, "172.30.0.42", &[("7RVP4LUQ", "10.0.2.1")], 8080);
+    let leftover = chain("service-AAAAAAAA-old/gone/tcp/p80", &["ip daddr 172.30.0.99 drop"]);
+    let before = format!(
+        "{BASE}\n{c1}{c2}{leftover}add element ip kube-proxy cluster-ips {{ 172.30.0.41 }}\n\
+         add element ip kube-proxy cluster-ips {{ 172.30.0.42 }}\n\
+         add element ip kube-proxy service-ips {{ 172.30.0.41 . tcp . 80 : goto service-{SVC1} }}\n\
+         add element ip kube-proxy service-ips {{ 172.30.0.42 . tcp . 8080 : goto service-{SVC2} }}\n"
+    );
+    // Chains first, then what refers to them.
+    let (chains, rest): (Vec<&str>, Vec<&str>) = before.lines().partition(|l| l.starts_with("add chain"));
+    let mut model = Table::new();
+    model.apply(BASE).unwrap();
+    model.apply(&(chains.join("\n") + "\n" + &rest.join("\n"))).unwrap();
+    nft.apply(&model.dump()).unwrap();
+
+    let yaml = service("ns1", "svc1", "172.30.0.41", "p80", 80)
+        + &slice("ns1", "svc1", &["10.0.1.1", "10.0.1.2"], "p80", 80)
+        + &service("ns2", "svc2", "172.30.0.42", "p8080", 8080)
+        + &slice("ns2", "svc2", &["10.0.2.1"], "p8080", 8080)
+        + &service("ns3", "svc3", "172.30.0.43", "p80", 80);
+    let st = state(&yaml);
+    let mut syncer = NftSyncer::new(nft.clone(), config());
+    let r = syncer.sync(&st).unwrap();
+    assert!(r.full);
+    assert_eq!(r.rendered.stale_chains, ["service-AAAAAAAA-old/gone/tcp/p80"]);
+    model.apply(&r.rendered.transaction).unwrap();
+    let c1b = svc_chains(SVC1, "172.30.0.41", &[("5TPGNJF2", "10.0.1.1"), ("ZCZBVNAZ", "10.0.1.2")], 80);
+    let want = format!(
+        "{BASE}\n{c1b}{c2}add element ip kube-proxy cluster-ips {{ 172.30.0.41 }}\n\
+         add element ip kube-proxy cluster-ips {{ 172.30.0.42 }}\nadd element ip kube-proxy cluster-ips {{ 172.30.0.43 }}\n\
+         add element ip kube-proxy service-ips {{ 172.30.0.41 . tcp . 80 : goto service-{SVC1} }}\n\
+         add element ip kube-proxy service-ips {{ 172.30.0.42 . tcp . 8080 : goto service-{SVC2} }}\n\
+         add element ip kube-proxy no-endpoint-services {{ 172.30.0.43 . tcp . 80 comment \"ns3/svc3:p80\" : goto reject-chain }}\n\
+         add chain ip kube-proxy service-AAAAAAAA-old/gone/tcp/p80\n"
+    );
+    assert_eq!(sort_dump(&model.dump()), sort_dump(&want));
+    let stale: BTreeSet<String> = syncer.stale_chains().map(String::from).collect();
+    assert_eq!(kernel_table(&nft, &stale), fresh_table(&st));
+
+    syncer.age_stale_chains(Duration::from_secs(10));
+    let r = syncer.sync(&st).unwrap();
+    assert_eq!(r.deleted_stale_chains, ["service-AAAAAAAA-old/gone/tcp/p80"]);
+    assert!(!nft.chains().unwrap().contains("service-AAAAAAAA-old/gone/tcp/p80"));
+    assert_eq!(kernel_table(&nft, &BTreeSet::new()), fresh_table(&st));
+}
+
+/// A failed incremental transaction changes nothing, names the line nft
+/// blamed, and the next sync is a full one that repairs the table.
+#[test]
+fn a_failed_incremental_transaction_falls_back_to_a_full_sync() {
+    let ns = Netns::new("knx");
+    let nft = Nft::in_netns(ns.name());
+    let mut syncer = NftSyncer::new(nft.clone(), config());
+    let svc1 =
+        service("ns1", "svc1", "172.30.0.41", "p80", 80) + &slice("ns1", "svc1", &["10.0.1.1"], "p80", 80);
+    syncer.sync(&state(&svc1)).unwrap();
+    // Someone removes one of our maps' users and the map (behind our back).
+    ns.exec(&["nft", "flush", "chain", "ip", "kube-proxy", "services"]);
+    ns.exec(&["nft", "delete", "map", "ip", "kube-proxy", "service-ips"]);
+    let two = svc1.clone()
+        + &service("ns2", "svc2", "172.30.0.42", "p80", 80)
+        + &slice("ns2", "svc2", &["10.0.2.1"], "p80", 80);
+    let err = syncer.sync(&state(&two)).unwrap_err().to_string();
+    assert!(err.contains("incremental nft transaction"), "{err}");
+    assert!(err.contains("at line ") && err.contains("`add element ip kube-proxy service-ips {"), "{err}");
+    assert!(
+        !nft.chains().unwrap().iter().any(|c| c.contains("svc2")),
+        "the failed transaction left svc2 chains"
+    );
+    assert!(syncer.needs_full_sync().is_some_and(|r| r.contains("previous sync failed")));
+    let r = syncer.sync(&state(&two)).unwrap();
+    assert!(r.full, "{}", r.reason);
+    assert_eq!(kernel_table(&nft, &BTreeSet::new()), fresh_table(&state(&two)));
+    // The table check sees an intact table now, and a deleted one.
+    assert!(!syncer.check_table().unwrap());
+    ns.exec(&["nft", "delete", "table", "ip", "kube-proxy"]);
+    assert!(syncer.check_table().unwrap());
+    let r = syncer.sync(&state(&two)).unwrap();
+    assert!(r.full && r.reason.contains("gone or flushed"), "{}", r.reason);
+    assert_eq!(kernel_table(&nft, &BTreeSet::new()), fresh_table(&state(&two)));
+}
