@@ -86,6 +86,16 @@ fn cmd_sync(args: &Args) -> Result<i32, String> {
         }
         let line = syncer.sync_once(&loaded.state)?;
         eprintln!("{line}");
+        // No later sync will delete the chains this one flushed: wait until
+        // it is safe (see nftables::sync) and delete them now.
+        if syncer.stale_chains().next().is_some() {
+            std::thread::sleep(syncer.stale_chain_delay);
+            let (deleted, error) = syncer.delete_stale_chains();
+            match error {
+                Some(e) => eprintln!("error: {e}"),
+                None => eprintln!("deleted {} stale chain(s)", deleted.len()),
+            }
+        }
         return Ok(0);
     }
     let ipt = Iptables::current();

@@ -5,7 +5,8 @@
 //! cali veth, a host /32 route to the veth) and a client netns on an external
 //! link. The pods' endpoints come from Calico pod records in a file store
 //! (selected through a Deployment's labels, named targetPort), one service
-//! from an EndpointSlice.
+//! from an EndpointSlice. Every test runs in both proxy modes (iptables and
+//! nftables), with the same inputs and the same expectations.
 
 use std::fs::File;
 use std::io::{Read, Write};
@@ -21,6 +22,36 @@ use calico_store::Datastore;
 use testbed::{sh, Netns};
 
 const NODE: &str = "node1";
+
+/// `--proxy-mode`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Mode {
+    Iptables,
+    Nftables,
+}
+
+impl Mode {
+    fn flag(self) -> &'static str {
+        match self {
+            Mode::Iptables => "iptables",
+            Mode::Nftables => "nftables",
+        }
+    }
+    /// The rules as the kernel has them.
+    fn rules(self, node: &Netns) -> String {
+        match self {
+            Mode::Iptables => node.exec(&["iptables-save", "-t", "nat"]),
+            Mode::Nftables => node.exec(&["nft", "list", "table", "ip", "kube-proxy"]),
+        }
+    }
+    /// How the rules show that `svc` (in namespace default) has endpoint `ep`.
+    fn endpoint_marker(self, svc: &str, ep: &str) -> String {
+        match self {
+            Mode::Iptables => format!("default/{svc} -> {ep}"),
+            Mode::Nftables => format!("dnat to {ep}"),
+        }
+    }
+}
 const NODE_IP: &str = "192.168.77.1";
 
 /// Run `f` on a thread that has entered `netns` (setns affects one thread only).
@@ -184,11 +215,22 @@ spec:
   clusterIP: 10.96.0.40
   externalIPs: [not-an-ip]
   ports: [{port: 80}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: sticky}
+spec:
+  type: NodePort
+  clusterIP: 10.96.0.50
+  selector: {app: web}
+  sessionAffinity: ClientIP
+  ports: [{port: 8081, targetPort: http, nodePort: 30081}]
 ";
 
-fn sync(node: &Netns, dir: &std::path::Path, store: &std::path::Path) -> String {
+fn sync(mode: Mode, node: &Netns, dir: &std::path::Path, store: &std::path::Path) -> String {
     let out = Command::new("ip")
         .args(["netns", "exec", node.name(), env!("CARGO_BIN_EXE_kube-proxy-rules"), "sync"])
+        .args(["--proxy-mode", mode.flag()])
         .args(["--hostname-override", NODE, "--node-ip", NODE_IP, "--cluster-cidr", "10.244.0.0/16"])
         .args(["--datastore-type", "file", "--datastore-path"])
         .arg(store)
@@ -206,6 +248,15 @@ fn share(answers: &[std::io::Result<String>], pod: &str) -> usize {
 
 #[test]
 fn services_carry_real_packets() {
+    carry_real_packets(Mode::Iptables);
+}
+
+#[test]
+fn services_carry_real_packets_nftables() {
+    carry_real_packets(Mode::Nftables);
+}
+
+fn carry_real_packets(mode: Mode) {
     let node = Netns::new("kpn");
     let n = node.name().to_string();
     sh(&format!("ip netns exec {n} sh -c 'echo 1 > /proc/sys/net/ipv4/ip_forward'"));
@@ -237,12 +288,15 @@ fn services_carry_real_packets() {
     std::fs::create_dir(&manifests).unwrap();
     std::fs::write(manifests.join("app.yaml"), MANIFESTS).unwrap();
 
-    let stderr = sync(&node, &manifests, &store_dir);
+    let stderr = sync(mode, &node, &manifests, &store_dir);
     assert!(stderr.contains("skipped Service default/bad"), "{stderr}");
     assert!(stderr.contains("externalIP"), "{stderr}");
-    let nat = node.exec(&["iptables-save", "-t", "nat"]);
+    let rules = mode.rules(&node);
     for ep in ["10.244.0.11:80", "10.244.0.12:80"] {
-        assert!(nat.contains(&format!("default/web -> {ep}")), "endpoint {ep} missing:\n{stderr}\n{nat}");
+        assert!(
+            rules.contains(&mode.endpoint_marker("web", ep)),
+            "endpoint {ep} missing:\n{stderr}\n{rules}"
+        );
     }
 
     // ClusterIP from a pod and from the node.
@@ -268,7 +322,16 @@ fn services_carry_real_packets() {
     let (a, b) = (share(&answers, "web-5d9f8-aaaaa"), share(&answers, "web-5d9f8-bbbbb"));
     assert_eq!(a + b, 1000, "every connection must be answered");
     assert!((400..=600).contains(&a), "split {a}/{b}");
-    eprintln!("1000 connections to the NodePort: {a} / {b}");
+    eprintln!("{mode:?}: 1000 connections to the NodePort: {a} / {b}");
+
+    // ClientIP affinity: every new connection from the client goes to one pod.
+    let answers = fetch(&c, &format!("{NODE_IP}:30081"), 50);
+    let first = match &answers[0] {
+        Ok(s) => s.split(' ').next().unwrap_or("").to_string(),
+        Err(e) => panic!("{mode:?}: connect to the sticky NodePort: {e}\n{}", mode.rules(&node)),
+    };
+    assert!(first.starts_with("web-5d9f8-"), "{answers:?}");
+    assert_eq!(share(&answers, &first), 50, "affinity must stick to {first}: {answers:?}");
 
     // A service without endpoints is rejected at once (REJECT, not a timeout),
     // from a pod (FORWARD) and from the node itself (OUTPUT).
@@ -311,6 +374,15 @@ fn cni(node: &Netns, cmd: &str, cid: &str, pod: &Netns, pod_name: &str, conf: &s
 /// from the service at the next sync.
 #[test]
 fn services_reach_pods_added_by_the_calico_plugin() {
+    reach_pods_added_by_the_calico_plugin(Mode::Iptables);
+}
+
+#[test]
+fn services_reach_pods_added_by_the_calico_plugin_nftables() {
+    reach_pods_added_by_the_calico_plugin(Mode::Nftables);
+}
+
+fn reach_pods_added_by_the_calico_plugin(mode: Mode) {
     let node = Netns::new("kqn");
     let n = node.name().to_string();
     let client = Netns::new("kqc");
@@ -348,10 +420,10 @@ fn services_reach_pods_added_by_the_calico_plugin() {
         MANIFESTS.split("---\napiVersion: v1\nkind: Service\nmetadata: {name: empty}").next().unwrap(),
     )
     .unwrap();
-    sync(&node, &manifests, &store_dir);
-    let nat = node.exec(&["iptables-save", "-t", "nat"]);
+    sync(mode, &node, &manifests, &store_dir);
+    let rules = mode.rules(&node);
     for ip in &ips {
-        assert!(nat.contains(&format!("default/web -> {ip}:80")), "{nat}");
+        assert!(rules.contains(&mode.endpoint_marker("web", &format!("{ip}:80"))), "{rules}");
     }
 
     let answers = fetch(&c, &format!("{NODE_IP}:30080"), 200);
@@ -370,7 +442,7 @@ fn services_reach_pods_added_by_the_calico_plugin() {
 
     // The CNI deletes pod b: its record goes, the next sync drops its endpoint.
     cni(&node, "DEL", "cb", &pb, nb, &conf);
-    sync(&node, &manifests, &store_dir);
+    sync(mode, &node, &manifests, &store_dir);
     let answers = fetch(&c, &format!("{NODE_IP}:30080"), 50);
     assert_eq!(share(&answers, na), 50, "{answers:?}");
     cni(&node, "DEL", "ca", &pa, na, &conf);

@@ -202,3 +202,96 @@ fn dry_run_shows_chains_to_rewrite_create_and_delete() {
     assert!(view.contains("~ nat KUBE-SERVICES (2 rules)"), "{view}");
     assert!(ns.exec(&["iptables-save", "-t", "nat"]).contains(&api_svc), "dry run deleted a chain");
 }
+
+/// `run --proxy-mode nftables`: a full sync first, incremental ones after a
+/// file or pod-record change (one service each), and a deleted table (the
+/// nftables canary) brings a full resync.
+#[test]
+fn run_in_nftables_mode_follows_changes_and_recreates_a_deleted_table() {
+    let ns = Netns::new("kpr");
+    let tmp = tempfile::tempdir().unwrap();
+    let (store_dir, manifests) = (tmp.path().join("store"), tmp.path().join("m"));
+    std::fs::create_dir(&manifests).unwrap();
+    std::fs::write(manifests.join("web.yaml"), WEB).unwrap();
+    let store = calico_store::file::FileStore::open(store_dir.clone()).unwrap();
+    let (k, v) = record("web-abc-11111", "10.244.0.11");
+    store.create(&k, &v).unwrap();
+
+    let log = tmp.path().join("run.log");
+    let child = Command::new("ip")
+        .args(["netns", "exec", ns.name(), BIN, "run", "--proxy-mode", "nftables"])
+        .args(["--sync-period", "1s", "--min-sync-period", "100ms"])
+        .args(args(&store_dir, &manifests))
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let run = Runner { child, log };
+    let table = || ns.exec(&["nft", "list", "table", "ip", "kube-proxy"]);
+
+    run.wait_for("synced (full: first sync)", 1);
+    assert!(table().contains("dnat to 10.244.0.11:8080"), "{}", table());
+
+    // A new manifest file: an incremental sync of that one service.
+    std::fs::write(manifests.join("api.yaml"), API).unwrap();
+    let log = run.wait_for("synced (incremental): 1 services changed", 1);
+    assert!(!log.contains("error"), "{log}");
+    assert!(table().contains("dnat to 10.244.0.99:6443"));
+
+    // A new pod record: web gets a second endpoint.
+    let (k, v) = record("web-abc-22222", "10.244.0.12");
+    store.create(&k, &v).unwrap();
+    run.wait_for("synced (incremental): 1 services changed", 2);
+    let t = table();
+    assert!(t.contains("dnat to 10.244.0.12:8080") && t.contains("numgen random mod 2"), "{t}");
+
+    // Periodic syncs with nothing changed write nothing.
+    run.wait_for("synced (incremental): 0 services changed, 0 chains written, 0 stale chains flushed", 1);
+
+    // Someone deletes the table: the next check forces a full resync.
+    ns.exec(&["nft", "delete", "table", "ip", "kube-proxy"]);
+    run.wait_for("synced (full: table ip kube-proxy is gone or flushed)", 1);
+    let t = table();
+    assert!(t.contains("dnat to 10.244.0.12:8080") && t.contains("dnat to 10.244.0.99:6443"), "{t}");
+    // The iptables side of this namespace was never touched.
+    assert!(!ns.exec(&["iptables-save"]).contains("KUBE-"));
+}
+
+#[test]
+fn dry_run_in_nftables_mode_shows_the_transaction_without_applying_it() {
+    let ns = Netns::new("kpr");
+    let tmp = tempfile::tempdir().unwrap();
+    let (store_dir, manifests) = (tmp.path().join("store"), tmp.path().join("m"));
+    std::fs::create_dir(&manifests).unwrap();
+    std::fs::write(manifests.join("api.yaml"), API).unwrap();
+    let sync = |extra: &[&str]| {
+        let out = Command::new("ip")
+            .args(["netns", "exec", ns.name(), BIN, "sync", "--proxy-mode", "nftables"])
+            .args(extra)
+            .args(args(&store_dir, &manifests))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let api = kube_proxy_rules::names::nft_service_base("default/api", "tcp");
+    let view = sync(&["--dry-run"]);
+    assert!(ns.try_exec(&["nft", "list", "table", "ip", "kube-proxy"]).is_err(), "dry run created the table");
+    assert!(view.starts_with("# full sync (first sync)"), "{view}");
+    assert!(view.contains(&format!("+ chain service-{api} (2 rules)")), "{view}");
+    assert!(view.contains("= service-ips: flushed, 1 element(s) added"), "{view}");
+
+    sync(&[]);
+    // Now api's endpoint changes: its old endpoint chain goes stale.
+    std::fs::write(manifests.join("api.yaml"), API.replace("10.244.0.99", "10.244.0.98")).unwrap();
+    let view = sync(&["--dry-run"]);
+    // A new process starts with a full sync, which finds the existing chains.
+    assert!(view.contains(&format!("~ chain service-{api} (2 rules)")), "{view}");
+    assert!(view.contains("+ chain endpoint-") && view.contains("__10.244.0.98/6443"), "{view}");
+    assert!(view.contains("- chain endpoint-") && view.contains("__10.244.0.99/6443 (stale"), "{view}");
+    assert!(ns.exec(&["nft", "list", "table", "ip", "kube-proxy"]).contains("10.244.0.99:6443"));
+    // A one-shot sync flushes the stale chain, waits, and deletes it.
+    sync(&[]);
+    let t = ns.exec(&["nft", "list", "table", "ip", "kube-proxy"]);
+    assert!(!t.contains("10.244.0.99") && t.contains("dnat to 10.244.0.98:6443"), "{t}");
+}

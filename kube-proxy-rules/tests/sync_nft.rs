@@ -127,6 +127,14 @@ impl Steps {
     }
 }
 
+/// Every operation of an incremental transaction is about one service.
+fn touches_only(r: &NftSyncReport, name: &str, cluster_ip: &str) {
+    assert!(!r.full);
+    for line in r.rendered.transaction.lines() {
+        assert!(line.contains(name) || line.contains(cluster_ip), "not about {name}: {line}");
+    }
+}
+
 fn chain(name: &str, rules: &[&str]) -> String {
     let mut s = format!("add chain ip kube-proxy {name}\n");
     for r in rules {
@@ -212,6 +220,7 @@ fn repeated_syncs_match_kube_proxy_and_a_fresh_full_sync() {
     let want = elements(&e1) + &elements(&e2) + &elements(&e3) + &c1 + &c2 + &c3;
     let r = s.step("add svc3", &(svc1.clone() + &svc2 + &svc3 + &s3), &want, Some(10));
     assert!(!r.full);
+    touches_only(&r, "ns3/svc3", "172.30.0.43");
 
     // Delete svc2 (its slice stays): its chains are flushed, not deleted yet.
     let empty2 = chain(&format!("service-{SVC2}"), &[])
@@ -251,7 +260,8 @@ fn repeated_syncs_match_kube_proxy_and_a_fresh_full_sync() {
     let s3c = slice("ns3", "svc3", &["10.0.3.2", "10.0.3.3"], "p80", 80);
     let c3c = svc_chains(SVC3, "172.30.0.43", &[("SWWHDC7X", "10.0.3.2"), ("TQ2QKHCZ", "10.0.3.3")], 80);
     let with_two = all_el.clone() + &c1 + &c3c + &c4;
-    s.step("add svc3 endpoint", &cur(&s3c), &with_two, Some(12));
+    let r = s.step("add svc3 endpoint", &cur(&s3c), &with_two, Some(12));
+    touches_only(&r, "ns3/svc3", "172.30.0.43");
 
     // Empty svc3's endpoints: reject, its 3 chains flushed and stale.
     let s3e = slice("ns3", "svc3", &[], "p80", 80).replace("endpoints: []", "endpoints: []");

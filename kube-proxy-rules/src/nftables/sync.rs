@@ -217,9 +217,11 @@ impl NftSyncer {
     }
 
     /// Delete the stale chains that waited long enough, in a transaction of
-    /// their own. On failure they stay, and the next sync is a full one
-    /// (which lists what the table really has).
-    fn delete_stale_chains(&mut self) -> (Vec<String>, Option<String>) {
+    /// their own: the chains deleted, or why it failed. On failure they stay,
+    /// and the next sync is a full one (which lists what the table really has).
+    /// [`NftSyncer::sync`] does this first; a one-shot `sync` calls it again
+    /// after waiting [`NftSyncer::stale_chain_delay`].
+    pub fn delete_stale_chains(&mut self) -> (Vec<String>, Option<String>) {
         let aged = self.aged_stale_chains();
         if aged.is_empty() {
             return (aged, None);
