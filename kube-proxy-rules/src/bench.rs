@@ -1,7 +1,10 @@
 //! `kube-proxy-rules bench`: N services × M endpoints, synthetic. Measures
 //! full render time and peak memory, the partial-sync payload for one changed
 //! service against the full one, and how long `iptables-restore` takes for
-//! both in a scratch network namespace the bench creates and deletes.
+//! both in a scratch network namespace the bench creates and deletes. With
+//! `--proxy-mode nftables` the same for the `nft -f` transactions (full and
+//! one-service incremental), with the iptables renders of the same state
+//! alongside.
 //!
 //! Measured on this machine (iptables 1.8.9): `iptables-restore` (nf_tables)
 //! grows super-linearly with the number of chains (×10 endpoints: 250 services
@@ -13,13 +16,15 @@ use std::net::Ipv4Addr;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use crate::cli::Args;
+use crate::cli::{Args, ProxyMode};
 use crate::endpoints::{key_of, EndpointInfo};
 use crate::iptables::Iptables;
 use crate::k8s::IntOrString;
 use crate::names::ServiceChains;
+use crate::nftables::{self, Nft};
 use crate::proxier::{render, ProxierConfig, ProxyState, RenderPlan};
 use crate::service::{Protocol, ServicePortInfo};
+use crate::syncer::ServiceKey;
 
 /// A synthetic cluster: `services` ClusterIP services with `endpoints` each,
 /// a tenth of the endpoints on this node.
@@ -100,10 +105,28 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
+/// The state with one endpoint of the middle service replaced, and that service.
+fn one_service_changed(state: &ProxyState) -> (ProxyState, HashSet<ServiceKey>) {
+    let mut changed_state = state.clone();
+    let victim = changed_state.services[state.services.len() / 2].clone();
+    if let Some(eps) = changed_state.endpoints.get_mut(&key_of(&victim)) {
+        if let Some(e) = eps.first_mut() {
+            let ip = Ipv4Addr::new(10, 127, 255, 1);
+            *e = EndpointInfo::new(&victim.name_string, Protocol::Tcp, ip, 8080, e.node_name.clone());
+        }
+        eps.sort_by(|a, b| a.endpoint.cmp(&b.endpoint));
+    }
+    let changed: HashSet<_> = [(victim.namespace.clone(), victim.name.clone())].into_iter().collect();
+    (changed_state, changed)
+}
+
 pub fn run(args: &Args) -> Result<i32, String> {
     let (n, m) = (args.bench_services, args.bench_endpoints);
     if n == 0 || m == 0 {
         return Err("--services and --endpoints must be > 0".into());
+    }
+    if args.proxy_mode == ProxyMode::Nftables {
+        return run_nftables(args);
     }
     let cfg = ProxierConfig {
         hostname: "bench-node".into(),
@@ -131,16 +154,7 @@ pub fn run(args: &Args) -> Result<i32, String> {
     }
 
     // One service's endpoints change: only its chains are written.
-    let mut changed_state = state.clone();
-    let victim = changed_state.services[n / 2].clone();
-    if let Some(eps) = changed_state.endpoints.get_mut(&key_of(&victim)) {
-        if let Some(e) = eps.first_mut() {
-            let ip = Ipv4Addr::new(10, 127, 255, 1);
-            *e = EndpointInfo::new(&victim.name_string, Protocol::Tcp, ip, 8080, e.node_name.clone());
-        }
-        eps.sort_by(|a, b| a.endpoint.cmp(&b.endpoint));
-    }
-    let changed: HashSet<_> = [(victim.namespace.clone(), victim.name.clone())].into_iter().collect();
+    let (changed_state, changed) = one_service_changed(&state);
     // As the syncer does it: the top-level chains as last applied (the full render).
     let plan = RenderPlan {
         full: false,
@@ -214,6 +228,120 @@ pub fn run(args: &Args) -> Result<i32, String> {
     println!(
         "  full render / full restore       {:>10.3}%  (target <= 10%)",
         100.0 * best.as_secs_f64() / restore_full.as_secs_f64()
+    );
+    Ok(0)
+}
+
+/// `bench --proxy-mode nftables`.
+fn run_nftables(args: &Args) -> Result<i32, String> {
+    let (n, m) = (args.bench_services, args.bench_endpoints);
+    let cfg = ProxierConfig {
+        hostname: "bench-node".into(),
+        node_ips: vec![Ipv4Addr::new(192, 168, 0, 2).into()],
+        cluster_cidr: "10.128.0.0/9".parse().ok(),
+        nodeport_addresses: "192.168.0.2/32".parse().into_iter().collect(),
+        local_addresses: vec![Ipv4Addr::new(192, 168, 0, 2)],
+        service_cidrs: "10.96.0.0/12".parse().into_iter().collect(),
+        localhost_nodeports: false,
+        random_fully: true,
+        ..Default::default()
+    };
+    let t = Instant::now();
+    let state = synthetic_state(n, m);
+    let build = t.elapsed();
+
+    reset_peak();
+    let base_kb = status_kb("VmRSS:").unwrap_or(0);
+    let t = Instant::now();
+    let full = nftables::render(&state, &cfg, &nftables::NftPlan::full());
+    let mut best = t.elapsed();
+    let hwm_kb = status_kb("VmHWM:").unwrap_or(0);
+    for _ in 0..2 {
+        let t = Instant::now();
+        let again = nftables::render(&state, &cfg, &nftables::NftPlan::full());
+        best = best.min(t.elapsed());
+        drop(again);
+    }
+
+    // One service's endpoint changes; the rest is as the full sync left it.
+    let (changed_state, changed) = one_service_changed(&state);
+    let applied = nftables::Applied { elements: full.elements.clone(), objects: full.objects.clone() };
+    let plan = nftables::NftPlan {
+        full: false,
+        recreate_base_chains: false,
+        changed: Some(&changed),
+        applied: Some(&applied),
+        existing_chains: None,
+        existing_sets: None,
+    };
+    let t = Instant::now();
+    let inc = nftables::render(&changed_state, &cfg, &plan);
+    let inc_time = t.elapsed();
+
+    // The iptables proxier on the same state (renders only).
+    let t = Instant::now();
+    let ipt_full = render(&state, &cfg, &RenderPlan { full: true, ..Default::default() });
+    let ipt_time = t.elapsed();
+    let ipt_partial = render(
+        &changed_state,
+        &cfg,
+        &RenderPlan {
+            full: false,
+            changed: Some(&changed),
+            existing_nat_chains: None,
+            applied_top_level: Some(&ipt_full.top_level_hashes),
+        },
+    );
+
+    let pct = |a: usize, b: usize| 100.0 * a as f64 / b as f64;
+    let total = full.transaction.len();
+    println!("kube-proxy-rules bench --proxy-mode nftables: {n} services x {m} endpoints");
+    println!("  synthetic state build              {:>10.1} ms", ms(build));
+    println!(
+        "  full render (best of 3)            {:>10.1} ms   peak RSS {:.1} MiB (+{:.1} MiB for the render)",
+        ms(best),
+        mib(hwm_kb),
+        mib(hwm_kb.saturating_sub(base_kb))
+    );
+    println!(
+        "  full transaction                   {:>10} bytes {:>8} operations ({} rules)",
+        total, full.operations, full.rules
+    );
+    println!("  incremental render (1 service)     {:>10.1} ms", ms(inc_time));
+    println!(
+        "  incremental transaction (1 svc)    {:>10} bytes {:>8} operations = {:.4}% of full (target <= 1%)",
+        inc.transaction.len(),
+        inc.operations,
+        pct(inc.transaction.len(), total)
+    );
+    println!(
+        "  iptables mode, same state: full render {:.1} ms, payload {} bytes; partial payload {} bytes = {:.4}%",
+        ms(ipt_time),
+        ipt_full.payload.len(),
+        ipt_partial.payload.len(),
+        pct(ipt_partial.payload.len(), ipt_full.payload.len())
+    );
+    if !args.bench_restore {
+        return Ok(0);
+    }
+    let ns = ScratchNetns::new()?;
+    let nft = Nft::in_netns(&ns.0);
+    let t = Instant::now();
+    nft.apply(&full.transaction).map_err(|e| format!("full nft -f: {e}"))?;
+    let apply_full = t.elapsed();
+    let t = Instant::now();
+    nft.apply(&inc.transaction).map_err(|e| format!("incremental nft -f: {e}"))?;
+    let apply_inc = t.elapsed();
+    drop(ns);
+    println!("  nft -f full (scratch netns)        {:>10.1} ms", ms(apply_full));
+    println!(
+        "  nft -f incremental (1 service)     {:>10.1} ms   = {:.2}% of full",
+        ms(apply_inc),
+        100.0 * apply_inc.as_secs_f64() / apply_full.as_secs_f64()
+    );
+    println!(
+        "  full render / full nft -f          {:>10.3}%  (target <= 10%)",
+        100.0 * best.as_secs_f64() / apply_full.as_secs_f64()
     );
     Ok(0)
 }
