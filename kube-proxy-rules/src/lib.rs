@@ -1,24 +1,40 @@
-//! # kube-proxy-rules: kube-proxy's iptables rules for a Calico node
+//! # kube-proxy-rules: kube-proxy's service rules for a Calico node
 //!
 //! Reads Services, EndpointSlices, Pods and Deployments as a user has them
 //! (YAML/JSON files) plus the pod records Calico's CNI writes
-//! (WorkloadEndpoints in the datastore), and produces exactly the
-//! iptables-restore payload kube-proxy's iptables proxier would (chain names,
-//! rule text and order), then applies it the way kube-proxy does: one
-//! `iptables-restore --noflush` transaction per sync, jump rules from the
-//! built-in chains, stale-chain cleanup, partial syncs of changed services,
-//! and a canary chain that forces a full resync when the rules were flushed.
+//! (WorkloadEndpoints in the datastore), and produces exactly what one of
+//! kube-proxy's proxiers would write, then applies it the way kube-proxy does.
+//! `--proxy-mode` picks the proxier, with the same inputs and flags:
 //!
-//! Modules: [`names`] (chain names and hashes), [`k8s`] (input objects),
-//! [`service`] (service ports, apiserver defaults), [`endpoints`] (slices, pod
-//! records, categorization), [`inputs`] (objects + records → state),
-//! [`proxier`] (rule builders named after chains), [`canonical`] (kube-proxy's
-//! test sort), [`iptables`] (running iptables), [`syncer`] (full/partial syncs),
-//! [`cli`] (flags), [`bench`].
+//! * `iptables` (default): the iptables-restore payload (chain names, rule
+//!   text and order); one `iptables-restore --noflush` transaction per sync,
+//!   jump rules from the built-in chains, stale-chain cleanup, partial syncs of
+//!   changed services, and a canary chain that forces a full resync when the
+//!   rules were flushed.
+//! * `nftables` (kube-proxy ≥1.31's nftables proxier, GA in 1.33): the
+//!   `nft -f` transaction for table `ip kube-proxy`, which this mode owns
+//!   entirely (base chains, verdict maps, `numgen` load balancing, dynamic
+//!   affinity sets, `masquerade fully-random`); one transaction per sync, full
+//!   at start and after a failure, incremental after (only the changed
+//!   services' chains and the map elements that differ), stale chains flushed
+//!   then deleted once it is safe, and a full resync when the table vanished
+//!   (the table is the canary). See [`nftables`] for what differs from
+//!   kube-proxy and why.
+//!
+//! Modules: [`names`] (chain names and hashes, both modes), [`k8s`] (input
+//! objects), [`service`] (service ports, apiserver defaults), [`endpoints`]
+//! (slices, pod records, categorization and the traffic-policy decisions both
+//! proxiers share), [`inputs`] (objects + records → state), [`proxier`]
+//! (iptables rule builders named after chains), [`canonical`] (kube-proxy's
+//! iptables test sort), [`iptables`] (running iptables), [`syncer`]
+//! (iptables full/partial syncs), [`nftables`] (the nftables proxier: render,
+//! sync, nft, dump), [`exec`] (running the tools in a namespace), [`cli`]
+//! (flags), [`commands`], [`bench`].
 //!
 //! May call: `calico-store` (read-only: pod records and the store revision),
-//! the `iptables`/`iptables-restore`/`iptables-save` binaries of the current
-//! network namespace (or of a named one, for tests), the filesystem.
+//! the `iptables`/`iptables-restore`/`iptables-save` and `nft` binaries of the
+//! current network namespace (or of a named one, for tests and benchmarks),
+//! the filesystem.
 
 pub mod bench;
 pub mod canonical;

@@ -278,6 +278,7 @@ pub fn normalize_listing(listing: &str) -> String {
     let mut blocks: BTreeMap<(String, String), Vec<String>> = BTreeMap::new();
     let mut current: Option<(String, String)> = None;
     let mut lines: Vec<String> = Vec::new();
+    // An `elements = { … }` list being read (it may span several lines).
     let mut elements: Option<String> = None;
     let mut dynamic = false;
     for raw in listing.lines() {
@@ -285,13 +286,16 @@ pub fn normalize_listing(listing: &str) -> String {
         if line.is_empty() {
             continue;
         }
+        if elements.is_none() && current.is_some() && line.starts_with("elements = {") {
+            elements = Some(String::new());
+        }
         if let Some(acc) = elements.as_mut() {
             acc.push(' ');
             acc.push_str(line);
             if line.ends_with('}') {
-                let Some(all) = elements.take() else { continue };
+                let all = elements.take().unwrap_or_default();
                 if !dynamic {
-                    let inner = all.trim_start_matches("elements = {").trim_end_matches('}');
+                    let inner = all.trim().trim_start_matches("elements = {").trim_end_matches('}');
                     let mut items: Vec<String> = inner
                         .split(',')
                         .map(|s| s.split_whitespace().collect::<Vec<_>>().join(" "))
@@ -318,23 +322,6 @@ pub fn normalize_listing(listing: &str) -> String {
                 if line == "}" {
                     blocks.insert(key.clone(), std::mem::take(&mut lines));
                     current = None;
-                } else if line.starts_with("elements = {") {
-                    elements = Some(line.to_string());
-                    if line.ends_with('}') {
-                        // One-line element list: re-run the closing logic.
-                        let all = line.to_string();
-                        elements = None;
-                        if !dynamic {
-                            let inner = all.trim_start_matches("elements = {").trim_end_matches('}');
-                            let mut items: Vec<String> = inner
-                                .split(',')
-                                .map(|s| s.split_whitespace().collect::<Vec<_>>().join(" "))
-                                .collect();
-                            items.retain(|s| !s.is_empty());
-                            items.sort();
-                            lines.extend(items.into_iter().map(|i| format!("element {i}")));
-                        }
-                    }
                 } else {
                     if line.starts_with("flags ") && line.contains("dynamic") {
                         dynamic = true;

@@ -14,6 +14,29 @@
 //! * [`nft`]: running `nft` (one `nft -f -` per sync) in a namespace;
 //! * [`dump`]: an in-memory model of the table to compare transactions with
 //!   kube-proxy's expectations, and `nft list` normalisation.
+//!
+//! The rule text, names, comments, priorities and operation counts are
+//! kube-proxy's (its proxier_test expectations are transcribed in
+//! tests/golden-nft and tests/sync_nft.rs). Deliberate differences:
+//!
+//! * incremental syncs do not `nft list` the table to find stale chains and
+//!   sets: the syncer remembers what it wrote per service (listing 100,000
+//!   chains costs seconds on every sync); full syncs do list, so leftovers of
+//!   an earlier run or of someone else's edits are cleaned up there;
+//! * the first sync after a restart is a plain full sync (kube-proxy ≥1.33
+//!   skips chains and elements that are already right); the resulting table
+//!   is the same;
+//! * the canary is a check of the `services` chain (table present, dispatch
+//!   rule present) every sync period; a failed transaction also falls back to
+//!   a full sync;
+//! * a one-shot `sync` deletes the chains it made stale itself, after waiting
+//!   the same 1 s a later sync would have waited;
+//! * the service CIDR for `cluster-ips-check` is `--service-cluster-ip-range`
+//!   (kube-proxy watches ServiceCIDR objects); NodePorts default to the
+//!   `--node-ip` addresses (kube-proxy's `primary`), and there are no
+//!   localhost NodePorts, as in kube-proxy's nftables mode;
+//! * no conntrack cleanup of stale UDP flows and no health-check server (not
+//!   rules; out of this crate's scope in both modes); IPv4 only.
 
 pub mod dump;
 pub mod nft;

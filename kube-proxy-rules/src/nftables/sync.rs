@@ -36,11 +36,11 @@ pub const STALE_CHAIN_DELAY: Duration = Duration::from_secs(1);
 #[derive(Debug, thiserror::Error)]
 pub enum NftSyncError {
     #[error("{what}: {source}")]
-    Nft { what: String, source: NftError },
+    Nft { what: String, source: Box<NftError> },
 }
 
 fn nft_err(what: &str) -> impl FnOnce(NftError) -> NftSyncError + '_ {
-    move |source| NftSyncError::Nft { what: what.to_string(), source }
+    move |source| NftSyncError::Nft { what: what.to_string(), source: Box::new(source) }
 }
 
 /// What a sync did.
