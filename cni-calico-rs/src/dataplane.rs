@@ -29,6 +29,29 @@ pub const GATEWAY_V4: Ipv4Addr = Ipv4Addr::new(169, 254, 1, 1);
 /// How long to wait for the host veth's IPv6 link-local address (the pod's v6 gateway).
 const LINK_LOCAL_WAIT: Duration = Duration::from_secs(3);
 
+/// Address families of a pod interface.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Families {
+    pub v4: bool,
+    pub v6: bool,
+}
+
+impl Families {
+    /// The families present in `ips`.
+    pub fn of(ips: &[IpNetwork]) -> Families {
+        Families { v4: ips.iter().any(IpNetwork::is_ipv4), v6: ips.iter().any(IpNetwork::is_ipv6) }
+    }
+
+    /// The families in `self` that `done` does not cover.
+    fn without(self, done: Families) -> Families {
+        Families { v4: self.v4 && !done.v4, v6: self.v6 && !done.v6 }
+    }
+
+    fn any(self) -> bool {
+        self.v4 || self.v6
+    }
+}
+
 /// What to build for one pod interface.
 #[derive(Debug)]
 pub struct VethPlan<'a> {
@@ -37,19 +60,37 @@ pub struct VethPlan<'a> {
     pub netns: &'a Netns,
     pub mtu: u32,
     pub num_queues: Option<u32>,
-    /// Pod addresses, already /32 or /128.
-    pub ips: &'a [IpNetwork],
+    /// The families IPAM is known to assign (calico-ipam's `assign_ipv4` /
+    /// `assign_ipv6`), so that their sysctls, link-up and gateway routes are
+    /// done while IPAM runs. `None` when another IPAM plugin decides: then
+    /// everything waits for its answer.
+    pub expected: Option<Families>,
     /// The pod's `ip_forward` / IPv6 `forwarding` (container_settings).
     pub allow_ip_forwarding: bool,
 }
 
-impl VethPlan<'_> {
-    fn has_v4(&self) -> bool {
-        self.ips.iter().any(IpNetwork::is_ipv4)
-    }
-    fn has_v6(&self) -> bool {
-        self.ips.iter().any(IpNetwork::is_ipv6)
-    }
+/// ADD's first half, built while IPAM allocates: the veth exists (its peer
+/// in the pod's namespace), and for the expected families its sysctls are
+/// set, both ends are up and the pod has its 169.254.1.1 routes. Dropping it
+/// without [`Veth::finish`] deletes the veth.
+///
+/// Why split: IPAM is a separate process that takes most of ADD's time;
+/// nothing here needs the pod's addresses, so doing it meanwhile takes it off
+/// the critical path. Only the addresses and the host routes wait.
+pub struct Veth<'a> {
+    plan: &'a VethPlan<'a>,
+    host: Link,
+    pod: Link,
+    /// Node-namespace socket, kept for the host routes.
+    host_nl: Netlink,
+    /// Opened inside the pod's namespace: a netlink socket stays in the
+    /// namespace it was opened in, so the pod's addresses need no second
+    /// namespace entry.
+    pod_nl: Netlink,
+    /// Families whose sysctls and routes are in place, links up.
+    prepared: Families,
+    up: bool,
+    guard: LinkGuard,
 }
 
 /// A wired pod interface. Dropping it without [`Wired::commit`] deletes the
@@ -142,8 +183,13 @@ pub fn pod_link_exists(netns: &Netns, ifname: &str) -> Result<bool, CniError> {
         .map_err(nl(&format!("look up {ifname} in {}", netns.path().display())))
 }
 
-/// Build the veth and everything around it (see the module doc).
-pub fn wire(plan: &VethPlan<'_>) -> Result<Wired, CniError> {
+/// Build the veth and everything around it in one go (see the module doc).
+pub fn wire(plan: &VethPlan<'_>, ips: &[IpNetwork]) -> Result<Wired, CniError> {
+    create(plan)?.finish(ips)
+}
+
+/// ADD's first half (see [`Veth`]).
+pub fn create<'a>(plan: &'a VethPlan<'a>) -> Result<Veth<'a>, CniError> {
     let mut host = Netlink::new().map_err(nl("open netlink in the node namespace"))?;
     // A link with our name is a leftover of an earlier sandbox of the same
     // pod (the name is derived from namespace/pod): Calico deletes it, which
@@ -166,39 +212,100 @@ pub fn wire(plan: &VethPlan<'_>) -> Result<Wired, CniError> {
     let host_link = host.create_veth(&cfg).map_err(nl("create the veth"))?;
     let guard = LinkGuard::in_netns(node_ns, &host_link);
 
-    host_sysctls(&host_link.name, plan.has_v4(), plan.has_v6())?;
-    host.set_link_up(host_link.index).map_err(nl(&format!("set {} up", host_link.name)))?;
+    let prepared = plan.expected.unwrap_or_default();
+    let up = plan.expected.is_some();
+    // Sysctls before link-up: with IPv6, accept_dad=0 must precede it.
+    host_sysctls(&host_link.name, prepared)?;
+    if up {
+        host.set_link_up(host_link.index).map_err(nl(&format!("set {} up", host_link.name)))?;
+    }
+    let (pod, pod_nl) = plan
+        .netns
+        .run_thread(|| {
+            let mut pod_nl = Netlink::new()?;
+            let pod = pod_prepare(&mut pod_nl, plan, prepared, up)?;
+            Ok((pod, pod_nl))
+        })
+        .map_err(nl(&format!("configure {} in {}", plan.ifname, plan.netns.path().display())))?;
+    Ok(Veth { plan, host: host_link, pod, host_nl: host, pod_nl, prepared, up, guard })
+}
 
-    let pod = plan.netns.run(|nl| pod_side(nl, plan)).map_err(nl(&format!(
-        "configure {} in {}",
-        plan.ifname,
-        plan.netns.path().display()
-    )))?;
+impl std::fmt::Debug for Veth<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Veth")
+            .field("host", &self.host.name)
+            .field("pod", &self.pod.name)
+            .field("prepared", &self.prepared)
+            .field("up", &self.up)
+            .finish_non_exhaustive()
+    }
+}
 
-    for ip in plan.ips {
-        add_host_route(&mut host, *ip, &host_link)?;
+impl Veth<'_> {
+    /// The pod end's MAC (kernel-chosen).
+    pub fn pod_mac(&self) -> Option<MacAddr> {
+        self.pod.mac
     }
 
-    let mut host_link_local = None;
-    if plan.has_v6() {
-        // The kernel gives the host veth its fe80:: address once both ends
-        // are up; the pod routes IPv6 through it (no proxy-NDP gateway trick
-        // is needed: link-local addresses are on-link by definition).
-        let ll = host
-            .wait_link_local_v6(host_link.index, LINK_LOCAL_WAIT)
-            .map_err(nl(&format!("IPv6 link-local address of {}", host_link.name)))?;
-        let route = Route::default_v6().via(IpAddr::V6(ll)).dev(pod.index);
-        plan.netns
-            .run(|nl| nl.add_route(&route))
-            .map_err(nl(&format!("add the IPv6 default route in {}", plan.netns.path().display())))?;
-        host_link_local = Some(ll);
+    /// ADD's second half, once IPAM answered: whatever the expected families
+    /// did not cover, the pod's addresses, the host routes and, with IPv6,
+    /// the pod's default route via the host veth's link-local address.
+    pub fn finish(mut self, ips: &[IpNetwork]) -> Result<Wired, CniError> {
+        let plan = self.plan;
+        let want = Families::of(ips);
+        let missing = want.without(self.prepared);
+        let ctx = || format!("configure {} in {}", plan.ifname, plan.netns.path().display());
+        host_sysctls(&self.host.name, missing)?;
+        if missing.any() {
+            plan.netns.run_thread(|| pod_sysctls(plan, missing)).map_err(nl(&ctx()))?;
+        }
+        if self.prepared.v4 && !want.v4 {
+            // Prepared for IPv4 that IPAM did not assign: no gateway routes
+            // for a pod without an IPv4 address.
+            for r in pod_v4_routes(self.pod.index) {
+                self.pod_nl.del_route(&r).map_err(nl(&ctx()))?;
+            }
+        }
+        for ip in ips {
+            let opts = if ip.is_ipv6() { AddrOptions::default().nodad() } else { AddrOptions::default() };
+            self.pod_nl.add_address(self.pod.index, *ip, &opts).map_err(nl(&ctx()))?;
+        }
+        if !self.up {
+            self.host_nl.set_link_up(self.host.index).map_err(nl(&format!("set {} up", self.host.name)))?;
+            self.pod_nl.set_link_up(self.pod.index).map_err(nl(&ctx()))?;
+        }
+        if missing.v4 {
+            for r in pod_v4_routes(self.pod.index) {
+                self.pod_nl.add_route(&r).map_err(nl(&ctx()))?;
+            }
+        }
+        for ip in ips {
+            add_host_route(&mut self.host_nl, *ip, &self.host)?;
+        }
+        let mut host_link_local = None;
+        if want.v6 {
+            // The kernel gives the host veth its fe80:: address once both ends
+            // are up; the pod routes IPv6 through it (no proxy-NDP gateway trick
+            // is needed: link-local addresses are on-link by definition).
+            let ll = self
+                .host_nl
+                .wait_link_local_v6(self.host.index, LINK_LOCAL_WAIT)
+                .map_err(nl(&format!("IPv6 link-local address of {}", self.host.name)))?;
+            let route = Route::default_v6().via(IpAddr::V6(ll)).dev(self.pod.index);
+            self.pod_nl
+                .add_route(&route)
+                .map_err(nl(&format!("add the IPv6 default route in {}", plan.netns.path().display())))?;
+            host_link_local = Some(ll);
+        }
+        // Re-read: the pod link's flags as they are now.
+        let pod = self.pod_nl.link_by_index(self.pod.index).map_err(nl(&ctx()))?;
+        Ok(Wired { host: self.host, pod, host_link_local, guard: self.guard })
     }
-    Ok(Wired { host: host_link, pod, host_link_local, guard })
 }
 
 /// Sysctls of the host veth (node namespace). `proxy_delay` and `accept_ra`
 /// only warn, as in Calico: some kernels lack them in odd setups.
-fn host_sysctls(ifname: &str, v4: bool, v6: bool) -> Result<(), CniError> {
+fn host_sysctls(ifname: &str, fam: Families) -> Result<(), CniError> {
     let set = |s: netlink_util::Result<Sysctl>, value: &str| -> Result<(), CniError> {
         let s = s.map_err(nl("sysctl name"))?;
         s.write(value).map_err(nl(&format!("set {s}={value}")))
@@ -208,13 +315,13 @@ fn host_sysctls(ifname: &str, v4: bool, v6: bool) -> Result<(), CniError> {
             log::warn!("{e} (continuing)");
         }
     };
-    if v4 {
+    if fam.v4 {
         set(Sysctl::route_localnet(ifname), "1")?;
         warn(Sysctl::proxy_delay(ifname), "0");
         set(Sysctl::proxy_arp(ifname), "1")?;
         set(Sysctl::ipv4_forwarding(ifname), "1")?;
     }
-    if v6 {
+    if fam.v6 {
         set(Sysctl::ipv6_disable(ifname), "0")?;
         // Before link-up: no DAD, so the link-local address is usable at once.
         set(Sysctl::ipv6_accept_dad(ifname), "0")?;
@@ -225,32 +332,49 @@ fn host_sysctls(ifname: &str, v4: bool, v6: bool) -> Result<(), CniError> {
     Ok(())
 }
 
-/// Inside the pod's namespace: sysctls, addresses, link up, IPv4 routes.
-fn pod_side(nl: &mut Netlink, plan: &VethPlan<'_>) -> netlink_util::Result<Link> {
-    let link = nl.link_by_name(plan.ifname)?;
+/// Sysctls inside the pod's namespace (the calling thread must be in it).
+fn pod_sysctls(plan: &VethPlan<'_>, fam: Families) -> netlink_util::Result<()> {
     let forward = if plan.allow_ip_forwarding { "1" } else { "0" };
-    if plan.has_v4() {
+    if fam.v4 {
         Sysctl::ip_forward().ensure(forward)?;
     }
-    if plan.has_v6() {
+    if fam.v6 {
         for dev in ["all", "default", "lo", plan.ifname] {
             Sysctl::ipv6_disable(dev)?.ensure("0")?;
         }
         Sysctl::ipv6_accept_dad(plan.ifname)?.write("0")?;
         Sysctl::ipv6_forwarding("all")?.ensure(forward)?;
     }
-    for ip in plan.ips {
-        let opts = if ip.is_ipv6() { AddrOptions::default().nodad() } else { AddrOptions::default() };
-        nl.add_address(link.index, *ip, &opts)?;
+    Ok(())
+}
+
+/// The pod's IPv4 routes: 169.254.1.1 is on the link (scope link, so no
+/// address is needed to reach it), and it is the default gateway.
+fn pod_v4_routes(index: u32) -> [Route; 2] {
+    let gw = host_prefix(IpAddr::V4(GATEWAY_V4));
+    [Route::new(gw).dev(index).scope(Scope::Link), Route::default_v4().via(IpAddr::V4(GATEWAY_V4)).dev(index)]
+}
+
+/// Inside the pod's namespace, before IPAM answered: the sysctls of the
+/// `prepared` families, and if `up`, the link up and the IPv4 gateway routes
+/// (a route via 169.254.1.1 needs no address on the link).
+fn pod_prepare(
+    nl: &mut Netlink,
+    plan: &VethPlan<'_>,
+    prepared: Families,
+    up: bool,
+) -> netlink_util::Result<Link> {
+    let link = nl.link_by_name(plan.ifname)?;
+    pod_sysctls(plan, prepared)?;
+    if up {
+        nl.set_link_up(link.index)?;
+        if prepared.v4 {
+            for r in pod_v4_routes(link.index) {
+                nl.add_route(&r)?;
+            }
+        }
     }
-    nl.set_link_up(link.index)?;
-    if plan.has_v4() {
-        let gw = host_prefix(IpAddr::V4(GATEWAY_V4));
-        nl.add_route(&Route::new(gw).dev(link.index).scope(Scope::Link))?;
-        nl.add_route(&Route::default_v4().via(IpAddr::V4(GATEWAY_V4)).dev(link.index))?;
-    }
-    // Re-read: the MAC and flags as they are now.
-    nl.link_by_index(link.index)
+    Ok(link)
 }
 
 /// `<ip>/32 dev caliX scope link`. An identical route is fine; one through
@@ -465,12 +589,12 @@ mod tests {
                 netns: &pod,
                 mtu: 1400,
                 num_queues: None,
-                ips: &ips,
+                expected: Some(Families { v4: true, v6: true }),
                 allow_ip_forwarding: false,
             };
             assert!(!pod_link_exists(&pod, "eth0").unwrap());
             pod_precheck(&pod, "eth0").unwrap();
-            let wired = wire(&plan).unwrap();
+            let wired = wire(&plan, &ips).unwrap();
             assert_eq!(wired.host.mac, Some(MacAddr::CALICO_HOST));
             assert_eq!(wired.host.mtu, 1400);
             assert_eq!(wired.pod.mtu, 1400);
@@ -492,8 +616,8 @@ mod tests {
             assert!(check(&wrong).unwrap_err().msg.contains("MAC"));
             assert_eq!(Sysctl::proxy_arp(&host_name).unwrap().read().unwrap(), "1");
             // A second wire for the same pod name replaces the stale veth.
-            let plan2 = VethPlan { ifname: "eth1", ips: &ips[..1], ..plan };
-            let w2 = wire(&plan2).unwrap();
+            let plan2 = VethPlan { ifname: "eth1", expected: None, ..plan };
+            let w2 = wire(&plan2, &ips[..1]).unwrap();
             w2.commit();
             assert!(!pod_link_exists(&pod, "eth0").unwrap(), "the stale veth's peer went with it");
             assert!(unwire(Some(pod.path()), "eth1").unwrap());
@@ -506,18 +630,53 @@ mod tests {
         assert!(!unwire(Some(Path::new("/run/netns/never-existed-h1")), "eth0").unwrap());
     }
 
+    /// Either half can fail after the veth exists: the first (expected
+    /// families prepared while IPAM runs) or the second (everything after
+    /// IPAM, when the families were not known). Both remove the veth.
     #[test]
     fn failure_rolls_the_veth_back() {
+        for expected in [None, Some(Families { v4: true, v6: false })] {
+            let node_tb = testbed::Netns::new("dpn");
+            let pod_tb = testbed::Netns::new("dpp");
+            // The pod already has a default route: adding ours fails after the veth exists.
+            pod_tb.exec(&["ip", "link", "add", "other0", "type", "veth", "peer", "name", "other1"]);
+            pod_tb.exec(&["ip", "link", "set", "other0", "up"]);
+            pod_tb.exec(&["ip", "route", "add", "default", "dev", "other0"]);
+            let node = Netns::open(node_tb.path()).unwrap();
+            let pod = Netns::open(pod_tb.path()).unwrap();
+            let host_name = testbed::unique("cali");
+            let ips: Vec<IpNetwork> = vec!["10.77.0.6/32".parse().unwrap()];
+            node.run_thread(|| {
+                let plan = VethPlan {
+                    host_name: &host_name,
+                    ifname: "eth0",
+                    netns: &pod,
+                    mtu: 1500,
+                    num_queues: None,
+                    expected,
+                    allow_ip_forwarding: false,
+                };
+                let e = wire(&plan, &ips).unwrap_err();
+                assert_eq!(e.code, ERR_DATAPLANE);
+                assert!(e.msg.contains("eth0"), "{e}");
+                Ok(())
+            })
+            .unwrap();
+            assert!(node_tb.try_exec(&["ip", "link", "show", &host_name]).is_err(), "host veth rolled back");
+            assert!(pod_tb.try_exec(&["ip", "link", "show", "eth0"]).is_err(), "pod veth rolled back");
+        }
+    }
+
+    /// Prepared for IPv4 and IPv6, IPAM gave IPv6 only: the IPv4 gateway
+    /// routes prepared meanwhile are removed again.
+    #[test]
+    fn prepared_family_that_ipam_did_not_assign_is_undone() {
         let node_tb = testbed::Netns::new("dpn");
         let pod_tb = testbed::Netns::new("dpp");
-        // The pod already has a default route: adding ours fails after the veth exists.
-        pod_tb.exec(&["ip", "link", "add", "other0", "type", "veth", "peer", "name", "other1"]);
-        pod_tb.exec(&["ip", "link", "set", "other0", "up"]);
-        pod_tb.exec(&["ip", "route", "add", "default", "dev", "other0"]);
         let node = Netns::open(node_tb.path()).unwrap();
         let pod = Netns::open(pod_tb.path()).unwrap();
         let host_name = testbed::unique("cali");
-        let ips: Vec<IpNetwork> = vec!["10.77.0.6/32".parse().unwrap()];
+        let ips: Vec<IpNetwork> = vec!["fd77::7/128".parse().unwrap()];
         node.run_thread(|| {
             let plan = VethPlan {
                 host_name: &host_name,
@@ -525,16 +684,18 @@ mod tests {
                 netns: &pod,
                 mtu: 1500,
                 num_queues: None,
-                ips: &ips,
+                expected: Some(Families { v4: true, v6: true }),
                 allow_ip_forwarding: false,
             };
-            let e = wire(&plan).unwrap_err();
-            assert_eq!(e.code, ERR_DATAPLANE);
-            assert!(e.msg.contains("eth0"), "{e}");
+            let veth = create(&plan).unwrap();
+            assert!(pod_tb.exec(&["ip", "-4", "route"]).contains("169.254.1.1"));
+            let wired = veth.finish(&ips).unwrap();
+            assert!(wired.host_link_local.is_some());
+            wired.commit();
             Ok(())
         })
         .unwrap();
-        assert!(node_tb.try_exec(&["ip", "link", "show", &host_name]).is_err(), "host veth rolled back");
-        assert!(pod_tb.try_exec(&["ip", "link", "show", "eth0"]).is_err(), "pod veth rolled back");
+        assert_eq!(pod_tb.exec(&["ip", "-4", "route"]).trim(), "", "no IPv4 routes left");
+        assert!(pod_tb.exec(&["ip", "-6", "route"]).contains("default via fe80::"));
     }
 }

@@ -58,26 +58,61 @@ fn read(ds: &dyn Datastore, key: &str) -> Result<Option<(WorkloadEndpoint, Revis
     }
 }
 
+/// A pod record this ADD wrote; deleted again on drop (if it is still
+/// ours) unless [`Recorded::commit`]ted, so a failed ADD leaves no record.
+#[must_use = "dropping the record deletes it"]
+pub struct Recorded<'a> {
+    ds: &'a dyn Datastore,
+    key: &'a str,
+    container_id: String,
+    armed: bool,
+}
+
+impl Recorded<'_> {
+    /// Keep the record: the ADD succeeded.
+    pub fn commit(mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for Recorded<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            log::info!("rolling back: deleting pod record {}", self.key);
+            if let Err(e) = delete_if_owned(self.ds, self.key, &self.container_id) {
+                log::error!("rollback of pod record {} failed: {e}", self.key);
+            }
+        }
+    }
+}
+
 /// Create or replace the record at `key` (a re-ADD of a pod replaces the
-/// record of its previous sandbox, as Calico does).
-pub fn put(ds: &dyn Datastore, key: &str, wep: &WorkloadEndpoint) -> Result<(), CniError> {
+/// record of its previous sandbox, as Calico does). A new pod's key is
+/// absent, so creating is tried first: one datastore commit, no read.
+pub fn put<'a>(
+    ds: &'a dyn Datastore,
+    key: &'a str,
+    wep: &WorkloadEndpoint,
+) -> Result<Recorded<'a>, CniError> {
     let value = model::encode(wep);
-    let mut last = None;
+    let recorded = Recorded { ds, key, container_id: wep.spec.container_id.clone(), armed: true };
+    let mut last = match ds.create(key, &value) {
+        Ok(_) => return Ok(recorded),
+        Err(e @ StoreError::Conflict { .. }) => e,
+        Err(e) => return Err(store_error(&format!("write pod record {key}"), e)),
+    };
     for _ in 0..CAS_RETRIES {
         let res = match ds.get(key).map_err(|e| store_error("read pod record", e))? {
             None => ds.create(key, &value),
             Some(kv) => ds.update(key, &value, kv.revision),
         };
         match res {
-            Ok(_) => return Ok(()),
-            Err(e @ StoreError::Conflict { .. }) => last = Some(e),
+            Ok(_) => return Ok(recorded),
+            Err(e @ StoreError::Conflict { .. }) => last = e,
             Err(e) => return Err(store_error(&format!("write pod record {key}"), e)),
         }
     }
-    Err(store_error(
-        &format!("write pod record {key}"),
-        last.unwrap_or(StoreError::Conflict { key: key.to_string() }),
-    ))
+    Err(store_error(&format!("write pod record {key}"), last))
 }
 
 /// Delete the record at `key` if it belongs to `container_id` (or names no
@@ -193,8 +228,8 @@ mod tests {
         let old = wl("K8S_POD_NAMESPACE=ns;K8S_POD_NAME=p", "old");
         let new = wl("K8S_POD_NAMESPACE=ns;K8S_POD_NAME=p", "new");
         let key = old.endpoint_key();
-        put(&s, &key, &build(&old, "cali1", "m", &[], "net")).unwrap();
-        put(&s, &key, &build(&new, "cali1", "m", &[], "net")).unwrap();
+        put(&s, &key, &build(&old, "cali1", "m", &[], "net")).unwrap().commit();
+        put(&s, &key, &build(&new, "cali1", "m", &[], "net")).unwrap().commit();
         // The stale sandbox's DEL keeps the newer record.
         assert!(delete_if_owned(&s, &key, "old").unwrap().is_none());
         assert!(s.get(&key).unwrap().is_some());
@@ -212,9 +247,9 @@ mod tests {
         let (_d, s) = store();
         let w = wl("", "c9");
         let key = w.endpoint_key();
-        put(&s, &key, &build(&w, "calic9", "m", &[], "net")).unwrap();
+        put(&s, &key, &build(&w, "calic9", "m", &[], "net")).unwrap().commit();
         let stored = list_for(&s, "node1", "net").unwrap().pop().unwrap();
-        put(&s, &key, &build(&w, "calic9", "m2", &[], "net")).unwrap();
+        put(&s, &key, &build(&w, "calic9", "m2", &[], "net")).unwrap().commit();
         assert!(!delete_at(&s, &key, stored.revision).unwrap(), "changed since listed");
         let fresh = list_for(&s, "node1", "net").unwrap().pop().unwrap();
         assert!(delete_at(&s, &key, fresh.revision).unwrap());

@@ -12,15 +12,22 @@
 //!
 //! ADD, in order: config and identity (no side effects) → the pod netns
 //! opens, has no CNI_IFNAME and no other Calico interface yet (a cni
-//! orchestrator's `cali<id[:11]>` must not exist either) → datastore ready →
-//! IPAM ADD (released on any later failure) → a stale k8s `cali…` link of the
-//! same pod deleted, veth created with its peer directly in the pod netns
-//! (deleted on any later failure) → host sysctls, pod addresses and routes,
-//! host routes → pod record → result.
+//! orchestrator's `cali<id[:11]>` must not exist either) → then two things at
+//! once: IPAM ADD (a separate process; released on any later failure) and,
+//! beside it, datastore readiness, a stale k8s `cali…` link of the same pod
+//! deleted, the veth created with its peer directly in the pod netns
+//! (deleted on any later failure), and for the families calico-ipam is
+//! configured to assign the sysctls, link-up and 169.254.1.1 routes → then
+//! again two at once: the pod record (deleted on any later failure) and the
+//! pod's addresses and host routes → result. Running IPAM beside the veth
+//! creation takes the veth off ADD's critical path; nothing before IPAM's
+//! answer needs an address.
 //!
-//! DEL, best effort and idempotent: the pod's interface (its host peer and
-//! routes go with it) → the pod record if this container owns it (and the
-//! host veth it names) → IPAM DEL, always; the first error is returned.
+//! DEL, best effort and idempotent: three at once, because deleting a veth
+//! waits for the kernel's RCU grace period and the rest fits in it: the pod's
+//! interface (its host peer and routes go with it); the pod record if this
+//! container owns it (then the host veth it names, if still there); IPAM
+//! DEL, always. The first error is returned.
 //!
 //! The node must route 169.254.1.1 somewhere other than the pod's veth (a
 //! default route does) for proxy ARP to answer the pod's gateway, and must

@@ -10,7 +10,7 @@ use ipnetwork::IpNetwork;
 use netlink_util::MacAddr;
 
 use crate::config::CalicoConf;
-use crate::dataplane::{self, Expected, VethPlan, GATEWAY_V4};
+use crate::dataplane::{self, Expected, Families, VethPlan, GATEWAY_V4};
 use crate::endpoint;
 use crate::errors::{store_error, ERR_CALICO};
 use crate::identity::{Orchestrator, Workload};
@@ -36,6 +36,13 @@ impl Context {
 
 fn open_store(conf: &CalicoConf) -> Result<Arc<dyn Datastore>, CniError> {
     calico_store::open(&conf.datastore).map_err(|e| store_error("open the datastore", e))
+}
+
+/// The families calico-ipam will assign, known from its config keys before
+/// it answers; another IPAM plugin's answer cannot be predicted.
+fn expected_families(conf: &CalicoConf) -> Option<Families> {
+    (conf.ipam.ipam_type == "calico-ipam")
+        .then(|| Families { v4: conf.assign_ipv4(), v6: conf.assign_ipv6() })
 }
 
 fn default_v4() -> IpNetwork {
@@ -115,10 +122,6 @@ impl Plugin for Calico {
             ));
         }
         let store = open_store(&ctx.conf)?;
-        store.ready().map_err(|e| store_error("datastore not ready", e))?;
-
-        let alloc = ipam::add(req, &ctx.conf.ipam.ipam_type)?;
-        let ips = alloc.pod_ips()?;
         let mtu = ctx.conf.mtu();
         let plan = VethPlan {
             host_name: &host_name,
@@ -126,15 +129,42 @@ impl Plugin for Calico {
             netns: &netns,
             mtu,
             num_queues: ctx.conf.num_queues,
-            ips: &ips,
+            expected: expected_families(&ctx.conf),
             allow_ip_forwarding: ctx.conf.container_settings.allow_ip_forwarding,
         };
-        let wired = dataplane::wire(&plan)?;
-        let pod_mac = wired.pod.mac.map(|m| m.to_string()).unwrap_or_default();
+        // IPAM (a separate process, most of ADD's time) runs beside the veth
+        // creation, which needs no address. Whichever fails, the other's
+        // guard undoes it when it is dropped here.
+        let (alloc, veth) = std::thread::scope(|s| {
+            let ipam = s.spawn(|| ipam::add(req, &ctx.conf.ipam.ipam_type));
+            let veth = store
+                .ready()
+                .map_err(|e| store_error("datastore not ready", e))
+                .and_then(|()| dataplane::create(&plan));
+            let alloc =
+                ipam.join().unwrap_or_else(|_| Err(CniError::internal("the IPAM ADD thread panicked")));
+            (alloc, veth)
+        });
+        let alloc = alloc?;
+        let veth = veth?;
+        let ips = alloc.pod_ips()?;
+        let pod_mac = veth.pod_mac().map(|m| m.to_string()).unwrap_or_default();
         let wep = endpoint::build(&ctx.workload, &host_name, &pod_mac, &ips, &req.conf.name);
-        endpoint::put(&*store, &ctx.workload.endpoint_key(), &wep)?;
+        let key = ctx.workload.endpoint_key();
+        // The pod record is written while the addresses and routes go in;
+        // it is deleted again if they fail.
+        let (wired, record) = std::thread::scope(|s| {
+            let record = s.spawn(|| endpoint::put(&*store, &key, &wep));
+            let wired = veth.finish(&ips);
+            let record =
+                record.join().unwrap_or_else(|_| Err(CniError::internal("the pod record thread panicked")));
+            (wired, record)
+        });
+        let record = record?;
+        let wired = wired?;
 
         let result = build_result(req, &wired, &ips, mtu, netns_path);
+        record.commit();
         wired.commit();
         let ipam_result = alloc.commit();
         let shown: Vec<String> = ips.iter().map(ToString::to_string).collect();
@@ -275,21 +305,33 @@ impl Plugin for Calico {
 }
 
 /// DEL's own part: the pod's interface (and with it the host veth and its
-/// routes), then the pod record if it belongs to this container. Returns
+/// routes), and the pod record if it belongs to this container. The record
+/// is deleted beside the interface: deleting a veth waits for the kernel's
+/// RCU grace period, and the record's datastore commit fits in it. Returns
 /// every failure; none stops the next step.
 fn del_dataplane_and_record(req: &Request, ctx: &Context, ifname: &str) -> Vec<CniError> {
     let mut errors = Vec::new();
-    match dataplane::unwire(req.netns(), ifname) {
+    let key = ctx.workload.endpoint_key();
+    let (unwired, owned) = std::thread::scope(|s| {
+        let owned = s.spawn(|| {
+            open_store(&ctx.conf)
+                .and_then(|s| endpoint::delete_if_owned(&*s, &key, ctx.workload.container_id.as_str()))
+        });
+        let unwired = dataplane::unwire(req.netns(), ifname);
+        let owned =
+            owned.join().unwrap_or_else(|_| Err(CniError::internal("the pod record thread panicked")));
+        (unwired, owned)
+    });
+    match unwired {
         Ok(true) => log::info!("deleted {ifname} in {:?}", req.netns()),
         Ok(false) => log::info!("{ifname} not found in {:?}: nothing to delete", req.netns()),
         Err(e) => errors.push(e),
     }
-    let key = ctx.workload.endpoint_key();
-    let owned = open_store(&ctx.conf)
-        .and_then(|s| endpoint::delete_if_owned(&*s, &key, ctx.workload.container_id.as_str()));
     match owned {
         // The record says which host veth this container had; it may
         // outlive a netns that was deleted while held open elsewhere.
+        // Looked up only after the interface is gone: usually it went
+        // with it.
         Ok(Some(wep)) => {
             if let Err(e) = dataplane::delete_host_veth(&wep.spec.interface_name) {
                 errors.push(e);

@@ -201,6 +201,55 @@ fn data_plane_failure_after_ipam_rolls_everything_back() {
     assert_eq!(node.allocated(), 1);
 }
 
+/// IPAM runs while the veth is being created: when IPAM fails, the veth
+/// that was built meanwhile is removed again, and nothing is recorded.
+#[test]
+fn ipam_failure_removes_the_veth_built_meanwhile() {
+    let node = Node::new();
+    let pod = Netns::new("cpi");
+    let conf = node.conf("1.0.0", "10.68.0.0/24");
+    // An address outside every pool: calico-ipam refuses it.
+    let args = format!("{K8S_ARGS};IP=192.0.2.7");
+    let out = node.run(&add_call("c1", &pod, &args), &conf);
+    assert!(out.err_code() != 0, "{out:?}");
+    assert!(out.json()["msg"].as_str().unwrap().contains("IPAM"), "{out:?}");
+    assert!(node.handle("c1").is_none());
+    assert_eq!(node.allocated(), 0);
+    assert!(!node.links().iter().any(|l| l.starts_with("cali")), "{:?}", node.links());
+    assert!(!links(&pod).contains(&"eth0".to_string()), "{:?}", links(&pod));
+    assert!(node.keys("/calico/resources/v3/projectcalico.org/workloadendpoints/").is_empty());
+    // The pod can be added afterwards.
+    node.run(&add_call("c1", &pod, K8S_ARGS), &conf).ok();
+    assert_eq!(node.allocated(), 1);
+}
+
+/// The pod record is written while the addresses and host routes go in: a
+/// failure there (here: the pod's /32 is already routed through another
+/// interface, two pods claiming one IP) deletes the record again.
+#[test]
+fn late_data_plane_failure_deletes_the_record_written_meanwhile() {
+    let node = Node::new();
+    let pod = Netns::new("cpj");
+    let conf = node.conf("1.0.0", "10.69.0.0/24");
+    // A first pod makes calico-ipam create the pool from the config.
+    let first = Netns::new("cpk");
+    node.run(&add_call("c0", &first, "K8S_POD_NAMESPACE=ns1;K8S_POD_NAME=web-9"), &conf).ok();
+    node.ns.exec(&["ip", "route", "add", "10.69.0.9/32", "dev", "up0"]);
+    let args = format!("{K8S_ARGS};IP=10.69.0.9");
+    let out = node.run(&add_call("c1", &pod, &args), &conf);
+    assert_eq!(out.err_code(), 100, "{out:?}");
+    assert!(
+        out.json()["msg"].as_str().unwrap().contains("already exists for an interface other than"),
+        "{out:?}"
+    );
+    assert!(out.stderr.contains("deleting pod record"), "{out:?}");
+    assert_eq!(node.keys("/calico/resources/v3/projectcalico.org/workloadendpoints/").len(), 1);
+    assert!(node.handle("c1").is_none());
+    assert_eq!(node.allocated(), 1, "only the first pod's address");
+    assert!(!node.links().contains(&expected_veth("ns1", "web-0")), "{:?}", node.links());
+    assert!(!links(&pod).contains(&"eth0".to_string()), "{:?}", links(&pod));
+}
+
 #[test]
 fn del_succeeds_without_the_netns_and_releases_everything() {
     let node = Node::new();
