@@ -10,6 +10,13 @@
 //! grows super-linearly with the number of chains (×10 endpoints: 250 services
 //! 0.8 s, 500 3.6 s, 1000 21 s, 2000 231 s; 10,000 had not finished after 65
 //! min), `iptables-legacy-restore` takes ~30 s at 10,000 (`--restore-command`).
+//!
+//! nftables mode, 10,000 × 10, release build, this 2-core VM (kernel 6.18, nft
+//! 1.0.6): full render 221 ms (peak RSS 118 MiB, +86 MiB for the render), a
+//! 56 MB / 460,071-operation transaction that `nft -f` loads in 104 s (almost
+//! all kernel time: 1,000 services take 0.9 s); the one-service incremental
+//! transaction is 5.5 kB / 45 operations (0.0099% of the full one) and takes
+//! 1.0 s to commit against the 110,000-chain table.
 
 use std::collections::HashSet;
 use std::net::Ipv4Addr;
