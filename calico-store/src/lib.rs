@@ -14,10 +14,16 @@
 //! * [`config::DatastoreConfig`]: the `datastore_type` / `etcd_*` /
 //!   `datastore_path` keys of a CNI network config, and [`open`] to get a
 //!   backend from them.
+//! * With feature `cni` only, [`cni::store_error`]: the one mapping of its
+//!   failures to CNI error codes, next to the error type it maps, so that
+//!   `calico` and `calico-ipam` report a failure with the same code.
 //!
-//! May call: the filesystem, etcd (through `etcd-client`). Must not know about
-//! IP allocation policy (that is `ipam-block`) or the CNI protocol.
+//! May call: the filesystem, etcd (through `etcd-client`), and with feature
+//! `cni` the error type of `cni-proto`. Must not know about IP allocation
+//! policy (that is `ipam-block`) or any other part of the CNI protocol.
 
+#[cfg(feature = "cni")]
+pub mod cni;
 pub mod config;
 pub mod error;
 pub mod etcd;

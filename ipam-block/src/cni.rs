@@ -12,6 +12,7 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use calico_store::cni::store_error;
 use calico_store::{Datastore, DatastoreConfig, StoreError};
 use cni_proto::{CniError, CniResult, IpConfig, NetConf, Plugin, Request};
 use ipnetwork::IpNetwork;
@@ -111,7 +112,7 @@ impl IpamCniConf {
 
     /// Open the configured datastore (unreachable → code 11).
     pub fn open_store(&self) -> Result<Arc<dyn Datastore>, CniError> {
-        calico_store::open(&self.datastore).map_err(|e| store_error(e).context("opening the datastore"))
+        calico_store::open(&self.datastore).map_err(|e| store_error("opening the datastore", e))
     }
 
     /// Node-local IPAM state (hint, host lock) lives next to the file store
@@ -121,23 +122,12 @@ impl IpamCniConf {
     }
 }
 
-/// A datastore failure as a CNI error: unreachable/I/O → 11 (try again later).
-pub fn store_error(e: StoreError) -> CniError {
-    match e {
-        StoreError::Unavailable(_) | StoreError::Io { .. } | StoreError::Conflict { .. } => {
-            CniError::try_again_later(e.to_string(), "")
-        }
-        StoreError::Config(_) => CniError::invalid_config(e.to_string(), ""),
-        StoreError::Corrupt { .. } => CniError::internal(e.to_string()),
-    }
-}
-
 /// An IPAM failure as a CNI error: transient → 11, configuration → 7,
 /// allocation policy (exhausted, block limit, taken address) → 999 like
 /// Calico's plain errors through skel.
 pub fn ipam_error(e: IpamError) -> CniError {
     match e {
-        IpamError::Store(s) => store_error(s),
+        IpamError::Store(s) => store_error("datastore", s),
         IpamError::MaxRetries => CniError::try_again_later(e.to_string(), ""),
         IpamError::InvalidConfig(_) | IpamError::PoolNotUsable(_) => {
             CniError::invalid_config(e.to_string(), "")
