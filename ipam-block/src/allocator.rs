@@ -576,13 +576,20 @@ impl<'s, 'a> Session<'s, 'a> {
             if block::affinity_of(&doc).as_ref() != Some(&self.ipam.affinity) {
                 continue;
             }
-            let aff: BlockAffinity = model::decode(kv)?;
-            if aff.state == AffinityState::Pending {
-                // A claim whose confirmation was lost: the block is ours.
-                let confirmed = BlockAffinity { state: AffinityState::Confirmed, deleted: false };
-                if let Err(e) = self.store().update(&kv.key, &model::encode(&confirmed), kv.revision) {
-                    log::debug!("confirming affinity {}: {e}", kv.key);
+            // The block document is authoritative and says the block is
+            // ours; the affinity only matters to finish a claim. One that
+            // does not decode must not stop the node from allocating (it is
+            // left for `calicoctl ipam check` to report, never rewritten).
+            match model::decode::<BlockAffinity>(kv) {
+                Ok(aff) if aff.state == AffinityState::Pending => {
+                    // A claim whose confirmation was lost: the block is ours.
+                    let confirmed = BlockAffinity { state: AffinityState::Confirmed, deleted: false };
+                    if let Err(e) = self.store().update(&kv.key, &model::encode(&confirmed), kv.revision) {
+                        log::debug!("confirming affinity {}: {e}", kv.key);
+                    }
                 }
+                Ok(_) => {}
+                Err(e) => log::warn!("block {cidr} is ours by its document, its affinity is unreadable: {e}"),
             }
             if let Some((doc, rev, ip)) = self.next_in_own_block(cidr, attr)? {
                 return Ok(Pick { cidr, doc, rev, ip, pool, hint_request: Some(rkey) });

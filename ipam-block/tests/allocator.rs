@@ -435,6 +435,26 @@ fn corrupt_block_is_reported_not_overwritten() {
     assert_eq!(env.store.get(&key).unwrap().unwrap().value, b"{\"cidr\":");
 }
 
+/// The block document says which node owns it; an affinity document that
+/// does not decode (hand-edited, half-written by another tool) must not stop
+/// the node from allocating from its block, and is left as it is.
+#[test]
+fn corrupt_affinity_does_not_block_the_node() {
+    let env = Env::new();
+    let ipam = env.ipam("node1");
+    let a = one(&ipam, "a", &["10.20.0.0/24"]);
+    let cidr = BlockCidr::containing(a, 26).unwrap();
+    let aff_key = ipam_block::Affinity::host("node1").key(&cidr);
+    let kv = env.store.get(&aff_key).unwrap().unwrap();
+    env.store.update(&aff_key, b"{\"state\":", kv.revision).unwrap();
+    // Without the hint (fresh state dir: the affinity list is read) and with it.
+    for (i, ipam) in [Ipam::new(env.store.as_ref(), "node1"), env.ipam("node1")].into_iter().enumerate() {
+        let b = one(&ipam, &format!("b{i}"), &["10.20.0.0/24"]);
+        assert!(cidr.contains(b), "{b} not from the node's block {cidr}");
+    }
+    assert_eq!(env.store.get(&aff_key).unwrap().unwrap().value, b"{\"state\":");
+}
+
 /// Round trips of steady-state operations, counted at the datastore.
 #[test]
 fn steady_state_allocation_takes_two_round_trips() {
