@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use calico_node_agent::lab::{Bins, Lab, LabConfig};
+use calico_store::model;
 
 fn lab() -> Lab {
     let cfg = LabConfig::load(&PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("lab/lab.json")).unwrap();
@@ -41,6 +42,25 @@ fn article_scenario_end_to_end() {
         "{story}"
     );
     assert!(story.contains("blackhole"), "{story}");
+
+    // Pods go away as the kubelet removes them: CNI DEL through `calico`.
+    let nodes: Vec<String> = lab.pods().iter().map(|p| p.node.clone()).collect();
+    let veths: Vec<String> = lab.pods().iter().map(|p| p.host_veth.clone()).collect();
+    let errors = lab.delete_pods();
+    assert!(errors.is_empty(), "{errors:?}");
+    assert!(lab.pods().is_empty());
+    for node in &nodes {
+        let links = lab.ns(node).unwrap().output(&["ip", "-o", "link"]).unwrap();
+        for v in &veths {
+            assert!(!links.contains(&format!(" {v}@")), "{v} left on {node}:\n{links}");
+        }
+    }
+    let (records, handles) = lab
+        .with_store(&nodes[0], |s| {
+            Ok((s.list(&model::workload_endpoints_prefix())?.len(), s.list(&model::handles_prefix())?.len()))
+        })
+        .unwrap();
+    assert_eq!((records, handles), (0, 0), "pod records and IPAM handles released");
 }
 
 #[test]

@@ -262,7 +262,10 @@ impl LabState {
 
 pub const STATE_FILE: &str = "lab-state.json";
 
-/// A running lab. Dropping it tears everything down.
+/// A running lab. Dropping it tears everything down: its pods first, through
+/// CNI DEL as the kubelet would (a detached lab's pods are not DELed: `down`
+/// only removes namespaces, processes and the run directory, and the lab's
+/// etcd goes with them).
 pub struct Lab {
     pub cfg: LabConfig,
     pub id: String,
@@ -273,6 +276,8 @@ pub struct Lab {
     pods: Vec<Pod>,
     nets: BTreeMap<String, LabNetns>,
     keep_run_dir: bool,
+    /// Detached: the pods outlive this handle and must not be DELed.
+    detached: bool,
 }
 
 /// A per-instance id: short (it becomes part of netns names), unique across
@@ -302,6 +307,7 @@ impl Lab {
             pods: Vec::new(),
             nets: BTreeMap::new(),
             keep_run_dir: std::env::var_os("CALICO_LAB_KEEP").is_some(),
+            detached: false,
         };
         lab.build_network()?;
         lab.start_etcd()?;
@@ -609,6 +615,7 @@ impl Lab {
             n.forget();
         }
         self.keep_run_dir = true;
+        self.detached = true;
         Ok(state)
     }
 
@@ -664,7 +671,13 @@ impl Lab {
 
 impl Drop for Lab {
     fn drop(&mut self) {
-        // Pods first (nginx, then their namespaces), then daemons, then hosts.
+        // Pods first (nginx, CNI DEL while etcd still runs, then their
+        // namespaces), then daemons, then hosts.
+        if !self.detached {
+            for e in self.delete_pods() {
+                log::warn!("lab teardown: {e}");
+            }
+        }
         self.pods.clear();
         for p in self.procs.iter_mut().rev() {
             p.stop();

@@ -46,7 +46,10 @@ pub struct PodConfig {
 /// nginx and deletes the netns.
 pub struct Pod {
     pub name: String,
+    pub namespace: String,
     pub node: String,
+    /// The CNI_CONTAINERID it was ADDed with (DEL needs the same).
+    pub container_id: String,
     pub ip: Ipv4Addr,
     pub host_veth: String,
     // Drop order: nginx before its namespace.
@@ -124,14 +127,8 @@ impl Lab {
         let dir = self.run_dir.join(&host);
         std::fs::create_dir_all(dir.join("www")).map_err(|e| LabError::io(&dir, e))?;
         let conf = serde_json::to_vec(&self.cni_conf(node)).unwrap_or_default();
-        let plugin = self.bins.path("calico")?;
-        let mut cmd = self.ns(node)?.command(&plugin);
-        cmd.env("CNI_COMMAND", "ADD")
-            .env("CNI_CONTAINERID", format!("{}{}", self.id, host.replace('-', "")))
-            .env("CNI_NETNS", ns.path())
-            .env("CNI_IFNAME", "eth0")
-            .env("CNI_PATH", &self.bins.dir)
-            .env("CNI_ARGS", format!("IgnoreUnknown=1;K8S_POD_NAMESPACE={namespace};K8S_POD_NAME={name}"));
+        let container_id = format!("{}{}", self.id, host.replace('-', ""));
+        let mut cmd = self.cni_command("ADD", node, &container_id, &ns, namespace, name)?;
         let out = run_with_stdin(&mut cmd, &conf)?;
         let result: serde_json::Value = serde_json::from_str(&out)
             .map_err(|e| LabError::Check(format!("calico ADD of {name}: bad result {out:?}: {e}")))?;
@@ -170,9 +167,60 @@ impl Lab {
             ns.run(|| http_get(addr, "/", Duration::from_millis(500))).ok()
         })?;
         log::info!("pod {namespace}/{name} on {node}: {ip} (host veth {host_veth})");
-        self.pods.push(Pod { name: name.into(), node: node.into(), ip, host_veth, nginx: Some(nginx), ns });
+        self.pods.push(Pod {
+            name: name.into(),
+            namespace: namespace.into(),
+            node: node.into(),
+            container_id,
+            ip,
+            host_veth,
+            nginx: Some(nginx),
+            ns,
+        });
         self.save_state(Some(std::process::id()))?;
         Ok(ip)
+    }
+
+    /// `calico` invoked as a runtime does, from inside `node`'s namespace.
+    fn cni_command(
+        &self,
+        command: &str,
+        node: &str,
+        container_id: &str,
+        pod_ns: &LabNetns,
+        namespace: &str,
+        name: &str,
+    ) -> Result<std::process::Command, LabError> {
+        let plugin = self.bins.path("calico")?;
+        let mut cmd = self.ns(node)?.command(&plugin);
+        cmd.env("CNI_COMMAND", command)
+            .env("CNI_CONTAINERID", container_id)
+            .env("CNI_NETNS", pod_ns.path())
+            .env("CNI_IFNAME", "eth0")
+            .env("CNI_PATH", &self.bins.dir)
+            .env("CNI_ARGS", format!("IgnoreUnknown=1;K8S_POD_NAMESPACE={namespace};K8S_POD_NAME={name}"));
+        Ok(cmd)
+    }
+
+    /// Remove every pod the way the kubelet does: stop its workload, CNI DEL
+    /// through `calico` (veth, routes, pod record, addresses released), then
+    /// delete its namespace. Every pod is tried; the failures are returned.
+    pub fn delete_pods(&mut self) -> Vec<LabError> {
+        let mut errors = Vec::new();
+        let mut pods = std::mem::take(&mut self.pods);
+        for pod in pods.iter_mut().rev() {
+            pod.nginx = None;
+            let conf = serde_json::to_vec(&self.cni_conf(&pod.node)).unwrap_or_default();
+            let del = self
+                .cni_command("DEL", &pod.node, &pod.container_id, &pod.ns, &pod.namespace, &pod.name)
+                .and_then(|mut cmd| run_with_stdin(&mut cmd, &conf));
+            match del {
+                Ok(_) => log::info!("pod {}/{} deleted through CNI", pod.namespace, pod.name),
+                Err(e) => errors.push(LabError::Check(format!("CNI DEL of {}: {e}", pod.name))),
+            }
+        }
+        drop(pods);
+        errors
     }
 
     /// The lab-local copy of the seed manifests: externalIP = the chosen
