@@ -415,12 +415,10 @@ pub fn unwire(netns: Option<&Path>, ifname: &str) -> Result<bool, CniError> {
         }
         Err(e) => return Err(dataplane_error(&format!("open netns {}", path.display()), e)),
     };
-    ns.run(|nl| match nl.link_by_name(ifname) {
-        Ok(l) => match nl.del_link(l.index) {
-            Ok(()) => Ok(true),
-            Err(e) if e.is_not_found() => Ok(false),
-            Err(e) => Err(e),
-        },
+    // By name: one request, no lookup first (the pod's namespace holds
+    // nothing else of ours that could carry the name).
+    ns.run(|nl| match nl.del_link_by_name(ifname) {
+        Ok(()) => Ok(true),
         Err(e) if e.is_not_found() => Ok(false),
         Err(e) => Err(e),
     })
