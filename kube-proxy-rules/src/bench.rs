@@ -150,12 +150,14 @@ pub fn run(args: &Args) -> Result<i32, String> {
     reset_peak();
     let base_kb = status_kb("VmRSS:").unwrap_or(0);
     let t = Instant::now();
-    let full = render(&state, &cfg, &RenderPlan { full: true, ..Default::default() });
+    let full =
+        render(&state, &cfg, &RenderPlan { full: true, ..Default::default() }).map_err(|e| e.to_string())?;
     let mut best = t.elapsed();
     let hwm_kb = status_kb("VmHWM:").unwrap_or(0);
     for _ in 0..2 {
         let t = Instant::now();
-        let again = render(&state, &cfg, &RenderPlan { full: true, ..Default::default() });
+        let again = render(&state, &cfg, &RenderPlan { full: true, ..Default::default() })
+            .map_err(|e| e.to_string())?;
         best = best.min(t.elapsed());
         drop(again);
     }
@@ -170,10 +172,11 @@ pub fn run(args: &Args) -> Result<i32, String> {
         applied_top_level: Some(&full.top_level_hashes),
     };
     let t = Instant::now();
-    let partial = render(&changed_state, &cfg, &plan);
+    let partial = render(&changed_state, &cfg, &plan).map_err(|e| e.to_string())?;
     let partial_time = t.elapsed();
     // kube-proxy's own partial payload rewrites every top-level chain.
-    let partial_kp = render(&changed_state, &cfg, &RenderPlan { applied_top_level: None, ..plan.clone() });
+    let partial_kp = render(&changed_state, &cfg, &RenderPlan { applied_top_level: None, ..plan.clone() })
+        .map_err(|e| e.to_string())?;
 
     let pct = |a: usize| 100.0 * a as f64 / full.payload.len() as f64;
     println!(
@@ -260,12 +263,12 @@ fn run_nftables(args: &Args) -> Result<i32, String> {
     reset_peak();
     let base_kb = status_kb("VmRSS:").unwrap_or(0);
     let t = Instant::now();
-    let full = nftables::render(&state, &cfg, &nftables::NftPlan::full());
+    let full = nftables::render(&state, &cfg, &nftables::NftPlan::full()).map_err(|e| e.to_string())?;
     let mut best = t.elapsed();
     let hwm_kb = status_kb("VmHWM:").unwrap_or(0);
     for _ in 0..2 {
         let t = Instant::now();
-        let again = nftables::render(&state, &cfg, &nftables::NftPlan::full());
+        let again = nftables::render(&state, &cfg, &nftables::NftPlan::full()).map_err(|e| e.to_string())?;
         best = best.min(t.elapsed());
         drop(again);
     }
@@ -282,12 +285,13 @@ fn run_nftables(args: &Args) -> Result<i32, String> {
         existing_sets: None,
     };
     let t = Instant::now();
-    let inc = nftables::render(&changed_state, &cfg, &plan);
+    let inc = nftables::render(&changed_state, &cfg, &plan).map_err(|e| e.to_string())?;
     let inc_time = t.elapsed();
 
     // The iptables proxier on the same state (renders only).
     let t = Instant::now();
-    let ipt_full = render(&state, &cfg, &RenderPlan { full: true, ..Default::default() });
+    let ipt_full =
+        render(&state, &cfg, &RenderPlan { full: true, ..Default::default() }).map_err(|e| e.to_string())?;
     let ipt_time = t.elapsed();
     let ipt_partial = render(
         &changed_state,
@@ -298,7 +302,8 @@ fn run_nftables(args: &Args) -> Result<i32, String> {
             existing_nat_chains: None,
             applied_top_level: Some(&ipt_full.top_level_hashes),
         },
-    );
+    )
+    .map_err(|e| e.to_string())?;
 
     let pct = |a: usize, b: usize| 100.0 * a as f64 / b as f64;
     let total = full.transaction.len();

@@ -42,7 +42,8 @@ fn cmd_render(args: &Args) -> Result<i32, String> {
         let cfg = args.nft_config(false)?;
         let loaded = PodRecords::open(args.datastore.as_ref())?.load(args)?;
         report(&loaded);
-        let rendered = nftables::render(&loaded.state, &cfg, &nftables::NftPlan::full());
+        let rendered =
+            nftables::render(&loaded.state, &cfg, &nftables::NftPlan::full()).map_err(|e| e.to_string())?;
         let text = if args.canonical {
             nftables::dump::simulate(&[&rendered.transaction])?
         } else {
@@ -56,7 +57,8 @@ fn cmd_render(args: &Args) -> Result<i32, String> {
     let records = PodRecords::open(args.datastore.as_ref())?;
     let loaded = records.load(args)?;
     report(&loaded);
-    let rendered = render(&loaded.state, &cfg, &RenderPlan { full: true, ..Default::default() });
+    let rendered = render(&loaded.state, &cfg, &RenderPlan { full: true, ..Default::default() })
+        .map_err(|e| e.to_string())?;
     let text = if args.canonical { canonical::sort_payload(&rendered.payload)? } else { rendered.payload };
     write_stdout(&text)?;
     Ok(0)

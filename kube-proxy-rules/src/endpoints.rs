@@ -208,7 +208,7 @@ fn resolve_target_port(
 /// selector. Every record is a running pod, so its endpoint is ready.
 pub fn from_pod_records(
     services: &[(ServicePortInfo, BTreeMap<String, String>)],
-    weps: &[WorkloadEndpoint],
+    weps: &[&WorkloadEndpoint],
     catalog: &PodCatalog<'_>,
 ) -> EndpointsMap {
     let mut out: EndpointsMap = HashMap::new();
@@ -217,7 +217,7 @@ pub fn from_pod_records(
             continue;
         }
         let mut set: BTreeMap<String, EndpointInfo> = BTreeMap::new();
-        for wep in weps {
+        for wep in weps.iter().copied() {
             let ns = wep.metadata.namespace.as_deref().unwrap_or("default");
             if ns != sp.namespace {
                 continue;

@@ -12,6 +12,7 @@ use crate::endpoints::{self, EndpointsMap, PodCatalog};
 use crate::k8s::{self, ObjectError, ObjectRef, Objects};
 use crate::proxier::ProxyState;
 use crate::service::{self, Converted};
+use crate::validate::{dns1123_label, dns1123_subdomain};
 
 /// The outcome of one load: the state, the bad objects (skipped) and notes
 /// (allocations, services that are not proxied).
@@ -48,6 +49,43 @@ pub fn load_pod_records(store: &dyn Datastore) -> Result<(Vec<WorkloadEndpoint>,
         }
     }
     Ok((weps, errors))
+}
+
+/// The pod records whose namespace and pod name are what the API server
+/// admits (a DNS-1123 label and subdomain); the others are reported and
+/// skipped. Of a record, only its namespace and pod name are matched against
+/// the manifests (its IPs are parsed, its ports matched by name and used as
+/// numbers); none of its text reaches a payload, but a record that names no
+/// possible pod is reported rather than silently never matching.
+pub fn valid_pod_records<'a>(
+    weps: &'a [WorkloadEndpoint],
+    errors: &mut Vec<ObjectError>,
+) -> Vec<&'a WorkloadEndpoint> {
+    let mut out = Vec::with_capacity(weps.len());
+    for w in weps {
+        let ns = w.metadata.namespace.as_deref().unwrap_or("default");
+        let pod = if w.spec.pod.is_empty() { &w.spec.workload } else { &w.spec.pod };
+        let problem =
+            dns1123_label(ns).map_err(|e| format!("invalid metadata.namespace: {e}")).and_then(|_| match pod
+                .is_empty()
+            {
+                true => Ok(()),
+                false => dns1123_subdomain(pod).map_err(|e| format!("invalid spec.pod {pod:?}: {e}")),
+            });
+        match problem {
+            Ok(()) => out.push(w),
+            Err(reason) => errors.push(ObjectError {
+                object: ObjectRef {
+                    kind: "WorkloadEndpoint".into(),
+                    namespace: ns.to_string(),
+                    name: w.metadata.name.clone(),
+                },
+                source_file: "datastore".into(),
+                reason,
+            }),
+        }
+    }
+    out
 }
 
 /// The store-wide revision, to notice changed pod records cheaply.
@@ -108,7 +146,8 @@ pub fn build_state(objs: &Objects, weps: &[WorkloadEndpoint], service_cidr: Ipv4
         .cloned()
         .collect();
     let catalog = PodCatalog::new(objs);
-    eps.extend(endpoints::from_pod_records(&selector_based, weps, &catalog));
+    let weps = valid_pod_records(weps, &mut out.errors);
+    eps.extend(endpoints::from_pod_records(&selector_based, &weps, &catalog));
 
     let mut services: Vec<_> = keep.into_iter().map(|(sp, _)| sp).collect();
     services.sort_by(|a, b| (&a.name_string, a.protocol).cmp(&(&b.name_string, b.protocol)));

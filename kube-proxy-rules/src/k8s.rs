@@ -12,6 +12,8 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use crate::validate::{display_name, dns1123_label, dns1123_subdomain};
+
 /// `kind namespace/name` of an object, for messages.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ObjectRef {
@@ -22,9 +24,11 @@ pub struct ObjectRef {
 
 impl fmt::Display for ObjectRef {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let kind = if self.kind.is_empty() { "<no kind>" } else { &self.kind };
-        let name = if self.name.is_empty() { "<no name>" } else { &self.name };
-        write!(f, "{kind} {}/{name}", self.namespace)
+        // Names come from the inputs as they are: a bad one is shown quoted
+        // and escaped, so that it cannot add lines to the log.
+        let kind = if self.kind.is_empty() { "<no kind>".into() } else { display_name(&self.kind) };
+        let name = if self.name.is_empty() { "<no name>".into() } else { display_name(&self.name) };
+        write!(f, "{kind} {}/{name}", display_name(&self.namespace))
     }
 }
 
@@ -310,31 +314,27 @@ impl Objects {
             return;
         }
         let api_version = v.get("apiVersion").and_then(|a| a.as_str()).unwrap_or("").to_string();
-        let check_meta = |name: Option<&String>| -> Result<(), String> {
-            match name {
-                Some(n) if !n.is_empty() => Ok(()),
-                _ => Err("metadata.name is missing".into()),
-            }
-        };
         let result: Result<(), String> = match (oref.kind.as_str(), api_version.as_str()) {
             ("Service", "v1") => {
                 serde_yaml::from_value::<Service>(v).map_err(|e| e.to_string()).and_then(|mut o| {
                     o.source = source.to_string();
-                    check_meta(o.metadata.name.as_ref()).map(|_| self.services.push(o))
+                    check_meta(&o.metadata, dns1123_label).map(|_| self.services.push(o))
                 })
             }
             ("EndpointSlice", "discovery.k8s.io/v1") => {
                 serde_yaml::from_value::<EndpointSlice>(v).map_err(|e| e.to_string()).and_then(|mut o| {
                     o.source = source.to_string();
-                    check_meta(o.metadata.name.as_ref()).map(|_| self.slices.push(o))
+                    check_meta(&o.metadata, dns1123_subdomain)
+                        .and_then(|_| check_slice(&o))
+                        .map(|_| self.slices.push(o))
                 })
             }
             ("Pod", "v1") => serde_yaml::from_value::<Pod>(v)
                 .map_err(|e| e.to_string())
-                .and_then(|o| check_meta(o.metadata.name.as_ref()).map(|_| self.pods.push(o))),
+                .and_then(|o| check_meta(&o.metadata, dns1123_subdomain).map(|_| self.pods.push(o))),
             ("Deployment", "apps/v1") => serde_yaml::from_value::<Deployment>(v)
                 .map_err(|e| e.to_string())
-                .and_then(|o| check_meta(o.metadata.name.as_ref()).map(|_| self.deployments.push(o))),
+                .and_then(|o| check_meta(&o.metadata, dns1123_subdomain).map(|_| self.deployments.push(o))),
             ("Service" | "EndpointSlice" | "Pod" | "Deployment", other) => {
                 Err(format!("unsupported apiVersion {other:?} for {}", oref.kind))
             }
@@ -374,6 +374,37 @@ impl Objects {
             }
         }
     }
+}
+
+/// The API server's checks of an object's name (`name_rule`: a DNS-1123
+/// label for Services, a subdomain for the others) and namespace (a label):
+/// both reach chain names and comments.
+fn check_meta(meta: &ObjectMeta, name_rule: fn(&str) -> Result<(), String>) -> Result<(), String> {
+    match meta.name.as_deref() {
+        None | Some("") => return Err("metadata.name is missing".into()),
+        Some(n) => name_rule(n).map_err(|e| format!("invalid metadata.name: {e}"))?,
+    }
+    dns1123_label(meta.ns()).map_err(|e| format!("invalid metadata.namespace: {e}"))
+}
+
+/// An EndpointSlice's label that names its Service and its port names are
+/// part of the service port name its endpoints are filed under, as the
+/// API server validates them: DNS-1123 labels, port names unique.
+fn check_slice(slice: &EndpointSlice) -> Result<(), String> {
+    if let Some(svc) = slice.service_name() {
+        dns1123_label(svc).map_err(|e| format!("invalid {SERVICE_NAME_LABEL} label {svc:?}: {e}"))?;
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for (i, p) in slice.ports.iter().enumerate() {
+        let name = p.name.as_deref().unwrap_or("");
+        if !name.is_empty() {
+            dns1123_label(name).map_err(|e| format!("invalid ports[{i}].name {name:?}: {e}"))?;
+        }
+        if !seen.insert(name) {
+            return Err(format!("ports[{i}].name: duplicate {name:?}"));
+        }
+    }
+    Ok(())
 }
 
 fn file_error(source: &str, reason: String) -> ObjectError {

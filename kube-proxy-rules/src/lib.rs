@@ -29,7 +29,8 @@
 //! iptables test sort), [`iptables`] (running iptables), [`syncer`]
 //! (iptables full/partial syncs), [`nftables`] (the nftables proxier: render,
 //! sync, nft, dump), [`exec`] (running the tools in a namespace), [`cli`]
-//! (flags), [`commands`], [`bench`].
+//! (flags), [`commands`], [`bench`], [`validate`] (names as the API server
+//! checks them, and the payload writers' refusal of text that could break out).
 //!
 //! May call: `calico-store` (read-only: pod records and the store revision),
 //! the `iptables`/`iptables-restore`/`iptables-save` and `nft` binaries of the
@@ -50,3 +51,4 @@ pub mod nftables;
 pub mod proxier;
 pub mod service;
 pub mod syncer;
+pub mod validate;

@@ -17,6 +17,7 @@ use ipnetwork::Ipv4Network;
 use crate::endpoints::{key_of, EndpointInfo, EndpointsMap, Traffic};
 use crate::names::{self, *};
 use crate::service::ServicePortInfo;
+use crate::validate::{check_comment, check_line, check_name, UnsafeText};
 
 /// Above this many endpoints, kube-proxy drops the comments of SEP rules and
 /// SVC→SEP rules and cleans stale chains at most once per sync period.
@@ -139,10 +140,38 @@ pub struct Rendered {
 }
 
 /// A line buffer (`proxyutil.LineBuffer`).
+///
+/// The backstop against injection: every word is checked as it is written
+/// (iptables-restore splits a line at spaces outside double quotes, ends a
+/// rule at a line end and handles `\\` and quotes itself): an unquoted word
+/// is printable ASCII without spaces or quotes, a quoted one (a comment) has
+/// no quote, backslash or line end inside. The first refusal is kept and
+/// [`render`] returns it instead of a payload.
 #[derive(Default)]
 struct LineBuffer {
     buf: String,
     lines: usize,
+    refused: Option<UnsafeText>,
+}
+
+/// One word of an iptables-restore line (see [`LineBuffer`]).
+fn check_restore_word(w: &str) -> Result<(), UnsafeText> {
+    match w.strip_prefix('"').and_then(|q| q.strip_suffix('"')) {
+        Some(inner) => {
+            check_line("iptables comment", inner)?;
+            match inner.chars().find(|c| matches!(c, '"' | '\\')) {
+                Some(bad) => Err(UnsafeText { what: "iptables comment", text: inner.to_string(), bad }),
+                None => Ok(()),
+            }
+        }
+        None => match w.chars().find(|c| !c.is_ascii_graphic() || matches!(c, '"' | '\'' | '\\')) {
+            Some(bad) => Err(UnsafeText { what: "iptables-restore word", text: w.to_string(), bad }),
+            None if w.is_empty() => {
+                Err(UnsafeText { what: "iptables-restore word", text: String::new(), bad: ' ' })
+            }
+            None => Ok(()),
+        },
+    }
 }
 
 impl LineBuffer {
@@ -153,6 +182,9 @@ impl LineBuffer {
     /// fixed pieces without collecting them into a Vec first.
     fn write_parts(&mut self, parts: &[&[&str]]) {
         self.lines += 1;
+        if self.refused.is_none() {
+            self.refused = parts.iter().flat_map(|p| p.iter()).find_map(|w| check_restore_word(w).err());
+        }
         for (i, w) in parts.iter().flat_map(|p| p.iter()).enumerate() {
             if i > 0 {
                 self.buf.push(' ');
@@ -182,6 +214,9 @@ impl LineBuffer {
         self.write_parts(&[&head, local, &["-m", proto, "-p", proto], ip, &["--dport", port], rest]);
     }
     fn chain_line(&mut self, chain: &str) {
+        if let (Err(e), None) = (check_name("iptables chain name", chain), &self.refused) {
+            self.refused = Some(e);
+        }
         self.lines += 1;
         self.buf.push(':');
         self.buf.push_str(chain);
@@ -764,8 +799,14 @@ fn content_hash(buf: &str) -> u64 {
     h.finish()
 }
 
-/// Render one sync's iptables-restore payload (`syncProxyRules`).
-pub fn render(state: &ProxyState, cfg: &ProxierConfig, plan: &RenderPlan<'_>) -> Rendered {
+/// Render one sync's iptables-restore payload (`syncProxyRules`). Refused
+/// (no payload at all) if a name or comment could change what the payload
+/// says (see [`LineBuffer`]).
+pub fn render(
+    state: &ProxyState,
+    cfg: &ProxierConfig,
+    plan: &RenderPlan<'_>,
+) -> Result<Rendered, UnsafeText> {
     let mut t = Tables::default();
     let mut out = Rendered::default();
     let mut skipped_rules = 0;
@@ -781,6 +822,8 @@ pub fn render(state: &ProxyState, cfg: &ProxierConfig, plan: &RenderPlan<'_>) ->
     t.nat_rules.buf.reserve(if plan.full { state.total_endpoints() * 3 * 100 } else { 64 * 1024 });
 
     for sp in &state.services {
+        // The service port name goes into comments, quoted and unquoted.
+        check_comment("iptables comment", &sp.name_string)?;
         let p = PortPlan::new(sp, state.endpoints_of(sp), &cfg.hostname);
         kube_services(&mut t, &p);
         kube_external_services(&mut t, &p);
@@ -834,7 +877,9 @@ pub fn render(state: &ProxyState, cfg: &ProxierConfig, plan: &RenderPlan<'_>) ->
 
     if let Some(existing) = plan.existing_nat_chains {
         for chain in existing.difference(&out.active_nat_chains) {
-            if names::is_service_chain(chain) {
+            // A leftover whose name could not be written safely was not
+            // written by us: it is left alone rather than failing every sync.
+            if names::is_service_chain(chain) && check_name("", chain).is_ok() {
                 // A chain line flushes it; then it can be deleted.
                 t.nat_chains.chain_line(chain);
                 t.nat_deletes.write(&["-X", chain]);
@@ -874,6 +919,11 @@ pub fn render(state: &ProxyState, cfg: &ProxierConfig, plan: &RenderPlan<'_>) ->
     out.skipped_nat_rules =
         skipped_rules + (0..4).filter(|i| !keep_nat[*i]).map(|i| t.nat[i].lines).sum::<usize>();
 
+    let buffers = t.filter.iter().chain(t.nat.iter()).chain([&t.nat_chains, &t.nat_rules, &t.nat_deletes]);
+    if let Some(refused) = buffers.filter_map(|b| b.refused.clone()).next() {
+        return Err(refused);
+    }
+
     // Assemble: everything before the per-service rules, then those (the bulk,
     // moved in place rather than copied), then the deletions.
     let mut head = String::with_capacity(1024 + t.nat_chains.buf.len() + t.nat[N_SERVICES].buf.len());
@@ -898,7 +948,7 @@ pub fn render(state: &ProxyState, cfg: &ProxierConfig, plan: &RenderPlan<'_>) ->
     payload.push_str(&t.nat_deletes.buf);
     payload.push_str("COMMIT\n");
     out.payload = payload;
-    out
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -921,7 +971,8 @@ mod tests {
     #[test]
     fn large_cluster_mode_drops_endpoint_comments_above_1000_endpoints() {
         // 100 services x 10 endpoints = 1000: not large yet.
-        let at = render(&synthetic_state(100, 10), &cfg(), &RenderPlan { full: true, ..Default::default() });
+        let at = render(&synthetic_state(100, 10), &cfg(), &RenderPlan { full: true, ..Default::default() })
+            .unwrap();
         assert!(!at.large_cluster_mode);
         assert!(rules_of(&at.payload, "KUBE-SEP-").iter().all(|r| r.contains("--comment bench/svc-")));
         assert!(rules_of(&at.payload, "KUBE-SVC-").iter().all(|r| r.contains("--comment")));
@@ -931,7 +982,7 @@ mod tests {
         let sp = st.services[0].clone();
         let ep = EndpointInfo::new(&sp.name_string, sp.protocol, "10.127.0.1".parse().unwrap(), 8080, None);
         st.endpoints.get_mut(&crate::endpoints::key_of(&sp)).unwrap().push(ep);
-        let big = render(&st, &cfg(), &RenderPlan { full: true, ..Default::default() });
+        let big = render(&st, &cfg(), &RenderPlan { full: true, ..Default::default() }).unwrap();
         assert!(big.large_cluster_mode);
         assert!(rules_of(&big.payload, "KUBE-SEP-").iter().all(|r| !r.contains("--comment")));
         for r in rules_of(&big.payload, "KUBE-SVC-") {
@@ -952,10 +1003,11 @@ mod tests {
     #[test]
     fn partial_render_writes_only_changed_services_chains() {
         let st = synthetic_state(50, 3);
-        let full = render(&st, &cfg(), &RenderPlan { full: true, ..Default::default() });
+        let full = render(&st, &cfg(), &RenderPlan { full: true, ..Default::default() }).unwrap();
         let changed: HashSet<(String, String)> = [("bench".to_string(), "svc-7".to_string())].into();
         let part =
-            render(&st, &cfg(), &RenderPlan { full: false, changed: Some(&changed), ..Default::default() });
+            render(&st, &cfg(), &RenderPlan { full: false, changed: Some(&changed), ..Default::default() })
+                .unwrap();
         let sp = &st.services.iter().find(|s| s.name == "svc-7").unwrap().chains;
         // Its SVC chain and 3 SEP chains are written, nobody else's.
         assert_eq!(part.written_service_chains.len(), 4, "{:?}", part.written_service_chains);
@@ -983,7 +1035,8 @@ mod tests {
             &st,
             &cfg(),
             &RenderPlan { full: true, existing_nat_chains: Some(&existing), ..Default::default() },
-        );
+        )
+        .unwrap();
         assert_eq!(r.deleted_chains, ["KUBE-SEP-GONE", "KUBE-SVC-GONE"]);
         assert!(r.payload.contains(":KUBE-SEP-GONE - [0:0]\n") && r.payload.contains("\n-X KUBE-SEP-GONE\n"));
         assert!(!r.payload.contains("CALI-FORWARD") && !r.payload.contains("-X KUBE-PROXY-CANARY"));

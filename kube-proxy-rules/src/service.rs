@@ -11,6 +11,7 @@ use sha2::{Digest, Sha256};
 
 use crate::k8s::{IntOrString, ObjectError, ObjectRef, Service};
 use crate::names::ServiceChains;
+use crate::validate::{dns1123_label, iana_svc_name};
 
 /// Default `sessionAffinityConfig.clientIP.timeoutSeconds`.
 pub const DEFAULT_AFFINITY_TIMEOUT: u32 = 10800;
@@ -219,6 +220,22 @@ pub fn convert(svc: &Service, source: &str) -> Result<Converted, ObjectError> {
     let mut seen = BTreeSet::new();
     for (i, p) in spec.ports.iter().enumerate() {
         let port_name = p.name.clone().unwrap_or_default();
+        // The port name is part of chain names and comments: the API
+        // server's rules (a DNS-1123 label, required and unique when the
+        // service has more than one port).
+        if port_name.is_empty() {
+            if spec.ports.len() > 1 {
+                return Err(err(format!(
+                    "spec.ports[{i}].name is required when a service has more than one port"
+                )));
+            }
+        } else {
+            dns1123_label(&port_name)
+                .map_err(|e| err(format!("invalid spec.ports[{i}].name {port_name:?}: {e}")))?;
+        }
+        if !seen.insert(port_name.clone()) {
+            return Err(err(format!("spec.ports[{i}].name: duplicate {port_name:?}")));
+        }
         let protocol = Protocol::parse(p.protocol.as_deref()).map_err(|e| err(format!("ports[{i}]: {e}")))?;
         let port = u16::try_from(p.port)
             .ok()
@@ -235,11 +252,13 @@ pub fn convert(svc: &Service, source: &str) -> Result<Converted, ObjectError> {
             Some(IntOrString::Str(s)) if s.is_empty() => {
                 return Err(err(format!("ports[{i}]: empty targetPort name")))
             }
+            Some(IntOrString::Str(s)) => {
+                iana_svc_name(s)
+                    .map_err(|e| err(format!("invalid spec.ports[{i}].targetPort {s:?}: {e}")))?;
+                IntOrString::Str(s.clone())
+            }
             Some(t) => t.clone(),
         };
-        if !seen.insert((port_name.clone(), protocol)) {
-            return Err(err(format!("ports[{i}]: duplicate port name {port_name:?}")));
-        }
         let ns = svc.metadata.ns();
         let name = svc.metadata.name();
         let name_string =

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use crate::iptables::{Iptables, IptablesError};
 use crate::names;
 use crate::proxier::{render, ProxierConfig, ProxyState, RenderPlan, Rendered};
+use crate::validate::UnsafeText;
 
 /// A service by (`namespace`, `name`).
 pub type ServiceKey = (String, String);
@@ -45,6 +46,9 @@ pub struct SyncReport {
 pub enum SyncError {
     #[error("{what}: {source}")]
     Iptables { what: String, source: IptablesError },
+    /// The payload writer refused a name or comment (see [`crate::validate`]).
+    #[error("{0}")]
+    Refused(#[from] UnsafeText),
 }
 
 fn ipt_err(what: &str) -> impl FnOnce(IptablesError) -> SyncError + '_ {
@@ -146,7 +150,7 @@ impl Syncer {
                 existing_nat_chains: Some(&existing),
                 applied_top_level: self.minimize_top_level.then_some(&self.applied_top_level),
             },
-        );
+        )?;
         Ok((SyncPreview { full, changed_services: changed.len(), existing }, rendered))
     }
 
@@ -174,7 +178,7 @@ impl Syncer {
                     existing_nat_chains: existing.as_ref(),
                     applied_top_level: self.minimize_top_level.then_some(&self.applied_top_level),
                 },
-            );
+            )?;
             self.ipt.restore(&rendered.payload).map_err(ipt_err(if full.is_some() {
                 "full iptables-restore"
             } else {

@@ -49,7 +49,7 @@ fn run_case(dir: &Path) -> Result<(), String> {
     let loaded = inputs::load(&[dir.join("input.yaml")], &weps, "10.96.0.0/12".parse().unwrap());
     let mut errors: Vec<String> = loaded.errors.iter().map(|e| format!("skipped {e}")).collect();
     let expected_errors = std::fs::read_to_string(dir.join("errors.txt")).unwrap_or_default();
-    let rendered = render(&loaded.state, &cfg, &RenderPlan { full: true, ..Default::default() });
+    let rendered = render(&loaded.state, &cfg, &RenderPlan { full: true, ..Default::default() }).unwrap();
     let got = sort_payload(&rendered.payload)?;
     let want_path = dir.join("expected.txt");
     if generated && std::env::var("UPDATE_GOLDEN").is_ok() {

@@ -78,7 +78,7 @@ fn case(dir: &Path) -> Case {
 fn transaction(c: &Case) -> (String, Vec<String>) {
     let loaded = inputs::load(std::slice::from_ref(&c.input), &[], "10.96.0.0/12".parse().unwrap());
     let errors = loaded.errors.iter().map(|e| format!("skipped {e}")).collect();
-    (render(&loaded.state, &c.cfg, &NftPlan::full()).transaction, errors)
+    (render(&loaded.state, &c.cfg, &NftPlan::full()).unwrap().transaction, errors)
 }
 
 fn run_case(c: &Case) -> Result<(), String> {

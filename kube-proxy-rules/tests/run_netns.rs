@@ -295,3 +295,130 @@ fn dry_run_in_nftables_mode_shows_the_transaction_without_applying_it() {
     let t = ns.exec(&["nft", "list", "table", "ip", "kube-proxy"]);
     assert!(!t.contains("10.244.0.99") && t.contains("dnat to 10.244.0.98:6443"), "{t}");
 }
+
+/// Connect from `netns` to `addr` and read the answer (on a thread that
+/// entered the namespace: setns affects one thread only).
+fn fetch_from(netns: &str, addr: &str) -> Result<String, String> {
+    let (path, addr) = (format!("/run/netns/{netns}"), addr.parse::<std::net::SocketAddr>().unwrap());
+    std::thread::spawn(move || {
+        use std::io::Read;
+        let fd = std::fs::File::open(&path).unwrap();
+        nix::sched::setns(&fd, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+        let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2))
+            .map_err(|e| format!("connect {addr}: {e}"))?;
+        s.set_read_timeout(Some(Duration::from_secs(2))).map_err(|e| e.to_string())?;
+        let mut out = String::new();
+        s.read_to_string(&mut out).map_err(|e| format!("read from {addr}: {e}"))?;
+        Ok(out.trim().to_string())
+    })
+    .join()
+    .unwrap()
+}
+
+/// A TCP server in `netns` answering "ok" until dropped.
+struct OkServer(std::sync::Arc<std::sync::atomic::AtomicBool>, Option<std::thread::JoinHandle<()>>);
+
+impl OkServer {
+    fn start(netns: &str, port: u16) -> OkServer {
+        use std::sync::atomic::Ordering;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (path, stop2) = (format!("/run/netns/{netns}"), stop.clone());
+        let h = std::thread::spawn(move || {
+            use std::io::Write;
+            let fd = std::fs::File::open(&path).unwrap();
+            nix::sched::setns(&fd, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+            let l = std::net::TcpListener::bind(("0.0.0.0", port)).unwrap();
+            l.set_nonblocking(true).unwrap();
+            tx.send(()).unwrap();
+            while !stop2.load(Ordering::Relaxed) {
+                match l.accept() {
+                    Ok((mut s, _)) => {
+                        let _ = s.set_nonblocking(false);
+                        let _ = writeln!(s, "ok");
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                }
+            }
+        });
+        rx.recv_timeout(Duration::from_secs(5)).unwrap();
+        OkServer(stop, Some(h))
+    }
+}
+
+impl Drop for OkServer {
+    fn drop(&mut self) {
+        self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(h) = self.1.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+/// `run` with `--nodeport-addresses`: an address in that range added to the
+/// node while `run` is running makes the next sync a full one and the
+/// NodePort answers on it (kube-proxy re-reads the node IPs on every sync).
+fn nodeport_follows_a_new_node_address(mode: &str) {
+    let (node, client) = (Netns::new("kna"), Netns::new("knb"));
+    let (veth, peer) = (testbed::unique("kv"), testbed::unique("kc"));
+    node.exec(&["ip", "link", "add", &veth, "type", "veth", "peer", "name", &peer, "netns", client.name()]);
+    node.exec(&["ip", "addr", "add", "192.168.78.1/24", "dev", &veth]);
+    node.exec(&["ip", "link", "set", &veth, "up"]);
+    client.exec(&["ip", "addr", "add", "192.168.78.2/24", "dev", &peer]);
+    client.exec(&["ip", "link", "set", &peer, "up"]);
+    client.exec(&["ip", "route", "add", "10.77.0.0/16", "via", "192.168.78.1"]);
+    // The endpoint is an address of the node itself: DNAT to it is delivered
+    // locally, to the server below.
+    node.exec(&["ip", "addr", "add", "10.244.9.9/32", "dev", "lo"]);
+    let _server = OkServer::start(node.name(), 8080);
+
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::write(
+        tmp.path().join("np.yaml"),
+        "apiVersion: v1\nkind: Service\nmetadata: {name: np}\n\
+         spec: {type: NodePort, clusterIP: 10.96.0.20, ports: [{port: 80, targetPort: 8080, nodePort: 30080}]}\n---\n\
+         apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
+         metadata: {name: np-1, labels: {kubernetes.io/service-name: np}}\naddressType: IPv4\n\
+         endpoints: [{addresses: [10.244.9.9]}]\nports: [{port: 8080}]\n",
+    )
+    .unwrap();
+    let log = tmp.path().join("run.log");
+    let child = Command::new("ip")
+        .args(["netns", "exec", node.name(), BIN, "run", "--proxy-mode", mode])
+        .args(["--hostname-override", "node1", "--nodeport-addresses", "10.77.0.0/16"])
+        .args(["--sync-period", "1s", "--min-sync-period", "100ms"])
+        .arg(tmp.path().join("np.yaml"))
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let run = Runner { child, log };
+    run.wait_for("synced (full: first sync)", 1);
+    // The NodePort is not served on the node's other addresses.
+    assert!(fetch_from(client.name(), "192.168.78.1:30080").is_err());
+
+    node.exec(&["ip", "addr", "add", "10.77.0.5/32", "dev", &veth]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match fetch_from(client.name(), "10.77.0.5:30080") {
+            Ok(answer) => {
+                assert_eq!(answer, "ok");
+                break;
+            }
+            Err(e) => assert!(Instant::now() < deadline, "the NodePort never answered: {e}\n{}", run.log()),
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let log = run.wait_for("node addresses changed", 1);
+    assert!(!log.contains("error"), "{log}");
+}
+
+#[test]
+fn run_in_nftables_mode_serves_nodeports_on_a_new_node_address() {
+    nodeport_follows_a_new_node_address("nftables");
+}
+
+#[test]
+fn run_in_iptables_mode_serves_nodeports_on_a_new_node_address() {
+    nodeport_follows_a_new_node_address("iptables");
+}

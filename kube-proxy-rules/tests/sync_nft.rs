@@ -390,3 +390,196 @@ fn a_failed_incremental_transaction_falls_back_to_a_full_sync() {
     assert!(r.full && r.reason.contains("gone or flushed"), "{}", r.reason);
     assert_eq!(kernel_table(&nft, &BTreeSet::new()), fresh_table(&state(&two)));
 }
+
+/// One sequence of states synced one after the other into one namespace:
+/// after each sync (incremental after the first), the kernel's table equals
+/// a fresh full sync of the same state (stale chains waiting for deletion
+/// aside). Stale chains are aged after every second step, so both their
+/// deletion and their waiting are covered. Returns the mismatches.
+fn run_sequence(name: &str, steps: &[&str]) -> Vec<String> {
+    let ns = Netns::new("kns");
+    let nft = Nft::in_netns(ns.name());
+    let mut syncer = NftSyncer::new(nft.clone(), config());
+    syncer.stale_chain_delay = Duration::from_secs(3600);
+    let mut problems = Vec::new();
+    for (i, yaml) in steps.iter().enumerate() {
+        let st = state(yaml);
+        match syncer.sync(&st) {
+            Ok(r) if i > 0 && r.full => problems.push(format!("{name} step {i}: full sync: {}", r.reason)),
+            Ok(_) => {}
+            Err(e) => {
+                problems.push(format!("{name} step {i}: {e}"));
+                continue;
+            }
+        }
+        let stale: BTreeSet<String> = syncer.stale_chains().map(String::from).collect();
+        let (got, want) = (kernel_table(&nft, &stale), fresh_table(&st));
+        if got != want {
+            let (g, w): (BTreeSet<&str>, BTreeSet<&str>) = (got.lines().collect(), want.lines().collect());
+            problems.push(format!(
+                "{name} step {i}: kernel differs from a fresh full sync\n  only here: {:#?}\n  only fresh: {:#?}",
+                g.difference(&w).collect::<Vec<_>>(),
+                w.difference(&g).collect::<Vec<_>>()
+            ));
+        }
+        if i % 2 == 1 {
+            syncer.age_stale_chains(Duration::from_secs(7200));
+        }
+    }
+    problems
+}
+
+/// svc1 in ns1 with `spec`, then `rest` (its slice, other objects).
+fn svc1(spec: &str, rest: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: svc1, namespace: ns1}}\nspec: {spec}\n---\n{rest}"
+    )
+}
+
+fn slice1(endpoints: &str, ports: &str) -> String {
+    format!(
+        "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
+         metadata: {{name: svc1-1, namespace: ns1, labels: {{kubernetes.io/service-name: svc1}}}}\n\
+         addressType: IPv4\nendpoints: [{endpoints}]\nports: [{ports}]\n---\n"
+    )
+}
+
+const LOCAL_AND_REMOTE: &str = "{addresses: [10.180.0.1]}, {addresses: [10.180.0.2], nodeName: test-node}";
+const P80: &str = "{name: p80, port: 80, protocol: TCP}";
+
+/// Renaming the port of a NodePort service without endpoints changes only
+/// the comments of its `no-endpoint-*` elements (key and verdict stay): the
+/// incremental sync must re-create them, as a fresh full sync writes them.
+#[test]
+fn a_renamed_port_rewrites_the_element_comments() {
+    let ns = Netns::new("knc");
+    let nft = Nft::in_netns(ns.name());
+    let mut syncer = NftSyncer::new(nft.clone(), config());
+    let spec = |port: &str| {
+        format!(
+            "{{type: NodePort, clusterIP: 172.30.0.41, \
+             ports: [{{name: {port}, port: 80, protocol: TCP, nodePort: 30001}}]}}"
+        )
+    };
+    syncer.sync(&state(&svc1(&spec("p80"), ""))).unwrap();
+    let st = state(&svc1(&spec("p81"), ""));
+    let r = syncer.sync(&st).unwrap();
+    assert!(!r.full);
+    let table = nft.list_table().unwrap();
+    assert!(table.contains("comment \"ns1/svc1:p81\"") && !table.contains("p80"), "{table}");
+    assert_eq!(kernel_table(&nft, &BTreeSet::new()), fresh_table(&st));
+    // Element count unchanged: each element deleted and added in one transaction.
+    assert_eq!(r.rendered.elements_added, r.rendered.elements_deleted);
+    assert_eq!(r.rendered.elements_added, 2, "{}", r.rendered.transaction);
+}
+
+/// Sequences of changes to one service (type, traffic policies, affinity,
+/// port renames, firewall, endpoints on and off the node, terminating
+/// endpoints, ports added and removed, externalIPs moving between services),
+/// each compared with a fresh full sync after every step.
+#[test]
+fn incremental_sequences_match_a_fresh_full_sync() {
+    let eps = slice1(LOCAL_AND_REMOTE, P80);
+    let eps_remote = slice1("{addresses: [10.180.0.1]}", P80);
+    let np_spec = "{type: NodePort, clusterIP: 172.30.0.41, ports: [{name: p80, port: 80, protocol: TCP, nodePort: 30001}]}";
+    let np = svc1(np_spec, &eps);
+    let cip = svc1(
+        "{type: ClusterIP, clusterIP: 172.30.0.41, ports: [{name: p80, port: 80, protocol: TCP}]}",
+        &eps,
+    );
+    let np_local = svc1(
+        "{type: NodePort, externalTrafficPolicy: Local, clusterIP: 172.30.0.41, \
+         ports: [{name: p80, port: 80, protocol: TCP, nodePort: 30001}]}",
+        &eps,
+    );
+    let aff_spec = "{type: NodePort, sessionAffinity: ClientIP, clusterIP: 172.30.0.41, \
+                    ports: [{name: p80, port: 80, protocol: TCP, nodePort: 30001}]}";
+    let aff = svc1(aff_spec, &eps);
+    let aff_one = svc1(aff_spec, &eps_remote);
+    let aff_t = svc1(
+        "{type: NodePort, sessionAffinity: ClientIP, sessionAffinityConfig: {clientIP: {timeoutSeconds: 100}}, \
+         clusterIP: 172.30.0.41, ports: [{name: p80, port: 80, protocol: TCP, nodePort: 30001}]}",
+        &eps,
+    );
+    let renamed = svc1(
+        "{type: NodePort, clusterIP: 172.30.0.41, ports: [{name: p81, port: 80, protocol: TCP, nodePort: 30001}]}",
+        &slice1(LOCAL_AND_REMOTE, "{name: p81, port: 80, protocol: TCP}"),
+    );
+    let noeps_p80 = svc1(np_spec, "");
+    let noeps_p81 = svc1(&np_spec.replace("p80", "p81"), "");
+    let lb_status = "\nstatus: {loadBalancer: {ingress: [{ip: 1.2.3.4}]}}";
+    let lb_fw = svc1(
+        &format!(
+            "{{type: LoadBalancer, clusterIP: 172.30.0.41, loadBalancerSourceRanges: [203.0.113.0/25], \
+             ports: [{{name: p80, port: 80, protocol: TCP, nodePort: 30001}}]}}{lb_status}"
+        ),
+        &eps,
+    );
+    let lb = svc1(
+        &format!(
+            "{{type: LoadBalancer, clusterIP: 172.30.0.41, \
+             ports: [{{name: p80, port: 80, protocol: TCP, nodePort: 30001}}]}}{lb_status}"
+        ),
+        &eps,
+    );
+    let itp = svc1(
+        "{type: NodePort, internalTrafficPolicy: Local, clusterIP: 172.30.0.41, \
+         ports: [{name: p80, port: 80, protocol: TCP, nodePort: 30001}]}",
+        &eps,
+    );
+    let lbl_spec = format!(
+        "{{type: LoadBalancer, externalTrafficPolicy: Local, externalIPs: [192.168.99.22], \
+         clusterIP: 172.30.0.41, ports: [{{name: p80, port: 80, protocol: TCP, nodePort: 30001}}]}}{lb_status}"
+    );
+    let lbl_remote = svc1(&lbl_spec, &eps_remote);
+    let lbl_local = svc1(&lbl_spec, &eps);
+    let two_ports = svc1(
+        "{type: NodePort, clusterIP: 172.30.0.41, ports: [{name: p80, port: 80, protocol: TCP, nodePort: 30001}, \
+         {name: p81, port: 81, protocol: UDP, nodePort: 30002}]}",
+        &slice1("{addresses: [10.180.0.1]}", "{name: p80, port: 80, protocol: TCP}, {name: p81, port: 81, protocol: UDP}"),
+    );
+    let term = svc1(
+        "{type: NodePort, externalTrafficPolicy: Local, clusterIP: 172.30.0.41, \
+         ports: [{name: p80, port: 80, protocol: TCP, nodePort: 30001}]}",
+        &slice1(
+            "{addresses: [10.180.0.1]}, {addresses: [10.180.0.2], nodeName: test-node, \
+             conditions: {ready: false, serving: true, terminating: true}}",
+            P80,
+        ),
+    );
+    let svc2 = |eip: &str| {
+        format!(
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: svc2, namespace: ns2}}\n\
+             spec: {{clusterIP: 172.30.0.42, externalIPs: [{eip}], ports: [{{name: p80, port: 80, protocol: TCP}}]}}\n---\n\
+             apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
+             metadata: {{name: svc2-1, namespace: ns2, labels: {{kubernetes.io/service-name: svc2}}}}\n\
+             addressType: IPv4\nendpoints: [{{addresses: [10.180.0.9]}}]\nports: [{{name: p80, port: 80, protocol: TCP}}]\n---\n"
+        )
+    };
+    let s1x = svc1(
+        "{clusterIP: 172.30.0.41, externalIPs: [192.168.99.22], ports: [{name: p80, port: 80, protocol: TCP}]}",
+        &eps,
+    );
+    let swap_a = s1x.clone() + &svc2("192.168.99.50");
+    let swap_b = cip.clone() + &svc2("192.168.99.22");
+    let both = s1x.clone() + &svc2("192.168.99.22");
+
+    let sequences: Vec<(&str, Vec<&str>)> = vec![
+        ("type", vec![&np, &cip, &np, &cip]),
+        ("etp", vec![&np, &np_local, &np, &np_local, &cip]),
+        ("affinity", vec![&np, &aff, &np, &aff, &aff_t, &aff, &cip]),
+        ("rename", vec![&np, &renamed, &np, &renamed]),
+        ("rename-no-endpoints", vec![&noeps_p80, &noeps_p81, &noeps_p80]),
+        ("firewall", vec![&lb_fw, &lb, &lb_fw, &np, &lb_fw, &cip]),
+        ("itp", vec![&np, &itp, &np_local, &itp, &noeps_p80, &itp]),
+        ("delete", vec![&np, "", &aff, "", &lb_fw]),
+        ("etp-local-endpoints", vec![&lbl_remote, &lbl_local, &lbl_remote, &lbl_local, &np]),
+        ("affinity-endpoints", vec![&aff, &aff_one, &aff, &aff_one, &np]),
+        ("ports", vec![&two_ports, &np, &two_ports, &cip, &two_ports]),
+        ("terminating", vec![&np_local, &term, &np_local, &term]),
+        ("external-ip-swap", vec![&swap_a, &swap_b, &swap_a, &both, &swap_b, &both, &swap_a]),
+    ];
+    let problems: Vec<String> =
+        sequences.iter().flat_map(|(name, steps)| run_sequence(name, steps)).collect();
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}

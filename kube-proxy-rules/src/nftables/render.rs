@@ -19,6 +19,7 @@ use crate::names::nft_endpoint_base;
 use crate::proxier::{ProxierConfig, ProxyState};
 use crate::service::ServicePortInfo;
 use crate::syncer::ServiceKey;
+use crate::validate::{check_comment, check_line, check_name, check_word, UnsafeText};
 
 /// The table every object lives in: `ip kube-proxy`.
 pub const FAMILY_TABLE: &str = "ip kube-proxy";
@@ -113,16 +114,30 @@ impl Container {
     }
 }
 
+/// What an element holds besides its key: the verdict (`goto service-…`,
+/// empty for a set) and its comment. A fresh full sync writes both, so an
+/// incremental one re-creates an element when either changed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ElementData {
+    pub value: String,
+    pub comment: Option<String>,
+}
+
 /// The elements of the six sets/maps: key (`10.96.0.10 . tcp . 80`) → value
-/// (`goto service-…`, empty for a set), as a transaction leaves them.
+/// and comment, as a transaction leaves them.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Elements {
-    maps: [HashMap<String, String>; 6],
+    maps: [HashMap<String, ElementData>; 6],
 }
 
 impl Elements {
+    /// The value (verdict) of an element.
     pub fn get(&self, c: Container, key: &str) -> Option<&str> {
-        self.maps[c.index()].get(key).map(String::as_str)
+        self.maps[c.index()].get(key).map(|d| d.value.as_str())
+    }
+    /// The comment of an element (None: it has none, or there is no such element).
+    pub fn comment(&self, c: Container, key: &str) -> Option<&str> {
+        self.maps[c.index()].get(key).and_then(|d| d.comment.as_deref())
     }
     pub fn len(&self, c: Container) -> usize {
         self.maps[c.index()].len()
@@ -205,15 +220,35 @@ pub struct NftRendered {
 
 /// One transaction being written: `<verb> <object> ip kube-proxy <rest>`,
 /// one operation per line.
+///
+/// The backstop against injection: every chain and set name, element key,
+/// value and comment and rule word is checked as it is written (see
+/// [`crate::validate`]); the first refusal is kept and [`render`] returns it
+/// instead of a transaction. Inputs are validated before they get here, so a
+/// refusal means some code path let an unchecked name through.
 #[derive(Default)]
 struct Tx {
     buf: String,
     ops: usize,
     rules: usize,
+    refused: Option<UnsafeText>,
 }
 
 impl Tx {
+    fn check(&mut self, r: Result<(), UnsafeText>) {
+        if let (Err(e), None) = (r, &self.refused) {
+            self.refused = Some(e);
+        }
+    }
+    /// A chain or set name.
+    fn name(&mut self, what: &'static str, name: &str) {
+        self.check(check_name(what, name));
+    }
     fn op(&mut self, verb: &str, object: &str, parts: &[&str]) {
+        // Whatever else a part is, it stays on this operation's line.
+        for p in parts {
+            self.check(check_line("nft operation text", p));
+        }
         self.ops += 1;
         self.buf.push_str(verb);
         self.buf.push(' ');
@@ -228,10 +263,18 @@ impl Tx {
     }
     /// `add chain` + `flush chain`: the chain exists and is empty.
     fn ensure_chain(&mut self, chain: &str) {
+        self.name("nft chain name", chain);
         self.op("add", "chain", &[chain]);
         self.op("flush", "chain", &[chain]);
     }
     fn rule(&mut self, chain: &str, parts: &[&str]) {
+        for p in parts {
+            self.check(check_word("nft rule text", p));
+        }
+        self.add_rule(chain, parts);
+    }
+    fn add_rule(&mut self, chain: &str, parts: &[&str]) {
+        self.name("nft chain name", chain);
         self.rules += 1;
         let mut all = Vec::with_capacity(parts.len() + 1);
         all.push(chain);
@@ -239,13 +282,22 @@ impl Tx {
         self.op("add", "rule", &all);
     }
     fn rule_with_comment(&mut self, chain: &str, parts: &[&str], comment: &str) {
+        for p in parts {
+            self.check(check_word("nft rule text", p));
+        }
+        self.check(check_comment("nft rule comment", comment));
         let quoted = format!("comment \"{comment}\"");
         let mut all = parts.to_vec();
         all.push(&quoted);
-        self.rule(chain, &all);
+        self.add_rule(chain, &all);
     }
     /// `{ key [comment "…"] [: value] }`
     fn element(&mut self, verb: &str, c: Container, key: &str, comment: Option<&str>, value: &str) {
+        self.check(check_comment("nft element key", key));
+        self.check(check_comment("nft element value", value));
+        if let Some(cm) = comment {
+            self.check(check_comment("nft element comment", cm));
+        }
         let mut e = String::with_capacity(key.len() + value.len() + 32);
         e.push_str("{ ");
         e.push_str(key);
@@ -274,9 +326,13 @@ struct ElementWriter<'a> {
 
 impl ElementWriter<'_> {
     fn ensure(&mut self, tx: &mut Tx, c: Container, key: String, value: String, comment: Option<&str>) {
-        let current = self.new.get(c, &key).or_else(|| self.applied.and_then(|a| a.get(c, &key)));
+        let current = self.new.maps[c.index()]
+            .get(&key)
+            .or_else(|| self.applied.and_then(|a| a.maps[c.index()].get(&key)));
         match current {
-            Some(v) if v == value => {}
+            Some(d) if d.value == value && d.comment.as_deref() == comment => {}
+            // A changed value or comment (a renamed port): `add` would keep
+            // the old one, so the element is deleted and added again.
             Some(_) => {
                 tx.element("delete", c, &key, None, "");
                 tx.element("add", c, &key, comment, &value);
@@ -288,7 +344,7 @@ impl ElementWriter<'_> {
                 self.added += 1;
             }
         }
-        self.new.maps[c.index()].insert(key, value);
+        self.new.maps[c.index()].insert(key, ElementData { value, comment: comment.map(str::to_string) });
     }
 
     /// Delete what was applied and is no longer wanted.
@@ -648,6 +704,7 @@ fn firewall_chain(tx: &mut Tx, p: &PortPlan<'_>, cfg: &ProxierConfig) {
 fn affinity_sets(tx: &mut Tx, eps: &[(&EndpointInfo, EndpointNames)], timeout: u32) {
     let spec = format!("{{ type ipv4_addr ; flags dynamic,timeout ; timeout {timeout}s ; }}");
     for (_, names) in eps {
+        tx.name("nft set name", &names.affinity);
         tx.op("add", "set", &[&names.affinity, &spec]);
     }
 }
@@ -695,8 +752,14 @@ fn endpoint_chain(tx: &mut Tx, sp: &ServicePortInfo, ep: &EndpointInfo, names: &
     tx.rule(&names.chain, &["meta l4proto", sp.protocol.as_str(), "dnat to", &ep.endpoint]);
 }
 
-/// Render one sync's transaction (`syncProxyRules`).
-pub fn render(state: &ProxyState, cfg: &ProxierConfig, plan: &NftPlan<'_>) -> NftRendered {
+/// Render one sync's transaction (`syncProxyRules`). Refused (no
+/// transaction at all) if a name or comment could change what the
+/// transaction says (see [`Tx`]).
+pub fn render(
+    state: &ProxyState,
+    cfg: &ProxierConfig,
+    plan: &NftPlan<'_>,
+) -> Result<NftRendered, UnsafeText> {
     let mut tx = Tx::default();
     if plan.full {
         // About 330 bytes of transaction per endpoint: size the buffer once.
@@ -773,10 +836,13 @@ pub fn render(state: &ProxyState, cfg: &ProxierConfig, plan: &NftPlan<'_>) -> Nf
     out.elements = el.new;
     out.elements_added = el.added;
     out.elements_deleted = el.deleted;
+    if let Some(refused) = tx.refused {
+        return Err(refused);
+    }
     out.operations = tx.ops;
     out.rules = tx.rules;
     out.transaction = tx.buf;
-    out
+    Ok(out)
 }
 
 /// [`service_elements`] for a service whose chains are written: its firewall
@@ -800,12 +866,14 @@ fn stale_objects(tx: &mut Tx, plan: &NftPlan<'_>, present: &HashSet<ServiceKey>,
             out.objects.values().flat_map(|o| o.chains.iter().map(String::as_str)).collect();
         let active_sets: HashSet<&str> =
             out.objects.values().flat_map(|o| o.affinity_sets.iter().map(String::as_str)).collect();
-        for c in plan.existing_chains.into_iter().flatten() {
+        // A leftover whose name could not be written safely was not written
+        // by us: it is left alone rather than failing every full sync.
+        for c in plan.existing_chains.into_iter().flatten().filter(|c| check_name("", c).is_ok()) {
             if crate::names::is_nft_service_chain(c) && !active_chains.contains(c.as_str()) {
                 stale_chains.insert(c.clone());
             }
         }
-        for s in plan.existing_sets.into_iter().flatten() {
+        for s in plan.existing_sets.into_iter().flatten().filter(|s| check_name("", s).is_ok()) {
             if s.starts_with(AFFINITY_PREFIX) && !active_sets.contains(s.as_str()) {
                 stale_sets.insert(s.clone());
             }
@@ -827,9 +895,11 @@ fn stale_objects(tx: &mut Tx, plan: &NftPlan<'_>, present: &HashSet<ServiceKey>,
         out.removed_services.sort();
     }
     for c in &stale_chains {
+        tx.name("nft chain name", c);
         tx.op("flush", "chain", &[c]);
     }
     for s in &stale_sets {
+        tx.name("nft set name", s);
         tx.op("delete", "set", &[s]);
     }
     out.stale_chains = stale_chains.into_iter().collect();

@@ -29,6 +29,7 @@ use crate::nftables::nft::{Nft, NftError};
 use crate::nftables::render::{render, Applied, NftPlan, NftRendered, FAMILY_TABLE};
 use crate::proxier::{ProxierConfig, ProxyState};
 use crate::syncer::{fingerprints, ServiceKey};
+use crate::validate::UnsafeText;
 
 /// kube-proxy waits this long before deleting a flushed stale chain.
 pub const STALE_CHAIN_DELAY: Duration = Duration::from_secs(1);
@@ -37,6 +38,9 @@ pub const STALE_CHAIN_DELAY: Duration = Duration::from_secs(1);
 pub enum NftSyncError {
     #[error("{what}: {source}")]
     Nft { what: String, source: Box<NftError> },
+    /// The transaction builder refused a name or comment (see [`crate::validate`]).
+    #[error("{0}")]
+    Refused(#[from] UnsafeText),
 }
 
 fn nft_err(what: &str) -> impl FnOnce(NftError) -> NftSyncError + '_ {
@@ -171,7 +175,7 @@ impl NftSyncer {
                 existing_chains: Some(&chains),
                 existing_sets: Some(&sets),
             },
-        );
+        )?;
         let preview = NftPreview {
             full,
             changed_services: changed.len(),
@@ -262,7 +266,7 @@ impl NftSyncer {
                     existing_chains: listing.as_ref().map(|l| &l.0),
                     existing_sets: listing.as_ref().map(|l| &l.1),
                 },
-            );
+            )?;
             let what = if full.is_some() { "full nft transaction" } else { "incremental nft transaction" };
             // Nothing changed: no transaction at all (nft would accept an
             // empty one, but there is no reason to run it).
