@@ -313,13 +313,30 @@ impl Args {
         for ip in &self.node_ips {
             if let IpAddr::V4(v4) = ip {
                 cfg.nodeport_addresses.push(Ipv4Network::new(*v4, 32).map_err(|e| e.to_string())?);
-                if self.proxy_mode == ProxyMode::Nftables && !cfg.local_addresses.contains(v4) {
-                    cfg.local_addresses.push(*v4);
-                }
             }
         }
-        cfg.local_addresses.sort();
         Ok(())
+    }
+
+    /// The node's addresses as the proxier matches them against
+    /// `--nodeport-addresses`: this namespace's interface addresses (none
+    /// when the rules go to another namespace), plus, in nftables mode with
+    /// the `primary` default, the `--node-ip` addresses. Cheap (one
+    /// `getifaddrs`): `run` re-reads them before every sync, as kube-proxy
+    /// re-reads the node IPs.
+    pub fn local_addresses(&self, in_other_netns: bool) -> Vec<Ipv4Addr> {
+        let mut out = if in_other_netns { Vec::new() } else { local_ipv4_addresses() };
+        let primary =
+            self.nodeport_addresses.is_empty() || self.nodeport_addresses.iter().any(|a| a == "primary");
+        if self.proxy_mode == ProxyMode::Nftables && primary {
+            out.extend(self.node_ips.iter().filter_map(|ip| match ip {
+                IpAddr::V4(v4) => Some(*v4),
+                IpAddr::V6(_) => None,
+            }));
+        }
+        out.sort();
+        out.dedup();
+        out
     }
 
     /// The settings both proxiers share.
@@ -338,7 +355,7 @@ impl Args {
             masquerade_all: self.masquerade_all,
             localhost_nodeports: self.localhost_nodeports,
             nodeport_addresses: Vec::new(),
-            local_addresses: if in_other_netns { Vec::new() } else { local_ipv4_addresses() },
+            local_addresses: self.local_addresses(in_other_netns),
             random_fully: false,
             conntrack_tcp_liberal: false,
             nfacct: false,

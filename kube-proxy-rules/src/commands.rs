@@ -133,6 +133,9 @@ trait ModeSyncer {
     fn check_canary(&mut self) -> Result<Option<String>, String>;
     /// A vanished canary forced the next sync to be full.
     fn canary_forced(&self) -> bool;
+    /// Take the node's current addresses; true if they changed (the next
+    /// sync is then a full one: NodePorts are served on them).
+    fn set_local_addresses(&mut self, addresses: Vec<std::net::Ipv4Addr>) -> bool;
 }
 
 impl ModeSyncer for Syncer {
@@ -162,6 +165,9 @@ impl ModeSyncer for Syncer {
     }
     fn canary_forced(&self) -> bool {
         self.needs_full_sync().is_some_and(|r| r.contains("canary"))
+    }
+    fn set_local_addresses(&mut self, addresses: Vec<std::net::Ipv4Addr>) -> bool {
+        Syncer::set_local_addresses(self, addresses)
     }
 }
 
@@ -201,6 +207,9 @@ impl ModeSyncer for NftSyncer {
     fn canary_forced(&self) -> bool {
         self.needs_full_sync().is_some_and(|r| r.contains("gone or flushed"))
     }
+    fn set_local_addresses(&mut self, addresses: Vec<std::net::Ipv4Addr>) -> bool {
+        NftSyncer::set_local_addresses(self, addresses)
+    }
 }
 
 fn cmd_run(args: &Args) -> Result<i32, String> {
@@ -221,6 +230,10 @@ fn cmd_run(args: &Args) -> Result<i32, String> {
 /// Keep the rules in sync: resync when an input file or the pod records
 /// change (polled), at least every sync period, never more often than the
 /// min sync period; check the canary every sync period; retry failures.
+/// The node's addresses are re-read on every poll (kube-proxy re-reads the
+/// node IPs on every sync): a change forces a full sync, so NodePorts follow
+/// an address added or removed while `run` runs. The syncers also force a
+/// full sync once the last one is [`crate::syncer::FULL_SYNC_PERIOD`] old.
 fn run_loop(args: &Args, records: &PodRecords, syncer: &mut dyn ModeSyncer) -> Result<i32, String> {
     let poll = args.min_sync_period.clamp(Duration::from_millis(50), Duration::from_millis(500));
     let mut last_stamp = None;
@@ -228,7 +241,12 @@ fn run_loop(args: &Args, records: &PodRecords, syncer: &mut dyn ModeSyncer) -> R
     let mut last_sync: Option<Instant> = None;
     let mut last_canary = Instant::now();
     let mut retry_at: Option<Instant> = None;
+    let mut addresses_changed = false;
     loop {
+        if syncer.set_local_addresses(args.local_addresses(false)) {
+            eprintln!("node addresses changed: the next sync is a full one");
+            addresses_changed = true;
+        }
         let stamp = input_stamp(&args.inputs);
         let rev = match records.revision() {
             Ok(r) => Some(r),
@@ -250,7 +268,8 @@ fn run_loop(args: &Args, records: &PodRecords, syncer: &mut dyn ModeSyncer) -> R
         let retry_due = retry_at.is_some_and(|t| Instant::now() >= t);
         let rate_ok = last_sync.is_none_or(|t| t.elapsed() >= args.min_sync_period);
         let canary_forced = syncer.canary_forced();
-        if (changed || periodic || retry_due || canary_forced) && rate_ok {
+        if (changed || periodic || retry_due || canary_forced || addresses_changed) && rate_ok {
+            addresses_changed = false;
             last_stamp = Some(stamp);
             last_rev = rev;
             match records.load(args) {

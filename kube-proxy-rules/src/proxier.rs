@@ -1041,4 +1041,20 @@ mod tests {
         assert!(r.payload.contains(":KUBE-SEP-GONE - [0:0]\n") && r.payload.contains("\n-X KUBE-SEP-GONE\n"));
         assert!(!r.payload.contains("CALI-FORWARD") && !r.payload.contains("-X KUBE-PROXY-CANARY"));
     }
+
+    /// The backstop: a name that got past input validation (here: put into
+    /// the state directly) is refused, not written.
+    #[test]
+    fn the_writer_refuses_a_name_that_could_inject() {
+        let mut st = synthetic_state(1, 1);
+        st.services[0].name_string = "bench/x\" -j ACCEPT\n-A KUBE-SERVICES -j ACCEPT\n#".into();
+        let e = render(&st, &cfg(), &RenderPlan { full: true, ..Default::default() }).unwrap_err();
+        assert_eq!((e.what, e.bad), ("iptables comment", '"'));
+        // Any word, not only the service port name: a line end never gets through.
+        let mut st = synthetic_state(1, 1);
+        let key = crate::endpoints::key_of(&st.services[0]);
+        st.endpoints.get_mut(&key).unwrap()[0].chain = "KUBE-SEP-X\n-A INPUT -j ACCEPT".into();
+        let e = render(&st, &cfg(), &RenderPlan { full: true, ..Default::default() }).unwrap_err();
+        assert_eq!(e.bad, '\n');
+    }
 }

@@ -17,6 +17,11 @@ use crate::names;
 use crate::proxier::{render, ProxierConfig, ProxyState, RenderPlan, Rendered};
 use crate::validate::UnsafeText;
 
+/// kube-proxy's `proxyutil.FullSyncPeriod`: however well partial syncs go,
+/// a full one is forced at least this often (in both modes), so that
+/// anything partial syncs cannot see is repaired.
+pub const FULL_SYNC_PERIOD: Duration = Duration::from_secs(3600);
+
 /// A service by (`namespace`, `name`).
 pub type ServiceKey = (String, String);
 
@@ -68,6 +73,9 @@ pub struct Syncer {
     applied: HashMap<ServiceKey, u64>,
     last_large_cluster: Option<bool>,
     last_cleanup: Option<Instant>,
+    /// A full sync is forced when the last one is this old ([`FULL_SYNC_PERIOD`]).
+    pub full_sync_period: Duration,
+    last_full_sync: Option<Instant>,
 }
 
 impl Syncer {
@@ -82,7 +90,21 @@ impl Syncer {
             applied: HashMap::new(),
             last_large_cluster: None,
             last_cleanup: None,
+            full_sync_period: FULL_SYNC_PERIOD,
+            last_full_sync: None,
         }
+    }
+
+    /// Take the node's current addresses (`run` re-reads them before every
+    /// sync). If they changed, the next sync is a full one: the NodePort
+    /// rules depend on them. Returns true if they changed.
+    pub fn set_local_addresses(&mut self, addresses: Vec<std::net::Ipv4Addr>) -> bool {
+        if self.cfg.local_addresses == addresses {
+            return false;
+        }
+        self.cfg.local_addresses = addresses;
+        self.force_full_sync("node addresses changed");
+        true
     }
 
     /// Make the next sync a full one.
@@ -120,6 +142,9 @@ impl Syncer {
         let mut full = self.need_full_sync.clone();
         if full.is_none() && self.last_large_cluster.is_some_and(|l| l != large) {
             full = Some("large-cluster mode changed (every endpoint rule changes text)".into());
+        }
+        if full.is_none() && self.last_full_sync.is_some_and(|t| t.elapsed() >= self.full_sync_period) {
+            full = Some(format!("last full sync more than {:?} ago", self.full_sync_period));
         }
         let changed =
             now.iter().filter(|(k, v)| self.applied.get(*k) != Some(*v)).map(|(k, _)| k.clone()).collect();
@@ -191,6 +216,9 @@ impl Syncer {
         })();
         match result {
             Ok(rendered) => {
+                if full.is_some() {
+                    self.last_full_sync = Some(Instant::now());
+                }
                 self.need_full_sync = None;
                 self.applied = now;
                 self.applied_top_level = rendered.top_level_hashes.clone();

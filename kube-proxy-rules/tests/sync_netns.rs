@@ -289,3 +289,28 @@ fn minimized_partial_syncs_leave_the_same_rules_as_a_full_sync() {
         );
     }
 }
+
+/// kube-proxy's FullSyncPeriod: once the last full sync is older than the
+/// period, the next sync is full even though nothing changed; a changed set
+/// of node addresses makes the next sync full too.
+#[test]
+fn a_full_sync_is_forced_after_the_full_sync_period_and_on_new_addresses() {
+    let ns = Netns::new("kfp");
+    let mut syncer = Syncer::new(Iptables::in_netns(ns.name()), config(), Duration::from_secs(30));
+    assert_eq!(syncer.full_sync_period, kube_proxy_rules::syncer::FULL_SYNC_PERIOD);
+    let st = state(
+        &(service("ns1", "svc1", "172.30.0.41", "p80", 80) + &slice("ns1", "svc1", &["10.0.1.1"], "p80", 80)),
+    );
+    assert!(syncer.sync(&st).unwrap().full);
+    assert!(!syncer.sync(&st).unwrap().full);
+    syncer.full_sync_period = Duration::ZERO;
+    let r = syncer.sync(&st).unwrap();
+    assert!(r.full && r.reason.starts_with("last full sync more than"), "{}", r.reason);
+    syncer.full_sync_period = Duration::from_secs(3600);
+    assert!(!syncer.sync(&st).unwrap().full);
+    let addrs = syncer.cfg.local_addresses.clone();
+    assert!(!syncer.set_local_addresses(addrs.clone()));
+    assert!(syncer.set_local_addresses([addrs, vec!["10.77.0.5".parse().unwrap()]].concat()));
+    let r = syncer.sync(&st).unwrap();
+    assert!(r.full && r.reason == "node addresses changed", "{}", r.reason);
+}

@@ -5,6 +5,10 @@
 //!   table was deleted or flushed behind our back) sets the table up, flushes
 //!   every set and map and rewrites every chain; chains and affinity sets an
 //!   earlier run left behind are found with `nft list` and cleaned up.
+//! * A full sync is also forced when the node's addresses changed
+//!   ([`NftSyncer::set_local_addresses`]: `nodeport-ips` is written by full
+//!   syncs) and once the last one is [`FULL_SYNC_PERIOD`] old, as kube-proxy
+//!   does.
 //! * An incremental sync rewrites the chains of the services whose Service or
 //!   endpoints changed (found by fingerprint, as in iptables mode) and adds or
 //!   deletes only the map elements that differ from the applied ones.
@@ -28,7 +32,7 @@ use std::time::{Duration, Instant};
 use crate::nftables::nft::{Nft, NftError};
 use crate::nftables::render::{render, Applied, NftPlan, NftRendered, FAMILY_TABLE};
 use crate::proxier::{ProxierConfig, ProxyState};
-use crate::syncer::{fingerprints, ServiceKey};
+use crate::syncer::{fingerprints, ServiceKey, FULL_SYNC_PERIOD};
 use crate::validate::UnsafeText;
 
 /// kube-proxy waits this long before deleting a flushed stale chain.
@@ -83,6 +87,9 @@ pub struct NftSyncer {
     applied: Applied,
     stale_chains: BTreeMap<String, Instant>,
     base_chains_recreated: bool,
+    /// A full sync is forced when the last one is this old ([`FULL_SYNC_PERIOD`]).
+    pub full_sync_period: Duration,
+    last_full_sync: Option<Instant>,
 }
 
 impl NftSyncer {
@@ -96,7 +103,21 @@ impl NftSyncer {
             applied: Applied::default(),
             stale_chains: BTreeMap::new(),
             base_chains_recreated: false,
+            full_sync_period: FULL_SYNC_PERIOD,
+            last_full_sync: None,
         }
+    }
+
+    /// Take the node's current addresses (`run` re-reads them before every
+    /// sync). If they changed, the next sync is a full one: `nodeport-ips`
+    /// is written by full syncs. Returns true if they changed.
+    pub fn set_local_addresses(&mut self, addresses: Vec<std::net::Ipv4Addr>) -> bool {
+        if self.cfg.local_addresses == addresses {
+            return false;
+        }
+        self.cfg.local_addresses = addresses;
+        self.force_full_sync("node addresses changed");
+        true
     }
 
     /// Make the next sync a full one.
@@ -142,7 +163,11 @@ impl NftSyncer {
             .collect();
         // Deleted services count as changed (their objects go).
         changed.extend(self.fingerprints.keys().filter(|k| !now.contains_key(*k)).cloned());
-        (self.need_full_sync.clone(), changed, now)
+        let mut full = self.need_full_sync.clone();
+        if full.is_none() && self.last_full_sync.is_some_and(|t| t.elapsed() >= self.full_sync_period) {
+            full = Some(format!("last full sync more than {:?} ago", self.full_sync_period));
+        }
+        (full, changed, now)
     }
 
     fn aged_stale_chains(&self) -> Vec<String> {
@@ -187,7 +212,8 @@ impl NftSyncer {
 
     /// Record `state` as applied without applying it (`run --dry-run`).
     pub fn mark_applied(&mut self, state: &ProxyState, rendered: &NftRendered) {
-        let full = self.need_full_sync.is_some();
+        let (full, _, _) = self.plan(state);
+        let full = full.is_some();
         self.commit(state, rendered, full);
     }
 
@@ -197,6 +223,7 @@ impl NftSyncer {
         self.fingerprints = fingerprints(state);
         self.applied.elements = rendered.elements.clone();
         if full {
+            self.last_full_sync = Some(now);
             self.applied.objects = rendered.objects.clone();
             self.base_chains_recreated = true;
             // The listing found every stale chain: keep the age of known ones.
