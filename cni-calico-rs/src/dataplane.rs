@@ -564,6 +564,19 @@ fn check_pod(nl: &mut Netlink, exp: &Expected<'_>, host: &Link, ll: Option<Ipv6A
 mod tests {
     use super::*;
 
+    /// A plan for `eth0` in `pod` with the test defaults.
+    fn plan<'a>(host_name: &'a str, pod: &'a Netns, mtu: u32, expected: Option<Families>) -> VethPlan<'a> {
+        VethPlan {
+            host_name,
+            ifname: "eth0",
+            netns: pod,
+            mtu,
+            num_queues: None,
+            expected,
+            allow_ip_forwarding: false,
+        }
+    }
+
     #[test]
     fn host_prefixes() {
         assert_eq!(host_prefix("10.0.0.5".parse().unwrap()).to_string(), "10.0.0.5/32");
@@ -581,15 +594,7 @@ mod tests {
         let host_name = testbed::unique("cali");
         let ips: Vec<IpNetwork> = vec!["10.77.0.5/32".parse().unwrap(), "fd77::5/128".parse().unwrap()];
         node.run_thread(|| {
-            let plan = VethPlan {
-                host_name: &host_name,
-                ifname: "eth0",
-                netns: &pod,
-                mtu: 1400,
-                num_queues: None,
-                expected: Some(Families { v4: true, v6: true }),
-                allow_ip_forwarding: false,
-            };
+            let plan = plan(&host_name, &pod, 1400, Some(Families { v4: true, v6: true }));
             assert!(!pod_link_exists(&pod, "eth0").unwrap());
             pod_precheck(&pod, "eth0").unwrap();
             let wired = wire(&plan, &ips).unwrap();
@@ -645,15 +650,7 @@ mod tests {
             let host_name = testbed::unique("cali");
             let ips: Vec<IpNetwork> = vec!["10.77.0.6/32".parse().unwrap()];
             node.run_thread(|| {
-                let plan = VethPlan {
-                    host_name: &host_name,
-                    ifname: "eth0",
-                    netns: &pod,
-                    mtu: 1500,
-                    num_queues: None,
-                    expected,
-                    allow_ip_forwarding: false,
-                };
+                let plan = plan(&host_name, &pod, 1500, expected);
                 let e = wire(&plan, &ips).unwrap_err();
                 assert_eq!(e.code, ERR_DATAPLANE);
                 assert!(e.msg.contains("eth0"), "{e}");
@@ -676,15 +673,7 @@ mod tests {
         let host_name = testbed::unique("cali");
         let ips: Vec<IpNetwork> = vec!["fd77::7/128".parse().unwrap()];
         node.run_thread(|| {
-            let plan = VethPlan {
-                host_name: &host_name,
-                ifname: "eth0",
-                netns: &pod,
-                mtu: 1500,
-                num_queues: None,
-                expected: Some(Families { v4: true, v6: true }),
-                allow_ip_forwarding: false,
-            };
+            let plan = plan(&host_name, &pod, 1500, Some(Families { v4: true, v6: true }));
             let veth = create(&plan).unwrap();
             assert!(pod_tb.exec(&["ip", "-4", "route"]).contains("169.254.1.1"));
             let wired = veth.finish(&ips).unwrap();
