@@ -322,6 +322,27 @@ impl<'a> Ipam<'a> {
         }
     }
 
+    /// Whether every address `handle` holds was assigned by this node (and
+    /// it holds at least one). Blocks that vanished or do not decode count
+    /// as not ours: GC only releases what it can prove is this node's.
+    fn handle_is_only_ours(&self, handle: &Handle) -> Result<bool, IpamError> {
+        let Some(hkv) = self.store.get(&handle.key())? else { return Ok(false) };
+        let hdoc: IpamHandle = model::decode(&hkv)?;
+        let mut any = false;
+        for seg in hdoc.block.keys() {
+            let Ok(cidr) = seg.parse::<BlockCidr>() else { return Ok(false) };
+            let Some(bkv) = self.store.get(&cidr.key())? else { continue };
+            let Ok(doc) = block::decode_block(&bkv) else { return Ok(false) };
+            for node in block::nodes_of_handle(&doc, handle) {
+                if node != Some(self.node.as_str()) {
+                    return Ok(false);
+                }
+                any = true;
+            }
+        }
+        Ok(any)
+    }
+
     /// The addresses `handle` holds (CNI CHECK).
     pub fn ips_of_handle(&self, handle: &Handle) -> Result<Vec<IpAddr>, IpamError> {
         let Some(hkv) = self.store.get(&handle.key())? else { return Ok(Vec::new()) };
@@ -352,6 +373,13 @@ impl<'a> Ipam<'a> {
             let Ok(handle) = Handle::new(id) else { continue };
             let Some(cid) = handle.container_id_in(network) else { continue };
             if keep.contains(cid) {
+                continue;
+            }
+            // The runtime's valid attachments are this node's only: a handle
+            // whose addresses were assigned on another node (one etcd, many
+            // nodes) is that node's business.
+            if !self.handle_is_only_ours(&handle)? {
+                log::debug!("GC: {handle} is not only this node's: kept");
                 continue;
             }
             match self.release_handle(&handle) {

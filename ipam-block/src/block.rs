@@ -146,6 +146,18 @@ pub fn ips_of_handle(b: &AllocationBlock, handle: &Handle) -> Vec<IpAddr> {
         .collect()
 }
 
+/// The `node` attribute of each allocation of `handle` in the block
+/// (`None` for an allocation that does not name one).
+pub fn nodes_of_handle<'b>(b: &'b AllocationBlock, handle: &Handle) -> Vec<Option<&'b str>> {
+    (0..b.allocations.len())
+        .filter(|&o| handle_at(b, o) == Some(handle.as_str()))
+        .map(|o| {
+            let idx = b.allocations[o]?;
+            b.attributes.get(idx)?.secondary.as_ref()?.get(ATTR_NODE).map(String::as_str)
+        })
+        .collect()
+}
+
 /// Free every address of `handle` (appending them to the FIFO tail in
 /// ordinal order); returns the freed addresses.
 pub fn release_handle(b: &mut AllocationBlock, handle: &Handle) -> Vec<IpAddr> {

@@ -357,6 +357,24 @@ fn release_is_idempotent() {
     assert!(ipam.ips_of_handle(&h).unwrap().is_empty());
 }
 
+/// The runtime's GC on one node names only that node's attachments: the
+/// same network's pods on other nodes (one shared etcd) must be left alone.
+#[test]
+fn gc_releases_only_this_nodes_handles() {
+    let env = Env::new();
+    let (a, b) = (env.ipam("node-a"), env.ipam("node-b"));
+    one(&a, "a-keep", &["10.17.0.0/24"]);
+    one(&a, "a-stale", &["10.17.0.0/24"]);
+    one(&b, "b-pod", &["10.17.0.0/24"]);
+    let keep = HashSet::from(["a-keep".to_string()]);
+    let outcome = a.gc_network("net", &keep).unwrap();
+    assert!(outcome.failed.is_empty());
+    let names: Vec<_> = outcome.released.iter().map(|h| h.to_string()).collect();
+    assert_eq!(names, ["net.a-stale"]);
+    let b_handle = Handle::for_container("net", "b-pod").unwrap();
+    assert_eq!(b.ips_of_handle(&b_handle).unwrap().len(), 1, "node-b's pod kept its address");
+}
+
 #[test]
 fn gc_releases_handles_of_the_network_not_kept() {
     let env = Env::new();
