@@ -10,7 +10,11 @@
 //! * Backends: [`file::FileStore`] (embedded single-node default) and
 //!   [`etcd::EtcdStore`] (etcd v3, shared by many nodes).
 //! * [`model`]: Calico's etcd v3 key layout and JSON documents (blocks,
-//!   affinities, handles, IPAM config, IP pools, workload endpoints, nodes).
+//!   affinities, handles, IPAM config, IP pools, workload endpoints, nodes,
+//!   BGP configuration and BGP peers).
+//! * [`selector`]: Calico's label selector language (pools' and BGP peers'
+//!   `nodeSelector`, BGP peers' `peerSelector`), parsed and evaluated against
+//!   Node labels; shared by `ipam-block` and `calico-node-agent`.
 //! * [`config::DatastoreConfig`]: the `datastore_type` / `etcd_*` /
 //!   `datastore_path` keys of a CNI network config, and [`open`] to get a
 //!   backend from them.
@@ -29,6 +33,7 @@ pub mod error;
 pub mod etcd;
 pub mod file;
 pub mod model;
+pub mod selector;
 
 pub use config::{open, DatastoreConfig, DatastoreType};
 pub use error::StoreError;

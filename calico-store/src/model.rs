@@ -356,11 +356,135 @@ pub struct NodeBgpSpec {
     /// `a.b.c.d/len` of the node's address used for peering.
     #[serde(rename = "ipv4Address", default, skip_serializing_if = "Option::is_none")]
     pub ipv4_address: Option<String>,
-    #[serde(rename = "asNumber", default, skip_serializing_if = "Option::is_none")]
+    #[serde(rename = "asNumber", default, skip_serializing_if = "Option::is_none", with = "as_number")]
     pub as_number: Option<u32>,
 }
 
 pub type Node = Resource<NodeSpec>;
+
+/// `/calico/resources/v3/projectcalico.org/bgpconfigurations/`.
+pub fn bgp_configurations_prefix() -> String {
+    format!("{RESOURCES_PREFIX}bgpconfigurations/")
+}
+
+/// `/calico/resources/v3/projectcalico.org/bgpconfigurations/<name>`.
+pub fn bgp_configuration_key(name: &str) -> String {
+    format!("{}{name}", bgp_configurations_prefix())
+}
+
+/// The cluster-wide BGPConfiguration is the one named `default` (per-node
+/// ones are `node.<name>`, not used here).
+pub const DEFAULT_BGP_CONFIGURATION: &str = "default";
+
+/// `/calico/resources/v3/projectcalico.org/bgppeers/`.
+pub fn bgp_peers_prefix() -> String {
+    format!("{RESOURCES_PREFIX}bgppeers/")
+}
+
+/// `/calico/resources/v3/projectcalico.org/bgppeers/<name>`.
+pub fn bgp_peer_key(name: &str) -> String {
+    format!("{}{name}", bgp_peers_prefix())
+}
+
+/// One `- cidr:` entry of `serviceClusterIPs` / `serviceExternalIPs`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceIpBlock {
+    pub cidr: IpNetwork,
+}
+
+/// BGPConfiguration spec: cluster-wide BGP settings. Every field is optional;
+/// an absent one leaves the reader's default in place.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct BgpConfigurationSpec {
+    /// `Debug`, `Info` (Calico's default), `Warning`, `Error`, `Fatal`, `None`.
+    #[serde(rename = "logSeverityScreen", default, skip_serializing_if = "Option::is_none")]
+    pub log_severity_screen: Option<String>,
+    #[serde(rename = "nodeToNodeMeshEnabled", default, skip_serializing_if = "Option::is_none")]
+    pub node_to_node_mesh_enabled: Option<bool>,
+    /// The default AS of every node without its own `spec.bgp.asNumber`.
+    #[serde(rename = "asNumber", default, skip_serializing_if = "Option::is_none", with = "as_number")]
+    pub as_number: Option<u32>,
+    #[serde(rename = "serviceClusterIPs", default, skip_serializing_if = "Vec::is_empty")]
+    pub service_cluster_ips: Vec<ServiceIpBlock>,
+    #[serde(rename = "serviceExternalIPs", default, skip_serializing_if = "Vec::is_empty")]
+    pub service_external_ips: Vec<ServiceIpBlock>,
+}
+
+pub type BgpConfiguration = Resource<BgpConfigurationSpec>;
+
+/// BGPPeer spec: a BGP peering and the nodes it applies to.
+///
+/// Scope: `node` (that node only) or `nodeSelector` (the nodes whose labels
+/// match), at most one of them; neither makes a global peer of every node.
+/// Target: `peerIP` + `asNumber` (an external router), or `peerSelector`
+/// (the Calico nodes whose labels match, each with its own address and AS).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct BgpPeerSpec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    #[serde(rename = "nodeSelector", default, skip_serializing_if = "Option::is_none")]
+    pub node_selector: Option<String>,
+    /// `a.b.c.d`, `a.b.c.d:port`, `v6` or `[v6]:port` (see [`parse_peer_ip`]).
+    #[serde(rename = "peerIP", default, skip_serializing_if = "Option::is_none")]
+    pub peer_ip: Option<String>,
+    #[serde(rename = "asNumber", default, skip_serializing_if = "Option::is_none", with = "as_number")]
+    pub as_number: Option<u32>,
+    #[serde(rename = "peerSelector", default, skip_serializing_if = "Option::is_none")]
+    pub peer_selector: Option<String>,
+}
+
+pub type BgpPeer = Resource<BgpPeerSpec>;
+
+/// A BGPPeer's `peerIP`: an address and an optional port. IPv6 with a port
+/// is bracketed, as in a URL.
+pub fn parse_peer_ip(s: &str) -> Option<(IpAddr, Option<u16>)> {
+    if let Ok(ip) = s.parse::<IpAddr>() {
+        return Some((ip, None));
+    }
+    let sa: std::net::SocketAddr = s.parse().ok()?;
+    Some((sa.ip(), Some(sa.port())))
+}
+
+/// Calico's `numorstring.ASNumber`: a JSON number, or a string holding a
+/// plain number (`"64512"`) or the dotted form (`"1.10"` = 1·65536 + 10).
+/// Written back as a number.
+mod as_number {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Num(u32),
+        Str(String),
+    }
+
+    pub fn parse(s: &str) -> Option<u32> {
+        match s.split_once('.') {
+            None => s.parse().ok(),
+            Some((hi, lo)) => {
+                let (hi, lo): (u16, u16) = (hi.parse().ok()?, lo.parse().ok()?);
+                Some((u32::from(hi) << 16) | u32::from(lo))
+            }
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
+        match Option::<Raw>::deserialize(d)? {
+            None => Ok(None),
+            Some(Raw::Num(n)) => Ok(Some(n)),
+            Some(Raw::Str(s)) => parse(s.trim())
+                .map(Some)
+                .ok_or_else(|| serde::de::Error::custom(format!("invalid AS number {s:?}"))),
+        }
+    }
+
+    pub fn serialize<S: Serializer>(v: &Option<u32>, s: S) -> Result<S::Ok, S::Error> {
+        match v {
+            Some(n) => s.serialize_u32(*n),
+            None => s.serialize_none(),
+        }
+    }
+}
 
 #[cfg(test)]
 mod tests {
@@ -396,5 +520,93 @@ mod tests {
         assert!(
             matches!(decode::<AllocationBlock>(&bad), Err(StoreError::Corrupt { key, .. }) if key == "/x")
         );
+    }
+
+    fn kv(key: &str, json: &str) -> KeyValue {
+        KeyValue { key: key.into(), value: json.as_bytes().to_vec(), revision: 1 }
+    }
+
+    #[test]
+    fn bgp_keys_follow_calico_layout() {
+        assert_eq!(
+            bgp_configuration_key(DEFAULT_BGP_CONFIGURATION),
+            "/calico/resources/v3/projectcalico.org/bgpconfigurations/default"
+        );
+        assert_eq!(bgp_peer_key("tor-a"), "/calico/resources/v3/projectcalico.org/bgppeers/tor-a");
+        assert!(bgp_peer_key("x").starts_with(&bgp_peers_prefix()));
+    }
+
+    #[test]
+    fn bgp_configuration_reads_calico_json() {
+        let json = r#"{"kind":"BGPConfiguration","apiVersion":"projectcalico.org/v3",
+            "metadata":{"name":"default"},
+            "spec":{"logSeverityScreen":"Info","nodeToNodeMeshEnabled":false,"asNumber":63400,
+                    "serviceClusterIPs":[{"cidr":"10.96.0.0/12"}],"listenPort":178}}"#;
+        let c: BgpConfiguration = decode(&kv("k", json)).unwrap();
+        assert_eq!(c.metadata.name, "default");
+        assert_eq!(c.spec.node_to_node_mesh_enabled, Some(false));
+        assert_eq!(c.spec.as_number, Some(63400));
+        assert_eq!(c.spec.log_severity_screen.as_deref(), Some("Info"));
+        assert_eq!(
+            c.spec.service_cluster_ips,
+            vec![ServiceIpBlock { cidr: "10.96.0.0/12".parse().unwrap() }]
+        );
+        // Absent fields stay absent (the reader's defaults apply) and are not written.
+        let empty: BgpConfiguration =
+            decode(&kv("k", r#"{"kind":"BGPConfiguration","apiVersion":"projectcalico.org/v3","metadata":{"name":"default"},"spec":{}}"#)).unwrap();
+        assert_eq!(empty.spec, BgpConfigurationSpec::default());
+        let out = String::from_utf8(encode(&c)).unwrap();
+        assert!(
+            out.contains(r#""asNumber":63400"#) && out.contains(r#""nodeToNodeMeshEnabled":false"#),
+            "{out}"
+        );
+        assert!(!String::from_utf8(encode(&empty)).unwrap().contains("asNumber"));
+    }
+
+    #[test]
+    fn bgp_peer_reads_calico_json_and_as_number_forms() {
+        let json = r#"{"kind":"BGPPeer","apiVersion":"projectcalico.org/v3","metadata":{"name":"rack1-tor"},
+            "spec":{"nodeSelector":"rack == 'rack1'","peerIP":"192.168.10.1","asNumber":"65000",
+                    "keepOriginalNextHop":true}}"#;
+        let p: BgpPeer = decode(&kv("k", json)).unwrap();
+        assert_eq!(p.spec.node_selector.as_deref(), Some("rack == 'rack1'"));
+        assert_eq!(p.spec.peer_ip.as_deref(), Some("192.168.10.1"));
+        assert_eq!(p.spec.as_number, Some(65000), "numorstring: a quoted number");
+        assert_eq!(p.spec.node, None);
+        let dotted: BgpPeer =
+            decode(&kv("k", r#"{"kind":"BGPPeer","apiVersion":"projectcalico.org/v3","metadata":{"name":"x"},"spec":{"asNumber":"1.10"}}"#)).unwrap();
+        assert_eq!(dotted.spec.as_number, Some(65546));
+        let bad = kv(
+            "/p",
+            r#"{"kind":"BGPPeer","apiVersion":"projectcalico.org/v3","metadata":{"name":"x"},"spec":{"asNumber":"sixty"}}"#,
+        );
+        assert!(
+            matches!(decode::<BgpPeer>(&bad), Err(StoreError::Corrupt { key, reason }) if key == "/p" && reason.contains("sixty"))
+        );
+        let round = BgpPeer::new(
+            "BGPPeer",
+            ObjectMeta { name: "g".into(), ..Default::default() },
+            BgpPeerSpec { peer_ip: Some("10.0.0.1".into()), as_number: Some(65001), ..Default::default() },
+        );
+        let out = String::from_utf8(encode(&round)).unwrap();
+        assert!(out.contains(r#""spec":{"peerIP":"10.0.0.1","asNumber":65001}"#), "{out}");
+    }
+
+    #[test]
+    fn peer_ip_with_and_without_port() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert_eq!(parse_peer_ip("192.168.10.1"), Some((ip("192.168.10.1"), None)));
+        assert_eq!(parse_peer_ip("192.168.10.1:1790"), Some((ip("192.168.10.1"), Some(1790))));
+        assert_eq!(parse_peer_ip("fd00::1"), Some((ip("fd00::1"), None)));
+        assert_eq!(parse_peer_ip("[fd00::1]:179"), Some((ip("fd00::1"), Some(179))));
+        assert_eq!(parse_peer_ip("tor.example"), None);
+        assert_eq!(parse_peer_ip("1.2.3.4:99999"), None);
+    }
+
+    #[test]
+    fn node_as_number_accepts_calico_string_form() {
+        let n: Node = decode(&kv("k", r#"{"kind":"Node","apiVersion":"projectcalico.org/v3","metadata":{"name":"n","labels":{"rack":"r1"}},"spec":{"bgp":{"ipv4Address":"10.0.0.1/24","asNumber":"64600"}}}"#)).unwrap();
+        assert_eq!(n.spec.bgp.unwrap().as_number, Some(64600));
+        assert_eq!(n.metadata.labels.get("rack").map(String::as_str), Some("r1"));
     }
 }

@@ -1,201 +1,22 @@
-//! The subset of Calico's label selector language pools use as `nodeSelector`:
-//! `all()`, `has(k)`, `k == 'v'`, `k != 'v'`, `!`, `&&`, `||` and parentheses.
-//! An empty selector selects every node, like `all()`.
+//! Pools' `nodeSelector`. The selector language is Calico's model language
+//! and lives in [`calico_store::selector`] (the node agent evaluates BGP peer
+//! selectors with it too); this module only maps its error into IPAM's: a
+//! selector that does not parse makes the pool or request invalid.
 
-use std::collections::BTreeMap;
-
+use crate::ops::OpsError;
 use crate::IpamError;
 
-/// A parsed node selector.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Selector {
-    All,
-    Has(String),
-    Eq(String, String),
-    Ne(String, String),
-    Not(Box<Selector>),
-    And(Box<Selector>, Box<Selector>),
-    Or(Box<Selector>, Box<Selector>),
-}
+pub use calico_store::selector::{Selector, SelectorError};
 
-impl Selector {
-    pub fn parse(s: &str) -> Result<Selector, IpamError> {
-        let bad = |why: &str| IpamError::InvalidConfig(format!("invalid nodeSelector {s:?}: {why}"));
-        if s.trim().is_empty() {
-            return Ok(Selector::All);
-        }
-        let tokens = tokenize(s).map_err(|e| bad(&e))?;
-        let mut p = Parser { tokens, pos: 0 };
-        let sel = p.or().map_err(|e| bad(&e))?;
-        if p.pos != p.tokens.len() {
-            return Err(bad("trailing input"));
-        }
-        Ok(sel)
-    }
-
-    /// True when the selector matches every node regardless of labels.
-    pub fn is_all(&self) -> bool {
-        matches!(self, Selector::All)
-    }
-
-    pub fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
-        match self {
-            Selector::All => true,
-            Selector::Has(k) => labels.contains_key(k),
-            Selector::Eq(k, v) => labels.get(k) == Some(v),
-            Selector::Ne(k, v) => labels.get(k) != Some(v),
-            Selector::Not(s) => !s.matches(labels),
-            Selector::And(a, b) => a.matches(labels) && b.matches(labels),
-            Selector::Or(a, b) => a.matches(labels) || b.matches(labels),
-        }
+impl From<SelectorError> for IpamError {
+    fn from(e: SelectorError) -> Self {
+        IpamError::InvalidConfig(format!("invalid nodeSelector {:?}: {}", e.selector, e.reason))
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Tok {
-    Ident(String),
-    Str(String),
-    LParen,
-    RParen,
-    Not,
-    And,
-    Or,
-    EqEq,
-    NotEq,
-}
-
-fn tokenize(s: &str) -> Result<Vec<Tok>, String> {
-    let chars: Vec<char> = s.chars().collect();
-    let mut out = Vec::new();
-    let mut i = 0;
-    while i < chars.len() {
-        let c = chars[i];
-        let next = chars.get(i + 1).copied();
-        match c {
-            ' ' | '\t' | '\n' => i += 1,
-            '(' => {
-                out.push(Tok::LParen);
-                i += 1
-            }
-            ')' => {
-                out.push(Tok::RParen);
-                i += 1
-            }
-            '!' if next == Some('=') => {
-                out.push(Tok::NotEq);
-                i += 2
-            }
-            '!' => {
-                out.push(Tok::Not);
-                i += 1
-            }
-            '=' if next == Some('=') => {
-                out.push(Tok::EqEq);
-                i += 2
-            }
-            '&' if next == Some('&') => {
-                out.push(Tok::And);
-                i += 2
-            }
-            '|' if next == Some('|') => {
-                out.push(Tok::Or);
-                i += 2
-            }
-            '\'' | '"' => {
-                let end = chars[i + 1..].iter().position(|&x| x == c).ok_or("unterminated string")?;
-                out.push(Tok::Str(chars[i + 1..i + 1 + end].iter().collect()));
-                i += end + 2;
-            }
-            c if c.is_alphanumeric() || "_-./".contains(c) => {
-                let start = i;
-                while i < chars.len() && (chars[i].is_alphanumeric() || "_-./".contains(chars[i])) {
-                    i += 1;
-                }
-                out.push(Tok::Ident(chars[start..i].iter().collect()));
-            }
-            other => return Err(format!("unexpected character {other:?}")),
-        }
-    }
-    Ok(out)
-}
-
-struct Parser {
-    tokens: Vec<Tok>,
-    pos: usize,
-}
-
-impl Parser {
-    fn peek(&self) -> Option<&Tok> {
-        self.tokens.get(self.pos)
-    }
-
-    fn next(&mut self) -> Option<Tok> {
-        let t = self.tokens.get(self.pos).cloned();
-        self.pos += 1;
-        t
-    }
-
-    fn expect(&mut self, t: Tok) -> Result<(), String> {
-        match self.next() {
-            Some(x) if x == t => Ok(()),
-            other => Err(format!("expected {t:?}, found {other:?}")),
-        }
-    }
-
-    fn or(&mut self) -> Result<Selector, String> {
-        let mut left = self.and()?;
-        while self.peek() == Some(&Tok::Or) {
-            self.pos += 1;
-            left = Selector::Or(Box::new(left), Box::new(self.and()?));
-        }
-        Ok(left)
-    }
-
-    fn and(&mut self) -> Result<Selector, String> {
-        let mut left = self.unary()?;
-        while self.peek() == Some(&Tok::And) {
-            self.pos += 1;
-            left = Selector::And(Box::new(left), Box::new(self.unary()?));
-        }
-        Ok(left)
-    }
-
-    fn unary(&mut self) -> Result<Selector, String> {
-        match self.next() {
-            Some(Tok::Not) => Ok(Selector::Not(Box::new(self.unary()?))),
-            Some(Tok::LParen) => {
-                let s = self.or()?;
-                self.expect(Tok::RParen)?;
-                Ok(s)
-            }
-            Some(Tok::Ident(id)) if id == "all" => {
-                self.expect(Tok::LParen)?;
-                self.expect(Tok::RParen)?;
-                Ok(Selector::All)
-            }
-            Some(Tok::Ident(id)) if id == "has" && self.peek() == Some(&Tok::LParen) => {
-                self.pos += 1;
-                let key = match self.next() {
-                    Some(Tok::Ident(k)) => k,
-                    other => return Err(format!("has() needs a label key, found {other:?}")),
-                };
-                self.expect(Tok::RParen)?;
-                Ok(Selector::Has(key))
-            }
-            Some(Tok::Ident(key)) => {
-                let op = self.next();
-                let val = match self.next() {
-                    Some(Tok::Str(v)) => v,
-                    other => return Err(format!("expected a quoted value after {key}, found {other:?}")),
-                };
-                match op {
-                    Some(Tok::EqEq) => Ok(Selector::Eq(key, val)),
-                    Some(Tok::NotEq) => Ok(Selector::Ne(key, val)),
-                    other => Err(format!("expected == or != after {key}, found {other:?}")),
-                }
-            }
-            other => Err(format!("unexpected {other:?}")),
-        }
+impl From<SelectorError> for OpsError {
+    fn from(e: SelectorError) -> Self {
+        OpsError::Ipam(e.into())
     }
 }
 
@@ -203,36 +24,13 @@ impl Parser {
 mod tests {
     use super::*;
 
-    fn labels(kv: &[(&str, &str)]) -> BTreeMap<String, String> {
-        kv.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
-    }
-
     #[test]
-    fn selectors_match_labels() {
-        let l = labels(&[("zone", "a"), ("kubernetes.io/os", "linux")]);
-        let cases = [
-            ("", true),
-            ("all()", true),
-            ("has(zone)", true),
-            ("!has(zone)", false),
-            ("zone == 'a'", true),
-            ("zone == \"b\"", false),
-            ("zone != 'b'", true),
-            ("zone == 'b' || kubernetes.io/os == 'linux'", true),
-            ("zone == 'a' && !(has(gpu))", true),
-            ("zone == 'a' && has(gpu)", false),
-        ];
-        for (s, want) in cases {
-            assert_eq!(Selector::parse(s).unwrap().matches(&l), want, "{s}");
-        }
-        assert!(Selector::parse("all()").unwrap().is_all());
-    }
-
-    #[test]
-    fn bad_selectors_are_errors() {
-        for s in ["zone ==", "zone = 'a'", "has(", "zone == 'a", "all() &&", "(zone == 'a'", "zone in {'a'}"]
-        {
-            assert!(Selector::parse(s).is_err(), "{s}");
-        }
+    fn a_bad_selector_is_invalid_config_naming_it() {
+        let e: IpamError = Selector::parse("zone ==").unwrap_err().into();
+        assert!(
+            matches!(&e, IpamError::InvalidConfig(m) if m.starts_with("invalid nodeSelector \"zone ==\": ")),
+            "{e}"
+        );
+        assert!(!e.is_transient());
     }
 }
