@@ -47,7 +47,7 @@ pub fn synthetic_state(services: usize, endpoints: usize) -> ProxyState {
             chains: ServiceChains::new(&name_string, "tcp"),
             name_string,
             protocol: Protocol::Tcp,
-            cluster_ip: Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 96, 0, 0)) + 1 + i as u32),
+            cluster_ip: Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 96, 0, 0)) + 1 + i as u32).into(),
             port: 80,
             target_port: IntOrString::Int(8080),
             node_port: 0,
@@ -63,7 +63,7 @@ pub fn synthetic_state(services: usize, endpoints: usize) -> ProxyState {
             .map(|j| {
                 let ip = Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 128, 0, 0)) + (i * endpoints + j) as u32);
                 let node = if j == 0 { "bench-node".to_string() } else { format!("node-{}", j % 50) };
-                EndpointInfo::new(&sp.name_string, Protocol::Tcp, ip, 8080, Some(node))
+                EndpointInfo::new(&sp.name_string, Protocol::Tcp, ip.into(), 8080, Some(node))
             })
             .collect();
         let mut eps = eps;
@@ -119,7 +119,7 @@ fn one_service_changed(state: &ProxyState) -> (ProxyState, HashSet<ServiceKey>) 
     if let Some(eps) = changed_state.endpoints.get_mut(&key_of(&victim)) {
         if let Some(e) = eps.first_mut() {
             let ip = Ipv4Addr::new(10, 127, 255, 1);
-            *e = EndpointInfo::new(&victim.name_string, Protocol::Tcp, ip, 8080, e.node_name.clone());
+            *e = EndpointInfo::new(&victim.name_string, Protocol::Tcp, ip.into(), 8080, e.node_name.clone());
         }
         eps.sort_by(|a, b| a.endpoint.cmp(&b.endpoint));
     }
@@ -250,7 +250,7 @@ fn run_nftables(args: &Args) -> Result<i32, String> {
         node_ips: vec![Ipv4Addr::new(192, 168, 0, 2).into()],
         cluster_cidr: "10.128.0.0/9".parse().ok(),
         nodeport_addresses: "192.168.0.2/32".parse().into_iter().collect(),
-        local_addresses: vec![Ipv4Addr::new(192, 168, 0, 2)],
+        local_addresses: vec![Ipv4Addr::new(192, 168, 0, 2).into()],
         service_cidrs: "10.96.0.0/12".parse().into_iter().collect(),
         localhost_nodeports: false,
         random_fully: true,

@@ -5,11 +5,13 @@
 //! ```
 
 use std::net::{IpAddr, Ipv4Addr};
+
+use crate::family::IpFamily;
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
 use calico_store::{Datastore, DatastoreConfig};
-use ipnetwork::{IpNetwork, Ipv4Network};
+use ipnetwork::IpNetwork;
 
 use crate::inputs::{self, Loaded};
 use crate::iptables::Iptables;
@@ -33,14 +35,20 @@ inputs: Service, EndpointSlice, Pod, Deployment manifests (YAML or JSON, Lists t
 node flags (kube-proxy's names and defaults):
   --proxy-mode iptables|nftables      default iptables
   --hostname-override NAME            node name (default: the host name)
-  --node-ip IP                        node IP, repeatable
-  --cluster-cidr CIDR                 pod CIDR for the local-traffic detector
+  --node-ip IP[,IP]                   node IP(s), one per family, repeatable
+  --cluster-cidr CIDR[,CIDR]          pod CIDR(s) for the local-traffic detector (one per family)
   --iptables-masquerade-bit N         default 14
   --masquerade-all[=BOOL]             default false
   --iptables-localhost-nodeports[=BOOL]  default true
   --nodeport-addresses CIDR[,CIDR]    default: all local addresses (iptables), the
-                                      --node-ip addresses (nftables, kube-proxy's 'primary')
-  --service-cluster-ip-range CIDR     for manifests without clusterIP (default 10.96.0.0/12)
+                                      --node-ip addresses (nftables, kube-proxy's 'primary');
+                                      a family with no CIDR listed accepts on all its addresses
+  --service-cluster-ip-range CIDR[,CIDR]  one per family, primary first: ClusterIPs for
+                                      manifests without one (default 10.96.0.0/12; no IPv6)
+
+IPv6 and dual-stack: one proxier per family, as kube-proxy's MetaProxier. A family is
+synced only when it has services or a --node-ip; IPv6 goes to ip6tables-restore or
+table ip6 kube-proxy.
 datastore (pod records for selector-based services without EndpointSlices):
   --datastore-type file|etcdv3        env DATASTORE_TYPE
   --datastore-path DIR                file store directory
@@ -94,12 +102,14 @@ pub struct Args {
     pub inputs: Vec<PathBuf>,
     pub hostname: Option<String>,
     pub node_ips: Vec<IpAddr>,
-    pub cluster_cidr: Option<Ipv4Network>,
+    /// `--cluster-cidr`: at most one per family (the first of each).
+    pub cluster_cidrs: Vec<IpNetwork>,
     pub masquerade_bit: u32,
     pub masquerade_all: bool,
     pub localhost_nodeports: bool,
     pub nodeport_addresses: Vec<String>,
-    pub service_cidr: Ipv4Network,
+    /// `--service-cluster-ip-range`: at most one per family, primary first.
+    pub service_cidrs: Vec<IpNetwork>,
     pub datastore: Option<DatastoreConfig>,
     pub dry_run: bool,
     pub rewrite_top_level: bool,
@@ -162,12 +172,12 @@ impl Args {
             inputs: Vec::new(),
             hostname: None,
             node_ips: Vec::new(),
-            cluster_cidr: None,
+            cluster_cidrs: Vec::new(),
             masquerade_bit: 14,
             masquerade_all: false,
             localhost_nodeports: true,
             nodeport_addresses: Vec::new(),
-            service_cidr: DEFAULT_SERVICE_CIDR.parse().map_err(|e| format!("{e}"))?,
+            service_cidrs: vec![DEFAULT_SERVICE_CIDR.parse().map_err(|e| format!("{e}"))?],
             datastore: None,
             dry_run: false,
             rewrite_top_level: false,
@@ -215,7 +225,9 @@ impl Args {
                 "--cluster-cidr" => {
                     for v in value()?.split(',').filter(|s| !s.is_empty()) {
                         match v.trim().parse::<IpNetwork>() {
-                            Ok(IpNetwork::V4(n)) if a.cluster_cidr.is_none() => a.cluster_cidr = Some(n),
+                            Ok(n) if !a.cluster_cidrs.iter().any(|c| c.is_ipv4() == n.is_ipv4()) => {
+                                a.cluster_cidrs.push(n)
+                            }
                             Ok(_) => {}
                             Err(_) => return Err(format!("--cluster-cidr: invalid CIDR {v:?}")),
                         }
@@ -236,8 +248,19 @@ impl Args {
                     .extend(value()?.split(',').filter(|s| !s.is_empty()).map(|s| s.trim().to_string())),
                 "--service-cluster-ip-range" => {
                     let v = value()?;
-                    a.service_cidr =
-                        v.parse().map_err(|_| format!("--service-cluster-ip-range: invalid CIDR {v:?}"))?;
+                    a.service_cidrs.clear();
+                    for c in v.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+                        let n: IpNetwork = c
+                            .parse()
+                            .map_err(|_| format!("--service-cluster-ip-range: invalid CIDR {c:?}"))?;
+                        if a.service_cidrs.iter().any(|o| o.is_ipv4() == n.is_ipv4()) {
+                            return Err(format!(
+                                "--service-cluster-ip-range: two {} ranges",
+                                IpFamily::of(n.ip())
+                            ));
+                        }
+                        a.service_cidrs.push(n);
+                    }
                 }
                 "--datastore-type" => {
                     ds.datastore_type = Some(value()?);
@@ -281,22 +304,24 @@ impl Args {
         Ok(a)
     }
 
-    /// The proxier settings; `ipt` answers the runtime questions (random-fully,
-    /// tcp_be_liberal) for the namespace the rules go to.
+    /// The iptables proxier's settings for `ipt`'s family; `ipt` answers the
+    /// runtime questions (random-fully, tcp_be_liberal) for the namespace
+    /// the rules go to.
     pub fn proxier_config(&self, ipt: &Iptables) -> Result<ProxierConfig, String> {
-        let mut cfg = self.node_config(ipt.netns().is_some())?;
+        let mut cfg = self.node_config(ipt.family(), ipt.netns().is_some())?;
         cfg.random_fully = ipt.has_random_fully();
         cfg.conntrack_tcp_liberal = ipt.conntrack_tcp_liberal();
         Ok(cfg)
     }
 
-    /// The nftables proxier's settings. kube-proxy's nftables mode accepts
-    /// NodePorts on the node's primary IPs by default (not on every local
-    /// address), has no localhost NodePorts, and always masquerades
-    /// `fully-random`. `in_other_netns`: the rules go to a namespace other
-    /// than this process's (its interface addresses are not ours to read).
-    pub fn nft_config(&self, in_other_netns: bool) -> Result<ProxierConfig, String> {
-        let mut cfg = self.node_config(in_other_netns)?;
+    /// The nftables proxier's settings for one family. kube-proxy's
+    /// nftables mode accepts NodePorts on the node's primary IPs by default
+    /// (not on every local address), has no localhost NodePorts, and always
+    /// masquerades `fully-random`. `in_other_netns`: the rules go to a
+    /// namespace other than this process's (its interface addresses are not
+    /// ours to read).
+    pub fn nft_config(&self, family: IpFamily, in_other_netns: bool) -> Result<ProxierConfig, String> {
+        let mut cfg = self.node_config(family, in_other_netns)?;
         if self.nodeport_addresses.is_empty() {
             self.add_primary(&mut cfg)?;
         }
@@ -305,42 +330,51 @@ impl Args {
         Ok(cfg)
     }
 
-    /// The `--node-ip` addresses as /32s (kube-proxy's `--nodeport-addresses
-    /// primary`). In nftables mode they are also taken as local addresses
-    /// (kube-proxy uses the node IPs as they are; the iptables proxier matches
-    /// the ranges against the interfaces).
+    /// The `--node-ip` addresses of the family as /32s or /128s (kube-proxy's
+    /// `--nodeport-addresses primary`). In nftables mode they are also taken
+    /// as local addresses (kube-proxy uses the node IPs as they are; the
+    /// iptables proxier matches the ranges against the interfaces).
     fn add_primary(&self, cfg: &mut ProxierConfig) -> Result<(), String> {
-        for ip in &self.node_ips {
-            if let IpAddr::V4(v4) = ip {
-                cfg.nodeport_addresses.push(Ipv4Network::new(*v4, 32).map_err(|e| e.to_string())?);
-            }
+        for ip in self.node_ips.iter().filter(|ip| cfg.family.has(**ip)) {
+            let prefix = if ip.is_ipv4() { 32 } else { 128 };
+            cfg.nodeport_addresses.push(IpNetwork::new(*ip, prefix).map_err(|e| e.to_string())?);
         }
         Ok(())
     }
 
-    /// The node's addresses as the proxier matches them against
-    /// `--nodeport-addresses`: this namespace's interface addresses (none
-    /// when the rules go to another namespace), plus, in nftables mode with
-    /// the `primary` default, the `--node-ip` addresses. Cheap (one
+    /// The node's addresses of one family as the proxier matches them
+    /// against `--nodeport-addresses`: this namespace's interface addresses
+    /// (none when the rules go to another namespace), plus, in nftables mode
+    /// with the `primary` default, the `--node-ip` addresses. Cheap (one
     /// `getifaddrs`): `run` re-reads them before every sync, as kube-proxy
     /// re-reads the node IPs.
-    pub fn local_addresses(&self, in_other_netns: bool) -> Vec<Ipv4Addr> {
-        let mut out = if in_other_netns { Vec::new() } else { local_ipv4_addresses() };
+    pub fn local_addresses(&self, family: IpFamily, in_other_netns: bool) -> Vec<IpAddr> {
+        let mut out = if in_other_netns { Vec::new() } else { local_ip_addresses(family) };
         let primary =
             self.nodeport_addresses.is_empty() || self.nodeport_addresses.iter().any(|a| a == "primary");
         if self.proxy_mode == ProxyMode::Nftables && primary {
-            out.extend(self.node_ips.iter().filter_map(|ip| match ip {
-                IpAddr::V4(v4) => Some(*v4),
-                IpAddr::V6(_) => None,
-            }));
+            out.extend(self.node_ips.iter().copied().filter(|ip| family.has(*ip)));
         }
         out.sort();
         out.dedup();
         out
     }
 
-    /// The settings both proxiers share.
-    fn node_config(&self, in_other_netns: bool) -> Result<ProxierConfig, String> {
+    /// The families with something to do: services of the family in
+    /// `state`-to-be (`has_services`), or a `--node-ip` of the family. IPv4
+    /// always (kube-proxy's primary family; an IPv4-only node behaves as
+    /// before and never runs ip6tables or nft for ip6).
+    pub fn families(&self, has_v6_services: bool) -> Vec<IpFamily> {
+        let mut out = vec![IpFamily::V4];
+        if has_v6_services || self.node_ips.iter().any(|ip| ip.is_ipv6()) {
+            out.push(IpFamily::V6);
+        }
+        out
+    }
+
+    /// The settings both proxiers share, for one family: the node IPs,
+    /// cluster CIDR, node-port ranges and service ranges of that family.
+    fn node_config(&self, family: IpFamily, in_other_netns: bool) -> Result<ProxierConfig, String> {
         let hostname = match &self.hostname {
             Some(h) => h.clone(),
             None => std::fs::read_to_string("/proc/sys/kernel/hostname")
@@ -348,18 +382,24 @@ impl Args {
                 .map_err(|e| format!("no --hostname-override and cannot read the host name: {e}"))?,
         };
         let mut cfg = ProxierConfig {
+            family,
             hostname,
             node_ips: self.node_ips.clone(),
-            cluster_cidr: self.cluster_cidr,
+            cluster_cidr: self.cluster_cidrs.iter().copied().find(|c| IpFamily::of_net(c) == family),
             masquerade_mark: masquerade_mark(self.masquerade_bit),
             masquerade_all: self.masquerade_all,
             localhost_nodeports: self.localhost_nodeports,
             nodeport_addresses: Vec::new(),
-            local_addresses: self.local_addresses(in_other_netns),
+            local_addresses: self.local_addresses(family, in_other_netns),
             random_fully: false,
             conntrack_tcp_liberal: false,
             nfacct: false,
-            service_cidrs: vec![self.service_cidr],
+            service_cidrs: self
+                .service_cidrs
+                .iter()
+                .copied()
+                .filter(|c| IpFamily::of_net(c) == family)
+                .collect(),
         };
         for a in &self.nodeport_addresses {
             if a == "primary" {
@@ -367,14 +407,16 @@ impl Args {
                 continue;
             }
             match a.parse::<IpNetwork>() {
-                Ok(IpNetwork::V4(n)) => cfg.nodeport_addresses.push(n),
-                Ok(IpNetwork::V6(_)) => {}
+                // Each family's proxier takes the ranges of its family
+                // (none: every address of the family, as kube-proxy).
+                Ok(n) if IpFamily::of_net(&n) == family => cfg.nodeport_addresses.push(n),
+                Ok(_) => {}
                 Err(_) => return Err(format!("--nodeport-addresses: invalid CIDR {a:?}")),
             }
         }
         // kube-proxy turns localhost NodePorts off unless the addresses include 127.0.0.1.
         if !cfg.nodeport_addresses.is_empty()
-            && !cfg.nodeport_addresses.iter().any(|n| n.contains(Ipv4Addr::LOCALHOST))
+            && !cfg.nodeport_addresses.iter().any(|n| n.contains(IpAddr::V4(Ipv4Addr::LOCALHOST)))
         {
             cfg.localhost_nodeports = false;
         }
@@ -382,11 +424,20 @@ impl Args {
     }
 }
 
-/// The IPv4 addresses of this namespace's interfaces (for --nodeport-addresses).
-fn local_ipv4_addresses() -> Vec<Ipv4Addr> {
+/// The addresses of one family of this namespace's interfaces (for --nodeport-addresses).
+fn local_ip_addresses(family: IpFamily) -> Vec<IpAddr> {
     let Ok(addrs) = nix::ifaddrs::getifaddrs() else { return Vec::new() };
-    let mut out: Vec<Ipv4Addr> =
-        addrs.filter_map(|a| a.address.and_then(|s| s.as_sockaddr_in().map(|sin| sin.ip()))).collect();
+    let mut out: Vec<IpAddr> = addrs
+        .filter_map(|a| {
+            let s = a.address?;
+            match (s.as_sockaddr_in(), s.as_sockaddr_in6()) {
+                (Some(sin), _) => Some(IpAddr::V4(sin.ip())),
+                (_, Some(sin6)) => Some(IpAddr::V6(sin6.ip())),
+                _ => None,
+            }
+        })
+        .filter(|ip| family.has(*ip))
+        .collect();
     out.sort();
     out.dedup();
     out
@@ -420,7 +471,7 @@ impl PodRecords {
             Some(s) => inputs::load_pod_records(s.as_ref())?,
             None => (Vec::new(), Vec::new()),
         };
-        let mut loaded = inputs::load(&args.inputs, &weps, args.service_cidr);
+        let mut loaded = inputs::load(&args.inputs, &weps, &args.service_cidrs);
         loaded.errors.append(&mut record_errors);
         Ok(loaded)
     }
@@ -501,11 +552,11 @@ mod tests {
             args(&["sync", "--proxy-mode", "nftables", "--hostname-override", "n", "--node-ip", "10.0.0.1"])
                 .unwrap();
         assert_eq!(a.proxy_mode, ProxyMode::Nftables);
-        let cfg = a.nft_config(true).unwrap();
-        assert_eq!(cfg.nodeport_addresses, vec!["10.0.0.1/32".parse::<Ipv4Network>().unwrap()]);
+        let cfg = a.nft_config(IpFamily::V4, true).unwrap();
+        assert_eq!(cfg.nodeport_addresses, vec!["10.0.0.1/32".parse::<IpNetwork>().unwrap()]);
         assert_eq!(cfg.local_addresses, vec![Ipv4Addr::new(10, 0, 0, 1)]);
         assert!(cfg.random_fully && !cfg.localhost_nodeports);
-        assert_eq!(cfg.service_cidrs, vec!["10.96.0.0/12".parse::<Ipv4Network>().unwrap()]);
+        assert_eq!(cfg.service_cidrs, vec!["10.96.0.0/12".parse::<IpNetwork>().unwrap()]);
         // An explicit range wins; iptables mode keeps "all local addresses".
         let a = args(&[
             "sync",
@@ -516,10 +567,50 @@ mod tests {
             "0.0.0.0/0",
         ])
         .unwrap();
-        assert_eq!(a.nft_config(true).unwrap().nodeport_addresses.len(), 1);
+        assert_eq!(a.nft_config(IpFamily::V4, true).unwrap().nodeport_addresses.len(), 1);
         let a = args(&["sync", "--hostname-override", "n", "--node-ip", "10.0.0.1"]).unwrap();
         assert_eq!(a.proxy_mode, ProxyMode::Iptables);
         assert!(a.proxier_config(&Iptables::in_netns("unused")).unwrap().nodeport_addresses.is_empty());
         assert!(args(&["sync", "--proxy-mode", "ipvs"]).unwrap_err().contains("--proxy-mode"));
+    }
+
+    #[test]
+    fn dual_stack_flags_give_each_family_its_own_settings() {
+        let a = args(&[
+            "sync",
+            "--proxy-mode=nftables",
+            "--hostname-override",
+            "n",
+            "--node-ip",
+            "10.0.0.1,fd00::1",
+            "--cluster-cidr",
+            "10.244.0.0/16,fd00:244::/64",
+            "--service-cluster-ip-range",
+            "10.96.0.0/12,fd00:96::/108",
+            "--nodeport-addresses",
+            "10.0.0.0/8",
+        ])
+        .unwrap();
+        assert_eq!(a.service_cidrs.len(), 2);
+        let v4 = a.nft_config(IpFamily::V4, true).unwrap();
+        let v6 = a.nft_config(IpFamily::V6, true).unwrap();
+        assert_eq!(v4.cluster_cidr, Some("10.244.0.0/16".parse().unwrap()));
+        assert_eq!(v6.cluster_cidr, Some("fd00:244::/64".parse().unwrap()));
+        assert_eq!(v6.service_cidrs, vec!["fd00:96::/108".parse::<IpNetwork>().unwrap()]);
+        assert_eq!(v6.node_ip(), Some("fd00::1".parse().unwrap()));
+        // No IPv6 range listed: the IPv6 proxier accepts NodePorts on every address.
+        assert!(v6.nodeport_addresses.is_empty());
+        assert_eq!(v4.nodeport_addresses.len(), 1);
+        assert_eq!(v6.family, IpFamily::V6);
+        // Default: the primary IPs of each family.
+        let a = args(&["sync", "--proxy-mode=nftables", "--hostname-override", "n", "--node-ip", "fd00::1"])
+            .unwrap();
+        let v6 = a.nft_config(IpFamily::V6, true).unwrap();
+        assert_eq!(v6.nodeport_addresses, vec!["fd00::1/128".parse::<IpNetwork>().unwrap()]);
+        assert_eq!(v6.local_addresses, vec!["fd00::1".parse::<IpAddr>().unwrap()]);
+        assert!(a.nft_config(IpFamily::V6, true).unwrap().service_cidrs.is_empty());
+        assert!(args(&["render", "--service-cluster-ip-range", "10.0.0.0/16,10.1.0.0/16"])
+            .unwrap_err()
+            .contains("two IPv4"));
     }
 }

@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use crate::canonical;
 use crate::cli::{input_stamp, Args, Command, PodRecords, ProxyMode};
+use crate::family::IpFamily;
 use crate::inputs::Loaded;
 use crate::iptables::Iptables;
 use crate::nftables::{self, Nft, NftSyncer};
@@ -37,29 +38,75 @@ pub fn run(args: &Args) -> Result<i32, String> {
     }
 }
 
-fn cmd_render(args: &Args) -> Result<i32, String> {
-    if args.proxy_mode == ProxyMode::Nftables {
-        let cfg = args.nft_config(false)?;
-        let loaded = PodRecords::open(args.datastore.as_ref())?.load(args)?;
-        report(&loaded);
-        let rendered =
-            nftables::render(&loaded.state, &cfg, &nftables::NftPlan::full()).map_err(|e| e.to_string())?;
-        let text = if args.canonical {
-            nftables::dump::simulate(&[&rendered.transaction])?
-        } else {
-            rendered.transaction
-        };
-        write_stdout(&text)?;
-        return Ok(0);
+/// The families to proxy and each one's state (kube-proxy's MetaProxier
+/// split): IPv6 when it has services or a `--node-ip`; IPv4 unless only
+/// IPv6 has anything (an IPv4-only node behaves exactly as without dual-stack
+/// support and never runs ip6tables or touches table ip6 kube-proxy).
+fn family_states(args: &Args, state: ProxyState) -> Vec<(IpFamily, ProxyState)> {
+    let [v4, v6] = state.split_families();
+    let has_node_ip = |f: IpFamily| args.node_ips.iter().any(|ip| f.has(*ip));
+    let v6_active = !v6.is_empty() || has_node_ip(IpFamily::V6);
+    let v4_active = !v6_active || !v4.is_empty() || has_node_ip(IpFamily::V4);
+    let mut out = Vec::new();
+    if v4_active {
+        out.push((IpFamily::V4, v4));
     }
-    let ipt = Iptables::current();
+    if v6_active {
+        out.push((IpFamily::V6, v6));
+    }
+    out
+}
+
+/// `render` of one family: the iptables-restore payload or the nft transaction.
+fn render_family(args: &Args, family: IpFamily, state: &ProxyState) -> Result<String, String> {
+    if args.proxy_mode == ProxyMode::Nftables {
+        let cfg = args.nft_config(family, false)?;
+        let rendered =
+            nftables::render(state, &cfg, &nftables::NftPlan::full()).map_err(|e| e.to_string())?;
+        return if args.canonical {
+            nftables::dump::simulate(&[&rendered.transaction])
+        } else {
+            Ok(rendered.transaction)
+        };
+    }
+    let ipt = Iptables::current().with_family(family);
     let cfg = args.proxier_config(&ipt)?;
-    let records = PodRecords::open(args.datastore.as_ref())?;
-    let loaded = records.load(args)?;
+    let rendered =
+        render(state, &cfg, &RenderPlan { full: true, ..Default::default() }).map_err(|e| e.to_string())?;
+    if args.canonical {
+        canonical::sort_payload(&rendered.payload)
+    } else {
+        Ok(rendered.payload)
+    }
+}
+
+/// The header of one family's payload when `render` prints two: which tool
+/// takes it (kube-proxy applies each family separately).
+fn family_header(args: &Args, family: IpFamily) -> String {
+    match args.proxy_mode {
+        ProxyMode::Iptables => {
+            format!("# {family}: input of {} --noflush --counters\n", family.iptables_restore())
+        }
+        ProxyMode::Nftables => {
+            format!("# {family}: table {}, one nft -f transaction of its own\n", family.nft_table())
+        }
+    }
+}
+
+fn cmd_render(args: &Args) -> Result<i32, String> {
+    let loaded = PodRecords::open(args.datastore.as_ref())?.load(args)?;
     report(&loaded);
-    let rendered = render(&loaded.state, &cfg, &RenderPlan { full: true, ..Default::default() })
-        .map_err(|e| e.to_string())?;
-    let text = if args.canonical { canonical::sort_payload(&rendered.payload)? } else { rendered.payload };
+    let families = family_states(args, loaded.state);
+    let mut text = String::new();
+    for (family, state) in &families {
+        if families.len() > 1 {
+            if !text.is_empty() {
+                text.push('\n');
+            }
+            text.push_str(&family_header(args, *family));
+        }
+        text.push_str(&render_family(args, *family, state)?);
+    }
     write_stdout(&text)?;
     Ok(0)
 }
@@ -77,48 +124,35 @@ fn new_syncer(args: &Args, ipt: Iptables, cfg: crate::proxier::ProxierConfig) ->
     s
 }
 
+/// One family's syncer of the chosen mode, on this process's namespace.
+fn mode_syncer(args: &Args, family: IpFamily) -> Result<Box<dyn ModeSyncer>, String> {
+    Ok(match args.proxy_mode {
+        ProxyMode::Iptables => {
+            let ipt = Iptables::current().with_family(family);
+            let cfg = args.proxier_config(&ipt)?;
+            Box::new(new_syncer(args, ipt, cfg))
+        }
+        ProxyMode::Nftables => {
+            Box::new(NftSyncer::new(Nft::current().with_family(family), args.nft_config(family, false)?))
+        }
+    })
+}
+
 fn cmd_sync(args: &Args) -> Result<i32, String> {
-    if args.proxy_mode == ProxyMode::Nftables {
-        let loaded = PodRecords::open(args.datastore.as_ref())?.load(args)?;
-        report(&loaded);
-        let mut syncer = NftSyncer::new(Nft::current(), args.nft_config(false)?);
-        if args.dry_run {
-            syncer.dry_run(&loaded.state)?;
-            return Ok(0);
-        }
-        let line = syncer.sync_once(&loaded.state)?;
-        eprintln!("{line}");
-        // No later sync will delete the chains this one flushed: wait until
-        // it is safe (see nftables::sync) and delete them now.
-        if syncer.stale_chains().next().is_some() {
-            std::thread::sleep(syncer.stale_chain_delay);
-            let (deleted, error) = syncer.delete_stale_chains();
-            match error {
-                Some(e) => eprintln!("error: {e}"),
-                None => eprintln!("deleted {} stale chain(s)", deleted.len()),
-            }
-        }
-        return Ok(0);
-    }
-    let ipt = Iptables::current();
-    let cfg = args.proxier_config(&ipt)?;
-    let records = PodRecords::open(args.datastore.as_ref())?;
-    let loaded = records.load(args)?;
+    let loaded = PodRecords::open(args.datastore.as_ref())?.load(args)?;
     report(&loaded);
-    let mut syncer = new_syncer(args, ipt, cfg);
-    if args.dry_run {
-        dry_run(&mut syncer, &loaded.state)?;
-        return Ok(0);
+    let families = family_states(args, loaded.state);
+    let tag = |family: IpFamily| if families.len() > 1 { format!("{family}: ") } else { String::new() };
+    for (family, state) in &families {
+        let mut syncer = mode_syncer(args, *family)?;
+        if args.dry_run {
+            syncer.dry_run(state)?;
+            continue;
+        }
+        let line = syncer.sync_once(state)?;
+        eprintln!("{}{line}", tag(*family));
+        syncer.finish_one_shot(&tag(*family));
     }
-    let r = syncer.sync(&loaded.state).map_err(|e| e.to_string())?;
-    eprintln!(
-        "synced ({}): {} filter rules, {} nat rules, {} stale chains deleted, {} jump rules added",
-        if r.full { "full" } else { "partial" },
-        r.rendered.filter_rules,
-        r.rendered.nat_rules,
-        r.rendered.deleted_chains.len(),
-        r.jump_rules_added
-    );
     Ok(0)
 }
 
@@ -135,7 +169,10 @@ trait ModeSyncer {
     fn canary_forced(&self) -> bool;
     /// Take the node's current addresses; true if they changed (the next
     /// sync is then a full one: NodePorts are served on them).
-    fn set_local_addresses(&mut self, addresses: Vec<std::net::Ipv4Addr>) -> bool;
+    fn set_local_addresses(&mut self, addresses: Vec<std::net::IpAddr>) -> bool;
+    /// After a one-shot `sync`: what no later sync will do (nftables: wait
+    /// until the flushed stale chains are safe to delete, and delete them).
+    fn finish_one_shot(&mut self, _tag: &str) {}
 }
 
 impl ModeSyncer for Syncer {
@@ -166,7 +203,7 @@ impl ModeSyncer for Syncer {
     fn canary_forced(&self) -> bool {
         self.needs_full_sync().is_some_and(|r| r.contains("canary"))
     }
-    fn set_local_addresses(&mut self, addresses: Vec<std::net::Ipv4Addr>) -> bool {
+    fn set_local_addresses(&mut self, addresses: Vec<std::net::IpAddr>) -> bool {
         Syncer::set_local_addresses(self, addresses)
     }
 }
@@ -193,13 +230,16 @@ impl ModeSyncer for NftSyncer {
     }
     fn dry_run(&mut self, state: &ProxyState) -> Result<(), String> {
         let (preview, rendered) = self.preview(state).map_err(|e| e.to_string())?;
-        write_stdout(&nftables::sync::diff_view(&preview, &rendered))?;
+        write_stdout(&nftables::sync::diff_view(&preview, &rendered, self.cfg.family))?;
         self.mark_applied(state, &rendered);
         Ok(())
     }
     fn check_canary(&mut self) -> Result<Option<String>, String> {
         match self.check_table() {
-            Ok(true) => Ok(Some("table ip kube-proxy is gone or flushed: forcing a full sync".into())),
+            Ok(true) => Ok(Some(format!(
+                "table {} is gone or flushed: forcing a full sync",
+                self.cfg.family.nft_table()
+            ))),
             Ok(false) => Ok(None),
             Err(e) => Err(e.to_string()),
         }
@@ -207,22 +247,53 @@ impl ModeSyncer for NftSyncer {
     fn canary_forced(&self) -> bool {
         self.needs_full_sync().is_some_and(|r| r.contains("gone or flushed"))
     }
-    fn set_local_addresses(&mut self, addresses: Vec<std::net::Ipv4Addr>) -> bool {
+    fn set_local_addresses(&mut self, addresses: Vec<std::net::IpAddr>) -> bool {
         NftSyncer::set_local_addresses(self, addresses)
+    }
+    fn finish_one_shot(&mut self, tag: &str) {
+        // No later sync will delete the chains this one flushed: wait until
+        // it is safe (see nftables::sync) and delete them now.
+        if self.stale_chains().next().is_some() {
+            std::thread::sleep(self.stale_chain_delay);
+            let (deleted, error) = self.delete_stale_chains();
+            match error {
+                Some(e) => eprintln!("{tag}error: {e}"),
+                None => eprintln!("{tag}deleted {} stale chain(s)", deleted.len()),
+            }
+        }
     }
 }
 
 fn cmd_run(args: &Args) -> Result<i32, String> {
     let records = PodRecords::open(args.datastore.as_ref())?;
-    match args.proxy_mode {
-        ProxyMode::Iptables => {
-            let ipt = Iptables::current();
-            let cfg = args.proxier_config(&ipt)?;
-            run_loop(args, &records, &mut new_syncer(args, ipt, cfg))
-        }
-        ProxyMode::Nftables => {
-            let mut syncer = NftSyncer::new(Nft::current(), args.nft_config(false)?);
-            run_loop(args, &records, &mut syncer)
+    run_loop(args, &records)
+}
+
+/// The running syncers, one per family that had something to do (created
+/// on first need, kept after: a family whose services went away is synced
+/// empty, which removes its rules).
+struct FamilySyncers {
+    syncers: Vec<(IpFamily, Box<dyn ModeSyncer>)>,
+}
+
+impl FamilySyncers {
+    fn get(&mut self, args: &Args, family: IpFamily) -> Result<&mut Box<dyn ModeSyncer>, String> {
+        let i = match self.syncers.iter().position(|(f, _)| *f == family) {
+            Some(i) => i,
+            None => {
+                let mut syncer = mode_syncer(args, family)?;
+                syncer.set_local_addresses(args.local_addresses(family, false));
+                self.syncers.push((family, syncer));
+                self.syncers.len() - 1
+            }
+        };
+        Ok(&mut self.syncers[i].1)
+    }
+    fn tag(&self, family: IpFamily) -> String {
+        if self.syncers.len() > 1 {
+            format!("{family}: ")
+        } else {
+            String::new()
         }
     }
 }
@@ -234,7 +305,8 @@ fn cmd_run(args: &Args) -> Result<i32, String> {
 /// node IPs on every sync): a change forces a full sync, so NodePorts follow
 /// an address added or removed while `run` runs. The syncers also force a
 /// full sync once the last one is [`crate::syncer::FULL_SYNC_PERIOD`] old.
-fn run_loop(args: &Args, records: &PodRecords, syncer: &mut dyn ModeSyncer) -> Result<i32, String> {
+fn run_loop(args: &Args, records: &PodRecords) -> Result<i32, String> {
+    let mut syncers = FamilySyncers { syncers: Vec::new() };
     let poll = args.min_sync_period.clamp(Duration::from_millis(50), Duration::from_millis(500));
     let mut last_stamp = None;
     let mut last_rev = None;
@@ -243,9 +315,11 @@ fn run_loop(args: &Args, records: &PodRecords, syncer: &mut dyn ModeSyncer) -> R
     let mut retry_at: Option<Instant> = None;
     let mut addresses_changed = false;
     loop {
-        if syncer.set_local_addresses(args.local_addresses(false)) {
-            eprintln!("node addresses changed: the next sync is a full one");
-            addresses_changed = true;
+        for (family, syncer) in syncers.syncers.iter_mut() {
+            if syncer.set_local_addresses(args.local_addresses(*family, false)) {
+                eprintln!("{family} node addresses changed: the next sync is a full one");
+                addresses_changed = true;
+            }
         }
         let stamp = input_stamp(&args.inputs);
         let rev = match records.revision() {
@@ -259,15 +333,17 @@ fn run_loop(args: &Args, records: &PodRecords, syncer: &mut dyn ModeSyncer) -> R
         let periodic = last_sync.is_none_or(|t| t.elapsed() >= args.sync_period);
         if !args.dry_run && last_sync.is_some() && last_canary.elapsed() >= args.sync_period {
             last_canary = Instant::now();
-            match syncer.check_canary() {
-                Ok(Some(msg)) => eprintln!("{msg}"),
-                Ok(None) => {}
-                Err(e) => eprintln!("error: {e}"),
+            for (_, syncer) in syncers.syncers.iter_mut() {
+                match syncer.check_canary() {
+                    Ok(Some(msg)) => eprintln!("{msg}"),
+                    Ok(None) => {}
+                    Err(e) => eprintln!("error: {e}"),
+                }
             }
         }
         let retry_due = retry_at.is_some_and(|t| Instant::now() >= t);
         let rate_ok = last_sync.is_none_or(|t| t.elapsed() >= args.min_sync_period);
-        let canary_forced = syncer.canary_forced();
+        let canary_forced = syncers.syncers.iter().any(|(_, s)| s.canary_forced());
         if (changed || periodic || retry_due || canary_forced || addresses_changed) && rate_ok {
             addresses_changed = false;
             last_stamp = Some(stamp);
@@ -277,28 +353,47 @@ fn run_loop(args: &Args, records: &PodRecords, syncer: &mut dyn ModeSyncer) -> R
                     if changed {
                         report(&loaded);
                     }
-                    if args.dry_run {
-                        if changed || periodic {
-                            if let Err(e) = syncer.dry_run(&loaded.state) {
-                                eprintln!("error: {e}");
-                            }
+                    let mut families = family_states(args, loaded.state);
+                    // A family synced before stays: its rules follow its (now empty) state.
+                    for (f, _) in &syncers.syncers {
+                        if !families.iter().any(|(g, _)| g == f) {
+                            families.push((*f, ProxyState::default()));
                         }
-                    } else {
-                        let started = Instant::now();
-                        match syncer.sync_once(&loaded.state) {
-                            Ok(line) => {
-                                eprintln!("{line}, {:?}", started.elapsed());
-                                retry_at = None;
+                    }
+                    families.sort_by_key(|(f, _)| *f);
+                    let mut failed = false;
+                    for (family, state) in &families {
+                        let syncer = match syncers.get(args, *family) {
+                            Ok(s) => s,
+                            Err(e) => {
+                                eprintln!("error: {family}: {e}");
+                                failed = true;
+                                continue;
                             }
+                        };
+                        if args.dry_run {
+                            if changed || periodic {
+                                if let Err(e) = syncer.dry_run(state) {
+                                    eprintln!("error: {e}");
+                                }
+                            }
+                            continue;
+                        }
+                        let started = Instant::now();
+                        let result = syncer.sync_once(state);
+                        let tag = syncers.tag(*family);
+                        match result {
+                            Ok(line) => eprintln!("{tag}{line}, {:?}", started.elapsed()),
                             Err(e) => {
                                 eprintln!(
-                                    "error: sync failed, retrying with a full sync in {:?}: {e}",
+                                    "{tag}error: sync failed, retrying with a full sync in {:?}: {e}",
                                     args.sync_period
                                 );
-                                retry_at = Some(Instant::now() + args.sync_period);
+                                failed = true;
                             }
                         }
                     }
+                    retry_at = failed.then(|| Instant::now() + args.sync_period);
                     last_sync = Some(Instant::now());
                 }
                 Err(e) => {

@@ -6,19 +6,20 @@
 //! local endpoints a sync uses.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, SocketAddr};
 
 use calico_store::model::WorkloadEndpoint;
 
+use crate::family::IpFamily;
 use crate::k8s::{Container, EndpointSlice, IntOrString, ObjectError, ObjectRef, Objects};
-use crate::service::{parse_ipv4_sloppy, Protocol, ServicePortInfo};
+use crate::service::{parse_ip_sloppy, Protocol, ServicePortInfo};
 
 /// One endpoint of one service port.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct EndpointInfo {
-    pub ip: Ipv4Addr,
+    pub ip: IpAddr,
     pub port: u16,
-    /// `ip:port` (`net.JoinHostPort`): the DNAT target, comment and hash input.
+    /// `ip:port` or `[ip]:port` (`net.JoinHostPort`): the DNAT target, comment and hash input.
     pub endpoint: String,
     /// Its `KUBE-SEP-…` chain (hashed once, when the endpoint is read).
     pub chain: String,
@@ -33,11 +34,11 @@ impl EndpointInfo {
     pub fn new(
         svc_port_name: &str,
         protocol: Protocol,
-        ip: Ipv4Addr,
+        ip: IpAddr,
         port: u16,
         node_name: Option<String>,
     ) -> Self {
-        let endpoint = format!("{ip}:{port}");
+        let endpoint = SocketAddr::new(ip, port).to_string();
         EndpointInfo {
             ip,
             port,
@@ -62,9 +63,11 @@ pub fn key_of(sp: &ServicePortInfo) -> (String, Protocol) {
     (sp.name_string.clone(), sp.protocol)
 }
 
-/// Endpoints from EndpointSlices. Slices of another address family are
-/// ignored (an IPv4 proxier); a slice with an invalid address or port is an
-/// error and contributes nothing.
+/// Endpoints from EndpointSlices, of both families (`addressType` IPv4 or
+/// IPv6; FQDN slices are ignored, as kube-proxy does); each family's proxier
+/// takes the endpoints of its family ([`crate::proxier::ProxyState::split_families`]).
+/// A slice with an invalid address (or one of the other family) or port is
+/// an error and contributes nothing.
 pub fn from_slices(slices: &[EndpointSlice], errors: &mut Vec<ObjectError>) -> EndpointsMap {
     let mut sets: HashMap<(String, Protocol), BTreeMap<String, EndpointInfo>> = HashMap::new();
     'slice: for slice in slices {
@@ -79,14 +82,15 @@ pub fn from_slices(slices: &[EndpointSlice], errors: &mut Vec<ObjectError>) -> E
             errors.push(err("no kubernetes.io/service-name label: it belongs to no Service".into()));
             continue;
         };
-        match slice.address_type.as_str() {
-            "IPv4" => {}
-            "IPv6" | "FQDN" => continue,
+        let family = match slice.address_type.as_str() {
+            "IPv4" => IpFamily::V4,
+            "IPv6" => IpFamily::V6,
+            "FQDN" => continue,
             other => {
                 errors.push(err(format!("invalid addressType {other:?}")));
                 continue;
             }
-        }
+        };
         let mut ports = Vec::new();
         for p in &slice.ports {
             let proto = match Protocol::parse(p.protocol.as_deref()) {
@@ -106,10 +110,14 @@ pub fn from_slices(slices: &[EndpointSlice], errors: &mut Vec<ObjectError>) -> E
         let mut eps = Vec::new();
         for ep in &slice.endpoints {
             let Some(addr) = ep.addresses.first() else { continue };
-            let Some(ip) = parse_ipv4_sloppy(addr) else {
+            let Some(ip) = parse_ip_sloppy(addr) else {
                 errors.push(err(format!("invalid endpoint address {addr:?}")));
                 continue 'slice;
             };
+            if !family.has(ip) {
+                errors.push(err(format!("endpoint address {addr:?} is not of addressType {family}")));
+                continue 'slice;
+            }
             eps.push((ip, ep));
         }
         let ns = slice.metadata.ns();
@@ -232,16 +240,17 @@ pub fn from_pod_records(
             let Some(port) = resolve_target_port(&sp.target_port, sp.protocol, containers, wep) else {
                 continue; // a named port this pod does not have: no endpoint, as in Kubernetes
             };
-            let Some(ip) = wep.spec.ip_networks.iter().find_map(|n| match n.ip() {
-                std::net::IpAddr::V4(ip) => Some(ip),
-                _ => None,
-            }) else {
+            // The endpoint of the service port's family: a dual-stack pod
+            // has one address of each (the endpoint controller's slices per family).
+            let family = sp.family();
+            let Some(ip) = wep.spec.ip_networks.iter().map(|n| n.ip()).find(|ip| family.has(*ip)) else {
                 continue;
             };
             let info = EndpointInfo::new(&sp.name_string, sp.protocol, ip, port, Some(wep.spec.node.clone()));
             set.entry(info.endpoint.clone()).or_insert(info);
         }
-        out.insert(key_of(sp), set.into_values().collect());
+        // A dual-stack service's two ports share the key: one list, each family's part sorted.
+        out.entry(key_of(sp)).or_default().extend(set.into_values());
     }
     out
 }

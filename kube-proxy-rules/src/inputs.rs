@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use calico_store::model::{self, WorkloadEndpoint};
 use calico_store::{Datastore, Revision};
-use ipnetwork::Ipv4Network;
+use ipnetwork::IpNetwork;
 
 use crate::endpoints::{self, EndpointsMap, PodCatalog};
 use crate::k8s::{self, ObjectError, ObjectRef, Objects};
@@ -96,10 +96,10 @@ pub fn store_revision(store: &dyn Datastore) -> Result<Revision, String> {
 /// Build the state: allocate what the apiserver would, convert services,
 /// take endpoints from slices, and from pod records for selector-based
 /// services without a slice.
-pub fn build_state(objs: &Objects, weps: &[WorkloadEndpoint], service_cidr: Ipv4Network) -> Loaded {
+pub fn build_state(objs: &Objects, weps: &[WorkloadEndpoint], service_cidrs: &[IpNetwork]) -> Loaded {
     let mut out = Loaded::default();
     let mut services = objs.services.clone();
-    out.notes.extend(service::allocate(&mut services, service_cidr));
+    out.notes.extend(service::allocate(&mut services, service_cidrs));
 
     let mut ports = Vec::new();
     let mut selectors: Vec<BTreeMap<String, String>> = Vec::new();
@@ -121,7 +121,7 @@ pub fn build_state(objs: &Objects, weps: &[WorkloadEndpoint], service_cidr: Ipv4
     let mut seen = std::collections::HashSet::new();
     let mut keep = Vec::with_capacity(ports.len());
     for (sp, sel) in ports.into_iter().zip(selectors) {
-        if seen.insert(endpoints::key_of(&sp)) {
+        if seen.insert((endpoints::key_of(&sp), sp.family())) {
             keep.push((sp, sel));
         } else {
             out.errors.push(ObjectError {
@@ -156,9 +156,9 @@ pub fn build_state(objs: &Objects, weps: &[WorkloadEndpoint], service_cidr: Ipv4
 }
 
 /// Load the files and build the state in one go (pod records already read).
-pub fn load(paths: &[PathBuf], weps: &[WorkloadEndpoint], service_cidr: Ipv4Network) -> Loaded {
+pub fn load(paths: &[PathBuf], weps: &[WorkloadEndpoint], service_cidrs: &[IpNetwork]) -> Loaded {
     let (objs, mut errors) = k8s::load(paths);
-    let mut loaded = build_state(&objs, weps, service_cidr);
+    let mut loaded = build_state(&objs, weps, service_cidrs);
     errors.append(&mut loaded.errors);
     loaded.errors = errors;
     loaded

@@ -12,6 +12,7 @@ use std::collections::BTreeSet;
 use std::process::Output;
 
 use crate::exec::Runner;
+use crate::family::IpFamily;
 use crate::names::*;
 
 /// The xtables lock wait flags (iptables ≥ 1.6.2).
@@ -136,20 +137,30 @@ pub const JUMP_CHAINS: &[JumpChain] = &[
 /// The tables that hold a canary chain.
 pub const CANARY_TABLES: [&str; 3] = ["mangle", "nat", "filter"];
 
-/// iptables of one network namespace.
+/// iptables of one network namespace and one family (`iptables*` for IPv4,
+/// `ip6tables*` for IPv6: the same chains in the other family's tables).
 #[derive(Debug, Clone, Default)]
 pub struct Iptables {
     runner: Runner,
+    family: IpFamily,
 }
 
 impl Iptables {
     /// The current network namespace.
     pub fn current() -> Self {
-        Iptables { runner: Runner::current() }
+        Iptables { runner: Runner::current(), family: IpFamily::V4 }
     }
     /// A named namespace (`/run/netns/<name>`), through `ip netns exec`.
     pub fn in_netns(name: &str) -> Self {
-        Iptables { runner: Runner::in_netns(name) }
+        Iptables { runner: Runner::in_netns(name), family: IpFamily::V4 }
+    }
+    /// The same namespace, the tools of `family` (`ip6tables*` for IPv6).
+    pub fn with_family(mut self, family: IpFamily) -> Self {
+        self.family = family;
+        self
+    }
+    pub fn family(&self) -> IpFamily {
+        self.family
     }
 
     pub fn netns(&self) -> Option<&str> {
@@ -177,7 +188,7 @@ impl Iptables {
     /// `iptables-restore -w 5 -W 100000 --noflush --counters` with `payload`
     /// on stdin: one transaction for every table in it.
     pub fn restore(&self, payload: &str) -> Result<(), IptablesError> {
-        self.restore_with("iptables-restore", payload)
+        self.restore_with(self.family.iptables_restore(), payload)
     }
 
     /// [`Iptables::restore`] with another restore binary (e.g. `iptables-legacy-restore`).
@@ -187,9 +198,9 @@ impl Iptables {
         self.check(program, &args, Some(payload.as_bytes())).map(|_| ())
     }
 
-    /// `iptables-save -t <table>`.
+    /// `iptables-save -t <table>` (`ip6tables-save` for IPv6).
     pub fn save(&self, table: &str) -> Result<String, IptablesError> {
-        let out = self.check("iptables-save", &["-t", table], None)?;
+        let out = self.check(self.family.iptables_save(), &["-t", table], None)?;
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
@@ -202,7 +213,7 @@ impl Iptables {
     pub fn ensure_chain(&self, table: &str, chain: &str) -> Result<bool, IptablesError> {
         let mut args = WAIT_FLAGS.to_vec();
         args.extend(["-t", table, "-N", chain]);
-        let out = self.run("iptables", &args, None)?;
+        let out = self.run(self.family.iptables(), &args, None)?;
         if out.status.success() {
             return Ok(true);
         }
@@ -211,7 +222,7 @@ impl Iptables {
             return Ok(false);
         }
         Err(IptablesError::Failed {
-            command: format!("iptables {}", args.join(" ")),
+            command: format!("{} {}", self.family.iptables(), args.join(" ")),
             status: out.status.to_string(),
             stderr: stderr.trim().to_string(),
         })
@@ -221,7 +232,7 @@ impl Iptables {
     pub fn chain_exists(&self, table: &str, chain: &str) -> Result<bool, IptablesError> {
         let mut args = WAIT_FLAGS.to_vec();
         args.extend(["-t", table, "-S", chain, "1"]);
-        let out = self.run("iptables", &args, None)?;
+        let out = self.run(self.family.iptables(), &args, None)?;
         Ok(out.status.success())
     }
 
@@ -235,13 +246,13 @@ impl Iptables {
         let mut args = WAIT_FLAGS.to_vec();
         args.extend(["-t", table, "-C", chain]);
         args.extend_from_slice(rule);
-        if self.run("iptables", &args, None)?.status.success() {
+        if self.run(self.family.iptables(), &args, None)?.status.success() {
             return Ok(false);
         }
         let mut args = WAIT_FLAGS.to_vec();
         args.extend(["-t", table, "-I", chain]);
         args.extend_from_slice(rule);
-        self.check("iptables", &args, None).map(|_| true)
+        self.check(self.family.iptables(), &args, None).map(|_| true)
     }
 
     /// The jump rules from the built-in chains, and the chains they jump to.
@@ -291,7 +302,7 @@ impl Iptables {
 
     /// MASQUERADE `--random-fully` needs iptables ≥ 1.6.2.
     pub fn has_random_fully(&self) -> bool {
-        let Ok(out) = self.run("iptables", &["--version"], None) else { return false };
+        let Ok(out) = self.run(self.family.iptables(), &["--version"], None) else { return false };
         let text = String::from_utf8_lossy(&out.stdout);
         let version = text.split_whitespace().find(|w| w.starts_with('v')).unwrap_or("v0");
         let nums: Vec<u32> =

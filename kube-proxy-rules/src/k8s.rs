@@ -107,6 +107,12 @@ pub struct ServiceSpec {
     pub cluster_ip: Option<String>,
     #[serde(default, rename = "clusterIPs")]
     pub cluster_ips: Vec<String>,
+    /// `IPv4`/`IPv6`, primary first (absent in a user's manifest: see [`crate::service::allocate`]).
+    #[serde(default)]
+    pub ip_families: Vec<String>,
+    /// `SingleStack` (default), `PreferDualStack`, `RequireDualStack`.
+    #[serde(default)]
+    pub ip_family_policy: Option<String>,
     #[serde(default)]
     pub selector: Option<BTreeMap<String, String>>,
     #[serde(default)]

@@ -43,6 +43,7 @@ pub mod cli;
 pub mod commands;
 pub mod endpoints;
 pub mod exec;
+pub mod family;
 pub mod inputs;
 pub mod iptables;
 pub mod k8s;

@@ -10,11 +10,12 @@
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::hash::{Hash, Hasher};
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 
-use ipnetwork::Ipv4Network;
+use ipnetwork::IpNetwork;
 
 use crate::endpoints::{key_of, EndpointInfo, EndpointsMap, Traffic};
+use crate::family::IpFamily;
 use crate::names::{self, *};
 use crate::service::ServicePortInfo;
 use crate::validate::{check_comment, check_line, check_name, UnsafeText};
@@ -26,20 +27,23 @@ pub const LARGE_CLUSTER_ENDPOINTS_THRESHOLD: usize = 1000;
 /// The node settings (kube-proxy's flags) a payload depends on.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProxierConfig {
+    /// The family this proxier writes rules for (one proxier per family, as
+    /// kube-proxy's MetaProxier); every address below is of this family.
+    pub family: IpFamily,
     /// `--hostname-override`: endpoints with this nodeName are local.
     pub hostname: String,
-    /// `--node-ip`: the first IPv4 one is "the" node IP (LB source ranges).
+    /// `--node-ip`: the first one of the family is "the" node IP (LB source ranges).
     pub node_ips: Vec<IpAddr>,
     /// `--cluster-cidr`: the local-traffic detector (`! -s` / `-s`); None = no detector.
-    pub cluster_cidr: Option<Ipv4Network>,
+    pub cluster_cidr: Option<IpNetwork>,
     /// The masquerade mark, e.g. `0x00004000` (see [`masquerade_mark`]).
     pub masquerade_mark: String,
     pub masquerade_all: bool,
     pub localhost_nodeports: bool,
-    /// `--nodeport-addresses` (IPv4 CIDRs); empty = every local address.
-    pub nodeport_addresses: Vec<Ipv4Network>,
+    /// `--nodeport-addresses` (CIDRs of the family); empty = every local address.
+    pub nodeport_addresses: Vec<IpNetwork>,
     /// This node's interface addresses, matched against `nodeport_addresses`.
-    pub local_addresses: Vec<Ipv4Addr>,
+    pub local_addresses: Vec<IpAddr>,
     /// MASQUERADE `--random-fully` (iptables ≥ 1.6.2).
     pub random_fully: bool,
     /// `net.netfilter.nf_conntrack_tcp_be_liberal` ≠ 0: no INVALID drop rule.
@@ -48,7 +52,7 @@ pub struct ProxierConfig {
     pub nfacct: bool,
     /// The service IP ranges (nftables mode: traffic to an unallocated
     /// ClusterIP in them is dropped). Unused by the iptables proxier.
-    pub service_cidrs: Vec<Ipv4Network>,
+    pub service_cidrs: Vec<IpNetwork>,
 }
 
 /// kube-proxy's mark: `fmt.Sprintf("%#08x", 1<<bit)` pads the digits to 8: `0x00004000`.
@@ -59,6 +63,7 @@ pub fn masquerade_mark(bit: u32) -> String {
 impl Default for ProxierConfig {
     fn default() -> Self {
         ProxierConfig {
+            family: IpFamily::V4,
             hostname: String::new(),
             node_ips: Vec::new(),
             cluster_cidr: None,
@@ -76,12 +81,14 @@ impl Default for ProxierConfig {
 }
 
 impl ProxierConfig {
-    /// The first IPv4 `--node-ip`: "the" node IP (LB source ranges).
-    pub fn node_ipv4(&self) -> Option<Ipv4Addr> {
-        self.node_ips.iter().find_map(|ip| match ip {
-            IpAddr::V4(v4) => Some(*v4),
-            _ => None,
-        })
+    /// Localhost NodePorts: IPv4 only (route_localnet); kube-proxy turns
+    /// them off for IPv6 (its node-port addresses never contain 127.0.0.1).
+    pub fn localhost_nodeports(&self) -> bool {
+        self.localhost_nodeports && self.family == IpFamily::V4
+    }
+    /// The first `--node-ip` of the family: "the" node IP (LB source ranges).
+    pub fn node_ip(&self) -> Option<IpAddr> {
+        self.node_ips.iter().copied().find(|ip| self.family.has(*ip))
     }
 }
 
@@ -98,6 +105,36 @@ impl ProxyState {
     }
     pub fn total_endpoints(&self) -> usize {
         self.services.iter().map(|sp| self.endpoints_of(sp).len()).sum()
+    }
+
+    /// Split into the IPv4 and the IPv6 proxier's states (the MetaProxier's
+    /// split): each gets the service ports of its family and the endpoints
+    /// of its family. Moves, no copies of a single-family state.
+    pub fn split_families(self) -> [ProxyState; 2] {
+        let has_v6 = self.services.iter().any(|sp| sp.family() == IpFamily::V6)
+            || self.endpoints.values().flatten().any(|e| e.ip.is_ipv6());
+        if !has_v6 {
+            return [self, ProxyState::default()];
+        }
+        let (v4, v6): (Vec<_>, Vec<_>) =
+            self.services.into_iter().partition(|sp| sp.family() == IpFamily::V4);
+        let mut eps4 = EndpointsMap::new();
+        let mut eps6 = EndpointsMap::new();
+        for (key, eps) in self.endpoints {
+            let (a, b): (Vec<_>, Vec<_>) = eps.into_iter().partition(|e| e.ip.is_ipv4());
+            if !a.is_empty() {
+                eps4.insert(key.clone(), a);
+            }
+            if !b.is_empty() {
+                eps6.insert(key, b);
+            }
+        }
+        [ProxyState { services: v4, endpoints: eps4 }, ProxyState { services: v6, endpoints: eps6 }]
+    }
+
+    /// Nothing to proxy.
+    pub fn is_empty(&self) -> bool {
+        self.services.is_empty() && self.endpoints.is_empty()
     }
 }
 
@@ -410,7 +447,7 @@ fn kube_nodeports(t: &mut Tables, p: &PortPlan<'_>, cfg: &ProxierConfig) {
         let np = sp.node_port.to_string();
         let (name, ext) = (sp.name_string.as_str(), sp.chains.ext.as_str());
         let nat = &mut t.nat[N_NODEPORTS];
-        if cfg.localhost_nodeports && cfg.nfacct {
+        if cfg.localhost_nodeports() && cfg.nfacct {
             let count_and_jump = ["-m", "nfacct", "--nfacct-name", "localhost_nps_accepted_pkts", "-j", ext];
             let localhost = Dest::Ip("127.0.0.0/8");
             nat.write_port_rule(KUBE_NODEPORTS, name, p.proto, localhost, &np, &count_and_jump);
@@ -514,7 +551,7 @@ fn kube_fw(nat_chains: &mut LineBuffer, nat_rules: &mut LineBuffer, p: &PortPlan
     let fw = sp.chains.fw.as_str();
     nat_chains.chain_line(fw);
     let comment = quoted(&format!("{} loadbalancer IP", sp.name_string));
-    let node_ip = cfg.node_ipv4();
+    let node_ip = cfg.node_ip();
     let mut allow_from_node = false;
     for cidr in &sp.load_balancer_source_ranges {
         let c = cidr.to_string();
@@ -733,19 +770,20 @@ fn kube_services_nodeports_jump(t: &mut Tables, cfg: &ProxierConfig) {
     if match_all {
         let mut rule = vec!["-A", KUBE_SERVICES, "-m", "comment", "--comment", &comment];
         rule.extend(["-m", "addrtype", "--dst-type", "LOCAL"]);
-        if !cfg.localhost_nodeports {
-            rule.extend(["!", "-d", "127.0.0.0/8"]);
+        // Localhost NodePorts never work on IPv6; on IPv4 only with route_localnet.
+        if cfg.family == IpFamily::V6 || !cfg.localhost_nodeports {
+            rule.extend(["!", "-d", cfg.family.loopback_cidr()]);
         }
         rule.extend(["-j", KUBE_NODEPORTS]);
         t.nat[N_SERVICES].write(&rule);
         return;
     }
-    let mut ips: Vec<Ipv4Addr> = cfg
+    let mut ips: Vec<IpAddr> = cfg
         .local_addresses
         .iter()
         .copied()
-        .filter(|ip| cfg.nodeport_addresses.iter().any(|c| c.contains(*ip)))
-        .filter(|ip| !ip.is_loopback() || cfg.localhost_nodeports)
+        .filter(|ip| cfg.family.has(*ip) && cfg.nodeport_addresses.iter().any(|c| c.contains(*ip)))
+        .filter(|ip| !ip.is_loopback() || cfg.localhost_nodeports())
         .collect();
     ips.sort();
     ips.dedup();
@@ -779,7 +817,7 @@ fn skipped_rule_count(p: &PortPlan<'_>, cfg: &ProxierConfig) -> usize {
         n += p.has_external_endpoints as usize;
     }
     if p.uses_fw_chain {
-        let node_ip = cfg.node_ipv4();
+        let node_ip = cfg.node_ip();
         let allow = sp.load_balancer_source_ranges.iter().any(|c| node_ip.is_some_and(|ip| c.contains(ip)));
         n += sp.load_balancer_source_ranges.len() + 1 + if allow { sp.load_balancer_vips.len() } else { 0 };
     }
@@ -812,7 +850,10 @@ pub fn render(
     let mut skipped_rules = 0;
 
     kube_postrouting_and_mark_masq(&mut t, cfg);
-    if cfg.localhost_nodeports {
+    // route_localnet (and so the martian rule) is IPv4 only; the IPv6
+    // proxier never serves localhost NodePorts.
+    let localhost_nodeports = cfg.localhost_nodeports();
+    if localhost_nodeports {
         kube_firewall(&mut t);
     }
 
@@ -893,7 +934,7 @@ pub fn render(
 
     // Top-level chains: always rewritten by kube-proxy; left out here when
     // asked to and unchanged since the last applied sync.
-    let filter_used = if cfg.localhost_nodeports { 6 } else { 5 };
+    let filter_used = if localhost_nodeports { 6 } else { 5 };
     let mut keep_filter = [false; 6];
     let mut keep_nat = [false; 4];
     let mut decide = |table: &str, chain: &str, buf: &LineBuffer| -> bool {

@@ -4,11 +4,12 @@
 //! apiserver; here they are allocated deterministically and reported).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use ipnetwork::Ipv4Network;
+use ipnetwork::{IpNetwork, Ipv4Network, Ipv6Network};
 use sha2::{Digest, Sha256};
 
+use crate::family::IpFamily;
 use crate::k8s::{IntOrString, ObjectError, ObjectRef, Service};
 use crate::names::ServiceChains;
 use crate::validate::{dns1123_label, iana_svc_name};
@@ -52,14 +53,17 @@ pub struct ServicePortInfo {
     /// `ns/name:port` (or `ns/name` for an unnamed port).
     pub name_string: String,
     pub protocol: Protocol,
-    pub cluster_ip: Ipv4Addr,
+    /// The ClusterIP of this port's family (a dual-stack Service has one
+    /// [`ServicePortInfo`] per family, as each family's proxier sees it).
+    pub cluster_ip: IpAddr,
     pub port: u16,
     /// For endpoints derived from pod records (absent = `port`).
     pub target_port: IntOrString,
     pub node_port: u16,
-    pub external_ips: Vec<Ipv4Addr>,
-    pub load_balancer_vips: Vec<Ipv4Addr>,
-    pub load_balancer_source_ranges: Vec<Ipv4Network>,
+    /// externalIPs, LB ingress IPs and source ranges of this port's family.
+    pub external_ips: Vec<IpAddr>,
+    pub load_balancer_vips: Vec<IpAddr>,
+    pub load_balancer_source_ranges: Vec<IpNetwork>,
     /// `Some(timeout)` with ClientIP session affinity.
     pub affinity_timeout: Option<u32>,
     pub health_check_node_port: u16,
@@ -69,6 +73,10 @@ pub struct ServicePortInfo {
 }
 
 impl ServicePortInfo {
+    /// The family of the proxier that handles this port.
+    pub fn family(&self) -> IpFamily {
+        IpFamily::of(self.cluster_ip)
+    }
     /// NodePort, LB VIPs or externalIPs (`ExternallyAccessible`).
     pub fn externally_accessible(&self) -> bool {
         self.node_port != 0 || !self.load_balancer_vips.is_empty() || !self.external_ips.is_empty()
@@ -114,14 +122,29 @@ pub fn parse_cidr_sloppy(s: &str) -> Option<Ipv4Network> {
     Ipv4Network::new(net.network(), prefix).ok()
 }
 
-fn is_ipv6_literal(s: &str) -> bool {
-    s.parse::<std::net::Ipv6Addr>().is_ok()
+/// Parse an IP of either family as Go's `ParseIPSloppy` does (IPv4 with
+/// leading zeros allowed; IPv6 as written, including `::ffff:a.b.c.d`).
+pub fn parse_ip_sloppy(s: &str) -> Option<IpAddr> {
+    if s.contains(':') {
+        s.parse::<Ipv6Addr>().ok().map(IpAddr::V6)
+    } else {
+        parse_ipv4_sloppy(s).map(IpAddr::V4)
+    }
+}
+
+/// Parse a CIDR of either family, masked (see [`parse_cidr_sloppy`]).
+pub fn parse_ip_cidr_sloppy(s: &str) -> Option<IpNetwork> {
+    if !s.contains(':') {
+        return parse_cidr_sloppy(s).map(IpNetwork::V4);
+    }
+    let net: Ipv6Network = s.parse().ok()?;
+    Ipv6Network::new(net.network(), net.prefix()).ok().map(IpNetwork::V6)
 }
 
 /// What became of one Service.
 pub enum Converted {
     Ports(Vec<ServicePortInfo>),
-    /// Not proxied (headless, ExternalName, IPv6): the reason, for a note.
+    /// Not proxied (headless, ExternalName): the reason, for a note.
     Skipped(String),
 }
 
@@ -142,28 +165,39 @@ pub fn convert(svc: &Service, source: &str) -> Result<Converted, ObjectError> {
     if svc_type == "ExternalName" {
         return Ok(Converted::Skipped("type ExternalName is not proxied".into()));
     }
-    let cluster_ip = match spec.cluster_ip.as_deref() {
-        None | Some("") => return Err(err("spec.clusterIP is missing".into())),
-        Some("None") => return Ok(Converted::Skipped("headless (clusterIP None)".into())),
-        Some(ip) if is_ipv6_literal(ip) => {
-            return Ok(Converted::Skipped(format!("IPv6 clusterIP {ip}: only IPv4 rules are generated")))
-        }
-        Some(ip) => parse_ipv4_sloppy(ip).ok_or_else(|| err(format!("invalid spec.clusterIP {ip:?}")))?,
+    // The ClusterIPs, primary first: `clusterIPs` when set (clusterIP is its
+    // first entry), else `clusterIP`. At most one per family.
+    let cluster_ips_text: Vec<&str> = if spec.cluster_ips.is_empty() {
+        spec.cluster_ip.as_deref().into_iter().collect()
+    } else {
+        spec.cluster_ips.iter().map(String::as_str).collect()
     };
+    let mut cluster_ips: Vec<IpAddr> = Vec::new();
+    for ip in cluster_ips_text {
+        match ip {
+            "" => return Err(err("spec.clusterIP is missing".into())),
+            "None" => return Ok(Converted::Skipped("headless (clusterIP None)".into())),
+            ip => {
+                let parsed =
+                    parse_ip_sloppy(ip).ok_or_else(|| err(format!("invalid spec.clusterIP {ip:?}")))?;
+                if cluster_ips.iter().any(|c| IpFamily::of(*c) == IpFamily::of(parsed)) {
+                    return Err(err(format!("spec.clusterIPs: two {} addresses", IpFamily::of(parsed))));
+                }
+                cluster_ips.push(parsed);
+            }
+        }
+    }
+    if cluster_ips.is_empty() {
+        return Err(err("spec.clusterIP is missing".into()));
+    }
     let mut external_ips = Vec::new();
     for ip in &spec.external_ips {
-        if is_ipv6_literal(ip) {
-            continue; // the other family's proxier would handle it
-        }
-        external_ips.push(parse_ipv4_sloppy(ip).ok_or_else(|| err(format!("invalid externalIP {ip:?}")))?);
+        external_ips.push(parse_ip_sloppy(ip).ok_or_else(|| err(format!("invalid externalIP {ip:?}")))?);
     }
     let mut lb_vips = Vec::new();
     for ing in &svc.status.load_balancer.ingress {
         let Some(ip) = ing.ip.as_deref().filter(|ip| !ip.is_empty()) else { continue };
-        if is_ipv6_literal(ip) {
-            continue;
-        }
-        let parsed = parse_ipv4_sloppy(ip)
+        let parsed = parse_ip_sloppy(ip)
             .ok_or_else(|| err(format!("invalid status.loadBalancer.ingress IP {ip:?}")))?;
         // ipMode Proxy: the load balancer proxies itself, the IP is not captured on nodes.
         if ing.ip_mode.as_deref() != Some("Proxy") {
@@ -173,10 +207,7 @@ pub fn convert(svc: &Service, source: &str) -> Result<Converted, ObjectError> {
     let mut source_ranges = Vec::new();
     for r in &spec.load_balancer_source_ranges {
         let r = r.trim();
-        if r.contains(':') && r.parse::<ipnetwork::Ipv6Network>().is_ok() {
-            continue;
-        }
-        let net = parse_cidr_sloppy(r)
+        let net = parse_ip_cidr_sloppy(r)
             .ok_or_else(|| err(format!("invalid loadBalancerSourceRanges entry {r:?}")))?;
         source_ranges.push(net);
     }
@@ -264,25 +295,36 @@ pub fn convert(svc: &Service, source: &str) -> Result<Converted, ObjectError> {
         let name_string =
             if port_name.is_empty() { format!("{ns}/{name}") } else { format!("{ns}/{name}:{port_name}") };
         let chains = ServiceChains::new(&name_string, protocol.as_str());
-        out.push(ServicePortInfo {
-            namespace: ns.to_string(),
-            name: name.to_string(),
-            port_name,
-            name_string,
-            protocol,
-            cluster_ip,
-            port,
-            target_port,
-            node_port: if svc_type == "ClusterIP" { 0 } else { node_port },
-            external_ips: external_ips.clone(),
-            load_balancer_vips: lb_vips.clone(),
-            load_balancer_source_ranges: source_ranges.clone(),
-            affinity_timeout,
-            health_check_node_port,
-            internal_policy_local,
-            external_policy_local,
-            chains,
-        });
+        // One port per family: each family's proxier sees its ClusterIP and
+        // the externalIPs, LB IPs and source ranges of its family only
+        // (`MapIPsByIPFamily`, `MapCIDRsByIPFamily`).
+        for &cluster_ip in &cluster_ips {
+            let family = IpFamily::of(cluster_ip);
+            let of_family = |ips: &[IpAddr]| ips.iter().copied().filter(|ip| family.has(*ip)).collect();
+            out.push(ServicePortInfo {
+                namespace: ns.to_string(),
+                name: name.to_string(),
+                port_name: port_name.clone(),
+                name_string: name_string.clone(),
+                protocol,
+                cluster_ip,
+                port,
+                target_port: target_port.clone(),
+                node_port: if svc_type == "ClusterIP" { 0 } else { node_port },
+                external_ips: of_family(&external_ips),
+                load_balancer_vips: of_family(&lb_vips),
+                load_balancer_source_ranges: source_ranges
+                    .iter()
+                    .copied()
+                    .filter(|n| IpFamily::of_net(n) == family)
+                    .collect(),
+                affinity_timeout,
+                health_check_node_port,
+                internal_policy_local,
+                external_policy_local,
+                chains: chains.clone(),
+            });
+        }
     }
     Ok(Converted::Ports(out))
 }
@@ -291,6 +333,64 @@ pub fn convert(svc: &Service, source: &str) -> Result<Converted, ObjectError> {
 pub const DEFAULT_SERVICE_CIDR: &str = "10.96.0.0/12";
 /// The apiserver's default `--service-node-port-range`.
 pub const NODE_PORT_RANGE: (u16, u16) = (30000, 32767);
+
+/// The families a Service gets ClusterIPs of (the apiserver's defaulting).
+fn wanted_families(
+    spec: &crate::k8s::ServiceSpec,
+    given: &[IpAddr],
+    service_cidrs: &[IpNetwork],
+) -> Vec<IpFamily> {
+    let configured: Vec<IpFamily> = service_cidrs.iter().map(IpFamily::of_net).collect();
+    let listed: Vec<IpFamily> = spec
+        .ip_families
+        .iter()
+        .filter_map(|f| match f.as_str() {
+            "IPv4" => Some(IpFamily::V4),
+            "IPv6" => Some(IpFamily::V6),
+            _ => None,
+        })
+        .collect();
+    let primary = given
+        .first()
+        .map(|ip| IpFamily::of(*ip))
+        .or_else(|| listed.first().copied())
+        .or_else(|| configured.first().copied())
+        .unwrap_or_default();
+    let mut out = vec![primary];
+    match spec.ip_family_policy.as_deref() {
+        Some("PreferDualStack" | "RequireDualStack") => {
+            out.extend(listed.iter().chain(configured.iter()).copied().filter(|f| *f != primary).take(1))
+        }
+        _ => out.extend(listed.iter().copied().filter(|f| *f != primary).take(1)),
+    }
+    out
+}
+
+/// A free address of `cidr`, at a hash of `key`, probing on past taken ones.
+fn allocate_ip(cidr: &IpNetwork, key: &str, used: &mut BTreeSet<IpAddr>) -> Option<IpAddr> {
+    let (base, host_bits) = match cidr {
+        IpNetwork::V4(n) => (u32::from(n.network()) as u128, 32 - n.prefix() as u32),
+        IpNetwork::V6(n) => (u128::from(n.network()), 128 - n.prefix() as u32),
+    };
+    // Big IPv6 ranges: a 2^62 window of them is plenty.
+    let size: u64 = if host_bits >= 63 { 1 << 62 } else { 1u64 << host_bits };
+    if size <= 2 {
+        return None;
+    }
+    let mut off = 1 + hash_u64(key) % (size - 2);
+    for _ in 0..size.min(1 << 24) {
+        let raw = base + off as u128;
+        let ip = match cidr {
+            IpNetwork::V4(_) => IpAddr::V4(Ipv4Addr::from(raw as u32)),
+            IpNetwork::V6(_) => IpAddr::V6(Ipv6Addr::from(raw)),
+        };
+        if used.insert(ip) {
+            return Some(ip);
+        }
+        off = 1 + off % (size - 2);
+    }
+    None
+}
 
 fn hash_u64(s: &str) -> u64 {
     let d = Sha256::digest(s.as_bytes());
@@ -302,18 +402,26 @@ fn hash_u64(s: &str) -> u64 {
 /// and LoadBalancer ports without one. Deterministic: the same inputs always
 /// get the same values (a hash of the name, probing past taken values), so
 /// repeated runs and partial syncs agree. Returns one note per allocation.
-pub fn allocate(services: &mut [Service], service_cidr: Ipv4Network) -> Vec<String> {
+///
+/// ClusterIPs follow the apiserver's dual-stack rules against the configured
+/// ranges (`service_cidrs`, one per family, primary first): `ipFamilies` when
+/// given, else `SingleStack` (the default) takes the family of the clusterIP
+/// in the manifest or the primary range, `PreferDualStack` and
+/// `RequireDualStack` every configured family. A family without a range gets
+/// no address (noted).
+pub fn allocate(services: &mut [Service], service_cidrs: &[IpNetwork]) -> Vec<String> {
     let mut notes = Vec::new();
-    let mut used_ips: BTreeSet<Ipv4Addr> =
-        services.iter().filter_map(|s| s.spec.cluster_ip.as_deref().and_then(parse_ipv4_sloppy)).collect();
+    let mut used_ips: BTreeSet<IpAddr> = services
+        .iter()
+        .flat_map(|s| s.spec.cluster_ip.iter().chain(s.spec.cluster_ips.iter()))
+        .filter_map(|ip| parse_ip_sloppy(ip))
+        .collect();
     let mut used_ports: BTreeSet<i64> =
         services.iter().flat_map(|s| s.spec.ports.iter().filter_map(|p| p.node_port)).collect();
-    // Allocate in name order so that input order does not matter.
     let mut order: BTreeMap<(String, String), usize> = BTreeMap::new();
     for (i, s) in services.iter().enumerate() {
         order.insert((s.metadata.ns().to_string(), s.metadata.name().to_string()), i);
     }
-    let size = service_cidr.size() as u64;
     for ((ns, name), i) in order {
         let svc = &mut services[i];
         let svc_type = svc.spec.type_.clone().unwrap_or_else(|| "ClusterIP".into());
@@ -321,22 +429,43 @@ pub fn allocate(services: &mut [Service], service_cidr: Ipv4Network) -> Vec<Stri
             continue;
         }
         if svc.spec.cluster_ip.as_deref().unwrap_or("").is_empty() {
-            // `clusterIPs` alone (dual-stack manifests): its first entry is the clusterIP.
             if let Some(first) = svc.spec.cluster_ips.first() {
                 svc.spec.cluster_ip = Some(first.clone());
             }
         }
-        if svc.spec.cluster_ip.as_deref().unwrap_or("").is_empty() && size > 2 {
-            let base = u32::from(service_cidr.network());
-            let mut off = 1 + hash_u64(&format!("{ns}/{name}")) % (size - 2);
-            for _ in 0..size {
-                let ip = Ipv4Addr::from(base + off as u32);
-                if used_ips.insert(ip) {
-                    notes.push(format!("Service {ns}/{name}: no clusterIP in the manifest, allocated {ip}"));
-                    svc.spec.cluster_ip = Some(ip.to_string());
-                    break;
-                }
-                off = 1 + off % (size - 2);
+        if svc.spec.cluster_ip.as_deref() == Some("None") {
+            continue;
+        }
+        let given_text: Vec<&String> = if svc.spec.cluster_ips.is_empty() {
+            svc.spec.cluster_ip.iter().filter(|ip| !ip.is_empty()).collect()
+        } else {
+            svc.spec.cluster_ips.iter().collect()
+        };
+        let given: Vec<IpAddr> = given_text.iter().filter_map(|ip| parse_ip_sloppy(ip)).collect();
+        if given.len() != given_text.len() {
+            continue; // an invalid clusterIP: reported by convert, nothing allocated
+        }
+        let wanted = wanted_families(&svc.spec, &given, service_cidrs);
+        let mut ips = given.clone();
+        for family in wanted {
+            if ips.iter().any(|ip| family.has(*ip)) {
+                continue;
+            }
+            let Some(cidr) = service_cidrs.iter().find(|c| IpFamily::of_net(c) == family) else {
+                notes.push(format!(
+                    "Service {ns}/{name}: no {family} --service-cluster-ip-range, no {family} clusterIP"
+                ));
+                continue;
+            };
+            if let Some(ip) = allocate_ip(cidr, &format!("{ns}/{name}"), &mut used_ips) {
+                notes.push(format!("Service {ns}/{name}: no clusterIP in the manifest, allocated {ip}"));
+                ips.push(ip);
+            }
+        }
+        if ips.len() > given.len() {
+            svc.spec.cluster_ip = ips.first().map(|ip| ip.to_string());
+            if !svc.spec.cluster_ips.is_empty() || ips.len() > 1 {
+                svc.spec.cluster_ips = ips.iter().map(|ip| ip.to_string()).collect();
             }
         }
         let wants_node_ports = svc_type == "NodePort"
@@ -400,10 +529,10 @@ mod tests {
                     apiVersion: v1\nkind: Service\nmetadata: {name: b}\nspec: {clusterIP: 10.96.0.10, ports: [{port: 80, nodePort: 30080}]}\n";
         let cidr: Ipv4Network = DEFAULT_SERVICE_CIDR.parse().unwrap();
         let mut s1 = services(yaml);
-        let notes = allocate(&mut s1, cidr);
+        let notes = allocate(&mut s1, &[cidr.into()]);
         assert_eq!(notes.len(), 2, "{notes:?}");
         let mut s2 = services(yaml);
-        allocate(&mut s2, cidr);
+        allocate(&mut s2, &[cidr.into()]);
         assert_eq!(s1[0].spec.cluster_ip, s2[0].spec.cluster_ip);
         assert_eq!(s1[0].spec.ports[0].node_port, s2[0].spec.ports[0].node_port);
         let ip: Ipv4Addr = s1[0].spec.cluster_ip.as_deref().unwrap().parse().unwrap();
@@ -412,6 +541,59 @@ mod tests {
         assert!((30000..=32767).contains(&np));
         // b is ClusterIP: it keeps its values and gets no node port rule.
         assert_eq!(s1[1].spec.cluster_ip.as_deref(), Some("10.96.0.10"));
+    }
+
+    #[test]
+    fn dual_stack_allocation_follows_the_ip_family_policy() {
+        let yaml = "apiVersion: v1\nkind: Service\nmetadata: {name: single}\nspec: {ports: [{port: 80}]}\n---\n\
+                    apiVersion: v1\nkind: Service\nmetadata: {name: prefer}\nspec: {ipFamilyPolicy: PreferDualStack, ports: [{port: 80}]}\n---\n\
+                    apiVersion: v1\nkind: Service\nmetadata: {name: v6}\nspec: {ipFamilies: [IPv6], ports: [{port: 80}]}\n---\n\
+                    apiVersion: v1\nkind: Service\nmetadata: {name: given}\nspec: {clusterIP: 10.96.0.9, ipFamilyPolicy: RequireDualStack, ports: [{port: 80}]}\n";
+        let ranges: Vec<IpNetwork> = vec!["10.96.0.0/12".parse().unwrap(), "fd00:96::/108".parse().unwrap()];
+        let mut s = services(yaml);
+        allocate(&mut s, &ranges);
+        let fams = |svc: &Service| -> Vec<IpFamily> {
+            match convert(svc, "t") {
+                Ok(Converted::Ports(p)) => p.iter().map(|p| p.family()).collect(),
+                _ => panic!("not converted"),
+            }
+        };
+        assert_eq!(fams(&s[0]), [IpFamily::V4]);
+        assert_eq!(fams(&s[1]), [IpFamily::V4, IpFamily::V6]);
+        assert_eq!(fams(&s[2]), [IpFamily::V6]);
+        assert_eq!(fams(&s[3]), [IpFamily::V4, IpFamily::V6]);
+        assert_eq!(s[3].spec.cluster_ips[0], "10.96.0.9");
+        let v6: IpAddr = s[2].spec.cluster_ip.as_deref().unwrap().parse().unwrap();
+        assert!(ranges[1].contains(v6));
+        // Only an IPv4 range: PreferDualStack stays single-stack; an IPv6-only
+        // service gets no address (noted; convert then reports it).
+        let mut s = services(yaml);
+        let notes = allocate(&mut s, &ranges[..1]);
+        assert_eq!(fams(&s[1]), [IpFamily::V4]);
+        assert!(notes.iter().any(|n| n.contains("default/v6") && n.contains("no IPv6")), "{notes:?}");
+        assert!(!notes.iter().any(|n| n.contains("prefer") && n.contains("IPv6")), "{notes:?}");
+        assert!(convert(&s[2], "t").is_err());
+    }
+
+    #[test]
+    fn a_dual_stack_service_has_one_port_per_family_with_its_family_addresses() {
+        let s = services(
+            "apiVersion: v1\nkind: Service\nmetadata: {name: d}\nspec: {type: LoadBalancer, clusterIPs: [fd00::10, 10.0.0.10], \
+             externalIPs: [192.0.2.1, '2001:db8::1'], loadBalancerSourceRanges: [203.0.113.0/24, '2001:db8:1::/48'], ports: [{port: 80, nodePort: 30080}]}\n\
+             status: {loadBalancer: {ingress: [{ip: 198.51.100.1}, {ip: '2001:db8::9'}]}}\n",
+        );
+        let Ok(Converted::Ports(p)) = convert(&s[0], "t") else { panic!() };
+        assert_eq!(p.len(), 2);
+        assert_eq!(p[0].cluster_ip, "fd00::10".parse::<IpAddr>().unwrap());
+        assert_eq!(p[0].external_ips, ["2001:db8::1".parse::<IpAddr>().unwrap()]);
+        assert_eq!(p[0].load_balancer_vips, ["2001:db8::9".parse::<IpAddr>().unwrap()]);
+        assert_eq!(p[0].load_balancer_source_ranges, ["2001:db8:1::/48".parse::<IpNetwork>().unwrap()]);
+        assert_eq!(p[1].external_ips, ["192.0.2.1".parse::<IpAddr>().unwrap()]);
+        assert_eq!(p[0].chains, p[1].chains);
+        let bad = services("apiVersion: v1\nkind: Service\nmetadata: {name: b}\nspec: {clusterIPs: [fd00::1, 'fd00::2'], ports: [{port: 80}]}\n");
+        assert!(convert(&bad[0], "t").err().unwrap().reason.contains("two IPv6"));
+        let bad = services("apiVersion: v1\nkind: Service\nmetadata: {name: b}\nspec: {clusterIP: 'fd00::zz', ports: [{port: 80}]}\n");
+        assert!(convert(&bad[0], "t").err().unwrap().reason.contains("invalid spec.clusterIP"));
     }
 
     #[test]

@@ -98,7 +98,7 @@ impl Syncer {
     /// Take the node's current addresses (`run` re-reads them before every
     /// sync). If they changed, the next sync is a full one: the NodePort
     /// rules depend on them. Returns true if they changed.
-    pub fn set_local_addresses(&mut self, addresses: Vec<std::net::Ipv4Addr>) -> bool {
+    pub fn set_local_addresses(&mut self, addresses: Vec<std::net::IpAddr>) -> bool {
         if self.cfg.local_addresses == addresses {
             return false;
         }
@@ -189,7 +189,7 @@ impl Syncer {
                 // Outside the restore: we must not own the built-in chains.
                 jump_rules_added = self.ipt.ensure_jump_rules().map_err(ipt_err("ensuring jump rules"))?;
                 self.ipt.ensure_canary().map_err(ipt_err("creating the canary chains"))?;
-                if self.cfg.localhost_nodeports {
+                if self.cfg.localhost_nodeports() {
                     self.ipt.enable_route_localnet().map_err(ipt_err("setting route_localnet"))?;
                 }
             }

@@ -5,24 +5,52 @@
 //! one per line), `config.txt` (node settings) and `expected.txt` (the
 //! payload after kube-proxy's canonical sort). `UPDATE_GOLDEN=1` rewrites
 //! the expectations of cases marked `generated=true` (never the upstream ones).
+//!
+//! IPv6 and dual-stack: `family=ipv6` renders the IPv6 proxier's payload
+//! (the ip6tables-restore input) of the case's inputs; `input=` takes another
+//! case's manifests (the two families of one dual-stack input are two
+//! cases); `node_ip`, `cluster_cidr`, `nodeport_addresses` and
+//! `local_addresses` may list both families, each proxier takes its own, as
+//! the CLI does; `service_cidrs` are the ranges for allocation.
 
 use std::path::{Path, PathBuf};
 
 use calico_store::model::WorkloadEndpoint;
+use ipnetwork::IpNetwork;
 use kube_proxy_rules::canonical::sort_payload;
+use kube_proxy_rules::family::IpFamily;
 use kube_proxy_rules::inputs;
 use kube_proxy_rules::proxier::{render, ProxierConfig, RenderPlan};
 
-fn config(dir: &Path) -> (ProxierConfig, bool) {
+struct Setup {
+    cfg: ProxierConfig,
+    generated: bool,
+    input: PathBuf,
+    service_cidrs: Vec<IpNetwork>,
+}
+
+fn config(dir: &Path) -> Setup {
     let mut cfg = ProxierConfig { masquerade_mark: "0x4000".into(), ..Default::default() };
     let mut generated = false;
+    let mut input = dir.join("input.yaml");
+    let mut service_cidrs = vec!["10.96.0.0/12".parse().unwrap()];
+    let mut cluster_cidrs: Vec<IpNetwork> = Vec::new();
     let text = std::fs::read_to_string(dir.join("config.txt")).unwrap_or_default();
     for line in text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')) {
         let (k, v) = line.split_once('=').unwrap();
         match k {
             "hostname" => cfg.hostname = v.into(),
-            "node_ip" => cfg.node_ips.push(v.parse().unwrap()),
-            "cluster_cidr" => cfg.cluster_cidr = Some(v.parse().unwrap()),
+            "node_ip" => cfg.node_ips.extend(v.split(',').map(|c| c.parse::<std::net::IpAddr>().unwrap())),
+            "cluster_cidr" => cluster_cidrs = v.split(',').map(|c| c.parse().unwrap()).collect(),
+            "family" => {
+                cfg.family = match v {
+                    "ipv4" => IpFamily::V4,
+                    "ipv6" => IpFamily::V6,
+                    other => panic!("{}: family {other}", dir.display()),
+                }
+            }
+            "input" => input = dir.join(v),
+            "service_cidrs" => service_cidrs = v.split(',').map(|c| c.parse().unwrap()).collect(),
             "masquerade_all" => cfg.masquerade_all = v.parse().unwrap(),
             "localhost_nodeports" => cfg.localhost_nodeports = v.parse().unwrap(),
             "nodeport_addresses" => {
@@ -37,19 +65,26 @@ fn config(dir: &Path) -> (ProxierConfig, bool) {
             other => panic!("{}: unknown config key {other}", dir.display()),
         }
     }
-    (cfg, generated)
+    // Each family's proxier gets the settings of its family (as the CLI does).
+    let family = cfg.family;
+    cfg.cluster_cidr = cluster_cidrs.into_iter().find(|c| IpFamily::of_net(c) == family);
+    cfg.nodeport_addresses.retain(|c| IpFamily::of_net(c) == family);
+    cfg.local_addresses.retain(|ip| family.has(*ip));
+    Setup { cfg, generated, input, service_cidrs }
 }
 
 fn run_case(dir: &Path) -> Result<(), String> {
-    let (cfg, generated) = config(dir);
+    let Setup { cfg, generated, input, service_cidrs } = config(dir);
     let weps: Vec<WorkloadEndpoint> = match std::fs::read_to_string(dir.join("pods.json")) {
         Ok(t) => serde_json::from_str(&t).unwrap(),
         Err(_) => Vec::new(),
     };
-    let loaded = inputs::load(&[dir.join("input.yaml")], &weps, "10.96.0.0/12".parse().unwrap());
+    let loaded = inputs::load(&[input], &weps, &service_cidrs);
     let mut errors: Vec<String> = loaded.errors.iter().map(|e| format!("skipped {e}")).collect();
+    let [v4, v6] = loaded.state.split_families();
+    let state = if cfg.family == IpFamily::V4 { v4 } else { v6 };
     let expected_errors = std::fs::read_to_string(dir.join("errors.txt")).unwrap_or_default();
-    let rendered = render(&loaded.state, &cfg, &RenderPlan { full: true, ..Default::default() }).unwrap();
+    let rendered = render(&state, &cfg, &RenderPlan { full: true, ..Default::default() }).unwrap();
     let got = sort_payload(&rendered.payload)?;
     let want_path = dir.join("expected.txt");
     if generated && std::env::var("UPDATE_GOLDEN").is_ok() {

@@ -11,9 +11,16 @@
 //! transaction with the real `nft` in a namespace of its own.
 //! `UPDATE_GOLDEN=1` rewrites the expectations of cases marked
 //! `generated=true` (never the upstream ones).
+//!
+//! IPv6 and dual-stack: `family=ipv6` renders the IPv6 proxier's transaction
+//! (table `ip6 kube-proxy`) of the case's inputs; the address settings are
+//! then the case's own (the defaults are NewFakeProxier's IPv4 ones);
+//! `allocate_cidrs` are the service ranges for manifests without a clusterIP.
 
 use std::path::{Path, PathBuf};
 
+use ipnetwork::IpNetwork;
+use kube_proxy_rules::family::IpFamily;
 use kube_proxy_rules::inputs;
 use kube_proxy_rules::nftables::dump::{simulate, sort_dump};
 use kube_proxy_rules::nftables::{render, Nft, NftPlan};
@@ -29,6 +36,7 @@ struct Case {
     input: PathBuf,
     base: Option<PathBuf>,
     generated: bool,
+    allocate_cidrs: Vec<IpNetwork>,
 }
 
 /// NewFakeProxier's settings, then the case's overrides.
@@ -48,8 +56,14 @@ fn case(dir: &Path) -> Case {
         random_fully: true,
         ..Default::default()
     };
-    let mut c =
-        Case { dir: dir.to_path_buf(), input: dir.join("input.yaml"), base: None, generated: false, cfg };
+    let mut c = Case {
+        dir: dir.to_path_buf(),
+        input: dir.join("input.yaml"),
+        base: None,
+        generated: false,
+        cfg,
+        allocate_cidrs: vec!["10.96.0.0/12".parse().unwrap()],
+    };
     let text = std::fs::read_to_string(dir.join("config.txt")).unwrap_or_default();
     let list =
         |v: &str| -> Vec<String> { v.split(',').filter(|s| !s.is_empty()).map(String::from).collect() };
@@ -69,6 +83,14 @@ fn case(dir: &Path) -> Case {
             "local_addresses" => c.cfg.local_addresses = list(v).iter().map(|s| s.parse().unwrap()).collect(),
             "service_cidrs" => c.cfg.service_cidrs = list(v).iter().map(|s| s.parse().unwrap()).collect(),
             "mark" => c.cfg.masquerade_mark = v.into(),
+            "family" => {
+                c.cfg.family = match v {
+                    "ipv4" => IpFamily::V4,
+                    "ipv6" => IpFamily::V6,
+                    other => panic!("{}: family {other}", dir.display()),
+                }
+            }
+            "allocate_cidrs" => c.allocate_cidrs = list(v).iter().map(|s| s.parse().unwrap()).collect(),
             other => panic!("{}: unknown config key {other}", dir.display()),
         }
     }
@@ -76,9 +98,11 @@ fn case(dir: &Path) -> Case {
 }
 
 fn transaction(c: &Case) -> (String, Vec<String>) {
-    let loaded = inputs::load(std::slice::from_ref(&c.input), &[], "10.96.0.0/12".parse().unwrap());
+    let loaded = inputs::load(std::slice::from_ref(&c.input), &[], &c.allocate_cidrs);
     let errors = loaded.errors.iter().map(|e| format!("skipped {e}")).collect();
-    (render(&loaded.state, &c.cfg, &NftPlan::full()).unwrap().transaction, errors)
+    let [v4, v6] = loaded.state.split_families();
+    let state = if c.cfg.family == IpFamily::V4 { v4 } else { v6 };
+    (render(&state, &c.cfg, &NftPlan::full()).unwrap().transaction, errors)
 }
 
 fn run_case(c: &Case) -> Result<(), String> {
@@ -157,7 +181,7 @@ fn every_golden_transaction_loads_into_the_kernel() {
     let nft = Nft::in_netns(ns.name());
     for c in cases() {
         let (tx, _) = transaction(&c);
-        let _ = ns.try_exec(&["nft", "delete", "table", "ip", "kube-proxy"]);
+        let _ = ns.try_exec(&["nft", "delete", "table", c.cfg.family.nft(), "kube-proxy"]);
         if let Err(e) = nft.apply(&tx) {
             panic!("{}: nft refused the transaction: {e}", c.dir.display());
         }

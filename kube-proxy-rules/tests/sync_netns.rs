@@ -20,7 +20,7 @@ fn state(yaml: &str) -> ProxyState {
     let mut errors = Vec::new();
     o.add_text(yaml, "test", &mut errors);
     assert!(errors.is_empty(), "{errors:?}");
-    let loaded = build_state(&o, &[], "10.96.0.0/12".parse().unwrap());
+    let loaded = build_state(&o, &[], &["10.96.0.0/12".parse().unwrap()]);
     assert!(loaded.errors.is_empty(), "{:?}", loaded.errors);
     loaded.state
 }

@@ -14,6 +14,7 @@
 use std::cmp::Ordering;
 use std::collections::BTreeMap;
 
+use crate::family::IpFamily;
 use crate::nftables::render::FAMILY_TABLE;
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -30,9 +31,12 @@ struct Container {
     elements: BTreeMap<String, String>,
 }
 
-/// An in-memory table `ip kube-proxy`.
+/// An in-memory table `ip kube-proxy` (or `ip6 kube-proxy`: the table the
+/// first operation names; every later one must name the same).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Table {
+    /// `ip kube-proxy` or `ip6 kube-proxy`, once an operation named it.
+    name: Option<&'static str>,
     spec: Option<String>,
     chains: BTreeMap<String, Chain>,
     containers: BTreeMap<String, Container>,
@@ -99,11 +103,18 @@ impl Table {
     fn apply_line(&mut self, line: &str) -> Result<(), String> {
         let mut it = line.splitn(3, ' ');
         let (verb, object) = (it.next().unwrap_or(""), it.next().unwrap_or(""));
-        let rest = it
-            .next()
-            .and_then(|r| r.strip_prefix(FAMILY_TABLE))
-            .ok_or_else(|| format!("not about table {FAMILY_TABLE}"))?
-            .trim();
+        let rest = it.next().unwrap_or("");
+        let tables = [IpFamily::V4.nft_table(), IpFamily::V6.nft_table()];
+        let named = tables
+            .into_iter()
+            .find(|t| rest.strip_prefix(t).is_some_and(|r| r.is_empty() || r.starts_with(' ')));
+        let table = match (self.name, named) {
+            (_, None) => return Err(format!("not about table {FAMILY_TABLE} or {}", tables[1])),
+            (Some(mine), Some(t)) if mine != t => return Err(format!("not about table {mine}")),
+            (_, Some(t)) => t,
+        };
+        self.name = Some(table);
+        let rest = rest[table.len()..].trim();
         if object == "table" {
             match verb {
                 "add" => {
@@ -198,7 +209,7 @@ impl Table {
     /// The state as `add` lines (knftables' `Fake.Dump`).
     pub fn dump(&self) -> String {
         let Some(spec) = &self.spec else { return String::new() };
-        let t = FAMILY_TABLE;
+        let t = self.name.unwrap_or(FAMILY_TABLE);
         let mut out = format!("add table {t} {spec}\n");
         let with = |s: &str| if s.is_empty() { String::new() } else { format!(" {s}") };
         for (name, c) in &self.chains {

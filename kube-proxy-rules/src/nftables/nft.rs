@@ -7,7 +7,8 @@ use std::collections::BTreeSet;
 use std::process::Output;
 
 use crate::exec::Runner;
-use crate::nftables::render::{FAMILY_TABLE, SERVICES};
+use crate::family::IpFamily;
+use crate::nftables::render::SERVICES;
 
 #[derive(Debug, thiserror::Error)]
 pub enum NftError {
@@ -20,10 +21,12 @@ pub enum NftError {
     Output { command: String, reason: String },
 }
 
-/// nft of one network namespace, for table `ip kube-proxy`.
+/// nft of one network namespace, for table `ip kube-proxy` (or `ip6
+/// kube-proxy`, [`Nft::with_family`]).
 #[derive(Debug, Clone, Default)]
 pub struct Nft {
     runner: Runner,
+    family: IpFamily,
 }
 
 /// The first `<file>:<line>:<columns>: Error: …` of nft's stderr: the line
@@ -40,12 +43,22 @@ fn blamed_line(stderr: &str) -> Option<(usize, &str)> {
 
 impl Nft {
     pub fn current() -> Self {
-        Nft { runner: Runner::current() }
+        Nft { runner: Runner::current(), family: IpFamily::V4 }
     }
 
     /// The named namespace (`/run/netns/<name>`), through `ip netns exec`.
     pub fn in_netns(name: &str) -> Self {
-        Nft { runner: Runner::in_netns(name) }
+        Nft { runner: Runner::in_netns(name), family: IpFamily::V4 }
+    }
+
+    /// The same namespace, the table of `family`.
+    pub fn with_family(mut self, family: IpFamily) -> Self {
+        self.family = family;
+        self
+    }
+
+    pub fn family(&self) -> IpFamily {
+        self.family
     }
 
     pub fn netns(&self) -> Option<&str> {
@@ -83,7 +96,7 @@ impl Nft {
     /// The names of one kind of object (`chains`, `sets`, `maps`) in table
     /// `ip kube-proxy` (`nft -j list <kind>s ip`); empty if there is no table.
     fn list(&self, kind: &str) -> Result<BTreeSet<String>, NftError> {
-        let args = ["-j", "list", kind, "ip"];
+        let args = ["-j", "list", kind, self.family.nft()];
         let out = self.check(&args, None)?;
         let command = args.join(" ");
         let v: serde_json::Value = serde_json::from_slice(&out.stdout)
@@ -93,7 +106,7 @@ impl Nft {
             reason: "no \"nftables\" array".into(),
         })?;
         let object = kind.trim_end_matches('s');
-        let table = FAMILY_TABLE.rsplit(' ').next().unwrap_or_default();
+        let table = "kube-proxy";
         Ok(items
             .iter()
             .filter_map(|i| i.get(object))
@@ -116,7 +129,7 @@ impl Nft {
     /// `services` chain still dispatches through `@service-ips` (false when
     /// the table was deleted or flushed by someone else).
     pub fn table_intact(&self) -> Result<bool, NftError> {
-        let chain = format!("{FAMILY_TABLE} {SERVICES}");
+        let chain = format!("{} {SERVICES}", self.family.nft_table());
         let mut args = vec!["list", "chain"];
         args.extend(chain.split(' '));
         let out = self.run(&args, None)?;
@@ -126,7 +139,7 @@ impl Nft {
     /// `nft list table ip kube-proxy`.
     pub fn list_table(&self) -> Result<String, NftError> {
         let mut args = vec!["list", "table"];
-        args.extend(FAMILY_TABLE.split(' '));
+        args.extend(self.family.nft_table().split(' '));
         let out = self.check(&args, None)?;
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }

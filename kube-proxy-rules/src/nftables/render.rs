@@ -15,13 +15,16 @@
 use std::collections::{BTreeSet, HashMap, HashSet};
 
 use crate::endpoints::{EndpointInfo, Traffic};
+use crate::family::IpFamily;
 use crate::names::nft_endpoint_base;
 use crate::proxier::{ProxierConfig, ProxyState};
 use crate::service::ServicePortInfo;
 use crate::syncer::ServiceKey;
 use crate::validate::{check_comment, check_line, check_name, check_word, UnsafeText};
 
-/// The table every object lives in: `ip kube-proxy`.
+/// The IPv4 proxier's table (the IPv6 one is `ip6 kube-proxy`: see
+/// [`IpFamily::nft_table`]; each family's objects and rules live in its own
+/// table, written by its own transaction, as kube-proxy's two proxiers do).
 pub const FAMILY_TABLE: &str = "ip kube-proxy";
 
 // Fixed chains.
@@ -228,6 +231,10 @@ pub struct NftRendered {
 /// refusal means some code path let an unchecked name through.
 #[derive(Default)]
 struct Tx {
+    /// `ip kube-proxy` or `ip6 kube-proxy`.
+    table: &'static str,
+    /// The address match keyword: `ip` or `ip6` (`ip daddr`, `ip6 saddr`).
+    ipx: &'static str,
     buf: String,
     ops: usize,
     rules: usize,
@@ -254,7 +261,7 @@ impl Tx {
         self.buf.push(' ');
         self.buf.push_str(object);
         self.buf.push(' ');
-        self.buf.push_str(FAMILY_TABLE);
+        self.buf.push_str(self.table);
         for p in parts {
             self.buf.push(' ');
             self.buf.push_str(p);
@@ -371,12 +378,12 @@ pub fn nodeports_match_all(cfg: &ProxierConfig) -> bool {
 
 /// The node IPs that accept NodePorts (`GetNodeIPs`), loopback excluded
 /// (the nftables proxier has no localhost NodePorts).
-pub fn nodeport_ips(cfg: &ProxierConfig) -> Vec<std::net::Ipv4Addr> {
+pub fn nodeport_ips(cfg: &ProxierConfig) -> Vec<std::net::IpAddr> {
     let mut ips: Vec<_> = cfg
         .local_addresses
         .iter()
         .copied()
-        .filter(|ip| cfg.nodeport_addresses.iter().any(|c| c.contains(*ip)))
+        .filter(|ip| cfg.family.has(*ip) && cfg.nodeport_addresses.iter().any(|c| c.contains(*ip)))
         .filter(|ip| !ip.is_loopback())
         .collect();
     ips.sort();
@@ -421,14 +428,16 @@ fn setup_table(tx: &mut Tx, cfg: &ProxierConfig, recreate_base_chains: bool) {
     mark_for_masquerade(tx, cfg);
     masquerading(tx, cfg);
 
-    tx.op("add", "set", &["cluster-ips", "{ type ipv4_addr ; comment \"Active ClusterIPs\" ; }"]);
+    let addr_type = cfg.family.nft_addr_type();
+    let set_spec = format!("{{ type {addr_type} ; comment \"Active ClusterIPs\" ; }}");
+    tx.op("add", "set", &["cluster-ips", &set_spec]);
     cluster_ips_check(tx, cfg);
 
     // add+delete when unused: a plain delete fails if the set does not exist.
     tx.op(
         "add",
         "set",
-        &[NODEPORT_IPS, "{ type ipv4_addr ; comment \"IPs that accept NodePort traffic\" ; }"],
+        &[NODEPORT_IPS, &format!("{{ type {addr_type} ; comment \"IPs that accept NodePort traffic\" ; }}")],
     );
     let match_all = nodeports_match_all(cfg);
     if match_all {
@@ -440,7 +449,7 @@ fn setup_table(tx: &mut Tx, cfg: &ProxierConfig, recreate_base_chains: bool) {
         }
     }
 
-    let svc_map = "{ type ipv4_addr . inet_proto . inet_service : verdict ; comment";
+    let svc_map = format!("{{ type {addr_type} . inet_proto . inet_service : verdict ; comment");
     let port_map = "{ type inet_proto . inet_service : verdict ; comment";
     let no_ep_services =
         format!("{svc_map} \"vmap to drop or reject packets to services with no endpoints\" ; }}");
@@ -455,17 +464,18 @@ fn setup_table(tx: &mut Tx, cfg: &ProxierConfig, recreate_base_chains: bool) {
     );
     tx.op("flush", "chain", &[REJECT_CHAIN]);
     tx.rule(REJECT_CHAIN, &["reject"]);
-    tx.rule(SERVICE_ENDPOINTS_CHECK, &["ip daddr . meta l4proto . th dport vmap @no-endpoint-services"]);
-    let nodeport_dest = if match_all { "ip daddr != 127.0.0.0/8" } else { "ip daddr @nodeport-ips" };
+    let ipx = tx.ipx;
+    tx.rule(SERVICE_ENDPOINTS_CHECK, &[ipx, "daddr . meta l4proto . th dport vmap @no-endpoint-services"]);
+    let nodeport_dest = nodeport_destination(cfg.family, match_all);
     tx.rule(
         NODEPORT_ENDPOINTS_CHECK,
-        &[nodeport_dest, "meta l4proto . th dport vmap @no-endpoint-nodeports"],
+        &[&nodeport_dest, "meta l4proto . th dport vmap @no-endpoint-nodeports"],
     );
 
     let firewall = format!("{svc_map} \"destinations that are subject to LoadBalancerSourceRanges\" ; }}");
     tx.op("add", "map", &[Container::FirewallIps.name(), &firewall]);
     ensure(tx, FIREWALL_CHECK);
-    tx.rule(FIREWALL_CHECK, &["ip daddr . meta l4proto . th dport vmap @firewall-ips"]);
+    tx.rule(FIREWALL_CHECK, &[ipx, "daddr . meta l4proto . th dport vmap @firewall-ips"]);
 
     let service_ips = format!("{svc_map} \"ClusterIP, ExternalIP and LoadBalancer IP traffic\" ; }}");
     tx.op("add", "map", &[Container::ServiceIps.name(), &service_ips]);
@@ -474,7 +484,7 @@ fn setup_table(tx: &mut Tx, cfg: &ProxierConfig, recreate_base_chains: bool) {
         "map",
         &[Container::ServiceNodePorts.name(), &format!("{port_map} \"NodePort traffic\" ; }}")],
     );
-    services(tx, match_all);
+    services(tx, cfg.family, match_all);
 
     for c in Container::ALL {
         tx.op("flush", if c.is_set() { "set" } else { "map" }, &[c.name()]);
@@ -500,7 +510,7 @@ fn masquerading(tx: &mut Tx, cfg: &ProxierConfig) {
 fn cluster_ips_check(tx: &mut Tx, cfg: &ProxierConfig) {
     tx.rule_with_comment(
         CLUSTER_IPS_CHECK,
-        &["ip daddr @cluster-ips reject"],
+        &[tx.ipx, "daddr @cluster-ips reject"],
         "Reject traffic to invalid ports of ClusterIPs",
     );
     if !cfg.service_cidrs.is_empty() {
@@ -508,7 +518,7 @@ fn cluster_ips_check(tx: &mut Tx, cfg: &ProxierConfig) {
         let set = format!("{{ {} }}", cidrs.join(","));
         tx.rule_with_comment(
             CLUSTER_IPS_CHECK,
-            &["ip daddr", &set, "drop"],
+            &[tx.ipx, "daddr", &set, "drop"],
             "Drop traffic to unallocated ClusterIPs",
         );
     }
@@ -516,11 +526,23 @@ fn cluster_ips_check(tx: &mut Tx, cfg: &ProxierConfig) {
 
 /// `services`: dispatch by destination (ClusterIP, externalIP, LB IP), then
 /// NodePorts on the node's NodePort addresses.
-fn services(tx: &mut Tx, match_all: bool) {
-    tx.rule(SERVICES, &["ip daddr . meta l4proto . th dport vmap @service-ips"]);
-    let dest =
-        if match_all { "fib daddr type local ip daddr != 127.0.0.0/8" } else { "ip daddr @nodeport-ips" };
-    tx.rule(SERVICES, &[dest, "meta l4proto . th dport vmap @service-nodeports"]);
+fn services(tx: &mut Tx, family: IpFamily, match_all: bool) {
+    tx.rule(SERVICES, &[tx.ipx, "daddr . meta l4proto . th dport vmap @service-ips"]);
+    let mut dest = nodeport_destination(family, match_all);
+    if match_all {
+        dest.insert_str(0, "fib daddr type local ");
+    }
+    tx.rule(SERVICES, &[&dest, "meta l4proto . th dport vmap @service-nodeports"]);
+}
+
+/// Where NodePorts are accepted: any address but loopback (`noLocalhost`:
+/// `ip daddr != 127.0.0.0/8`, `ip6 daddr != ::1`), or the `nodeport-ips` set.
+fn nodeport_destination(family: IpFamily, match_all: bool) -> String {
+    match (match_all, family) {
+        (true, IpFamily::V4) => "ip daddr != 127.0.0.0/8".to_string(),
+        (true, IpFamily::V6) => "ip6 daddr != ::1".to_string(),
+        (false, f) => format!("{} daddr @nodeport-ips", f.nft()),
+    }
 }
 
 /// The nftables names of one service port.
@@ -653,10 +675,14 @@ fn internal_masquerade(tx: &mut Tx, p: &PortPlan<'_>, cfg: &ProxierConfig) {
     }
     let cip = p.sp.cluster_ip.to_string();
     if cfg.masquerade_all {
-        tx.rule(p.internal_chain(), &["ip daddr", &cip, "jump", MARK_FOR_MASQUERADE]);
+        tx.rule(p.internal_chain(), &[tx.ipx, "daddr", &cip, "jump", MARK_FOR_MASQUERADE]);
     } else if let Some(cidr) = cfg.cluster_cidr {
         let cidr = cidr.to_string();
-        tx.rule(p.internal_chain(), &["ip daddr", &cip, "ip saddr !=", &cidr, "jump", MARK_FOR_MASQUERADE]);
+        let ipx = tx.ipx;
+        tx.rule(
+            p.internal_chain(),
+            &[ipx, "daddr", &cip, ipx, "saddr !=", &cidr, "jump", MARK_FOR_MASQUERADE],
+        );
     }
 }
 
@@ -670,7 +696,8 @@ fn external_chain(tx: &mut Tx, p: &PortPlan<'_>, cfg: &ProxierConfig) {
         let cluster = p.names.cluster.as_str();
         if let Some(cidr) = cfg.cluster_cidr {
             let cidr = cidr.to_string();
-            tx.rule_with_comment(ext, &["ip saddr", &cidr, "goto", cluster], "short-circuit pod traffic");
+            let ipx = tx.ipx;
+            tx.rule_with_comment(ext, &[ipx, "saddr", &cidr, "goto", cluster], "short-circuit pod traffic");
         }
         // The node's own traffic has a local source address (the LB IP may be
         // local too): it must be masqueraded to come back here.
@@ -691,18 +718,19 @@ fn external_chain(tx: &mut Tx, p: &PortPlan<'_>, cfg: &ProxierConfig) {
 /// arrives with the VIP as source).
 fn firewall_chain(tx: &mut Tx, p: &PortPlan<'_>, cfg: &ProxierConfig) {
     let sp = p.sp;
-    let node_ip = cfg.node_ipv4();
+    let node_ip = cfg.node_ip();
     let mut sources: Vec<String> = sp.load_balancer_source_ranges.iter().map(|c| c.to_string()).collect();
     if sp.load_balancer_source_ranges.iter().any(|c| node_ip.is_some_and(|ip| c.contains(ip))) {
         sources.extend(sp.load_balancer_vips.iter().map(|ip| ip.to_string()));
     }
     let set = format!("{{ {} }}", sources.join(" , "));
-    tx.rule(&p.names.firewall, &["ip saddr !=", &set, "drop"]);
+    tx.rule(&p.names.firewall, &[tx.ipx, "saddr !=", &set, "drop"]);
 }
 
 /// The per-endpoint affinity sets: client IP → this endpoint, with timeout.
-fn affinity_sets(tx: &mut Tx, eps: &[(&EndpointInfo, EndpointNames)], timeout: u32) {
-    let spec = format!("{{ type ipv4_addr ; flags dynamic,timeout ; timeout {timeout}s ; }}");
+fn affinity_sets(tx: &mut Tx, eps: &[(&EndpointInfo, EndpointNames)], timeout: u32, family: IpFamily) {
+    let addr_type = family.nft_addr_type();
+    let spec = format!("{{ type {addr_type} ; flags dynamic,timeout ; timeout {timeout}s ; }}");
     for (_, names) in eps {
         tx.name("nft set name", &names.affinity);
         tx.op("add", "set", &[&names.affinity, &spec]);
@@ -723,7 +751,7 @@ fn policy_chain(
         for ep in eps {
             if let Some(n) = lookup(ep) {
                 let set = format!("@{}", n.affinity);
-                tx.rule(chain, &["ip saddr", &set, "goto", &n.chain]);
+                tx.rule(chain, &[tx.ipx, "saddr", &set, "goto", &n.chain]);
             }
         }
     }
@@ -744,9 +772,9 @@ fn policy_chain(
 /// `endpoint-…`: hairpin masquerade, record affinity, DNAT.
 fn endpoint_chain(tx: &mut Tx, sp: &ServicePortInfo, ep: &EndpointInfo, names: &EndpointNames) {
     let ip = ep.ip.to_string();
-    tx.rule(&names.chain, &["ip saddr", &ip, "jump", MARK_FOR_MASQUERADE]);
+    tx.rule(&names.chain, &[tx.ipx, "saddr", &ip, "jump", MARK_FOR_MASQUERADE]);
     if sp.affinity_timeout.is_some() {
-        let update = format!("update @{} {{ ip saddr }}", names.affinity);
+        let update = format!("update @{} {{ {} saddr }}", names.affinity, tx.ipx);
         tx.rule(&names.chain, &[&update]);
     }
     tx.rule(&names.chain, &["meta l4proto", sp.protocol.as_str(), "dnat to", &ep.endpoint]);
@@ -760,7 +788,7 @@ pub fn render(
     cfg: &ProxierConfig,
     plan: &NftPlan<'_>,
 ) -> Result<NftRendered, UnsafeText> {
-    let mut tx = Tx::default();
+    let mut tx = Tx { table: cfg.family.nft_table(), ipx: cfg.family.nft(), ..Default::default() };
     if plan.full {
         // About 330 bytes of transaction per endpoint: size the buffer once.
         tx.buf.reserve(4096 + state.total_endpoints() * 330 + state.services.len() * 400);
@@ -814,7 +842,7 @@ pub fn render(
             firewall_chain(&mut tx, &p, cfg);
         }
         if let Some(timeout) = sp.affinity_timeout {
-            affinity_sets(&mut tx, &eps, timeout);
+            affinity_sets(&mut tx, &eps, timeout, cfg.family);
             objects.affinity_sets.extend(eps.iter().map(|(_, n)| n.affinity.clone()));
         }
         let by_endpoint: HashMap<&str, &EndpointNames> =

@@ -29,8 +29,9 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::time::{Duration, Instant};
 
+use crate::family::IpFamily;
 use crate::nftables::nft::{Nft, NftError};
-use crate::nftables::render::{render, Applied, NftPlan, NftRendered, FAMILY_TABLE};
+use crate::nftables::render::{render, Applied, NftPlan, NftRendered};
 use crate::proxier::{ProxierConfig, ProxyState};
 use crate::syncer::{fingerprints, ServiceKey, FULL_SYNC_PERIOD};
 use crate::validate::UnsafeText;
@@ -111,7 +112,7 @@ impl NftSyncer {
     /// Take the node's current addresses (`run` re-reads them before every
     /// sync). If they changed, the next sync is a full one: `nodeport-ips`
     /// is written by full syncs. Returns true if they changed.
-    pub fn set_local_addresses(&mut self, addresses: Vec<std::net::Ipv4Addr>) -> bool {
+    pub fn set_local_addresses(&mut self, addresses: Vec<std::net::IpAddr>) -> bool {
         if self.cfg.local_addresses == addresses {
             return false;
         }
@@ -147,9 +148,10 @@ impl NftSyncer {
     /// kube-proxy's canary in nftables mode: the table itself. If it is gone
     /// or its dispatch rule was flushed, the next sync is full.
     pub fn check_table(&mut self) -> Result<bool, NftSyncError> {
-        let intact = self.nft.table_intact().map_err(nft_err("checking table ip kube-proxy"))?;
+        let table = self.cfg.family.nft_table();
+        let intact = self.nft.table_intact().map_err(nft_err(&format!("checking table {table}")))?;
         if !intact {
-            self.force_full_sync(&format!("table {FAMILY_TABLE} is gone or flushed"));
+            self.force_full_sync(&format!("table {table} is gone or flushed"));
         }
         Ok(!intact)
     }
@@ -180,8 +182,9 @@ impl NftSyncer {
     }
 
     fn listing(&self) -> Result<(BTreeSet<String>, BTreeSet<String>), NftSyncError> {
-        let chains = self.nft.chains().map_err(nft_err("listing the chains of table ip kube-proxy"))?;
-        let sets = self.nft.sets().map_err(nft_err("listing the sets of table ip kube-proxy"))?;
+        let table = self.cfg.family.nft_table();
+        let chains = self.nft.chains().map_err(nft_err(&format!("listing the chains of table {table}")))?;
+        let sets = self.nft.sets().map_err(nft_err(&format!("listing the sets of table {table}")))?;
         Ok((chains, sets))
     }
 
@@ -259,7 +262,7 @@ impl NftSyncer {
         }
         let mut tx = String::with_capacity(aged.len() * 80);
         for c in &aged {
-            tx.push_str(&format!("delete chain {FAMILY_TABLE} {c}\n"));
+            tx.push_str(&format!("delete chain {} {c}\n", self.cfg.family.nft_table()));
         }
         match self.nft.apply(&tx) {
             Ok(()) => {
@@ -327,7 +330,8 @@ impl NftSyncer {
 /// A diff view of a transaction: which chains it creates (`+`), rewrites
 /// (`~`) or flushes as stale (`-`), which affinity sets it deletes, and the
 /// element changes of each map.
-pub fn diff_view(preview: &NftPreview, rendered: &NftRendered) -> String {
+pub fn diff_view(preview: &NftPreview, rendered: &NftRendered, family: IpFamily) -> String {
+    let table = family.nft_table();
     let mut out = String::new();
     match &preview.full {
         Some(why) => out.push_str(&format!("# full sync ({why})\n")),
@@ -343,14 +347,13 @@ pub fn diff_view(preview: &NftPreview, rendered: &NftRendered) -> String {
     for c in &preview.stale_to_delete {
         out.push_str(&format!("- chain {c} (stale, deleted before the sync)\n"));
     }
-    let prefix = format!("add rule {FAMILY_TABLE} ");
+    let prefix = format!("add rule {table} ");
     let mut rules: BTreeMap<&str, usize> = BTreeMap::new();
     let mut order: Vec<&str> = Vec::new();
     let stale: HashSet<&str> = rendered.stale_chains.iter().map(String::as_str).collect();
-    let chain_prefix = format!("add chain {FAMILY_TABLE} ");
+    let chain_prefix = format!("add chain {table} ");
     let mut elements: BTreeMap<&str, (usize, usize)> = BTreeMap::new();
-    let (add_el, del_el) =
-        (format!("add element {FAMILY_TABLE} "), format!("delete element {FAMILY_TABLE} "));
+    let (add_el, del_el) = (format!("add element {table} "), format!("delete element {table} "));
     let mut element_lines: Vec<&str> = Vec::new();
     for line in rendered.transaction.lines() {
         if let Some(rest) = line.strip_prefix(&chain_prefix) {
