@@ -10,6 +10,7 @@ use calico_store::{Datastore, Revision, StoreError};
 use crate::bird::{render, BirdInputs};
 use crate::birdctl::{Applied, Bird, BirdError};
 use crate::config::AgentConfig;
+use crate::peering::BgpSettings;
 use crate::routes::BlackholeRoutes;
 use crate::state::{self, RoutingState};
 
@@ -27,11 +28,12 @@ pub enum AgentError {
     Bird(#[from] BirdError),
 }
 
-/// The Node resource this agent publishes.
+/// The Node resource this agent publishes (as calico/node does from the
+/// Kubernetes node: its address, its AS if configured, its labels).
 pub fn node_resource(cfg: &AgentConfig) -> Node {
     Node::new(
         "Node",
-        ObjectMeta { name: cfg.node_name.clone(), ..Default::default() },
+        ObjectMeta { name: cfg.node_name.clone(), labels: cfg.labels.clone(), ..Default::default() },
         NodeSpec {
             bgp: Some(NodeBgpSpec {
                 ipv4_address: Some(cfg.node_ip.to_string()),
@@ -41,22 +43,36 @@ pub fn node_resource(cfg: &AgentConfig) -> Node {
     )
 }
 
+/// `cur` updated with what this agent publishes: its address, its AS when
+/// the config names one (else an AS an operator set on the Node stays), and
+/// its labels over the labels someone else set.
+fn merged_node(mut cur: Node, cfg: &AgentConfig) -> Node {
+    let bgp = cur.spec.bgp.get_or_insert_with(NodeBgpSpec::default);
+    bgp.ipv4_address = Some(cfg.node_ip.to_string());
+    if let Some(asn) = cfg.as_number {
+        bgp.as_number = Some(asn.0);
+    }
+    for (k, v) in &cfg.labels {
+        cur.metadata.labels.insert(k.clone(), v.clone());
+    }
+    cur
+}
+
 /// Create or update this node's Node resource (keeping labels and other
 /// metadata someone else set). Retries CAS conflicts a few times.
 pub fn register_node(store: &dyn Datastore, cfg: &AgentConfig) -> Result<(), StoreError> {
     let key = model::node_key(&cfg.node_name);
-    let want = node_resource(cfg);
     let mut last = None;
     for _ in 0..5 {
         let res = match store.get(&key)? {
-            None => store.create(&key, &model::encode(&want)).map(drop),
+            None => store.create(&key, &model::encode(&node_resource(cfg))).map(drop),
             Some(kv) => {
-                let mut cur: Node = model::decode(&kv)?;
-                if cur.spec == want.spec {
+                let cur: Node = model::decode(&kv)?;
+                let next = merged_node(cur.clone(), cfg);
+                if next == cur {
                     return Ok(());
                 }
-                cur.spec = want.spec.clone();
-                store.update(&key, &model::encode(&cur), kv.revision).map(drop)
+                store.update(&key, &model::encode(&next), kv.revision).map(drop)
             }
         };
         match res {
@@ -79,6 +95,7 @@ pub struct Agent {
     bird: Bird,
     last_revision: Option<Revision>,
     last_state: Option<RoutingState>,
+    last_bgp: Option<BgpSettings>,
 }
 
 impl Agent {
@@ -90,7 +107,7 @@ impl Agent {
     pub fn with_store(cfg: AgentConfig, store: Arc<dyn Datastore>) -> Result<Agent, AgentError> {
         let routes = BlackholeRoutes::new(cfg.route_protocol)?;
         let bird = Bird::new(&cfg.bird_config, &cfg.bird_socket);
-        Ok(Agent { cfg, store, routes, bird, last_revision: None, last_state: None })
+        Ok(Agent { cfg, store, routes, bird, last_revision: None, last_state: None, last_bgp: None })
     }
 
     pub fn register(&self) -> Result<(), AgentError> {
@@ -116,11 +133,26 @@ impl Agent {
         for b in &changes.removed {
             log::info!("removed blackhole route {}", b.0);
         }
-        let text = render(&BirdInputs::new(&self.cfg, &st));
+        let inputs = BirdInputs::new(&self.cfg, &st);
+        if self.last_bgp.as_ref() != Some(&inputs.bgp) {
+            let b = &inputs.bgp;
+            log::info!(
+                "BGP: AS {}, mesh {}, peers [{}]",
+                b.local_as,
+                if b.mesh { "on" } else { "off" },
+                b.peers
+                    .iter()
+                    .map(|p| format!("{} AS {} ({})", p.ip, p.as_number, p.source))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
+        let text = render(&inputs);
         match self.bird.apply(&text)? {
             Applied::Reconfigured => log::info!("BIRD reconfigured ({})", self.cfg.bird_config.display()),
             Applied::WrittenNotRunning | Applied::Unchanged => {}
         }
+        self.last_bgp = Some(inputs.bgp);
         self.last_state = Some(st);
         self.last_revision = Some(revision);
         Ok(())
@@ -172,5 +204,56 @@ fn sleep_unless_stopped(d: Duration, stop: &AtomicBool) {
             return;
         }
         std::thread::sleep((end - now).min(Duration::from_millis(100)));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use calico_store::file::FileStore;
+
+    fn cfg(extra: &str) -> AgentConfig {
+        let args: Vec<String> =
+            format!("--node-name n1 --node-ip 10.0.0.1/24 --datastore-path /unused {extra}")
+                .split_whitespace()
+                .map(String::from)
+                .collect();
+        AgentConfig::from_args(&args).unwrap().0
+    }
+
+    fn node(s: &FileStore) -> Node {
+        model::decode(&s.get(&model::node_key("n1")).unwrap().unwrap()).unwrap()
+    }
+
+    #[test]
+    fn registration_publishes_labels_and_keeps_what_others_set() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = FileStore::open(dir.path()).unwrap();
+        register_node(&s, &cfg("--label rack=r1")).unwrap();
+        let n = node(&s);
+        assert_eq!(n.metadata.labels.get("rack").map(String::as_str), Some("r1"));
+        assert_eq!(n.spec.bgp.as_ref().and_then(|b| b.ipv4_address.as_deref()), Some("10.0.0.1/24"));
+
+        // An operator labels the node and gives it an AS.
+        let kv = s.get(&model::node_key("n1")).unwrap().unwrap();
+        let mut edited = n.clone();
+        edited.metadata.labels.insert("zone".into(), "z1".into());
+        edited.metadata.labels.insert("rack".into(), "old".into());
+        edited.spec.bgp.as_mut().unwrap().as_number = Some(64700);
+        s.update(&kv.key, &model::encode(&edited), kv.revision).unwrap();
+
+        // Re-registration: our label wins, theirs and their AS stay.
+        register_node(&s, &cfg("--label rack=r1")).unwrap();
+        let n = node(&s);
+        assert_eq!(n.metadata.labels.get("rack").map(String::as_str), Some("r1"));
+        assert_eq!(n.metadata.labels.get("zone").map(String::as_str), Some("z1"));
+        assert_eq!(n.spec.bgp.as_ref().and_then(|b| b.as_number), Some(64700));
+        // Unchanged: no write.
+        let rev = s.get(&model::node_key("n1")).unwrap().unwrap().revision;
+        register_node(&s, &cfg("--label rack=r1")).unwrap();
+        assert_eq!(s.get(&model::node_key("n1")).unwrap().unwrap().revision, rev);
+        // A configured AS is published over theirs.
+        register_node(&s, &cfg("--label rack=r1 --as 64512")).unwrap();
+        assert_eq!(node(&s).spec.bgp.and_then(|b| b.as_number), Some(64512));
     }
 }

@@ -16,7 +16,8 @@
 use std::fmt::Write as _;
 use std::net::Ipv4Addr;
 
-use crate::config::{AgentConfig, AsNumber, PeerConfig, DEFAULT_AS_NUMBER};
+use crate::config::AgentConfig;
+use crate::peering::{self, BgpSettings, PeerKind};
 use crate::state::RoutingState;
 
 /// Everything the configuration depends on (config + datastore view).
@@ -24,9 +25,8 @@ use crate::state::RoutingState;
 pub struct BirdInputs<'a> {
     pub node_name: &'a str,
     pub node_ip: Ipv4Addr,
-    pub local_as: AsNumber,
-    pub peers: &'a [PeerConfig],
-    pub mesh: bool,
+    /// AS numbers, mesh, peers: the config merged with the BGP resources.
+    pub bgp: BgpSettings,
     pub state: &'a RoutingState,
 }
 
@@ -35,9 +35,7 @@ impl<'a> BirdInputs<'a> {
         BirdInputs {
             node_name: &cfg.node_name,
             node_ip: cfg.node_ip.ip(),
-            local_as: cfg.local_as(),
-            peers: &cfg.peers,
-            mesh: cfg.node_to_node_mesh,
+            bgp: peering::settings(cfg, state),
             state,
         }
     }
@@ -46,6 +44,14 @@ impl<'a> BirdInputs<'a> {
 /// `192.168.1.2` → `192_168_1_2` (BIRD protocol names are identifiers).
 fn ident(ip: Ipv4Addr) -> String {
     ip.to_string().replace('.', "_")
+}
+
+/// A datastore name inside a BIRD string: anything but `[A-Za-z0-9._ -]`
+/// becomes `_`, so a crafted resource name cannot break out of the quotes.
+fn quoted(s: &str) -> String {
+    let safe: String =
+        s.chars().map(|c| if c.is_ascii_alphanumeric() || "._ -".contains(c) { c } else { '_' }).collect();
+    format!("\"{safe}\"")
 }
 
 /// Render the whole configuration. Deterministic: same inputs, same bytes,
@@ -70,6 +76,9 @@ pub fn render(i: &BirdInputs<'_>) -> String {
     }
     for a in &i.state.borrowed {
         w!("  if net = {}/32 then accept;", a.0);
+    }
+    for c in &i.bgp.service_cidrs {
+        w!("  if net = {c} then accept; # service addresses (BGPConfiguration)");
     }
     w!("  reject;");
     w!("}}");
@@ -124,11 +133,23 @@ pub fn render(i: &BirdInputs<'_>) -> String {
     for a in &i.state.borrowed {
         w!("  route {}/32 blackhole;", a.0);
     }
+    for c in &i.bgp.service_cidrs {
+        w!("  route {c} blackhole;");
+    }
     w!("}}");
     w!();
 
+    if !i.bgp.service_cidrs.is_empty() {
+        w!("# Service CIDRs from BGPConfiguration serviceClusterIPs/serviceExternalIPs are");
+        w!("# announced by every node so the fabric spreads service traffic over them;");
+        w!("# kube-proxy's rules take it from there. Never installed in the kernel.");
+        w!();
+    }
     w!("template bgp bgp_template {{");
-    w!("  local as {};", i.local_as);
+    if let Some(d) = i.bgp.debug {
+        w!("  {} # BGPConfiguration logSeverityScreen", d.statement());
+    }
+    w!("  local as {};", i.bgp.local_as);
     w!("  multihop;");
     w!("  graceful restart;");
     w!("  connect delay time 2;");
@@ -143,7 +164,7 @@ pub fn render(i: &BirdInputs<'_>) -> String {
     w!("}}");
 
     let mut peered: Vec<Ipv4Addr> = Vec::new();
-    if i.mesh {
+    if i.bgp.mesh {
         w!();
         w!("# Node-to-node mesh.");
         for n in &i.state.other_nodes {
@@ -151,9 +172,9 @@ pub fn render(i: &BirdInputs<'_>) -> String {
                 continue;
             }
             peered.push(n.ip);
-            let asn = n.as_number.unwrap_or(AsNumber(DEFAULT_AS_NUMBER));
+            let asn = n.as_number.unwrap_or(i.bgp.default_as);
             w!("protocol bgp Mesh_{} from bgp_template {{", ident(n.ip));
-            w!("  description \"{}\";", n.name);
+            w!("  description {};", quoted(&n.name));
             w!("  neighbor {} as {};", n.ip, asn);
             w!("  source address {};", i.node_ip);
             // Calico's rule (a string comparison of the dotted quads, as Go's
@@ -165,16 +186,30 @@ pub fn render(i: &BirdInputs<'_>) -> String {
             w!("}}");
         }
     }
-    if !i.peers.is_empty() {
+    if !i.bgp.peers.is_empty() {
         w!();
         w!("# Configured peers (top-of-rack / global).");
-        for p in i.peers {
+        for p in &i.bgp.peers {
             if p.ip == i.node_ip || peered.contains(&p.ip) {
                 continue;
             }
             peered.push(p.ip);
-            w!("protocol bgp Global_{} from bgp_template {{", ident(p.ip));
-            w!("  neighbor {} as {};", p.ip, p.as_number);
+            let prefix = match p.kind {
+                PeerKind::Global => "Global",
+                PeerKind::Node => "Node",
+            };
+            w!("protocol bgp {prefix}_{} from bgp_template {{", ident(p.ip));
+            if p.source != "config" {
+                w!("  description {};", quoted(&p.source));
+            }
+            match p.port {
+                Some(port) => {
+                    w!("  neighbor {} port {port} as {};", p.ip, p.as_number);
+                }
+                None => {
+                    w!("  neighbor {} as {};", p.ip, p.as_number);
+                }
+            }
             w!("  source address {};", i.node_ip);
             w!("}}");
         }

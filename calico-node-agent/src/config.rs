@@ -1,5 +1,11 @@
 //! Agent configuration: a JSON file and/or command-line flags (flags win).
 //!
+//! The BGP settings here (`as_number`, `peers`, `node_to_node_mesh`) are
+//! fallbacks: the datastore's BGPConfiguration `default`, BGPPeer resources
+//! and this node's Node resource override or extend them (see [`crate::peering`]).
+//! `labels` are written into the Node resource's `metadata.labels`, where
+//! BGPPeer and IPPool `nodeSelector`s look for them.
+//!
 //! ```json
 //! {
 //!   "node_name": "node-a",
@@ -7,6 +13,7 @@
 //!   "as_number": 64512,
 //!   "peers": [{"ip": "192.168.10.1", "as_number": 65000}],
 //!   "node_to_node_mesh": false,
+//!   "labels": {"rack": "rack1"},
 //!   "datastore": {"datastore_type": "etcdv3", "etcd_endpoints": "http://192.168.30.2:2379"},
 //!   "bird_config": "/run/calico/bird.cfg",
 //!   "bird_socket": "/run/calico/bird.ctl",
@@ -16,6 +23,7 @@
 //! }
 //! ```
 
+use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -92,6 +100,8 @@ struct FileConfig {
     peers: Vec<PeerConfig>,
     node_to_node_mesh: Option<bool>,
     #[serde(default)]
+    labels: BTreeMap<String, String>,
+    #[serde(default)]
     datastore: Option<DatastoreConfig>,
     bird_config: Option<PathBuf>,
     bird_socket: Option<PathBuf>,
@@ -111,6 +121,9 @@ pub struct AgentConfig {
     pub as_number: Option<AsNumber>,
     pub peers: Vec<PeerConfig>,
     pub node_to_node_mesh: bool,
+    /// Labels this agent puts on its Node resource (merged over labels
+    /// someone else set there).
+    pub labels: BTreeMap<String, String>,
     pub datastore: DatastoreConfig,
     pub bird_config: PathBuf,
     pub bird_socket: PathBuf,
@@ -156,6 +169,13 @@ impl AgentConfig {
                     ));
                 }
                 "--peer" => file.peers.push(value()?.parse()?),
+                "--label" => {
+                    let v = value()?;
+                    let (k, val) = v
+                        .split_once('=')
+                        .ok_or_else(|| ConfigError::Invalid(format!("--label {v:?}: expected KEY=VALUE")))?;
+                    file.labels.insert(k.to_string(), val.to_string());
+                }
                 "--mesh" => file.node_to_node_mesh = Some(true),
                 "--no-mesh" => file.node_to_node_mesh = Some(false),
                 "--datastore-type" => ds.datastore_type = Some(value()?),
@@ -199,6 +219,9 @@ impl AgentConfig {
             return Err(ConfigError::Invalid(format!("node_name {node_name:?} must be [A-Za-z0-9._-]+")));
         }
         let node_ip = f.node_ip.ok_or_else(|| ConfigError::Invalid("node_ip is required".into()))?;
+        for (k, v) in &f.labels {
+            validate_label(k, v)?;
+        }
         let datastore = f.datastore.unwrap_or_default();
         datastore.validate().map_err(|e| ConfigError::Invalid(e.to_string()))?;
         let route_protocol = f.route_protocol.unwrap_or(DEFAULT_ROUTE_PROTOCOL);
@@ -213,6 +236,7 @@ impl AgentConfig {
             as_number: f.as_number,
             peers: f.peers,
             node_to_node_mesh: f.node_to_node_mesh.unwrap_or(false),
+            labels: f.labels,
             datastore,
             bird_config: f.bird_config.unwrap_or_else(|| PathBuf::from("/etc/bird/bird.conf")),
             bird_socket: f.bird_socket.unwrap_or_else(|| PathBuf::from("/run/bird/bird.ctl")),
@@ -221,6 +245,21 @@ impl AgentConfig {
             log_file: f.log_file,
         })
     }
+}
+
+/// Kubernetes' label syntax, loosely: a key of `[prefix/]name` and a value of
+/// at most 63 characters, both of `[A-Za-z0-9._-]` (the selector tokenizer's
+/// set, so every label can be selected).
+fn validate_label(k: &str, v: &str) -> Result<(), ConfigError> {
+    let ok = |s: &str| s.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c));
+    let name = k.rsplit_once('/').map_or(k, |(_, n)| n);
+    let prefix_ok = k.rsplit_once('/').is_none_or(|(p, _)| !p.is_empty() && ok(p));
+    if name.is_empty() || name.len() > 63 || !ok(name) || !prefix_ok || v.len() > 63 || !ok(v) {
+        return Err(ConfigError::Invalid(format!(
+            "label {k:?}={v:?}: keys are [prefix/]name, names and values at most 63 of [A-Za-z0-9._-]"
+        )));
+    }
+    Ok(())
 }
 
 fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
@@ -270,6 +309,34 @@ mod tests {
         assert_eq!(c.local_as(), AsNumber(64600));
         assert!(c.node_to_node_mesh);
         assert_eq!(c.peers.len(), 1);
+    }
+
+    #[test]
+    fn labels_from_file_and_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("a.json");
+        std::fs::write(
+            &p,
+            r#"{"node_name":"a","node_ip":"192.168.1.2/24","labels":{"rack":"r1","zone":"z"},
+                "datastore":{"datastore_type":"file","datastore_path":"/tmp/s"}}"#,
+        )
+        .unwrap();
+        let (c, _) = AgentConfig::from_args(&args(&format!(
+            "--config {} --label rack=r2 --label topology.kubernetes.io/region=eu-1",
+            p.display()
+        )))
+        .unwrap();
+        let want: BTreeMap<String, String> =
+            [("rack", "r2"), ("zone", "z"), ("topology.kubernetes.io/region", "eu-1")]
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+        assert_eq!(c.labels, want);
+        for bad in ["--label rack", "--label =x", "--label a=b'c", "--label /a=b"] {
+            let e = AgentConfig::from_args(&args(&format!("--node-name a --node-ip 10.0.0.1/24 {bad}")))
+                .unwrap_err();
+            assert!(e.to_string().contains("label"), "{bad}: {e}");
+        }
     }
 
     #[test]

@@ -1,15 +1,20 @@
 //! What the datastore says this node should route: the blocks affine to it,
-//! the addresses it borrowed from other nodes' blocks, and the other nodes
-//! (for the full mesh). Read with a few prefix lists; no kernel access here.
+//! the addresses it borrowed from other nodes' blocks, the other nodes (for
+//! the full mesh and `peerSelector`s), this node's own Node resource (labels,
+//! AS) and the BGP resources (BGPConfiguration `default`, BGPPeers). Read
+//! with a few prefix lists in one pass; no kernel access here.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr};
 
-use calico_store::model::{self, AffinityState, AllocationBlock, BlockAffinity, IpFamily, Node};
+use calico_store::model::{
+    self, AffinityState, AllocationBlock, BgpConfiguration, BgpPeer, BlockAffinity, IpFamily, Node,
+};
 use calico_store::{Datastore, StoreError};
 use ipnetwork::{IpNetwork, Ipv4Network};
 
 use crate::config::AsNumber;
+use crate::peering::{BgpDefaults, PeerRule};
 
 /// An IPAM block confirmed affine to this node: pinned locally by a blackhole
 /// route and announced as one aggregate.
@@ -29,6 +34,17 @@ pub struct MeshNode {
     pub ip: Ipv4Addr,
     /// `None`: the node uses the global default AS.
     pub as_number: Option<AsNumber>,
+    /// Its `metadata.labels` (what a `peerSelector` matches).
+    pub labels: BTreeMap<String, String>,
+}
+
+/// This node's own Node resource as the datastore has it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ThisNode {
+    /// `metadata.labels`: what BGPPeer `nodeSelector`s match.
+    pub labels: BTreeMap<String, String>,
+    /// `spec.bgp.asNumber`: this node's own AS, over the cluster default.
+    pub as_number: Option<AsNumber>,
 }
 
 /// The datastore's view for one node.
@@ -38,6 +54,12 @@ pub struct RoutingState {
     pub borrowed: BTreeSet<BorrowedAddr>,
     /// Every other node with a BGP address, sorted by name.
     pub other_nodes: Vec<MeshNode>,
+    /// `None` until this node's Node resource exists (or when it is unreadable).
+    pub this_node: Option<ThisNode>,
+    /// BGPConfiguration `default`; all fields `None` when there is none.
+    pub bgp_defaults: BgpDefaults,
+    /// Every valid BGPPeer, whichever node it is for, sorted by name.
+    pub bgp_peers: Vec<PeerRule>,
 }
 
 /// Read the routing state of `node` from the store.
@@ -106,6 +128,10 @@ pub fn read(store: &dyn Datastore, node: &str) -> Result<RoutingState, StoreErro
             }
         };
         if n.metadata.name == node {
+            state.this_node = Some(ThisNode {
+                labels: n.metadata.labels.clone(),
+                as_number: n.spec.bgp.as_ref().and_then(|b| b.as_number).map(AsNumber),
+            });
             continue;
         }
         let Some(bgp) = n.spec.bgp else { continue };
@@ -117,11 +143,36 @@ pub fn read(store: &dyn Datastore, node: &str) -> Result<RoutingState, StoreErro
                 name: n.metadata.name.clone(),
                 ip,
                 as_number: bgp.as_number.map(AsNumber),
+                labels: n.metadata.labels.clone(),
             }),
             _ => log::warn!("node {} has an unusable ipv4Address {addr:?}", n.metadata.name),
         }
     }
     state.other_nodes.sort();
+
+    // BGP resources: a bad document is reported and skipped. An unreadable
+    // BGPConfiguration leaves the agent's own defaults in place; an invalid
+    // BGPPeer costs only its own peerings.
+    let cfg_key = model::bgp_configuration_key(model::DEFAULT_BGP_CONFIGURATION);
+    if let Some(kv) = store.get(&cfg_key)? {
+        match model::decode::<BgpConfiguration>(&kv)
+            .map_err(|e| e.to_string())
+            .and_then(|c| BgpDefaults::from_spec(&c.spec).map_err(|e| format!("{}: {e}", kv.key)))
+        {
+            Ok(d) => state.bgp_defaults = d,
+            Err(e) => log::error!("ignoring BGPConfiguration: {e}"),
+        }
+    }
+    for kv in store.list(&model::bgp_peers_prefix())? {
+        let rule = model::decode::<BgpPeer>(&kv)
+            .map_err(|e| e.to_string())
+            .and_then(|p| PeerRule::from_resource(&p).map_err(|e| format!("{}: {e}", kv.key)));
+        match rule {
+            Ok(r) => state.bgp_peers.push(r),
+            Err(e) => log::error!("ignoring BGPPeer: {e}"),
+        }
+    }
+    state.bgp_peers.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(state)
 }
 
@@ -188,9 +239,11 @@ mod tests {
             vec![MeshNode {
                 name: "other".into(),
                 ip: "192.168.1.2".parse().unwrap(),
-                as_number: Some(AsNumber(64600))
+                as_number: Some(AsNumber(64600)),
+                labels: BTreeMap::new(),
             }]
         );
+        assert_eq!(st.this_node, Some(ThisNode::default()));
 
         // A corrupt affinity of our own fails the read (routes stay as they are).
         s.create(&model::affinity_key("me", &net("10.0.3.0/26")), b"garbage").unwrap();

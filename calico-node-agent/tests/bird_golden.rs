@@ -2,13 +2,23 @@
 //! byte for byte with `tests/golden/<case>.conf` (regenerate with
 //! `UPDATE_GOLDEN=1 cargo test -p calico-node-agent --test bird_golden` and
 //! review the diff) and parsed by the real BIRD 2 (`bird -p`).
+//!
+//! The `bgp_*` cases go through the datastore: BGPConfiguration, BGPPeer and
+//! Node documents in a file store, read by `state::read`, merged with an
+//! agent config by `BirdInputs::new`, as the agent does.
 
 use std::path::PathBuf;
 use std::process::Command;
 
 use calico_node_agent::bird::{render, BirdInputs};
-use calico_node_agent::config::{AsNumber, PeerConfig};
-use calico_node_agent::state::{BorrowedAddr, MeshNode, OwnBlock, RoutingState};
+use calico_node_agent::config::{AgentConfig, AsNumber};
+use calico_node_agent::state::{self, BorrowedAddr, MeshNode, OwnBlock, RoutingState};
+use calico_store::file::FileStore;
+use calico_store::model::{
+    self, BgpConfiguration, BgpConfigurationSpec, BgpPeer, BgpPeerSpec, Node, NodeBgpSpec, NodeSpec,
+    ObjectMeta, ServiceIpBlock,
+};
+use calico_store::Datastore;
 
 fn golden(case: &str, text: &str) {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden").join(format!("{case}.conf"));
@@ -35,23 +45,29 @@ fn state(blocks: &[&str], borrowed: &[&str], nodes: &[(&str, &str, Option<u32>)]
                 name: n.to_string(),
                 ip: ip.parse().unwrap(),
                 as_number: asn.map(AsNumber),
+                labels: Default::default(),
             })
             .collect(),
+        ..Default::default()
     }
+}
+
+/// An agent config from flags (the datastore flag is unused here).
+fn cfg(flags: &str) -> AgentConfig {
+    let args: Vec<String> =
+        format!("{flags} --datastore-path /nonexistent").split_whitespace().map(String::from).collect();
+    AgentConfig::from_args(&args).unwrap().0
+}
+
+fn render_with(flags: &str, st: &RoutingState) -> String {
+    let c = cfg(flags);
+    render(&BirdInputs::new(&c, st))
 }
 
 #[test]
 fn tor_peer_with_two_blocks() {
     let st = state(&["10.244.0.0/26", "10.244.0.64/26"], &[], &[("node-b", "192.168.20.2", None)]);
-    let peers = [PeerConfig { ip: "192.168.10.1".parse().unwrap(), as_number: AsNumber(65000) }];
-    let text = render(&BirdInputs {
-        node_name: "node-a",
-        node_ip: "192.168.10.2".parse().unwrap(),
-        local_as: AsNumber(64512),
-        peers: &peers,
-        mesh: false,
-        state: &st,
-    });
+    let text = render_with("--node-name node-a --node-ip 192.168.10.2/24 --peer 192.168.10.1:65000", &st);
     // Mesh off: the other node is not a peer.
     assert!(!text.contains("Mesh_"));
     golden("tor_peer", &text);
@@ -65,14 +81,7 @@ fn mesh_is_passive_towards_greater_addresses() {
         &[],
         &[("n10", "10.0.0.10", None), ("n3", "10.0.0.3", Some(64600)), ("self-dup", "10.0.0.9", None)],
     );
-    let text = render(&BirdInputs {
-        node_name: "n9",
-        node_ip: "10.0.0.9".parse().unwrap(),
-        local_as: AsNumber(64512),
-        peers: &[],
-        mesh: true,
-        state: &st,
-    });
+    let text = render_with("--node-name n9 --node-ip 10.0.0.9/24 --mesh", &st);
     assert!(!text.contains("Mesh_10_0_0_9"), "never peers with itself");
     golden("mesh", &text);
 }
@@ -80,29 +89,203 @@ fn mesh_is_passive_towards_greater_addresses() {
 #[test]
 fn borrowed_addresses_are_announced_as_host_routes() {
     let st = state(&["10.244.0.0/26"], &["10.244.0.70", "10.244.3.1"], &[]);
-    let peers = [PeerConfig { ip: "192.168.10.1".parse().unwrap(), as_number: AsNumber(65000) }];
-    let text = render(&BirdInputs {
-        node_name: "node-a",
-        node_ip: "192.168.10.2".parse().unwrap(),
-        local_as: AsNumber(64512),
-        peers: &peers,
-        mesh: false,
-        state: &st,
-    });
+    let text = render_with("--node-name node-a --node-ip 192.168.10.2/24 --peer 192.168.10.1:65000", &st);
     assert!(text.contains("if net = 10.244.0.70/32 then accept;"));
     golden("borrowed", &text);
 }
 
 #[test]
 fn no_blocks_announces_nothing() {
-    let st = RoutingState::default();
-    let text = render(&BirdInputs {
-        node_name: "fresh",
-        node_ip: "192.168.10.2".parse().unwrap(),
-        local_as: AsNumber(64512),
-        peers: &[],
-        mesh: true,
-        state: &st,
-    });
+    let text = render_with("--node-name fresh --node-ip 192.168.10.2/24 --mesh", &RoutingState::default());
     golden("empty", &text);
+}
+
+// ---------------------------------------------------------------------------
+// Datastore-driven BGP
+
+struct Store {
+    _dir: tempfile::TempDir,
+    s: FileStore,
+}
+
+fn meta(name: &str) -> ObjectMeta {
+    ObjectMeta { name: name.into(), ..Default::default() }
+}
+
+impl Store {
+    /// node-a (192.168.10.2, rack r1) with one block; node-b (192.168.20.2, rack r2).
+    fn new() -> Store {
+        let dir = tempfile::tempdir().unwrap();
+        let s = FileStore::open(dir.path()).unwrap();
+        let st = Store { _dir: dir, s };
+        st.node("node-a", "192.168.10.2/24", None, &[("rack", "r1")]);
+        st.node("node-b", "192.168.20.2/24", None, &[("rack", "r2")]);
+        let aff = calico_store::model::BlockAffinity {
+            state: calico_store::model::AffinityState::Confirmed,
+            deleted: false,
+        };
+        let b: ipnetwork::IpNetwork = "10.244.0.0/26".parse().unwrap();
+        st.s.create(&model::affinity_key("node-a", &b), &model::encode(&aff)).unwrap();
+        st
+    }
+
+    fn put(&self, key: &str, value: Vec<u8>) {
+        match self.s.get(key).unwrap() {
+            Some(kv) => self.s.update(key, &value, kv.revision).unwrap(),
+            None => self.s.create(key, &value).unwrap(),
+        };
+    }
+
+    fn node(&self, name: &str, ip: &str, asn: Option<u32>, labels: &[(&str, &str)]) {
+        let mut m = meta(name);
+        m.labels = labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let spec = NodeSpec { bgp: Some(NodeBgpSpec { ipv4_address: Some(ip.into()), as_number: asn }) };
+        self.put(&model::node_key(name), model::encode(&Node::new("Node", m, spec)));
+    }
+
+    fn peer(&self, name: &str, spec: BgpPeerSpec) {
+        self.put(&model::bgp_peer_key(name), model::encode(&BgpPeer::new("BGPPeer", meta(name), spec)));
+    }
+
+    fn bgp_config(&self, spec: BgpConfigurationSpec) {
+        let doc = BgpConfiguration::new("BGPConfiguration", meta("default"), spec);
+        self.put(&model::bgp_configuration_key("default"), model::encode(&doc));
+    }
+
+    /// What node-a renders, with `flags` as its agent config.
+    fn render_a(&self, flags: &str) -> String {
+        let st = state::read(&self.s, "node-a").unwrap();
+        render_with(&format!("--node-name node-a --node-ip 192.168.10.2/24 {flags}"), &st)
+    }
+}
+
+fn tor(scope: BgpPeerSpec) -> BgpPeerSpec {
+    BgpPeerSpec { peer_ip: Some("192.168.10.1".into()), as_number: Some(65000), ..scope }
+}
+
+/// The `protocol bgp` block named `name`, or None.
+fn protocol<'t>(text: &'t str, name: &str) -> Option<&'t str> {
+    let start = text.find(&format!("protocol bgp {name} "))?;
+    let len = text[start..].find("\n}").map(|e| e + 2)?;
+    Some(&text[start..start + len])
+}
+
+#[test]
+fn bgp_global_peer_from_the_datastore() {
+    let st = Store::new();
+    st.peer("tor", tor(BgpPeerSpec::default()));
+    let text = st.render_a("");
+    let p = protocol(&text, "Global_192_168_10_1").expect("a global BGPPeer peers every node");
+    assert!(p.contains("neighbor 192.168.10.1 as 65000;") && p.contains("BGPPeer tor"), "{p}");
+    golden("bgp_global_peer", &text);
+}
+
+#[test]
+fn bgp_node_scoped_peer() {
+    let st = Store::new();
+    st.peer("tor-a", tor(BgpPeerSpec { node: Some("node-a".into()), ..Default::default() }));
+    st.peer(
+        "tor-b",
+        BgpPeerSpec {
+            node: Some("node-b".into()),
+            peer_ip: Some("192.168.20.1".into()),
+            as_number: Some(65000),
+            ..Default::default()
+        },
+    );
+    let text = st.render_a("");
+    assert!(protocol(&text, "Node_192_168_10_1").is_some(), "{text}");
+    assert!(!text.contains("192.168.20.1"), "node-b's peer is not node-a's");
+    golden("bgp_node_peer", &text);
+}
+
+#[test]
+fn bgp_selector_scoped_peer_matching_and_not() {
+    let st = Store::new();
+    st.peer(
+        "rack1-tor",
+        tor(BgpPeerSpec { node_selector: Some("rack == 'r1'".into()), ..Default::default() }),
+    );
+    let text = st.render_a("");
+    assert!(protocol(&text, "Node_192_168_10_1").is_some(), "{text}");
+    golden("bgp_selector_peer", &text);
+
+    // node-a moves to rack r2: the peering goes, nothing else changes.
+    st.node("node-a", "192.168.10.2/24", None, &[("rack", "r2")]);
+    let moved = st.render_a("");
+    assert!(!moved.contains("192.168.10.1"), "{moved}");
+    golden("bgp_selector_peer_not_matching", &moved);
+    // ... and the config's peer of the same address is back as a fallback.
+    let fallback = st.render_a("--peer 192.168.10.1:65001");
+    assert!(protocol(&fallback, "Global_192_168_10_1").unwrap().contains("as 65001;"));
+}
+
+#[test]
+fn bgp_configuration_disables_the_mesh() {
+    let st = Store::new();
+    assert!(st.render_a("--mesh").contains("Mesh_192_168_20_2"), "mesh on from the config");
+    st.bgp_config(BgpConfigurationSpec { node_to_node_mesh_enabled: Some(false), ..Default::default() });
+    let text = st.render_a("--mesh --peer 192.168.10.1:65000");
+    assert!(!text.contains("Mesh_"), "{text}");
+    golden("bgp_mesh_disabled", &text);
+}
+
+#[test]
+fn bgp_as_numbers_from_configuration_and_node() {
+    let st = Store::new();
+    st.bgp_config(BgpConfigurationSpec {
+        as_number: Some(63400),
+        node_to_node_mesh_enabled: Some(true),
+        ..Default::default()
+    });
+    let text = st.render_a("");
+    assert!(text.contains("local as 63400;"), "cluster AS for node-a");
+    assert!(protocol(&text, "Mesh_192_168_20_2").unwrap().contains("as 63400;"), "and for node-b");
+    golden("bgp_as_from_configuration", &text);
+
+    // Node spec.bgp.asNumber beats the cluster AS, for this node and for peers.
+    st.node("node-a", "192.168.10.2/24", Some(64701), &[("rack", "r1")]);
+    st.node("node-b", "192.168.20.2/24", Some(64702), &[("rack", "r2")]);
+    let text = st.render_a("");
+    assert!(text.contains("local as 64701;"), "{text}");
+    assert!(protocol(&text, "Mesh_192_168_20_2").unwrap().contains("as 64702;"));
+    golden("bgp_as_from_node", &text);
+}
+
+#[test]
+fn bgp_peer_selector_service_ips_and_logging() {
+    let st = Store::new();
+    st.node("rr-1", "192.168.50.2/24", None, &[("route-reflector", "true")]);
+    st.peer(
+        "to-rr",
+        BgpPeerSpec { peer_selector: Some("has(route-reflector)".into()), ..Default::default() },
+    );
+    // A port, and a broken peer that must not take the others down.
+    st.peer(
+        "fabric",
+        BgpPeerSpec {
+            peer_ip: Some("192.168.10.1:1790".into()),
+            as_number: Some(65000),
+            ..Default::default()
+        },
+    );
+    st.peer("broken", BgpPeerSpec { peer_ip: Some("192.168.10.9".into()), ..Default::default() });
+    st.put(&model::bgp_peer_key("garbage"), b"{not json".to_vec());
+    st.bgp_config(BgpConfigurationSpec {
+        log_severity_screen: Some("Info".into()),
+        service_cluster_ips: vec![ServiceIpBlock { cidr: "10.96.0.0/12".parse().unwrap() }],
+        ..Default::default()
+    });
+    let text = st.render_a("");
+    let rr = protocol(&text, "Node_192_168_50_2").expect("peerSelector peers with rr-1");
+    assert!(rr.contains("as 64512;"), "{rr}");
+    assert!(protocol(&text, "Global_192_168_10_1")
+        .unwrap()
+        .contains("neighbor 192.168.10.1 port 1790 as 65000;"));
+    assert!(!text.contains("192.168.10.9"));
+    assert!(
+        text.contains("route 10.96.0.0/12 blackhole;") && text.contains("if net = 10.96.0.0/12 then accept;")
+    );
+    assert!(text.contains("debug { states };"));
+    golden("bgp_peer_selector_services", &text);
 }

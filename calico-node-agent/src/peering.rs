@@ -1,0 +1,537 @@
+//! Effective BGP settings of this node: the agent's config (fallbacks) merged
+//! with the datastore's BGP resources, as calico/node's confd does it.
+//!
+//! * **AS**: this node's Node `spec.bgp.asNumber`, else the config's
+//!   `as_number`, else BGPConfiguration `asNumber`, else 64512. Other nodes
+//!   (mesh, `peerSelector`) use their own Node AS or the cluster default.
+//! * **Mesh**: BGPConfiguration `nodeToNodeMeshEnabled` when set, else the
+//!   config's `node_to_node_mesh`.
+//! * **Peers**: the BGPPeers that apply to this node (no scope = every node;
+//!   `node` = this node; `nodeSelector` matching this node's labels), then the
+//!   config's `peers`. One session per peer address: the first wins (so a
+//!   BGPPeer overrides a config peer of the same address), and a peer whose
+//!   address is this node's own is skipped.
+//!
+//! BGPPeers are validated once when read ([`PeerRule::from_resource`]); an
+//! invalid one is logged by the reader and skipped.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr};
+
+use calico_store::model::{self, BgpConfigurationSpec, BgpPeer};
+use calico_store::selector::Selector;
+use ipnetwork::{IpNetwork, Ipv4Network};
+
+use crate::config::{AgentConfig, AsNumber, DEFAULT_AS_NUMBER};
+use crate::state::RoutingState;
+
+/// BIRD's protocol debug level, from BGPConfiguration `logSeverityScreen`
+/// (as Calico maps it: `Debug` → everything, `None` → nothing, any other
+/// severity → session state changes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BirdDebug {
+    All,
+    States,
+    Off,
+}
+
+impl BirdDebug {
+    fn from_severity(s: &str) -> Result<BirdDebug, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "debug" => Ok(BirdDebug::All),
+            "none" => Ok(BirdDebug::Off),
+            "info" | "warning" | "error" | "fatal" => Ok(BirdDebug::States),
+            _ => Err(format!("logSeverityScreen {s:?}: expected Debug, Info, Warning, Error, Fatal or None")),
+        }
+    }
+
+    /// The BIRD statement.
+    pub fn statement(self) -> &'static str {
+        match self {
+            BirdDebug::All => "debug all;",
+            BirdDebug::States => "debug { states };",
+            BirdDebug::Off => "debug off;",
+        }
+    }
+}
+
+/// The cluster-wide settings of BGPConfiguration `default`, validated.
+/// `None` fields leave the agent's config in charge.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BgpDefaults {
+    pub as_number: Option<AsNumber>,
+    pub mesh: Option<bool>,
+    pub debug: Option<BirdDebug>,
+    /// `serviceClusterIPs` and `serviceExternalIPs` (IPv4 ones): announced
+    /// by every node so the fabric routes service addresses to the cluster.
+    pub service_cidrs: Vec<Ipv4Network>,
+}
+
+impl BgpDefaults {
+    pub fn from_spec(spec: &BgpConfigurationSpec) -> Result<BgpDefaults, String> {
+        let mut service_cidrs = Vec::new();
+        for b in spec.service_cluster_ips.iter().chain(&spec.service_external_ips) {
+            match b.cidr {
+                IpNetwork::V4(n) if n.network() == n.ip() => service_cidrs.push(n),
+                IpNetwork::V4(n) => return Err(format!("service CIDR {n} has host bits set")),
+                // The agent speaks IPv4 BGP only.
+                IpNetwork::V6(n) => log::debug!("service CIDR {n}: IPv6 is not announced"),
+            }
+        }
+        service_cidrs.sort();
+        service_cidrs.dedup();
+        Ok(BgpDefaults {
+            as_number: spec.as_number.map(AsNumber),
+            mesh: spec.node_to_node_mesh_enabled,
+            debug: spec.log_severity_screen.as_deref().map(BirdDebug::from_severity).transpose()?,
+            service_cidrs,
+        })
+    }
+}
+
+/// Which nodes a BGPPeer is for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PeerScope {
+    /// Neither `node` nor `nodeSelector`: every node.
+    Global,
+    /// `node`: one node by name.
+    Node(String),
+    /// `nodeSelector` over Node labels.
+    Selected(Selector),
+}
+
+/// Whom a BGPPeer peers with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PeerTarget {
+    /// `peerIP` (+ port) and `asNumber`: an external router.
+    Addr { ip: Ipv4Addr, port: Option<u16>, as_number: AsNumber },
+    /// `peerSelector`: the other Calico nodes whose labels match.
+    Nodes(Selector),
+}
+
+/// A validated BGPPeer resource.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerRule {
+    pub name: String,
+    pub scope: PeerScope,
+    pub target: PeerTarget,
+}
+
+/// An empty string is an unset field (Go's `omitempty`).
+fn set(v: &Option<String>) -> Option<&str> {
+    v.as_deref().map(str::trim).filter(|s| !s.is_empty())
+}
+
+impl PeerRule {
+    /// Validate a BGPPeer as Calico does (exclusive fields, parseable
+    /// selectors and address); the error says what is wrong with it.
+    pub fn from_resource(p: &BgpPeer) -> Result<PeerRule, String> {
+        let s = &p.spec;
+        let parse = |field: &str, v: &str| Selector::parse(v).map_err(|e| format!("{field}: {e}"));
+        let scope = match (set(&s.node), set(&s.node_selector)) {
+            (Some(_), Some(_)) => return Err("node and nodeSelector cannot both be set".into()),
+            (Some(n), None) => PeerScope::Node(n.to_string()),
+            (None, Some(sel)) => PeerScope::Selected(parse("nodeSelector", sel)?),
+            (None, None) => PeerScope::Global,
+        };
+        let target = match (set(&s.peer_ip), set(&s.peer_selector)) {
+            (Some(_), Some(_)) => return Err("peerIP and peerSelector cannot both be set".into()),
+            (None, None) => return Err("one of peerIP or peerSelector is required".into()),
+            (None, Some(sel)) => {
+                if s.as_number.is_some() {
+                    return Err("asNumber must be empty with peerSelector (the nodes' own AS is used)".into());
+                }
+                PeerTarget::Nodes(parse("peerSelector", sel)?)
+            }
+            (Some(addr), None) => {
+                let (ip, port) = model::parse_peer_ip(addr)
+                    .ok_or_else(|| format!("peerIP {addr:?} is not IP, IP:port or [IPv6]:port"))?;
+                let IpAddr::V4(ip) = ip else {
+                    return Err(format!("peerIP {addr:?}: IPv6 peers are not supported (IPv4 BGP only)"));
+                };
+                let as_number = s.as_number.ok_or_else(|| format!("peerIP {addr}: asNumber is required"))?;
+                PeerTarget::Addr { ip, port, as_number: AsNumber(as_number) }
+            }
+        };
+        Ok(PeerRule { name: p.metadata.name.clone(), scope, target })
+    }
+
+    /// Does this BGPPeer apply to node `node` with `labels`?
+    pub fn applies_to(&self, node: &str, labels: &BTreeMap<String, String>) -> bool {
+        match &self.scope {
+            PeerScope::Global => true,
+            PeerScope::Node(n) => n == node,
+            PeerScope::Selected(sel) => sel.matches(labels),
+        }
+    }
+}
+
+/// How a peer appears in BIRD: Calico's protocol name prefixes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PeerKind {
+    /// `Global_`: a peer of every node (config peers, unscoped BGPPeers).
+    Global,
+    /// `Node_`: a peer of some nodes (`node`, `nodeSelector`, `peerSelector`).
+    Node,
+}
+
+/// One BGP session this node opens besides the mesh.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Peer {
+    pub ip: Ipv4Addr,
+    pub port: Option<u16>,
+    pub as_number: AsNumber,
+    pub kind: PeerKind,
+    /// Where it comes from: `config` or `BGPPeer <name>` (+ node for selectors).
+    pub source: String,
+}
+
+/// Everything BGP the BIRD configuration needs, merged.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BgpSettings {
+    /// This node's AS.
+    pub local_as: AsNumber,
+    /// The AS of nodes without their own (mesh and `peerSelector` peers).
+    pub default_as: AsNumber,
+    pub mesh: bool,
+    pub peers: Vec<Peer>,
+    pub debug: Option<BirdDebug>,
+    pub service_cidrs: Vec<Ipv4Network>,
+}
+
+impl BgpSettings {
+    /// Settings from the agent's config alone (no datastore resources).
+    pub fn from_config(cfg: &AgentConfig) -> BgpSettings {
+        settings(cfg, &RoutingState::default())
+    }
+}
+
+/// Merge the agent's config with the datastore view (see the module doc).
+pub fn settings(cfg: &AgentConfig, st: &RoutingState) -> BgpSettings {
+    let d = &st.bgp_defaults;
+    let default_as = d.as_number.unwrap_or(AsNumber(DEFAULT_AS_NUMBER));
+    let node_as = st.this_node.as_ref().and_then(|n| n.as_number);
+    let local_as = node_as.or(cfg.as_number).unwrap_or(default_as);
+    // Before this node's Node resource exists, its labels are the ones it is
+    // about to write.
+    let labels = st.this_node.as_ref().map_or(&cfg.labels, |n| &n.labels);
+    let me = cfg.node_ip.ip();
+
+    let mut peers: Vec<Peer> = Vec::new();
+    let mut add = |p: Peer| {
+        if p.ip == me {
+            log::debug!("{}: skipping peer {}, this node's own address", p.source, p.ip);
+        } else if let Some(first) = peers.iter().find(|q| q.ip == p.ip) {
+            if first.as_number != p.as_number || first.port != p.port {
+                log::warn!("{}: peer {} already configured by {}; ignored", p.source, p.ip, first.source);
+            }
+        } else {
+            peers.push(p);
+        }
+    };
+    for rule in st.bgp_peers.iter().filter(|r| r.applies_to(&cfg.node_name, labels)) {
+        let kind = if rule.scope == PeerScope::Global { PeerKind::Global } else { PeerKind::Node };
+        match &rule.target {
+            PeerTarget::Addr { ip, port, as_number } => add(Peer {
+                ip: *ip,
+                port: *port,
+                as_number: *as_number,
+                kind,
+                source: format!("BGPPeer {}", rule.name),
+            }),
+            PeerTarget::Nodes(sel) => {
+                for n in st.other_nodes.iter().filter(|n| sel.matches(&n.labels)) {
+                    add(Peer {
+                        ip: n.ip,
+                        port: None,
+                        as_number: n.as_number.unwrap_or(default_as),
+                        kind: PeerKind::Node,
+                        source: format!("BGPPeer {} node {}", rule.name, n.name),
+                    });
+                }
+            }
+        }
+    }
+    for p in &cfg.peers {
+        add(Peer {
+            ip: p.ip,
+            port: None,
+            as_number: p.as_number,
+            kind: PeerKind::Global,
+            source: "config".into(),
+        });
+    }
+
+    BgpSettings {
+        local_as,
+        default_as,
+        mesh: d.mesh.unwrap_or(cfg.node_to_node_mesh),
+        peers,
+        debug: d.debug,
+        service_cidrs: d.service_cidrs.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::{MeshNode, ThisNode};
+    use calico_store::model::{BgpPeerSpec, ObjectMeta, ServiceIpBlock};
+
+    fn cfg(extra: &str) -> AgentConfig {
+        let args: Vec<String> =
+            format!("--node-name me --node-ip 10.0.0.1/24 --datastore-path /nonexistent {extra}")
+                .split_whitespace()
+                .map(String::from)
+                .collect();
+        AgentConfig::from_args(&args).unwrap().0
+    }
+
+    fn peer(name: &str, spec: BgpPeerSpec) -> Result<PeerRule, String> {
+        PeerRule::from_resource(&BgpPeer::new(
+            "BGPPeer",
+            ObjectMeta { name: name.into(), ..Default::default() },
+            spec,
+        ))
+    }
+
+    fn s(v: &str) -> Option<String> {
+        Some(v.to_string())
+    }
+
+    fn labels(kv: &[(&str, &str)]) -> BTreeMap<String, String> {
+        kv.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    fn ips(b: &BgpSettings) -> Vec<String> {
+        b.peers.iter().map(|p| format!("{}/{}/{:?}", p.ip, p.as_number, p.kind)).collect()
+    }
+
+    #[test]
+    fn invalid_bgp_peers_say_why() {
+        let cases = [
+            (
+                BgpPeerSpec {
+                    node: s("a"),
+                    node_selector: s("all()"),
+                    peer_ip: s("1.1.1.1"),
+                    as_number: Some(1),
+                    ..Default::default()
+                },
+                "both be set",
+            ),
+            (
+                BgpPeerSpec { peer_ip: s("1.1.1.1"), peer_selector: s("all()"), ..Default::default() },
+                "peerSelector cannot",
+            ),
+            (BgpPeerSpec { node: s("a"), ..Default::default() }, "required"),
+            (BgpPeerSpec { peer_ip: s("1.1.1.1"), ..Default::default() }, "asNumber is required"),
+            (BgpPeerSpec { peer_ip: s("tor"), as_number: Some(1), ..Default::default() }, "not IP"),
+            (BgpPeerSpec { peer_ip: s("fd00::1"), as_number: Some(1), ..Default::default() }, "IPv6"),
+            (
+                BgpPeerSpec {
+                    peer_ip: s("1.1.1.1"),
+                    as_number: Some(1),
+                    node_selector: s("rack =="),
+                    ..Default::default()
+                },
+                "nodeSelector: invalid selector",
+            ),
+            (
+                BgpPeerSpec { peer_selector: s("has(x)"), as_number: Some(1), ..Default::default() },
+                "asNumber must be empty",
+            ),
+        ];
+        for (spec, want) in cases {
+            let e = peer("p", spec.clone()).unwrap_err();
+            assert!(e.contains(want), "{spec:?}: {e}");
+        }
+        // Empty strings are unset fields.
+        let r = peer(
+            "p",
+            BgpPeerSpec {
+                node: s(""),
+                node_selector: s(""),
+                peer_ip: s("1.1.1.1:1790"),
+                as_number: Some(65000),
+                peer_selector: s(""),
+            },
+        )
+        .unwrap();
+        assert_eq!(r.scope, PeerScope::Global);
+        assert_eq!(
+            r.target,
+            PeerTarget::Addr { ip: "1.1.1.1".parse().unwrap(), port: Some(1790), as_number: AsNumber(65000) }
+        );
+    }
+
+    #[test]
+    fn scopes_select_the_nodes_they_name() {
+        let g =
+            peer("g", BgpPeerSpec { peer_ip: s("10.0.0.254"), as_number: Some(65000), ..Default::default() })
+                .unwrap();
+        let n = peer(
+            "n",
+            BgpPeerSpec {
+                node: s("me"),
+                peer_ip: s("10.0.0.253"),
+                as_number: Some(65000),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let sel = peer(
+            "s",
+            BgpPeerSpec {
+                node_selector: s("rack == 'r1'"),
+                peer_ip: s("10.0.0.252"),
+                as_number: Some(65000),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let r1 = labels(&[("rack", "r1")]);
+        let r2 = labels(&[("rack", "r2")]);
+        assert!(g.applies_to("me", &r1) && g.applies_to("other", &BTreeMap::new()));
+        assert!(n.applies_to("me", &r2) && !n.applies_to("other", &r1));
+        assert!(
+            sel.applies_to("x", &r1) && !sel.applies_to("me", &r2) && !sel.applies_to("me", &BTreeMap::new())
+        );
+    }
+
+    #[test]
+    fn config_alone_is_the_fallback() {
+        let b = BgpSettings::from_config(&cfg("--as 64600 --peer 10.0.0.254:65000 --mesh"));
+        assert_eq!(b.local_as, AsNumber(64600));
+        assert_eq!(b.default_as, AsNumber(64512));
+        assert!(b.mesh);
+        assert_eq!(ips(&b), ["10.0.0.254/65000/Global"]);
+        assert_eq!(b.debug, None);
+    }
+
+    #[test]
+    fn datastore_overrides_and_extends_the_config() {
+        let c = cfg("--peer 10.0.0.254:65000 --peer 10.0.0.9:65009 --peer 10.0.0.1:1 --mesh --label rack=r1");
+        let rules = vec![
+            // Same address as a config peer, other AS: the BGPPeer wins.
+            peer(
+                "a-tor",
+                BgpPeerSpec {
+                    node_selector: s("rack == 'r1'"),
+                    peer_ip: s("10.0.0.254"),
+                    as_number: Some(65100),
+                    ..Default::default()
+                },
+            )
+            .unwrap(),
+            peer(
+                "b-other-rack",
+                BgpPeerSpec {
+                    node_selector: s("rack == 'r2'"),
+                    peer_ip: s("10.0.1.254"),
+                    as_number: Some(65200),
+                    ..Default::default()
+                },
+            )
+            .unwrap(),
+            peer(
+                "c-other-node",
+                BgpPeerSpec {
+                    node: s("other"),
+                    peer_ip: s("10.0.0.250"),
+                    as_number: Some(65000),
+                    ..Default::default()
+                },
+            )
+            .unwrap(),
+            peer(
+                "d-mine",
+                BgpPeerSpec {
+                    node: s("me"),
+                    peer_ip: s("10.0.0.251"),
+                    as_number: Some(65000),
+                    ..Default::default()
+                },
+            )
+            .unwrap(),
+            peer(
+                "e-global",
+                BgpPeerSpec { peer_ip: s("192.0.2.1"), as_number: Some(65300), ..Default::default() },
+            )
+            .unwrap(),
+            // Our own address: skipped.
+            peer(
+                "f-self",
+                BgpPeerSpec { peer_ip: s("10.0.0.1"), as_number: Some(64512), ..Default::default() },
+            )
+            .unwrap(),
+            peer("g-rr", BgpPeerSpec { peer_selector: s("has(rr)"), ..Default::default() }).unwrap(),
+        ];
+        let node = |name: &str, ip: &str, asn: Option<u32>, l: &[(&str, &str)]| MeshNode {
+            name: name.into(),
+            ip: ip.parse().unwrap(),
+            as_number: asn.map(AsNumber),
+            labels: labels(l),
+        };
+        let st = RoutingState {
+            this_node: Some(ThisNode { labels: labels(&[("rack", "r1")]), as_number: Some(AsNumber(64700)) }),
+            other_nodes: vec![
+                node("rr1", "10.0.5.1", None, &[("rr", "")]),
+                node("w", "10.0.5.2", Some(64999), &[]),
+            ],
+            bgp_defaults: BgpDefaults::from_spec(&BgpConfigurationSpec {
+                as_number: Some(63400),
+                node_to_node_mesh_enabled: Some(false),
+                log_severity_screen: s("Debug"),
+                service_cluster_ips: vec![ServiceIpBlock { cidr: "10.96.0.0/12".parse().unwrap() }],
+                ..Default::default()
+            })
+            .unwrap(),
+            bgp_peers: rules,
+            ..Default::default()
+        };
+        let b = settings(&c, &st);
+        assert_eq!(b.local_as, AsNumber(64700), "the Node's own AS first");
+        assert_eq!(b.default_as, AsNumber(63400));
+        assert!(!b.mesh, "BGPConfiguration turns the mesh off over --mesh");
+        assert_eq!(b.debug, Some(BirdDebug::All));
+        assert_eq!(b.service_cidrs, vec!["10.96.0.0/12".parse::<Ipv4Network>().unwrap()]);
+        assert_eq!(
+            ips(&b),
+            [
+                "10.0.0.254/65100/Node",
+                "10.0.0.251/65000/Node",
+                "192.0.2.1/65300/Global",
+                "10.0.5.1/63400/Node",
+                "10.0.0.9/65009/Global"
+            ]
+        );
+
+        // No Node resource yet: the config's labels select; the config AS beats the default.
+        let st2 = RoutingState { this_node: None, ..st.clone() };
+        let b2 = settings(&cfg("--as 64601 --label rack=r2"), &st2);
+        assert_eq!(b2.local_as, AsNumber(64601));
+        assert!(ips(&b2).contains(&"10.0.1.254/65200/Node".to_string()), "{:?}", ips(&b2));
+        assert!(!ips(&b2).iter().any(|p| p.starts_with("10.0.0.254")));
+        // Neither: the BGPConfiguration's AS.
+        assert_eq!(settings(&cfg(""), &st2).local_as, AsNumber(63400));
+    }
+
+    #[test]
+    fn bgp_configuration_validation() {
+        let bad = BgpConfigurationSpec { log_severity_screen: s("Loud"), ..Default::default() };
+        assert!(BgpDefaults::from_spec(&bad).unwrap_err().contains("logSeverityScreen"));
+        let host_bits = BgpConfigurationSpec {
+            service_external_ips: vec![ServiceIpBlock { cidr: "10.96.0.1/12".parse().unwrap() }],
+            ..Default::default()
+        };
+        assert!(BgpDefaults::from_spec(&host_bits).unwrap_err().contains("host bits"));
+        let none = BgpDefaults::from_spec(&BgpConfigurationSpec {
+            log_severity_screen: s("none"),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(none.debug, Some(BirdDebug::Off));
+        assert_eq!(none.mesh, None);
+    }
+}
