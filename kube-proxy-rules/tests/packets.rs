@@ -74,6 +74,13 @@ struct Server {
 
 impl Server {
     fn start(netns: &str, name: &str, port: u16) -> Server {
+        Server::start_on(netns, name, "0.0.0.0", port)
+    }
+
+    /// Listening on `ip` (`::` takes both families: Linux's default
+    /// bindv6only=0 hands IPv4 peers over as `::ffff:a.b.c.d`).
+    fn start_on(netns: &str, name: &str, ip: &str, port: u16) -> Server {
+        let ip: std::net::IpAddr = ip.parse().unwrap();
         let stop = Arc::new(AtomicBool::new(false));
         let (tx, rx) = mpsc::channel();
         let path = format!("/run/netns/{netns}");
@@ -81,7 +88,7 @@ impl Server {
         let handle = std::thread::spawn(move || {
             let fd = File::open(&path).unwrap();
             nix::sched::setns(&fd, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
-            let l = TcpListener::bind(("0.0.0.0", port)).unwrap();
+            let l = TcpListener::bind((ip, port)).unwrap();
             l.set_nonblocking(true).unwrap();
             tx.send(()).unwrap();
             while !stop2.load(Ordering::Relaxed) {
@@ -228,10 +235,22 @@ spec:
 ";
 
 fn sync(mode: Mode, node: &Netns, dir: &std::path::Path, store: &std::path::Path) -> String {
+    sync_with(mode, node, dir, store, &["--node-ip", NODE_IP, "--cluster-cidr", "10.244.0.0/16"])
+}
+
+/// `sync` in the node namespace with the given node flags.
+fn sync_with(
+    mode: Mode,
+    node: &Netns,
+    dir: &std::path::Path,
+    store: &std::path::Path,
+    node_flags: &[&str],
+) -> String {
     let out = Command::new("ip")
         .args(["netns", "exec", node.name(), env!("CARGO_BIN_EXE_kube-proxy-rules"), "sync"])
         .args(["--proxy-mode", mode.flag()])
-        .args(["--hostname-override", NODE, "--node-ip", NODE_IP, "--cluster-cidr", "10.244.0.0/16"])
+        .args(["--hostname-override", NODE])
+        .args(node_flags)
         .args(["--datastore-type", "file", "--datastore-path"])
         .arg(store)
         .arg(dir)
@@ -290,6 +309,9 @@ fn carry_real_packets(mode: Mode) {
 
     let stderr = sync(mode, &node, &manifests, &store_dir);
     assert!(stderr.contains("skipped Service default/bad"), "{stderr}");
+    // An IPv4-only node: no IPv6 proxier ran (no ip6tables chains, no ip6 table).
+    assert!(!node.exec(&["ip6tables-save"]).contains("KUBE-"), "IPv6 rules on an IPv4-only node");
+    assert!(!node.exec(&["nft", "list", "tables"]).contains("ip6 kube-proxy"));
     assert!(stderr.contains("externalIP"), "{stderr}");
     let rules = mode.rules(&node);
     for ep in ["10.244.0.11:80", "10.244.0.12:80"] {
@@ -446,4 +468,171 @@ fn reach_pods_added_by_the_calico_plugin(mode: Mode) {
     let answers = fetch(&c, &format!("{NODE_IP}:30080"), 50);
     assert_eq!(share(&answers, na), 50, "{answers:?}");
     cni(&node, "DEL", "ca", &pa, na, &conf);
+}
+
+const NODE_IP6: &str = "fd00:77::1";
+
+const DUAL_STACK_MANIFESTS: &str = "\
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: web}
+spec:
+  template:
+    metadata: {labels: {app: web}}
+    spec: {containers: [{name: web, ports: [{name: http, containerPort: 80}]}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web}
+spec:
+  type: NodePort
+  ipFamilyPolicy: RequireDualStack
+  clusterIPs: [10.96.0.10, 'fd00:96::10']
+  selector: {app: web}
+  ports: [{port: 8080, targetPort: http, nodePort: 30080}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web6}
+spec:
+  ipFamilies: [IPv6]
+  selector: {app: web}
+  ports: [{port: 8081, targetPort: http}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: empty6}
+spec:
+  clusterIP: 'fd00:96::20'
+  selector: {app: nothing}
+  ports: [{port: 80}]
+";
+
+/// IPv6 and dual-stack services over real packets, pods wired by the real
+/// `calico` plugin with an IPv4 and an IPv6 address each (their pod records
+/// give each family's endpoint): IPv6 ClusterIP from a pod and from the
+/// node, IPv6 NodePort from a client, a dual-stack service answering on
+/// both families, an IPv6 service without endpoints rejected. An IPv6-only
+/// service (`web6`, ClusterIP allocated from the IPv6 range) too.
+#[test]
+fn dual_stack_services_carry_real_packets() {
+    dual_stack_packets(Mode::Iptables);
+}
+
+#[test]
+fn dual_stack_services_carry_real_packets_nftables() {
+    dual_stack_packets(Mode::Nftables);
+}
+
+fn dual_stack_packets(mode: Mode) {
+    let node = Netns::new("kvn");
+    let n = node.name().to_string();
+    let client = Netns::new("kvc");
+    let c = client.name().to_string();
+    sh(&format!(
+        "ip netns exec {n} sh -c 'echo 1 > /proc/sys/net/ipv4/ip_forward; \
+           echo 1 > /proc/sys/net/ipv6/conf/all/forwarding' && \
+         ip -n {n} link add ext0 type veth peer name eth0 netns {c} && \
+         ip -n {n} addr add {NODE_IP}/24 dev ext0 && ip -n {n} addr add {NODE_IP6}/64 dev ext0 nodad && \
+         ip -n {n} link set ext0 up && ip -n {n} link set lo up && \
+         ip -n {c} addr add 192.168.77.2/24 dev eth0 && ip -n {c} addr add fd00:77::2/64 dev eth0 nodad && \
+         ip -n {c} link set eth0 up && \
+         ip -n {c} route add default via {NODE_IP} && ip -n {c} -6 route add default via {NODE_IP6} && \
+         ip -n {n} route add default via 192.168.77.2 && ip -n {n} -6 route add default via fd00:77::2"
+    ));
+    let tmp = tempfile::tempdir().unwrap();
+    let store_dir = tmp.path().join("store");
+    let conf = serde_json::json!({
+        "cniVersion": "1.0.0", "name": "k8s-pod-network", "type": "calico",
+        "datastore_type": "file", "datastore_path": store_dir, "nodename": NODE,
+        "log_file_path": tmp.path().join("cni.log"), "mtu": 1450,
+        "ipam": {"type": "calico-ipam", "assign_ipv4": "true", "ipv4_pools": ["10.244.0.0/24"],
+                 "assign_ipv6": "true", "ipv6_pools": ["fd00:244::/120"]}
+    })
+    .to_string();
+    let (pa, pb) = (Netns::new("kva"), Netns::new("kvb"));
+    let (na, nb) = ("web-5d9f8-aaaaa", "web-5d9f8-bbbbb");
+    let mut v6 = Vec::new();
+    for (cid, pod, name) in [("va", &pa, na), ("vb", &pb, nb)] {
+        let res: serde_json::Value = serde_json::from_str(&cni(&node, "ADD", cid, pod, name, &conf)).unwrap();
+        let ips: Vec<String> = res["ips"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i["address"].as_str().unwrap().to_string())
+            .collect();
+        let ip6 = ips.iter().find(|a| a.contains(':')).unwrap_or_else(|| panic!("no IPv6 address: {res}"));
+        v6.push(ip6.trim_end_matches("/128").to_string());
+    }
+    // One listener per pod for both families.
+    let _sa = Server::start_on(pa.name(), na, "::", 80);
+    let _sb = Server::start_on(pb.name(), nb, "::", 80);
+
+    let manifests = tmp.path().join("m");
+    std::fs::create_dir(&manifests).unwrap();
+    std::fs::write(manifests.join("web.yaml"), DUAL_STACK_MANIFESTS).unwrap();
+    let flags = [
+        "--node-ip",
+        "192.168.77.1,fd00:77::1",
+        "--cluster-cidr",
+        "10.244.0.0/24,fd00:244::/120",
+        "--service-cluster-ip-range",
+        "10.96.0.0/12,fd00:96::/108",
+    ];
+    let stderr = sync_with(mode, &node, &manifests, &store_dir, &flags);
+    let rules6 = match mode {
+        Mode::Iptables => node.exec(&["ip6tables-save", "-t", "nat"]),
+        Mode::Nftables => node.exec(&["nft", "list", "table", "ip6", "kube-proxy"]),
+    };
+    for ip in &v6 {
+        let ep = format!("[{ip}]:80");
+        assert!(rules6.contains(&mode.endpoint_marker("web", &ep)), "{ep} missing:\n{stderr}\n{rules6}");
+    }
+    // The IPv4 rules are there as well, without IPv6 addresses in them.
+    let rules4 = mode.rules(&node);
+    assert!(rules4.contains("10.96.0.10") && !rules4.contains("fd00:"), "{rules4}");
+    let web6_ip = stderr
+        .lines()
+        .find_map(|l| l.strip_prefix("note: Service default/web6: no clusterIP in the manifest, allocated "))
+        .unwrap_or_else(|| panic!("web6 got no allocated IPv6 ClusterIP: {stderr}"))
+        .to_string();
+
+    let is_web = |a: &str| a.starts_with("web-5d9f8-");
+    // IPv6 ClusterIP from a pod (keeping its own address) and from the node.
+    for from in [pa.name(), n.as_str()] {
+        let a = fetch1(from, "[fd00:96::10]:8080");
+        assert!(is_web(&a), "from {from}: {a}");
+        let a = fetch1(from, &format!("[{web6_ip}]:8081"));
+        assert!(is_web(&a), "from {from}: {a}");
+    }
+    let answers = fetch(pa.name(), "[fd00:96::10]:8080", 40);
+    let seen_by_b: Vec<&str> = answers
+        .iter()
+        .filter_map(|r| r.as_ref().ok())
+        .filter_map(|s| s.strip_prefix(&format!("{nb} ")))
+        .collect();
+    assert!(!seen_by_b.is_empty(), "{answers:?}");
+    assert!(seen_by_b.iter().all(|ip| *ip == v6[0]), "{seen_by_b:?} vs {}", v6[0]);
+
+    // The dual-stack service answers on both families; the IPv6 NodePort
+    // from the client reaches both pods, masqueraded to the node's address.
+    let a = fetch1(pa.name(), "10.96.0.10:8080");
+    assert!(is_web(&a), "{a}");
+    let a = fetch1(&c, &format!("{NODE_IP}:30080"));
+    assert!(is_web(&a), "{a}");
+    let answers = fetch(&c, &format!("[{NODE_IP6}]:30080"), 100);
+    let (a, b) = (share(&answers, na), share(&answers, nb));
+    assert_eq!(a + b, 100, "{mode:?}: {answers:?}\n{rules6}");
+    assert!(a > 0 && b > 0, "both pods must serve: {a}/{b}");
+    for r in answers.iter().flatten() {
+        assert!(r.ends_with(&format!(" {NODE_IP6}")), "external IPv6 traffic must be masqueraded: {r}");
+    }
+
+    // An IPv6 service without endpoints is rejected at once, from a pod and from the node.
+    for from in [pa.name(), n.as_str()] {
+        let err = fetch(from, "[fd00:96::20]:80", 1).pop().unwrap().unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused, "from {from}: {err}");
+    }
+    cni(&node, "DEL", "vb", &pb, nb, &conf);
+    cni(&node, "DEL", "va", &pa, na, &conf);
 }
