@@ -422,3 +422,76 @@ fn run_in_nftables_mode_serves_nodeports_on_a_new_node_address() {
 fn run_in_iptables_mode_serves_nodeports_on_a_new_node_address() {
     nodeport_follows_a_new_node_address("iptables");
 }
+
+const API6: &str = "\
+apiVersion: v1
+kind: Service
+metadata: {name: api6}
+spec: {clusterIP: 'fd00:96::11', ports: [{port: 443}]}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: api6-1, labels: {kubernetes.io/service-name: api6}}
+addressType: IPv6
+endpoints: [{addresses: ['fd00:244::99']}]
+ports: [{port: 6443}]
+";
+
+/// `run` on an IPv4-only node never touches IPv6; when an IPv6 service
+/// appears the IPv6 proxier starts (ip6tables / table ip6 kube-proxy) and
+/// follows it, and when it goes its rules go (the IPv6 proxier keeps running).
+fn run_starts_the_ipv6_proxier_when_ipv6_services_appear(mode: &str) {
+    let ns = Netns::new("kp6");
+    let tmp = tempfile::tempdir().unwrap();
+    let (store_dir, manifests) = (tmp.path().join("store"), tmp.path().join("m"));
+    std::fs::create_dir(&manifests).unwrap();
+    std::fs::write(manifests.join("web.yaml"), WEB).unwrap();
+    let log = tmp.path().join("run.log");
+    let child = Command::new("ip")
+        .args(["netns", "exec", ns.name(), BIN, "run", "--proxy-mode", mode])
+        .args(["--sync-period", "1s", "--min-sync-period", "100ms"])
+        .args(args(&store_dir, &manifests))
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let run = Runner { child, log };
+    let rules6 = || match mode {
+        "nftables" => ns.try_exec(&["nft", "list", "table", "ip6", "kube-proxy"]).unwrap_or_default(),
+        _ => ns.exec(&["ip6tables-save", "-t", "nat"]),
+    };
+    let endpoint6 = if mode == "nftables" { "dnat to [fd00:244::99]:6443" } else { "[fd00:244::99]:6443" };
+
+    run.wait_for("synced (full: first sync)", 1);
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(!rules6().contains("KUBE-") && !rules6().contains("kube-proxy"), "{}", rules6());
+    assert!(!run.log().contains("IPv6"), "{}", run.log());
+
+    std::fs::write(manifests.join("api6.yaml"), API6).unwrap();
+    let log = run.wait_for("IPv6: synced (full: first sync)", 1);
+    assert!(!log.contains("error"), "{log}");
+    assert!(rules6().contains(endpoint6), "{}", rules6());
+    // The IPv4 proxier goes on, with no IPv6 address in its rules.
+    run.wait_for("IPv4: synced", 1);
+
+    std::fs::remove_file(manifests.join("api6.yaml")).unwrap();
+    // The removed service's chains go (iptables: deleted in the same partial
+    // sync; nftables: flushed, deleted once safe).
+    let changed = if mode == "nftables" {
+        "IPv6: synced (incremental): 1 services changed"
+    } else {
+        "IPv6: synced (partial): 0 services changed, 0 chains written, 2 stale chains deleted"
+    };
+    run.wait_for(changed, 1);
+    assert!(!rules6().contains(endpoint6), "{}", rules6());
+}
+
+#[test]
+fn run_starts_the_ipv6_proxier_when_ipv6_services_appear_iptables() {
+    run_starts_the_ipv6_proxier_when_ipv6_services_appear("iptables");
+}
+
+#[test]
+fn run_starts_the_ipv6_proxier_when_ipv6_services_appear_nftables() {
+    run_starts_the_ipv6_proxier_when_ipv6_services_appear("nftables");
+}
