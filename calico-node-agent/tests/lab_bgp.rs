@@ -191,3 +191,80 @@ fn node_to_node_mesh_peers_the_nodes_directly() {
     lab.ns("node-b").unwrap().output(&["ip", "addr", "add", "10.244.0.65/32", "dev", "lo"]).unwrap();
     lab.ns("node-a").unwrap().output(&["ping", "-c1", "-W2", "10.244.0.65"]).unwrap();
 }
+
+/// Calico's way to peer with a ToR: no peers in the agents' configs, BGPPeer
+/// resources in etcd written while everything runs.
+#[test]
+fn bgp_peer_resources_bring_tor_sessions_up_and_down() {
+    let mut cfg = LabConfig::load(&PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("lab/lab.json")).unwrap();
+    cfg.tor_peer_in_agent_config = false;
+    cfg.nodes[0].labels = [("rack".to_string(), "rack-a".to_string())].into();
+    cfg.nodes[1].labels = [("rack".to_string(), "rack-b".to_string())].into();
+    let bins = testbed::target_bin("calico-node-agent").parent().unwrap().to_path_buf();
+    let lab = Lab::up(&cfg, &Bins::new(bins)).unwrap();
+    let a = block("10.244.0.0/26", "node-a", &[]);
+    lab.with_store("node-a", move |s| {
+        s.commit(&claim_ops("node-a", &a))?;
+        Ok(())
+    })
+    .unwrap();
+    let conf =
+        |host: &str| std::fs::read_to_string(lab.run_dir.join(host).join("bird.conf")).unwrap_or_default();
+    let established = |host: &str, proto: &str| {
+        lab.birdc(host, &["show", "protocols", proto]).unwrap_or_default().contains("Established")
+    };
+
+    // The agents registered their labels; node-a announces its block to nobody.
+    wait_until("node-a's config has its block", Duration::from_secs(10), || {
+        conf("node-a").contains("route 10.244.0.0/26 blackhole").then_some(())
+    })
+    .unwrap();
+    let node_a: model::Node = lab
+        .with_store("node-a", |s| Ok(model::decode(&s.get(&model::node_key("node-a"))?.unwrap())?))
+        .unwrap();
+    assert_eq!(node_a.metadata.labels.get("rack").map(String::as_str), Some("rack-a"));
+    assert!(!conf("node-a").contains("protocol bgp"), "no peer yet: {}", conf("node-a"));
+    assert!(!established("tor", "node_a"));
+
+    // A BGPPeer for rack-a's tor: node-a peers, node-b (rack-b) does not.
+    let peer = model::BgpPeer::new(
+        "BGPPeer",
+        model::ObjectMeta { name: "rack-a-tor".into(), ..Default::default() },
+        model::BgpPeerSpec {
+            node_selector: Some("rack == 'rack-a'".into()),
+            peer_ip: Some("192.168.10.1".into()),
+            as_number: Some(65000),
+            ..Default::default()
+        },
+    );
+    lab.with_store("node-a", move |s| {
+        s.create(&model::bgp_peer_key("rack-a-tor"), &model::encode(&peer))?;
+        Ok(())
+    })
+    .unwrap();
+    wait_until("node-a <-> tor session from the BGPPeer", Duration::from_secs(30), || {
+        established("node-a", "Node_192_168_10_1").then_some(())
+    })
+    .unwrap();
+    let r = lab.wait_tor_route("10.244.0.0/26", Duration::from_secs(10)).unwrap();
+    assert!(r.contains("192.168.10.2"), "{r}");
+    assert!(!conf("node-b").contains("192.168.10.1"), "node-b is not in rack-a: {}", conf("node-b"));
+    assert!(!established("tor", "node_b"));
+
+    // Delete it: the session goes away and the tor forgets the block.
+    lab.with_store("node-a", |s| {
+        let kv = s.get(&model::bgp_peer_key("rack-a-tor"))?.unwrap();
+        s.delete(&kv.key, kv.revision)?;
+        Ok(())
+    })
+    .unwrap();
+    wait_until("node-a's tor session removed", Duration::from_secs(15), || {
+        let p = lab.birdc("node-a", &["show", "protocols"]).ok()?;
+        (!p.contains("Node_192_168_10_1") && !established("tor", "node_a")).then_some(())
+    })
+    .unwrap();
+    wait_until("withdrawal of 10.244.0.0/26 at the tor", Duration::from_secs(10), || {
+        (!tor_route(&lab, "10.244.0.0/26").contains("BGP")).then_some(())
+    })
+    .unwrap();
+}

@@ -83,6 +83,10 @@ pub struct HostConfig {
     pub tor_ip: Ipv4Network,
     #[serde(default)]
     pub as_number: Option<u32>,
+    /// A node's labels (its agent writes them into its Node resource, where
+    /// BGPPeer `nodeSelector`s match them).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -114,11 +118,21 @@ pub struct LabConfig {
     /// node's tor session (`false`: the article's ToR-only design).
     #[serde(default)]
     pub node_to_node_mesh: bool,
+    /// `true` (default): each agent's config names its tor as a peer.
+    /// `false`: the agents' configs name no peer; BGPPeer resources in the
+    /// datastore must (Calico's way), and until one does the tor's sessions
+    /// stay down.
+    #[serde(default = "default_true")]
+    pub tor_peer_in_agent_config: bool,
     #[serde(default)]
     pub scenario: Option<ScenarioConfig>,
     /// Where relative paths (the manifest) are resolved; the config's directory.
     #[serde(skip)]
     pub base_dir: PathBuf,
+}
+
+fn default_true() -> bool {
+    true
 }
 
 fn default_block_size() -> u8 {
@@ -180,6 +194,7 @@ impl LabConfig {
             ip: self.etcd.ip,
             tor_ip: self.etcd.tor_ip,
             as_number: None,
+            labels: BTreeMap::new(),
         });
         let mut c = self.client.clone();
         if c.name.is_empty() {
@@ -292,8 +307,9 @@ fn instance_id() -> String {
 
 impl Lab {
     /// Build the whole topology, start etcd, the tor's BIRD and on every node
-    /// BIRD plus the agent, then wait until every BGP session is up. On any
-    /// error, everything created so far is torn down.
+    /// BIRD plus the agent, then wait until every BGP session is up (unless
+    /// the peers are left to BGPPeer resources the caller has yet to write).
+    /// On any error, everything created so far is torn down.
     pub fn up(cfg: &LabConfig, bins: &Bins) -> Result<Lab, LabError> {
         let id = instance_id();
         let run_dir = std::env::temp_dir().join(format!("calico-lab-{}{id}", cfg.name_prefix));
@@ -316,7 +332,9 @@ impl Lab {
         for n in cfg.nodes.clone() {
             lab.start_node(&n)?;
         }
-        lab.wait_bgp_established()?;
+        if cfg.tor_peer_in_agent_config {
+            lab.wait_bgp_established()?;
+        }
         log::info!("lab {} up ({})", lab.id, lab.run_dir.display());
         Ok(lab)
     }
@@ -543,11 +561,17 @@ impl Lab {
     fn agent_config(&self, n: &HostConfig) -> Result<PathBuf, LabError> {
         let dir = self.host_dir(&n.name)?;
         let path = dir.join("agent.json");
+        let peers = if self.cfg.tor_peer_in_agent_config {
+            serde_json::json!([{"ip": n.tor_ip.ip().to_string(), "as_number": self.cfg.tor.as_number}])
+        } else {
+            serde_json::json!([])
+        };
         let doc = serde_json::json!({
             "node_name": n.name,
             "node_ip": n.ip.to_string(),
             "as_number": self.cfg.node_as(n),
-            "peers": [{"ip": n.tor_ip.ip().to_string(), "as_number": self.cfg.tor.as_number}],
+            "peers": peers,
+            "labels": n.labels,
             "node_to_node_mesh": self.cfg.node_to_node_mesh,
             "datastore": {"datastore_type": "etcdv3", "etcd_endpoints": self.cfg.etcd_endpoint()},
             "bird_config": dir.join("bird.conf"),
