@@ -21,6 +21,14 @@
 //!   (the table is the canary). See [`nftables`] for what differs from
 //!   kube-proxy and why.
 //!
+//! IPv6 and dual-stack: as kube-proxy's MetaProxier, one proxier per IP
+//! family ([`family`]): the same builders, fed the service ports, endpoints
+//! and node settings of one family ([`proxier::ProxyState::split_families`],
+//! [`cli::Args::proxier_config`] / [`cli::Args::nft_config`] per family),
+//! applied with `ip6tables-restore` or to table `ip6 kube-proxy`. A family
+//! runs only when it has services or a node IP of its own, so an IPv4-only
+//! node behaves exactly as before. See README.md for the differences.
+//!
 //! Modules: [`names`] (chain names and hashes, both modes), [`k8s`] (input
 //! objects), [`service`] (service ports, apiserver defaults), [`endpoints`]
 //! (slices, pod records, categorization and the traffic-policy decisions both
@@ -33,7 +41,8 @@
 //! checks them, and the payload writers' refusal of text that could break out).
 //!
 //! May call: `calico-store` (read-only: pod records and the store revision),
-//! the `iptables`/`iptables-restore`/`iptables-save` and `nft` binaries of the
+//! the `iptables`/`iptables-restore`/`iptables-save` binaries (and their
+//! `ip6tables` twins) and the `nft` binary of the
 //! current network namespace (or of a named one, for tests and benchmarks),
 //! the filesystem.
 

@@ -1,6 +1,7 @@
 //! kube-proxy's nftables mode (KEP-3866, GA in 1.33): everything lives in
-//! table `ip kube-proxy`, which this mode owns entirely and nobody else
-//! edits. Service dispatch is by verdict maps (`service-ips`,
+//! table `ip kube-proxy` (IPv6: `ip6 kube-proxy`, written by the IPv6
+//! proxier in a transaction of its own), which this mode owns entirely and
+//! nobody else edits. Service dispatch is by verdict maps (`service-ips`,
 //! `service-nodeports`, `firewall-ips`, `no-endpoint-services`,
 //! `no-endpoint-nodeports`) instead of a linear chain per table; load
 //! balancing is `numgen random mod N vmap { … }`; ClientIP affinity uses a
@@ -36,7 +37,7 @@
 //!   `--node-ip` addresses (kube-proxy's `primary`), and there are no
 //!   localhost NodePorts, as in kube-proxy's nftables mode;
 //! * no conntrack cleanup of stale UDP flows and no health-check server (not
-//!   rules; out of this crate's scope in both modes); IPv4 only.
+//!   rules; out of this crate's scope in both modes).
 
 pub mod dump;
 pub mod nft;
