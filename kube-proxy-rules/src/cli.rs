@@ -360,18 +360,6 @@ impl Args {
         out
     }
 
-    /// The families with something to do: services of the family in
-    /// `state`-to-be (`has_services`), or a `--node-ip` of the family. IPv4
-    /// always (kube-proxy's primary family; an IPv4-only node behaves as
-    /// before and never runs ip6tables or nft for ip6).
-    pub fn families(&self, has_v6_services: bool) -> Vec<IpFamily> {
-        let mut out = vec![IpFamily::V4];
-        if has_v6_services || self.node_ips.iter().any(|ip| ip.is_ipv6()) {
-            out.push(IpFamily::V6);
-        }
-        out
-    }
-
     /// The settings both proxiers share, for one family: the node IPs,
     /// cluster CIDR, node-port ranges and service ranges of that family.
     fn node_config(&self, family: IpFamily, in_other_netns: bool) -> Result<ProxierConfig, String> {
