@@ -133,6 +133,9 @@ pub struct AgentConfig {
 }
 
 impl AgentConfig {
+    /// The AS from this config alone (the default when it names none). The
+    /// AS the node runs with also depends on the datastore:
+    /// [`crate::peering::settings`].
     pub fn local_as(&self) -> AsNumber {
         self.as_number.unwrap_or(AsNumber(DEFAULT_AS_NUMBER))
     }

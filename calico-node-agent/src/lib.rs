@@ -14,6 +14,36 @@
 //! * [`lab`]: a ToR + nodes + etcd + client topology in network namespaces
 //!   for integration tests and the demo (`calico-lab`).
 //!
+//! ## BGP resources
+//!
+//! Like calico/node, the agent takes its BGP settings from the datastore,
+//! read in the same poll as the blocks; a change re-renders BIRD and
+//! reconfigures it (only when the text changed):
+//!
+//! * `/calico/resources/v3/projectcalico.org/bgpconfigurations/default`:
+//!   `asNumber` (cluster AS, default 64512), `nodeToNodeMeshEnabled`,
+//!   `logSeverityScreen` (BIRD `debug all` / `{ states }` / `off`),
+//!   `serviceClusterIPs` / `serviceExternalIPs` (IPv4 CIDRs announced by
+//!   every node).
+//! * `/calico/resources/v3/projectcalico.org/bgppeers/<name>`: `peerIP`
+//!   (`ip` or `ip:port`) + `asNumber`, or `peerSelector` (other Calico nodes
+//!   by label, each with its own AS); scoped by `node`, by `nodeSelector`
+//!   over this node's labels, or by neither (every node). Protocols are
+//!   named `Global_<ip>` (unscoped) and `Node_<ip>` (scoped), as Calico does.
+//! * This node's Node resource: `metadata.labels` (published from the
+//!   config's `labels`, merged over labels set by others) and
+//!   `spec.bgp.asNumber`, which beats the cluster AS.
+//!
+//! The agent's own `as_number`, `peers` and `node_to_node_mesh` stay as
+//! fallbacks: a field the datastore does not set keeps the config's value,
+//! and config peers are added after the BGPPeers (one session per address,
+//! a BGPPeer wins; this node's own address is never a peer). An invalid
+//! document (bad selector, `node` with `nodeSelector`, IPv6 `peerIP`, ...)
+//! is logged and skipped; the loop goes on. Differences from Calico: an
+//! absent `nodeToNodeMeshEnabled` means the config's `node_to_node_mesh`
+//! (Calico: on); per-node BGPConfigurations (`node.<name>`), passwords,
+//! route reflection, `keepOriginalNextHop` and IPv6 are not implemented.
+//!
 //! May call: `calico-store` (read, plus its own Node resource), `netlink-util`
 //! (routes), `birdc`/`bird` (BIRD control). Never touches pod interfaces
 //! (the CNI plugin's) or iptables (`kube-proxy-rules`).

@@ -13,8 +13,10 @@ const USAGE: &str = "usage:
   calico-node-agent run         [--once] FLAGS   register the Node, then reconcile routes + BIRD
                                                  (every --poll-interval-ms; --once: one pass)
   calico-node-agent render-bird FLAGS            print the BIRD config for the current datastore
+BGP: --as, --peer and --mesh are fallbacks; BGPConfiguration \"default\", BGPPeer and the
+     Node's spec.bgp.asNumber in the datastore override/extend them.
 FLAGS: [--config agent.json] --node-name N --node-ip A.B.C.D/LEN [--as ASN]
-       [--peer IP:ASN]... [--mesh|--no-mesh] [--datastore-type file|etcdv3]
+       [--peer IP:ASN]... [--mesh|--no-mesh] [--label KEY=VALUE]... [--datastore-type file|etcdv3]
        [--datastore-path DIR] [--etcd-endpoints URLS] [--bird-config PATH]
        [--bird-socket PATH] [--route-protocol 80] [--poll-interval-ms 1000] [--log-file PATH]";
 
