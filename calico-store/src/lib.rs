@@ -18,7 +18,7 @@
 //! * [`config::DatastoreConfig`]: the `datastore_type` / `etcd_*` /
 //!   `datastore_path` keys of a CNI network config, and [`open`] to get a
 //!   backend from them.
-//! * With feature `cni` only, [`cni::store_error`]: the one mapping of its
+//! * With feature `cni` only, `cni::store_error`: the one mapping of its
 //!   failures to CNI error codes, next to the error type it maps, so that
 //!   `calico` and `calico-ipam` report a failure with the same code.
 //!
