@@ -22,6 +22,60 @@ use crate::validate::UnsafeText;
 /// anything partial syncs cannot see is repaired.
 pub const FULL_SYNC_PERIOD: Duration = Duration::from_secs(3600);
 
+/// When a sync must be full, the same in both proxy modes: the first sync, a
+/// sync after a failed one, whatever [`FullSyncs::force`] names (canary gone,
+/// node addresses changed), and once the last full sync is
+/// [`FullSyncs::period`] old.
+#[derive(Debug)]
+pub struct FullSyncs {
+    need: Option<String>,
+    /// A full sync is forced when the last one is this old ([`FULL_SYNC_PERIOD`]).
+    pub period: Duration,
+    last: Option<Instant>,
+}
+
+impl Default for FullSyncs {
+    fn default() -> Self {
+        FullSyncs { need: Some("first sync".into()), period: FULL_SYNC_PERIOD, last: None }
+    }
+}
+
+impl FullSyncs {
+    /// Make the next sync a full one (the first reason given is kept).
+    pub fn force(&mut self, reason: &str) {
+        self.need.get_or_insert_with(|| reason.to_string());
+    }
+
+    /// The reason a full sync was asked for, if one was.
+    pub fn pending(&self) -> Option<&str> {
+        self.need.as_deref()
+    }
+
+    /// Why the next sync must be full, if it must: a reason asked for, else
+    /// the period.
+    pub fn due(&self) -> Option<String> {
+        self.need.clone().or_else(|| {
+            self.last
+                .is_some_and(|t| t.elapsed() >= self.period)
+                .then(|| format!("last full sync more than {:?} ago", self.period))
+        })
+    }
+
+    /// A sync (full or not) succeeded, or its state was taken as applied.
+    pub fn synced(&mut self, full: bool) {
+        self.need = None;
+        if full {
+            self.last = Some(Instant::now());
+        }
+    }
+
+    /// A sync failed: the kernel may differ from what was remembered, so
+    /// only a full sync is safe next.
+    pub fn failed(&mut self, e: &dyn std::fmt::Display) {
+        self.need = Some(format!("previous sync failed: {e}"));
+    }
+}
+
 /// A service by (`namespace`, `name`).
 pub type ServiceKey = (String, String);
 
@@ -69,13 +123,11 @@ pub struct Syncer {
     /// default). Off = kube-proxy's partial payloads byte for byte.
     pub minimize_top_level: bool,
     applied_top_level: HashMap<String, u64>,
-    need_full_sync: Option<String>,
+    /// When the next sync must be full.
+    pub full_syncs: FullSyncs,
     applied: HashMap<ServiceKey, u64>,
     last_large_cluster: Option<bool>,
     last_cleanup: Option<Instant>,
-    /// A full sync is forced when the last one is this old ([`FULL_SYNC_PERIOD`]).
-    pub full_sync_period: Duration,
-    last_full_sync: Option<Instant>,
 }
 
 impl Syncer {
@@ -86,12 +138,10 @@ impl Syncer {
             sync_period,
             minimize_top_level: true,
             applied_top_level: HashMap::new(),
-            need_full_sync: Some("first sync".into()),
+            full_syncs: FullSyncs::default(),
             applied: HashMap::new(),
             last_large_cluster: None,
             last_cleanup: None,
-            full_sync_period: FULL_SYNC_PERIOD,
-            last_full_sync: None,
         }
     }
 
@@ -109,19 +159,19 @@ impl Syncer {
 
     /// Make the next sync a full one.
     pub fn force_full_sync(&mut self, reason: &str) {
-        self.need_full_sync.get_or_insert_with(|| reason.to_string());
+        self.full_syncs.force(reason);
     }
 
     /// Why the next sync is full, if it is.
     pub fn needs_full_sync(&self) -> Option<&str> {
-        self.need_full_sync.as_deref()
+        self.full_syncs.pending()
     }
 
     /// Record `state` as applied without applying it (`run --dry-run`).
     pub fn mark_applied(&mut self, state: &ProxyState, rendered: &Rendered) {
         self.applied = fingerprints(state);
         self.applied_top_level = rendered.top_level_hashes.clone();
-        self.need_full_sync = None;
+        self.full_syncs.synced(false);
         self.last_large_cluster =
             Some(state.total_endpoints() > crate::proxier::LARGE_CLUSTER_ENDPOINTS_THRESHOLD);
     }
@@ -139,12 +189,12 @@ impl Syncer {
     fn plan(&self, state: &ProxyState) -> (Option<String>, HashSet<ServiceKey>, HashMap<ServiceKey, u64>) {
         let now = fingerprints(state);
         let large = state.total_endpoints() > crate::proxier::LARGE_CLUSTER_ENDPOINTS_THRESHOLD;
-        let mut full = self.need_full_sync.clone();
+        let mut full = self.full_syncs.pending().map(str::to_string);
         if full.is_none() && self.last_large_cluster.is_some_and(|l| l != large) {
             full = Some("large-cluster mode changed (every endpoint rule changes text)".into());
         }
-        if full.is_none() && self.last_full_sync.is_some_and(|t| t.elapsed() >= self.full_sync_period) {
-            full = Some(format!("last full sync more than {:?} ago", self.full_sync_period));
+        if full.is_none() {
+            full = self.full_syncs.due();
         }
         let changed =
             now.iter().filter(|(k, v)| self.applied.get(*k) != Some(*v)).map(|(k, _)| k.clone()).collect();
@@ -216,10 +266,7 @@ impl Syncer {
         })();
         match result {
             Ok(rendered) => {
-                if full.is_some() {
-                    self.last_full_sync = Some(Instant::now());
-                }
-                self.need_full_sync = None;
+                self.full_syncs.synced(full.is_some());
                 self.applied = now;
                 self.applied_top_level = rendered.top_level_hashes.clone();
                 self.last_large_cluster = Some(large);
@@ -233,7 +280,7 @@ impl Syncer {
             }
             Err(e) => {
                 // The changes are folded into `now` already: only a full sync is safe.
-                self.need_full_sync = Some(format!("previous sync failed: {e}"));
+                self.full_syncs.failed(&e);
                 Err(e)
             }
         }

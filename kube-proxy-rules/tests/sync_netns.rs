@@ -297,16 +297,16 @@ fn minimized_partial_syncs_leave_the_same_rules_as_a_full_sync() {
 fn a_full_sync_is_forced_after_the_full_sync_period_and_on_new_addresses() {
     let ns = Netns::new("kfp");
     let mut syncer = Syncer::new(Iptables::in_netns(ns.name()), config(), Duration::from_secs(30));
-    assert_eq!(syncer.full_sync_period, kube_proxy_rules::syncer::FULL_SYNC_PERIOD);
+    assert_eq!(syncer.full_syncs.period, kube_proxy_rules::syncer::FULL_SYNC_PERIOD);
     let st = state(
         &(service("ns1", "svc1", "172.30.0.41", "p80", 80) + &slice("ns1", "svc1", &["10.0.1.1"], "p80", 80)),
     );
     assert!(syncer.sync(&st).unwrap().full);
     assert!(!syncer.sync(&st).unwrap().full);
-    syncer.full_sync_period = Duration::ZERO;
+    syncer.full_syncs.period = Duration::ZERO;
     let r = syncer.sync(&st).unwrap();
     assert!(r.full && r.reason.starts_with("last full sync more than"), "{}", r.reason);
-    syncer.full_sync_period = Duration::from_secs(3600);
+    syncer.full_syncs.period = Duration::from_secs(3600);
     assert!(!syncer.sync(&st).unwrap().full);
     let addrs = syncer.cfg.local_addresses.clone();
     assert!(!syncer.set_local_addresses(addrs.clone()));

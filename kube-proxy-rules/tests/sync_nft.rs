@@ -593,17 +593,17 @@ fn a_full_sync_is_forced_after_the_full_sync_period_and_on_new_addresses() {
     let ns = Netns::new("knp");
     let nft = Nft::in_netns(ns.name());
     let mut syncer = NftSyncer::new(nft.clone(), config());
-    assert_eq!(syncer.full_sync_period, kube_proxy_rules::syncer::FULL_SYNC_PERIOD);
+    assert_eq!(syncer.full_syncs.period, kube_proxy_rules::syncer::FULL_SYNC_PERIOD);
     let st = state(
         &(service("ns1", "svc1", "172.30.0.41", "p80", 80) + &slice("ns1", "svc1", &["10.0.1.1"], "p80", 80)),
     );
     assert!(syncer.sync(&st).unwrap().full);
     assert!(!syncer.sync(&st).unwrap().full);
-    syncer.full_sync_period = Duration::ZERO;
+    syncer.full_syncs.period = Duration::ZERO;
     let r = syncer.sync(&st).unwrap();
     assert!(r.full && r.reason.starts_with("last full sync more than"), "{}", r.reason);
     assert_eq!(kernel_table(&nft, &BTreeSet::new()), fresh_table(&st));
-    syncer.full_sync_period = Duration::from_secs(3600);
+    syncer.full_syncs.period = Duration::from_secs(3600);
     assert!(!syncer.sync(&st).unwrap().full);
     assert!(!syncer.set_local_addresses(config().local_addresses));
     let more = vec!["192.168.0.2".parse().unwrap(), "192.168.0.3".parse().unwrap()];

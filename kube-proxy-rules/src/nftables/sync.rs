@@ -7,7 +7,7 @@
 //!   earlier run left behind are found with `nft list` and cleaned up.
 //! * A full sync is also forced when the node's addresses changed
 //!   ([`NftSyncer::set_local_addresses`]: `nodeport-ips` is written by full
-//!   syncs) and once the last one is [`FULL_SYNC_PERIOD`] old, as kube-proxy
+//!   syncs) and once the last one is [`crate::syncer::FULL_SYNC_PERIOD`] old, as kube-proxy
 //!   does.
 //! * An incremental sync rewrites the chains of the services whose Service or
 //!   endpoints changed (found by fingerprint, as in iptables mode) and adds or
@@ -33,7 +33,7 @@ use crate::family::IpFamily;
 use crate::nftables::nft::{Nft, NftError};
 use crate::nftables::render::{render, Applied, NftPlan, NftRendered};
 use crate::proxier::{ProxierConfig, ProxyState};
-use crate::syncer::{fingerprints, ServiceKey, FULL_SYNC_PERIOD};
+use crate::syncer::{fingerprints, FullSyncs, ServiceKey};
 use crate::validate::UnsafeText;
 
 /// kube-proxy waits this long before deleting a flushed stale chain.
@@ -83,14 +83,12 @@ pub struct NftSyncer {
     pub cfg: ProxierConfig,
     /// How long a flushed stale chain waits before it is deleted.
     pub stale_chain_delay: Duration,
-    need_full_sync: Option<String>,
+    /// When the next sync must be full.
+    pub full_syncs: FullSyncs,
     fingerprints: HashMap<ServiceKey, u64>,
     applied: Applied,
     stale_chains: BTreeMap<String, Instant>,
     base_chains_recreated: bool,
-    /// A full sync is forced when the last one is this old ([`FULL_SYNC_PERIOD`]).
-    pub full_sync_period: Duration,
-    last_full_sync: Option<Instant>,
 }
 
 impl NftSyncer {
@@ -99,13 +97,11 @@ impl NftSyncer {
             nft,
             cfg,
             stale_chain_delay: STALE_CHAIN_DELAY,
-            need_full_sync: Some("first sync".into()),
+            full_syncs: FullSyncs::default(),
             fingerprints: HashMap::new(),
             applied: Applied::default(),
             stale_chains: BTreeMap::new(),
             base_chains_recreated: false,
-            full_sync_period: FULL_SYNC_PERIOD,
-            last_full_sync: None,
         }
     }
 
@@ -123,12 +119,12 @@ impl NftSyncer {
 
     /// Make the next sync a full one.
     pub fn force_full_sync(&mut self, reason: &str) {
-        self.need_full_sync.get_or_insert_with(|| reason.to_string());
+        self.full_syncs.force(reason);
     }
 
     /// Why the next sync is full, if it is.
     pub fn needs_full_sync(&self) -> Option<&str> {
-        self.need_full_sync.as_deref()
+        self.full_syncs.pending()
     }
 
     /// The stale chains waiting to be deleted.
@@ -165,11 +161,7 @@ impl NftSyncer {
             .collect();
         // Deleted services count as changed (their objects go).
         changed.extend(self.fingerprints.keys().filter(|k| !now.contains_key(*k)).cloned());
-        let mut full = self.need_full_sync.clone();
-        if full.is_none() && self.last_full_sync.is_some_and(|t| t.elapsed() >= self.full_sync_period) {
-            full = Some(format!("last full sync more than {:?} ago", self.full_sync_period));
-        }
-        (full, changed, now)
+        (self.full_syncs.due(), changed, now)
     }
 
     fn aged_stale_chains(&self) -> Vec<String> {
@@ -222,11 +214,10 @@ impl NftSyncer {
 
     fn commit(&mut self, state: &ProxyState, rendered: &NftRendered, full: bool) {
         let now = Instant::now();
-        self.need_full_sync = None;
+        self.full_syncs.synced(full);
         self.fingerprints = fingerprints(state);
         self.applied.elements = rendered.elements.clone();
         if full {
-            self.last_full_sync = Some(now);
             self.applied.objects = rendered.objects.clone();
             self.base_chains_recreated = true;
             // The listing found every stale chain: keep the age of known ones.
@@ -320,7 +311,7 @@ impl NftSyncer {
             Err(e) => {
                 // The changes are folded into the fingerprints already and the
                 // table may differ from our memory: only a full sync is safe.
-                self.need_full_sync = Some(format!("previous sync failed: {e}"));
+                self.full_syncs.failed(&e);
                 Err(e)
             }
         }
