@@ -218,8 +218,11 @@ impl Args {
                 "--hostname-override" => a.hostname = Some(value()?),
                 "--node-ip" => {
                     for v in value()?.split(',').filter(|s| !s.is_empty()) {
-                        a.node_ips
-                            .push(v.trim().parse().map_err(|_| format!("--node-ip: invalid IP {v:?}"))?);
+                        // As kube-proxy (ParseIPSloppy): `::ffff:a.b.c.d` is the IPv4 address.
+                        a.node_ips.push(
+                            crate::service::parse_ip_sloppy(v.trim())
+                                .ok_or_else(|| format!("--node-ip: invalid IP {v:?}"))?,
+                        );
                     }
                 }
                 "--cluster-cidr" => {
@@ -520,6 +523,9 @@ mod tests {
         assert!(args(&["render", "--bogus"]).unwrap_err().contains("unknown flag --bogus"));
         assert!(args(&["render", "--datastore-type", "etcdv3"]).unwrap_err().contains("etcd_endpoints"));
         assert_eq!(parse_duration("x", "250ms").unwrap(), Duration::from_millis(250));
+        // kube-proxy's ParseIPSloppy: an IPv4-mapped node IP is the IPv4 node IP.
+        let a = args(&["render", "--node-ip", "::ffff:10.0.0.1,010.0.0.2"]).unwrap();
+        assert_eq!(a.node_ips, ["10.0.0.1".parse::<IpAddr>().unwrap(), "10.0.0.2".parse().unwrap()]);
     }
 
     #[test]

@@ -243,7 +243,9 @@ pub fn from_pod_records(
             // The endpoint of the service port's family: a dual-stack pod
             // has one address of each (the endpoint controller's slices per family).
             let family = sp.family();
-            let Some(ip) = wep.spec.ip_networks.iter().map(|n| n.ip()).find(|ip| family.has(*ip)) else {
+            let Some(ip) =
+                wep.spec.ip_networks.iter().map(|n| crate::family::unmap(n.ip())).find(|ip| family.has(*ip))
+            else {
                 continue;
             };
             let info = EndpointInfo::new(&sp.name_string, sp.protocol, ip, port, Some(wep.spec.node.clone()));

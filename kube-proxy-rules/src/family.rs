@@ -19,6 +19,8 @@ impl IpFamily {
     /// Both families, IPv4 first (kube-proxy's primary family order).
     pub const ALL: [IpFamily; 2] = [IpFamily::V4, IpFamily::V6];
 
+    /// The family of `ip` as parsed (inputs are [`unmap`]ped when parsed,
+    /// so an IPv4-mapped address has reached here as IPv4).
     pub fn of(ip: IpAddr) -> IpFamily {
         if ip.is_ipv4() {
             IpFamily::V4
@@ -88,8 +90,53 @@ impl IpFamily {
     }
 }
 
+/// An IPv4-mapped IPv6 address (`::ffff:192.0.2.7`) as the IPv4 address it
+/// maps (`192.0.2.7`); any other address unchanged. Go's `net.IP` keeps IPv4
+/// addresses in this 16-byte form and prints them as IPv4, so kube-proxy
+/// treats `::ffff:192.0.2.7` in a Service or EndpointSlice as the IPv4 address
+/// (`-d 192.0.2.7` in the IPv4 proxier); an ip6tables rule for it would never
+/// match (IPv4 packets do not reach ip6tables).
+pub fn unmap(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        IpAddr::V4(_) => ip,
+    }
+}
+
+/// A network whose (masked) address is IPv4-mapped and whose prefix covers
+/// the `::ffff:0:0/96` part, as the IPv4 network (`::ffff:10.0.0.0/104` →
+/// `10.0.0.0/8`), as Go's `ParseCIDR` + `IPNet.String` do; any other network
+/// unchanged. The network must already be masked.
+pub fn unmap_net(net: IpNetwork) -> IpNetwork {
+    match net {
+        IpNetwork::V6(n) if n.prefix() >= 96 => match n.network().to_ipv4_mapped() {
+            Some(v4) => ipnetwork::Ipv4Network::new(v4, n.prefix() - 96).map_or(net, IpNetwork::V4),
+            None => net,
+        },
+        _ => net,
+    }
+}
+
 impl std::fmt::Display for IpFamily {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.name())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ipv4_mapped_addresses_are_ipv4() {
+        let mapped: IpAddr = "::ffff:192.0.2.7".parse().unwrap();
+        assert_eq!(unmap(mapped), "192.0.2.7".parse::<IpAddr>().unwrap());
+        // IPv4-compatible (deprecated `::a.b.c.d`) is not mapped, as in Go.
+        let compat: IpAddr = "::192.0.2.7".parse().unwrap();
+        assert_eq!(unmap(compat), compat);
+        let net: IpNetwork = "::ffff:10.0.0.0/104".parse().unwrap();
+        assert_eq!(unmap_net(net), "10.0.0.0/8".parse::<IpNetwork>().unwrap());
+        let wide: IpNetwork = "::/80".parse().unwrap();
+        assert_eq!(unmap_net(wide), wide);
     }
 }

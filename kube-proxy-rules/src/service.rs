@@ -9,7 +9,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use ipnetwork::{IpNetwork, Ipv4Network, Ipv6Network};
 use sha2::{Digest, Sha256};
 
-use crate::family::IpFamily;
+use crate::family::{unmap, unmap_net, IpFamily};
 use crate::k8s::{IntOrString, ObjectError, ObjectRef, Service};
 use crate::names::ServiceChains;
 use crate::validate::{dns1123_label, iana_svc_name};
@@ -123,22 +123,30 @@ pub fn parse_cidr_sloppy(s: &str) -> Option<Ipv4Network> {
 }
 
 /// Parse an IP of either family as Go's `ParseIPSloppy` does (IPv4 with
-/// leading zeros allowed; IPv6 as written, including `::ffff:a.b.c.d`).
+/// leading zeros allowed; IPv6 as written), an IPv4-mapped IPv6 address
+/// (`::ffff:a.b.c.d`) giving the IPv4 address (see [`crate::family::unmap`]).
 pub fn parse_ip_sloppy(s: &str) -> Option<IpAddr> {
     if s.contains(':') {
-        s.parse::<Ipv6Addr>().ok().map(IpAddr::V6)
+        s.parse::<Ipv6Addr>().ok().map(|ip| unmap(IpAddr::V6(ip)))
     } else {
         parse_ipv4_sloppy(s).map(IpAddr::V4)
     }
 }
 
-/// Parse a CIDR of either family, masked (see [`parse_cidr_sloppy`]).
+/// Parse a CIDR of either family, masked (see [`parse_cidr_sloppy`]). The
+/// prefix is required in both families, as Go's `ParseCIDR` requires it
+/// (`2001:db8::5` is not `2001:db8::5/128`). An IPv4-mapped IPv6 network is
+/// the IPv4 network (see [`crate::family::unmap_net`]).
 pub fn parse_ip_cidr_sloppy(s: &str) -> Option<IpNetwork> {
     if !s.contains(':') {
         return parse_cidr_sloppy(s).map(IpNetwork::V4);
     }
-    let net: Ipv6Network = s.parse().ok()?;
-    Ipv6Network::new(net.network(), net.prefix()).ok().map(IpNetwork::V6)
+    let (ip, prefix) = s.split_once('/')?;
+    if prefix.is_empty() || prefix.len() > 3 || !prefix.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let net = Ipv6Network::new(ip.parse().ok()?, prefix.parse().ok()?).ok()?;
+    Ipv6Network::new(net.network(), net.prefix()).ok().map(|n| unmap_net(IpNetwork::V6(n)))
 }
 
 /// What became of one Service.
@@ -594,6 +602,48 @@ mod tests {
         assert!(convert(&bad[0], "t").err().unwrap().reason.contains("two IPv6"));
         let bad = services("apiVersion: v1\nkind: Service\nmetadata: {name: b}\nspec: {clusterIP: 'fd00::zz', ports: [{port: 80}]}\n");
         assert!(convert(&bad[0], "t").err().unwrap().reason.contains("invalid spec.clusterIP"));
+    }
+
+    #[test]
+    fn ipv4_mapped_addresses_belong_to_the_ipv4_proxier() {
+        // Go's ParseIPSloppy + GetIPFamilyFromIP: `::ffff:a.b.c.d` is IPv4.
+        let s = services(
+            "apiVersion: v1\nkind: Service\nmetadata: {name: m}\nspec: {type: LoadBalancer, clusterIPs: ['fd00::10', '::ffff:10.0.0.10'], \
+             externalIPs: ['::ffff:192.0.2.7', '2001:db8::1'], loadBalancerSourceRanges: ['::ffff:203.0.113.0/120'], ports: [{port: 80, nodePort: 30080}]}\n\
+             status: {loadBalancer: {ingress: [{ip: '::ffff:198.51.100.1'}]}}\n",
+        );
+        let Ok(Converted::Ports(p)) = convert(&s[0], "t") else { panic!() };
+        assert_eq!(p.len(), 2);
+        let v4 = p.iter().find(|p| p.family() == IpFamily::V4).unwrap();
+        let v6 = p.iter().find(|p| p.family() == IpFamily::V6).unwrap();
+        assert_eq!(v4.cluster_ip, "10.0.0.10".parse::<IpAddr>().unwrap());
+        assert_eq!(v4.external_ips, ["192.0.2.7".parse::<IpAddr>().unwrap()]);
+        assert_eq!(v4.load_balancer_vips, ["198.51.100.1".parse::<IpAddr>().unwrap()]);
+        assert_eq!(v4.load_balancer_source_ranges, ["203.0.113.0/24".parse::<IpNetwork>().unwrap()]);
+        assert_eq!(v6.external_ips, ["2001:db8::1".parse::<IpAddr>().unwrap()]);
+        assert!(v6.load_balancer_vips.is_empty() && v6.load_balancer_source_ranges.is_empty());
+        // A mapped address is a second IPv4 clusterIP, as the apiserver sees it.
+        let bad = services("apiVersion: v1\nkind: Service\nmetadata: {name: b}\nspec: {clusterIPs: [10.0.0.1, '::ffff:10.0.0.2'], ports: [{port: 80}]}\n");
+        assert!(convert(&bad[0], "t").err().unwrap().reason.contains("two IPv4"));
+    }
+
+    #[test]
+    fn ipv6_source_ranges_need_a_prefix() {
+        // Go's ParseCIDR (and our IPv4 path) reject a bare address.
+        assert_eq!(parse_ip_cidr_sloppy("2001:db8:1::5"), None);
+        assert_eq!(parse_ip_cidr_sloppy("2001:db8:1::5/"), None);
+        assert_eq!(parse_ip_cidr_sloppy("2001:db8:1::5/129"), None);
+        assert_eq!(parse_ip_cidr_sloppy("2001:db8:1::5/64"), Some("2001:db8:1::/64".parse().unwrap()));
+        let bad = services(
+            "apiVersion: v1\nkind: Service\nmetadata: {name: r}\nspec: {type: LoadBalancer, clusterIPs: ['fd00::10'], \
+             loadBalancerSourceRanges: ['2001:db8:1::5'], ports: [{port: 80, nodePort: 30080}]}\n",
+        );
+        let e = convert(&bad[0], "t").err().unwrap();
+        assert!(
+            e.reason.contains("invalid loadBalancerSourceRanges entry \"2001:db8:1::5\""),
+            "{}",
+            e.reason
+        );
     }
 
     #[test]
