@@ -5,8 +5,21 @@
 //! Supported: `all()`, `has(k)`, `k == 'v'`, `k != 'v'`, `!`, `&&`, `||` and
 //! parentheses. An empty selector selects everything, like `all()`. Anything
 //! else (`in`, `contains`, ...) is a [`SelectorError`], never a silent match.
+//!
+//! Selectors come from datastore documents anyone with write access can
+//! edit, and the parser is recursive: a selector longer than
+//! [`MAX_SELECTOR_LEN`] bytes or nested deeper than [`MAX_SELECTOR_DEPTH`]
+//! (parentheses and `!`) is rejected before it can exhaust the stack. Calico
+//! sets no explicit bound that we found; these are far beyond any real
+//! `nodeSelector`/`peerSelector` and keep the left-deep `&&`/`||` trees a
+//! 4096-byte selector can build shallow enough for recursive matching.
 
 use std::collections::BTreeMap;
+
+/// The longest selector accepted, in bytes.
+pub const MAX_SELECTOR_LEN: usize = 4096;
+/// The deepest nesting of parentheses and `!` accepted.
+pub const MAX_SELECTOR_DEPTH: usize = 64;
 
 /// A selector that does not parse: the text and why.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -30,12 +43,20 @@ pub enum Selector {
 
 impl Selector {
     pub fn parse(s: &str) -> Result<Selector, SelectorError> {
+        if s.len() > MAX_SELECTOR_LEN {
+            // Do not echo a huge document into every log line.
+            let head: String = s.chars().take(64).collect();
+            return Err(SelectorError {
+                selector: format!("{head}..."),
+                reason: format!("{} bytes, longer than the limit of {MAX_SELECTOR_LEN}", s.len()),
+            });
+        }
         let bad = |why: &str| SelectorError { selector: s.to_string(), reason: why.to_string() };
         if s.trim().is_empty() {
             return Ok(Selector::All);
         }
         let tokens = tokenize(s).map_err(|e| bad(&e))?;
-        let mut p = Parser { tokens, pos: 0 };
+        let mut p = Parser { tokens, pos: 0, depth: 0 };
         let sel = p.or().map_err(|e| bad(&e))?;
         if p.pos != p.tokens.len() {
             return Err(bad("trailing input"));
@@ -132,6 +153,8 @@ fn tokenize(s: &str) -> Result<Vec<Tok>, String> {
 struct Parser {
     tokens: Vec<Tok>,
     pos: usize,
+    /// Current nesting of `(` and `!` (each one recursion of `unary`).
+    depth: usize,
 }
 
 impl Parser {
@@ -171,6 +194,16 @@ impl Parser {
     }
 
     fn unary(&mut self) -> Result<Selector, String> {
+        if self.depth >= MAX_SELECTOR_DEPTH {
+            return Err(format!("nested deeper than {MAX_SELECTOR_DEPTH} levels"));
+        }
+        self.depth += 1;
+        let res = self.unary_inner();
+        self.depth -= 1;
+        res
+    }
+
+    fn unary_inner(&mut self) -> Result<Selector, String> {
         match self.next() {
             Some(Tok::Not) => Ok(Selector::Not(Box::new(self.unary()?))),
             Some(Tok::LParen) => {
@@ -246,5 +279,26 @@ mod tests {
             assert_eq!(e.selector, s);
             assert!(e.to_string().starts_with("invalid selector"), "{e}");
         }
+    }
+
+    #[test]
+    fn nesting_and_length_are_bounded() {
+        // 200k parentheses used to overflow the stack (SIGABRT).
+        let deep = format!("{}has(a){}", "(".repeat(200_000), ")".repeat(200_000));
+        let e = Selector::parse(&deep).unwrap_err();
+        assert!(e.reason.contains("longer than"), "{e}");
+        assert!(e.selector.len() < 100, "the error does not echo the whole input");
+        let bangs = format!("{}has(a)", "!".repeat(MAX_SELECTOR_LEN - 6));
+        assert!(Selector::parse(&bangs).unwrap_err().reason.contains("nested deeper"));
+        // Within both limits: fine.
+        let ok =
+            format!("{}has(a){}", "(".repeat(MAX_SELECTOR_DEPTH - 1), ")".repeat(MAX_SELECTOR_DEPTH - 1));
+        assert!(Selector::parse(&ok).unwrap().matches(&labels(&[("a", "")])));
+        let too_deep = format!("{}has(a){}", "(".repeat(MAX_SELECTOR_DEPTH), ")".repeat(MAX_SELECTOR_DEPTH));
+        assert!(Selector::parse(&too_deep).unwrap_err().reason.contains("nested deeper"));
+        // A long flat selector within the length limit parses and matches.
+        let flat = vec!["has(a)"; 400].join(" && ");
+        assert!(flat.len() <= MAX_SELECTOR_LEN);
+        assert!(Selector::parse(&flat).unwrap().matches(&labels(&[("a", "")])));
     }
 }
