@@ -412,6 +412,49 @@ pub struct BgpConfigurationSpec {
 
 pub type BgpConfiguration = Resource<BgpConfigurationSpec>;
 
+/// Decode a BGPConfiguration field by field: a field that does not parse is
+/// left unset, a bad entry of `serviceClusterIPs`/`serviceExternalIPs` is
+/// dropped, and each is reported (`field: why`) instead of discarding the
+/// whole cluster-wide document. Only a document that is not a v3 resource
+/// with an object `spec` is `Corrupt`.
+pub fn decode_bgp_configuration(kv: &KeyValue) -> Result<(BgpConfiguration, Vec<String>), StoreError> {
+    let raw: Resource<serde_json::Map<String, serde_json::Value>> = decode(kv)?;
+    let mut bad = Vec::new();
+    let mut spec = BgpConfigurationSpec::default();
+    for (field, value) in &raw.spec {
+        let one = |v: &serde_json::Value| {
+            let mut m = serde_json::Map::new();
+            m.insert(field.clone(), v.clone());
+            serde_json::from_value::<BgpConfigurationSpec>(serde_json::Value::Object(m))
+        };
+        match field.as_str() {
+            "serviceClusterIPs" | "serviceExternalIPs" => {
+                let Some(entries) = value.as_array() else {
+                    bad.push(format!("{field}: expected a list, found {value}"));
+                    continue;
+                };
+                for (i, entry) in entries.iter().enumerate() {
+                    match serde_json::from_value::<ServiceIpBlock>(entry.clone()) {
+                        Ok(b) if field == "serviceClusterIPs" => spec.service_cluster_ips.push(b),
+                        Ok(b) => spec.service_external_ips.push(b),
+                        Err(e) => bad.push(format!("{field}[{i}] {entry}: {e}")),
+                    }
+                }
+            }
+            _ => match one(value) {
+                Ok(s) => {
+                    spec.log_severity_screen = spec.log_severity_screen.or(s.log_severity_screen);
+                    spec.node_to_node_mesh_enabled =
+                        spec.node_to_node_mesh_enabled.or(s.node_to_node_mesh_enabled);
+                    spec.as_number = spec.as_number.or(s.as_number);
+                }
+                Err(e) => bad.push(format!("{field} {value}: {e}")),
+            },
+        }
+    }
+    Ok((Resource { kind: raw.kind, api_version: raw.api_version, metadata: raw.metadata, spec }, bad))
+}
+
 /// BGPPeer spec: a BGP peering and the nodes it applies to.
 ///
 /// Scope: `node` (that node only) or `nodeSelector` (the nodes whose labels
@@ -431,6 +474,11 @@ pub struct BgpPeerSpec {
     pub as_number: Option<u32>,
     #[serde(rename = "peerSelector", default, skip_serializing_if = "Option::is_none")]
     pub peer_selector: Option<String>,
+    /// Every other field (`password`, `sourceAddress`, `keepOriginalNextHop`,
+    /// `filters`, ...), kept as written so a reader can say what it ignores
+    /// and a rewrite does not lose it.
+    #[serde(flatten, default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub other: BTreeMap<String, serde_json::Value>,
 }
 
 pub type BgpPeer = Resource<BgpPeerSpec>;
@@ -561,6 +609,54 @@ mod tests {
             "{out}"
         );
         assert!(!String::from_utf8(encode(&empty)).unwrap().contains("asNumber"));
+    }
+
+    #[test]
+    fn bgp_configuration_bad_fields_are_dropped_one_by_one() {
+        let json = r#"{"kind":"BGPConfiguration","apiVersion":"projectcalico.org/v3",
+            "metadata":{"name":"default"},
+            "spec":{"logSeverityScreen":7,"nodeToNodeMeshEnabled":"yes","asNumber":"sixty",
+                    "serviceClusterIPs":[{"cidr":"10.96.0.0/12"},{"cidr":"nonsense"},{"cidr":"10.97.0.1/16"}],
+                    "serviceExternalIPs":{"cidr":"1.2.3.0/24"},"listenPort":178}}"#;
+        // The strict decode loses the whole document over one field.
+        assert!(decode::<BgpConfiguration>(&kv("k", json)).is_err());
+        let (c, bad) = decode_bgp_configuration(&kv("k", json)).unwrap();
+        assert_eq!(c.metadata.name, "default");
+        assert_eq!(c.spec.log_severity_screen, None);
+        assert_eq!(c.spec.node_to_node_mesh_enabled, None);
+        assert_eq!(c.spec.as_number, None);
+        let cidrs: Vec<String> = c.spec.service_cluster_ips.iter().map(|b| b.cidr.to_string()).collect();
+        assert_eq!(cidrs, ["10.96.0.0/12", "10.97.0.1/16"], "host bits are the reader's business");
+        assert!(c.spec.service_external_ips.is_empty());
+        assert_eq!(bad.len(), 5, "{bad:?}");
+        for field in ["logSeverityScreen", "nodeToNodeMeshEnabled", "asNumber", "serviceClusterIPs[1]"] {
+            assert!(bad.iter().any(|b| b.starts_with(field)), "{field}: {bad:?}");
+        }
+        // Good fields next to bad ones are kept.
+        let json = r#"{"kind":"BGPConfiguration","apiVersion":"projectcalico.org/v3","metadata":{"name":"default"},
+            "spec":{"asNumber":"1.10","nodeToNodeMeshEnabled":false,"logSeverityScreen":"Verbose"}}"#;
+        let (c, bad) = decode_bgp_configuration(&kv("k", json)).unwrap();
+        assert_eq!((c.spec.as_number, c.spec.node_to_node_mesh_enabled), (Some(65546), Some(false)));
+        assert_eq!(
+            c.spec.log_severity_screen.as_deref(),
+            Some("Verbose"),
+            "values are the reader's to judge"
+        );
+        assert!(bad.is_empty());
+        // Not a resource at all: corrupt.
+        assert!(decode_bgp_configuration(&kv("k", r#"{"spec":[]}"#)).is_err());
+    }
+
+    #[test]
+    fn bgp_peer_keeps_fields_it_does_not_model() {
+        let json = r#"{"kind":"BGPPeer","apiVersion":"projectcalico.org/v3","metadata":{"name":"p"},
+            "spec":{"peerIP":"192.168.10.1","asNumber":65000,"password":{"secretKeyRef":{"name":"s","key":"k"}},
+                    "keepOriginalNextHop":true}}"#;
+        let p: BgpPeer = decode(&kv("k", json)).unwrap();
+        assert_eq!(p.spec.as_number, Some(65000));
+        assert_eq!(p.spec.other.keys().collect::<Vec<_>>(), ["keepOriginalNextHop", "password"]);
+        let out = String::from_utf8(encode(&p)).unwrap();
+        assert!(out.contains("secretKeyRef") && out.contains("keepOriginalNextHop"), "{out}");
     }
 
     #[test]
