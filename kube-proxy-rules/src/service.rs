@@ -369,6 +369,10 @@ fn wanted_families(
         Some("PreferDualStack" | "RequireDualStack") => {
             out.extend(listed.iter().chain(configured.iter()).copied().filter(|f| *f != primary).take(1))
         }
+        // SingleStack is one family, whatever `ipFamilies` lists (the
+        // apiserver rejects a second entry; [`allocate`] notes it).
+        Some("SingleStack") => {}
+        // No policy: the apiserver defaults two `ipFamilies` to RequireDualStack.
         _ => out.extend(listed.iter().copied().filter(|f| *f != primary).take(1)),
     }
     out
@@ -452,6 +456,13 @@ pub fn allocate(services: &mut [Service], service_cidrs: &[IpNetwork]) -> Vec<St
         let given: Vec<IpAddr> = given_text.iter().filter_map(|ip| parse_ip_sloppy(ip)).collect();
         if given.len() != given_text.len() {
             continue; // an invalid clusterIP: reported by convert, nothing allocated
+        }
+        if svc.spec.ip_family_policy.as_deref() == Some("SingleStack") && svc.spec.ip_families.len() > 1 {
+            notes.push(format!(
+                "Service {ns}/{name}: ipFamilyPolicy SingleStack with {} ipFamilies (the apiserver rejects \
+                 this): only the first family is proxied",
+                svc.spec.ip_families.len()
+            ));
         }
         let wanted = wanted_families(&svc.spec, &given, service_cidrs);
         let mut ips = given.clone();
@@ -581,6 +592,28 @@ mod tests {
         assert!(notes.iter().any(|n| n.contains("default/v6") && n.contains("no IPv6")), "{notes:?}");
         assert!(!notes.iter().any(|n| n.contains("prefer") && n.contains("IPv6")), "{notes:?}");
         assert!(convert(&s[2], "t").is_err());
+    }
+
+    #[test]
+    fn single_stack_takes_only_the_first_listed_family() {
+        let yaml = "apiVersion: v1\nkind: Service\nmetadata: {name: s6}\nspec: {ipFamilyPolicy: SingleStack, ipFamilies: [IPv6, IPv4], ports: [{port: 80}]}\n---\n\
+                    apiVersion: v1\nkind: Service\nmetadata: {name: none}\nspec: {ipFamilies: [IPv6, IPv4], ports: [{port: 80}]}\n";
+        let ranges: Vec<IpNetwork> = vec!["10.96.0.0/12".parse().unwrap(), "fd00:96::/108".parse().unwrap()];
+        let mut s = services(yaml);
+        let notes = allocate(&mut s, &ranges);
+        let fams = |svc: &Service| -> Vec<IpFamily> {
+            match convert(svc, "t") {
+                Ok(Converted::Ports(p)) => p.iter().map(|p| p.family()).collect(),
+                _ => panic!("not converted"),
+            }
+        };
+        // `none` is sorted first (allocation order is by name).
+        let single = s.iter().find(|s| s.metadata.name() == "s6").unwrap();
+        let none = s.iter().find(|s| s.metadata.name() == "none").unwrap();
+        assert_eq!(fams(single), [IpFamily::V6]);
+        assert!(notes.iter().any(|n| n.contains("default/s6") && n.contains("SingleStack")), "{notes:?}");
+        // No policy with two families: the apiserver's default is RequireDualStack.
+        assert_eq!(fams(none), [IpFamily::V6, IpFamily::V4]);
     }
 
     #[test]
