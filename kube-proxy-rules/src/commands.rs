@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use crate::canonical;
 use crate::cli::{input_stamp, Args, Command, PodRecords, ProxyMode};
+use crate::exec::Runner;
 use crate::family::IpFamily;
 use crate::inputs::Loaded;
 use crate::iptables::Iptables;
@@ -55,6 +56,54 @@ fn family_states(args: &Args, state: ProxyState) -> Vec<(IpFamily, ProxyState)> 
         out.push((IpFamily::V6, v6));
     }
     out
+}
+
+/// The families of `families` whose backend works here (see
+/// [`crate::probe`]), each skipped one warned about. An error when every
+/// family is skipped: there would be nothing left to sync.
+fn usable_families(
+    args: &Args,
+    families: Vec<(IpFamily, ProxyState)>,
+) -> Result<Vec<(IpFamily, ProxyState)>, String> {
+    let mut out = Vec::new();
+    let mut skipped = Vec::new();
+    for (family, state) in families {
+        match crate::probe::unavailable(&Runner::current(), args.proxy_mode, family) {
+            None => out.push((family, state)),
+            Some(reason) => {
+                eprintln!("{}", crate::probe::skipped_warning(family, &reason));
+                skipped.push(format!("{family}: {reason}"));
+            }
+        }
+    }
+    if out.is_empty() && !skipped.is_empty() {
+        return Err(format!("no IP family can be proxied on this node: {}", skipped.join("; ")));
+    }
+    Ok(out)
+}
+
+/// A one-shot `sync` (or the first sync of `run`) that has nothing for
+/// IPv4 still syncs IPv4 (empty) when an earlier sync left IPv4 rules: the
+/// services they were for are gone, so are the rules. Reading the IPv4
+/// tables is harmless on any node; IPv6 is not checked this way (an
+/// IPv4-only node never runs ip6tables or reads `ip6 kube-proxy`).
+fn with_ipv4_leftovers(
+    args: &Args,
+    mut families: Vec<(IpFamily, ProxyState)>,
+) -> Vec<(IpFamily, ProxyState)> {
+    if families.iter().any(|(f, _)| *f == IpFamily::V4) {
+        return families;
+    }
+    let leftover = match args.proxy_mode {
+        ProxyMode::Iptables => Iptables::current().chain_exists("nat", crate::names::KUBE_SERVICES),
+        ProxyMode::Nftables => Ok(Nft::current().list_table().is_ok()),
+    };
+    match leftover {
+        Ok(true) => families.insert(0, (IpFamily::V4, ProxyState::default())),
+        Ok(false) => {}
+        Err(e) => eprintln!("error: looking for IPv4 rules of an earlier sync: {e}"),
+    }
+    families
 }
 
 /// `render` of one family: the iptables-restore payload or the nft transaction.
@@ -141,7 +190,7 @@ fn mode_syncer(args: &Args, family: IpFamily) -> Result<Box<dyn ModeSyncer>, Str
 fn cmd_sync(args: &Args) -> Result<i32, String> {
     let loaded = PodRecords::open(args.datastore.as_ref())?.load(args)?;
     report(&loaded);
-    let families = family_states(args, loaded.state);
+    let families = usable_families(args, with_ipv4_leftovers(args, family_states(args, loaded.state)))?;
     let tag = |family: IpFamily| if families.len() > 1 { format!("{family}: ") } else { String::new() };
     for (family, state) in &families {
         let mut syncer = mode_syncer(args, *family)?;
@@ -274,9 +323,24 @@ fn cmd_run(args: &Args) -> Result<i32, String> {
 /// empty, which removes its rules).
 struct FamilySyncers {
     syncers: Vec<(IpFamily, Box<dyn ModeSyncer>)>,
+    /// Families probed before their first sync, and whether they work
+    /// (probed once: a family that cannot work is warned about once).
+    probed: Vec<(IpFamily, bool)>,
 }
 
 impl FamilySyncers {
+    /// Whether `family` can be proxied here, probed the first time it is asked.
+    fn usable(&mut self, args: &Args, family: IpFamily) -> bool {
+        if let Some((_, ok)) = self.probed.iter().find(|(f, _)| *f == family) {
+            return *ok;
+        }
+        let reason = crate::probe::unavailable(&Runner::current(), args.proxy_mode, family);
+        if let Some(reason) = &reason {
+            eprintln!("{}", crate::probe::skipped_warning(family, reason));
+        }
+        self.probed.push((family, reason.is_none()));
+        reason.is_none()
+    }
     fn get(&mut self, args: &Args, family: IpFamily) -> Result<&mut Box<dyn ModeSyncer>, String> {
         let i = match self.syncers.iter().position(|(f, _)| *f == family) {
             Some(i) => i,
@@ -306,7 +370,7 @@ impl FamilySyncers {
 /// an address added or removed while `run` runs. The syncers also force a
 /// full sync once the last one is [`crate::syncer::FULL_SYNC_PERIOD`] old.
 fn run_loop(args: &Args, records: &PodRecords) -> Result<i32, String> {
-    let mut syncers = FamilySyncers { syncers: Vec::new() };
+    let mut syncers = FamilySyncers { syncers: Vec::new(), probed: Vec::new() };
     let poll = args.min_sync_period.clamp(Duration::from_millis(50), Duration::from_millis(500));
     let mut last_stamp = None;
     let mut last_rev = None;
@@ -354,6 +418,10 @@ fn run_loop(args: &Args, records: &PodRecords) -> Result<i32, String> {
                         report(&loaded);
                     }
                     let mut families = family_states(args, loaded.state);
+                    if last_sync.is_none() {
+                        families = with_ipv4_leftovers(args, families);
+                    }
+                    families.retain(|(f, _)| syncers.usable(args, *f));
                     // A family synced before stays: its rules follow its (now empty) state.
                     for (f, _) in &syncers.syncers {
                         if !families.iter().any(|(g, _)| g == f) {

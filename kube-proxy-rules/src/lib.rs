@@ -36,7 +36,8 @@
 //! (iptables rule builders named after chains), [`canonical`] (kube-proxy's
 //! iptables test sort), [`iptables`] (running iptables), [`syncer`]
 //! (iptables full/partial syncs), [`nftables`] (the nftables proxier: render,
-//! sync, nft, dump), [`exec`] (running the tools in a namespace), [`cli`]
+//! sync, nft, dump), [`exec`] (running the tools in a namespace), [`probe`]
+//! (whether a family's backend works on this node), [`cli`]
 //! (flags), [`commands`], [`bench`], [`validate`] (names as the API server
 //! checks them, and the payload writers' refusal of text that could break out).
 //!
@@ -58,6 +59,7 @@ pub mod iptables;
 pub mod k8s;
 pub mod names;
 pub mod nftables;
+pub mod probe;
 pub mod proxier;
 pub mod service;
 pub mod syncer;
