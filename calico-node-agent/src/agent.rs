@@ -1,5 +1,6 @@
 //! Node registration and the reconcile loop.
 
+use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -43,14 +44,17 @@ pub fn node_resource(cfg: &AgentConfig) -> Node {
     )
 }
 
-/// `cur` updated with what this agent publishes: its address, its AS when
-/// the config names one (else an AS an operator set on the Node stays), and
-/// its labels over the labels someone else set.
+/// `cur` updated with what this agent publishes: its address, the config's
+/// AS only when the Node has none (an AS set on the Node, by an operator or
+/// an earlier start, is the node's AS and is never overwritten, as with
+/// calico/node's `AS` variable), and its labels over the labels someone
+/// else set.
 fn merged_node(mut cur: Node, cfg: &AgentConfig) -> Node {
     let bgp = cur.spec.bgp.get_or_insert_with(NodeBgpSpec::default);
     bgp.ipv4_address = Some(cfg.node_ip.to_string());
-    if let Some(asn) = cfg.as_number {
-        bgp.as_number = Some(asn.0);
+    // 0 is no AS (the reader treats it as unset too).
+    if bgp.as_number.unwrap_or(0) == 0 {
+        bgp.as_number = cfg.as_number.map(|a| a.0);
     }
     for (k, v) in &cfg.labels {
         cur.metadata.labels.insert(k.clone(), v.clone());
@@ -96,6 +100,8 @@ pub struct Agent {
     last_revision: Option<Revision>,
     last_state: Option<RoutingState>,
     last_bgp: Option<BgpSettings>,
+    /// The datastore problems already logged (each is logged once while it lasts).
+    reported: BTreeSet<String>,
 }
 
 impl Agent {
@@ -107,7 +113,16 @@ impl Agent {
     pub fn with_store(cfg: AgentConfig, store: Arc<dyn Datastore>) -> Result<Agent, AgentError> {
         let routes = BlackholeRoutes::new(cfg.route_protocol)?;
         let bird = Bird::new(&cfg.bird_config, &cfg.bird_socket);
-        Ok(Agent { cfg, store, routes, bird, last_revision: None, last_state: None, last_bgp: None })
+        Ok(Agent {
+            cfg,
+            store,
+            routes,
+            bird,
+            last_revision: None,
+            last_state: None,
+            last_bgp: None,
+            reported: BTreeSet::new(),
+        })
     }
 
     pub fn register(&self) -> Result<(), AgentError> {
@@ -118,6 +133,10 @@ impl Agent {
     pub fn reconcile(&mut self) -> Result<(), AgentError> {
         let revision = self.store.revision()?;
         let st = state::read(self.store.as_ref(), &self.cfg.node_name)?;
+        for p in st.problems.difference(&self.reported) {
+            log::warn!("{p}");
+        }
+        self.reported.clone_from(&st.problems);
         if self.last_state.as_ref() != Some(&st) {
             log::info!(
                 "state at revision {revision}: blocks [{}], borrowed [{}], {} other node(s)",
@@ -252,8 +271,31 @@ mod tests {
         let rev = s.get(&model::node_key("n1")).unwrap().unwrap().revision;
         register_node(&s, &cfg("--label rack=r1")).unwrap();
         assert_eq!(s.get(&model::node_key("n1")).unwrap().unwrap().revision, rev);
-        // A configured AS is published over theirs.
+        // A configured AS is only the initial one: the operator's stays.
         register_node(&s, &cfg("--label rack=r1 --as 64512")).unwrap();
-        assert_eq!(node(&s).spec.bgp.and_then(|b| b.as_number), Some(64512));
+        assert_eq!(node(&s).spec.bgp.and_then(|b| b.as_number), Some(64700));
+    }
+
+    #[test]
+    fn registration_writes_the_config_as_only_into_a_node_without_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = FileStore::open(dir.path()).unwrap();
+        register_node(&s, &cfg("--as 64601")).unwrap();
+        assert_eq!(node(&s).spec.bgp.and_then(|b| b.as_number), Some(64601), "fresh node");
+        // A restart with another configured AS keeps the Node's.
+        register_node(&s, &cfg("--as 64602")).unwrap();
+        assert_eq!(node(&s).spec.bgp.and_then(|b| b.as_number), Some(64601));
+        // An AS of 0 is no AS: filled in.
+        let kv = s.get(&model::node_key("n1")).unwrap().unwrap();
+        let mut zero = node(&s);
+        zero.spec.bgp.as_mut().unwrap().as_number = Some(0);
+        s.update(&kv.key, &model::encode(&zero), kv.revision).unwrap();
+        register_node(&s, &cfg("--as 64602")).unwrap();
+        assert_eq!(node(&s).spec.bgp.and_then(|b| b.as_number), Some(64602));
+        // No configured AS: the Node keeps having none.
+        let dir2 = tempfile::tempdir().unwrap();
+        let s2 = FileStore::open(dir2.path()).unwrap();
+        register_node(&s2, &cfg("")).unwrap();
+        assert_eq!(node(&s2).spec.bgp.and_then(|b| b.as_number), None);
     }
 }

@@ -45,6 +45,14 @@ const RTPROT_BIRD: u8 = 12;
 #[serde(transparent)]
 pub struct AsNumber(pub u32);
 
+impl AsNumber {
+    /// An AS read from a document: 0 is "not set" to BIRD (`Local/Remote AS
+    /// number must be set`), so it is not an AS at all.
+    pub fn valid(n: u32) -> Option<AsNumber> {
+        (n != 0).then_some(AsNumber(n))
+    }
+}
+
 impl std::fmt::Display for AsNumber {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}", self.0)
@@ -233,6 +241,12 @@ impl AgentConfig {
                 "route_protocol {route_protocol} is reserved (kernel/boot/static/bird); use e.g. 80"
             )));
         }
+        if f.as_number == Some(AsNumber(0)) {
+            return Err(ConfigError::Invalid("as_number 0 is not an AS number".into()));
+        }
+        if let Some(p) = f.peers.iter().find(|p| p.as_number.0 == 0) {
+            return Err(ConfigError::Invalid(format!("peer {}: as_number 0 is not an AS number", p.ip)));
+        }
         Ok(AgentConfig {
             node_name,
             node_ip,
@@ -354,5 +368,11 @@ mod tests {
         let e = AgentConfig::from_args(&args("--node-name a --node-ip 10.0.0.1/24 --route-protocol 12"))
             .unwrap_err();
         assert!(e.to_string().contains("reserved"), "{e}");
+        // AS 0 would render a config BIRD refuses.
+        for bad in ["--as 0", "--peer 10.0.0.254:0"] {
+            let e = AgentConfig::from_args(&args(&format!("--node-name a --node-ip 10.0.0.1/24 {bad}")))
+                .unwrap_err();
+            assert!(e.to_string().contains("as_number 0"), "{bad}: {e}");
+        }
     }
 }

@@ -1,19 +1,27 @@
 //! Effective BGP settings of this node: the agent's config (fallbacks) merged
 //! with the datastore's BGP resources, as calico/node's confd does it.
 //!
-//! * **AS**: this node's Node `spec.bgp.asNumber`, else the config's
-//!   `as_number`, else BGPConfiguration `asNumber`, else 64512. Other nodes
-//!   (mesh, `peerSelector`) use their own Node AS or the cluster default.
-//! * **Mesh**: BGPConfiguration `nodeToNodeMeshEnabled` when set, else the
-//!   config's `node_to_node_mesh`.
+//! * **AS**: this node's Node `spec.bgp.asNumber`, else BGPConfiguration
+//!   `asNumber`, else the config's `as_number`, else 64512 (Calico: Node >
+//!   BGPConfiguration > 64512; the config's AS is also what the agent writes
+//!   into a Node that has none, like calico/node's `AS` variable). Other
+//!   nodes (mesh, `peerSelector`) use their own Node AS or the cluster
+//!   default (BGPConfiguration `asNumber`, else 64512).
+//! * **Mesh**: BGPConfiguration `nodeToNodeMeshEnabled` when set; on when the
+//!   BGPConfiguration exists without it (Calico's default); the config's
+//!   `node_to_node_mesh` (default off) when there is no BGPConfiguration.
 //! * **Peers**: the BGPPeers that apply to this node (no scope = every node;
 //!   `node` = this node; `nodeSelector` matching this node's labels), then the
 //!   config's `peers`. One session per peer address: the first wins (so a
 //!   BGPPeer overrides a config peer of the same address), and a peer whose
 //!   address is this node's own is skipped.
 //!
-//! BGPPeers are validated once when read ([`PeerRule::from_resource`]); an
-//! invalid one is logged by the reader and skipped.
+//! Documents are validated when read so that none can make BIRD refuse the
+//! rendered configuration (which would freeze every later routing change on
+//! the node): a BGPPeer that cannot be rendered (AS 0, port 0, ...) is
+//! skipped ([`PeerRule::from_resource`]); a bad BGPConfiguration field is
+//! dropped on its own ([`BgpDefaults::from_spec`]); a Node AS of 0 is unset.
+//! What was skipped is reported, not fatal.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr};
@@ -59,6 +67,8 @@ impl BirdDebug {
 /// `None` fields leave the agent's config in charge.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct BgpDefaults {
+    /// A BGPConfiguration `default` exists (it turns the mesh default on).
+    pub present: bool,
     pub as_number: Option<AsNumber>,
     pub mesh: Option<bool>,
     pub debug: Option<BirdDebug>,
@@ -68,24 +78,55 @@ pub struct BgpDefaults {
 }
 
 impl BgpDefaults {
-    pub fn from_spec(spec: &BgpConfigurationSpec) -> Result<BgpDefaults, String> {
+    /// Validate field by field: a bad field is dropped (as if unset) and
+    /// reported in the returned list, the others still apply. CIDRs with
+    /// host bits are masked, as Calico does (`10.96.0.1/12` → `10.96.0.0/12`).
+    pub fn from_spec(spec: &BgpConfigurationSpec) -> (BgpDefaults, Vec<String>) {
+        let mut problems = Vec::new();
         let mut service_cidrs = Vec::new();
-        for b in spec.service_cluster_ips.iter().chain(&spec.service_external_ips) {
+        let cidrs = spec
+            .service_cluster_ips
+            .iter()
+            .map(|b| ("serviceClusterIPs", b))
+            .chain(spec.service_external_ips.iter().map(|b| ("serviceExternalIPs", b)));
+        for (field, b) in cidrs {
             match b.cidr {
-                IpNetwork::V4(n) if n.network() == n.ip() => service_cidrs.push(n),
-                IpNetwork::V4(n) => return Err(format!("service CIDR {n} has host bits set")),
+                IpNetwork::V4(n) => {
+                    // Cannot fail: the prefix length comes from a valid network.
+                    let Ok(masked) = Ipv4Network::new(n.network(), n.prefix()) else { continue };
+                    if masked != n {
+                        problems.push(format!("{field} {n} has host bits set; using {masked}"));
+                    }
+                    service_cidrs.push(masked);
+                }
                 // The agent speaks IPv4 BGP only.
                 IpNetwork::V6(n) => log::debug!("service CIDR {n}: IPv6 is not announced"),
             }
         }
         service_cidrs.sort();
         service_cidrs.dedup();
-        Ok(BgpDefaults {
-            as_number: spec.as_number.map(AsNumber),
+        let as_number = spec.as_number.and_then(|n| {
+            let a = AsNumber::valid(n);
+            if a.is_none() {
+                problems.push("asNumber 0 is not an AS number; ignored".into());
+            }
+            a
+        });
+        let debug = spec.log_severity_screen.as_deref().and_then(|s| match BirdDebug::from_severity(s) {
+            Ok(d) => Some(d),
+            Err(e) => {
+                problems.push(format!("{e}; ignored"));
+                None
+            }
+        });
+        let d = BgpDefaults {
+            present: true,
+            as_number,
             mesh: spec.node_to_node_mesh_enabled,
-            debug: spec.log_severity_screen.as_deref().map(BirdDebug::from_severity).transpose()?,
+            debug,
             service_cidrs,
-        })
+        };
+        (d, problems)
     }
 }
 
@@ -115,6 +156,9 @@ pub struct PeerRule {
     pub name: String,
     pub scope: PeerScope,
     pub target: PeerTarget,
+    /// Fields set on the resource that the agent does not implement
+    /// (`password`, `sourceAddress`, ...): the peering is made without them.
+    pub ignored_fields: Vec<String>,
 }
 
 /// An empty string is an unset field (Go's `omitempty`).
@@ -149,11 +193,18 @@ impl PeerRule {
                 let IpAddr::V4(ip) = ip else {
                     return Err(format!("peerIP {addr:?}: IPv6 peers are not supported (IPv4 BGP only)"));
                 };
+                if port == Some(0) {
+                    return Err(format!("peerIP {addr}: port 0 is not a port"));
+                }
                 let as_number = s.as_number.ok_or_else(|| format!("peerIP {addr}: asNumber is required"))?;
-                PeerTarget::Addr { ip, port, as_number: AsNumber(as_number) }
+                let as_number = AsNumber::valid(as_number)
+                    .ok_or_else(|| format!("peerIP {addr}: asNumber 0 is not an AS number"))?;
+                PeerTarget::Addr { ip, port, as_number }
             }
         };
-        Ok(PeerRule { name: p.metadata.name.clone(), scope, target })
+        // `null` is how some clients write an unset field.
+        let ignored_fields = s.other.iter().filter(|(_, v)| !v.is_null()).map(|(k, _)| k.clone()).collect();
+        Ok(PeerRule { name: p.metadata.name.clone(), scope, target, ignored_fields })
     }
 
     /// Does this BGPPeer apply to node `node` with `labels`?
@@ -211,7 +262,7 @@ pub fn settings(cfg: &AgentConfig, st: &RoutingState) -> BgpSettings {
     let d = &st.bgp_defaults;
     let default_as = d.as_number.unwrap_or(AsNumber(DEFAULT_AS_NUMBER));
     let node_as = st.this_node.as_ref().and_then(|n| n.as_number);
-    let local_as = node_as.or(cfg.as_number).unwrap_or(default_as);
+    let local_as = node_as.or(d.as_number).or(cfg.as_number).unwrap_or(AsNumber(DEFAULT_AS_NUMBER));
     // Before this node's Node resource exists, its labels are the ones it is
     // about to write.
     let labels = st.this_node.as_ref().map_or(&cfg.labels, |n| &n.labels);
@@ -265,7 +316,9 @@ pub fn settings(cfg: &AgentConfig, st: &RoutingState) -> BgpSettings {
     BgpSettings {
         local_as,
         default_as,
-        mesh: d.mesh.unwrap_or(cfg.node_to_node_mesh),
+        // Calico turns the mesh on unless BGPConfiguration says otherwise;
+        // without one, the config decides (off by default, as before).
+        mesh: d.mesh.unwrap_or(d.present || cfg.node_to_node_mesh),
         peers,
         debug: d.debug,
         service_cidrs: d.service_cidrs.clone(),
@@ -341,6 +394,9 @@ mod tests {
                 BgpPeerSpec { peer_selector: s("has(x)"), as_number: Some(1), ..Default::default() },
                 "asNumber must be empty",
             ),
+            // BIRD refuses both ("Remote AS number must be set", "Invalid port number").
+            (BgpPeerSpec { peer_ip: s("1.1.1.1"), as_number: Some(0), ..Default::default() }, "asNumber 0"),
+            (BgpPeerSpec { peer_ip: s("1.1.1.1:0"), as_number: Some(1), ..Default::default() }, "port 0"),
         ];
         for (spec, want) in cases {
             let e = peer("p", spec.clone()).unwrap_err();
@@ -355,6 +411,7 @@ mod tests {
                 peer_ip: s("1.1.1.1:1790"),
                 as_number: Some(65000),
                 peer_selector: s(""),
+                ..Default::default()
             },
         )
         .unwrap();
@@ -486,7 +543,7 @@ mod tests {
                 service_cluster_ips: vec![ServiceIpBlock { cidr: "10.96.0.0/12".parse().unwrap() }],
                 ..Default::default()
             })
-            .unwrap(),
+            .0,
             bgp_peers: rules,
             ..Default::default()
         };
@@ -507,31 +564,90 @@ mod tests {
             ]
         );
 
-        // No Node resource yet: the config's labels select; the config AS beats the default.
+        // No Node resource yet: the config's labels select; the BGPConfiguration's
+        // AS beats the config's (Calico: Node > BGPConfiguration > 64512).
         let st2 = RoutingState { this_node: None, ..st.clone() };
         let b2 = settings(&cfg("--as 64601 --label rack=r2"), &st2);
-        assert_eq!(b2.local_as, AsNumber(64601));
+        assert_eq!(b2.local_as, AsNumber(63400));
         assert!(ips(&b2).contains(&"10.0.1.254/65200/Node".to_string()), "{:?}", ips(&b2));
         assert!(!ips(&b2).iter().any(|p| p.starts_with("10.0.0.254")));
-        // Neither: the BGPConfiguration's AS.
-        assert_eq!(settings(&cfg(""), &st2).local_as, AsNumber(63400));
+        // No AS in the BGPConfiguration: the config's AS is the fallback, then 64512.
+        let mut st3 = st2.clone();
+        st3.bgp_defaults.as_number = None;
+        assert_eq!(settings(&cfg("--as 64601"), &st3).local_as, AsNumber(64601));
+        assert_eq!(settings(&cfg(""), &st3).local_as, AsNumber(64512));
+        // The Node's own AS beats both.
+        let st4 = RoutingState {
+            this_node: Some(ThisNode { labels: BTreeMap::new(), as_number: Some(AsNumber(64800)) }),
+            ..st2.clone()
+        };
+        assert_eq!(settings(&cfg("--as 64601"), &st4).local_as, AsNumber(64800));
     }
 
     #[test]
-    fn bgp_configuration_validation() {
-        let bad = BgpConfigurationSpec { log_severity_screen: s("Loud"), ..Default::default() };
-        assert!(BgpDefaults::from_spec(&bad).unwrap_err().contains("logSeverityScreen"));
-        let host_bits = BgpConfigurationSpec {
-            service_external_ips: vec![ServiceIpBlock { cidr: "10.96.0.1/12".parse().unwrap() }],
+    fn mesh_defaults_follow_calico_when_a_bgp_configuration_exists() {
+        let no_doc = RoutingState::default();
+        assert!(!settings(&cfg(""), &no_doc).mesh, "no BGPConfiguration: the config (off)");
+        assert!(settings(&cfg("--mesh"), &no_doc).mesh);
+        let unset = RoutingState {
+            bgp_defaults: BgpDefaults::from_spec(&BgpConfigurationSpec {
+                as_number: Some(63400),
+                ..Default::default()
+            })
+            .0,
             ..Default::default()
         };
-        assert!(BgpDefaults::from_spec(&host_bits).unwrap_err().contains("host bits"));
-        let none = BgpDefaults::from_spec(&BgpConfigurationSpec {
+        assert!(settings(&cfg(""), &unset).mesh, "BGPConfiguration without the field: on, as in Calico");
+        let mut off = unset.clone();
+        off.bgp_defaults.mesh = Some(false);
+        assert!(!settings(&cfg("--mesh"), &off).mesh, "the field wins over the config");
+    }
+
+    #[test]
+    fn bgp_configuration_validation_drops_only_the_bad_field() {
+        let (d, problems) = BgpDefaults::from_spec(&BgpConfigurationSpec {
+            log_severity_screen: s("Verbose"),
+            as_number: Some(63400),
+            node_to_node_mesh_enabled: Some(false),
+            service_cluster_ips: vec![ServiceIpBlock { cidr: "10.96.0.1/12".parse().unwrap() }],
+            service_external_ips: vec![ServiceIpBlock { cidr: "192.0.2.0/24".parse().unwrap() }],
+        });
+        // The bad severity goes; AS, mesh and the (masked) CIDRs stay.
+        assert_eq!(d.debug, None);
+        assert_eq!(d.as_number, Some(AsNumber(63400)));
+        assert_eq!(d.mesh, Some(false));
+        let cidrs: Vec<String> = d.service_cidrs.iter().map(|c| c.to_string()).collect();
+        assert_eq!(cidrs, ["10.96.0.0/12", "192.0.2.0/24"]);
+        assert!(d.present);
+        assert_eq!(problems.len(), 2, "{problems:?}");
+        assert!(problems.iter().any(|p| p.contains("logSeverityScreen")), "{problems:?}");
+        assert!(
+            problems.iter().any(|p| p.contains("host bits") && p.contains("10.96.0.0/12")),
+            "{problems:?}"
+        );
+
+        // AS 0 is dropped (BIRD: "Local AS number must be set").
+        let (d, problems) =
+            BgpDefaults::from_spec(&BgpConfigurationSpec { as_number: Some(0), ..Default::default() });
+        assert_eq!(d.as_number, None);
+        assert!(problems[0].contains("asNumber 0"), "{problems:?}");
+
+        let (none, problems) = BgpDefaults::from_spec(&BgpConfigurationSpec {
             log_severity_screen: s("none"),
             ..Default::default()
-        })
-        .unwrap();
+        });
+        assert!(problems.is_empty());
         assert_eq!(none.debug, Some(BirdDebug::Off));
         assert_eq!(none.mesh, None);
+    }
+
+    #[test]
+    fn unimplemented_peer_fields_are_listed() {
+        let mut spec = BgpPeerSpec { peer_ip: s("1.1.1.1"), as_number: Some(65000), ..Default::default() };
+        spec.other.insert("password".into(), serde_json::json!({"secretKeyRef": {"name": "x", "key": "y"}}));
+        spec.other.insert("keepOriginalNextHop".into(), serde_json::json!(true));
+        spec.other.insert("ttlSecurity".into(), serde_json::Value::Null);
+        let r = peer("p", spec).unwrap();
+        assert_eq!(r.ignored_fields, ["keepOriginalNextHop", "password"]);
     }
 }

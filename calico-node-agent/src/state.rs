@@ -7,9 +7,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr};
 
-use calico_store::model::{
-    self, AffinityState, AllocationBlock, BgpConfiguration, BgpPeer, BlockAffinity, IpFamily, Node,
-};
+use calico_store::model::{self, AffinityState, AllocationBlock, BgpPeer, BlockAffinity, IpFamily, Node};
 use calico_store::{Datastore, StoreError};
 use ipnetwork::{IpNetwork, Ipv4Network};
 
@@ -60,6 +58,10 @@ pub struct RoutingState {
     pub bgp_defaults: BgpDefaults,
     /// Every valid BGPPeer, whichever node it is for, sorted by name.
     pub bgp_peers: Vec<PeerRule>,
+    /// What was skipped or partly ignored in the BGP documents, each naming
+    /// its document (`<key>: <why>`). Collected rather than logged so the
+    /// agent reports each once, not on every poll.
+    pub problems: BTreeSet<String>,
 }
 
 /// Read the routing state of `node` from the store.
@@ -127,11 +129,15 @@ pub fn read(store: &dyn Datastore, node: &str) -> Result<RoutingState, StoreErro
                 continue;
             }
         };
+        let as_number = match n.spec.bgp.as_ref().and_then(|b| b.as_number) {
+            Some(0) => {
+                state.problems.insert(format!("{}: spec.bgp.asNumber 0 is not an AS number; unset", kv.key));
+                None
+            }
+            other => other.map(AsNumber),
+        };
         if n.metadata.name == node {
-            state.this_node = Some(ThisNode {
-                labels: n.metadata.labels.clone(),
-                as_number: n.spec.bgp.as_ref().and_then(|b| b.as_number).map(AsNumber),
-            });
+            state.this_node = Some(ThisNode { labels: n.metadata.labels.clone(), as_number });
             continue;
         }
         let Some(bgp) = n.spec.bgp else { continue };
@@ -142,7 +148,7 @@ pub fn read(store: &dyn Datastore, node: &str) -> Result<RoutingState, StoreErro
             Some(IpAddr::V4(ip)) => state.other_nodes.push(MeshNode {
                 name: n.metadata.name.clone(),
                 ip,
-                as_number: bgp.as_number.map(AsNumber),
+                as_number,
                 labels: n.metadata.labels.clone(),
             }),
             _ => log::warn!("node {} has an unusable ipv4Address {addr:?}", n.metadata.name),
@@ -150,17 +156,22 @@ pub fn read(store: &dyn Datastore, node: &str) -> Result<RoutingState, StoreErro
     }
     state.other_nodes.sort();
 
-    // BGP resources: a bad document is reported and skipped. An unreadable
-    // BGPConfiguration leaves the agent's own defaults in place; an invalid
-    // BGPPeer costs only its own peerings.
+    // BGP resources: a bad document is reported and skipped, a bad field of
+    // the BGPConfiguration alone is dropped (the rest still applies), and
+    // an invalid BGPPeer costs only its own peerings.
     let cfg_key = model::bgp_configuration_key(model::DEFAULT_BGP_CONFIGURATION);
     if let Some(kv) = store.get(&cfg_key)? {
-        match model::decode::<BgpConfiguration>(&kv)
-            .map_err(|e| e.to_string())
-            .and_then(|c| BgpDefaults::from_spec(&c.spec).map_err(|e| format!("{}: {e}", kv.key)))
-        {
-            Ok(d) => state.bgp_defaults = d,
-            Err(e) => log::error!("ignoring BGPConfiguration: {e}"),
+        match model::decode_bgp_configuration(&kv) {
+            Ok((c, bad_fields)) => {
+                let (d, bad_values) = BgpDefaults::from_spec(&c.spec);
+                for p in bad_fields.iter().chain(&bad_values) {
+                    state.problems.insert(format!("{}: {p}", kv.key));
+                }
+                state.bgp_defaults = d;
+            }
+            Err(e) => {
+                state.problems.insert(format!("ignoring BGPConfiguration: {e}"));
+            }
         }
     }
     for kv in store.list(&model::bgp_peers_prefix())? {
@@ -168,8 +179,15 @@ pub fn read(store: &dyn Datastore, node: &str) -> Result<RoutingState, StoreErro
             .map_err(|e| e.to_string())
             .and_then(|p| PeerRule::from_resource(&p).map_err(|e| format!("{}: {e}", kv.key)));
         match rule {
-            Ok(r) => state.bgp_peers.push(r),
-            Err(e) => log::error!("ignoring BGPPeer: {e}"),
+            Ok(r) => {
+                for f in &r.ignored_fields {
+                    state.problems.insert(format!("{}: {f} is not implemented; peering without it", kv.key));
+                }
+                state.bgp_peers.push(r)
+            }
+            Err(e) => {
+                state.problems.insert(format!("ignoring BGPPeer: {e}"));
+            }
         }
     }
     state.bgp_peers.sort_by(|a, b| a.name.cmp(&b.name));

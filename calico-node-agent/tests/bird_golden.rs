@@ -273,6 +273,7 @@ fn bgp_peer_selector_service_ips_and_logging() {
     st.put(&model::bgp_peer_key("garbage"), b"{not json".to_vec());
     st.bgp_config(BgpConfigurationSpec {
         log_severity_screen: Some("Info".into()),
+        node_to_node_mesh_enabled: Some(false),
         service_cluster_ips: vec![ServiceIpBlock { cidr: "10.96.0.0/12".parse().unwrap() }],
         ..Default::default()
     });
@@ -288,4 +289,110 @@ fn bgp_peer_selector_service_ips_and_logging() {
     );
     assert!(text.contains("debug { states };"));
     golden("bgp_peer_selector_services", &text);
+}
+
+#[test]
+fn bgp_configuration_without_mesh_field_turns_the_mesh_on() {
+    let st = Store::new();
+    assert!(!st.render_a("").contains("Mesh_"), "no BGPConfiguration: the config's default (off)");
+    st.bgp_config(BgpConfigurationSpec { as_number: Some(63400), ..Default::default() });
+    let text = st.render_a("");
+    assert!(protocol(&text, "Mesh_192_168_20_2").is_some(), "Calico's default is on: {text}");
+    golden("bgp_mesh_default_on", &text);
+}
+
+#[test]
+fn bgp_as_precedence_node_then_configuration_then_agent_config() {
+    let st = Store::new();
+    // No BGPConfiguration AS: the agent's --as is the fallback.
+    assert!(st.render_a("--as 64601").contains("local as 64601;"));
+    // BGPConfiguration asNumber beats --as.
+    st.bgp_config(BgpConfigurationSpec {
+        as_number: Some(63400),
+        node_to_node_mesh_enabled: Some(false),
+        ..Default::default()
+    });
+    let text = st.render_a("--as 64601 --peer 192.168.10.1:65000");
+    assert!(text.contains("local as 63400;"), "{text}");
+    golden("bgp_as_configuration_over_agent_config", &text);
+    // The Node's own AS beats both.
+    st.node("node-a", "192.168.10.2/24", Some(64701), &[("rack", "r1")]);
+    assert!(st.render_a("--as 64601").contains("local as 64701;"));
+}
+
+/// Parse `text` with the real BIRD; the error text when it refuses.
+fn bird_parse(text: &str) -> Result<(), String> {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("bird.conf");
+    std::fs::write(&f, text).unwrap();
+    let out = Command::new("bird").arg("-p").arg("-c").arg(&f).output().unwrap();
+    out.status.success().then_some(()).ok_or_else(|| String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+#[test]
+fn no_single_bad_document_makes_bird_refuse_the_config() {
+    let st = Store::new();
+    st.peer("tor", tor(BgpPeerSpec::default()));
+    let raw = |kind: &str, name: &str, spec: &str| {
+        format!(r#"{{"kind":"{kind}","apiVersion":"projectcalico.org/v3","metadata":{{"name":"{name}"}},"spec":{spec}}}"#)
+            .into_bytes()
+    };
+    // Each of these alone used to produce a config `bird -p` refuses, or to
+    // throw away the whole BGPConfiguration.
+    st.put(
+        &model::bgp_peer_key("as-zero"),
+        raw("BGPPeer", "as-zero", r#"{"peerIP":"192.168.10.7","asNumber":0}"#),
+    );
+    st.put(
+        &model::bgp_peer_key("port-zero"),
+        raw("BGPPeer", "port-zero", r#"{"peerIP":"192.168.10.8:0","asNumber":65000}"#),
+    );
+    let deep = format!("{}has(a){}", "(".repeat(200_000), ")".repeat(200_000));
+    st.peer("deep", BgpPeerSpec { peer_selector: Some(deep), ..Default::default() });
+    st.peer(
+        "extras",
+        BgpPeerSpec {
+            peer_ip: Some("192.168.10.9".into()),
+            as_number: Some(65009),
+            other: [("password".to_string(), serde_json::json!({"secretKeyRef": {"name": "s", "key": "k"}}))]
+                .into(),
+            ..Default::default()
+        },
+    );
+    // node-b's AS is 0: meshed with the cluster AS instead.
+    st.node("node-b", "192.168.20.2/24", Some(0), &[("rack", "r2")]);
+    st.put(
+        &model::bgp_configuration_key("default"),
+        raw(
+            "BGPConfiguration",
+            "default",
+            r#"{"asNumber":0,"logSeverityScreen":"Verbose","nodeToNodeMeshEnabled":true,
+                "serviceClusterIPs":[{"cidr":"10.96.0.1/12"},{"cidr":"bogus"}]}"#,
+        ),
+    );
+    let s = state::read(&st.s, "node-a").unwrap();
+    let problems: Vec<&String> = s.problems.iter().collect();
+    for want in [
+        "as-zero: peerIP 192.168.10.7: asNumber 0",
+        "port-zero: peerIP 192.168.10.8:0: port 0",
+        "deep: peerSelector: invalid selector",
+        "extras: password is not implemented",
+        "node-b: spec.bgp.asNumber 0",
+        "default: asNumber 0",
+        "default: logSeverityScreen \"Verbose\"",
+        "default: serviceClusterIPs 10.96.0.1/12 has host bits set; using 10.96.0.0/12",
+        "default: serviceClusterIPs[1]",
+    ] {
+        assert!(problems.iter().any(|p| p.contains(want)), "{want}: {problems:#?}");
+    }
+    assert_eq!(problems.len(), 9, "{problems:#?}");
+    let text = render_with("--node-name node-a --node-ip 192.168.10.2/24 --as 64601", &s);
+    bird_parse(&text).unwrap_or_else(|e| panic!("bird -p refuses: {e}\n{text}"));
+    // The good parts of every document still apply.
+    assert!(protocol(&text, "Global_192_168_10_1").is_some(), "{text}");
+    assert!(protocol(&text, "Global_192_168_10_9").unwrap().contains("as 65009;"));
+    assert!(protocol(&text, "Mesh_192_168_20_2").unwrap().contains("as 64512;"), "{text}");
+    assert!(text.contains("local as 64601;") && text.contains("route 10.96.0.0/12 blackhole;"));
+    assert!(!text.contains("192.168.10.7") && !text.contains("192.168.10.8"));
+    golden("bgp_bad_documents", &text);
 }
