@@ -495,3 +495,49 @@ fn run_starts_the_ipv6_proxier_when_ipv6_services_appear_iptables() {
 fn run_starts_the_ipv6_proxier_when_ipv6_services_appear_nftables() {
     run_starts_the_ipv6_proxier_when_ipv6_services_appear("nftables");
 }
+
+/// `run` on a node whose IPv6 is disabled (`disable_ipv6=1` in the test's
+/// own namespace): an IPv6 service that appears is warned about once, not
+/// synced and not retried every sync; IPv4 goes on.
+fn run_skips_ipv6_on_an_ipv6_disabled_node(mode: &str) {
+    let ns = Netns::new("kp6");
+    ns.exec(&["sysctl", "-q", "-w", "net.ipv6.conf.all.disable_ipv6=1"]);
+    let tmp = tempfile::tempdir().unwrap();
+    let (store_dir, manifests) = (tmp.path().join("store"), tmp.path().join("m"));
+    std::fs::create_dir(&manifests).unwrap();
+    std::fs::write(manifests.join("web.yaml"), WEB).unwrap();
+    let log = tmp.path().join("run.log");
+    let child = Command::new("ip")
+        .args(["netns", "exec", ns.name(), BIN, "run", "--proxy-mode", mode])
+        .args(["--sync-period", "1s", "--min-sync-period", "100ms"])
+        .args(args(&store_dir, &manifests))
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let run = Runner { child, log };
+    run.wait_for("synced (full: first sync)", 1);
+    std::fs::write(manifests.join("api6.yaml"), API6).unwrap();
+    let warning = "IPv6 services present but IPv6 is unavailable on this node: running single-stack";
+    run.wait_for(warning, 1);
+    // Three more periodic syncs: still one warning, never an IPv6 sync.
+    let synced = run.log().matches("synced (").count();
+    let log = run.wait_for("synced (", synced + 3);
+    assert_eq!(log.matches(warning).count(), 1, "{log}");
+    assert!(!log.contains("IPv6: synced") && !log.contains("error"), "{log}");
+    let rules6 = match mode {
+        "nftables" => ns.try_exec(&["nft", "list", "table", "ip6", "kube-proxy"]).unwrap_or_default(),
+        _ => ns.exec(&["ip6tables-save", "-t", "nat"]),
+    };
+    assert!(!rules6.contains("KUBE-") && !rules6.contains("fd00"), "{rules6}");
+}
+
+#[test]
+fn run_skips_ipv6_on_an_ipv6_disabled_node_iptables() {
+    run_skips_ipv6_on_an_ipv6_disabled_node("iptables");
+}
+
+#[test]
+fn run_skips_ipv6_on_an_ipv6_disabled_node_nftables() {
+    run_skips_ipv6_on_an_ipv6_disabled_node("nftables");
+}
