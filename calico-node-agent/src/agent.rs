@@ -91,6 +91,15 @@ pub fn register_node(store: &dyn Datastore, cfg: &AgentConfig) -> Result<(), Sto
     Err(last.unwrap_or(StoreError::Conflict { key }))
 }
 
+/// The problems in `current` not reported yet; `reported` becomes `current`,
+/// so a problem is logged once while it lasts (not on every poll), and again
+/// if it goes away and comes back.
+fn newly_reported(reported: &mut BTreeSet<String>, current: &BTreeSet<String>) -> Vec<String> {
+    let new = current.difference(reported).cloned().collect();
+    reported.clone_from(current);
+    new
+}
+
 /// The agent: owns the store handle, the route programmer and BIRD.
 pub struct Agent {
     cfg: AgentConfig,
@@ -133,10 +142,9 @@ impl Agent {
     pub fn reconcile(&mut self) -> Result<(), AgentError> {
         let revision = self.store.revision()?;
         let st = state::read(self.store.as_ref(), &self.cfg.node_name)?;
-        for p in st.problems.difference(&self.reported) {
+        for p in newly_reported(&mut self.reported, &st.problems) {
             log::warn!("{p}");
         }
-        self.reported.clone_from(&st.problems);
         if self.last_state.as_ref() != Some(&st) {
             log::info!(
                 "state at revision {revision}: blocks [{}], borrowed [{}], {} other node(s)",
@@ -274,6 +282,17 @@ mod tests {
         // A configured AS is only the initial one: the operator's stays.
         register_node(&s, &cfg("--label rack=r1 --as 64512")).unwrap();
         assert_eq!(node(&s).spec.bgp.and_then(|b| b.as_number), Some(64700));
+    }
+
+    #[test]
+    fn problems_are_reported_once_while_they_last() {
+        let set = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<BTreeSet<String>>();
+        let mut reported = BTreeSet::new();
+        assert_eq!(newly_reported(&mut reported, &set(&["p: password", "p: ttlSecurity"])).len(), 2);
+        assert!(newly_reported(&mut reported, &set(&["p: password", "p: ttlSecurity"])).is_empty());
+        assert_eq!(newly_reported(&mut reported, &set(&["p: password", "q: filters"])), ["q: filters"]);
+        assert!(newly_reported(&mut reported, &set(&[])).is_empty());
+        assert_eq!(newly_reported(&mut reported, &set(&["p: password"])), ["p: password"]);
     }
 
     #[test]

@@ -125,7 +125,9 @@ pub struct AgentConfig {
     /// The node's address with its prefix length (Node `ipv4Address`); its
     /// address is the BIRD router id and the BGP source address.
     pub node_ip: Ipv4Network,
-    /// This node's AS; `None` means the global default (64512).
+    /// The fallback AS of this node: used when neither its Node resource
+    /// nor the BGPConfiguration sets one, and written into its Node resource
+    /// at registration when the Node has none (see [`crate::peering`]).
     pub as_number: Option<AsNumber>,
     pub peers: Vec<PeerConfig>,
     pub node_to_node_mesh: bool,

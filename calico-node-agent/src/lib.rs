@@ -32,17 +32,39 @@
 //!   named `Global_<ip>` (unscoped) and `Node_<ip>` (scoped), as Calico does.
 //! * This node's Node resource: `metadata.labels` (published from the
 //!   config's `labels`, merged over labels set by others) and
-//!   `spec.bgp.asNumber`, which beats the cluster AS.
+//!   `spec.bgp.asNumber`, this node's AS.
 //!
-//! The agent's own `as_number`, `peers` and `node_to_node_mesh` stay as
-//! fallbacks: a field the datastore does not set keeps the config's value,
-//! and config peers are added after the BGPPeers (one session per address,
-//! a BGPPeer wins; this node's own address is never a peer). An invalid
-//! document (bad selector, `node` with `nodeSelector`, IPv6 `peerIP`, ...)
-//! is logged and skipped; the loop goes on. Differences from Calico: an
-//! absent `nodeToNodeMeshEnabled` means the config's `node_to_node_mesh`
-//! (Calico: on); per-node BGPConfigurations (`node.<name>`), passwords,
-//! route reflection, `keepOriginalNextHop` and IPv6 are not implemented.
+//! Precedence, as in Calico: **AS** = Node `spec.bgp.asNumber` >
+//! BGPConfiguration `asNumber` > the config's `as_number` > 64512. The
+//! config's `as_number` is also the initial Node AS: registration writes it
+//! only into a Node without one, so an AS set on the Node (by an operator)
+//! is never overwritten (calico/node's `AS` variable). **Mesh** =
+//! `nodeToNodeMeshEnabled` when set; on when a BGPConfiguration exists
+//! without it (Calico's default); without a BGPConfiguration, the config's
+//! `node_to_node_mesh` (default off). **Peers**: BGPPeers, then the config's
+//! `peers` (one session per address, a BGPPeer wins; this node's own address
+//! is never a peer).
+//!
+//! No single document can make BIRD refuse the rendered configuration (BIRD
+//! would keep the old one and every later routing change would stall):
+//! * a BGPPeer that is invalid or cannot be rendered (bad selector, `node`
+//!   with `nodeSelector`, IPv6 `peerIP`, AS 0, port 0, ...) is skipped;
+//! * a bad BGPConfiguration field is dropped alone, the others still apply
+//!   (e.g. `logSeverityScreen: Verbose`); service CIDRs with host bits are
+//!   masked (`10.96.0.1/12` → `10.96.0.0/12`), as Calico does;
+//! * a Node `asNumber` of 0 is unset; selectors are bounded in length and
+//!   nesting ([`calico_store::selector`]);
+//! * BGPPeer fields the agent does not implement (`password`,
+//!   `sourceAddress`, `keepOriginalNextHop`, `filters`, `ttlSecurity`, ...)
+//!   are ignored: the peering is made without them.
+//!
+//! Each of these is logged once while it lasts (not on every poll), naming
+//! the document. As a last line of defence every rendered text is checked
+//! with `bird -p` before it is applied; a refusal names the rendered section
+//! (and its `description`, the document it comes from) and BIRD keeps its
+//! current configuration. Not implemented: per-node BGPConfigurations
+//! (`node.<name>`), passwords, route reflection, `keepOriginalNextHop` and
+//! IPv6.
 //!
 //! May call: `calico-store` (read, plus its own Node resource), `netlink-util`
 //! (routes), `birdc`/`bird` (BIRD control). Never touches pod interfaces

@@ -79,6 +79,11 @@ pub fn read(store: &dyn Datastore, node: &str) -> Result<RoutingState, StoreErro
             continue;
         }
         match model::parse_affinity_key(&kv.key) {
+            // A block CIDR with host bits is no block IPAM makes, and BIRD
+            // refuses it as a route or filter prefix.
+            Some((_, IpNetwork::V4(net))) if net.ip() != net.network() => {
+                state.problems.insert(format!("{}: block CIDR {net} has host bits set; ignored", kv.key));
+            }
             Some((_, IpNetwork::V4(net))) => {
                 state.own_blocks.insert(OwnBlock(net));
             }
@@ -214,6 +219,9 @@ mod tests {
         s.create(&model::affinity_key("me", &net("10.0.0.128/26")), &aff(AffinityState::PendingDeletion))
             .unwrap();
         s.create(&model::affinity_key("other", &net("10.0.1.0/26")), &aff(AffinityState::Confirmed)).unwrap();
+        // Host bits in the key: BIRD would refuse the route; reported, not routed.
+        let raw_key = format!("{}10.0.9.1-26", model::host_affinities_prefix("me", IpFamily::V4));
+        s.create(&raw_key, &aff(AffinityState::Confirmed)).unwrap();
         let attr = |n: &str| AllocationAttribute {
             handle_id: Some(format!("h.{n}")),
             secondary: Some([("node".to_string(), n.to_string())].into()),
@@ -262,6 +270,8 @@ mod tests {
             }]
         );
         assert_eq!(st.this_node, Some(ThisNode::default()));
+        assert_eq!(st.problems.len(), 1, "{:?}", st.problems);
+        assert!(st.problems.iter().all(|p| p.contains("10.0.9.1/26 has host bits")), "{:?}", st.problems);
 
         // A corrupt affinity of our own fails the read (routes stay as they are).
         s.create(&model::affinity_key("me", &net("10.0.3.0/26")), b"garbage").unwrap();
