@@ -507,37 +507,26 @@ fn kube_ext(nat_chains: &mut LineBuffer, nat_rules: &mut LineBuffer, p: &PortPla
                 &sp.chains.svc,
             ]);
         }
-        let comment =
-            quoted(&format!("masquerade LOCAL traffic for {} external destinations", sp.name_string));
-        nat_rules.write(&[
-            "-A",
-            ext,
-            "-m",
-            "comment",
-            "--comment",
-            &comment,
-            "-m",
-            "addrtype",
-            "--src-type",
-            "LOCAL",
-            "-j",
-            KUBE_MARK_MASQ,
-        ]);
-        let comment = quoted(&format!("route LOCAL traffic for {} external destinations", sp.name_string));
-        nat_rules.write(&[
-            "-A",
-            ext,
-            "-m",
-            "comment",
-            "--comment",
-            &comment,
-            "-m",
-            "addrtype",
-            "--src-type",
-            "LOCAL",
-            "-j",
-            &sp.chains.svc,
-        ]);
+        // Traffic from the node itself to an external destination: masquerade
+        // it, then send it to the cluster-policy chain (whatever the eTP).
+        for (what, target) in [("masquerade", KUBE_MARK_MASQ), ("route", sp.chains.svc.as_str())] {
+            let comment =
+                quoted(&format!("{what} LOCAL traffic for {} external destinations", sp.name_string));
+            nat_rules.write(&[
+                "-A",
+                ext,
+                "-m",
+                "comment",
+                "--comment",
+                &comment,
+                "-m",
+                "addrtype",
+                "--src-type",
+                "LOCAL",
+                "-j",
+                target,
+            ]);
+        }
     }
     if p.has_external_endpoints {
         nat_rules.write(&["-A", ext, "-j", p.external_policy_chain]);
