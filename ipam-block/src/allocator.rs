@@ -186,14 +186,19 @@ impl<'a> Ipam<'a> {
             match self.store.commit(&ops) {
                 Ok(rev) => {
                     for p in &picks {
-                        if let (Some(h), Some(request)) = (&self.hints, &p.hint_request) {
-                            let hint = Hint {
-                                request: request.clone(),
-                                pool: p.pool.as_str().to_string(),
-                                block: p.doc.clone(),
-                                revision: rev,
-                            };
-                            h.write(p.cidr.family(), &hint);
+                        match (&self.hints, &p.hint_request) {
+                            (Some(h), Some(request)) => {
+                                let hint = Hint {
+                                    request: request.clone(),
+                                    pool: p.pool.as_str().to_string(),
+                                    block: p.doc.clone(),
+                                    revision: rev,
+                                };
+                                h.write(p.cidr.family(), &hint);
+                            }
+                            // An `IP=` address: not a hint of its own, but
+                            // if it is in the hinted block, that copy changed.
+                            _ => self.refresh_hint(p.doc.clone(), rev),
                         }
                     }
                     return Ok(assigned);
@@ -254,12 +259,17 @@ impl<'a> Ipam<'a> {
             let mut ops = Vec::new();
             let mut freed = Vec::new();
             let mut updated = Vec::new();
-            for seg in hdoc.block.keys() {
+            for (seg, &count) in &hdoc.block {
                 let cidr: BlockCidr = seg.parse().map_err(|_| StoreError::Corrupt {
                     key: hkv.key.clone(),
                     reason: format!("block {seg:?} is not a CIDR"),
                 })?;
-                let hinted = if trust_hint { self.hinted_block(&cidr) } else { None };
+                // A hinted copy is only trusted if it holds what the handle
+                // says it holds there: a copy that misses the allocation
+                // would release nothing, write no block (so no CAS catches
+                // it) and delete the handle, leaking the address.
+                let hinted = if trust_hint { self.hinted_block(&cidr) } else { None }
+                    .filter(|(doc, _)| block::ips_of_handle(doc, handle).len() == count as usize);
                 let (mut doc, revision) = match hinted {
                     Some(v) => v,
                     None => {
