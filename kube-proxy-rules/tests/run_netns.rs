@@ -68,6 +68,20 @@ struct Runner {
 }
 
 impl Runner {
+    /// `kube-proxy-rules run --proxy-mode <mode> <flags>` inside namespace
+    /// `ns`, syncing every second at most every 100 ms, its stderr in `log`.
+    fn start(ns: &str, mode: &str, flags: &[String], log: std::path::PathBuf) -> Runner {
+        let child = Command::new("ip")
+            .args(["netns", "exec", ns, BIN, "run", "--proxy-mode", mode])
+            .args(["--sync-period", "1s", "--min-sync-period", "100ms"])
+            .args(flags)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        Runner { child, log }
+    }
+
     fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
@@ -112,14 +126,7 @@ fn run_follows_files_and_pod_records_with_partial_syncs() {
     store.create(&k, &v).unwrap();
 
     let log = tmp.path().join("run.log");
-    let child = Command::new("ip")
-        .args(["netns", "exec", ns.name(), BIN, "run", "--sync-period", "1s", "--min-sync-period", "100ms"])
-        .args(args(&store_dir, &manifests))
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    let run = Runner { child, log };
+    let run = Runner::start(ns.name(), "iptables", &args(&store_dir, &manifests), log);
 
     run.wait_for("synced (full: first sync)", 1);
     let nat = ns.exec(&["iptables-save", "-t", "nat"]);
@@ -218,15 +225,7 @@ fn run_in_nftables_mode_follows_changes_and_recreates_a_deleted_table() {
     store.create(&k, &v).unwrap();
 
     let log = tmp.path().join("run.log");
-    let child = Command::new("ip")
-        .args(["netns", "exec", ns.name(), BIN, "run", "--proxy-mode", "nftables"])
-        .args(["--sync-period", "1s", "--min-sync-period", "100ms"])
-        .args(args(&store_dir, &manifests))
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    let run = Runner { child, log };
+    let run = Runner::start(ns.name(), "nftables", &args(&store_dir, &manifests), log);
     let table = || ns.exec(&["nft", "list", "table", "ip", "kube-proxy"]);
 
     run.wait_for("synced (full: first sync)", 1);
@@ -383,16 +382,9 @@ fn nodeport_follows_a_new_node_address(mode: &str) {
     )
     .unwrap();
     let log = tmp.path().join("run.log");
-    let child = Command::new("ip")
-        .args(["netns", "exec", node.name(), BIN, "run", "--proxy-mode", mode])
-        .args(["--hostname-override", "node1", "--nodeport-addresses", "10.77.0.0/16"])
-        .args(["--sync-period", "1s", "--min-sync-period", "100ms"])
-        .arg(tmp.path().join("np.yaml"))
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    let run = Runner { child, log };
+    let flags = ["--hostname-override", "node1", "--nodeport-addresses", "10.77.0.0/16"].map(String::from);
+    let flags = [&flags[..], &[tmp.path().join("np.yaml").display().to_string()]].concat();
+    let run = Runner::start(node.name(), mode, &flags, log);
     run.wait_for("synced (full: first sync)", 1);
     // The NodePort is not served on the node's other addresses.
     assert!(fetch_from(client.name(), "192.168.78.1:30080").is_err());
@@ -447,15 +439,7 @@ fn run_starts_the_ipv6_proxier_when_ipv6_services_appear(mode: &str) {
     std::fs::create_dir(&manifests).unwrap();
     std::fs::write(manifests.join("web.yaml"), WEB).unwrap();
     let log = tmp.path().join("run.log");
-    let child = Command::new("ip")
-        .args(["netns", "exec", ns.name(), BIN, "run", "--proxy-mode", mode])
-        .args(["--sync-period", "1s", "--min-sync-period", "100ms"])
-        .args(args(&store_dir, &manifests))
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    let run = Runner { child, log };
+    let run = Runner::start(ns.name(), mode, &args(&store_dir, &manifests), log);
     let rules6 = || match mode {
         "nftables" => ns.try_exec(&["nft", "list", "table", "ip6", "kube-proxy"]).unwrap_or_default(),
         _ => ns.exec(&["ip6tables-save", "-t", "nat"]),
@@ -507,15 +491,7 @@ fn run_skips_ipv6_on_an_ipv6_disabled_node(mode: &str) {
     std::fs::create_dir(&manifests).unwrap();
     std::fs::write(manifests.join("web.yaml"), WEB).unwrap();
     let log = tmp.path().join("run.log");
-    let child = Command::new("ip")
-        .args(["netns", "exec", ns.name(), BIN, "run", "--proxy-mode", mode])
-        .args(["--sync-period", "1s", "--min-sync-period", "100ms"])
-        .args(args(&store_dir, &manifests))
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    let run = Runner { child, log };
+    let run = Runner::start(ns.name(), mode, &args(&store_dir, &manifests), log);
     run.wait_for("synced (full: first sync)", 1);
     std::fs::write(manifests.join("api6.yaml"), API6).unwrap();
     let warning = "IPv6 services present but IPv6 is unavailable on this node: running single-stack";
