@@ -14,12 +14,16 @@ PREFIX   ?= /usr/local
 CNI_BIN  ?= /opt/cni/bin
 CNI_CONF ?= /etc/cni/net.d
 
-# Debian packages: build (protoc for etcd-client), the real parts the tests
-# drive (etcd, BIRD, iptables/nftables, reference plugins, podman) and the
-# tools run inside pods (nginx, curl, ping, busybox).
-DEB_PACKAGES = build-essential pkg-config protobuf-compiler iproute2 iptables nftables \
-	etcd-server etcd-client bird2 containernetworking-plugins podman runc \
-	nginx-light curl iputils-ping busybox-static procps psmisc util-linux hyperfine
+# Debian packages: build (protoc and the well-known .proto files it only
+# *recommends*, libprotobuf-dev, for etcd-client; CA certificates for cargo's
+# downloads), the real parts the tests drive (etcd, BIRD, iptables/nftables,
+# conntrack, reference plugins, podman, containerd), the tools run inside pods
+# (nginx, curl, ping, busybox) and openssl for the etcd TLS test's certificates.
+# Installed with --no-install-recommends: every package a step needs is named.
+DEB_PACKAGES = build-essential pkg-config protobuf-compiler libprotobuf-dev ca-certificates \
+	iproute2 iptables nftables conntrack \
+	etcd-server etcd-client bird2 containernetworking-plugins podman runc containerd \
+	nginx-light curl iputils-ping busybox-static procps psmisc util-linux kmod openssl hyperfine
 
 PLUGINS = calico calico-ipam
 TOOLS   = calicoctl kube-proxy-rules calico-node-agent cnitool
