@@ -8,6 +8,7 @@ use serde_json::Value;
 use crate::env::validate_network_name;
 use crate::error::CniError;
 use crate::result::{CniResult, Dns};
+use crate::strict;
 use crate::version::IMPLICIT;
 
 /// The `ipam` object: its `type` (the delegate binary) and everything else raw.
@@ -85,7 +86,8 @@ impl NetConf {
         let dns = match obj.get("dns") {
             None | Some(Value::Null) => None,
             Some(v) => Some(
-                Dns::deserialize(v).map_err(|e| CniError::decoding("cannot decode dns", e.to_string()))?,
+                strict::from_value::<Dns>(v)
+                    .map_err(|e| CniError::decoding("cannot decode dns", e.to_string()))?,
             ),
         };
         let prev_result = match obj.get("prevResult") {
@@ -99,15 +101,17 @@ impl NetConf {
 
     /// Deserialize plugin-specific keys from the raw object (unknown keys are
     /// ignored by serde unless `T` denies them). Code 7 naming the problem.
+    /// No section is ever read from an array ([`crate::strict`]).
     pub fn extra<T: DeserializeOwned>(&self) -> Result<T, CniError> {
-        T::deserialize(&self.raw)
+        strict::from_value(&self.raw)
             .map_err(|e| CniError::invalid_config("invalid network config", e.to_string()))
     }
 
-    /// Deserialize plugin-specific keys of the `ipam` object (code 7).
+    /// Deserialize plugin-specific keys of the `ipam` object (code 7), as
+    /// strictly as [`NetConf::extra`].
     pub fn ipam_extra<T: DeserializeOwned>(&self) -> Result<T, CniError> {
         let ipam = self.ipam.as_ref().map(|i| &i.raw).unwrap_or(&Value::Null);
-        T::deserialize(ipam).map_err(|e| CniError::invalid_config("invalid ipam config", e.to_string()))
+        strict::from_value(ipam).map_err(|e| CniError::invalid_config("invalid ipam config", e.to_string()))
     }
 
     /// A top-level string key (e.g. `log_level`), `None` if absent or not a string.
@@ -121,7 +125,7 @@ impl NetConf {
         let mut out: Option<Vec<ValidAttachment>> = None;
         for key in ["cni.dev/valid-attachments", "cni.dev/attachments"] {
             if let Some(v) = self.raw.get(key).filter(|v| !v.is_null()) {
-                let list = Vec::<ValidAttachment>::deserialize(v)
+                let list = strict::from_value::<Vec<ValidAttachment>>(v)
                     .map_err(|e| CniError::decoding(format!("cannot decode {key}"), e.to_string()))?;
                 out.get_or_insert_with(Vec::new).extend(list);
             }

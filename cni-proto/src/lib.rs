@@ -73,6 +73,7 @@ pub mod exec;
 pub mod logging;
 pub mod result;
 pub mod skel;
+pub mod strict;
 pub mod time;
 pub mod version;
 

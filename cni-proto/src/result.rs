@@ -125,7 +125,8 @@ impl CniResult {
                 "",
             ));
         }
-        CniResult::deserialize(v).map_err(|e| CniError::decoding("cannot decode CNI result", e.to_string()))
+        crate::strict::from_value::<CniResult>(v)
+            .map_err(|e| CniError::decoding("cannot decode CNI result", e.to_string()))
     }
 
     /// Parse raw bytes (a delegate's stdout).

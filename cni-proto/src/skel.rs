@@ -70,6 +70,7 @@ impl Request {
         stdin: &[u8],
     ) -> Result<Option<CniResult>, CniError> {
         let path = exec::find_in_path(plugin_type, &self.env.cni_path)?;
+        exec::refuse_self(&path)?;
         let out = exec::exec_plugin(&path, env, command, stdin)?;
         if command != Command::Add {
             return Ok(None);
@@ -202,8 +203,13 @@ fn handle<P: Plugin>(
         _ => {}
     }
     version::negotiate(&conf.cni_version)?;
-    if env.command == Command::Add {
-        check_netns(&env)?;
+    match env.command {
+        Command::Add => check_netns(&env, NetnsMustOpen::Yes)?,
+        // DEL changes interfaces in CNI_NETNS too (it deletes the pod's): in
+        // the plugin's own namespace that would be the node's uplink. A
+        // CNI_NETNS that is already gone is normal for DEL, though.
+        Command::Del => check_netns(&env, NetnsMustOpen::No)?,
+        _ => {}
     }
     let req = Request { env, conf, stdin: data };
     log::debug!(
@@ -225,10 +231,23 @@ fn handle<P: Plugin>(
     }
 }
 
-/// ADD must target another namespace than the plugin's own (skel: code 8),
-/// unless CNI_NETNS_OVERRIDE=1|true; a CNI_NETNS that cannot be opened is
-/// code 8 too, before anything is allocated.
-fn check_netns(env: &CniEnv) -> Result<(), CniError> {
+/// Whether a CNI_NETNS that cannot be opened is an error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum NetnsMustOpen {
+    /// ADD: code 8 before anything is allocated.
+    Yes,
+    /// DEL: the namespace may be gone already; there is then nothing to
+    /// protect.
+    No,
+}
+
+/// ADD and DEL must target another namespace than the plugin's own (skel:
+/// code 8; the reference skel checks ADD only, so a DEL with
+/// `CNI_NETNS=/proc/self/ns/net CNI_IFNAME=eth0` deletes the node's uplink),
+/// unless CNI_NETNS_OVERRIDE=1|true. The namespaces are compared by device
+/// and inode, so every path to the plugin's own namespace is caught
+/// (`/proc/self/ns/net`, `/proc/1/ns/net`, `/run/netns/<node>`, a bind mount).
+fn check_netns(env: &CniEnv, must_open: NetnsMustOpen) -> Result<(), CniError> {
     let override_ = env
         .raw
         .get(OsStr::new("CNI_NETNS_OVERRIDE"))
@@ -238,9 +257,16 @@ fn check_netns(env: &CniEnv) -> Result<(), CniError> {
         return Ok(());
     }
     let Some(path) = env.netns.as_ref() else { return Ok(()) };
-    let target = std::fs::metadata(path).map_err(|e| {
-        CniError::invalid_netns(format!("cannot open netns {}", path.display()), e.to_string())
-    })?;
+    let target = match std::fs::metadata(path) {
+        Ok(m) => m,
+        Err(_) if must_open == NetnsMustOpen::No => return Ok(()),
+        Err(e) => {
+            return Err(CniError::invalid_netns(
+                format!("cannot open netns {}", path.display()),
+                e.to_string(),
+            ))
+        }
+    };
     let own = std::fs::metadata(PathBuf::from("/proc/self/ns/net"));
     if let Ok(own) = own {
         if own.dev() == target.dev() && own.ino() == target.ino() {
@@ -478,6 +504,25 @@ mod tests {
         let mut env = add_env("ADD", "/proc/self/ns/net");
         env.push(("CNI_NETNS_OVERRIDE", "true"));
         assert_eq!(run(&p, &env, &conf("1.0.0")).code, 0);
+    }
+
+    /// Found by fuzzing: DEL in the plugin's own namespace reached the plugin,
+    /// which deleted the node's `eth0`. Every path to our own namespace is
+    /// refused before the plugin runs; a namespace that is gone is not.
+    #[test]
+    fn del_netns_checks() {
+        let p = Recorder::default();
+        let own = format!("/proc/{}/ns/net", std::process::id());
+        for path in ["/proc/self/ns/net", "/proc/thread-self/ns/net", own.as_str()] {
+            let r = run(&p, &add_env("DEL", path), &conf("1.0.0"));
+            assert_eq!((r.code, r.json()["code"].clone()), (1, json!(8)), "{path}");
+        }
+        assert!(p.calls.borrow().is_empty());
+        assert_eq!(run(&p, &add_env("DEL", "/nonexistent/netns"), &conf("1.0.0")).code, 0);
+        let mut env = add_env("DEL", "/proc/self/ns/net");
+        env.push(("CNI_NETNS_OVERRIDE", "1"));
+        assert_eq!(run(&p, &env, &conf("1.0.0")).code, 0);
+        assert_eq!(p.calls.borrow().len(), 2);
     }
 
     /// Garbage in, a CNI error out: never a panic, never a plugin call.
