@@ -293,6 +293,74 @@ impl IpPoolSpec {
     pub fn block_prefix(&self) -> u8 {
         self.block_size.unwrap_or(if self.cidr.is_ipv4() { 26 } else { 122 })
     }
+
+    /// Calico's IPPool validation: [`validate_pool_cidr`], then the block
+    /// size (20–32 for IPv4, 116–128 for IPv6, and no larger than the pool).
+    /// Calico checks the last only for enabled pools; we check it always,
+    /// since a block larger than its pool has no index in it.
+    pub fn validate(&self) -> Result<(), PoolRule> {
+        validate_pool_cidr(&self.cidr)?;
+        let bs = self.block_prefix();
+        let (min, max) = if self.cidr.is_ipv4() { (20, 32) } else { (116, 128) };
+        if !(min..=max).contains(&bs) {
+            return Err(PoolRule::BlockSizeRange { block_size: bs, min, max });
+        }
+        if bs < self.cidr.prefix() {
+            return Err(PoolRule::SmallerThanBlock { pool_prefix: self.cidr.prefix(), block_size: bs });
+        }
+        Ok(())
+    }
+}
+
+/// A rule of Calico's IPPool validation that a pool breaks. Every pool, stored,
+/// created by `calicoctl`, created on first use or named by CIDR in a CNI
+/// config, is checked by the same function.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PoolRule {
+    #[error("IP pool CIDR {cidr} is not strictly masked (did you mean {network}/{prefix}?)")]
+    NotMasked { cidr: IpNetwork, network: IpAddr, prefix: u8 },
+    #[error("IP pool range {cidr} overlaps with the {range} range {reserved}")]
+    Reserved { cidr: IpNetwork, range: &'static str, reserved: IpNetwork },
+    #[error("IP pool block size /{block_size} must be between /{min} and /{max}")]
+    BlockSizeRange { block_size: u8, min: u8, max: u8 },
+    #[error("IP pool size /{pool_prefix} is too small for use with Calico IPAM: it must be at least its block size /{block_size}")]
+    SmallerThanBlock { pool_prefix: u8, block_size: u8 },
+}
+
+/// Ranges no pod address may come from: Calico refuses link-local pools
+/// (169.254.0.0/16 holds the pods' gateway 169.254.1.1; fe80::/10 the
+/// interfaces' own addresses); loopback, multicast, the unspecified and
+/// "this network" addresses, broadcast and IPv4-mapped IPv6 can never be a
+/// pod's source address either. A pool overlapping one of them (so also
+/// 0.0.0.0/0 and ::/0) is refused.
+const RESERVED_RANGES: &[(&str, &str)] = &[
+    ("IPv4 \"this network\"", "0.0.0.0/8"),
+    ("IPv4 loopback", "127.0.0.0/8"),
+    ("IPv4 link-local", "169.254.0.0/16"),
+    ("IPv4 multicast", "224.0.0.0/4"),
+    ("IPv4 broadcast", "255.255.255.255/32"),
+    ("IPv6 unspecified", "::/128"),
+    ("IPv6 loopback", "::1/128"),
+    ("IPv4-mapped IPv6", "::ffff:0:0/96"),
+    ("IPv6 link-local", "fe80::/10"),
+    ("IPv6 multicast", "ff00::/8"),
+];
+
+/// The CIDR half of [`IpPoolSpec::validate`]: strictly masked, and clear of
+/// every reserved range.
+pub fn validate_pool_cidr(cidr: &IpNetwork) -> Result<(), PoolRule> {
+    if cidr.network() != cidr.ip() {
+        return Err(PoolRule::NotMasked { cidr: *cidr, network: cidr.network(), prefix: cidr.prefix() });
+    }
+    for (range, text) in RESERVED_RANGES {
+        let Ok(reserved) = text.parse::<IpNetwork>() else { continue };
+        let overlap = reserved.is_ipv4() == cidr.is_ipv4()
+            && (reserved.contains(cidr.network()) || cidr.contains(reserved.network()));
+        if overlap {
+            return Err(PoolRule::Reserved { cidr: *cidr, range, reserved });
+        }
+    }
+    Ok(())
 }
 
 pub type IpPool = Resource<IpPoolSpec>;
@@ -537,6 +605,56 @@ mod as_number {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn spec(cidr: &str, block_size: Option<u8>) -> IpPoolSpec {
+        IpPoolSpec {
+            cidr: cidr.parse().unwrap(),
+            block_size,
+            node_selector: None,
+            disabled: false,
+            nat_outgoing: false,
+        }
+    }
+
+    /// Found by fuzzing: `0.0.0.0/0` gave a pod a public address, and the
+    /// gateway's own 169.254.0.0/16 and `::/0` were accepted as pools.
+    #[test]
+    fn pools_calico_would_reject_are_refused_naming_the_rule() {
+        for (cidr, rule) in [
+            ("0.0.0.0/0", "this network"),
+            ("169.254.0.0/16", "IPv4 link-local"),
+            ("169.254.1.0/24", "IPv4 link-local"),
+            ("168.0.0.0/6", "IPv4 link-local"),
+            ("127.0.0.0/16", "IPv4 loopback"),
+            ("224.0.0.0/8", "IPv4 multicast"),
+            ("255.255.255.192/26", "IPv4 broadcast"),
+            ("::/0", "IPv6 unspecified"),
+            ("fe80::/64", "IPv6 link-local"),
+            ("ff02::/120", "IPv6 multicast"),
+            ("::ffff:10.0.0.0/120", "IPv4-mapped"),
+        ] {
+            let e = spec(cidr, None).validate().unwrap_err();
+            assert!(matches!(e, PoolRule::Reserved { .. }), "{cidr}: {e}");
+            assert!(e.to_string().contains(rule), "{cidr}: {e}");
+        }
+        let e = spec("10.0.0.1/24", None).validate().unwrap_err();
+        assert!(e.to_string().contains("not strictly masked (did you mean 10.0.0.0/24?)"), "{e}");
+        assert!(matches!(spec("10.0.0.0/16", Some(19)).validate(), Err(PoolRule::BlockSizeRange { .. })));
+        assert!(matches!(spec("10.0.0.0/16", Some(33)).validate(), Err(PoolRule::BlockSizeRange { .. })));
+        assert!(matches!(spec("fd00::/48", Some(64)).validate(), Err(PoolRule::BlockSizeRange { .. })));
+        assert!(matches!(spec("10.0.0.0/28", None).validate(), Err(PoolRule::SmallerThanBlock { .. })));
+        for ok in [
+            "192.168.0.0/16",
+            "10.0.0.0/8",
+            "172.16.0.0/26",
+            "fdca:11c0::/48",
+            "2001:db8::/64",
+            "240.0.0.0/8",
+        ] {
+            spec(ok, None).validate().unwrap_or_else(|e| panic!("{ok}: {e}"));
+        }
+        spec("10.0.0.0/28", Some(28)).validate().unwrap();
+    }
 
     #[test]
     fn keys_follow_calico_layout() {

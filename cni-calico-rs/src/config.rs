@@ -5,10 +5,13 @@ use std::path::{Path, PathBuf};
 
 use calico_store::DatastoreConfig;
 use cni_proto::{CniError, NetConf};
+use ipnetwork::IpNetwork;
 use serde::Deserialize;
 
 use crate::errors::store_error;
 
+/// The plugin's own `type`.
+pub const PLUGIN_TYPE: &str = "calico";
 /// Where Calico's node agent records the detected MTU.
 pub const DEFAULT_MTU_FILE: &str = "/var/lib/calico/mtu";
 /// MTU when neither the config nor the MTU file give one.
@@ -30,6 +33,12 @@ pub struct IpamKeys {
     pub assign_ipv4: Option<bool>,
     #[serde(default, deserialize_with = "calico_store::config::flag")]
     pub assign_ipv6: Option<bool>,
+    /// calico-ipam's pools; those named by CIDR are checked here too, so a
+    /// pool Calico would refuse fails before any veth is built.
+    #[serde(default)]
+    pub ipv4_pools: Vec<String>,
+    #[serde(default)]
+    pub ipv6_pools: Vec<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -64,6 +73,15 @@ impl CalicoConf {
         if c.ipam.ipam_type.is_empty() {
             return Err(CniError::invalid_config("ipam.type is missing", "calico needs an IPAM plugin"));
         }
+        // The IPAM delegate runs with our stdin: naming ourselves would make
+        // every command start us again, without end (cni-proto also refuses a
+        // delegate that is this executable, and bounds any chain's depth).
+        if c.ipam.ipam_type == PLUGIN_TYPE || c.ipam.ipam_type == conf.plugin_type {
+            return Err(CniError::invalid_config(
+                format!("ipam.type {:?} is this plugin itself", c.ipam.ipam_type),
+                "name an IPAM plugin, e.g. calico-ipam or host-local",
+            ));
+        }
         if let Some(m) = c.mtu.filter(|m| *m != 0) {
             let min = if c.assign_ipv6() { MIN_MTU_V6 } else { MIN_MTU };
             if !(min..=MAX_MTU).contains(&m) {
@@ -79,6 +97,18 @@ impl CalicoConf {
                     format!("num_queues {q} is out of range"),
                     format!("must be between 1 and {MAX_QUEUES}"),
                 ));
+            }
+        }
+        for (key, list) in [("ipv4_pools", &c.ipam.ipv4_pools), ("ipv6_pools", &c.ipam.ipv6_pools)] {
+            for cidr in list.iter().filter(|p| p.contains('/')) {
+                let net: IpNetwork = cidr.trim().parse().map_err(|e| {
+                    CniError::invalid_config(
+                        format!("ipam.{key}: invalid pool CIDR {cidr:?}"),
+                        format!("{e}"),
+                    )
+                })?;
+                calico_store::model::validate_pool_cidr(&net)
+                    .map_err(|rule| CniError::invalid_config(format!("ipam.{key}: {rule}"), cidr.as_str()))?;
             }
         }
         c.datastore
@@ -196,6 +226,17 @@ mod tests {
             json!({"datastore_type":"kubernetes"}),
             json!({"datastore_type":"etcdv3"}),
             json!({"container_settings":{"allow_ip_forwarding":"maybe"}}),
+            // Found by fuzzing: an IPAM delegate that is the plugin itself.
+            json!({"ipam":{"type":"calico"}}),
+            // Found by fuzzing: serde reads a struct from an array by position,
+            // which turned `[true]` into allow_ip_forwarding = true.
+            json!({"container_settings":[true]}),
+            json!({"ipam":{"type":"calico-ipam","ipv4_pools":[["10.0.0.0/16"]]},"container_settings":[]}),
+            // Found by fuzzing: pools Calico's validation refuses.
+            json!({"ipam":{"type":"calico-ipam","ipv4_pools":["0.0.0.0/0"]}}),
+            json!({"ipam":{"type":"calico-ipam","ipv4_pools":["10.0.0.0/16", "169.254.0.0/16"]}}),
+            json!({"ipam":{"type":"calico-ipam","assign_ipv6":"true","ipv6_pools":["::/0"]}}),
+            json!({"ipam":{"type":"calico-ipam","ipv4_pools":["10.0.0.0/33"]}}),
         ];
         for patch in cases {
             let mut v = base();
@@ -205,6 +246,9 @@ mod tests {
             let e = conf(v.clone()).unwrap_err();
             assert_eq!(e.code, 7, "{v}: {e}");
         }
+        let mut arr = base();
+        arr["ipam"] = json!(["calico-ipam"]);
+        assert_eq!(NetConf::parse(arr.to_string().as_bytes()).unwrap_err().code, 6);
         let mut v6 = base();
         v6["ipam"]["assign_ipv6"] = json!("true");
         v6["mtu"] = json!(1000);

@@ -151,7 +151,7 @@ pub fn config_from_cni_file(path: &Path) -> Result<DatastoreConfig, OpsError> {
     let plugin = plugin.ok_or_else(|| {
         OpsError::Usage(format!("--config {} has no plugin of type \"calico\"", path.display()))
     })?;
-    serde_json::from_value(plugin.clone())
+    cni_proto::strict::from_value(plugin)
         .map_err(|e| OpsError::Usage(format!("datastore keys in --config {}: {e}", path.display())))
 }
 
@@ -1141,6 +1141,12 @@ mod tests {
         assert!(invalid(pool_add(&s, &mk("c", "10.1.0.0/16", Some(8)))), "block size range");
         assert!(invalid(pool_add(&s, &mk("d", "10.2.0.0/28", Some(26)))), "block larger than pool");
         assert!(invalid(pool_add(&s, &mk("e", "10.3.0.1/16", None))), "host bits");
+        // Found by fuzzing: pools Calico's IPPool validation refuses.
+        for (name, cidr) in
+            [("g", "0.0.0.0/0"), ("h", "169.254.0.0/16"), ("i", "::/0"), ("j", "224.0.0.0/24")]
+        {
+            assert!(invalid(pool_add(&s, &mk(name, cidr, None))), "{cidr}");
+        }
         let bad_sel = NewPool { node_selector: Some("zone ==".into()), ..mk("f", "10.4.0.0/16", None) };
         assert!(invalid(pool_add(&s, &bad_sel)), "selector");
         pool_add(&s, &mk("v6", "fd00::/48", None)).unwrap();

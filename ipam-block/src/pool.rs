@@ -86,20 +86,9 @@ impl Pool {
     }
 }
 
+/// Calico's IPPool validation (calico-store owns the rules), naming the pool.
 fn validate_spec(name: &PoolName, spec: &IpPoolSpec) -> Result<(), IpamError> {
-    let bad = |why: String| Err(IpamError::InvalidConfig(format!("pool {name} ({}): {why}", spec.cidr)));
-    if spec.cidr.network() != spec.cidr.ip() {
-        return bad("CIDR has host bits set".into());
-    }
-    let bs = spec.block_prefix();
-    let (lo, hi) = if spec.cidr.is_ipv4() { (20, 32) } else { (116, 128) };
-    if bs < lo || bs > hi {
-        return bad(format!("blockSize {bs} outside {lo}..={hi}"));
-    }
-    if bs < spec.cidr.prefix() {
-        return bad(format!("blockSize {bs} is larger than the pool"));
-    }
-    Ok(())
+    spec.validate().map_err(|rule| IpamError::InvalidConfig(format!("pool {name}: {rule}")))
 }
 
 /// Every stored pool, sorted by name.

@@ -237,13 +237,10 @@ impl PoolRef {
         if s.contains('/') {
             let net: IpNetwork =
                 s.parse().map_err(|e| IpamError::InvalidConfig(format!("invalid pool CIDR {s:?}: {e}")))?;
-            if net.network() != net.ip() {
-                return Err(IpamError::InvalidConfig(format!(
-                    "pool CIDR {s} has host bits set (did you mean {}/{}?)",
-                    net.network(),
-                    net.prefix()
-                )));
-            }
+            // Refused before any datastore access: such a pool would be
+            // refused on creation anyway.
+            calico_store::model::validate_pool_cidr(&net)
+                .map_err(|rule| IpamError::InvalidConfig(rule.to_string()))?;
             return Ok(PoolRef::Cidr(net));
         }
         Ok(PoolRef::Name(PoolName::new(s)?))
