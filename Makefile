@@ -65,9 +65,13 @@ install: build
 
 # Integration tests execute the debug binaries next to the test executables,
 # so build them first. Tests create their own namespaces and need root.
+# Tests create their own namespaces and temporary directories and leave
+# nothing elsewhere: scripts/stray-writes.sh fails the run if they did.
 test: deps build-debug
+	@scripts/stray-writes.sh snapshot target/stray-writes.before
 	$(CARGO) test --workspace --no-fail-fast
 	$(MAKE) --no-print-directory conformance
+	@scripts/stray-writes.sh compare target/stray-writes.before
 
 conformance: deps build-debug
 	$(CARGO) run -q -p conformance --bin conformance

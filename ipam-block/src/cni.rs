@@ -29,6 +29,10 @@ pub struct TopConf {
     pub nodename: Option<String>,
     #[serde(default)]
     pub nodename_file: Option<PathBuf>,
+    /// Node-local IPAM state (the block hint and the host lock); see
+    /// [`IpamCniConf::state_dir`].
+    #[serde(default)]
+    pub ipam_state_dir: Option<PathBuf>,
 }
 
 /// The `ipam` object keys.
@@ -54,6 +58,8 @@ pub struct IpamCniConf {
     pub assign_ipv6: bool,
     pub ipv4_pools: Vec<PoolRef>,
     pub ipv6_pools: Vec<PoolRef>,
+    /// `ipam_state_dir`, if set.
+    pub ipam_state_dir: Option<PathBuf>,
 }
 
 /// An `ipam` flag (Calico's string booleans, see
@@ -107,6 +113,7 @@ impl IpamCniConf {
             assign_ipv6,
             ipv4_pools: pool_refs(&ipam.ipv4_pools, "ipv4_pools")?,
             ipv6_pools: pool_refs(&ipam.ipv6_pools, "ipv6_pools")?,
+            ipam_state_dir: top.ipam_state_dir.filter(|d| !d.as_os_str().is_empty()),
         })
     }
 
@@ -115,10 +122,12 @@ impl IpamCniConf {
         calico_store::open(&self.datastore).map_err(|e| store_error("opening the datastore", e))
     }
 
-    /// Node-local IPAM state (hint, host lock) lives next to the file store
-    /// (or in `/var/lib/calico-rs` with etcd).
+    /// Where node-local IPAM state lives (the block hint, `ipam.lock`):
+    /// `ipam_state_dir` when set, else the file store's directory
+    /// (`datastore_path`, default `/var/lib/calico-rs`), with etcd too. It is
+    /// per node, never shared: with etcd every node keeps its own.
     pub fn state_dir(&self) -> PathBuf {
-        self.datastore.path()
+        self.ipam_state_dir.clone().unwrap_or_else(|| self.datastore.path())
     }
 }
 

@@ -684,7 +684,9 @@ fn datastore_down(env: &Env) -> CaseResult {
     let port = testbed::free_port();
     let tweak = |p: &mut Value| {
         if let Some(m) = p.as_object_mut() {
-            m.remove("datastore_path");
+            if let Some(path) = m.remove("datastore_path") {
+                m.insert("ipam_state_dir".into(), path);
+            }
         }
         p["datastore_type"] = json!("etcdv3");
         p["etcd_endpoints"] = json!(format!("http://127.0.0.1:{port}"));

@@ -211,6 +211,9 @@ impl Implementation for CalicoImpl {
             Some(ep) => {
                 v["datastore_type"] = json!("etcdv3");
                 v["etcd_endpoints"] = json!(ep);
+                // The node's IPAM hint and lock stay in the case's state
+                // directory (the default is /var/lib/calico-rs).
+                v["ipam_state_dir"] = json!(state);
             }
             None => {
                 v["datastore_type"] = json!("file");
