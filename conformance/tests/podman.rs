@@ -36,14 +36,7 @@ impl Podman {
         let bin_dir = testbed::target_bin("calico").parent().map(Path::to_path_buf).unwrap();
         assert!(bin_dir.join("calico-ipam").exists(), "calico-ipam not built");
         let node = Netns::new("cpm");
-        // Proxy ARP answers the pod's ARP for 169.254.1.1 only if the node
-        // routes that address out of another interface (a real node's default
-        // route); give the node netns an uplink and a default route.
-        node.exec(&["ip", "link", "add", "up0", "type", "veth", "peer", "name", "up1"]);
-        node.exec(&["ip", "link", "set", "up0", "up"]);
-        node.exec(&["ip", "link", "set", "up1", "up"]);
-        node.exec(&["ip", "addr", "add", "192.0.2.1/24", "dev", "up0"]);
-        node.exec(&["ip", "route", "add", "default", "via", "192.0.2.254"]);
+        node.add_uplink();
         let dir = tempfile::Builder::new().prefix("cni-podman-").tempdir().unwrap();
         let d = dir.path();
         let rootfs = d.join("rootfs");
