@@ -9,14 +9,15 @@
 //! per container, removed with the container).
 //! Needs root and `cargo build --workspace --bins`.
 
+mod support;
+
 use std::net::IpAddr;
 use std::path::Path;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use calico_store::model;
-use conformance::suite::CalicoImpl;
 use ipnetwork::IpNetwork;
+use support::text;
 use testbed::Netns;
 
 const POOL: &str = "10.91.0.0/16";
@@ -27,23 +28,12 @@ struct Podman {
     net: String,
 }
 
-fn text(o: &Output) -> String {
-    format!("{}\n{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
-}
-
 impl Podman {
     fn new() -> Podman {
         let bin_dir = testbed::target_bin("calico").parent().map(Path::to_path_buf).unwrap();
         assert!(bin_dir.join("calico-ipam").exists(), "calico-ipam not built");
         let node = Netns::new("cpm");
-        // Proxy ARP answers the pod's ARP for 169.254.1.1 only if the node
-        // routes that address out of another interface (a real node's default
-        // route); give the node netns an uplink and a default route.
-        node.exec(&["ip", "link", "add", "up0", "type", "veth", "peer", "name", "up1"]);
-        node.exec(&["ip", "link", "set", "up0", "up"]);
-        node.exec(&["ip", "link", "set", "up1", "up"]);
-        node.exec(&["ip", "addr", "add", "192.0.2.1/24", "dev", "up0"]);
-        node.exec(&["ip", "route", "add", "default", "via", "192.0.2.254"]);
+        node.add_uplink();
         let dir = tempfile::Builder::new().prefix("cni-podman-").tempdir().unwrap();
         let d = dir.path();
         let rootfs = d.join("rootfs");
@@ -59,17 +49,7 @@ impl Podman {
         let conflist = serde_json::json!({
             "cniVersion": "1.0.0",
             "name": net,
-            "plugins": [{
-                "type": "calico",
-                "nodename": node.name(),
-                "nodename_file_optional": true,
-                "datastore_type": "file",
-                "datastore_path": d.join("store"),
-                "mtu": 1500,
-                "log_level": "debug",
-                "log_file_path": d.join("calico.log"),
-                "ipam": {"type": "calico-ipam", "ipv4_pools": [POOL]}
-            }]
+            "plugins": [support::calico_plugin(node.name(), d, POOL)]
         });
         std::fs::write(d.join("net.d/10-calico.conflist"), conflist.to_string()).unwrap();
         let conf = format!(
@@ -108,8 +88,7 @@ impl Podman {
     }
 
     fn log_tail(&self) -> String {
-        let log = std::fs::read_to_string(self.dir.path().join("calico.log")).unwrap_or_default();
-        log.lines().rev().take(15).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n")
+        support::log_tail(&self.dir.path().join("calico.log"), 15)
     }
 
     /// `podman run -d` of a busybox `sleep` on our network; returns the ID.
@@ -144,13 +123,11 @@ impl Podman {
 
     /// Allocated IPs and their handles, from the datastore.
     fn allocations(&self) -> Vec<(IpAddr, Option<String>)> {
-        let store = CalicoImpl::open_file_store(self.dir.path()).unwrap();
-        CalicoImpl::block_allocations(store.as_ref()).unwrap().into_iter().map(|(ip, h, _)| (ip, h)).collect()
+        support::allocations(self.dir.path())
     }
 
     fn handle_exists(&self, id: &str) -> bool {
-        let store = CalicoImpl::open_file_store(self.dir.path()).unwrap();
-        store.get(&model::handle_key(&format!("{}.{id}", self.net))).unwrap().is_some()
+        support::handle_exists(self.dir.path(), &format!("{}.{id}", self.net))
     }
 
     fn node_links(&self) -> String {

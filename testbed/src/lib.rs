@@ -3,7 +3,8 @@
 //! Owns test fixtures only (a dev-dependency of the other crates):
 //! * [`unique`]: names that are unique per process and call (parallel tests);
 //! * [`Netns`]: a named network namespace, removed on drop (with every process
-//!   still inside it killed), so a failing test leaves nothing behind;
+//!   still inside it killed), so a failing test leaves nothing behind; with
+//!   [`Netns::add_uplink`], a node's uplink and default route;
 //! * [`Etcd`]: a real `etcd` on a free loopback port with a temporary data
 //!   directory, stopped on drop, restartable for fault tests; or, with
 //!   [`Etcd::start_in`], on the loopback of a [`Netns`] (where a node's
@@ -116,6 +117,19 @@ impl Netns {
     /// Run a shell snippet inside the namespace.
     pub fn sh(&self, script: &str) -> Result<String, String> {
         self.try_exec(&["sh", "-c", script])
+    }
+
+    /// Give this namespace an uplink (veth `up0`, 192.0.2.1/24, both ends
+    /// inside the namespace) and a default route through it, as a node has.
+    /// Proxy ARP only answers a pod's ARP for 169.254.1.1 when the node
+    /// routes that address out of *another* interface; a bare namespace has
+    /// no such route. This kernel has no `dummy` module, hence the veth.
+    pub fn add_uplink(&self) {
+        self.exec(&["ip", "link", "add", "up0", "type", "veth", "peer", "name", "up1"]);
+        self.exec(&["ip", "link", "set", "up0", "up"]);
+        self.exec(&["ip", "link", "set", "up1", "up"]);
+        self.exec(&["ip", "addr", "add", "192.0.2.1/24", "dev", "up0"]);
+        self.exec(&["ip", "route", "add", "default", "via", "192.0.2.254"]);
     }
 
     /// Kill every process still running in the namespace.

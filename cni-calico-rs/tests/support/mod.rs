@@ -78,14 +78,8 @@ pub struct Node {
 impl Node {
     pub fn new() -> Node {
         let ns = Netns::new("cno");
-        // Proxy ARP only answers the pod's ARP for 169.254.1.1 if the node
-        // routes 169.254.1.1 out of *another* interface; on a real node the
-        // default route does that. Give this node an uplink and a default route.
-        ns.exec(&["ip", "link", "add", "up0", "type", "veth", "peer", "name", "up1"]);
-        ns.exec(&["ip", "link", "set", "up0", "up"]);
-        ns.exec(&["ip", "link", "set", "up1", "up"]);
-        ns.exec(&["ip", "addr", "add", "192.0.2.1/24", "dev", "up0"]);
-        ns.exec(&["ip", "route", "add", "default", "via", "192.0.2.254"]);
+        // Proxy ARP for 169.254.1.1 needs the node's default route out of another interface.
+        ns.add_uplink();
         // IPv6 forwards only with the global switch on (IPv4 honours the
         // per-interface `forwarding` the plugin sets). On a Calico node Felix
         // turns it on; the plugin does not touch node-wide settings.
