@@ -30,7 +30,6 @@ use std::net::IpAddr;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use calico_store::model;
@@ -67,21 +66,6 @@ const CNI_RESULTS: &str = "/var/lib/cni/results";
 const SHIM_SOCKETS: &str = "/run/containerd/s";
 /// Bound for each CRI call: a hung containerd fails the test, not the run.
 const CALL_TIMEOUT: Duration = Duration::from_secs(60);
-
-/// The directories at fixed paths that did not exist before the first
-/// fixture of this process, deepest first: fixtures remove them on drop once
-/// they are empty (`rmdir`, so a directory still used by a parallel fixture
-/// stays; the last one out removes it).
-fn created_dirs() -> &'static [PathBuf] {
-    static DIRS: OnceLock<Vec<PathBuf>> = OnceLock::new();
-    DIRS.get_or_init(|| {
-        ["/run/containerd/s", "/run/containerd", "/var/lib/cni/results", "/var/lib/cni"]
-            .iter()
-            .map(PathBuf::from)
-            .filter(|p| !p.exists())
-            .collect()
-    })
-}
 
 /// The OCI `GOARCH` name of this machine's architecture (the image config
 /// must match it, or containerd will not unpack the image).
@@ -260,7 +244,7 @@ impl Containerd {
                 "{path} is missing: install Debian's {package} (`make deps` does)"
             );
         }
-        created_dirs();
+        support::created_dirs();
         let node = Netns::new("ctd");
         node.add_uplink();
         let dir = tempfile::Builder::new().prefix("cni-containerd-").tempdir().unwrap();
@@ -696,9 +680,7 @@ impl Drop for Containerd {
         for id in self.sandboxes.borrow().iter() {
             let _ = std::fs::remove_file(self.shim_socket(id));
         }
-        for dir in created_dirs() {
-            let _ = std::fs::remove_dir(dir);
-        }
+        support::remove_created_dirs();
         // The node netns and the temporary directory go with the fields.
     }
 }

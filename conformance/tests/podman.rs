@@ -32,6 +32,7 @@ impl Podman {
     fn new() -> Podman {
         let bin_dir = testbed::target_bin("calico").parent().map(Path::to_path_buf).unwrap();
         assert!(bin_dir.join("calico-ipam").exists(), "calico-ipam not built");
+        support::created_dirs();
         let node = Netns::new("cpm");
         node.add_uplink();
         let dir = tempfile::Builder::new().prefix("cni-podman-").tempdir().unwrap();
@@ -157,6 +158,7 @@ impl Drop for Podman {
         for _ in 0..2 {
             let _ = self.podman(&["rm", "-a", "-f", "-t", "0"]);
         }
+        support::remove_created_dirs();
     }
 }
 

@@ -3,8 +3,9 @@
 //! file datastore in the test's temporary directory.
 
 use std::net::IpAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Output;
+use std::sync::OnceLock;
 
 use calico_store::model;
 use conformance::suite::CalicoImpl;
@@ -49,4 +50,27 @@ pub fn allocations(dir: &Path) -> Vec<(IpAddr, Option<String>)> {
 pub fn handle_exists(dir: &Path, handle: &str) -> bool {
     let store = CalicoImpl::open_file_store(dir).unwrap();
     store.get(&model::handle_key(handle)).unwrap().is_some()
+}
+
+/// The directories at fixed paths the runtimes create (libcni's result cache
+/// in /var/lib/cni, containerd's shim sockets in /run/containerd/s) that did
+/// not exist before the first fixture of this process, deepest first.
+/// Call once when a fixture starts, before the runtime runs.
+pub fn created_dirs() -> &'static [PathBuf] {
+    static DIRS: OnceLock<Vec<PathBuf>> = OnceLock::new();
+    DIRS.get_or_init(|| {
+        ["/run/containerd/s", "/run/containerd", "/var/lib/cni/results", "/var/lib/cni"]
+            .iter()
+            .map(PathBuf::from)
+            .filter(|p| !p.exists())
+            .collect()
+    })
+}
+
+/// Remove [`created_dirs`] that are empty (`rmdir`: a directory a parallel
+/// fixture still uses stays; the last one out removes it).
+pub fn remove_created_dirs() {
+    for dir in created_dirs() {
+        let _ = std::fs::remove_dir(dir);
+    }
 }
