@@ -114,6 +114,8 @@ impl Lab {
             "log_file_path": self.run_dir.join(node).join("cni.log"),
             "datastore_type": "etcdv3",
             "etcd_endpoints": self.cfg.etcd_endpoint(),
+            // The node's IPAM hint and lock stay in the lab's run directory.
+            "ipam_state_dir": self.run_dir.join(node),
             "mtu": 1500,
             "ipam": {"type": "calico-ipam", "assign_ipv4": "true", "ipv4_pools": [self.cfg.pool.to_string()]},
         })
