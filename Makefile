@@ -4,7 +4,7 @@
 #   make build    build every binary (release)
 #   make install  install the CNI plugins and tools (DESTDIR-aware)
 #   make test     unit + integration tests (namespaces only; needs root)
-#   make demo     see README: a node with two pods, then the article's two-node lab
+#   make demo     see README ("What the demos show"): a node with two pods, then the two-node lab
 #   make bench    ADD+DEL cycles vs the reference plugins, IPAM throughput, rule rendering
 #   make conformance  the CNI conformance table (ours vs ptp+host-local)
 

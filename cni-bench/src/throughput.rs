@@ -36,7 +36,7 @@ const NODES: usize = 3;
 const NETWORK: &str = "bench-net";
 /// Our pool (each of our stores has its own copy).
 const POOL: &str = "10.77.0.0/16";
-/// Target for ours on etcd, from the issue.
+/// Target for ours on etcd (README, "Benchmarks").
 const TARGET_PODS_PER_SEC: f64 = 100.0;
 
 pub struct ThroughputArgs {

@@ -1,4 +1,4 @@
-//! Calico cases (list (b) of the research notes), for our calico + calico-ipam.
+//! Calico cases (the Calico half of the conformance table; conformance/README.md), for our calico + calico-ipam.
 //! They read the data plane with `ip -j` and the datastore through
 //! `calico_store` (keys per `calico_store::model`).
 

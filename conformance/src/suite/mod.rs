@@ -73,7 +73,7 @@ pub fn na(why: impl Into<String>) -> CaseResult {
 pub enum Group {
     /// Spec MUSTs every plugin must meet.
     Generic,
-    /// Calico behaviours (list (b) of the research notes).
+    /// Calico behaviours (the Calico half of the table; conformance/README.md).
     Calico,
 }
 
