@@ -38,7 +38,7 @@
 //! (iptables full/partial syncs), [`nftables`] (the nftables proxier: render,
 //! sync, nft, dump), [`exec`] (running the tools in a namespace), [`probe`]
 //! (whether a family's backend works on this node), [`cli`]
-//! (flags), [`commands`], [`bench`], [`validate`] (names as the API server
+//! (flags), [`commands`] (render, sync, run; the binary adds `bench`), [`validate`] (names as the API server
 //! checks them, and the payload writers' refusal of text that could break out).
 //!
 //! May call: `calico-store` (read-only: pod records and the store revision),
@@ -47,7 +47,6 @@
 //! current network namespace (or of a named one, for tests and benchmarks),
 //! the filesystem.
 
-pub mod bench;
 pub mod canonical;
 pub mod cli;
 pub mod commands;
