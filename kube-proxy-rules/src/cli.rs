@@ -15,8 +15,8 @@ use ipnetwork::IpNetwork;
 
 use crate::inputs::{self, Loaded};
 use crate::iptables::Iptables;
+use crate::model::service::DEFAULT_SERVICE_CIDR;
 use crate::proxier::{masquerade_mark, ProxierConfig};
-use crate::service::DEFAULT_SERVICE_CIDR;
 
 pub const USAGE: &str = "\
 usage: kube-proxy-rules <command> [flags] [FILE|DIR]...
@@ -220,7 +220,7 @@ impl Args {
                     for v in value()?.split(',').filter(|s| !s.is_empty()) {
                         // As kube-proxy (ParseIPSloppy): `::ffff:a.b.c.d` is the IPv4 address.
                         a.node_ips.push(
-                            crate::service::parse_ip_sloppy(v.trim())
+                            crate::model::service::parse_ip_sloppy(v.trim())
                                 .ok_or_else(|| format!("--node-ip: invalid IP {v:?}"))?,
                         );
                     }

@@ -10,8 +10,9 @@ use crate::exec::Runner;
 use crate::family::IpFamily;
 use crate::inputs::Loaded;
 use crate::iptables::Iptables;
+use crate::model::ProxyState;
 use crate::nftables::{self, Nft, NftSyncer};
-use crate::proxier::{render, ProxyState, RenderPlan, Rendered};
+use crate::proxier::{render, RenderPlan, Rendered};
 use crate::syncer::{diff_view, Syncer};
 
 /// Report bad objects and notes on stderr (stdout is the payload).
@@ -369,7 +370,7 @@ impl FamilySyncers {
 /// The node's addresses are re-read on every poll (kube-proxy re-reads the
 /// node IPs on every sync): a change forces a full sync, so NodePorts follow
 /// an address added or removed while `run` runs. The syncers also force a
-/// full sync once the last one is [`crate::syncer::FULL_SYNC_PERIOD`] old.
+/// full sync once the last one is [`crate::model::FULL_SYNC_PERIOD`] old.
 fn run_loop(args: &Args, records: &PodRecords) -> Result<i32, String> {
     let mut syncers = FamilySyncers { syncers: Vec::new(), probed: Vec::new() };
     let poll = args.min_sync_period.clamp(Duration::from_millis(50), Duration::from_millis(500));

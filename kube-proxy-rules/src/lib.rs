@@ -23,23 +23,24 @@
 //!
 //! IPv6 and dual-stack: as kube-proxy's MetaProxier, one proxier per IP
 //! family ([`family`]): the same builders, fed the service ports, endpoints
-//! and node settings of one family ([`proxier::ProxyState::split_families`],
+//! and node settings of one family ([`model::ProxyState::split_families`],
 //! [`cli::Args::proxier_config`] / [`cli::Args::nft_config`] per family),
 //! applied with `ip6tables-restore` or to table `ip6 kube-proxy`. A family
 //! runs only when it has services or a node IP of its own, so an IPv4-only
 //! node behaves exactly as before. See README.md for the differences.
 //!
 //! Modules: [`names`] (chain names and hashes, both modes), [`k8s`] (input
-//! objects), [`service`] (service ports, apiserver defaults), [`endpoints`]
-//! (slices, pod records, categorization and the traffic-policy decisions both
-//! proxiers share), [`inputs`] (objects + records → state), [`proxier`]
-//! (iptables rule builders named after chains), [`canonical`] (kube-proxy's
-//! iptables test sort), [`iptables`] (running iptables), [`syncer`]
-//! (iptables full/partial syncs), [`nftables`] (the nftables proxier: render,
-//! sync, nft, dump), [`exec`] (running the tools in a namespace), [`probe`]
-//! (whether a family's backend works on this node), [`cli`]
-//! (flags), [`commands`] (render, sync, run; the binary adds `bench`), [`validate`] (names as the API server
-//! checks them, and the payload writers' refusal of text that could break out).
+//! objects), [`model`] (what both proxiers sync from: service ports and
+//! apiserver defaults, endpoints and the traffic-policy decisions, the state,
+//! change tracking by fingerprints, the full-sync policy), [`inputs`]
+//! (objects + records → state), [`proxier`] (iptables rule builders named
+//! after chains), [`canonical`] (kube-proxy's iptables test sort),
+//! [`iptables`] (running iptables), [`syncer`] (iptables full/partial syncs),
+//! [`nftables`] (the nftables proxier: render, sync, nft, dump), [`exec`]
+//! (running the tools in a namespace), [`probe`] (whether a family's backend
+//! works on this node), [`cli`] (flags), [`commands`] (render, sync, run; the
+//! binary adds `bench`), [`validate`] (names as the API server checks them,
+//! and the payload writers' refusal of text that could break out).
 //!
 //! May call: `calico-store` (read-only: pod records and the store revision),
 //! the `iptables`/`iptables-restore`/`iptables-save` binaries (and their
@@ -50,16 +51,15 @@
 pub mod canonical;
 pub mod cli;
 pub mod commands;
-pub mod endpoints;
 pub mod exec;
 pub mod family;
 pub mod inputs;
 pub mod iptables;
 pub mod k8s;
+pub mod model;
 pub mod names;
 pub mod nftables;
 pub mod probe;
 pub mod proxier;
-pub mod service;
 pub mod syncer;
 pub mod validate;

@@ -7,88 +7,14 @@
 //! Service or endpoints changed since the last successful sync, found by
 //! comparing a fingerprint of each service's ports and endpoints.
 
-use std::collections::hash_map::DefaultHasher;
-use std::collections::{BTreeSet, HashMap, HashSet};
-use std::hash::{Hash, Hasher};
+use std::collections::{BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
 use crate::iptables::{Iptables, IptablesError};
+use crate::model::{ChangeTracker, Changes, FullSyncs, ProxyState};
 use crate::names;
-use crate::proxier::{render, ProxierConfig, ProxyState, RenderPlan, Rendered};
+use crate::proxier::{render, ProxierConfig, RenderPlan, Rendered};
 use crate::validate::UnsafeText;
-
-/// kube-proxy's `proxyutil.FullSyncPeriod`: however well partial syncs go,
-/// a full one is forced at least this often (in both modes), so that
-/// anything partial syncs cannot see is repaired.
-pub const FULL_SYNC_PERIOD: Duration = Duration::from_secs(3600);
-
-/// When a sync must be full, the same in both proxy modes: the first sync, a
-/// sync after a failed one, whatever [`FullSyncs::force`] names (canary gone,
-/// node addresses changed), and once the last full sync is
-/// [`FullSyncs::period`] old.
-#[derive(Debug)]
-pub struct FullSyncs {
-    need: Option<String>,
-    /// A full sync is forced when the last one is this old ([`FULL_SYNC_PERIOD`]).
-    pub period: Duration,
-    last: Option<Instant>,
-}
-
-impl Default for FullSyncs {
-    fn default() -> Self {
-        FullSyncs { need: Some("first sync".into()), period: FULL_SYNC_PERIOD, last: None }
-    }
-}
-
-impl FullSyncs {
-    /// Make the next sync a full one (the first reason given is kept).
-    pub fn force(&mut self, reason: &str) {
-        self.need.get_or_insert_with(|| reason.to_string());
-    }
-
-    /// The reason a full sync was asked for, if one was.
-    pub fn pending(&self) -> Option<&str> {
-        self.need.as_deref()
-    }
-
-    /// Why the next sync must be full, if it must: a reason asked for, else
-    /// the period.
-    pub fn due(&self) -> Option<String> {
-        self.need.clone().or_else(|| {
-            self.last
-                .is_some_and(|t| t.elapsed() >= self.period)
-                .then(|| format!("last full sync more than {:?} ago", self.period))
-        })
-    }
-
-    /// A sync (full or not) succeeded, or its state was taken as applied.
-    pub fn synced(&mut self, full: bool) {
-        self.need = None;
-        if full {
-            self.last = Some(Instant::now());
-        }
-    }
-
-    /// A sync failed: the kernel may differ from what was remembered, so
-    /// only a full sync is safe next.
-    pub fn failed(&mut self, e: &dyn std::fmt::Display) {
-        self.need = Some(format!("previous sync failed: {e}"));
-    }
-}
-
-/// A service by (`namespace`, `name`).
-pub type ServiceKey = (String, String);
-
-/// Per-service fingerprints of what its chains are built from.
-pub fn fingerprints(state: &ProxyState) -> HashMap<ServiceKey, u64> {
-    let mut hashers: HashMap<ServiceKey, DefaultHasher> = HashMap::new();
-    for sp in &state.services {
-        let h = hashers.entry((sp.namespace.clone(), sp.name.clone())).or_default();
-        sp.hash(h);
-        state.endpoints_of(sp).hash(h);
-    }
-    hashers.into_iter().map(|(k, h)| (k, h.finish())).collect()
-}
 
 /// What a sync did.
 #[derive(Debug)]
@@ -125,7 +51,7 @@ pub struct Syncer {
     applied_top_level: HashMap<String, u64>,
     /// When the next sync must be full.
     pub full_syncs: FullSyncs,
-    applied: HashMap<ServiceKey, u64>,
+    changes: ChangeTracker,
     last_large_cluster: Option<bool>,
     last_cleanup: Option<Instant>,
 }
@@ -139,7 +65,7 @@ impl Syncer {
             minimize_top_level: true,
             applied_top_level: HashMap::new(),
             full_syncs: FullSyncs::default(),
-            applied: HashMap::new(),
+            changes: ChangeTracker::default(),
             last_large_cluster: None,
             last_cleanup: None,
         }
@@ -169,7 +95,7 @@ impl Syncer {
 
     /// Record `state` as applied without applying it (`run --dry-run`).
     pub fn mark_applied(&mut self, state: &ProxyState, rendered: &Rendered) {
-        self.applied = fingerprints(state);
+        self.changes.applied(crate::model::fingerprints(state));
         self.applied_top_level = rendered.top_level_hashes.clone();
         self.full_syncs.synced(false);
         self.last_large_cluster =
@@ -186,8 +112,7 @@ impl Syncer {
     }
 
     /// Decide full/partial and the changed services, without side effects.
-    fn plan(&self, state: &ProxyState) -> (Option<String>, HashSet<ServiceKey>, HashMap<ServiceKey, u64>) {
-        let now = fingerprints(state);
+    fn plan(&self, state: &ProxyState) -> (Option<String>, Changes) {
         let large = state.total_endpoints() > crate::proxier::LARGE_CLUSTER_ENDPOINTS_THRESHOLD;
         let mut full = self.full_syncs.pending().map(str::to_string);
         if full.is_none() && self.last_large_cluster.is_some_and(|l| l != large) {
@@ -196,9 +121,7 @@ impl Syncer {
         if full.is_none() {
             full = self.full_syncs.due();
         }
-        let changed =
-            now.iter().filter(|(k, v)| self.applied.get(*k) != Some(*v)).map(|(k, _)| k.clone()).collect();
-        (full, changed, now)
+        (full, self.changes.changes(state))
     }
 
     fn existing_chains(&mut self, large: bool) -> Result<Option<BTreeSet<String>>, SyncError> {
@@ -213,7 +136,8 @@ impl Syncer {
 
     /// Render what the next sync would write, without applying it.
     pub fn preview(&mut self, state: &ProxyState) -> Result<(SyncPreview, Rendered), SyncError> {
-        let (full, changed, _) = self.plan(state);
+        let (full, changes) = self.plan(state);
+        let changed = &changes.updated;
         let existing =
             self.ipt.chains("nat").map_err(ipt_err("listing nat chains (iptables-save -t nat)"))?;
         let rendered = render(
@@ -221,7 +145,7 @@ impl Syncer {
             &self.cfg,
             &RenderPlan {
                 full: full.is_some(),
-                changed: Some(&changed),
+                changed: Some(changed),
                 existing_nat_chains: Some(&existing),
                 applied_top_level: self.minimize_top_level.then_some(&self.applied_top_level),
             },
@@ -231,7 +155,8 @@ impl Syncer {
 
     /// One sync: full or partial, applied in one iptables-restore transaction.
     pub fn sync(&mut self, state: &ProxyState) -> Result<SyncReport, SyncError> {
-        let (full, changed, now) = self.plan(state);
+        let (full, changes) = self.plan(state);
+        let changed = &changes.updated;
         let large = state.total_endpoints() > crate::proxier::LARGE_CLUSTER_ENDPOINTS_THRESHOLD;
         let mut jump_rules_added = 0;
         let result = (|| {
@@ -249,7 +174,7 @@ impl Syncer {
                 &self.cfg,
                 &RenderPlan {
                     full: full.is_some(),
-                    changed: Some(&changed),
+                    changed: Some(changed),
                     existing_nat_chains: existing.as_ref(),
                     applied_top_level: self.minimize_top_level.then_some(&self.applied_top_level),
                 },
@@ -267,13 +192,14 @@ impl Syncer {
         match result {
             Ok(rendered) => {
                 self.full_syncs.synced(full.is_some());
-                self.applied = now;
+                let changed_services = changed.len();
+                self.changes.applied(changes.now);
                 self.applied_top_level = rendered.top_level_hashes.clone();
                 self.last_large_cluster = Some(large);
                 Ok(SyncReport {
                     full: full.is_some(),
                     reason: full.unwrap_or_default(),
-                    changed_services: changed.len(),
+                    changed_services,
                     rendered,
                     jump_rules_added,
                 })

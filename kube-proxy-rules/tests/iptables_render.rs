@@ -6,7 +6,7 @@ mod support;
 
 use std::collections::{BTreeSet, HashSet};
 
-use kube_proxy_rules::endpoints::{key_of, EndpointInfo};
+use kube_proxy_rules::model::endpoints::{key_of, EndpointInfo};
 use kube_proxy_rules::proxier::{render, ProxierConfig, RenderPlan};
 use support::synthetic_state;
 

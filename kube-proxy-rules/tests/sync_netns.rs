@@ -11,7 +11,8 @@ use kube_proxy_rules::canonical::sort_payload;
 use kube_proxy_rules::inputs::build_state;
 use kube_proxy_rules::iptables::Iptables;
 use kube_proxy_rules::k8s::Objects;
-use kube_proxy_rules::proxier::{ProxierConfig, ProxyState};
+use kube_proxy_rules::model::ProxyState;
+use kube_proxy_rules::proxier::ProxierConfig;
 use kube_proxy_rules::syncer::Syncer;
 use testbed::Netns;
 
@@ -297,7 +298,7 @@ fn minimized_partial_syncs_leave_the_same_rules_as_a_full_sync() {
 fn a_full_sync_is_forced_after_the_full_sync_period_and_on_new_addresses() {
     let ns = Netns::new("kfp");
     let mut syncer = Syncer::new(Iptables::in_netns(ns.name()), config(), Duration::from_secs(30));
-    assert_eq!(syncer.full_syncs.period, kube_proxy_rules::syncer::FULL_SYNC_PERIOD);
+    assert_eq!(syncer.full_syncs.period, kube_proxy_rules::model::FULL_SYNC_PERIOD);
     let st = state(
         &(service("ns1", "svc1", "172.30.0.41", "p80", 80) + &slice("ns1", "svc1", &["10.0.1.1"], "p80", 80)),
     );

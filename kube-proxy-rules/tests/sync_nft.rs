@@ -16,9 +16,10 @@ use std::time::Duration;
 
 use kube_proxy_rules::inputs::build_state;
 use kube_proxy_rules::k8s::Objects;
+use kube_proxy_rules::model::ProxyState;
 use kube_proxy_rules::nftables::dump::{normalize_listing, sort_dump, Table};
 use kube_proxy_rules::nftables::{Nft, NftSyncReport, NftSyncer};
-use kube_proxy_rules::proxier::{ProxierConfig, ProxyState};
+use kube_proxy_rules::proxier::ProxierConfig;
 use testbed::Netns;
 
 const BASE: &str = include_str!("golden-nft/base-rules.txt");
@@ -593,7 +594,7 @@ fn a_full_sync_is_forced_after_the_full_sync_period_and_on_new_addresses() {
     let ns = Netns::new("knp");
     let nft = Nft::in_netns(ns.name());
     let mut syncer = NftSyncer::new(nft.clone(), config());
-    assert_eq!(syncer.full_syncs.period, kube_proxy_rules::syncer::FULL_SYNC_PERIOD);
+    assert_eq!(syncer.full_syncs.period, kube_proxy_rules::model::FULL_SYNC_PERIOD);
     let st = state(
         &(service("ns1", "svc1", "172.30.0.41", "p80", 80) + &slice("ns1", "svc1", &["10.0.1.1"], "p80", 80)),
     );

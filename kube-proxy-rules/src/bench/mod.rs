@@ -26,12 +26,12 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use kube_proxy_rules::cli::{Args, ProxyMode};
-use kube_proxy_rules::endpoints::{key_of, EndpointInfo};
 use kube_proxy_rules::iptables::Iptables;
+use kube_proxy_rules::model::endpoints::{key_of, EndpointInfo};
+use kube_proxy_rules::model::service::Protocol;
+use kube_proxy_rules::model::{ProxyState, ServiceKey};
 use kube_proxy_rules::nftables::{self, Nft};
-use kube_proxy_rules::proxier::{render, ProxierConfig, ProxyState, RenderPlan};
-use kube_proxy_rules::service::Protocol;
-use kube_proxy_rules::syncer::ServiceKey;
+use kube_proxy_rules::proxier::{render, ProxierConfig, RenderPlan};
 
 pub mod synthetic;
 use synthetic::synthetic_state;

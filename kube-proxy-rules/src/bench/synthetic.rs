@@ -9,11 +9,11 @@
 
 use std::net::Ipv4Addr;
 
-use kube_proxy_rules::endpoints::{key_of, EndpointInfo};
 use kube_proxy_rules::k8s::IntOrString;
+use kube_proxy_rules::model::endpoints::{key_of, EndpointInfo};
+use kube_proxy_rules::model::service::{Protocol, ServicePortInfo};
+use kube_proxy_rules::model::ProxyState;
 use kube_proxy_rules::names::ServiceChains;
-use kube_proxy_rules::proxier::ProxyState;
-use kube_proxy_rules::service::{Protocol, ServicePortInfo};
 
 /// A synthetic cluster: `services` ClusterIP services with `endpoints` each,
 /// a tenth of the endpoints on this node.

@@ -8,7 +8,7 @@
 //! dynamic set with timeout per endpoint; masquerading is `fully-random`.
 //!
 //! * [`render`]: the transaction, built by functions named after the chains
-//!   and maps they fill, from the same [`crate::endpoints::Traffic`]
+//!   and maps they fill, from the same [`crate::model::endpoints::Traffic`]
 //!   decisions as the iptables proxier;
 //! * [`sync`]: full and incremental syncs, stale-chain deletion, the table
 //!   check that forces a full resync;

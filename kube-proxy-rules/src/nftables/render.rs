@@ -14,12 +14,12 @@
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 
-use crate::endpoints::{EndpointInfo, Traffic};
 use crate::family::IpFamily;
+use crate::model::endpoints::{EndpointInfo, Traffic};
+use crate::model::service::ServicePortInfo;
+use crate::model::{ProxyState, ServiceKey};
 use crate::names::nft_endpoint_base;
-use crate::proxier::{ProxierConfig, ProxyState};
-use crate::service::ServicePortInfo;
-use crate::syncer::ServiceKey;
+use crate::proxier::ProxierConfig;
 use crate::validate::{check_comment, check_line, check_name, check_word, UnsafeText};
 
 /// The IPv4 proxier's table (the IPv6 one is `ip6 kube-proxy`: see

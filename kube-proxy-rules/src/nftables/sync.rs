@@ -7,7 +7,7 @@
 //!   earlier run left behind are found with `nft list` and cleaned up.
 //! * A full sync is also forced when the node's addresses changed
 //!   ([`NftSyncer::set_local_addresses`]: `nodeport-ips` is written by full
-//!   syncs) and once the last one is [`crate::syncer::FULL_SYNC_PERIOD`] old, as kube-proxy
+//!   syncs) and once the last one is [`crate::model::FULL_SYNC_PERIOD`] old, as kube-proxy
 //!   does.
 //! * An incremental sync rewrites the chains of the services whose Service or
 //!   endpoints changed (found by fingerprint, as in iptables mode) and adds or
@@ -26,14 +26,14 @@
 //! check ([`NftSyncer::check_table`]) and any failed transaction fall back to
 //! a full sync, which does list the table.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::time::{Duration, Instant};
 
 use crate::family::IpFamily;
+use crate::model::{fingerprints, ChangeTracker, FullSyncs, ProxyState, ServiceKey};
 use crate::nftables::nft::{Nft, NftError};
 use crate::nftables::render::{render, Applied, NftPlan, NftRendered};
-use crate::proxier::{ProxierConfig, ProxyState};
-use crate::syncer::{fingerprints, FullSyncs, ServiceKey};
+use crate::proxier::ProxierConfig;
 use crate::validate::UnsafeText;
 
 /// kube-proxy waits this long before deleting a flushed stale chain.
@@ -85,7 +85,7 @@ pub struct NftSyncer {
     pub stale_chain_delay: Duration,
     /// When the next sync must be full.
     pub full_syncs: FullSyncs,
-    fingerprints: HashMap<ServiceKey, u64>,
+    changes: ChangeTracker,
     applied: Applied,
     stale_chains: BTreeMap<String, Instant>,
     base_chains_recreated: bool,
@@ -98,7 +98,7 @@ impl NftSyncer {
             cfg,
             stale_chain_delay: STALE_CHAIN_DELAY,
             full_syncs: FullSyncs::default(),
-            fingerprints: HashMap::new(),
+            changes: ChangeTracker::default(),
             applied: Applied::default(),
             stale_chains: BTreeMap::new(),
             base_chains_recreated: false,
@@ -152,16 +152,12 @@ impl NftSyncer {
         Ok(!intact)
     }
 
-    fn plan(&self, state: &ProxyState) -> (Option<String>, HashSet<ServiceKey>, HashMap<ServiceKey, u64>) {
-        let now = fingerprints(state);
-        let mut changed: HashSet<ServiceKey> = now
-            .iter()
-            .filter(|(k, v)| self.fingerprints.get(*k) != Some(*v))
-            .map(|(k, _)| k.clone())
-            .collect();
+    fn plan(&self, state: &ProxyState) -> (Option<String>, HashSet<ServiceKey>) {
+        let changes = self.changes.changes(state);
+        let mut changed = changes.updated;
         // Deleted services count as changed (their objects go).
-        changed.extend(self.fingerprints.keys().filter(|k| !now.contains_key(*k)).cloned());
-        (self.full_syncs.due(), changed, now)
+        changed.extend(changes.removed);
+        (self.full_syncs.due(), changed)
     }
 
     fn aged_stale_chains(&self) -> Vec<String> {
@@ -182,7 +178,7 @@ impl NftSyncer {
 
     /// Render what the next sync would write, without applying anything.
     pub fn preview(&self, state: &ProxyState) -> Result<(NftPreview, NftRendered), NftSyncError> {
-        let (full, changed, _) = self.plan(state);
+        let (full, changed) = self.plan(state);
         let (chains, sets) = self.listing()?;
         let rendered = render(
             state,
@@ -207,7 +203,7 @@ impl NftSyncer {
 
     /// Record `state` as applied without applying it (`run --dry-run`).
     pub fn mark_applied(&mut self, state: &ProxyState, rendered: &NftRendered) {
-        let (full, _, _) = self.plan(state);
+        let (full, _) = self.plan(state);
         let full = full.is_some();
         self.commit(state, rendered, full);
     }
@@ -215,7 +211,7 @@ impl NftSyncer {
     fn commit(&mut self, state: &ProxyState, rendered: &NftRendered, full: bool) {
         let now = Instant::now();
         self.full_syncs.synced(full);
-        self.fingerprints = fingerprints(state);
+        self.changes.applied(fingerprints(state));
         self.applied.elements = rendered.elements.clone();
         if full {
             self.applied.objects = rendered.objects.clone();
@@ -273,7 +269,7 @@ impl NftSyncer {
     /// One sync: full or incremental, applied in one `nft -f` transaction.
     pub fn sync(&mut self, state: &ProxyState) -> Result<NftSyncReport, NftSyncError> {
         let (deleted_stale_chains, stale_delete_error) = self.delete_stale_chains();
-        let (full, changed, _) = self.plan(state);
+        let (full, changed) = self.plan(state);
         let result = (|| {
             let listing = if full.is_some() { Some(self.listing()?) } else { None };
             let rendered = render(
