@@ -10,7 +10,7 @@ use crate::exec::Runner;
 use crate::family::IpFamily;
 use crate::inputs::Loaded;
 use crate::iptables::Iptables;
-use crate::model::ProxyState;
+use crate::model::{FullSyncReason, ProxyState};
 use crate::nftables::{self, Nft, NftSyncer};
 use crate::proxier::{render, RenderPlan, Rendered};
 use crate::syncer::{diff_view, Syncer};
@@ -214,8 +214,8 @@ trait ModeSyncer {
     /// Print what a sync would do and remember it as applied (`--dry-run`).
     fn dry_run(&mut self, state: &ProxyState) -> Result<(), String>;
     /// Check the canary (iptables: the KUBE-PROXY-CANARY chains; nftables:
-    /// the table). Some(message) when it is gone and the next sync is full.
-    fn check_canary(&mut self) -> Result<Option<String>, String>;
+    /// the table). Some(reason) when it is gone and the next sync is full.
+    fn check_canary(&mut self) -> Result<Option<FullSyncReason>, String>;
     /// A vanished canary forced the next sync to be full.
     fn canary_forced(&self) -> bool;
     /// Take the node's current addresses; true if they changed (the next
@@ -226,13 +226,20 @@ trait ModeSyncer {
     fn finish_one_shot(&mut self, _tag: &str) {}
 }
 
+/// `full: <why>` or the kind of sync it was otherwise (`partial`, `incremental`).
+fn sync_kind(full: Option<&FullSyncReason>, otherwise: &str) -> String {
+    match full {
+        Some(why) => format!("full: {why}"),
+        None => otherwise.to_string(),
+    }
+}
+
 impl ModeSyncer for Syncer {
     fn sync_once(&mut self, state: &ProxyState) -> Result<String, String> {
         let r = self.sync(state).map_err(|e| e.to_string())?;
         Ok(format!(
-            "synced ({}{}): {} services changed, {} chains written, {} stale chains deleted",
-            if r.full { "full" } else { "partial" },
-            if r.full { format!(": {}", r.reason) } else { String::new() },
+            "synced ({}): {} services changed, {} chains written, {} stale chains deleted",
+            sync_kind(r.full.as_ref(), "partial"),
             r.changed_services,
             r.rendered.written_service_chains.len(),
             r.rendered.deleted_chains.len(),
@@ -244,15 +251,11 @@ impl ModeSyncer for Syncer {
         self.mark_applied(state, &rendered);
         Ok(())
     }
-    fn check_canary(&mut self) -> Result<Option<String>, String> {
-        match self.check_canary() {
-            Ok(true) => Ok(Some("canary chain KUBE-PROXY-CANARY is gone: forcing a full sync".into())),
-            Ok(false) => Ok(None),
-            Err(e) => Err(e.to_string()),
-        }
+    fn check_canary(&mut self) -> Result<Option<FullSyncReason>, String> {
+        self.check_canary().map_err(|e| e.to_string())
     }
     fn canary_forced(&self) -> bool {
-        self.needs_full_sync().is_some_and(|r| r.contains("canary"))
+        matches!(self.needs_full_sync(), Some(FullSyncReason::CanaryGone(_)))
     }
     fn set_local_addresses(&mut self, addresses: Vec<std::net::IpAddr>) -> bool {
         Syncer::set_local_addresses(self, addresses)
@@ -266,10 +269,9 @@ impl ModeSyncer for NftSyncer {
             eprintln!("error: {e}");
         }
         Ok(format!(
-            "synced ({}{}): {} services changed, {} chains written, {} stale chains flushed, {} deleted, \
+            "synced ({}): {} services changed, {} chains written, {} stale chains flushed, {} deleted, \
              {} elements added, {} deleted, {} operations",
-            if r.full { "full" } else { "incremental" },
-            if r.full { format!(": {}", r.reason) } else { String::new() },
+            sync_kind(r.full.as_ref(), "incremental"),
             r.changed_services,
             r.rendered.written_chains.len(),
             r.rendered.stale_chains.len(),
@@ -285,18 +287,11 @@ impl ModeSyncer for NftSyncer {
         self.mark_applied(state, &rendered);
         Ok(())
     }
-    fn check_canary(&mut self) -> Result<Option<String>, String> {
-        match self.check_table() {
-            Ok(true) => Ok(Some(format!(
-                "table {} is gone or flushed: forcing a full sync",
-                self.cfg.family.nft_table()
-            ))),
-            Ok(false) => Ok(None),
-            Err(e) => Err(e.to_string()),
-        }
+    fn check_canary(&mut self) -> Result<Option<FullSyncReason>, String> {
+        self.check_table().map_err(|e| e.to_string())
     }
     fn canary_forced(&self) -> bool {
-        self.needs_full_sync().is_some_and(|r| r.contains("gone or flushed"))
+        matches!(self.needs_full_sync(), Some(FullSyncReason::CanaryGone(_)))
     }
     fn set_local_addresses(&mut self, addresses: Vec<std::net::IpAddr>) -> bool {
         NftSyncer::set_local_addresses(self, addresses)
@@ -401,7 +396,7 @@ fn run_loop(args: &Args, records: &PodRecords) -> Result<i32, String> {
             last_canary = Instant::now();
             for (_, syncer) in syncers.syncers.iter_mut() {
                 match syncer.check_canary() {
-                    Ok(Some(msg)) => eprintln!("{msg}"),
+                    Ok(Some(reason)) => eprintln!("{reason}: forcing a full sync"),
                     Ok(None) => {}
                     Err(e) => eprintln!("error: {e}"),
                 }

@@ -11,20 +11,32 @@ use std::collections::{BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
 use crate::iptables::{Iptables, IptablesError};
-use crate::model::{ChangeTracker, Changes, FullSyncs, ProxyState};
+use crate::model::{ChangeTracker, Changes, FullSyncReason, FullSyncs, ProxyState};
 use crate::names;
 use crate::proxier::{render, ProxierConfig, RenderPlan, Rendered};
 use crate::validate::UnsafeText;
 
+/// What [`FullSyncReason::CanaryGone`] says in iptables mode.
+pub const CANARY_GONE: &str = "canary chain KUBE-PROXY-CANARY is gone";
+
 /// What a sync did.
 #[derive(Debug)]
 pub struct SyncReport {
-    pub full: bool,
-    /// Why it was full (empty for a partial sync).
-    pub reason: String,
+    /// Why it was full; None for a partial sync.
+    pub full: Option<FullSyncReason>,
     pub changed_services: usize,
     pub rendered: Rendered,
     pub jump_rules_added: usize,
+}
+
+impl SyncReport {
+    pub fn is_full(&self) -> bool {
+        self.full.is_some()
+    }
+    /// Why it was full, as the log says it (empty for a sync that was not).
+    pub fn reason(&self) -> String {
+        self.full.as_ref().map(ToString::to_string).unwrap_or_default()
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -79,17 +91,17 @@ impl Syncer {
             return false;
         }
         self.cfg.local_addresses = addresses;
-        self.force_full_sync("node addresses changed");
+        self.force_full_sync(FullSyncReason::NodeAddressesChanged);
         true
     }
 
     /// Make the next sync a full one.
-    pub fn force_full_sync(&mut self, reason: &str) {
+    pub fn force_full_sync(&mut self, reason: FullSyncReason) {
         self.full_syncs.force(reason);
     }
 
     /// Why the next sync is full, if it is.
-    pub fn needs_full_sync(&self) -> Option<&str> {
+    pub fn needs_full_sync(&self) -> Option<&FullSyncReason> {
         self.full_syncs.pending()
     }
 
@@ -102,21 +114,23 @@ impl Syncer {
             Some(state.total_endpoints() > crate::proxier::LARGE_CLUSTER_ENDPOINTS_THRESHOLD);
     }
 
-    /// Check the canary chains; if one is gone, the next sync is full.
-    pub fn check_canary(&mut self) -> Result<bool, SyncError> {
+    /// Check the canary chains; if one is gone, the next sync is full
+    /// (the reason, which is returned).
+    pub fn check_canary(&mut self) -> Result<Option<FullSyncReason>, SyncError> {
         let missing = self.ipt.canary_missing().map_err(ipt_err("checking the canary chains"))?;
-        if missing {
-            self.force_full_sync("canary chain KUBE-PROXY-CANARY is gone");
+        let gone = missing.then_some(FullSyncReason::CanaryGone(CANARY_GONE));
+        if let Some(reason) = &gone {
+            self.force_full_sync(reason.clone());
         }
-        Ok(missing)
+        Ok(gone)
     }
 
     /// Decide full/partial and the changed services, without side effects.
-    fn plan(&self, state: &ProxyState) -> (Option<String>, Changes) {
+    fn plan(&self, state: &ProxyState) -> (Option<FullSyncReason>, Changes) {
         let large = state.total_endpoints() > crate::proxier::LARGE_CLUSTER_ENDPOINTS_THRESHOLD;
-        let mut full = self.full_syncs.pending().map(str::to_string);
+        let mut full = self.full_syncs.pending().cloned();
         if full.is_none() && self.last_large_cluster.is_some_and(|l| l != large) {
-            full = Some("large-cluster mode changed (every endpoint rule changes text)".into());
+            full = Some(FullSyncReason::LargeClusterModeChanged);
         }
         if full.is_none() {
             full = self.full_syncs.due();
@@ -196,13 +210,7 @@ impl Syncer {
                 self.changes.applied(changes.now);
                 self.applied_top_level = rendered.top_level_hashes.clone();
                 self.last_large_cluster = Some(large);
-                Ok(SyncReport {
-                    full: full.is_some(),
-                    reason: full.unwrap_or_default(),
-                    changed_services,
-                    rendered,
-                    jump_rules_added,
-                })
+                Ok(SyncReport { full, changed_services, rendered, jump_rules_added })
             }
             Err(e) => {
                 // The changes are folded into `now` already: only a full sync is safe.
@@ -216,7 +224,7 @@ impl Syncer {
 /// What `--dry-run` shows.
 #[derive(Debug)]
 pub struct SyncPreview {
-    pub full: Option<String>,
+    pub full: Option<FullSyncReason>,
     pub changed_services: usize,
     pub existing: BTreeSet<String>,
 }

@@ -11,7 +11,7 @@ use kube_proxy_rules::canonical::sort_payload;
 use kube_proxy_rules::inputs::build_state;
 use kube_proxy_rules::iptables::Iptables;
 use kube_proxy_rules::k8s::Objects;
-use kube_proxy_rules::model::ProxyState;
+use kube_proxy_rules::model::{FullSyncReason, ProxyState};
 use kube_proxy_rules::proxier::ProxierConfig;
 use kube_proxy_rules::syncer::Syncer;
 use testbed::Netns;
@@ -95,38 +95,38 @@ fn repeated_syncs_match_kube_proxy_and_the_kernel() {
 
     let r = syncer.sync(&state(&(svc1.clone() + &svc2))).unwrap();
     assert!(r.jump_rules_added > 0);
-    check(&r.rendered.payload, r.full, true);
+    check(&r.rendered.payload, r.is_full(), true);
 
     let s3 = slice("ns3", "svc3", &["10.0.3.1"], "p80", 80);
     let r = syncer.sync(&state(&(svc1.clone() + &svc2 + &svc3 + &s3))).unwrap();
-    check(&r.rendered.payload, r.full, false);
+    check(&r.rendered.payload, r.is_full(), false);
     assert_eq!(r.changed_services, 1);
 
     let r = syncer.sync(&state(&(svc1.clone() + &svc3 + &s3))).unwrap();
-    check(&r.rendered.payload, r.full, false);
+    check(&r.rendered.payload, r.is_full(), false);
     assert!(
         !service_chains(&ipt).contains("KUBE-SVC-2VJB64SDSIJUP5T6"),
         "svc2's chains deleted in the kernel"
     );
 
     let r = syncer.sync(&state(&(svc1.clone() + &svc3 + &s3 + &svc4))).unwrap();
-    check(&r.rendered.payload, r.full, false);
+    check(&r.rendered.payload, r.is_full(), false);
 
     let s4 = slice("ns4", "svc4", &["10.0.4.1"], "p80", 80);
     let r = syncer.sync(&state(&(svc1.clone() + &svc3 + &s3 + &svc4 + &s4))).unwrap();
-    check(&r.rendered.payload, r.full, false);
+    check(&r.rendered.payload, r.is_full(), false);
 
     let s3 = slice("ns3", "svc3", &["10.0.3.2"], "p80", 80);
     let r = syncer.sync(&state(&(svc1.clone() + &svc3 + &s3 + &svc4 + &s4))).unwrap();
-    check(&r.rendered.payload, r.full, false);
+    check(&r.rendered.payload, r.is_full(), false);
 
     let s3 = slice("ns3", "svc3", &["10.0.3.2", "10.0.3.3"], "p80", 80);
     let all = svc1.clone() + &svc3 + &s3 + &svc4 + &s4;
     let r = syncer.sync(&state(&all)).unwrap();
-    check(&r.rendered.payload, r.full, false);
+    check(&r.rendered.payload, r.is_full(), false);
 
     let r = syncer.sync(&state(&all)).unwrap();
-    check(&r.rendered.payload, r.full, false);
+    check(&r.rendered.payload, r.is_full(), false);
     assert_eq!(r.changed_services, 0);
     assert_eq!(
         service_chains(&ipt),
@@ -151,12 +151,12 @@ fn repeated_syncs_match_kube_proxy_and_the_kernel() {
     let without4 = svc1.clone() + &svc3 + &s3;
     let err = syncer.sync(&state(&without4)).unwrap_err();
     assert!(err.to_string().contains("partial iptables-restore"), "{err}");
-    assert!(syncer.needs_full_sync().is_some());
+    assert!(matches!(syncer.needs_full_sync(), Some(FullSyncReason::SyncFailed(_))));
     assert!(service_chains(&ipt).contains("KUBE-SEP-AYCN5HPXMIRJNJXU"));
     // ...and the retry is a full sync that rewrites svc3 too, so it succeeds.
     let r = syncer.sync(&state(&without4)).unwrap();
     assert_eq!(r.jump_rules_added, 0, "jump rules are only added once");
-    check(&r.rendered.payload, r.full, true);
+    check(&r.rendered.payload, r.is_full(), true);
     assert!(!service_chains(&ipt).contains("KUBE-SEP-AYCN5HPXMIRJNJXU"));
 }
 
@@ -187,8 +187,8 @@ fn jump_rules_and_canary() {
 
     // A partial sync leaves the built-in chains alone.
     let r = syncer.sync(&st).unwrap();
-    assert!(!r.full);
-    assert!(!syncer.check_canary().unwrap());
+    assert!(!r.is_full());
+    assert!(syncer.check_canary().unwrap().is_none());
 
     // Someone flushes and deletes everything (firewalld-style): the canary is
     // gone, the next sync is full and puts the jump rules back.
@@ -196,13 +196,14 @@ fn jump_rules_and_canary() {
         ns.exec(&["iptables", "-t", table, "-F"]);
         ns.exec(&["iptables", "-t", table, "-X"]);
     }
-    assert!(syncer.check_canary().unwrap());
+    assert!(syncer.check_canary().unwrap().is_some());
     let r = syncer.sync(&st).unwrap();
-    assert!(r.full && r.reason.contains("canary"), "{}", r.reason);
+    assert!(r.is_full() && r.reason().contains("canary"), "{}", r.reason());
+    assert!(matches!(r.full, Some(FullSyncReason::CanaryGone(_))), "{:?}", r.full);
     assert_eq!(r.jump_rules_added, 14);
     let nat = ns.exec(&["iptables-save", "-t", "nat"]);
     assert!(nat.contains("-j KUBE-SEP-SNQ3ZNILQDEJNDQO"), "{nat}");
-    assert!(!syncer.check_canary().unwrap());
+    assert!(syncer.check_canary().unwrap().is_none());
 }
 
 /// Every chain and rule of the filter and nat tables, as iptables-save shows them.
@@ -268,7 +269,7 @@ fn minimized_partial_syncs_leave_the_same_rules_as_a_full_sync() {
     for (i, (yaml, must_skip)) in steps.iter().enumerate() {
         let st = state(yaml);
         let r = syncer.sync(&st).unwrap();
-        assert_eq!(r.full, i == 0, "step {i}");
+        assert_eq!(r.is_full(), i == 0, "step {i}");
         if let Some(chain) = must_skip {
             assert!(
                 r.rendered.skipped_top_level.iter().any(|c| c == chain),
@@ -302,16 +303,18 @@ fn a_full_sync_is_forced_after_the_full_sync_period_and_on_new_addresses() {
     let st = state(
         &(service("ns1", "svc1", "172.30.0.41", "p80", 80) + &slice("ns1", "svc1", &["10.0.1.1"], "p80", 80)),
     );
-    assert!(syncer.sync(&st).unwrap().full);
-    assert!(!syncer.sync(&st).unwrap().full);
+    assert!(syncer.sync(&st).unwrap().is_full());
+    assert!(!syncer.sync(&st).unwrap().is_full());
     syncer.full_syncs.period = Duration::ZERO;
     let r = syncer.sync(&st).unwrap();
-    assert!(r.full && r.reason.starts_with("last full sync more than"), "{}", r.reason);
+    assert!(r.is_full() && r.reason().starts_with("last full sync more than"), "{}", r.reason());
+    assert_eq!(r.full, Some(FullSyncReason::PeriodElapsed(Duration::ZERO)));
     syncer.full_syncs.period = Duration::from_secs(3600);
-    assert!(!syncer.sync(&st).unwrap().full);
+    assert!(!syncer.sync(&st).unwrap().is_full());
     let addrs = syncer.cfg.local_addresses.clone();
     assert!(!syncer.set_local_addresses(addrs.clone()));
     assert!(syncer.set_local_addresses([addrs, vec!["10.77.0.5".parse().unwrap()]].concat()));
     let r = syncer.sync(&st).unwrap();
-    assert!(r.full && r.reason == "node addresses changed", "{}", r.reason);
+    assert!(r.is_full() && r.reason() == "node addresses changed", "{}", r.reason());
+    assert_eq!(r.full, Some(FullSyncReason::NodeAddressesChanged));
 }

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use kube_proxy_rules::inputs::build_state;
 use kube_proxy_rules::k8s::Objects;
-use kube_proxy_rules::model::ProxyState;
+use kube_proxy_rules::model::{FullSyncReason, ProxyState};
 use kube_proxy_rules::nftables::dump::{normalize_listing, sort_dump, Table};
 use kube_proxy_rules::nftables::{Nft, NftSyncReport, NftSyncer};
 use kube_proxy_rules::proxier::ProxierConfig;
@@ -130,7 +130,7 @@ impl Steps {
 
 /// Every operation of an incremental transaction is about one service.
 fn touches_only(r: &NftSyncReport, name: &str, cluster_ip: &str) {
-    assert!(!r.full);
+    assert!(!r.is_full());
     for line in r.rendered.transaction.lines() {
         assert!(line.contains(name) || line.contains(cluster_ip), "not about {name}: {line}");
     }
@@ -215,12 +215,13 @@ fn repeated_syncs_match_kube_proxy_and_a_fresh_full_sync() {
     ];
 
     let r = s.step("initial", &(svc1.clone() + &svc2), &(elements(&e1) + &elements(&e2) + &c1 + &c2), None);
-    assert!(r.full && r.reason == "first sync");
+    assert!(r.is_full() && r.reason() == "first sync");
+    assert_eq!(r.full, Some(FullSyncReason::FirstSync));
 
     let s3 = slice("ns3", "svc3", &["10.0.3.1"], "p80", 80);
     let want = elements(&e1) + &elements(&e2) + &elements(&e3) + &c1 + &c2 + &c3;
     let r = s.step("add svc3", &(svc1.clone() + &svc2 + &svc3 + &s3), &want, Some(10));
-    assert!(!r.full);
+    assert!(!r.is_full());
     touches_only(&r, "ns3/svc3", "172.30.0.43");
 
     // Delete svc2 (its slice stays): its chains are flushed, not deleted yet.
@@ -333,7 +334,7 @@ fn startup_over_an_existing_table() {
     let st = state(&yaml);
     let mut syncer = NftSyncer::new(nft.clone(), config());
     let r = syncer.sync(&st).unwrap();
-    assert!(r.full);
+    assert!(r.is_full());
     assert_eq!(r.rendered.stale_chains, ["service-AAAAAAAA-old/gone/tcp/p80"]);
     model.apply(&r.rendered.transaction).unwrap();
     let c1b = svc_chains(SVC1, "172.30.0.41", &[("5TPGNJF2", "10.0.1.1"), ("ZCZBVNAZ", "10.0.1.2")], 80);
@@ -379,16 +380,19 @@ fn a_failed_incremental_transaction_falls_back_to_a_full_sync() {
         !nft.chains().unwrap().iter().any(|c| c.contains("svc2")),
         "the failed transaction left svc2 chains"
     );
-    assert!(syncer.needs_full_sync().is_some_and(|r| r.contains("previous sync failed")));
+    assert!(syncer.needs_full_sync().is_some_and(
+        |r| matches!(r, FullSyncReason::SyncFailed(_)) && r.to_string().contains("previous sync failed")
+    ));
     let r = syncer.sync(&state(&two)).unwrap();
-    assert!(r.full, "{}", r.reason);
+    assert!(r.is_full(), "{}", r.reason());
     assert_eq!(kernel_table(&nft, &BTreeSet::new()), fresh_table(&state(&two)));
     // The table check sees an intact table now, and a deleted one.
-    assert!(!syncer.check_table().unwrap());
+    assert!(syncer.check_table().unwrap().is_none());
     ns.exec(&["nft", "delete", "table", "ip", "kube-proxy"]);
-    assert!(syncer.check_table().unwrap());
+    assert!(syncer.check_table().unwrap().is_some());
     let r = syncer.sync(&state(&two)).unwrap();
-    assert!(r.full && r.reason.contains("gone or flushed"), "{}", r.reason);
+    assert!(r.is_full() && r.reason().contains("gone or flushed"), "{}", r.reason());
+    assert!(matches!(r.full, Some(FullSyncReason::CanaryGone(_))), "{:?}", r.full);
     assert_eq!(kernel_table(&nft, &BTreeSet::new()), fresh_table(&state(&two)));
 }
 
@@ -406,7 +410,9 @@ fn run_sequence(name: &str, steps: &[&str]) -> Vec<String> {
     for (i, yaml) in steps.iter().enumerate() {
         let st = state(yaml);
         match syncer.sync(&st) {
-            Ok(r) if i > 0 && r.full => problems.push(format!("{name} step {i}: full sync: {}", r.reason)),
+            Ok(r) if i > 0 && r.is_full() => {
+                problems.push(format!("{name} step {i}: full sync: {}", r.reason()))
+            }
             Ok(_) => {}
             Err(e) => {
                 problems.push(format!("{name} step {i}: {e}"));
@@ -465,7 +471,7 @@ fn a_renamed_port_rewrites_the_element_comments() {
     syncer.sync(&state(&svc1(&spec("p80"), ""))).unwrap();
     let st = state(&svc1(&spec("p81"), ""));
     let r = syncer.sync(&st).unwrap();
-    assert!(!r.full);
+    assert!(!r.is_full());
     let table = nft.list_table().unwrap();
     assert!(table.contains("comment \"ns1/svc1:p81\"") && !table.contains("p80"), "{table}");
     assert_eq!(kernel_table(&nft, &BTreeSet::new()), fresh_table(&st));
@@ -598,20 +604,22 @@ fn a_full_sync_is_forced_after_the_full_sync_period_and_on_new_addresses() {
     let st = state(
         &(service("ns1", "svc1", "172.30.0.41", "p80", 80) + &slice("ns1", "svc1", &["10.0.1.1"], "p80", 80)),
     );
-    assert!(syncer.sync(&st).unwrap().full);
-    assert!(!syncer.sync(&st).unwrap().full);
+    assert!(syncer.sync(&st).unwrap().is_full());
+    assert!(!syncer.sync(&st).unwrap().is_full());
     syncer.full_syncs.period = Duration::ZERO;
     let r = syncer.sync(&st).unwrap();
-    assert!(r.full && r.reason.starts_with("last full sync more than"), "{}", r.reason);
+    assert!(r.is_full() && r.reason().starts_with("last full sync more than"), "{}", r.reason());
+    assert_eq!(r.full, Some(FullSyncReason::PeriodElapsed(Duration::ZERO)));
     assert_eq!(kernel_table(&nft, &BTreeSet::new()), fresh_table(&st));
     syncer.full_syncs.period = Duration::from_secs(3600);
-    assert!(!syncer.sync(&st).unwrap().full);
+    assert!(!syncer.sync(&st).unwrap().is_full());
     assert!(!syncer.set_local_addresses(config().local_addresses));
     let more = vec!["192.168.0.2".parse().unwrap(), "192.168.0.3".parse().unwrap()];
     syncer.cfg.nodeport_addresses = vec!["192.168.0.0/24".parse().unwrap()];
     assert!(syncer.set_local_addresses(more));
     let r = syncer.sync(&st).unwrap();
-    assert!(r.full && r.reason == "node addresses changed", "{}", r.reason);
+    assert!(r.is_full() && r.reason() == "node addresses changed", "{}", r.reason());
+    assert_eq!(r.full, Some(FullSyncReason::NodeAddressesChanged));
     let table = nft.list_table().unwrap();
     assert!(table.contains("192.168.0.3"), "{table}");
 }

@@ -16,7 +16,7 @@ pub mod service;
 
 pub use changes::{fingerprints, ChangeTracker, Changes, ServiceKey};
 pub use endpoints::{EndpointInfo, EndpointsMap, Traffic};
-pub use full_sync::{FullSyncs, FULL_SYNC_PERIOD};
+pub use full_sync::{FullSyncReason, FullSyncs, FULL_SYNC_PERIOD};
 pub use service::{Protocol, ServicePortInfo};
 
 use crate::family::IpFamily;

@@ -30,7 +30,7 @@ use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::time::{Duration, Instant};
 
 use crate::family::IpFamily;
-use crate::model::{fingerprints, ChangeTracker, FullSyncs, ProxyState, ServiceKey};
+use crate::model::{fingerprints, ChangeTracker, FullSyncReason, FullSyncs, ProxyState, ServiceKey};
 use crate::nftables::nft::{Nft, NftError};
 use crate::nftables::render::{render, Applied, NftPlan, NftRendered};
 use crate::proxier::ProxierConfig;
@@ -52,12 +52,20 @@ fn nft_err(what: &str) -> impl FnOnce(NftError) -> NftSyncError + '_ {
     move |source| NftSyncError::Nft { what: what.to_string(), source: Box::new(source) }
 }
 
+/// What [`FullSyncReason::CanaryGone`] says in nftables mode: the table
+/// is kube-proxy's canary there.
+pub fn table_gone(family: IpFamily) -> &'static str {
+    match family {
+        IpFamily::V4 => "table ip kube-proxy is gone or flushed",
+        IpFamily::V6 => "table ip6 kube-proxy is gone or flushed",
+    }
+}
+
 /// What a sync did.
 #[derive(Debug)]
 pub struct NftSyncReport {
-    pub full: bool,
-    /// Why it was full (empty for an incremental sync).
-    pub reason: String,
+    /// Why it was full; None for an incremental sync.
+    pub full: Option<FullSyncReason>,
     pub changed_services: usize,
     pub rendered: NftRendered,
     /// Stale chains deleted (in their own transaction) before the sync.
@@ -66,10 +74,20 @@ pub struct NftSyncReport {
     pub stale_delete_error: Option<String>,
 }
 
+impl NftSyncReport {
+    pub fn is_full(&self) -> bool {
+        self.full.is_some()
+    }
+    /// Why it was full, as the log says it (empty for a sync that was not).
+    pub fn reason(&self) -> String {
+        self.full.as_ref().map(ToString::to_string).unwrap_or_default()
+    }
+}
+
 /// What `--dry-run` shows.
 #[derive(Debug)]
 pub struct NftPreview {
-    pub full: Option<String>,
+    pub full: Option<FullSyncReason>,
     pub changed_services: usize,
     /// The chains the table has now.
     pub existing_chains: BTreeSet<String>,
@@ -113,17 +131,17 @@ impl NftSyncer {
             return false;
         }
         self.cfg.local_addresses = addresses;
-        self.force_full_sync("node addresses changed");
+        self.force_full_sync(FullSyncReason::NodeAddressesChanged);
         true
     }
 
     /// Make the next sync a full one.
-    pub fn force_full_sync(&mut self, reason: &str) {
+    pub fn force_full_sync(&mut self, reason: FullSyncReason) {
         self.full_syncs.force(reason);
     }
 
     /// Why the next sync is full, if it is.
-    pub fn needs_full_sync(&self) -> Option<&str> {
+    pub fn needs_full_sync(&self) -> Option<&FullSyncReason> {
         self.full_syncs.pending()
     }
 
@@ -143,16 +161,18 @@ impl NftSyncer {
 
     /// kube-proxy's canary in nftables mode: the table itself. If it is gone
     /// or its dispatch rule was flushed, the next sync is full.
-    pub fn check_table(&mut self) -> Result<bool, NftSyncError> {
+    /// Returns the reason it forced, if it did.
+    pub fn check_table(&mut self) -> Result<Option<FullSyncReason>, NftSyncError> {
         let table = self.cfg.family.nft_table();
         let intact = self.nft.table_intact().map_err(nft_err(&format!("checking table {table}")))?;
-        if !intact {
-            self.force_full_sync(&format!("table {table} is gone or flushed"));
+        let gone = (!intact).then(|| FullSyncReason::CanaryGone(table_gone(self.cfg.family)));
+        if let Some(reason) = &gone {
+            self.force_full_sync(reason.clone());
         }
-        Ok(!intact)
+        Ok(gone)
     }
 
-    fn plan(&self, state: &ProxyState) -> (Option<String>, HashSet<ServiceKey>) {
+    fn plan(&self, state: &ProxyState) -> (Option<FullSyncReason>, HashSet<ServiceKey>) {
         let changes = self.changes.changes(state);
         let mut changed = changes.updated;
         // Deleted services count as changed (their objects go).
@@ -259,8 +279,10 @@ impl NftSyncer {
                 (aged, None)
             }
             Err(e) => {
-                let msg = format!("deleting {} stale chain(s): {e}", aged.len());
-                self.force_full_sync(&msg);
+                let reason =
+                    FullSyncReason::StaleChainsNotDeleted { chains: aged.len(), error: e.to_string() };
+                let msg = reason.to_string();
+                self.force_full_sync(reason);
                 (Vec::new(), Some(msg))
             }
         }
@@ -296,8 +318,7 @@ impl NftSyncer {
             Ok(rendered) => {
                 self.commit(state, &rendered, full.is_some());
                 Ok(NftSyncReport {
-                    full: full.is_some(),
-                    reason: full.unwrap_or_default(),
+                    full,
                     changed_services: changed.len(),
                     rendered,
                     deleted_stale_chains,
