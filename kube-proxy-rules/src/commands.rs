@@ -169,7 +169,7 @@ fn dry_run(syncer: &mut Syncer, state: &ProxyState) -> Result<Rendered, String> 
     Ok(rendered)
 }
 
-fn new_syncer(args: &Args, ipt: Iptables, cfg: crate::proxier::ProxierConfig) -> Syncer {
+fn new_syncer(args: &Args, ipt: Iptables, cfg: crate::proxier::IptablesConfig) -> Syncer {
     let mut s = Syncer::new(ipt, cfg, args.sync_period);
     s.minimize_top_level = !args.rewrite_top_level;
     s
@@ -283,7 +283,7 @@ impl ModeSyncer for NftSyncer {
     }
     fn dry_run(&mut self, state: &ProxyState) -> Result<(), String> {
         let (preview, rendered) = self.preview(state).map_err(|e| e.to_string())?;
-        write_stdout(&nftables::sync::diff_view(&preview, &rendered, self.cfg.family))?;
+        write_stdout(&nftables::sync::diff_view(&preview, &rendered, self.cfg.node.family))?;
         self.mark_applied(state, &rendered);
         Ok(())
     }

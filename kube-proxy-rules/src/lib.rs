@@ -51,6 +51,7 @@
 pub mod canonical;
 pub mod cli;
 pub mod commands;
+pub mod config;
 pub mod exec;
 pub mod family;
 pub mod inputs;

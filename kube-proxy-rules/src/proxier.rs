@@ -12,8 +12,7 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 use std::hash::{Hash, Hasher};
 use std::net::IpAddr;
 
-use ipnetwork::IpNetwork;
-
+use crate::config::NodeConfig;
 use crate::family::IpFamily;
 use crate::model::endpoints::{EndpointInfo, Traffic};
 use crate::model::service::ServicePortInfo;
@@ -25,71 +24,38 @@ use crate::validate::{check_comment, check_line, check_name, UnsafeText};
 /// SVC→SEP rules and cleans stale chains at most once per sync period.
 pub const LARGE_CLUSTER_ENDPOINTS_THRESHOLD: usize = 1000;
 
-/// The node settings (kube-proxy's flags) a payload depends on.
+/// The iptables proxier's settings: the node's ([`NodeConfig`]) and its own.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ProxierConfig {
-    /// The family this proxier writes rules for (one proxier per family, as
-    /// kube-proxy's MetaProxier); every address below is of this family.
-    pub family: IpFamily,
-    /// `--hostname-override`: endpoints with this nodeName are local.
-    pub hostname: String,
-    /// `--node-ip`: the first one of the family is "the" node IP (LB source ranges).
-    pub node_ips: Vec<IpAddr>,
-    /// `--cluster-cidr`: the local-traffic detector (`! -s` / `-s`); None = no detector.
-    pub cluster_cidr: Option<IpNetwork>,
-    /// The masquerade mark, e.g. `0x00004000` (see [`masquerade_mark`]).
-    pub masquerade_mark: String,
-    pub masquerade_all: bool,
+pub struct IptablesConfig {
+    pub node: NodeConfig,
+    /// `--iptables-localhost-nodeports` (off unless the NodePort ranges
+    /// include 127.0.0.1, as kube-proxy decides it).
     pub localhost_nodeports: bool,
-    /// `--nodeport-addresses` (CIDRs of the family); empty = every local address.
-    pub nodeport_addresses: Vec<IpNetwork>,
-    /// This node's interface addresses, matched against `nodeport_addresses`.
-    pub local_addresses: Vec<IpAddr>,
     /// MASQUERADE `--random-fully` (iptables ≥ 1.6.2).
     pub random_fully: bool,
     /// `net.netfilter.nf_conntrack_tcp_be_liberal` ≠ 0: no INVALID drop rule.
     pub conntrack_tcp_liberal: bool,
     /// nfacct counters present (`localhost_nps_accepted_pkts`, `ct_state_invalid_dropped_pkts`).
     pub nfacct: bool,
-    /// The service IP ranges (nftables mode: traffic to an unallocated
-    /// ClusterIP in them is dropped). Unused by the iptables proxier.
-    pub service_cidrs: Vec<IpNetwork>,
 }
 
-/// kube-proxy's mark: `fmt.Sprintf("%#08x", 1<<bit)` pads the digits to 8: `0x00004000`.
-pub fn masquerade_mark(bit: u32) -> String {
-    format!("0x{:08x}", 1u64 << bit)
-}
-
-impl Default for ProxierConfig {
+impl Default for IptablesConfig {
     fn default() -> Self {
-        ProxierConfig {
-            family: IpFamily::V4,
-            hostname: String::new(),
-            node_ips: Vec::new(),
-            cluster_cidr: None,
-            masquerade_mark: masquerade_mark(14),
-            masquerade_all: false,
+        IptablesConfig {
+            node: NodeConfig::default(),
             localhost_nodeports: true,
-            nodeport_addresses: Vec::new(),
-            local_addresses: Vec::new(),
             random_fully: false,
             conntrack_tcp_liberal: false,
             nfacct: false,
-            service_cidrs: Vec::new(),
         }
     }
 }
 
-impl ProxierConfig {
+impl IptablesConfig {
     /// Localhost NodePorts: IPv4 only (route_localnet); kube-proxy turns
     /// them off for IPv6 (its node-port addresses never contain 127.0.0.1).
     pub fn localhost_nodeports(&self) -> bool {
-        self.localhost_nodeports && self.family == IpFamily::V4
-    }
-    /// The first `--node-ip` of the family: "the" node IP (LB source ranges).
-    pub fn node_ip(&self) -> Option<IpAddr> {
-        self.node_ips.iter().copied().find(|ip| self.family.has(*ip))
+        self.localhost_nodeports && self.node.family == IpFamily::V4
     }
 }
 
@@ -396,7 +362,7 @@ fn kube_proxy_firewall(t: &mut Tables, p: &PortPlan<'_>) {
 
 /// nat KUBE-NODEPORTS: the NodePort to KUBE-EXT (not subject to source
 /// ranges); filter KUBE-NODEPORTS: accept the health check node port.
-fn kube_nodeports(t: &mut Tables, p: &PortPlan<'_>, cfg: &ProxierConfig) {
+fn kube_nodeports(t: &mut Tables, p: &PortPlan<'_>, cfg: &IptablesConfig) {
     let sp = p.sp;
     if sp.node_port != 0 && p.has_endpoints {
         let np = sp.node_port.to_string();
@@ -419,7 +385,7 @@ fn kube_nodeports(t: &mut Tables, p: &PortPlan<'_>, cfg: &ProxierConfig) {
 
 /// First rule of the internal chain (KUBE-SVC, or KUBE-SVL with iTP Local):
 /// mark off-cluster traffic to the ClusterIP for masquerading.
-fn internal_masquerade(nat_rules: &mut LineBuffer, p: &PortPlan<'_>, cfg: &ProxierConfig) {
+fn internal_masquerade(nat_rules: &mut LineBuffer, p: &PortPlan<'_>, cfg: &IptablesConfig) {
     if !p.has_internal_endpoints {
         return;
     }
@@ -429,16 +395,16 @@ fn internal_masquerade(nat_rules: &mut LineBuffer, p: &PortPlan<'_>, cfg: &Proxi
     let mut rule = |rest: &[&str]| {
         nat_rules.write_port_rule(p.internal_chain, &comment, p.proto, Dest::Ip(&cip), &p.port, rest)
     };
-    if cfg.masquerade_all {
+    if cfg.node.masquerade_all {
         rule(&["-j", KUBE_MARK_MASQ]);
-    } else if let Some(cidr) = cfg.cluster_cidr {
+    } else if let Some(cidr) = cfg.node.cluster_cidr {
         rule(&["!", "-s", &cidr.to_string(), "-j", KUBE_MARK_MASQ]);
     }
 }
 
 /// KUBE-EXT-…: masquerade (eTP Cluster) or short-circuit pod and host traffic
 /// to the cluster chain (eTP Local), then on to the policy chain.
-fn kube_ext(nat_chains: &mut LineBuffer, nat_rules: &mut LineBuffer, p: &PortPlan<'_>, cfg: &ProxierConfig) {
+fn kube_ext(nat_chains: &mut LineBuffer, nat_rules: &mut LineBuffer, p: &PortPlan<'_>, cfg: &IptablesConfig) {
     let sp = p.sp;
     let ext = sp.chains.ext.as_str();
     nat_chains.chain_line(ext);
@@ -446,7 +412,7 @@ fn kube_ext(nat_chains: &mut LineBuffer, nat_rules: &mut LineBuffer, p: &PortPla
         let comment = quoted(&format!("masquerade traffic for {} external destinations", sp.name_string));
         nat_rules.write(&["-A", ext, "-m", "comment", "--comment", &comment, "-j", KUBE_MARK_MASQ]);
     } else {
-        if let Some(cidr) = cfg.cluster_cidr {
+        if let Some(cidr) = cfg.node.cluster_cidr {
             let comment = quoted(&format!("pod traffic for {} external destinations", sp.name_string));
             let cidr = cidr.to_string();
             nat_rules.write(&[
@@ -490,12 +456,12 @@ fn kube_ext(nat_chains: &mut LineBuffer, nat_rules: &mut LineBuffer, p: &PortPla
 
 /// KUBE-FW-…: loadBalancerSourceRanges; whatever falls through is dropped
 /// by KUBE-PROXY-FIREWALL in filter.
-fn kube_fw(nat_chains: &mut LineBuffer, nat_rules: &mut LineBuffer, p: &PortPlan<'_>, cfg: &ProxierConfig) {
+fn kube_fw(nat_chains: &mut LineBuffer, nat_rules: &mut LineBuffer, p: &PortPlan<'_>, cfg: &IptablesConfig) {
     let sp = p.sp;
     let fw = sp.chains.fw.as_str();
     nat_chains.chain_line(fw);
     let comment = quoted(&format!("{} loadbalancer IP", sp.name_string));
-    let node_ip = cfg.node_ip();
+    let node_ip = cfg.node.node_ip();
     let mut allow_from_node = false;
     for cidr in &sp.load_balancer_source_ranges {
         let c = cidr.to_string();
@@ -612,8 +578,8 @@ fn kube_sep(
 }
 
 /// KUBE-POSTROUTING and KUBE-MARK-MASQ: masquerade marked packets once.
-fn kube_postrouting_and_mark_masq(t: &mut Tables, cfg: &ProxierConfig) {
-    let mark = &cfg.masquerade_mark;
+fn kube_postrouting_and_mark_masq(t: &mut Tables, cfg: &IptablesConfig) {
+    let mark = &cfg.node.masquerade_mark;
     let mark_mask = format!("{mark}/{mark}");
     t.nat[N_POSTROUTING].write(&[
         "-A",
@@ -664,7 +630,7 @@ fn kube_firewall(t: &mut Tables) {
 }
 
 /// KUBE-FORWARD: drop INVALID, accept marked and established forwarded traffic.
-fn kube_forward(t: &mut Tables, cfg: &ProxierConfig) {
+fn kube_forward(t: &mut Tables, cfg: &IptablesConfig) {
     if !cfg.conntrack_tcp_liberal {
         let mut rule = vec!["-A", KUBE_FORWARD, "-m", "conntrack", "--ctstate", "INVALID"];
         if cfg.nfacct {
@@ -673,7 +639,7 @@ fn kube_forward(t: &mut Tables, cfg: &ProxierConfig) {
         rule.extend(["-j", "DROP"]);
         t.filter[F_FORWARD].write(&rule);
     }
-    let mark_mask = format!("{0}/{0}", cfg.masquerade_mark);
+    let mark_mask = format!("{0}/{0}", cfg.node.masquerade_mark);
     let comment = quoted("kubernetes forwarding rules");
     t.filter[F_FORWARD].write(&[
         "-A",
@@ -707,26 +673,25 @@ fn kube_forward(t: &mut Tables, cfg: &ProxierConfig) {
 }
 
 /// The last nat KUBE-SERVICES rule(s): local destinations go on to KUBE-NODEPORTS.
-fn kube_services_nodeports_jump(t: &mut Tables, cfg: &ProxierConfig) {
+fn kube_services_nodeports_jump(t: &mut Tables, cfg: &IptablesConfig) {
     let comment = quoted("kubernetes service nodeports; NOTE: this must be the last rule in this chain");
-    let match_all =
-        cfg.nodeport_addresses.is_empty() || cfg.nodeport_addresses.iter().any(|c| c.prefix() == 0);
-    if match_all {
+    if cfg.node.nodeports_match_all() {
         let mut rule = vec!["-A", KUBE_SERVICES, "-m", "comment", "--comment", &comment];
         rule.extend(["-m", "addrtype", "--dst-type", "LOCAL"]);
         // Localhost NodePorts never work on IPv6; on IPv4 only with route_localnet.
-        if cfg.family == IpFamily::V6 || !cfg.localhost_nodeports {
-            rule.extend(["!", "-d", cfg.family.loopback_cidr()]);
+        if cfg.node.family == IpFamily::V6 || !cfg.localhost_nodeports {
+            rule.extend(["!", "-d", cfg.node.family.loopback_cidr()]);
         }
         rule.extend(["-j", KUBE_NODEPORTS]);
         t.nat[N_SERVICES].write(&rule);
         return;
     }
     let mut ips: Vec<IpAddr> = cfg
+        .node
         .local_addresses
         .iter()
         .copied()
-        .filter(|ip| cfg.family.has(*ip) && cfg.nodeport_addresses.iter().any(|c| c.contains(*ip)))
+        .filter(|ip| cfg.node.family.has(*ip) && cfg.node.nodeport_addresses.iter().any(|c| c.contains(*ip)))
         .filter(|ip| !ip.is_loopback() || cfg.localhost_nodeports())
         .collect();
     ips.sort();
@@ -750,18 +715,18 @@ fn kube_services_nodeports_jump(t: &mut Tables, cfg: &ProxierConfig) {
 
 /// How many nat rules a skipped service would have written (for the counts),
 /// without formatting them.
-fn skipped_rule_count(p: &PortPlan<'_>, cfg: &ProxierConfig) -> usize {
+fn skipped_rule_count(p: &PortPlan<'_>, cfg: &IptablesConfig) -> usize {
     let sp = p.sp;
     let mut n = 0;
-    if p.has_internal_endpoints && (cfg.masquerade_all || cfg.cluster_cidr.is_some()) {
+    if p.has_internal_endpoints && (cfg.node.masquerade_all || cfg.node.cluster_cidr.is_some()) {
         n += 1;
     }
     if p.uses_ext_chain {
-        n += if sp.external_policy_local { 2 + cfg.cluster_cidr.is_some() as usize } else { 1 };
+        n += if sp.external_policy_local { 2 + cfg.node.cluster_cidr.is_some() as usize } else { 1 };
         n += p.has_external_endpoints as usize;
     }
     if p.uses_fw_chain {
-        let node_ip = cfg.node_ip();
+        let node_ip = cfg.node.node_ip();
         let allow = sp.load_balancer_source_ranges.iter().any(|c| node_ip.is_some_and(|ip| c.contains(ip)));
         n += sp.load_balancer_source_ranges.len() + 1 + if allow { sp.load_balancer_vips.len() } else { 0 };
     }
@@ -786,7 +751,7 @@ fn content_hash(buf: &str) -> u64 {
 /// says (see [`LineBuffer`]).
 pub fn render(
     state: &ProxyState,
-    cfg: &ProxierConfig,
+    cfg: &IptablesConfig,
     plan: &RenderPlan<'_>,
 ) -> Result<Rendered, UnsafeText> {
     let mut t = Tables::default();
@@ -809,7 +774,7 @@ pub fn render(
     for sp in &state.services {
         // The service port name goes into comments, quoted and unquoted.
         check_comment("iptables comment", &sp.name_string)?;
-        let p = PortPlan::new(sp, state.endpoints_of(sp), &cfg.hostname);
+        let p = PortPlan::new(sp, state.endpoints_of(sp), &cfg.node.hostname);
         kube_services(&mut t, &p);
         kube_external_services(&mut t, &p);
         kube_proxy_firewall(&mut t, &p);

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use crate::iptables::{Iptables, IptablesError};
 use crate::model::{ChangeTracker, Changes, FullSyncReason, FullSyncs, ProxyState};
 use crate::names;
-use crate::proxier::{render, ProxierConfig, RenderPlan, Rendered};
+use crate::proxier::{render, IptablesConfig, RenderPlan, Rendered};
 use crate::validate::UnsafeText;
 
 /// What [`FullSyncReason::CanaryGone`] says in iptables mode.
@@ -55,7 +55,7 @@ fn ipt_err(what: &str) -> impl FnOnce(IptablesError) -> SyncError + '_ {
 /// The sync loop's memory between syncs.
 pub struct Syncer {
     pub ipt: Iptables,
-    pub cfg: ProxierConfig,
+    pub cfg: IptablesConfig,
     pub sync_period: Duration,
     /// Leave unchanged top-level chains out of partial payloads (on by
     /// default). Off = kube-proxy's partial payloads byte for byte.
@@ -69,7 +69,7 @@ pub struct Syncer {
 }
 
 impl Syncer {
-    pub fn new(ipt: Iptables, cfg: ProxierConfig, sync_period: Duration) -> Self {
+    pub fn new(ipt: Iptables, cfg: IptablesConfig, sync_period: Duration) -> Self {
         Syncer {
             ipt,
             cfg,
@@ -87,10 +87,10 @@ impl Syncer {
     /// sync). If they changed, the next sync is a full one: the NodePort
     /// rules depend on them. Returns true if they changed.
     pub fn set_local_addresses(&mut self, addresses: Vec<std::net::IpAddr>) -> bool {
-        if self.cfg.local_addresses == addresses {
+        if self.cfg.node.local_addresses == addresses {
             return false;
         }
-        self.cfg.local_addresses = addresses;
+        self.cfg.node.local_addresses = addresses;
         self.force_full_sync(FullSyncReason::NodeAddressesChanged);
         true
     }

@@ -6,12 +6,15 @@ mod support;
 
 use std::collections::{BTreeSet, HashSet};
 
+use kube_proxy_rules::config::NodeConfig;
 use kube_proxy_rules::model::endpoints::{key_of, EndpointInfo};
-use kube_proxy_rules::proxier::{render, ProxierConfig, RenderPlan};
+use kube_proxy_rules::proxier::{render, IptablesConfig, RenderPlan};
 use support::synthetic_state;
 
-fn cfg() -> ProxierConfig {
-    ProxierConfig { hostname: "bench-node".into(), masquerade_mark: "0x4000".into(), ..Default::default() }
+fn cfg() -> IptablesConfig {
+    let node =
+        NodeConfig { hostname: "bench-node".into(), masquerade_mark: "0x4000".into(), ..Default::default() };
+    IptablesConfig { node, ..Default::default() }
 }
 
 fn rules_of<'a>(payload: &'a str, chain_prefix: &str) -> Vec<&'a str> {

@@ -5,12 +5,12 @@ mod support;
 
 use std::collections::{BTreeSet, HashSet};
 
-use kube_proxy_rules::nftables::{render, Applied, NftPlan};
-use kube_proxy_rules::proxier::ProxierConfig;
+use kube_proxy_rules::config::NodeConfig;
+use kube_proxy_rules::nftables::{render, Applied, NftPlan, NftablesConfig};
 use support::synthetic_state;
 
-fn cfg() -> ProxierConfig {
-    ProxierConfig { hostname: "n".into(), ..Default::default() }
+fn cfg() -> NftablesConfig {
+    NftablesConfig { node: NodeConfig { hostname: "n".into(), ..Default::default() }, ..Default::default() }
 }
 
 /// The backstop: names that got past input validation (here: put into

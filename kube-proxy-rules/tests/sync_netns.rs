@@ -8,11 +8,12 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use kube_proxy_rules::canonical::sort_payload;
+use kube_proxy_rules::config::NodeConfig;
 use kube_proxy_rules::inputs::build_state;
 use kube_proxy_rules::iptables::Iptables;
 use kube_proxy_rules::k8s::Objects;
 use kube_proxy_rules::model::{FullSyncReason, ProxyState};
-use kube_proxy_rules::proxier::ProxierConfig;
+use kube_proxy_rules::proxier::IptablesConfig;
 use kube_proxy_rules::syncer::Syncer;
 use testbed::Netns;
 
@@ -53,12 +54,15 @@ fn upstream_steps() -> Vec<(String, String)> {
     steps
 }
 
-fn config() -> ProxierConfig {
+fn config() -> IptablesConfig {
     // NewFakeProxier: no --random-fully, mark 0x4000, pod CIDR 10.0.0.0/8.
-    ProxierConfig {
-        hostname: "test-node".into(),
-        cluster_cidr: Some("10.0.0.0/8".parse().unwrap()),
-        masquerade_mark: "0x4000".into(),
+    IptablesConfig {
+        node: NodeConfig {
+            hostname: "test-node".into(),
+            cluster_cidr: Some("10.0.0.0/8".parse().unwrap()),
+            masquerade_mark: "0x4000".into(),
+            ..Default::default()
+        },
         ..Default::default()
     }
 }
@@ -311,7 +315,7 @@ fn a_full_sync_is_forced_after_the_full_sync_period_and_on_new_addresses() {
     assert_eq!(r.full, Some(FullSyncReason::PeriodElapsed(Duration::ZERO)));
     syncer.full_syncs.period = Duration::from_secs(3600);
     assert!(!syncer.sync(&st).unwrap().is_full());
-    let addrs = syncer.cfg.local_addresses.clone();
+    let addrs = syncer.cfg.node.local_addresses.clone();
     assert!(!syncer.set_local_addresses(addrs.clone()));
     assert!(syncer.set_local_addresses([addrs, vec!["10.77.0.5".parse().unwrap()]].concat()));
     let r = syncer.sync(&st).unwrap();

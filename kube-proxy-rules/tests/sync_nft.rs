@@ -14,12 +14,13 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
+use kube_proxy_rules::config::NodeConfig;
 use kube_proxy_rules::inputs::build_state;
 use kube_proxy_rules::k8s::Objects;
 use kube_proxy_rules::model::{FullSyncReason, ProxyState};
 use kube_proxy_rules::nftables::dump::{normalize_listing, sort_dump, Table};
+use kube_proxy_rules::nftables::NftablesConfig;
 use kube_proxy_rules::nftables::{Nft, NftSyncReport, NftSyncer};
-use kube_proxy_rules::proxier::ProxierConfig;
 use testbed::Netns;
 
 const BASE: &str = include_str!("golden-nft/base-rules.txt");
@@ -52,18 +53,18 @@ fn slice(ns: &str, name: &str, ips: &[&str], port_name: &str, port: u16) -> Stri
 }
 
 /// NewFakeProxier's settings.
-fn config() -> ProxierConfig {
-    ProxierConfig {
-        hostname: "test-node".into(),
-        node_ips: vec!["192.168.0.2".parse().unwrap()],
-        cluster_cidr: Some("10.0.0.0/8".parse().unwrap()),
-        masquerade_mark: "0x4000".into(),
-        nodeport_addresses: vec!["192.168.0.2/32".parse().unwrap()],
-        local_addresses: vec!["192.168.0.2".parse().unwrap()],
+fn config() -> NftablesConfig {
+    NftablesConfig {
+        node: NodeConfig {
+            hostname: "test-node".into(),
+            node_ips: vec!["192.168.0.2".parse().unwrap()],
+            cluster_cidr: Some("10.0.0.0/8".parse().unwrap()),
+            masquerade_mark: "0x4000".into(),
+            nodeport_addresses: vec!["192.168.0.2/32".parse().unwrap()],
+            local_addresses: vec!["192.168.0.2".parse().unwrap()],
+            ..Default::default()
+        },
         service_cidrs: vec!["172.30.0.0/16".parse().unwrap()],
-        localhost_nodeports: false,
-        random_fully: true,
-        ..Default::default()
     }
 }
 
@@ -613,9 +614,9 @@ fn a_full_sync_is_forced_after_the_full_sync_period_and_on_new_addresses() {
     assert_eq!(kernel_table(&nft, &BTreeSet::new()), fresh_table(&st));
     syncer.full_syncs.period = Duration::from_secs(3600);
     assert!(!syncer.sync(&st).unwrap().is_full());
-    assert!(!syncer.set_local_addresses(config().local_addresses));
+    assert!(!syncer.set_local_addresses(config().node.local_addresses));
     let more = vec!["192.168.0.2".parse().unwrap(), "192.168.0.3".parse().unwrap()];
-    syncer.cfg.nodeport_addresses = vec!["192.168.0.0/24".parse().unwrap()];
+    syncer.cfg.node.nodeport_addresses = vec!["192.168.0.0/24".parse().unwrap()];
     assert!(syncer.set_local_addresses(more));
     let r = syncer.sync(&st).unwrap();
     assert!(r.is_full() && r.reason() == "node addresses changed", "{}", r.reason());

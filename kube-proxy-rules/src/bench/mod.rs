@@ -26,12 +26,13 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use kube_proxy_rules::cli::{Args, ProxyMode};
+use kube_proxy_rules::config::NodeConfig;
 use kube_proxy_rules::iptables::Iptables;
 use kube_proxy_rules::model::endpoints::{key_of, EndpointInfo};
 use kube_proxy_rules::model::service::Protocol;
 use kube_proxy_rules::model::{ProxyState, ServiceKey};
 use kube_proxy_rules::nftables::{self, Nft};
-use kube_proxy_rules::proxier::{render, ProxierConfig, RenderPlan};
+use kube_proxy_rules::proxier::{render, IptablesConfig, RenderPlan};
 
 pub mod synthetic;
 use synthetic::synthetic_state;
@@ -97,9 +98,12 @@ pub fn run(args: &Args) -> Result<i32, String> {
     if args.proxy_mode == ProxyMode::Nftables {
         return run_nftables(args);
     }
-    let cfg = ProxierConfig {
-        hostname: "bench-node".into(),
-        cluster_cidr: "10.128.0.0/9".parse().ok(),
+    let cfg = IptablesConfig {
+        node: NodeConfig {
+            hostname: "bench-node".into(),
+            cluster_cidr: "10.128.0.0/9".parse().ok(),
+            ..Default::default()
+        },
         random_fully: true,
         ..Default::default()
     };
@@ -207,17 +211,22 @@ pub fn run(args: &Args) -> Result<i32, String> {
 /// `bench --proxy-mode nftables`.
 fn run_nftables(args: &Args) -> Result<i32, String> {
     let (n, m) = (args.bench_services, args.bench_endpoints);
-    let cfg = ProxierConfig {
+    let node = NodeConfig {
         hostname: "bench-node".into(),
         node_ips: vec![Ipv4Addr::new(192, 168, 0, 2).into()],
         cluster_cidr: "10.128.0.0/9".parse().ok(),
         nodeport_addresses: "192.168.0.2/32".parse().into_iter().collect(),
         local_addresses: vec![Ipv4Addr::new(192, 168, 0, 2).into()],
-        service_cidrs: "10.96.0.0/12".parse().into_iter().collect(),
-        localhost_nodeports: false,
-        random_fully: true,
         ..Default::default()
     };
+    let cfg = nftables::NftablesConfig {
+        node: node.clone(),
+        service_cidrs: "10.96.0.0/12".parse().into_iter().collect(),
+    };
+    // The iptables renders of the same state: the same node, the nftables
+    // mode's choices (no localhost NodePorts, fully-random masquerading).
+    let ipt_cfg =
+        IptablesConfig { node, localhost_nodeports: false, random_fully: true, ..Default::default() };
     let t = Instant::now();
     let state = synthetic_state(n, m);
     let build = t.elapsed();
@@ -252,12 +261,12 @@ fn run_nftables(args: &Args) -> Result<i32, String> {
 
     // The iptables proxier on the same state (renders only).
     let t = Instant::now();
-    let ipt_full =
-        render(&state, &cfg, &RenderPlan { full: true, ..Default::default() }).map_err(|e| e.to_string())?;
+    let ipt_full = render(&state, &ipt_cfg, &RenderPlan { full: true, ..Default::default() })
+        .map_err(|e| e.to_string())?;
     let ipt_time = t.elapsed();
     let ipt_partial = render(
         &changed_state,
-        &cfg,
+        &ipt_cfg,
         &RenderPlan {
             full: false,
             changed: Some(&changed),

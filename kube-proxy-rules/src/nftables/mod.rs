@@ -45,5 +45,5 @@ pub mod render;
 pub mod sync;
 
 pub use nft::{Nft, NftError};
-pub use render::{render, Applied, NftPlan, NftRendered};
+pub use render::{render, Applied, NftPlan, NftRendered, NftablesConfig};
 pub use sync::{NftSyncError, NftSyncReport, NftSyncer};

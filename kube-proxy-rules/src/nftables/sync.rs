@@ -32,8 +32,8 @@ use std::time::{Duration, Instant};
 use crate::family::IpFamily;
 use crate::model::{fingerprints, ChangeTracker, FullSyncReason, FullSyncs, ProxyState, ServiceKey};
 use crate::nftables::nft::{Nft, NftError};
+use crate::nftables::render::NftablesConfig;
 use crate::nftables::render::{render, Applied, NftPlan, NftRendered};
-use crate::proxier::ProxierConfig;
 use crate::validate::UnsafeText;
 
 /// kube-proxy waits this long before deleting a flushed stale chain.
@@ -98,7 +98,7 @@ pub struct NftPreview {
 /// The sync loop's memory between syncs.
 pub struct NftSyncer {
     pub nft: Nft,
-    pub cfg: ProxierConfig,
+    pub cfg: NftablesConfig,
     /// How long a flushed stale chain waits before it is deleted.
     pub stale_chain_delay: Duration,
     /// When the next sync must be full.
@@ -110,7 +110,7 @@ pub struct NftSyncer {
 }
 
 impl NftSyncer {
-    pub fn new(nft: Nft, cfg: ProxierConfig) -> Self {
+    pub fn new(nft: Nft, cfg: NftablesConfig) -> Self {
         NftSyncer {
             nft,
             cfg,
@@ -127,10 +127,10 @@ impl NftSyncer {
     /// sync). If they changed, the next sync is a full one: `nodeport-ips`
     /// is written by full syncs. Returns true if they changed.
     pub fn set_local_addresses(&mut self, addresses: Vec<std::net::IpAddr>) -> bool {
-        if self.cfg.local_addresses == addresses {
+        if self.cfg.node.local_addresses == addresses {
             return false;
         }
-        self.cfg.local_addresses = addresses;
+        self.cfg.node.local_addresses = addresses;
         self.force_full_sync(FullSyncReason::NodeAddressesChanged);
         true
     }
@@ -163,9 +163,9 @@ impl NftSyncer {
     /// or its dispatch rule was flushed, the next sync is full.
     /// Returns the reason it forced, if it did.
     pub fn check_table(&mut self) -> Result<Option<FullSyncReason>, NftSyncError> {
-        let table = self.cfg.family.nft_table();
+        let table = self.cfg.node.family.nft_table();
         let intact = self.nft.table_intact().map_err(nft_err(&format!("checking table {table}")))?;
-        let gone = (!intact).then(|| FullSyncReason::CanaryGone(table_gone(self.cfg.family)));
+        let gone = (!intact).then(|| FullSyncReason::CanaryGone(table_gone(self.cfg.node.family)));
         if let Some(reason) = &gone {
             self.force_full_sync(reason.clone());
         }
@@ -190,7 +190,7 @@ impl NftSyncer {
     }
 
     fn listing(&self) -> Result<(BTreeSet<String>, BTreeSet<String>), NftSyncError> {
-        let table = self.cfg.family.nft_table();
+        let table = self.cfg.node.family.nft_table();
         let chains = self.nft.chains().map_err(nft_err(&format!("listing the chains of table {table}")))?;
         let sets = self.nft.sets().map_err(nft_err(&format!("listing the sets of table {table}")))?;
         Ok((chains, sets))
@@ -269,7 +269,7 @@ impl NftSyncer {
         }
         let mut tx = String::with_capacity(aged.len() * 80);
         for c in &aged {
-            tx.push_str(&format!("delete chain {} {c}\n", self.cfg.family.nft_table()));
+            tx.push_str(&format!("delete chain {} {c}\n", self.cfg.node.family.nft_table()));
         }
         match self.nft.apply(&tx) {
             Ok(()) => {
