@@ -16,9 +16,9 @@ use ipnetwork::IpNetwork;
 use crate::config::{masquerade_mark, NodeConfig};
 use crate::inputs::{self, Loaded};
 use crate::iptables::Iptables;
+use crate::iptables::IptablesConfig;
 use crate::model::service::DEFAULT_SERVICE_CIDR;
 use crate::nftables::NftablesConfig;
-use crate::proxier::IptablesConfig;
 
 pub const USAGE: &str = "\
 usage: kube-proxy-rules <command> [flags] [FILE|DIR]...

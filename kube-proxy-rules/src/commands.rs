@@ -4,16 +4,16 @@
 use std::io::Write;
 use std::time::{Duration, Instant};
 
-use crate::canonical;
 use crate::cli::{input_stamp, Args, Command, PodRecords, ProxyMode};
 use crate::exec::Runner;
 use crate::family::IpFamily;
 use crate::inputs::Loaded;
+use crate::iptables::backend::{diff_view, Syncer};
+use crate::iptables::canonical;
 use crate::iptables::Iptables;
+use crate::iptables::{render, RenderPlan, Rendered};
 use crate::model::{FullSyncReason, ProxyState};
 use crate::nftables::{self, Nft, NftSyncer};
-use crate::proxier::{render, RenderPlan, Rendered};
-use crate::syncer::{diff_view, Syncer};
 
 /// Report bad objects and notes on stderr (stdout is the payload).
 fn report(loaded: &Loaded) {
@@ -169,7 +169,7 @@ fn dry_run(syncer: &mut Syncer, state: &ProxyState) -> Result<Rendered, String> 
     Ok(rendered)
 }
 
-fn new_syncer(args: &Args, ipt: Iptables, cfg: crate::proxier::IptablesConfig) -> Syncer {
+fn new_syncer(args: &Args, ipt: Iptables, cfg: crate::iptables::IptablesConfig) -> Syncer {
     let mut s = Syncer::new(ipt, cfg, args.sync_period);
     s.minimize_top_level = !args.rewrite_top_level;
     s

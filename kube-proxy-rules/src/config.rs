@@ -1,6 +1,6 @@
 //! The node settings both backends write rules from (kube-proxy's flags,
 //! for one IP family). What only one backend uses is in that backend's own
-//! config: [`crate::proxier::IptablesConfig`] (localhost NodePorts,
+//! config: [`crate::iptables::IptablesConfig`] (localhost NodePorts,
 //! `--random-fully`, conntrack liberal mode, nfacct) and
 //! [`crate::nftables::NftablesConfig`] (the service IP ranges).
 

@@ -33,10 +33,9 @@
 //! objects), [`model`] (what both proxiers sync from: service ports and
 //! apiserver defaults, endpoints and the traffic-policy decisions, the state,
 //! change tracking by fingerprints, the full-sync policy), [`inputs`]
-//! (objects + records → state), [`proxier`] (iptables rule builders named
-//! after chains), [`canonical`] (kube-proxy's iptables test sort),
-//! [`iptables`] (running iptables), [`syncer`] (iptables full/partial syncs),
-//! [`nftables`] (the nftables proxier: render, sync, nft, dump), [`exec`]
+//! (objects + records → state), [`config`] (the node settings both
+//! proxiers share), [`iptables`] (the iptables proxier: render, sync,
+//! running iptables, kube-proxy's test sort), [`nftables`] (the nftables proxier: render, sync, nft, dump), [`exec`]
 //! (running the tools in a namespace), [`probe`] (whether a family's backend
 //! works on this node), [`cli`] (flags), [`commands`] (render, sync, run; the
 //! binary adds `bench`), [`validate`] (names as the API server checks them,
@@ -48,7 +47,6 @@
 //! current network namespace (or of a named one, for tests and benchmarks),
 //! the filesystem.
 
-pub mod canonical;
 pub mod cli;
 pub mod commands;
 pub mod config;
@@ -61,6 +59,4 @@ pub mod model;
 pub mod names;
 pub mod nftables;
 pub mod probe;
-pub mod proxier;
-pub mod syncer;
 pub mod validate;

@@ -17,11 +17,11 @@ use std::path::{Path, PathBuf};
 
 use calico_store::model::WorkloadEndpoint;
 use ipnetwork::IpNetwork;
-use kube_proxy_rules::canonical::sort_payload;
 use kube_proxy_rules::config::NodeConfig;
 use kube_proxy_rules::family::IpFamily;
 use kube_proxy_rules::inputs;
-use kube_proxy_rules::proxier::{render, IptablesConfig, RenderPlan};
+use kube_proxy_rules::iptables::canonical::sort_payload;
+use kube_proxy_rules::iptables::{render, IptablesConfig, RenderPlan};
 
 struct Setup {
     cfg: IptablesConfig,

@@ -7,8 +7,8 @@ mod support;
 use std::collections::{BTreeSet, HashSet};
 
 use kube_proxy_rules::config::NodeConfig;
+use kube_proxy_rules::iptables::{render, IptablesConfig, RenderPlan};
 use kube_proxy_rules::model::endpoints::{key_of, EndpointInfo};
-use kube_proxy_rules::proxier::{render, IptablesConfig, RenderPlan};
 use support::synthetic_state;
 
 fn cfg() -> IptablesConfig {

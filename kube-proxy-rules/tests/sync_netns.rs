@@ -7,14 +7,14 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use kube_proxy_rules::canonical::sort_payload;
 use kube_proxy_rules::config::NodeConfig;
 use kube_proxy_rules::inputs::build_state;
+use kube_proxy_rules::iptables::backend::Syncer;
+use kube_proxy_rules::iptables::canonical::sort_payload;
 use kube_proxy_rules::iptables::Iptables;
+use kube_proxy_rules::iptables::IptablesConfig;
 use kube_proxy_rules::k8s::Objects;
 use kube_proxy_rules::model::{FullSyncReason, ProxyState};
-use kube_proxy_rules::proxier::IptablesConfig;
-use kube_proxy_rules::syncer::Syncer;
 use testbed::Netns;
 
 fn state(yaml: &str) -> ProxyState {

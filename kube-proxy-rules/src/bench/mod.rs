@@ -28,11 +28,11 @@ use std::time::{Duration, Instant};
 use kube_proxy_rules::cli::{Args, ProxyMode};
 use kube_proxy_rules::config::NodeConfig;
 use kube_proxy_rules::iptables::Iptables;
+use kube_proxy_rules::iptables::{render, IptablesConfig, RenderPlan};
 use kube_proxy_rules::model::endpoints::{key_of, EndpointInfo};
 use kube_proxy_rules::model::service::Protocol;
 use kube_proxy_rules::model::{ProxyState, ServiceKey};
 use kube_proxy_rules::nftables::{self, Nft};
-use kube_proxy_rules::proxier::{render, IptablesConfig, RenderPlan};
 
 pub mod synthetic;
 use synthetic::synthetic_state;

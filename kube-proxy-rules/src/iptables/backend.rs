@@ -10,10 +10,10 @@
 use std::collections::{BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
-use crate::iptables::{Iptables, IptablesError};
+use crate::iptables::ipt::{Iptables, IptablesError};
+use crate::iptables::{render, IptablesConfig, RenderPlan, Rendered};
 use crate::model::{ChangeTracker, Changes, FullSyncReason, FullSyncs, ProxyState};
 use crate::names;
-use crate::proxier::{render, IptablesConfig, RenderPlan, Rendered};
 use crate::validate::UnsafeText;
 
 /// What [`FullSyncReason::CanaryGone`] says in iptables mode.
@@ -111,7 +111,7 @@ impl Syncer {
         self.applied_top_level = rendered.top_level_hashes.clone();
         self.full_syncs.synced(false);
         self.last_large_cluster =
-            Some(state.total_endpoints() > crate::proxier::LARGE_CLUSTER_ENDPOINTS_THRESHOLD);
+            Some(state.total_endpoints() > crate::iptables::LARGE_CLUSTER_ENDPOINTS_THRESHOLD);
     }
 
     /// Check the canary chains; if one is gone, the next sync is full
@@ -127,7 +127,7 @@ impl Syncer {
 
     /// Decide full/partial and the changed services, without side effects.
     fn plan(&self, state: &ProxyState) -> (Option<FullSyncReason>, Changes) {
-        let large = state.total_endpoints() > crate::proxier::LARGE_CLUSTER_ENDPOINTS_THRESHOLD;
+        let large = state.total_endpoints() > crate::iptables::LARGE_CLUSTER_ENDPOINTS_THRESHOLD;
         let mut full = self.full_syncs.pending().cloned();
         if full.is_none() && self.last_large_cluster.is_some_and(|l| l != large) {
             full = Some(FullSyncReason::LargeClusterModeChanged);
@@ -171,7 +171,7 @@ impl Syncer {
     pub fn sync(&mut self, state: &ProxyState) -> Result<SyncReport, SyncError> {
         let (full, changes) = self.plan(state);
         let changed = &changes.updated;
-        let large = state.total_endpoints() > crate::proxier::LARGE_CLUSTER_ENDPOINTS_THRESHOLD;
+        let large = state.total_endpoints() > crate::iptables::LARGE_CLUSTER_ENDPOINTS_THRESHOLD;
         let mut jump_rules_added = 0;
         let result = (|| {
             if full.is_some() {
