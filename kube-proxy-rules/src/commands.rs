@@ -4,16 +4,16 @@
 use std::io::Write;
 use std::time::{Duration, Instant};
 
+use crate::backend::Backend;
 use crate::cli::{input_stamp, Args, Command, PodRecords, ProxyMode};
 use crate::exec::Runner;
 use crate::family::IpFamily;
 use crate::inputs::Loaded;
-use crate::iptables::backend::{diff_view, Syncer};
 use crate::iptables::canonical;
-use crate::iptables::Iptables;
-use crate::iptables::{render, RenderPlan, Rendered};
+use crate::iptables::{render, Iptables, IptablesBackend, RenderPlan};
 use crate::model::{FullSyncReason, ProxyState};
-use crate::nftables::{self, Nft, NftSyncer};
+use crate::nftables::{self, Nft, NftablesBackend};
+use crate::syncer::Syncer;
 
 /// Report bad objects and notes on stderr (stdout is the payload).
 fn report(loaded: &Loaded) {
@@ -162,29 +162,19 @@ fn cmd_render(args: &Args) -> Result<i32, String> {
     Ok(0)
 }
 
-fn dry_run(syncer: &mut Syncer, state: &ProxyState) -> Result<Rendered, String> {
-    let (preview, rendered) = syncer.preview(state).map_err(|e| e.to_string())?;
-    let filter = syncer.ipt.chains("filter").map_err(|e| e.to_string())?;
-    write_stdout(&diff_view(&preview, &rendered, &filter))?;
-    Ok(rendered)
-}
-
-fn new_syncer(args: &Args, ipt: Iptables, cfg: crate::iptables::IptablesConfig) -> Syncer {
-    let mut s = Syncer::new(ipt, cfg, args.sync_period);
-    s.minimize_top_level = !args.rewrite_top_level;
-    s
-}
-
 /// One family's syncer of the chosen mode, on this process's namespace.
 fn mode_syncer(args: &Args, family: IpFamily) -> Result<Box<dyn ModeSyncer>, String> {
     Ok(match args.proxy_mode {
         ProxyMode::Iptables => {
             let ipt = Iptables::current().with_family(family);
             let cfg = args.proxier_config(&ipt)?;
-            Box::new(new_syncer(args, ipt, cfg))
+            let mut backend = IptablesBackend::new(ipt, cfg, args.sync_period);
+            backend.minimize_top_level = !args.rewrite_top_level;
+            Box::new(Syncer::new(backend))
         }
         ProxyMode::Nftables => {
-            Box::new(NftSyncer::new(Nft::current().with_family(family), args.nft_config(family, false)?))
+            let nft = Nft::current().with_family(family);
+            Box::new(Syncer::new(NftablesBackend::new(nft, args.nft_config(family, false)?)))
         }
     })
 }
@@ -207,7 +197,8 @@ fn cmd_sync(args: &Args) -> Result<i32, String> {
     Ok(0)
 }
 
-/// One proxy mode's syncer, as `run` drives it.
+/// A syncer of either mode, as `sync` and `run` drive it (one impl for
+/// both: [`Syncer`] over the mode's [`Backend`]).
 trait ModeSyncer {
     /// Sync once; the line to log.
     fn sync_once(&mut self, state: &ProxyState) -> Result<String, String>;
@@ -223,89 +214,36 @@ trait ModeSyncer {
     fn set_local_addresses(&mut self, addresses: Vec<std::net::IpAddr>) -> bool;
     /// After a one-shot `sync`: what no later sync will do (nftables: wait
     /// until the flushed stale chains are safe to delete, and delete them).
-    fn finish_one_shot(&mut self, _tag: &str) {}
+    fn finish_one_shot(&mut self, tag: &str);
 }
 
-/// `full: <why>` or the kind of sync it was otherwise (`partial`, `incremental`).
-fn sync_kind(full: Option<&FullSyncReason>, otherwise: &str) -> String {
-    match full {
-        Some(why) => format!("full: {why}"),
-        None => otherwise.to_string(),
-    }
-}
-
-impl ModeSyncer for Syncer {
+impl<B: Backend> ModeSyncer for Syncer<B> {
     fn sync_once(&mut self, state: &ProxyState) -> Result<String, String> {
         let r = self.sync(state).map_err(|e| e.to_string())?;
-        Ok(format!(
-            "synced ({}): {} services changed, {} chains written, {} stale chains deleted",
-            sync_kind(r.full.as_ref(), "partial"),
-            r.changed_services,
-            r.rendered.written_service_chains.len(),
-            r.rendered.deleted_chains.len(),
-        ))
+        if let Some(e) = B::problem(&r.outcome) {
+            eprintln!("error: {e}");
+        }
+        Ok(B::summary(&r))
     }
     fn dry_run(&mut self, state: &ProxyState) -> Result<(), String> {
-        let rendered = dry_run(self, state)?;
+        let dry_run = Syncer::dry_run(self, state).map_err(|e| e.to_string())?;
+        write_stdout(&dry_run.text)?;
         // Pretend it was applied so the next preview is relative to it.
-        self.mark_applied(state, &rendered);
+        self.mark_applied(state, dry_run);
         Ok(())
     }
     fn check_canary(&mut self) -> Result<Option<FullSyncReason>, String> {
-        self.check_canary().map_err(|e| e.to_string())
+        Syncer::check_canary(self).map_err(|e| e.to_string())
     }
     fn canary_forced(&self) -> bool {
-        matches!(self.needs_full_sync(), Some(FullSyncReason::CanaryGone(_)))
+        Syncer::canary_forced(self)
     }
     fn set_local_addresses(&mut self, addresses: Vec<std::net::IpAddr>) -> bool {
         Syncer::set_local_addresses(self, addresses)
     }
-}
-
-impl ModeSyncer for NftSyncer {
-    fn sync_once(&mut self, state: &ProxyState) -> Result<String, String> {
-        let r = self.sync(state).map_err(|e| e.to_string())?;
-        if let Some(e) = &r.stale_delete_error {
-            eprintln!("error: {e}");
-        }
-        Ok(format!(
-            "synced ({}): {} services changed, {} chains written, {} stale chains flushed, {} deleted, \
-             {} elements added, {} deleted, {} operations",
-            sync_kind(r.full.as_ref(), "incremental"),
-            r.changed_services,
-            r.rendered.written_chains.len(),
-            r.rendered.stale_chains.len(),
-            r.deleted_stale_chains.len(),
-            r.rendered.elements_added,
-            r.rendered.elements_deleted,
-            r.rendered.operations
-        ))
-    }
-    fn dry_run(&mut self, state: &ProxyState) -> Result<(), String> {
-        let (preview, rendered) = self.preview(state).map_err(|e| e.to_string())?;
-        write_stdout(&nftables::sync::diff_view(&preview, &rendered, self.cfg.node.family))?;
-        self.mark_applied(state, &rendered);
-        Ok(())
-    }
-    fn check_canary(&mut self) -> Result<Option<FullSyncReason>, String> {
-        self.check_table().map_err(|e| e.to_string())
-    }
-    fn canary_forced(&self) -> bool {
-        matches!(self.needs_full_sync(), Some(FullSyncReason::CanaryGone(_)))
-    }
-    fn set_local_addresses(&mut self, addresses: Vec<std::net::IpAddr>) -> bool {
-        NftSyncer::set_local_addresses(self, addresses)
-    }
     fn finish_one_shot(&mut self, tag: &str) {
-        // No later sync will delete the chains this one flushed: wait until
-        // it is safe (see nftables::sync) and delete them now.
-        if self.stale_chains().next().is_some() {
-            std::thread::sleep(self.stale_chain_delay);
-            let (deleted, error) = self.delete_stale_chains();
-            match error {
-                Some(e) => eprintln!("{tag}error: {e}"),
-                None => eprintln!("{tag}deleted {} stale chain(s)", deleted.len()),
-            }
+        if let Some(line) = self.backend.finish_one_shot() {
+            eprintln!("{tag}{line}");
         }
     }
 }

@@ -47,6 +47,7 @@
 //! current network namespace (or of a named one, for tests and benchmarks),
 //! the filesystem.
 
+pub mod backend;
 pub mod cli;
 pub mod commands;
 pub mod config;
@@ -59,4 +60,5 @@ pub mod model;
 pub mod names;
 pub mod nftables;
 pub mod probe;
+pub mod syncer;
 pub mod validate;

@@ -20,7 +20,8 @@ use kube_proxy_rules::k8s::Objects;
 use kube_proxy_rules::model::{FullSyncReason, ProxyState};
 use kube_proxy_rules::nftables::dump::{normalize_listing, sort_dump, Table};
 use kube_proxy_rules::nftables::NftablesConfig;
-use kube_proxy_rules::nftables::{Nft, NftSyncReport, NftSyncer};
+use kube_proxy_rules::nftables::{Nft, NftSyncReport, NftablesBackend};
+use kube_proxy_rules::syncer::Syncer;
 use testbed::Netns;
 
 const BASE: &str = include_str!("golden-nft/base-rules.txt");
@@ -91,13 +92,13 @@ fn kernel_table(nft: &Nft, skip: &BTreeSet<String>) -> String {
 fn fresh_table(st: &ProxyState) -> String {
     let fresh = Netns::new("knf");
     let nft = Nft::in_netns(fresh.name());
-    NftSyncer::new(nft.clone(), config()).sync(st).unwrap();
+    Syncer::new(NftablesBackend::new(nft.clone(), config())).sync(st).unwrap();
     kernel_table(&nft, &BTreeSet::new())
 }
 
 /// One step of the repeated-sync test.
 struct Steps {
-    syncer: NftSyncer,
+    syncer: Syncer<NftablesBackend>,
     nft: Nft,
     model: Table,
 }
@@ -108,18 +109,26 @@ impl Steps {
     fn step(&mut self, name: &str, yaml: &str, expected: &str, ops: Option<usize>) -> NftSyncReport {
         let st = state(yaml);
         let r = self.syncer.sync(&st).unwrap_or_else(|e| panic!("step {name:?}: {e}"));
-        if !r.deleted_stale_chains.is_empty() {
-            let tx: String =
-                r.deleted_stale_chains.iter().map(|c| format!("delete chain ip kube-proxy {c}\n")).collect();
+        if !r.outcome.deleted_stale_chains.is_empty() {
+            let tx: String = r
+                .outcome
+                .deleted_stale_chains
+                .iter()
+                .map(|c| format!("delete chain ip kube-proxy {c}\n"))
+                .collect();
             self.model.apply(&tx).unwrap_or_else(|e| panic!("step {name:?}: stale deletion: {e}"));
         }
-        self.model.apply(&r.rendered.transaction).unwrap_or_else(|e| panic!("step {name:?}: {e}"));
+        self.model.apply(&r.outcome.rendered.transaction).unwrap_or_else(|e| panic!("step {name:?}: {e}"));
         let want = sort_dump(&format!("{BASE}\n{expected}"));
         assert_eq!(sort_dump(&self.model.dump()), want, "step {name:?}: table (model)");
         if let Some(n) = ops {
-            assert_eq!(r.rendered.operations, n, "step {name:?}: operations in\n{}", r.rendered.transaction);
+            assert_eq!(
+                r.outcome.rendered.operations, n,
+                "step {name:?}: operations in\n{}",
+                r.outcome.rendered.transaction
+            );
         }
-        let stale: BTreeSet<String> = self.syncer.stale_chains().map(String::from).collect();
+        let stale: BTreeSet<String> = self.syncer.backend.stale_chains().map(String::from).collect();
         assert_eq!(
             kernel_table(&self.nft, &stale),
             fresh_table(&st),
@@ -132,7 +141,7 @@ impl Steps {
 /// Every operation of an incremental transaction is about one service.
 fn touches_only(r: &NftSyncReport, name: &str, cluster_ip: &str) {
     assert!(!r.is_full());
-    for line in r.rendered.transaction.lines() {
+    for line in r.outcome.rendered.transaction.lines() {
         assert!(line.contains(name) || line.contains(cluster_ip), "not about {name}: {line}");
     }
 }
@@ -183,10 +192,11 @@ fn elements(lines: &[&str]) -> String {
 fn repeated_syncs_match_kube_proxy_and_a_fresh_full_sync() {
     let ns = Netns::new("knr");
     let nft = Nft::in_netns(ns.name());
-    let mut s = Steps { syncer: NftSyncer::new(nft.clone(), config()), nft, model: Table::new() };
+    let mut s =
+        Steps { syncer: Syncer::new(NftablesBackend::new(nft.clone(), config())), nft, model: Table::new() };
     // Only the test ages stale chains (upstream's ageStaleChains).
-    s.syncer.stale_chain_delay = Duration::from_secs(3600);
-    let age = |s: &mut Steps| s.syncer.age_stale_chains(Duration::from_secs(7200));
+    s.syncer.backend.stale_chain_delay = Duration::from_secs(3600);
+    let age = |s: &mut Steps| s.syncer.backend.age_stale_chains(Duration::from_secs(7200));
 
     let svc1 =
         service("ns1", "svc1", "172.30.0.41", "p80", 80) + &slice("ns1", "svc1", &["10.0.1.1"], "p80", 80);
@@ -236,7 +246,7 @@ fn repeated_syncs_match_kube_proxy_and_a_fresh_full_sync() {
     age(&mut s);
     let want = elements(&e1) + &elements(&e3) + &c1 + &c3;
     let r = s.step("stale chains deleted", &base, &want, Some(0));
-    assert_eq!(r.deleted_stale_chains.len(), 2);
+    assert_eq!(r.outcome.deleted_stale_chains.len(), 2);
 
     // Add svc4 without endpoints, then its endpoints.
     let no_ep4 =
@@ -275,7 +285,7 @@ fn repeated_syncs_match_kube_proxy_and_a_fresh_full_sync() {
         + &chain("endpoint-TQ2QKHCZ-ns3/svc3/tcp/p80__10.0.3.3/80", &[]);
     let want = elements(&e1) + &elements(&[e3[0], no_ep3]) + &elements(&e4) + &c1 + &empty3 + &c4;
     s.step("empty svc3", &cur(&s3e), &want, Some(5));
-    let stale: BTreeSet<&str> = s.syncer.stale_chains().collect();
+    let stale: BTreeSet<&str> = s.syncer.backend.stale_chains().collect();
     assert_eq!(
         stale,
         [
@@ -288,13 +298,13 @@ fn repeated_syncs_match_kube_proxy_and_a_fresh_full_sync() {
 
     // Restore at once: the chains come back and are no longer stale.
     s.step("restore svc3", &cur(&s3c), &with_two, Some(14));
-    assert_eq!(s.syncer.stale_chains().count(), 0);
+    assert_eq!(s.syncer.backend.stale_chains().count(), 0);
 
     // Empty, let the chains age, restore: deleted first, then re-created.
     s.step("empty svc3 again", &cur(&s3e), &want, Some(5));
     age(&mut s);
     let r = s.step("restore after ageing", &cur(&s3c), &with_two, Some(14));
-    assert_eq!(r.deleted_stale_chains.len(), 3);
+    assert_eq!(r.outcome.deleted_stale_chains.len(), 3);
 
     // Nothing changed: no operations at all.
     let r = s.step("no change", &cur(&s3c), &with_two, Some(0));
@@ -333,11 +343,11 @@ fn startup_over_an_existing_table() {
         + &slice("ns2", "svc2", &["10.0.2.1"], "p8080", 8080)
         + &service("ns3", "svc3", "172.30.0.43", "p80", 80);
     let st = state(&yaml);
-    let mut syncer = NftSyncer::new(nft.clone(), config());
+    let mut syncer = Syncer::new(NftablesBackend::new(nft.clone(), config()));
     let r = syncer.sync(&st).unwrap();
     assert!(r.is_full());
-    assert_eq!(r.rendered.stale_chains, ["service-AAAAAAAA-old/gone/tcp/p80"]);
-    model.apply(&r.rendered.transaction).unwrap();
+    assert_eq!(r.outcome.rendered.stale_chains, ["service-AAAAAAAA-old/gone/tcp/p80"]);
+    model.apply(&r.outcome.rendered.transaction).unwrap();
     let c1b = svc_chains(SVC1, "172.30.0.41", &[("5TPGNJF2", "10.0.1.1"), ("ZCZBVNAZ", "10.0.1.2")], 80);
     let want = format!(
         "{BASE}\n{c1b}{c2}add element ip kube-proxy cluster-ips {{ 172.30.0.41 }}\n\
@@ -348,12 +358,12 @@ fn startup_over_an_existing_table() {
          add chain ip kube-proxy service-AAAAAAAA-old/gone/tcp/p80\n"
     );
     assert_eq!(sort_dump(&model.dump()), sort_dump(&want));
-    let stale: BTreeSet<String> = syncer.stale_chains().map(String::from).collect();
+    let stale: BTreeSet<String> = syncer.backend.stale_chains().map(String::from).collect();
     assert_eq!(kernel_table(&nft, &stale), fresh_table(&st));
 
-    syncer.age_stale_chains(Duration::from_secs(10));
+    syncer.backend.age_stale_chains(Duration::from_secs(10));
     let r = syncer.sync(&st).unwrap();
-    assert_eq!(r.deleted_stale_chains, ["service-AAAAAAAA-old/gone/tcp/p80"]);
+    assert_eq!(r.outcome.deleted_stale_chains, ["service-AAAAAAAA-old/gone/tcp/p80"]);
     assert!(!nft.chains().unwrap().contains("service-AAAAAAAA-old/gone/tcp/p80"));
     assert_eq!(kernel_table(&nft, &BTreeSet::new()), fresh_table(&st));
 }
@@ -364,7 +374,7 @@ fn startup_over_an_existing_table() {
 fn a_failed_incremental_transaction_falls_back_to_a_full_sync() {
     let ns = Netns::new("knx");
     let nft = Nft::in_netns(ns.name());
-    let mut syncer = NftSyncer::new(nft.clone(), config());
+    let mut syncer = Syncer::new(NftablesBackend::new(nft.clone(), config()));
     let svc1 =
         service("ns1", "svc1", "172.30.0.41", "p80", 80) + &slice("ns1", "svc1", &["10.0.1.1"], "p80", 80);
     syncer.sync(&state(&svc1)).unwrap();
@@ -388,9 +398,9 @@ fn a_failed_incremental_transaction_falls_back_to_a_full_sync() {
     assert!(r.is_full(), "{}", r.reason());
     assert_eq!(kernel_table(&nft, &BTreeSet::new()), fresh_table(&state(&two)));
     // The table check sees an intact table now, and a deleted one.
-    assert!(syncer.check_table().unwrap().is_none());
+    assert!(syncer.check_canary().unwrap().is_none());
     ns.exec(&["nft", "delete", "table", "ip", "kube-proxy"]);
-    assert!(syncer.check_table().unwrap().is_some());
+    assert!(syncer.check_canary().unwrap().is_some());
     let r = syncer.sync(&state(&two)).unwrap();
     assert!(r.is_full() && r.reason().contains("gone or flushed"), "{}", r.reason());
     assert!(matches!(r.full, Some(FullSyncReason::CanaryGone(_))), "{:?}", r.full);
@@ -405,8 +415,8 @@ fn a_failed_incremental_transaction_falls_back_to_a_full_sync() {
 fn run_sequence(name: &str, steps: &[&str]) -> Vec<String> {
     let ns = Netns::new("kns");
     let nft = Nft::in_netns(ns.name());
-    let mut syncer = NftSyncer::new(nft.clone(), config());
-    syncer.stale_chain_delay = Duration::from_secs(3600);
+    let mut syncer = Syncer::new(NftablesBackend::new(nft.clone(), config()));
+    syncer.backend.stale_chain_delay = Duration::from_secs(3600);
     let mut problems = Vec::new();
     for (i, yaml) in steps.iter().enumerate() {
         let st = state(yaml);
@@ -420,7 +430,7 @@ fn run_sequence(name: &str, steps: &[&str]) -> Vec<String> {
                 continue;
             }
         }
-        let stale: BTreeSet<String> = syncer.stale_chains().map(String::from).collect();
+        let stale: BTreeSet<String> = syncer.backend.stale_chains().map(String::from).collect();
         let (got, want) = (kernel_table(&nft, &stale), fresh_table(&st));
         if got != want {
             let (g, w): (BTreeSet<&str>, BTreeSet<&str>) = (got.lines().collect(), want.lines().collect());
@@ -431,7 +441,7 @@ fn run_sequence(name: &str, steps: &[&str]) -> Vec<String> {
             ));
         }
         if i % 2 == 1 {
-            syncer.age_stale_chains(Duration::from_secs(7200));
+            syncer.backend.age_stale_chains(Duration::from_secs(7200));
         }
     }
     problems
@@ -462,7 +472,7 @@ const P80: &str = "{name: p80, port: 80, protocol: TCP}";
 fn a_renamed_port_rewrites_the_element_comments() {
     let ns = Netns::new("knc");
     let nft = Nft::in_netns(ns.name());
-    let mut syncer = NftSyncer::new(nft.clone(), config());
+    let mut syncer = Syncer::new(NftablesBackend::new(nft.clone(), config()));
     let spec = |port: &str| {
         format!(
             "{{type: NodePort, clusterIP: 172.30.0.41, \
@@ -477,8 +487,8 @@ fn a_renamed_port_rewrites_the_element_comments() {
     assert!(table.contains("comment \"ns1/svc1:p81\"") && !table.contains("p80"), "{table}");
     assert_eq!(kernel_table(&nft, &BTreeSet::new()), fresh_table(&st));
     // Element count unchanged: each element deleted and added in one transaction.
-    assert_eq!(r.rendered.elements_added, r.rendered.elements_deleted);
-    assert_eq!(r.rendered.elements_added, 2, "{}", r.rendered.transaction);
+    assert_eq!(r.outcome.rendered.elements_added, r.outcome.rendered.elements_deleted);
+    assert_eq!(r.outcome.rendered.elements_added, 2, "{}", r.outcome.rendered.transaction);
 }
 
 /// Sequences of changes to one service (type, traffic policies, affinity,
@@ -600,7 +610,7 @@ fn incremental_sequences_match_a_fresh_full_sync() {
 fn a_full_sync_is_forced_after_the_full_sync_period_and_on_new_addresses() {
     let ns = Netns::new("knp");
     let nft = Nft::in_netns(ns.name());
-    let mut syncer = NftSyncer::new(nft.clone(), config());
+    let mut syncer = Syncer::new(NftablesBackend::new(nft.clone(), config()));
     assert_eq!(syncer.full_syncs.period, kube_proxy_rules::model::FULL_SYNC_PERIOD);
     let st = state(
         &(service("ns1", "svc1", "172.30.0.41", "p80", 80) + &slice("ns1", "svc1", &["10.0.1.1"], "p80", 80)),
@@ -616,7 +626,7 @@ fn a_full_sync_is_forced_after_the_full_sync_period_and_on_new_addresses() {
     assert!(!syncer.sync(&st).unwrap().is_full());
     assert!(!syncer.set_local_addresses(config().node.local_addresses));
     let more = vec!["192.168.0.2".parse().unwrap(), "192.168.0.3".parse().unwrap()];
-    syncer.cfg.node.nodeport_addresses = vec!["192.168.0.0/24".parse().unwrap()];
+    syncer.backend.cfg.node.nodeport_addresses = vec!["192.168.0.0/24".parse().unwrap()];
     assert!(syncer.set_local_addresses(more));
     let r = syncer.sync(&st).unwrap();
     assert!(r.is_full() && r.reason() == "node addresses changed", "{}", r.reason());

@@ -4,8 +4,9 @@
 //! * [`render`]: the iptables-restore payload, built by functions named
 //!   after the chains they fill, from the model's
 //!   [`crate::model::Traffic`] decisions (shared with the nftables proxier);
-//! * [`backend`]: full and partial syncs (KEP-3453): jump rules, canary
-//!   chains, stale-chain cleanup, and the `--dry-run` diff view;
+//! * [`backend`]: the [`crate::backend::Backend`] of this mode: full and
+//!   partial syncs (KEP-3453), jump rules, canary chains, stale-chain
+//!   cleanup, and the `--dry-run` diff view;
 //! * [`ipt`]: running `iptables`, `iptables-restore` and `iptables-save`
 //!   (or their `ip6tables` twins) in a namespace;
 //! * [`canonical`]: kube-proxy's test order for comparing payloads.
@@ -15,5 +16,6 @@ pub mod canonical;
 pub mod ipt;
 pub mod render;
 
+pub use backend::{IptablesBackend, IptablesOutcome, IptablesPreview, IptablesSyncError, IptablesSyncReport};
 pub use ipt::{Iptables, IptablesError};
 pub use render::{render, IptablesConfig, RenderPlan, Rendered, LARGE_CLUSTER_ENDPOINTS_THRESHOLD};
