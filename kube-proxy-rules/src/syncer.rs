@@ -147,3 +147,140 @@ impl<B: Backend> Syncer<B> {
         self.changes.applied(dry_run.changes.now);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::NodeConfig;
+    use crate::k8s::Objects;
+
+    /// A backend that applies nothing: it records the plans it was given
+    /// and fails, or reports its canary gone, when told to.
+    #[derive(Default)]
+    struct Recorder {
+        node: NodeConfig,
+        fail_with: Option<String>,
+        canary_gone: bool,
+        own_reason: Option<FullSyncReason>,
+        /// (full, updated, removed) of every sync applied.
+        applied: Vec<(Option<FullSyncReason>, usize, usize)>,
+    }
+
+    impl Backend for Recorder {
+        type ToolError = std::io::Error;
+        type Prelude = ();
+        type Outcome = ();
+        type Preview = ();
+        fn node(&self) -> &NodeConfig {
+            &self.node
+        }
+        fn node_mut(&mut self) -> &mut NodeConfig {
+            &mut self.node
+        }
+        fn full_sync_reason(&self, _state: &ProxyState) -> Option<FullSyncReason> {
+            self.own_reason.clone()
+        }
+        fn before_sync(&mut self) -> ((), Option<FullSyncReason>) {
+            ((), None)
+        }
+        fn sync(
+            &mut self,
+            _state: &ProxyState,
+            plan: &SyncPlan<'_>,
+            (): (),
+        ) -> Result<(), SyncError<std::io::Error>> {
+            if let Some(msg) = &self.fail_with {
+                return Err(SyncError::tool(msg.clone())(std::io::Error::other("refused")));
+            }
+            self.applied.push((plan.full.cloned(), plan.changes.updated.len(), plan.changes.removed.len()));
+            Ok(())
+        }
+        fn preview(&mut self, _: &ProxyState, _: &SyncPlan<'_>) -> Result<(), SyncError<std::io::Error>> {
+            Ok(())
+        }
+        fn diff_view(&self, _: &SyncPlan<'_>, _: &()) -> String {
+            String::new()
+        }
+        fn mark_applied(&mut self, _: &ProxyState, _: &(), _: bool) {}
+        fn check_canary(&mut self) -> Result<Option<FullSyncReason>, SyncError<std::io::Error>> {
+            Ok(self.canary_gone.then_some(FullSyncReason::CanaryGone("the canary is gone")))
+        }
+        fn summary(_: &SyncReport<()>) -> String {
+            String::new()
+        }
+    }
+
+    fn state(services: &[&str]) -> ProxyState {
+        let mut yaml = String::new();
+        for (i, name) in services.iter().enumerate() {
+            yaml.push_str(&format!(
+                "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: ns}}\n\
+                 spec: {{clusterIP: 10.96.0.{}, ports: [{{port: 80}}]}}\n---\n",
+                i + 1
+            ));
+        }
+        let mut objs = Objects::default();
+        let mut errors = Vec::new();
+        objs.add_text(&yaml, "test", &mut errors);
+        assert!(errors.is_empty(), "{errors:?}");
+        crate::inputs::build_state(&objs, &[], &["10.96.0.0/12".parse().unwrap()]).state
+    }
+
+    #[test]
+    fn full_syncs_follow_the_policy_and_failures_keep_the_changes() {
+        let mut s = Syncer::new(Recorder::default());
+        let (one, two) = (state(&["a"]), state(&["a", "b"]));
+        assert_eq!(s.sync(&one).unwrap().full, Some(FullSyncReason::FirstSync));
+        assert_eq!(s.sync(&one).unwrap().full, None);
+        // A failed sync: the next one is full and still sees the change.
+        s.backend.fail_with = Some("applying".into());
+        let e = s.sync(&two).unwrap_err();
+        assert_eq!(s.needs_full_sync(), Some(&FullSyncReason::SyncFailed(e.to_string())));
+        s.backend.fail_with = None;
+        let r = s.sync(&two).unwrap();
+        assert!(matches!(r.full, Some(FullSyncReason::SyncFailed(_))) && r.changed_services == 1);
+        // The backend's own reason comes after a pending one.
+        s.backend.own_reason = Some(FullSyncReason::LargeClusterModeChanged);
+        s.force_full_sync(FullSyncReason::NodeAddressesChanged);
+        assert_eq!(s.sync(&two).unwrap().full, Some(FullSyncReason::NodeAddressesChanged));
+        assert_eq!(s.sync(&one).unwrap().full, Some(FullSyncReason::LargeClusterModeChanged));
+        let removed = s.backend.applied.last().unwrap();
+        assert_eq!((removed.1, removed.2), (0, 1), "b was removed");
+        // The period, last.
+        s.backend.own_reason = None;
+        s.full_syncs.period = std::time::Duration::ZERO;
+        assert_eq!(s.sync(&one).unwrap().full, Some(FullSyncReason::PeriodElapsed(s.full_syncs.period)));
+    }
+
+    /// Only a vanished canary lets `run` sync at once; a failure whose
+    /// message is about the canary is a failure (the old text test took
+    /// "previous sync failed: creating the canary chains: …" for a canary).
+    #[test]
+    fn only_a_vanished_canary_counts_as_one() {
+        let mut s = Syncer::new(Recorder::default());
+        s.sync(&state(&["a"])).unwrap();
+        s.backend.fail_with = Some("creating the canary chains".into());
+        let e = s.sync(&state(&["a"])).unwrap_err();
+        assert!(e.to_string().contains("canary"), "{e}");
+        assert!(!s.canary_forced());
+        s.backend.fail_with = None;
+        s.sync(&state(&["a"])).unwrap();
+        assert_eq!(s.check_canary().unwrap(), None);
+        assert!(!s.canary_forced());
+        s.backend.canary_gone = true;
+        assert!(s.check_canary().unwrap().is_some());
+        assert!(s.canary_forced());
+        assert!(matches!(s.sync(&state(&["a"])).unwrap().full, Some(FullSyncReason::CanaryGone(_))));
+        assert!(!s.canary_forced());
+    }
+
+    #[test]
+    fn new_node_addresses_make_the_next_sync_full() {
+        let mut s = Syncer::new(Recorder::default());
+        s.sync(&ProxyState::default()).unwrap();
+        assert!(!s.set_local_addresses(Vec::new()));
+        assert!(s.set_local_addresses(vec!["192.0.2.1".parse().unwrap()]));
+        assert_eq!(s.backend.node.local_addresses, ["192.0.2.1".parse::<IpAddr>().unwrap()]);
+        assert_eq!(s.sync(&ProxyState::default()).unwrap().full, Some(FullSyncReason::NodeAddressesChanged));
+    }
+}
