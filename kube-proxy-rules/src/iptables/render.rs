@@ -746,6 +746,129 @@ fn content_hash(buf: &str) -> u64 {
     h.finish()
 }
 
+/// The per-service-port nat chains of one port whose chains this payload
+/// writes: the internal chain's masquerade rule, KUBE-EXT, KUBE-FW, KUBE-SVC,
+/// KUBE-SVL and the KUBE-SEP chains. Returns the chains it declared.
+fn service_port_chains<'a>(
+    t: &'a mut Tables,
+    p: &PortPlan<'_>,
+    cfg: &IptablesConfig,
+    large_cluster: bool,
+) -> impl Iterator<Item = String> + 'a {
+    let sp = p.sp;
+    let before = t.nat_chains.buf.len();
+    let (nat_chains, nat_rules) = (&mut t.nat_chains, &mut t.nat_rules);
+    internal_masquerade(nat_rules, p, cfg);
+    if p.uses_ext_chain {
+        kube_ext(nat_chains, nat_rules, p, cfg);
+    }
+    if p.uses_fw_chain {
+        kube_fw(nat_chains, nat_rules, p, cfg);
+    }
+    if p.uses_cluster_chain {
+        kube_svc(nat_chains, nat_rules, sp, &sp.chains.svc, &p.cluster, large_cluster);
+    }
+    if p.uses_local_chain {
+        kube_svc(nat_chains, nat_rules, sp, &sp.chains.svl, &p.local, large_cluster);
+    }
+    for ep in &p.all_reachable {
+        kube_sep(nat_chains, nat_rules, p, ep, large_cluster);
+    }
+    let written = &t.nat_chains.buf[before..];
+    written.lines().filter_map(|l| l.strip_prefix(':')?.split(' ').next()).map(String::from)
+}
+
+/// The per-service-port nat chains one port uses (written or not): they
+/// stay, every other service chain is stale.
+fn active_chains(p: &PortPlan<'_>, active: &mut BTreeSet<String>) {
+    let chains = &p.sp.chains;
+    for (used, c) in [
+        (p.uses_ext_chain, &chains.ext),
+        (p.uses_fw_chain, &chains.fw),
+        (p.uses_cluster_chain, &chains.svc),
+        (p.uses_local_chain, &chains.svl),
+    ] {
+        if used {
+            active.insert(c.clone());
+        }
+    }
+    active.extend(p.all_reachable.iter().map(|ep| ep.chain.clone()));
+}
+
+/// Stale service chains (existing, not active): flushed by a chain line,
+/// then deleted with `-X`.
+fn stale_service_chains(t: &mut Tables, existing: &BTreeSet<String>, out: &mut Rendered) {
+    for chain in existing.difference(&out.active_nat_chains) {
+        // A leftover whose name could not be written safely was not
+        // written by us: it is left alone rather than failing every sync.
+        if names::is_service_chain(chain) && check_name("", chain).is_ok() {
+            // A chain line flushes it; then it can be deleted.
+            t.nat_chains.chain_line(chain);
+            t.nat_deletes.write(&["-X", chain]);
+            out.deleted_chains.push(chain.clone());
+        }
+    }
+}
+
+/// Which top-level chains (the first `filter_used` filter ones, the four
+/// nat ones) the payload rewrites. kube-proxy rewrites them all on every
+/// sync; here one whose content is unchanged since the last applied sync is
+/// left out when the plan asks for it ([`RenderPlan::applied_top_level`]).
+/// The hashes and the chains left out are recorded in `out`.
+fn top_level_kept(
+    t: &Tables,
+    plan: &RenderPlan<'_>,
+    filter_used: usize,
+    out: &mut Rendered,
+) -> ([bool; 6], [bool; 4]) {
+    let mut keep_filter = [false; 6];
+    let mut keep_nat = [false; 4];
+    let mut decide = |table: &str, chain: &str, buf: &LineBuffer| -> bool {
+        let key = format!("{table}/{chain}");
+        let h = content_hash(&buf.buf);
+        let unchanged = !plan.full && plan.applied_top_level.is_some_and(|a| a.get(&key) == Some(&h));
+        out.top_level_hashes.insert(key.clone(), h);
+        if unchanged {
+            out.skipped_top_level.push(key);
+        }
+        !unchanged
+    };
+    for i in 0..filter_used {
+        keep_filter[i] = decide("filter", FILTER_CHAINS[i], &t.filter[i]);
+    }
+    for i in 0..4 {
+        keep_nat[i] = decide("nat", NAT_CHAINS[i], &t.nat[i]);
+    }
+    (keep_filter, keep_nat)
+}
+
+/// The payload: everything before the per-service rules, then those (the
+/// bulk, moved in place rather than copied), then the deletions.
+fn assemble(t: &mut Tables, filter_used: usize, keep_filter: &[bool; 6], keep_nat: &[bool; 4]) -> String {
+    let mut head = String::with_capacity(1024 + t.nat_chains.buf.len() + t.nat[N_SERVICES].buf.len());
+    head.push_str("*filter\n");
+    for i in (0..filter_used).filter(|i| keep_filter[*i]) {
+        head.push_str(&format!(":{} - [0:0]\n", FILTER_CHAINS[i]));
+    }
+    for i in (0..filter_used).filter(|i| keep_filter[*i]) {
+        head.push_str(&t.filter[i].buf);
+    }
+    head.push_str("COMMIT\n*nat\n");
+    for i in (0..4).filter(|i| keep_nat[*i]) {
+        head.push_str(&format!(":{} - [0:0]\n", NAT_CHAINS[i]));
+    }
+    head.push_str(&t.nat_chains.buf);
+    for i in (0..4).filter(|i| keep_nat[*i]) {
+        head.push_str(&t.nat[i].buf);
+    }
+    let mut payload = std::mem::take(&mut t.nat_rules.buf);
+    payload.reserve(head.len() + t.nat_deletes.buf.len() + 8);
+    payload.insert_str(0, &head);
+    payload.push_str(&t.nat_deletes.buf);
+    payload.push_str("COMMIT\n");
+    payload
+}
+
 /// Render one sync's iptables-restore payload (`syncProxyRules`). Refused
 /// (no payload at all) if a name or comment could change what the payload
 /// says (see [`LineBuffer`]).
@@ -779,90 +902,24 @@ pub fn render(
         kube_external_services(&mut t, &p);
         kube_proxy_firewall(&mut t, &p);
         kube_nodeports(&mut t, &p, cfg);
-
-        // Every chain in use stays active (stale-chain cleanup), written or not.
-        let chains = &sp.chains;
-        let mut insert = |used: bool, c: &String| {
-            if used {
-                out.active_nat_chains.insert(c.clone());
-            }
-        };
-        insert(p.uses_ext_chain, &chains.ext);
-        insert(p.uses_fw_chain, &chains.fw);
-        insert(p.uses_cluster_chain, &chains.svc);
-        insert(p.uses_local_chain, &chains.svl);
-        for ep in &p.all_reachable {
-            out.active_nat_chains.insert(ep.chain.clone());
-        }
-
-        let skip =
-            !plan.full && !plan.changed.is_some_and(|c| c.contains(&(sp.namespace.clone(), sp.name.clone())));
-        if skip {
+        active_chains(&p, &mut out.active_nat_chains);
+        let write =
+            plan.full || plan.changed.is_some_and(|c| c.contains(&(sp.namespace.clone(), sp.name.clone())));
+        if write {
+            out.written_service_chains.extend(service_port_chains(&mut t, &p, cfg, large_cluster));
+        } else {
             // kube-proxy renders these into a discard buffer; counting is enough.
             skipped_rules += skipped_rule_count(&p, cfg);
-            continue;
         }
-        let before = t.nat_chains.buf.len();
-        let (nat_chains, nat_rules) = (&mut t.nat_chains, &mut t.nat_rules);
-        internal_masquerade(nat_rules, &p, cfg);
-        if p.uses_ext_chain {
-            kube_ext(nat_chains, nat_rules, &p, cfg);
-        }
-        if p.uses_fw_chain {
-            kube_fw(nat_chains, nat_rules, &p, cfg);
-        }
-        if p.uses_cluster_chain {
-            kube_svc(nat_chains, nat_rules, sp, &sp.chains.svc, &p.cluster, large_cluster);
-        }
-        if p.uses_local_chain {
-            kube_svc(nat_chains, nat_rules, sp, &sp.chains.svl, &p.local, large_cluster);
-        }
-        for ep in &p.all_reachable {
-            kube_sep(nat_chains, nat_rules, &p, ep, large_cluster);
-        }
-        let written = &t.nat_chains.buf[before..];
-        out.written_service_chains
-            .extend(written.lines().filter_map(|l| l.strip_prefix(':')?.split(' ').next()).map(String::from));
     }
-
     if let Some(existing) = plan.existing_nat_chains {
-        for chain in existing.difference(&out.active_nat_chains) {
-            // A leftover whose name could not be written safely was not
-            // written by us: it is left alone rather than failing every sync.
-            if names::is_service_chain(chain) && check_name("", chain).is_ok() {
-                // A chain line flushes it; then it can be deleted.
-                t.nat_chains.chain_line(chain);
-                t.nat_deletes.write(&["-X", chain]);
-                out.deleted_chains.push(chain.clone());
-            }
-        }
+        stale_service_chains(&mut t, existing, &mut out);
     }
-
     kube_services_nodeports_jump(&mut t, cfg);
     kube_forward(&mut t, cfg);
 
-    // Top-level chains: always rewritten by kube-proxy; left out here when
-    // asked to and unchanged since the last applied sync.
     let filter_used = if localhost_nodeports { 6 } else { 5 };
-    let mut keep_filter = [false; 6];
-    let mut keep_nat = [false; 4];
-    let mut decide = |table: &str, chain: &str, buf: &LineBuffer| -> bool {
-        let key = format!("{table}/{chain}");
-        let h = content_hash(&buf.buf);
-        let unchanged = !plan.full && plan.applied_top_level.is_some_and(|a| a.get(&key) == Some(&h));
-        out.top_level_hashes.insert(key.clone(), h);
-        if unchanged {
-            out.skipped_top_level.push(key);
-        }
-        !unchanged
-    };
-    for i in 0..filter_used {
-        keep_filter[i] = decide("filter", FILTER_CHAINS[i], &t.filter[i]);
-    }
-    for i in 0..4 {
-        keep_nat[i] = decide("nat", NAT_CHAINS[i], &t.nat[i]);
-    }
-
+    let (keep_filter, keep_nat) = top_level_kept(&t, plan, filter_used, &mut out);
     out.filter_rules = (0..filter_used).filter(|i| keep_filter[*i]).map(|i| t.filter[i].lines).sum();
     let top_nat: usize = (0..4).filter(|i| keep_nat[*i]).map(|i| t.nat[i].lines).sum();
     out.nat_rules = top_nat + t.nat_rules.lines;
@@ -873,30 +930,6 @@ pub fn render(
     if let Some(refused) = buffers.filter_map(|b| b.refused.clone()).next() {
         return Err(refused);
     }
-
-    // Assemble: everything before the per-service rules, then those (the bulk,
-    // moved in place rather than copied), then the deletions.
-    let mut head = String::with_capacity(1024 + t.nat_chains.buf.len() + t.nat[N_SERVICES].buf.len());
-    head.push_str("*filter\n");
-    for i in (0..filter_used).filter(|i| keep_filter[*i]) {
-        head.push_str(&format!(":{} - [0:0]\n", FILTER_CHAINS[i]));
-    }
-    for i in (0..filter_used).filter(|i| keep_filter[*i]) {
-        head.push_str(&t.filter[i].buf);
-    }
-    head.push_str("COMMIT\n*nat\n");
-    for i in (0..4).filter(|i| keep_nat[*i]) {
-        head.push_str(&format!(":{} - [0:0]\n", NAT_CHAINS[i]));
-    }
-    head.push_str(&t.nat_chains.buf);
-    for i in (0..4).filter(|i| keep_nat[*i]) {
-        head.push_str(&t.nat[i].buf);
-    }
-    let mut payload = std::mem::take(&mut t.nat_rules.buf);
-    payload.reserve(head.len() + t.nat_deletes.buf.len() + 8);
-    payload.insert_str(0, &head);
-    payload.push_str(&t.nat_deletes.buf);
-    payload.push_str("COMMIT\n");
-    out.payload = payload;
+    out.payload = assemble(&mut t, filter_used, &keep_filter, &keep_nat);
     Ok(out)
 }
