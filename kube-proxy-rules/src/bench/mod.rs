@@ -130,7 +130,7 @@ pub fn run(args: &Args) -> Result<i32, String> {
 
     // One service's endpoints change: only its chains are written.
     let (changed_state, changed) = one_service_changed(&state);
-    // As the syncer does it: the top-level chains as last applied (the full render).
+    // As the backend does it: the top-level chains as last applied (the full render).
     let plan = RenderPlan {
         full: false,
         changed: Some(&changed),

@@ -10,7 +10,7 @@
 //! incremental one (kube-proxy ≥1.31 does the same) rewrites only the chains
 //! of changed services, adds or deletes only the map elements that differ
 //! from what was applied ([`Elements`]), and flushes the chains that became
-//! stale; those are deleted in a later transaction (see the syncer).
+//! stale; those are deleted in a later transaction (see [`super::backend`]).
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 
@@ -171,7 +171,7 @@ pub struct ServiceObjects {
 }
 
 /// What the table holds after the last applied transaction (as far as the
-/// transactions say: the syncer's memory between syncs).
+/// transactions say: the backend's memory between syncs).
 #[derive(Debug, Clone, Default)]
 pub struct Applied {
     pub elements: Elements,
