@@ -7,15 +7,15 @@
 //!   every set and map and rewrites every chain; chains and affinity sets an
 //!   earlier run left behind are found with `nft list` and cleaned up.
 //! * A full sync is also forced when the node's addresses changed
-//!   ([`crate::syncer::Syncer::set_local_addresses`]: `nodeport-ips` is written
-//!   by full syncs) and once the last one is [`crate::model::FULL_SYNC_PERIOD`] old, as kube-proxy
-//!   does.
+//!   ([`crate::syncer::Syncer::set_local_addresses`]: `nodeport-ips` is
+//!   written by full syncs) and once the last one is
+//!   [`crate::model::FULL_SYNC_PERIOD`] old, as kube-proxy does.
 //! * An incremental sync rewrites the chains of the services whose Service or
 //!   endpoints changed (found by fingerprint, as in iptables mode) and adds or
 //!   deletes only the map elements that differ from the applied ones.
 //! * Stale chains are flushed in the transaction that drops their last map
-//!   element and deleted by a later sync once [`NftablesBackend::stale_chain_delay`]
-//!   (1 s, as kube-proxy) has passed, in a transaction of their own before the
+//!   element and deleted by a later sync once
+//!   [`NftablesBackend::stale_chain_delay`] (1 s, as kube-proxy) has passed, in a transaction of their own before the
 //!   sync's: kernels before 6.2 notice a chain is unreferenced only a moment
 //!   after the element pointing at it is gone, and deleting it in the same
 //!   transaction fails there.
