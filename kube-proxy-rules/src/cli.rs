@@ -13,10 +13,12 @@ use std::time::{Duration, SystemTime};
 use calico_store::{Datastore, DatastoreConfig};
 use ipnetwork::IpNetwork;
 
+use crate::config::{masquerade_mark, NodeConfig};
 use crate::inputs::{self, Loaded};
 use crate::iptables::Iptables;
-use crate::proxier::{masquerade_mark, ProxierConfig};
-use crate::service::DEFAULT_SERVICE_CIDR;
+use crate::iptables::IptablesConfig;
+use crate::model::service::DEFAULT_SERVICE_CIDR;
+use crate::nftables::NftablesConfig;
 
 pub const USAGE: &str = "\
 usage: kube-proxy-rules <command> [flags] [FILE|DIR]...
@@ -220,7 +222,7 @@ impl Args {
                     for v in value()?.split(',').filter(|s| !s.is_empty()) {
                         // As kube-proxy (ParseIPSloppy): `::ffff:a.b.c.d` is the IPv4 address.
                         a.node_ips.push(
-                            crate::service::parse_ip_sloppy(v.trim())
+                            crate::model::service::parse_ip_sloppy(v.trim())
                                 .ok_or_else(|| format!("--node-ip: invalid IP {v:?}"))?,
                         );
                     }
@@ -310,34 +312,43 @@ impl Args {
     /// The iptables proxier's settings for `ipt`'s family; `ipt` answers the
     /// runtime questions (random-fully, tcp_be_liberal) for the namespace
     /// the rules go to.
-    pub fn proxier_config(&self, ipt: &Iptables) -> Result<ProxierConfig, String> {
-        let mut cfg = self.node_config(ipt.family(), ipt.netns().is_some())?;
-        cfg.random_fully = ipt.has_random_fully();
-        cfg.conntrack_tcp_liberal = ipt.conntrack_tcp_liberal();
-        Ok(cfg)
+    pub fn proxier_config(&self, ipt: &Iptables) -> Result<IptablesConfig, String> {
+        let node = self.node_config(ipt.family(), ipt.netns().is_some())?;
+        // kube-proxy turns localhost NodePorts off unless the addresses include 127.0.0.1.
+        let localhost_nodeports = self.localhost_nodeports
+            && (node.nodeport_addresses.is_empty()
+                || node.nodeport_addresses.iter().any(|n| n.contains(IpAddr::V4(Ipv4Addr::LOCALHOST))));
+        Ok(IptablesConfig {
+            node,
+            localhost_nodeports,
+            random_fully: ipt.has_random_fully(),
+            conntrack_tcp_liberal: ipt.conntrack_tcp_liberal(),
+            nfacct: false,
+        })
     }
 
     /// The nftables proxier's settings for one family. kube-proxy's
     /// nftables mode accepts NodePorts on the node's primary IPs by default
     /// (not on every local address), has no localhost NodePorts, and always
-    /// masquerades `fully-random`. `in_other_netns`: the rules go to a
-    /// namespace other than this process's (its interface addresses are not
-    /// ours to read).
-    pub fn nft_config(&self, family: IpFamily, in_other_netns: bool) -> Result<ProxierConfig, String> {
-        let mut cfg = self.node_config(family, in_other_netns)?;
+    /// masquerades `fully-random` (neither is a setting: see
+    /// [`NftablesConfig`]). `in_other_netns`: the rules go to a namespace
+    /// other than this process's (its interface addresses are not ours to
+    /// read).
+    pub fn nft_config(&self, family: IpFamily, in_other_netns: bool) -> Result<NftablesConfig, String> {
+        let mut node = self.node_config(family, in_other_netns)?;
         if self.nodeport_addresses.is_empty() {
-            self.add_primary(&mut cfg)?;
+            self.add_primary(&mut node)?;
         }
-        cfg.localhost_nodeports = false;
-        cfg.random_fully = true;
-        Ok(cfg)
+        let service_cidrs =
+            self.service_cidrs.iter().copied().filter(|c| IpFamily::of_net(c) == family).collect();
+        Ok(NftablesConfig { node, service_cidrs })
     }
 
     /// The `--node-ip` addresses of the family as /32s or /128s (kube-proxy's
     /// `--nodeport-addresses primary`). In nftables mode they are also taken
     /// as local addresses (kube-proxy uses the node IPs as they are; the
     /// iptables proxier matches the ranges against the interfaces).
-    fn add_primary(&self, cfg: &mut ProxierConfig) -> Result<(), String> {
+    fn add_primary(&self, cfg: &mut NodeConfig) -> Result<(), String> {
         for ip in self.node_ips.iter().filter(|ip| cfg.family.has(**ip)) {
             let prefix = if ip.is_ipv4() { 32 } else { 128 };
             cfg.nodeport_addresses.push(IpNetwork::new(*ip, prefix).map_err(|e| e.to_string())?);
@@ -364,33 +375,23 @@ impl Args {
     }
 
     /// The settings both proxiers share, for one family: the node IPs,
-    /// cluster CIDR, node-port ranges and service ranges of that family.
-    fn node_config(&self, family: IpFamily, in_other_netns: bool) -> Result<ProxierConfig, String> {
+    /// cluster CIDR and node-port ranges of that family.
+    fn node_config(&self, family: IpFamily, in_other_netns: bool) -> Result<NodeConfig, String> {
         let hostname = match &self.hostname {
             Some(h) => h.clone(),
             None => std::fs::read_to_string("/proc/sys/kernel/hostname")
                 .map(|h| h.trim().to_lowercase())
                 .map_err(|e| format!("no --hostname-override and cannot read the host name: {e}"))?,
         };
-        let mut cfg = ProxierConfig {
+        let mut cfg = NodeConfig {
             family,
             hostname,
             node_ips: self.node_ips.clone(),
             cluster_cidr: self.cluster_cidrs.iter().copied().find(|c| IpFamily::of_net(c) == family),
             masquerade_mark: masquerade_mark(self.masquerade_bit),
             masquerade_all: self.masquerade_all,
-            localhost_nodeports: self.localhost_nodeports,
             nodeport_addresses: Vec::new(),
             local_addresses: self.local_addresses(family, in_other_netns),
-            random_fully: false,
-            conntrack_tcp_liberal: false,
-            nfacct: false,
-            service_cidrs: self
-                .service_cidrs
-                .iter()
-                .copied()
-                .filter(|c| IpFamily::of_net(c) == family)
-                .collect(),
         };
         for a in &self.nodeport_addresses {
             if a == "primary" {
@@ -404,12 +405,6 @@ impl Args {
                 Ok(_) => {}
                 Err(_) => return Err(format!("--nodeport-addresses: invalid CIDR {a:?}")),
             }
-        }
-        // kube-proxy turns localhost NodePorts off unless the addresses include 127.0.0.1.
-        if !cfg.nodeport_addresses.is_empty()
-            && !cfg.nodeport_addresses.iter().any(|n| n.contains(IpAddr::V4(Ipv4Addr::LOCALHOST)))
-        {
-            cfg.localhost_nodeports = false;
         }
         Ok(cfg)
     }
@@ -547,9 +542,17 @@ mod tests {
                 .unwrap();
         assert_eq!(a.proxy_mode, ProxyMode::Nftables);
         let cfg = a.nft_config(IpFamily::V4, true).unwrap();
-        assert_eq!(cfg.nodeport_addresses, vec!["10.0.0.1/32".parse::<IpNetwork>().unwrap()]);
-        assert_eq!(cfg.local_addresses, vec![Ipv4Addr::new(10, 0, 0, 1)]);
-        assert!(cfg.random_fully && !cfg.localhost_nodeports);
+        assert_eq!(cfg.node.nodeport_addresses, vec!["10.0.0.1/32".parse::<IpNetwork>().unwrap()]);
+        assert_eq!(cfg.node.local_addresses, vec![Ipv4Addr::new(10, 0, 0, 1)]);
+        // Always fully-random, never localhost NodePorts: no setting has them
+        // in this mode, the transaction says so.
+        let tx = crate::nftables::render(&Default::default(), &cfg, &crate::nftables::NftPlan::full())
+            .unwrap()
+            .transaction;
+        assert!(tx.contains("masquerade fully-random\n"), "{tx}");
+        assert!(
+            tx.contains("add element ip kube-proxy nodeport-ips { 10.0.0.1 }") && !tx.contains("127.0.0.1")
+        );
         assert_eq!(cfg.service_cidrs, vec!["10.96.0.0/12".parse::<IpNetwork>().unwrap()]);
         // An explicit range wins; iptables mode keeps "all local addresses".
         let a = args(&[
@@ -561,10 +564,10 @@ mod tests {
             "0.0.0.0/0",
         ])
         .unwrap();
-        assert_eq!(a.nft_config(IpFamily::V4, true).unwrap().nodeport_addresses.len(), 1);
+        assert_eq!(a.nft_config(IpFamily::V4, true).unwrap().node.nodeport_addresses.len(), 1);
         let a = args(&["sync", "--hostname-override", "n", "--node-ip", "10.0.0.1"]).unwrap();
         assert_eq!(a.proxy_mode, ProxyMode::Iptables);
-        assert!(a.proxier_config(&Iptables::in_netns("unused")).unwrap().nodeport_addresses.is_empty());
+        assert!(a.proxier_config(&Iptables::in_netns("unused")).unwrap().node.nodeport_addresses.is_empty());
         assert!(args(&["sync", "--proxy-mode", "ipvs"]).unwrap_err().contains("--proxy-mode"));
     }
 
@@ -588,20 +591,20 @@ mod tests {
         assert_eq!(a.service_cidrs.len(), 2);
         let v4 = a.nft_config(IpFamily::V4, true).unwrap();
         let v6 = a.nft_config(IpFamily::V6, true).unwrap();
-        assert_eq!(v4.cluster_cidr, Some("10.244.0.0/16".parse().unwrap()));
-        assert_eq!(v6.cluster_cidr, Some("fd00:244::/64".parse().unwrap()));
+        assert_eq!(v4.node.cluster_cidr, Some("10.244.0.0/16".parse().unwrap()));
+        assert_eq!(v6.node.cluster_cidr, Some("fd00:244::/64".parse().unwrap()));
         assert_eq!(v6.service_cidrs, vec!["fd00:96::/108".parse::<IpNetwork>().unwrap()]);
-        assert_eq!(v6.node_ip(), Some("fd00::1".parse().unwrap()));
+        assert_eq!(v6.node.node_ip(), Some("fd00::1".parse().unwrap()));
         // No IPv6 range listed: the IPv6 proxier accepts NodePorts on every address.
-        assert!(v6.nodeport_addresses.is_empty());
-        assert_eq!(v4.nodeport_addresses.len(), 1);
-        assert_eq!(v6.family, IpFamily::V6);
+        assert!(v6.node.nodeport_addresses.is_empty());
+        assert_eq!(v4.node.nodeport_addresses.len(), 1);
+        assert_eq!(v6.node.family, IpFamily::V6);
         // Default: the primary IPs of each family.
         let a = args(&["sync", "--proxy-mode=nftables", "--hostname-override", "n", "--node-ip", "fd00::1"])
             .unwrap();
         let v6 = a.nft_config(IpFamily::V6, true).unwrap();
-        assert_eq!(v6.nodeport_addresses, vec!["fd00::1/128".parse::<IpNetwork>().unwrap()]);
-        assert_eq!(v6.local_addresses, vec!["fd00::1".parse::<IpAddr>().unwrap()]);
+        assert_eq!(v6.node.nodeport_addresses, vec!["fd00::1/128".parse::<IpNetwork>().unwrap()]);
+        assert_eq!(v6.node.local_addresses, vec!["fd00::1".parse::<IpAddr>().unwrap()]);
         assert!(a.nft_config(IpFamily::V6, true).unwrap().service_cidrs.is_empty());
         assert!(args(&["render", "--service-cluster-ip-range", "10.0.0.0/16,10.1.0.0/16"])
             .unwrap_err()

@@ -1,18 +1,19 @@
-//! The subcommands: `render`, `sync`, `run` (and `bench`, in [`crate::bench`]),
-//! in either proxy mode.
+//! The subcommands: `render`, `sync`, `run`, in either proxy mode (`bench`
+//! is the binary's own: `src/bench`).
 
 use std::io::Write;
 use std::time::{Duration, Instant};
 
-use crate::canonical;
+use crate::backend::Backend;
 use crate::cli::{input_stamp, Args, Command, PodRecords, ProxyMode};
 use crate::exec::Runner;
 use crate::family::IpFamily;
 use crate::inputs::Loaded;
-use crate::iptables::Iptables;
-use crate::nftables::{self, Nft, NftSyncer};
-use crate::proxier::{render, ProxyState, RenderPlan, Rendered};
-use crate::syncer::{diff_view, Syncer};
+use crate::iptables::canonical;
+use crate::iptables::{render, Iptables, IptablesBackend, RenderPlan};
+use crate::model::{FullSyncReason, ProxyState};
+use crate::nftables::{self, Nft, NftablesBackend};
+use crate::syncer::Syncer;
 
 /// Report bad objects and notes on stderr (stdout is the payload).
 fn report(loaded: &Loaded) {
@@ -35,7 +36,8 @@ pub fn run(args: &Args) -> Result<i32, String> {
         Command::Render => cmd_render(args),
         Command::Sync => cmd_sync(args),
         Command::Run => cmd_run(args),
-        Command::Bench => crate::bench::run(args),
+        // The binary runs the bench itself (it is not part of the library).
+        Command::Bench => Err("bench: run by the kube-proxy-rules binary, not by the library".into()),
     }
 }
 
@@ -160,29 +162,19 @@ fn cmd_render(args: &Args) -> Result<i32, String> {
     Ok(0)
 }
 
-fn dry_run(syncer: &mut Syncer, state: &ProxyState) -> Result<Rendered, String> {
-    let (preview, rendered) = syncer.preview(state).map_err(|e| e.to_string())?;
-    let filter = syncer.ipt.chains("filter").map_err(|e| e.to_string())?;
-    write_stdout(&diff_view(&preview, &rendered, &filter))?;
-    Ok(rendered)
-}
-
-fn new_syncer(args: &Args, ipt: Iptables, cfg: crate::proxier::ProxierConfig) -> Syncer {
-    let mut s = Syncer::new(ipt, cfg, args.sync_period);
-    s.minimize_top_level = !args.rewrite_top_level;
-    s
-}
-
 /// One family's syncer of the chosen mode, on this process's namespace.
 fn mode_syncer(args: &Args, family: IpFamily) -> Result<Box<dyn ModeSyncer>, String> {
     Ok(match args.proxy_mode {
         ProxyMode::Iptables => {
             let ipt = Iptables::current().with_family(family);
             let cfg = args.proxier_config(&ipt)?;
-            Box::new(new_syncer(args, ipt, cfg))
+            let mut backend = IptablesBackend::new(ipt, cfg, args.sync_period);
+            backend.minimize_top_level = !args.rewrite_top_level;
+            Box::new(Syncer::new(backend))
         }
         ProxyMode::Nftables => {
-            Box::new(NftSyncer::new(Nft::current().with_family(family), args.nft_config(family, false)?))
+            let nft = Nft::current().with_family(family);
+            Box::new(Syncer::new(NftablesBackend::new(nft, args.nft_config(family, false)?)))
         }
     })
 }
@@ -205,15 +197,16 @@ fn cmd_sync(args: &Args) -> Result<i32, String> {
     Ok(0)
 }
 
-/// One proxy mode's syncer, as `run` drives it.
+/// A syncer of either mode, as `sync` and `run` drive it (one impl for
+/// both: [`Syncer`] over the mode's [`Backend`]).
 trait ModeSyncer {
     /// Sync once; the line to log.
     fn sync_once(&mut self, state: &ProxyState) -> Result<String, String>;
     /// Print what a sync would do and remember it as applied (`--dry-run`).
     fn dry_run(&mut self, state: &ProxyState) -> Result<(), String>;
     /// Check the canary (iptables: the KUBE-PROXY-CANARY chains; nftables:
-    /// the table). Some(message) when it is gone and the next sync is full.
-    fn check_canary(&mut self) -> Result<Option<String>, String>;
+    /// the table). Some(reason) when it is gone and the next sync is full.
+    fn check_canary(&mut self) -> Result<Option<FullSyncReason>, String>;
     /// A vanished canary forced the next sync to be full.
     fn canary_forced(&self) -> bool;
     /// Take the node's current addresses; true if they changed (the next
@@ -221,94 +214,36 @@ trait ModeSyncer {
     fn set_local_addresses(&mut self, addresses: Vec<std::net::IpAddr>) -> bool;
     /// After a one-shot `sync`: what no later sync will do (nftables: wait
     /// until the flushed stale chains are safe to delete, and delete them).
-    fn finish_one_shot(&mut self, _tag: &str) {}
+    fn finish_one_shot(&mut self, tag: &str);
 }
 
-impl ModeSyncer for Syncer {
+impl<B: Backend> ModeSyncer for Syncer<B> {
     fn sync_once(&mut self, state: &ProxyState) -> Result<String, String> {
         let r = self.sync(state).map_err(|e| e.to_string())?;
-        Ok(format!(
-            "synced ({}{}): {} services changed, {} chains written, {} stale chains deleted",
-            if r.full { "full" } else { "partial" },
-            if r.full { format!(": {}", r.reason) } else { String::new() },
-            r.changed_services,
-            r.rendered.written_service_chains.len(),
-            r.rendered.deleted_chains.len(),
-        ))
+        if let Some(e) = B::problem(&r.outcome) {
+            eprintln!("error: {e}");
+        }
+        Ok(B::summary(&r))
     }
     fn dry_run(&mut self, state: &ProxyState) -> Result<(), String> {
-        let rendered = dry_run(self, state)?;
+        let dry_run = Syncer::dry_run(self, state).map_err(|e| e.to_string())?;
+        write_stdout(&dry_run.text)?;
         // Pretend it was applied so the next preview is relative to it.
-        self.mark_applied(state, &rendered);
+        self.mark_applied(state, dry_run);
         Ok(())
     }
-    fn check_canary(&mut self) -> Result<Option<String>, String> {
-        match self.check_canary() {
-            Ok(true) => Ok(Some("canary chain KUBE-PROXY-CANARY is gone: forcing a full sync".into())),
-            Ok(false) => Ok(None),
-            Err(e) => Err(e.to_string()),
-        }
+    fn check_canary(&mut self) -> Result<Option<FullSyncReason>, String> {
+        Syncer::check_canary(self).map_err(|e| e.to_string())
     }
     fn canary_forced(&self) -> bool {
-        self.needs_full_sync().is_some_and(|r| r.contains("canary"))
+        Syncer::canary_forced(self)
     }
     fn set_local_addresses(&mut self, addresses: Vec<std::net::IpAddr>) -> bool {
         Syncer::set_local_addresses(self, addresses)
     }
-}
-
-impl ModeSyncer for NftSyncer {
-    fn sync_once(&mut self, state: &ProxyState) -> Result<String, String> {
-        let r = self.sync(state).map_err(|e| e.to_string())?;
-        if let Some(e) = &r.stale_delete_error {
-            eprintln!("error: {e}");
-        }
-        Ok(format!(
-            "synced ({}{}): {} services changed, {} chains written, {} stale chains flushed, {} deleted, \
-             {} elements added, {} deleted, {} operations",
-            if r.full { "full" } else { "incremental" },
-            if r.full { format!(": {}", r.reason) } else { String::new() },
-            r.changed_services,
-            r.rendered.written_chains.len(),
-            r.rendered.stale_chains.len(),
-            r.deleted_stale_chains.len(),
-            r.rendered.elements_added,
-            r.rendered.elements_deleted,
-            r.rendered.operations
-        ))
-    }
-    fn dry_run(&mut self, state: &ProxyState) -> Result<(), String> {
-        let (preview, rendered) = self.preview(state).map_err(|e| e.to_string())?;
-        write_stdout(&nftables::sync::diff_view(&preview, &rendered, self.cfg.family))?;
-        self.mark_applied(state, &rendered);
-        Ok(())
-    }
-    fn check_canary(&mut self) -> Result<Option<String>, String> {
-        match self.check_table() {
-            Ok(true) => Ok(Some(format!(
-                "table {} is gone or flushed: forcing a full sync",
-                self.cfg.family.nft_table()
-            ))),
-            Ok(false) => Ok(None),
-            Err(e) => Err(e.to_string()),
-        }
-    }
-    fn canary_forced(&self) -> bool {
-        self.needs_full_sync().is_some_and(|r| r.contains("gone or flushed"))
-    }
-    fn set_local_addresses(&mut self, addresses: Vec<std::net::IpAddr>) -> bool {
-        NftSyncer::set_local_addresses(self, addresses)
-    }
     fn finish_one_shot(&mut self, tag: &str) {
-        // No later sync will delete the chains this one flushed: wait until
-        // it is safe (see nftables::sync) and delete them now.
-        if self.stale_chains().next().is_some() {
-            std::thread::sleep(self.stale_chain_delay);
-            let (deleted, error) = self.delete_stale_chains();
-            match error {
-                Some(e) => eprintln!("{tag}error: {e}"),
-                None => eprintln!("{tag}deleted {} stale chain(s)", deleted.len()),
-            }
+        if let Some(line) = self.backend.finish_one_shot() {
+            eprintln!("{tag}{line}");
         }
     }
 }
@@ -368,7 +303,7 @@ impl FamilySyncers {
 /// The node's addresses are re-read on every poll (kube-proxy re-reads the
 /// node IPs on every sync): a change forces a full sync, so NodePorts follow
 /// an address added or removed while `run` runs. The syncers also force a
-/// full sync once the last one is [`crate::syncer::FULL_SYNC_PERIOD`] old.
+/// full sync once the last one is [`crate::model::FULL_SYNC_PERIOD`] old.
 fn run_loop(args: &Args, records: &PodRecords) -> Result<i32, String> {
     let mut syncers = FamilySyncers { syncers: Vec::new(), probed: Vec::new() };
     let poll = args.min_sync_period.clamp(Duration::from_millis(50), Duration::from_millis(500));
@@ -399,7 +334,7 @@ fn run_loop(args: &Args, records: &PodRecords) -> Result<i32, String> {
             last_canary = Instant::now();
             for (_, syncer) in syncers.syncers.iter_mut() {
                 match syncer.check_canary() {
-                    Ok(Some(msg)) => eprintln!("{msg}"),
+                    Ok(Some(reason)) => eprintln!("{reason}: forcing a full sync"),
                     Ok(None) => {}
                     Err(e) => eprintln!("error: {e}"),
                 }

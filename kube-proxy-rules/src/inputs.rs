@@ -8,10 +8,10 @@ use calico_store::model::{self, WorkloadEndpoint};
 use calico_store::{Datastore, Revision};
 use ipnetwork::IpNetwork;
 
-use crate::endpoints::{self, EndpointsMap, PodCatalog};
 use crate::k8s::{self, ObjectError, ObjectRef, Objects};
-use crate::proxier::ProxyState;
-use crate::service::{self, Converted};
+use crate::model::endpoints::{self, EndpointsMap, PodCatalog};
+use crate::model::service::{self, Converted};
+use crate::model::ProxyState;
 use crate::validate::{dns1123_label, dns1123_subdomain};
 
 /// The outcome of one load: the state, the bad objects (skipped) and notes

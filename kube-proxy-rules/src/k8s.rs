@@ -107,7 +107,7 @@ pub struct ServiceSpec {
     pub cluster_ip: Option<String>,
     #[serde(default, rename = "clusterIPs")]
     pub cluster_ips: Vec<String>,
-    /// `IPv4`/`IPv6`, primary first (absent in a user's manifest: see [`crate::service::allocate`]).
+    /// `IPv4`/`IPv6`, primary first (absent in a user's manifest: see [`crate::model::service::allocate`]).
     #[serde(default)]
     pub ip_families: Vec<String>,
     /// `SingleStack` (default), `PreferDualStack`, `RequireDualStack`.

@@ -23,44 +23,79 @@
 //!
 //! IPv6 and dual-stack: as kube-proxy's MetaProxier, one proxier per IP
 //! family ([`family`]): the same builders, fed the service ports, endpoints
-//! and node settings of one family ([`proxier::ProxyState::split_families`],
+//! and node settings of one family ([`model::ProxyState::split_families`],
 //! [`cli::Args::proxier_config`] / [`cli::Args::nft_config`] per family),
 //! applied with `ip6tables-restore` or to table `ip6 kube-proxy`. A family
 //! runs only when it has services or a node IP of its own, so an IPv4-only
 //! node behaves exactly as before. See README.md for the differences.
 //!
-//! Modules: [`names`] (chain names and hashes, both modes), [`k8s`] (input
-//! objects), [`service`] (service ports, apiserver defaults), [`endpoints`]
-//! (slices, pod records, categorization and the traffic-policy decisions both
-//! proxiers share), [`inputs`] (objects + records → state), [`proxier`]
-//! (iptables rule builders named after chains), [`canonical`] (kube-proxy's
-//! iptables test sort), [`iptables`] (running iptables), [`syncer`]
-//! (iptables full/partial syncs), [`nftables`] (the nftables proxier: render,
-//! sync, nft, dump), [`exec`] (running the tools in a namespace), [`probe`]
-//! (whether a family's backend works on this node), [`cli`]
-//! (flags), [`commands`], [`bench`], [`validate`] (names as the API server
-//! checks them, and the payload writers' refusal of text that could break out).
+//! ## Layout
+//!
+//! As kube-proxy's `pkg/proxy`: one model, two backends of one trait, one
+//! sync loop.
+//!
+//! * [`model`]: what both proxiers sync from: service ports and the
+//!   apiserver defaults ([`model::service`]), endpoints and the
+//!   traffic-policy decisions both proxiers share ([`model::endpoints`]), the
+//!   state one sync renders ([`model::ProxyState`]), what changed since the
+//!   last applied sync ([`model::changes`]: per-service fingerprints) and when
+//!   a sync must be full ([`model::full_sync`]: [`model::FullSyncReason`]).
+//!   Runs no tool and knows no rule syntax.
+//! * [`config`]: the node settings both backends share; what only one uses
+//!   is in that backend's config ([`iptables::IptablesConfig`],
+//!   [`nftables::NftablesConfig`]).
+//! * [`backend`]: the [`backend::Backend`] trait (render, apply, remember,
+//!   canary) and its [`backend::SyncError`]; [`syncer`]: [`syncer::Syncer`],
+//!   the one loop over it (full-sync decision, changed services,
+//!   success/failure bookkeeping, node addresses, dry runs).
+//! * [`iptables`], [`nftables`]: the two backends, each with its rule
+//!   builders named after the chains they fill (`render`), the tool it runs
+//!   (`ipt`, `nft`), its [`backend::Backend`] impl (`backend`) and test
+//!   helpers of its own (`canonical`, `dump`).
+//! * [`k8s`] (input objects), [`inputs`] (objects + pod records → state),
+//!   [`names`] (chain names and hashes, both modes), [`validate`] (names as
+//!   the API server checks them, and the payload writers' refusal of text
+//!   that could break out), [`family`] (the words in which IPv4 and IPv6
+//!   rules differ), [`exec`] (running the tools in a namespace), [`probe`]
+//!   (whether a family's backend works on this node), [`cli`] (flags),
+//!   [`commands`] (`render`, `sync`, `run`).
+//!
+//! The `bench` subcommand and its synthetic cluster are the binary's
+//! (`src/bench`, declared by `main.rs`); the integration tests compile the
+//! same generator file through `tests/support`. Neither is part of this
+//! library.
+//!
+//! Owns: the rules of its proxy mode in the current (or a named) network
+//! namespace: the KUBE-* chains in iptables' filter, nat and mangle tables
+//! (and the jump rules into them from the built-in chains), or table `ip`/
+//! `ip6 kube-proxy`; what it remembers of them between syncs.
 //!
 //! May call: `calico-store` (read-only: pod records and the store revision),
 //! the `iptables`/`iptables-restore`/`iptables-save` binaries (and their
-//! `ip6tables` twins) and the `nft` binary of the
-//! current network namespace (or of a named one, for tests and benchmarks),
-//! the filesystem.
+//! `ip6tables` twins) and the `nft` binary of the current network namespace
+//! (or, through `ip netns exec`, of a named one, for tests and benchmarks),
+//! `sh`/`cat` for the namespace's `route_localnet` and
+//! `nf_conntrack_tcp_be_liberal` sysctls, the filesystem (inputs, `/proc`).
+//!
+//! Never: writes to the datastore; flushes, rewrites or deletes chains and
+//! tables it does not own (leftover chains with names it could not have
+//! written are left alone); writes anything to stdout but a payload or a
+//! dry run's diff (bad objects, notes and logs go to stderr); decides
+//! anything on message text (full syncs on [`model::FullSyncReason`],
+//! whether a chain exists by asking the kernel).
 
-pub mod bench;
-pub mod canonical;
+pub mod backend;
 pub mod cli;
 pub mod commands;
-pub mod endpoints;
+pub mod config;
 pub mod exec;
 pub mod family;
 pub mod inputs;
 pub mod iptables;
 pub mod k8s;
+pub mod model;
 pub mod names;
 pub mod nftables;
 pub mod probe;
-pub mod proxier;
-pub mod service;
 pub mod syncer;
 pub mod validate;

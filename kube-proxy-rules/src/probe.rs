@@ -7,7 +7,7 @@
 use crate::cli::ProxyMode;
 use crate::exec::Runner;
 use crate::family::IpFamily;
-use crate::iptables::WAIT_FLAGS;
+use crate::iptables::ipt::WAIT_FLAGS;
 
 /// Why `family` cannot be proxied here, or `None` if it can. Runs in the
 /// current network namespace (as the syncers do). IPv4 is not probed: it is

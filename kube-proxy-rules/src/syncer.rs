@@ -1,341 +1,286 @@
-//! Full and partial syncs (KEP-3453, kube-proxy's MinimizeIPTablesRestore).
-//!
-//! A full sync (at start, after a failed restore, when the canary chain is
-//! gone, or when large-cluster mode flips and every SEP rule changes text)
-//! ensures the jump rules and canary chains and rewrites every chain. Later
-//! syncs rewrite the top-level chains plus the chains of the services whose
-//! Service or endpoints changed since the last successful sync, found by
-//! comparing a fingerprint of each service's ports and endpoints.
+//! The sync loop both proxy modes run, generic over their [`Backend`]:
+//! decide whether a sync is full ([`FullSyncs`], then the backend's own
+//! reason, then the period), find the services that changed since the last
+//! applied sync ([`ChangeTracker`]), let the backend write and apply, and
+//! remember the result: the new fingerprints after a success, a full sync
+//! next after a failure (the changes are folded into the fingerprints that
+//! were not applied, and the kernel may differ from what was remembered).
 
-use std::collections::hash_map::DefaultHasher;
-use std::collections::{BTreeSet, HashMap, HashSet};
-use std::hash::{Hash, Hasher};
-use std::time::{Duration, Instant};
+use std::net::IpAddr;
 
-use crate::iptables::{Iptables, IptablesError};
-use crate::names;
-use crate::proxier::{render, ProxierConfig, ProxyState, RenderPlan, Rendered};
-use crate::validate::UnsafeText;
-
-/// kube-proxy's `proxyutil.FullSyncPeriod`: however well partial syncs go,
-/// a full one is forced at least this often (in both modes), so that
-/// anything partial syncs cannot see is repaired.
-pub const FULL_SYNC_PERIOD: Duration = Duration::from_secs(3600);
-
-/// When a sync must be full, the same in both proxy modes: the first sync, a
-/// sync after a failed one, whatever [`FullSyncs::force`] names (canary gone,
-/// node addresses changed), and once the last full sync is
-/// [`FullSyncs::period`] old.
-#[derive(Debug)]
-pub struct FullSyncs {
-    need: Option<String>,
-    /// A full sync is forced when the last one is this old ([`FULL_SYNC_PERIOD`]).
-    pub period: Duration,
-    last: Option<Instant>,
-}
-
-impl Default for FullSyncs {
-    fn default() -> Self {
-        FullSyncs { need: Some("first sync".into()), period: FULL_SYNC_PERIOD, last: None }
-    }
-}
-
-impl FullSyncs {
-    /// Make the next sync a full one (the first reason given is kept).
-    pub fn force(&mut self, reason: &str) {
-        self.need.get_or_insert_with(|| reason.to_string());
-    }
-
-    /// The reason a full sync was asked for, if one was.
-    pub fn pending(&self) -> Option<&str> {
-        self.need.as_deref()
-    }
-
-    /// Why the next sync must be full, if it must: a reason asked for, else
-    /// the period.
-    pub fn due(&self) -> Option<String> {
-        self.need.clone().or_else(|| {
-            self.last
-                .is_some_and(|t| t.elapsed() >= self.period)
-                .then(|| format!("last full sync more than {:?} ago", self.period))
-        })
-    }
-
-    /// A sync (full or not) succeeded, or its state was taken as applied.
-    pub fn synced(&mut self, full: bool) {
-        self.need = None;
-        if full {
-            self.last = Some(Instant::now());
-        }
-    }
-
-    /// A sync failed: the kernel may differ from what was remembered, so
-    /// only a full sync is safe next.
-    pub fn failed(&mut self, e: &dyn std::fmt::Display) {
-        self.need = Some(format!("previous sync failed: {e}"));
-    }
-}
-
-/// A service by (`namespace`, `name`).
-pub type ServiceKey = (String, String);
-
-/// Per-service fingerprints of what its chains are built from.
-pub fn fingerprints(state: &ProxyState) -> HashMap<ServiceKey, u64> {
-    let mut hashers: HashMap<ServiceKey, DefaultHasher> = HashMap::new();
-    for sp in &state.services {
-        let h = hashers.entry((sp.namespace.clone(), sp.name.clone())).or_default();
-        sp.hash(h);
-        state.endpoints_of(sp).hash(h);
-    }
-    hashers.into_iter().map(|(k, h)| (k, h.finish())).collect()
-}
+use crate::backend::{Backend, SyncError, SyncPlan};
+use crate::model::{ChangeTracker, Changes, FullSyncReason, FullSyncs, ProxyState};
 
 /// What a sync did.
 #[derive(Debug)]
-pub struct SyncReport {
-    pub full: bool,
-    /// Why it was full (empty for a partial sync).
-    pub reason: String,
+pub struct SyncReport<O> {
+    /// Why it was full; None for a partial (iptables) or incremental
+    /// (nftables) sync.
+    pub full: Option<FullSyncReason>,
+    /// Services counted as changed ([`Backend::changed_services`]).
     pub changed_services: usize,
-    pub rendered: Rendered,
-    pub jump_rules_added: usize,
+    /// What the backend did.
+    pub outcome: O,
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum SyncError {
-    #[error("{what}: {source}")]
-    Iptables { what: String, source: IptablesError },
-    /// The payload writer refused a name or comment (see [`crate::validate`]).
-    #[error("{0}")]
-    Refused(#[from] UnsafeText),
+impl<O> SyncReport<O> {
+    pub fn is_full(&self) -> bool {
+        self.full.is_some()
+    }
+    /// Why it was full, as the log says it (empty for a sync that was not).
+    pub fn reason(&self) -> String {
+        self.full.as_ref().map(ToString::to_string).unwrap_or_default()
+    }
 }
 
-fn ipt_err(what: &str) -> impl FnOnce(IptablesError) -> SyncError + '_ {
-    move |source| SyncError::Iptables { what: what.to_string(), source }
+/// What a sync would do (`--dry-run`): the plan, the backend's preview and
+/// its text. [`Syncer::mark_applied`] takes it as applied.
+pub struct DryRun<P> {
+    pub full: Option<FullSyncReason>,
+    pub changes: Changes,
+    pub preview: P,
+    pub text: String,
 }
 
-/// The sync loop's memory between syncs.
-pub struct Syncer {
-    pub ipt: Iptables,
-    pub cfg: ProxierConfig,
-    pub sync_period: Duration,
-    /// Leave unchanged top-level chains out of partial payloads (on by
-    /// default). Off = kube-proxy's partial payloads byte for byte.
-    pub minimize_top_level: bool,
-    applied_top_level: HashMap<String, u64>,
+/// The sync loop's memory between syncs, around one backend.
+pub struct Syncer<B: Backend> {
+    pub backend: B,
     /// When the next sync must be full.
     pub full_syncs: FullSyncs,
-    applied: HashMap<ServiceKey, u64>,
-    last_large_cluster: Option<bool>,
-    last_cleanup: Option<Instant>,
+    changes: ChangeTracker,
 }
 
-impl Syncer {
-    pub fn new(ipt: Iptables, cfg: ProxierConfig, sync_period: Duration) -> Self {
-        Syncer {
-            ipt,
-            cfg,
-            sync_period,
-            minimize_top_level: true,
-            applied_top_level: HashMap::new(),
-            full_syncs: FullSyncs::default(),
-            applied: HashMap::new(),
-            last_large_cluster: None,
-            last_cleanup: None,
-        }
+impl<B: Backend> Syncer<B> {
+    pub fn new(backend: B) -> Self {
+        Syncer { backend, full_syncs: FullSyncs::default(), changes: ChangeTracker::default() }
     }
 
     /// Take the node's current addresses (`run` re-reads them before every
-    /// sync). If they changed, the next sync is a full one: the NodePort
-    /// rules depend on them. Returns true if they changed.
-    pub fn set_local_addresses(&mut self, addresses: Vec<std::net::IpAddr>) -> bool {
-        if self.cfg.local_addresses == addresses {
+    /// sync). If they changed, the next sync is a full one: NodePorts are
+    /// served on them (iptables' NodePort rules, nftables' `nodeport-ips`,
+    /// are written by full syncs). Returns true if they changed.
+    pub fn set_local_addresses(&mut self, addresses: Vec<IpAddr>) -> bool {
+        if self.backend.node().local_addresses == addresses {
             return false;
         }
-        self.cfg.local_addresses = addresses;
-        self.force_full_sync("node addresses changed");
+        self.backend.node_mut().local_addresses = addresses;
+        self.force_full_sync(FullSyncReason::NodeAddressesChanged);
         true
     }
 
     /// Make the next sync a full one.
-    pub fn force_full_sync(&mut self, reason: &str) {
+    pub fn force_full_sync(&mut self, reason: FullSyncReason) {
         self.full_syncs.force(reason);
     }
 
     /// Why the next sync is full, if it is.
-    pub fn needs_full_sync(&self) -> Option<&str> {
+    pub fn needs_full_sync(&self) -> Option<&FullSyncReason> {
         self.full_syncs.pending()
     }
 
-    /// Record `state` as applied without applying it (`run --dry-run`).
-    pub fn mark_applied(&mut self, state: &ProxyState, rendered: &Rendered) {
-        self.applied = fingerprints(state);
-        self.applied_top_level = rendered.top_level_hashes.clone();
-        self.full_syncs.synced(false);
-        self.last_large_cluster =
-            Some(state.total_endpoints() > crate::proxier::LARGE_CLUSTER_ENDPOINTS_THRESHOLD);
+    /// A vanished canary is what makes the next sync full (`run` then syncs
+    /// without waiting for its retry delay).
+    pub fn canary_forced(&self) -> bool {
+        matches!(self.needs_full_sync(), Some(FullSyncReason::CanaryGone(_)))
     }
 
-    /// Check the canary chains; if one is gone, the next sync is full.
-    pub fn check_canary(&mut self) -> Result<bool, SyncError> {
-        let missing = self.ipt.canary_missing().map_err(ipt_err("checking the canary chains"))?;
-        if missing {
-            self.force_full_sync("canary chain KUBE-PROXY-CANARY is gone");
+    /// Check the backend's canary; if it is gone, the next sync is full
+    /// (the reason, which is returned).
+    pub fn check_canary(&mut self) -> Result<Option<FullSyncReason>, SyncError<B::ToolError>> {
+        let gone = self.backend.check_canary()?;
+        if let Some(reason) = &gone {
+            self.force_full_sync(reason.clone());
         }
-        Ok(missing)
+        Ok(gone)
     }
 
-    /// Decide full/partial and the changed services, without side effects.
-    fn plan(&self, state: &ProxyState) -> (Option<String>, HashSet<ServiceKey>, HashMap<ServiceKey, u64>) {
-        let now = fingerprints(state);
-        let large = state.total_endpoints() > crate::proxier::LARGE_CLUSTER_ENDPOINTS_THRESHOLD;
-        let mut full = self.full_syncs.pending().map(str::to_string);
-        if full.is_none() && self.last_large_cluster.is_some_and(|l| l != large) {
-            full = Some("large-cluster mode changed (every endpoint rule changes text)".into());
+    /// Decide full or not and find the changes, without side effects.
+    fn plan(&self, state: &ProxyState) -> (Option<FullSyncReason>, Changes) {
+        let full = self
+            .full_syncs
+            .pending()
+            .cloned()
+            .or_else(|| self.backend.full_sync_reason(state))
+            .or_else(|| self.full_syncs.due());
+        (full, self.changes.changes(state))
+    }
+
+    /// One sync, full or not, applied by the backend.
+    pub fn sync(&mut self, state: &ProxyState) -> Result<SyncReport<B::Outcome>, SyncError<B::ToolError>> {
+        let (prelude, forced) = self.backend.before_sync();
+        if let Some(reason) = forced {
+            self.force_full_sync(reason);
         }
-        if full.is_none() {
-            full = self.full_syncs.due();
-        }
-        let changed =
-            now.iter().filter(|(k, v)| self.applied.get(*k) != Some(*v)).map(|(k, _)| k.clone()).collect();
-        (full, changed, now)
-    }
-
-    fn existing_chains(&mut self, large: bool) -> Result<Option<BTreeSet<String>>, SyncError> {
-        // iptables-save is slow on big rule sets: in large clusters clean up
-        // stale chains at most once per sync period (they are unreferenced).
-        if large && self.last_cleanup.is_some_and(|t| t.elapsed() < self.sync_period) {
-            return Ok(None);
-        }
-        let chains = self.ipt.chains("nat").map_err(ipt_err("listing nat chains (iptables-save -t nat)"))?;
-        Ok(Some(chains))
-    }
-
-    /// Render what the next sync would write, without applying it.
-    pub fn preview(&mut self, state: &ProxyState) -> Result<(SyncPreview, Rendered), SyncError> {
-        let (full, changed, _) = self.plan(state);
-        let existing =
-            self.ipt.chains("nat").map_err(ipt_err("listing nat chains (iptables-save -t nat)"))?;
-        let rendered = render(
-            state,
-            &self.cfg,
-            &RenderPlan {
-                full: full.is_some(),
-                changed: Some(&changed),
-                existing_nat_chains: Some(&existing),
-                applied_top_level: self.minimize_top_level.then_some(&self.applied_top_level),
-            },
-        )?;
-        Ok((SyncPreview { full, changed_services: changed.len(), existing }, rendered))
-    }
-
-    /// One sync: full or partial, applied in one iptables-restore transaction.
-    pub fn sync(&mut self, state: &ProxyState) -> Result<SyncReport, SyncError> {
-        let (full, changed, now) = self.plan(state);
-        let large = state.total_endpoints() > crate::proxier::LARGE_CLUSTER_ENDPOINTS_THRESHOLD;
-        let mut jump_rules_added = 0;
-        let result = (|| {
-            if full.is_some() {
-                // Outside the restore: we must not own the built-in chains.
-                jump_rules_added = self.ipt.ensure_jump_rules().map_err(ipt_err("ensuring jump rules"))?;
-                self.ipt.ensure_canary().map_err(ipt_err("creating the canary chains"))?;
-                if self.cfg.localhost_nodeports() {
-                    self.ipt.enable_route_localnet().map_err(ipt_err("setting route_localnet"))?;
-                }
-            }
-            let existing = self.existing_chains(large)?;
-            let rendered = render(
-                state,
-                &self.cfg,
-                &RenderPlan {
-                    full: full.is_some(),
-                    changed: Some(&changed),
-                    existing_nat_chains: existing.as_ref(),
-                    applied_top_level: self.minimize_top_level.then_some(&self.applied_top_level),
-                },
-            )?;
-            self.ipt.restore(&rendered.payload).map_err(ipt_err(if full.is_some() {
-                "full iptables-restore"
-            } else {
-                "partial iptables-restore"
-            }))?;
-            if existing.is_some() {
-                self.last_cleanup = Some(Instant::now());
-            }
-            Ok(rendered)
-        })();
+        let (full, changes) = self.plan(state);
+        let changed_services = B::changed_services(&changes);
+        let result = self.backend.sync(state, &SyncPlan { full: full.as_ref(), changes: &changes }, prelude);
         match result {
-            Ok(rendered) => {
+            Ok(outcome) => {
                 self.full_syncs.synced(full.is_some());
-                self.applied = now;
-                self.applied_top_level = rendered.top_level_hashes.clone();
-                self.last_large_cluster = Some(large);
-                Ok(SyncReport {
-                    full: full.is_some(),
-                    reason: full.unwrap_or_default(),
-                    changed_services: changed.len(),
-                    rendered,
-                    jump_rules_added,
-                })
+                self.changes.applied(changes.now);
+                Ok(SyncReport { full, changed_services, outcome })
             }
             Err(e) => {
-                // The changes are folded into `now` already: only a full sync is safe.
+                // The changes are folded into fingerprints that were not
+                // applied, and the kernel may differ from what the backend
+                // remembers: only a full sync is safe.
                 self.full_syncs.failed(&e);
                 Err(e)
             }
         }
     }
-}
 
-/// What `--dry-run` shows.
-#[derive(Debug)]
-pub struct SyncPreview {
-    pub full: Option<String>,
-    pub changed_services: usize,
-    pub existing: BTreeSet<String>,
-}
-
-/// A diff view of a payload: per table, which chains it rewrites (`~`),
-/// creates (`+`) or deletes (`-`), and how many rules each gets.
-pub fn diff_view(preview: &SyncPreview, rendered: &Rendered, existing_filter: &BTreeSet<String>) -> String {
-    let mut out = String::new();
-    match &preview.full {
-        Some(why) => out.push_str(&format!("# full sync ({why})\n")),
-        None => out.push_str(&format!("# partial sync: {} service(s) changed\n", preview.changed_services)),
+    /// What the next sync would do, without applying anything.
+    pub fn dry_run(&mut self, state: &ProxyState) -> Result<DryRun<B::Preview>, SyncError<B::ToolError>> {
+        let (full, changes) = self.plan(state);
+        let plan = SyncPlan { full: full.as_ref(), changes: &changes };
+        let preview = self.backend.preview(state, &plan)?;
+        let text = self.backend.diff_view(&plan, &preview);
+        Ok(DryRun { full, changes, preview, text })
     }
-    let mut table = "";
-    let mut counts: Vec<(String, String, usize)> = Vec::new();
-    let deleted: BTreeSet<&str> = rendered.deleted_chains.iter().map(String::as_str).collect();
-    for line in rendered.payload.lines() {
-        if let Some(t) = line.strip_prefix('*') {
-            table = if t == "filter" { "filter" } else { "nat" };
-        } else if let Some(c) = line.strip_prefix(':') {
-            let name = c.split(' ').next().unwrap_or("").to_string();
-            if !deleted.contains(name.as_str()) {
-                counts.push((table.to_string(), name, 0));
+
+    /// Take a dry run as applied (`run --dry-run`): the next one is relative to it.
+    pub fn mark_applied(&mut self, state: &ProxyState, dry_run: DryRun<B::Preview>) {
+        let full = dry_run.full.is_some();
+        self.backend.mark_applied(state, &dry_run.preview, full);
+        self.full_syncs.synced(full);
+        self.changes.applied(dry_run.changes.now);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::NodeConfig;
+    use crate::k8s::Objects;
+
+    /// A backend that applies nothing: it records the plans it was given
+    /// and fails, or reports its canary gone, when told to.
+    #[derive(Default)]
+    struct Recorder {
+        node: NodeConfig,
+        fail_with: Option<String>,
+        canary_gone: bool,
+        own_reason: Option<FullSyncReason>,
+        /// (full, updated, removed) of every sync applied.
+        applied: Vec<(Option<FullSyncReason>, usize, usize)>,
+    }
+
+    impl Backend for Recorder {
+        type ToolError = std::io::Error;
+        type Prelude = ();
+        type Outcome = ();
+        type Preview = ();
+        fn node(&self) -> &NodeConfig {
+            &self.node
+        }
+        fn node_mut(&mut self) -> &mut NodeConfig {
+            &mut self.node
+        }
+        fn full_sync_reason(&self, _state: &ProxyState) -> Option<FullSyncReason> {
+            self.own_reason.clone()
+        }
+        fn before_sync(&mut self) -> ((), Option<FullSyncReason>) {
+            ((), None)
+        }
+        fn sync(
+            &mut self,
+            _state: &ProxyState,
+            plan: &SyncPlan<'_>,
+            (): (),
+        ) -> Result<(), SyncError<std::io::Error>> {
+            if let Some(msg) = &self.fail_with {
+                return Err(SyncError::tool(msg.clone())(std::io::Error::other("refused")));
             }
-        } else if let Some(r) = line.strip_prefix("-A ") {
-            let chain = r.split(' ').next().unwrap_or("");
-            if let Some(e) = counts.iter_mut().rev().find(|(t, n, _)| t == table && n == chain) {
-                e.2 += 1;
-            }
+            self.applied.push((plan.full.cloned(), plan.changes.updated.len(), plan.changes.removed.len()));
+            Ok(())
+        }
+        fn preview(&mut self, _: &ProxyState, _: &SyncPlan<'_>) -> Result<(), SyncError<std::io::Error>> {
+            Ok(())
+        }
+        fn diff_view(&self, _: &SyncPlan<'_>, _: &()) -> String {
+            String::new()
+        }
+        fn mark_applied(&mut self, _: &ProxyState, _: &(), _: bool) {}
+        fn check_canary(&mut self) -> Result<Option<FullSyncReason>, SyncError<std::io::Error>> {
+            Ok(self.canary_gone.then_some(FullSyncReason::CanaryGone("the canary is gone")))
+        }
+        fn summary(_: &SyncReport<()>) -> String {
+            String::new()
         }
     }
-    for (t, name, rules) in &counts {
-        let exists =
-            if t == "filter" { existing_filter.contains(name) } else { preview.existing.contains(name) };
-        let mark = if exists { '~' } else { '+' };
-        out.push_str(&format!("{mark} {t} {name} ({rules} rules)\n"));
+
+    fn state(services: &[&str]) -> ProxyState {
+        let mut yaml = String::new();
+        for (i, name) in services.iter().enumerate() {
+            yaml.push_str(&format!(
+                "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: ns}}\n\
+                 spec: {{clusterIP: 10.96.0.{}, ports: [{{port: 80}}]}}\n---\n",
+                i + 1
+            ));
+        }
+        let mut objs = Objects::default();
+        let mut errors = Vec::new();
+        objs.add_text(&yaml, "test", &mut errors);
+        assert!(errors.is_empty(), "{errors:?}");
+        crate::inputs::build_state(&objs, &[], &["10.96.0.0/12".parse().unwrap()]).state
     }
-    for c in &rendered.deleted_chains {
-        out.push_str(&format!("- nat {c} (stale)\n"));
+
+    #[test]
+    fn full_syncs_follow_the_policy_and_failures_keep_the_changes() {
+        let mut s = Syncer::new(Recorder::default());
+        let (one, two) = (state(&["a"]), state(&["a", "b"]));
+        assert_eq!(s.sync(&one).unwrap().full, Some(FullSyncReason::FirstSync));
+        assert_eq!(s.sync(&one).unwrap().full, None);
+        // A failed sync: the next one is full and still sees the change.
+        s.backend.fail_with = Some("applying".into());
+        let e = s.sync(&two).unwrap_err();
+        assert_eq!(s.needs_full_sync(), Some(&FullSyncReason::SyncFailed(e.to_string())));
+        s.backend.fail_with = None;
+        let r = s.sync(&two).unwrap();
+        assert!(matches!(r.full, Some(FullSyncReason::SyncFailed(_))) && r.changed_services == 1);
+        // The backend's own reason comes after a pending one.
+        s.backend.own_reason = Some(FullSyncReason::LargeClusterModeChanged);
+        s.force_full_sync(FullSyncReason::NodeAddressesChanged);
+        assert_eq!(s.sync(&two).unwrap().full, Some(FullSyncReason::NodeAddressesChanged));
+        assert_eq!(s.sync(&one).unwrap().full, Some(FullSyncReason::LargeClusterModeChanged));
+        let removed = s.backend.applied.last().unwrap();
+        assert_eq!((removed.1, removed.2), (0, 1), "b was removed");
+        // The period, last.
+        s.backend.own_reason = None;
+        s.full_syncs.period = std::time::Duration::ZERO;
+        assert_eq!(s.sync(&one).unwrap().full, Some(FullSyncReason::PeriodElapsed(s.full_syncs.period)));
     }
-    let kept = preview
-        .existing
-        .iter()
-        .filter(|c| names::is_service_chain(c))
-        .filter(|c| !counts.iter().any(|(t, n, _)| t == "nat" && n == *c) && !deleted.contains(c.as_str()))
-        .count();
-    out.push_str(&format!("# {kept} service chain(s) left as they are\n"));
-    out
+
+    /// Only a vanished canary lets `run` sync at once; a failure whose
+    /// message is about the canary is a failure (the old text test took
+    /// "previous sync failed: creating the canary chains: …" for a canary).
+    #[test]
+    fn only_a_vanished_canary_counts_as_one() {
+        let mut s = Syncer::new(Recorder::default());
+        s.sync(&state(&["a"])).unwrap();
+        s.backend.fail_with = Some("creating the canary chains".into());
+        let e = s.sync(&state(&["a"])).unwrap_err();
+        assert!(e.to_string().contains("canary"), "{e}");
+        assert!(!s.canary_forced());
+        s.backend.fail_with = None;
+        s.sync(&state(&["a"])).unwrap();
+        assert_eq!(s.check_canary().unwrap(), None);
+        assert!(!s.canary_forced());
+        s.backend.canary_gone = true;
+        assert!(s.check_canary().unwrap().is_some());
+        assert!(s.canary_forced());
+        assert!(matches!(s.sync(&state(&["a"])).unwrap().full, Some(FullSyncReason::CanaryGone(_))));
+        assert!(!s.canary_forced());
+    }
+
+    #[test]
+    fn new_node_addresses_make_the_next_sync_full() {
+        let mut s = Syncer::new(Recorder::default());
+        s.sync(&ProxyState::default()).unwrap();
+        assert!(!s.set_local_addresses(Vec::new()));
+        assert!(s.set_local_addresses(vec!["192.0.2.1".parse().unwrap()]));
+        assert_eq!(s.backend.node.local_addresses, ["192.0.2.1".parse::<IpAddr>().unwrap()]);
+        assert_eq!(s.sync(&ProxyState::default()).unwrap().full, Some(FullSyncReason::NodeAddressesChanged));
+    }
 }

@@ -17,20 +17,24 @@ use std::path::{Path, PathBuf};
 
 use calico_store::model::WorkloadEndpoint;
 use ipnetwork::IpNetwork;
-use kube_proxy_rules::canonical::sort_payload;
+use kube_proxy_rules::config::NodeConfig;
 use kube_proxy_rules::family::IpFamily;
 use kube_proxy_rules::inputs;
-use kube_proxy_rules::proxier::{render, ProxierConfig, RenderPlan};
+use kube_proxy_rules::iptables::canonical::sort_payload;
+use kube_proxy_rules::iptables::{render, IptablesConfig, RenderPlan};
 
 struct Setup {
-    cfg: ProxierConfig,
+    cfg: IptablesConfig,
     generated: bool,
     input: PathBuf,
     service_cidrs: Vec<IpNetwork>,
 }
 
 fn config(dir: &Path) -> Setup {
-    let mut cfg = ProxierConfig { masquerade_mark: "0x4000".into(), ..Default::default() };
+    let mut cfg = IptablesConfig {
+        node: NodeConfig { masquerade_mark: "0x4000".into(), ..Default::default() },
+        ..Default::default()
+    };
     let mut generated = false;
     let mut input = dir.join("input.yaml");
     let mut service_cidrs = vec!["10.96.0.0/12".parse().unwrap()];
@@ -39,11 +43,13 @@ fn config(dir: &Path) -> Setup {
     for line in text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')) {
         let (k, v) = line.split_once('=').unwrap();
         match k {
-            "hostname" => cfg.hostname = v.into(),
-            "node_ip" => cfg.node_ips.extend(v.split(',').map(|c| c.parse::<std::net::IpAddr>().unwrap())),
+            "hostname" => cfg.node.hostname = v.into(),
+            "node_ip" => {
+                cfg.node.node_ips.extend(v.split(',').map(|c| c.parse::<std::net::IpAddr>().unwrap()))
+            }
             "cluster_cidr" => cluster_cidrs = v.split(',').map(|c| c.parse().unwrap()).collect(),
             "family" => {
-                cfg.family = match v {
+                cfg.node.family = match v {
                     "ipv4" => IpFamily::V4,
                     "ipv6" => IpFamily::V6,
                     other => panic!("{}: family {other}", dir.display()),
@@ -51,25 +57,27 @@ fn config(dir: &Path) -> Setup {
             }
             "input" => input = dir.join(v),
             "service_cidrs" => service_cidrs = v.split(',').map(|c| c.parse().unwrap()).collect(),
-            "masquerade_all" => cfg.masquerade_all = v.parse().unwrap(),
+            "masquerade_all" => cfg.node.masquerade_all = v.parse().unwrap(),
             "localhost_nodeports" => cfg.localhost_nodeports = v.parse().unwrap(),
             "nodeport_addresses" => {
-                cfg.nodeport_addresses = v.split(',').map(|c| c.parse().unwrap()).collect()
+                cfg.node.nodeport_addresses = v.split(',').map(|c| c.parse().unwrap()).collect()
             }
-            "local_addresses" => cfg.local_addresses = v.split(',').map(|c| c.parse().unwrap()).collect(),
+            "local_addresses" => {
+                cfg.node.local_addresses = v.split(',').map(|c| c.parse().unwrap()).collect()
+            }
             "random_fully" => cfg.random_fully = v.parse().unwrap(),
             "conntrack_tcp_liberal" => cfg.conntrack_tcp_liberal = v.parse().unwrap(),
             "nfacct" => cfg.nfacct = v.parse().unwrap(),
-            "mark" => cfg.masquerade_mark = v.into(),
+            "mark" => cfg.node.masquerade_mark = v.into(),
             "generated" => generated = v.parse().unwrap(),
             other => panic!("{}: unknown config key {other}", dir.display()),
         }
     }
     // Each family's proxier gets the settings of its family (as the CLI does).
-    let family = cfg.family;
-    cfg.cluster_cidr = cluster_cidrs.into_iter().find(|c| IpFamily::of_net(c) == family);
-    cfg.nodeport_addresses.retain(|c| IpFamily::of_net(c) == family);
-    cfg.local_addresses.retain(|ip| family.has(*ip));
+    let family = cfg.node.family;
+    cfg.node.cluster_cidr = cluster_cidrs.into_iter().find(|c| IpFamily::of_net(c) == family);
+    cfg.node.nodeport_addresses.retain(|c| IpFamily::of_net(c) == family);
+    cfg.node.local_addresses.retain(|ip| family.has(*ip));
     Setup { cfg, generated, input, service_cidrs }
 }
 
@@ -82,7 +90,7 @@ fn run_case(dir: &Path) -> Result<(), String> {
     let loaded = inputs::load(&[input], &weps, &service_cidrs);
     let mut errors: Vec<String> = loaded.errors.iter().map(|e| format!("skipped {e}")).collect();
     let [v4, v6] = loaded.state.split_families();
-    let state = if cfg.family == IpFamily::V4 { v4 } else { v6 };
+    let state = if cfg.node.family == IpFamily::V4 { v4 } else { v6 };
     let expected_errors = std::fs::read_to_string(dir.join("errors.txt")).unwrap_or_default();
     let rendered = render(&state, &cfg, &RenderPlan { full: true, ..Default::default() }).unwrap();
     let got = sort_payload(&rendered.payload)?;

@@ -20,11 +20,11 @@
 use std::path::{Path, PathBuf};
 
 use ipnetwork::IpNetwork;
+use kube_proxy_rules::config::NodeConfig;
 use kube_proxy_rules::family::IpFamily;
 use kube_proxy_rules::inputs;
 use kube_proxy_rules::nftables::dump::{simulate, sort_dump};
-use kube_proxy_rules::nftables::{render, Nft, NftPlan};
-use kube_proxy_rules::proxier::ProxierConfig;
+use kube_proxy_rules::nftables::{render, Nft, NftPlan, NftablesConfig};
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden-nft")
@@ -32,7 +32,7 @@ fn root() -> PathBuf {
 
 struct Case {
     dir: PathBuf,
-    cfg: ProxierConfig,
+    cfg: NftablesConfig,
     input: PathBuf,
     base: Option<PathBuf>,
     generated: bool,
@@ -41,20 +41,20 @@ struct Case {
 
 /// NewFakeProxier's settings, then the case's overrides.
 fn case(dir: &Path) -> Case {
-    let cfg = ProxierConfig {
-        hostname: "test-node".into(),
-        node_ips: vec!["192.168.0.2".parse().unwrap()],
-        cluster_cidr: Some("10.0.0.0/8".parse().unwrap()),
-        masquerade_mark: "0x4000".into(),
-        nodeport_addresses: vec!["192.168.0.2/32".parse().unwrap()],
-        local_addresses: ["127.0.0.1", "192.168.0.2", "192.168.1.2", "192.168.99.11"]
-            .iter()
-            .map(|a| a.parse().unwrap())
-            .collect(),
+    let cfg = NftablesConfig {
+        node: NodeConfig {
+            hostname: "test-node".into(),
+            node_ips: vec!["192.168.0.2".parse().unwrap()],
+            cluster_cidr: Some("10.0.0.0/8".parse().unwrap()),
+            masquerade_mark: "0x4000".into(),
+            nodeport_addresses: vec!["192.168.0.2/32".parse().unwrap()],
+            local_addresses: ["127.0.0.1", "192.168.0.2", "192.168.1.2", "192.168.99.11"]
+                .iter()
+                .map(|a| a.parse().unwrap())
+                .collect(),
+            ..Default::default()
+        },
         service_cidrs: vec!["172.30.0.0/16".parse().unwrap()],
-        localhost_nodeports: false,
-        random_fully: true,
-        ..Default::default()
     };
     let mut c = Case {
         dir: dir.to_path_buf(),
@@ -73,18 +73,20 @@ fn case(dir: &Path) -> Case {
             "input" => c.input = dir.join(v),
             "base" => c.base = Some(root().join(v)),
             "generated" => c.generated = v.parse().unwrap(),
-            "hostname" => c.cfg.hostname = v.into(),
-            "node_ip" => c.cfg.node_ips = list(v).iter().map(|s| s.parse().unwrap()).collect(),
-            "cluster_cidr" => c.cfg.cluster_cidr = (v != "none").then(|| v.parse().unwrap()),
-            "masquerade_all" => c.cfg.masquerade_all = v.parse().unwrap(),
+            "hostname" => c.cfg.node.hostname = v.into(),
+            "node_ip" => c.cfg.node.node_ips = list(v).iter().map(|s| s.parse().unwrap()).collect(),
+            "cluster_cidr" => c.cfg.node.cluster_cidr = (v != "none").then(|| v.parse().unwrap()),
+            "masquerade_all" => c.cfg.node.masquerade_all = v.parse().unwrap(),
             "nodeport_addresses" => {
-                c.cfg.nodeport_addresses = list(v).iter().map(|s| s.parse().unwrap()).collect()
+                c.cfg.node.nodeport_addresses = list(v).iter().map(|s| s.parse().unwrap()).collect()
             }
-            "local_addresses" => c.cfg.local_addresses = list(v).iter().map(|s| s.parse().unwrap()).collect(),
+            "local_addresses" => {
+                c.cfg.node.local_addresses = list(v).iter().map(|s| s.parse().unwrap()).collect()
+            }
             "service_cidrs" => c.cfg.service_cidrs = list(v).iter().map(|s| s.parse().unwrap()).collect(),
-            "mark" => c.cfg.masquerade_mark = v.into(),
+            "mark" => c.cfg.node.masquerade_mark = v.into(),
             "family" => {
-                c.cfg.family = match v {
+                c.cfg.node.family = match v {
                     "ipv4" => IpFamily::V4,
                     "ipv6" => IpFamily::V6,
                     other => panic!("{}: family {other}", dir.display()),
@@ -101,7 +103,7 @@ fn transaction(c: &Case) -> (String, Vec<String>) {
     let loaded = inputs::load(std::slice::from_ref(&c.input), &[], &c.allocate_cidrs);
     let errors = loaded.errors.iter().map(|e| format!("skipped {e}")).collect();
     let [v4, v6] = loaded.state.split_families();
-    let state = if c.cfg.family == IpFamily::V4 { v4 } else { v6 };
+    let state = if c.cfg.node.family == IpFamily::V4 { v4 } else { v6 };
     (render(&state, &c.cfg, &NftPlan::full()).unwrap().transaction, errors)
 }
 
@@ -181,7 +183,7 @@ fn every_golden_transaction_loads_into_the_kernel() {
     let nft = Nft::in_netns(ns.name());
     for c in cases() {
         let (tx, _) = transaction(&c);
-        let _ = ns.try_exec(&["nft", "delete", "table", c.cfg.family.nft(), "kube-proxy"]);
+        let _ = ns.try_exec(&["nft", "delete", "table", c.cfg.node.family.nft(), "kube-proxy"]);
         if let Err(e) = nft.apply(&tx) {
             panic!("{}: nft refused the transaction: {e}", c.dir.display());
         }

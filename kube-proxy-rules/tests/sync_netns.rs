@@ -7,11 +7,14 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use kube_proxy_rules::canonical::sort_payload;
+use kube_proxy_rules::config::NodeConfig;
 use kube_proxy_rules::inputs::build_state;
+use kube_proxy_rules::iptables::canonical::sort_payload;
 use kube_proxy_rules::iptables::Iptables;
+use kube_proxy_rules::iptables::IptablesBackend;
+use kube_proxy_rules::iptables::IptablesConfig;
 use kube_proxy_rules::k8s::Objects;
-use kube_proxy_rules::proxier::{ProxierConfig, ProxyState};
+use kube_proxy_rules::model::{FullSyncReason, ProxyState};
 use kube_proxy_rules::syncer::Syncer;
 use testbed::Netns;
 
@@ -52,12 +55,15 @@ fn upstream_steps() -> Vec<(String, String)> {
     steps
 }
 
-fn config() -> ProxierConfig {
+fn config() -> IptablesConfig {
     // NewFakeProxier: no --random-fully, mark 0x4000, pod CIDR 10.0.0.0/8.
-    ProxierConfig {
-        hostname: "test-node".into(),
-        cluster_cidr: Some("10.0.0.0/8".parse().unwrap()),
-        masquerade_mark: "0x4000".into(),
+    IptablesConfig {
+        node: NodeConfig {
+            hostname: "test-node".into(),
+            cluster_cidr: Some("10.0.0.0/8".parse().unwrap()),
+            masquerade_mark: "0x4000".into(),
+            ..Default::default()
+        },
         ..Default::default()
     }
 }
@@ -74,9 +80,9 @@ fn set(names: &[&str]) -> BTreeSet<String> {
 fn repeated_syncs_match_kube_proxy_and_the_kernel() {
     let ns = Netns::new("kpr");
     let ipt = Iptables::in_netns(ns.name());
-    let mut syncer = Syncer::new(ipt.clone(), config(), Duration::from_secs(30));
+    let mut syncer = Syncer::new(IptablesBackend::new(ipt.clone(), config(), Duration::from_secs(30)));
     // kube-proxy's exact partial payloads (every top-level chain rewritten).
-    syncer.minimize_top_level = false;
+    syncer.backend.minimize_top_level = false;
     let steps = upstream_steps();
     let mut step = steps.iter();
     let mut check = |rendered: &str, full: bool, want_full: bool| {
@@ -93,39 +99,39 @@ fn repeated_syncs_match_kube_proxy_and_the_kernel() {
     let svc4 = service("ns4", "svc4", "172.30.0.44", "p80", 80);
 
     let r = syncer.sync(&state(&(svc1.clone() + &svc2))).unwrap();
-    assert!(r.jump_rules_added > 0);
-    check(&r.rendered.payload, r.full, true);
+    assert!(r.outcome.jump_rules_added > 0);
+    check(&r.outcome.rendered.payload, r.is_full(), true);
 
     let s3 = slice("ns3", "svc3", &["10.0.3.1"], "p80", 80);
     let r = syncer.sync(&state(&(svc1.clone() + &svc2 + &svc3 + &s3))).unwrap();
-    check(&r.rendered.payload, r.full, false);
+    check(&r.outcome.rendered.payload, r.is_full(), false);
     assert_eq!(r.changed_services, 1);
 
     let r = syncer.sync(&state(&(svc1.clone() + &svc3 + &s3))).unwrap();
-    check(&r.rendered.payload, r.full, false);
+    check(&r.outcome.rendered.payload, r.is_full(), false);
     assert!(
         !service_chains(&ipt).contains("KUBE-SVC-2VJB64SDSIJUP5T6"),
         "svc2's chains deleted in the kernel"
     );
 
     let r = syncer.sync(&state(&(svc1.clone() + &svc3 + &s3 + &svc4))).unwrap();
-    check(&r.rendered.payload, r.full, false);
+    check(&r.outcome.rendered.payload, r.is_full(), false);
 
     let s4 = slice("ns4", "svc4", &["10.0.4.1"], "p80", 80);
     let r = syncer.sync(&state(&(svc1.clone() + &svc3 + &s3 + &svc4 + &s4))).unwrap();
-    check(&r.rendered.payload, r.full, false);
+    check(&r.outcome.rendered.payload, r.is_full(), false);
 
     let s3 = slice("ns3", "svc3", &["10.0.3.2"], "p80", 80);
     let r = syncer.sync(&state(&(svc1.clone() + &svc3 + &s3 + &svc4 + &s4))).unwrap();
-    check(&r.rendered.payload, r.full, false);
+    check(&r.outcome.rendered.payload, r.is_full(), false);
 
     let s3 = slice("ns3", "svc3", &["10.0.3.2", "10.0.3.3"], "p80", 80);
     let all = svc1.clone() + &svc3 + &s3 + &svc4 + &s4;
     let r = syncer.sync(&state(&all)).unwrap();
-    check(&r.rendered.payload, r.full, false);
+    check(&r.outcome.rendered.payload, r.is_full(), false);
 
     let r = syncer.sync(&state(&all)).unwrap();
-    check(&r.rendered.payload, r.full, false);
+    check(&r.outcome.rendered.payload, r.is_full(), false);
     assert_eq!(r.changed_services, 0);
     assert_eq!(
         service_chains(&ipt),
@@ -150,12 +156,12 @@ fn repeated_syncs_match_kube_proxy_and_the_kernel() {
     let without4 = svc1.clone() + &svc3 + &s3;
     let err = syncer.sync(&state(&without4)).unwrap_err();
     assert!(err.to_string().contains("partial iptables-restore"), "{err}");
-    assert!(syncer.needs_full_sync().is_some());
+    assert!(matches!(syncer.needs_full_sync(), Some(FullSyncReason::SyncFailed(_))));
     assert!(service_chains(&ipt).contains("KUBE-SEP-AYCN5HPXMIRJNJXU"));
     // ...and the retry is a full sync that rewrites svc3 too, so it succeeds.
     let r = syncer.sync(&state(&without4)).unwrap();
-    assert_eq!(r.jump_rules_added, 0, "jump rules are only added once");
-    check(&r.rendered.payload, r.full, true);
+    assert_eq!(r.outcome.jump_rules_added, 0, "jump rules are only added once");
+    check(&r.outcome.rendered.payload, r.is_full(), true);
     assert!(!service_chains(&ipt).contains("KUBE-SEP-AYCN5HPXMIRJNJXU"));
 }
 
@@ -163,12 +169,12 @@ fn repeated_syncs_match_kube_proxy_and_the_kernel() {
 fn jump_rules_and_canary() {
     let ns = Netns::new("kpr");
     let ipt = Iptables::in_netns(ns.name());
-    let mut syncer = Syncer::new(ipt.clone(), config(), Duration::from_secs(30));
+    let mut syncer = Syncer::new(IptablesBackend::new(ipt.clone(), config(), Duration::from_secs(30)));
     let st = state(
         &(service("ns1", "svc1", "172.30.0.41", "p80", 80) + &slice("ns1", "svc1", &["10.0.1.1"], "p80", 80)),
     );
     let r = syncer.sync(&st).unwrap();
-    assert_eq!(r.jump_rules_added, 14);
+    assert_eq!(r.outcome.jump_rules_added, 14);
     let nat = ns.exec(&["iptables-save", "-t", "nat"]);
     for want in [
         "-A PREROUTING -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES",
@@ -186,8 +192,8 @@ fn jump_rules_and_canary() {
 
     // A partial sync leaves the built-in chains alone.
     let r = syncer.sync(&st).unwrap();
-    assert!(!r.full);
-    assert!(!syncer.check_canary().unwrap());
+    assert!(!r.is_full());
+    assert!(syncer.check_canary().unwrap().is_none());
 
     // Someone flushes and deletes everything (firewalld-style): the canary is
     // gone, the next sync is full and puts the jump rules back.
@@ -195,13 +201,14 @@ fn jump_rules_and_canary() {
         ns.exec(&["iptables", "-t", table, "-F"]);
         ns.exec(&["iptables", "-t", table, "-X"]);
     }
-    assert!(syncer.check_canary().unwrap());
+    assert!(syncer.check_canary().unwrap().is_some());
     let r = syncer.sync(&st).unwrap();
-    assert!(r.full && r.reason.contains("canary"), "{}", r.reason);
-    assert_eq!(r.jump_rules_added, 14);
+    assert!(r.is_full() && r.reason().contains("canary"), "{}", r.reason());
+    assert!(matches!(r.full, Some(FullSyncReason::CanaryGone(_))), "{:?}", r.full);
+    assert_eq!(r.outcome.jump_rules_added, 14);
     let nat = ns.exec(&["iptables-save", "-t", "nat"]);
     assert!(nat.contains("-j KUBE-SEP-SNQ3ZNILQDEJNDQO"), "{nat}");
-    assert!(!syncer.check_canary().unwrap());
+    assert!(syncer.check_canary().unwrap().is_none());
 }
 
 /// Every chain and rule of the filter and nat tables, as iptables-save shows them.
@@ -224,8 +231,9 @@ fn kernel_rules(ns: &Netns) -> std::collections::BTreeMap<(String, String), Vec<
 #[test]
 fn minimized_partial_syncs_leave_the_same_rules_as_a_full_sync() {
     let ns = Netns::new("kpr");
-    let mut syncer = Syncer::new(Iptables::in_netns(ns.name()), config(), Duration::from_secs(30));
-    assert!(syncer.minimize_top_level, "the default");
+    let mut syncer =
+        Syncer::new(IptablesBackend::new(Iptables::in_netns(ns.name()), config(), Duration::from_secs(30)));
+    assert!(syncer.backend.minimize_top_level, "the default");
     let np = |ns_: &str, name: &str, ip: &str, port: u16| {
         format!(
             "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: {ns_}}}\n\
@@ -267,21 +275,27 @@ fn minimized_partial_syncs_leave_the_same_rules_as_a_full_sync() {
     for (i, (yaml, must_skip)) in steps.iter().enumerate() {
         let st = state(yaml);
         let r = syncer.sync(&st).unwrap();
-        assert_eq!(r.full, i == 0, "step {i}");
+        assert_eq!(r.is_full(), i == 0, "step {i}");
         if let Some(chain) = must_skip {
             assert!(
-                r.rendered.skipped_top_level.iter().any(|c| c == chain),
+                r.outcome.rendered.skipped_top_level.iter().any(|c| c == chain),
                 "step {i}: {:?}",
-                r.rendered.skipped_top_level
+                r.outcome.rendered.skipped_top_level
             );
             assert!(
-                !r.rendered.payload.contains(&format!(":{} ", chain.split('/').nth(1).unwrap()))
+                !r.outcome.rendered.payload.contains(&format!(":{} ", chain.split('/').nth(1).unwrap()))
                     || chain.starts_with("filter")
             );
         }
         // A fresh node given the same state by one full sync ends up identical.
         let fresh = Netns::new("kpf");
-        Syncer::new(Iptables::in_netns(fresh.name()), config(), Duration::from_secs(30)).sync(&st).unwrap();
+        Syncer::new(IptablesBackend::new(
+            Iptables::in_netns(fresh.name()),
+            config(),
+            Duration::from_secs(30),
+        ))
+        .sync(&st)
+        .unwrap();
         assert_eq!(
             kernel_rules(&ns),
             kernel_rules(&fresh),
@@ -296,21 +310,24 @@ fn minimized_partial_syncs_leave_the_same_rules_as_a_full_sync() {
 #[test]
 fn a_full_sync_is_forced_after_the_full_sync_period_and_on_new_addresses() {
     let ns = Netns::new("kfp");
-    let mut syncer = Syncer::new(Iptables::in_netns(ns.name()), config(), Duration::from_secs(30));
-    assert_eq!(syncer.full_syncs.period, kube_proxy_rules::syncer::FULL_SYNC_PERIOD);
+    let mut syncer =
+        Syncer::new(IptablesBackend::new(Iptables::in_netns(ns.name()), config(), Duration::from_secs(30)));
+    assert_eq!(syncer.full_syncs.period, kube_proxy_rules::model::FULL_SYNC_PERIOD);
     let st = state(
         &(service("ns1", "svc1", "172.30.0.41", "p80", 80) + &slice("ns1", "svc1", &["10.0.1.1"], "p80", 80)),
     );
-    assert!(syncer.sync(&st).unwrap().full);
-    assert!(!syncer.sync(&st).unwrap().full);
+    assert!(syncer.sync(&st).unwrap().is_full());
+    assert!(!syncer.sync(&st).unwrap().is_full());
     syncer.full_syncs.period = Duration::ZERO;
     let r = syncer.sync(&st).unwrap();
-    assert!(r.full && r.reason.starts_with("last full sync more than"), "{}", r.reason);
+    assert!(r.is_full() && r.reason().starts_with("last full sync more than"), "{}", r.reason());
+    assert_eq!(r.full, Some(FullSyncReason::PeriodElapsed(Duration::ZERO)));
     syncer.full_syncs.period = Duration::from_secs(3600);
-    assert!(!syncer.sync(&st).unwrap().full);
-    let addrs = syncer.cfg.local_addresses.clone();
+    assert!(!syncer.sync(&st).unwrap().is_full());
+    let addrs = syncer.backend.cfg.node.local_addresses.clone();
     assert!(!syncer.set_local_addresses(addrs.clone()));
     assert!(syncer.set_local_addresses([addrs, vec!["10.77.0.5".parse().unwrap()]].concat()));
     let r = syncer.sync(&st).unwrap();
-    assert!(r.full && r.reason == "node addresses changed", "{}", r.reason);
+    assert!(r.is_full() && r.reason() == "node addresses changed", "{}", r.reason());
+    assert_eq!(r.full, Some(FullSyncReason::NodeAddressesChanged));
 }

@@ -14,11 +14,14 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
+use kube_proxy_rules::config::NodeConfig;
 use kube_proxy_rules::inputs::build_state;
 use kube_proxy_rules::k8s::Objects;
+use kube_proxy_rules::model::{FullSyncReason, ProxyState};
 use kube_proxy_rules::nftables::dump::{normalize_listing, sort_dump, Table};
-use kube_proxy_rules::nftables::{Nft, NftSyncReport, NftSyncer};
-use kube_proxy_rules::proxier::{ProxierConfig, ProxyState};
+use kube_proxy_rules::nftables::NftablesConfig;
+use kube_proxy_rules::nftables::{Nft, NftSyncReport, NftablesBackend};
+use kube_proxy_rules::syncer::Syncer;
 use testbed::Netns;
 
 const BASE: &str = include_str!("golden-nft/base-rules.txt");
@@ -51,18 +54,18 @@ fn slice(ns: &str, name: &str, ips: &[&str], port_name: &str, port: u16) -> Stri
 }
 
 /// NewFakeProxier's settings.
-fn config() -> ProxierConfig {
-    ProxierConfig {
-        hostname: "test-node".into(),
-        node_ips: vec!["192.168.0.2".parse().unwrap()],
-        cluster_cidr: Some("10.0.0.0/8".parse().unwrap()),
-        masquerade_mark: "0x4000".into(),
-        nodeport_addresses: vec!["192.168.0.2/32".parse().unwrap()],
-        local_addresses: vec!["192.168.0.2".parse().unwrap()],
+fn config() -> NftablesConfig {
+    NftablesConfig {
+        node: NodeConfig {
+            hostname: "test-node".into(),
+            node_ips: vec!["192.168.0.2".parse().unwrap()],
+            cluster_cidr: Some("10.0.0.0/8".parse().unwrap()),
+            masquerade_mark: "0x4000".into(),
+            nodeport_addresses: vec!["192.168.0.2/32".parse().unwrap()],
+            local_addresses: vec!["192.168.0.2".parse().unwrap()],
+            ..Default::default()
+        },
         service_cidrs: vec!["172.30.0.0/16".parse().unwrap()],
-        localhost_nodeports: false,
-        random_fully: true,
-        ..Default::default()
     }
 }
 
@@ -89,13 +92,13 @@ fn kernel_table(nft: &Nft, skip: &BTreeSet<String>) -> String {
 fn fresh_table(st: &ProxyState) -> String {
     let fresh = Netns::new("knf");
     let nft = Nft::in_netns(fresh.name());
-    NftSyncer::new(nft.clone(), config()).sync(st).unwrap();
+    Syncer::new(NftablesBackend::new(nft.clone(), config())).sync(st).unwrap();
     kernel_table(&nft, &BTreeSet::new())
 }
 
 /// One step of the repeated-sync test.
 struct Steps {
-    syncer: NftSyncer,
+    syncer: Syncer<NftablesBackend>,
     nft: Nft,
     model: Table,
 }
@@ -106,18 +109,26 @@ impl Steps {
     fn step(&mut self, name: &str, yaml: &str, expected: &str, ops: Option<usize>) -> NftSyncReport {
         let st = state(yaml);
         let r = self.syncer.sync(&st).unwrap_or_else(|e| panic!("step {name:?}: {e}"));
-        if !r.deleted_stale_chains.is_empty() {
-            let tx: String =
-                r.deleted_stale_chains.iter().map(|c| format!("delete chain ip kube-proxy {c}\n")).collect();
+        if !r.outcome.deleted_stale_chains.is_empty() {
+            let tx: String = r
+                .outcome
+                .deleted_stale_chains
+                .iter()
+                .map(|c| format!("delete chain ip kube-proxy {c}\n"))
+                .collect();
             self.model.apply(&tx).unwrap_or_else(|e| panic!("step {name:?}: stale deletion: {e}"));
         }
-        self.model.apply(&r.rendered.transaction).unwrap_or_else(|e| panic!("step {name:?}: {e}"));
+        self.model.apply(&r.outcome.rendered.transaction).unwrap_or_else(|e| panic!("step {name:?}: {e}"));
         let want = sort_dump(&format!("{BASE}\n{expected}"));
         assert_eq!(sort_dump(&self.model.dump()), want, "step {name:?}: table (model)");
         if let Some(n) = ops {
-            assert_eq!(r.rendered.operations, n, "step {name:?}: operations in\n{}", r.rendered.transaction);
+            assert_eq!(
+                r.outcome.rendered.operations, n,
+                "step {name:?}: operations in\n{}",
+                r.outcome.rendered.transaction
+            );
         }
-        let stale: BTreeSet<String> = self.syncer.stale_chains().map(String::from).collect();
+        let stale: BTreeSet<String> = self.syncer.backend.stale_chains().map(String::from).collect();
         assert_eq!(
             kernel_table(&self.nft, &stale),
             fresh_table(&st),
@@ -129,8 +140,8 @@ impl Steps {
 
 /// Every operation of an incremental transaction is about one service.
 fn touches_only(r: &NftSyncReport, name: &str, cluster_ip: &str) {
-    assert!(!r.full);
-    for line in r.rendered.transaction.lines() {
+    assert!(!r.is_full());
+    for line in r.outcome.rendered.transaction.lines() {
         assert!(line.contains(name) || line.contains(cluster_ip), "not about {name}: {line}");
     }
 }
@@ -181,10 +192,11 @@ fn elements(lines: &[&str]) -> String {
 fn repeated_syncs_match_kube_proxy_and_a_fresh_full_sync() {
     let ns = Netns::new("knr");
     let nft = Nft::in_netns(ns.name());
-    let mut s = Steps { syncer: NftSyncer::new(nft.clone(), config()), nft, model: Table::new() };
+    let mut s =
+        Steps { syncer: Syncer::new(NftablesBackend::new(nft.clone(), config())), nft, model: Table::new() };
     // Only the test ages stale chains (upstream's ageStaleChains).
-    s.syncer.stale_chain_delay = Duration::from_secs(3600);
-    let age = |s: &mut Steps| s.syncer.age_stale_chains(Duration::from_secs(7200));
+    s.syncer.backend.stale_chain_delay = Duration::from_secs(3600);
+    let age = |s: &mut Steps| s.syncer.backend.age_stale_chains(Duration::from_secs(7200));
 
     let svc1 =
         service("ns1", "svc1", "172.30.0.41", "p80", 80) + &slice("ns1", "svc1", &["10.0.1.1"], "p80", 80);
@@ -214,12 +226,13 @@ fn repeated_syncs_match_kube_proxy_and_a_fresh_full_sync() {
     ];
 
     let r = s.step("initial", &(svc1.clone() + &svc2), &(elements(&e1) + &elements(&e2) + &c1 + &c2), None);
-    assert!(r.full && r.reason == "first sync");
+    assert!(r.is_full() && r.reason() == "first sync");
+    assert_eq!(r.full, Some(FullSyncReason::FirstSync));
 
     let s3 = slice("ns3", "svc3", &["10.0.3.1"], "p80", 80);
     let want = elements(&e1) + &elements(&e2) + &elements(&e3) + &c1 + &c2 + &c3;
     let r = s.step("add svc3", &(svc1.clone() + &svc2 + &svc3 + &s3), &want, Some(10));
-    assert!(!r.full);
+    assert!(!r.is_full());
     touches_only(&r, "ns3/svc3", "172.30.0.43");
 
     // Delete svc2 (its slice stays): its chains are flushed, not deleted yet.
@@ -233,7 +246,7 @@ fn repeated_syncs_match_kube_proxy_and_a_fresh_full_sync() {
     age(&mut s);
     let want = elements(&e1) + &elements(&e3) + &c1 + &c3;
     let r = s.step("stale chains deleted", &base, &want, Some(0));
-    assert_eq!(r.deleted_stale_chains.len(), 2);
+    assert_eq!(r.outcome.deleted_stale_chains.len(), 2);
 
     // Add svc4 without endpoints, then its endpoints.
     let no_ep4 =
@@ -272,7 +285,7 @@ fn repeated_syncs_match_kube_proxy_and_a_fresh_full_sync() {
         + &chain("endpoint-TQ2QKHCZ-ns3/svc3/tcp/p80__10.0.3.3/80", &[]);
     let want = elements(&e1) + &elements(&[e3[0], no_ep3]) + &elements(&e4) + &c1 + &empty3 + &c4;
     s.step("empty svc3", &cur(&s3e), &want, Some(5));
-    let stale: BTreeSet<&str> = s.syncer.stale_chains().collect();
+    let stale: BTreeSet<&str> = s.syncer.backend.stale_chains().collect();
     assert_eq!(
         stale,
         [
@@ -285,13 +298,13 @@ fn repeated_syncs_match_kube_proxy_and_a_fresh_full_sync() {
 
     // Restore at once: the chains come back and are no longer stale.
     s.step("restore svc3", &cur(&s3c), &with_two, Some(14));
-    assert_eq!(s.syncer.stale_chains().count(), 0);
+    assert_eq!(s.syncer.backend.stale_chains().count(), 0);
 
     // Empty, let the chains age, restore: deleted first, then re-created.
     s.step("empty svc3 again", &cur(&s3e), &want, Some(5));
     age(&mut s);
     let r = s.step("restore after ageing", &cur(&s3c), &with_two, Some(14));
-    assert_eq!(r.deleted_stale_chains.len(), 3);
+    assert_eq!(r.outcome.deleted_stale_chains.len(), 3);
 
     // Nothing changed: no operations at all.
     let r = s.step("no change", &cur(&s3c), &with_two, Some(0));
@@ -330,11 +343,11 @@ fn startup_over_an_existing_table() {
         + &slice("ns2", "svc2", &["10.0.2.1"], "p8080", 8080)
         + &service("ns3", "svc3", "172.30.0.43", "p80", 80);
     let st = state(&yaml);
-    let mut syncer = NftSyncer::new(nft.clone(), config());
+    let mut syncer = Syncer::new(NftablesBackend::new(nft.clone(), config()));
     let r = syncer.sync(&st).unwrap();
-    assert!(r.full);
-    assert_eq!(r.rendered.stale_chains, ["service-AAAAAAAA-old/gone/tcp/p80"]);
-    model.apply(&r.rendered.transaction).unwrap();
+    assert!(r.is_full());
+    assert_eq!(r.outcome.rendered.stale_chains, ["service-AAAAAAAA-old/gone/tcp/p80"]);
+    model.apply(&r.outcome.rendered.transaction).unwrap();
     let c1b = svc_chains(SVC1, "172.30.0.41", &[("5TPGNJF2", "10.0.1.1"), ("ZCZBVNAZ", "10.0.1.2")], 80);
     let want = format!(
         "{BASE}\n{c1b}{c2}add element ip kube-proxy cluster-ips {{ 172.30.0.41 }}\n\
@@ -345,12 +358,12 @@ fn startup_over_an_existing_table() {
          add chain ip kube-proxy service-AAAAAAAA-old/gone/tcp/p80\n"
     );
     assert_eq!(sort_dump(&model.dump()), sort_dump(&want));
-    let stale: BTreeSet<String> = syncer.stale_chains().map(String::from).collect();
+    let stale: BTreeSet<String> = syncer.backend.stale_chains().map(String::from).collect();
     assert_eq!(kernel_table(&nft, &stale), fresh_table(&st));
 
-    syncer.age_stale_chains(Duration::from_secs(10));
+    syncer.backend.age_stale_chains(Duration::from_secs(10));
     let r = syncer.sync(&st).unwrap();
-    assert_eq!(r.deleted_stale_chains, ["service-AAAAAAAA-old/gone/tcp/p80"]);
+    assert_eq!(r.outcome.deleted_stale_chains, ["service-AAAAAAAA-old/gone/tcp/p80"]);
     assert!(!nft.chains().unwrap().contains("service-AAAAAAAA-old/gone/tcp/p80"));
     assert_eq!(kernel_table(&nft, &BTreeSet::new()), fresh_table(&st));
 }
@@ -361,7 +374,7 @@ fn startup_over_an_existing_table() {
 fn a_failed_incremental_transaction_falls_back_to_a_full_sync() {
     let ns = Netns::new("knx");
     let nft = Nft::in_netns(ns.name());
-    let mut syncer = NftSyncer::new(nft.clone(), config());
+    let mut syncer = Syncer::new(NftablesBackend::new(nft.clone(), config()));
     let svc1 =
         service("ns1", "svc1", "172.30.0.41", "p80", 80) + &slice("ns1", "svc1", &["10.0.1.1"], "p80", 80);
     syncer.sync(&state(&svc1)).unwrap();
@@ -378,16 +391,19 @@ fn a_failed_incremental_transaction_falls_back_to_a_full_sync() {
         !nft.chains().unwrap().iter().any(|c| c.contains("svc2")),
         "the failed transaction left svc2 chains"
     );
-    assert!(syncer.needs_full_sync().is_some_and(|r| r.contains("previous sync failed")));
+    assert!(syncer.needs_full_sync().is_some_and(
+        |r| matches!(r, FullSyncReason::SyncFailed(_)) && r.to_string().contains("previous sync failed")
+    ));
     let r = syncer.sync(&state(&two)).unwrap();
-    assert!(r.full, "{}", r.reason);
+    assert!(r.is_full(), "{}", r.reason());
     assert_eq!(kernel_table(&nft, &BTreeSet::new()), fresh_table(&state(&two)));
     // The table check sees an intact table now, and a deleted one.
-    assert!(!syncer.check_table().unwrap());
+    assert!(syncer.check_canary().unwrap().is_none());
     ns.exec(&["nft", "delete", "table", "ip", "kube-proxy"]);
-    assert!(syncer.check_table().unwrap());
+    assert!(syncer.check_canary().unwrap().is_some());
     let r = syncer.sync(&state(&two)).unwrap();
-    assert!(r.full && r.reason.contains("gone or flushed"), "{}", r.reason);
+    assert!(r.is_full() && r.reason().contains("gone or flushed"), "{}", r.reason());
+    assert!(matches!(r.full, Some(FullSyncReason::CanaryGone(_))), "{:?}", r.full);
     assert_eq!(kernel_table(&nft, &BTreeSet::new()), fresh_table(&state(&two)));
 }
 
@@ -399,20 +415,22 @@ fn a_failed_incremental_transaction_falls_back_to_a_full_sync() {
 fn run_sequence(name: &str, steps: &[&str]) -> Vec<String> {
     let ns = Netns::new("kns");
     let nft = Nft::in_netns(ns.name());
-    let mut syncer = NftSyncer::new(nft.clone(), config());
-    syncer.stale_chain_delay = Duration::from_secs(3600);
+    let mut syncer = Syncer::new(NftablesBackend::new(nft.clone(), config()));
+    syncer.backend.stale_chain_delay = Duration::from_secs(3600);
     let mut problems = Vec::new();
     for (i, yaml) in steps.iter().enumerate() {
         let st = state(yaml);
         match syncer.sync(&st) {
-            Ok(r) if i > 0 && r.full => problems.push(format!("{name} step {i}: full sync: {}", r.reason)),
+            Ok(r) if i > 0 && r.is_full() => {
+                problems.push(format!("{name} step {i}: full sync: {}", r.reason()))
+            }
             Ok(_) => {}
             Err(e) => {
                 problems.push(format!("{name} step {i}: {e}"));
                 continue;
             }
         }
-        let stale: BTreeSet<String> = syncer.stale_chains().map(String::from).collect();
+        let stale: BTreeSet<String> = syncer.backend.stale_chains().map(String::from).collect();
         let (got, want) = (kernel_table(&nft, &stale), fresh_table(&st));
         if got != want {
             let (g, w): (BTreeSet<&str>, BTreeSet<&str>) = (got.lines().collect(), want.lines().collect());
@@ -423,7 +441,7 @@ fn run_sequence(name: &str, steps: &[&str]) -> Vec<String> {
             ));
         }
         if i % 2 == 1 {
-            syncer.age_stale_chains(Duration::from_secs(7200));
+            syncer.backend.age_stale_chains(Duration::from_secs(7200));
         }
     }
     problems
@@ -454,7 +472,7 @@ const P80: &str = "{name: p80, port: 80, protocol: TCP}";
 fn a_renamed_port_rewrites_the_element_comments() {
     let ns = Netns::new("knc");
     let nft = Nft::in_netns(ns.name());
-    let mut syncer = NftSyncer::new(nft.clone(), config());
+    let mut syncer = Syncer::new(NftablesBackend::new(nft.clone(), config()));
     let spec = |port: &str| {
         format!(
             "{{type: NodePort, clusterIP: 172.30.0.41, \
@@ -464,13 +482,13 @@ fn a_renamed_port_rewrites_the_element_comments() {
     syncer.sync(&state(&svc1(&spec("p80"), ""))).unwrap();
     let st = state(&svc1(&spec("p81"), ""));
     let r = syncer.sync(&st).unwrap();
-    assert!(!r.full);
+    assert!(!r.is_full());
     let table = nft.list_table().unwrap();
     assert!(table.contains("comment \"ns1/svc1:p81\"") && !table.contains("p80"), "{table}");
     assert_eq!(kernel_table(&nft, &BTreeSet::new()), fresh_table(&st));
     // Element count unchanged: each element deleted and added in one transaction.
-    assert_eq!(r.rendered.elements_added, r.rendered.elements_deleted);
-    assert_eq!(r.rendered.elements_added, 2, "{}", r.rendered.transaction);
+    assert_eq!(r.outcome.rendered.elements_added, r.outcome.rendered.elements_deleted);
+    assert_eq!(r.outcome.rendered.elements_added, 2, "{}", r.outcome.rendered.transaction);
 }
 
 /// Sequences of changes to one service (type, traffic policies, affinity,
@@ -592,25 +610,27 @@ fn incremental_sequences_match_a_fresh_full_sync() {
 fn a_full_sync_is_forced_after_the_full_sync_period_and_on_new_addresses() {
     let ns = Netns::new("knp");
     let nft = Nft::in_netns(ns.name());
-    let mut syncer = NftSyncer::new(nft.clone(), config());
-    assert_eq!(syncer.full_syncs.period, kube_proxy_rules::syncer::FULL_SYNC_PERIOD);
+    let mut syncer = Syncer::new(NftablesBackend::new(nft.clone(), config()));
+    assert_eq!(syncer.full_syncs.period, kube_proxy_rules::model::FULL_SYNC_PERIOD);
     let st = state(
         &(service("ns1", "svc1", "172.30.0.41", "p80", 80) + &slice("ns1", "svc1", &["10.0.1.1"], "p80", 80)),
     );
-    assert!(syncer.sync(&st).unwrap().full);
-    assert!(!syncer.sync(&st).unwrap().full);
+    assert!(syncer.sync(&st).unwrap().is_full());
+    assert!(!syncer.sync(&st).unwrap().is_full());
     syncer.full_syncs.period = Duration::ZERO;
     let r = syncer.sync(&st).unwrap();
-    assert!(r.full && r.reason.starts_with("last full sync more than"), "{}", r.reason);
+    assert!(r.is_full() && r.reason().starts_with("last full sync more than"), "{}", r.reason());
+    assert_eq!(r.full, Some(FullSyncReason::PeriodElapsed(Duration::ZERO)));
     assert_eq!(kernel_table(&nft, &BTreeSet::new()), fresh_table(&st));
     syncer.full_syncs.period = Duration::from_secs(3600);
-    assert!(!syncer.sync(&st).unwrap().full);
-    assert!(!syncer.set_local_addresses(config().local_addresses));
+    assert!(!syncer.sync(&st).unwrap().is_full());
+    assert!(!syncer.set_local_addresses(config().node.local_addresses));
     let more = vec!["192.168.0.2".parse().unwrap(), "192.168.0.3".parse().unwrap()];
-    syncer.cfg.nodeport_addresses = vec!["192.168.0.0/24".parse().unwrap()];
+    syncer.backend.cfg.node.nodeport_addresses = vec!["192.168.0.0/24".parse().unwrap()];
     assert!(syncer.set_local_addresses(more));
     let r = syncer.sync(&st).unwrap();
-    assert!(r.full && r.reason == "node addresses changed", "{}", r.reason);
+    assert!(r.is_full() && r.reason() == "node addresses changed", "{}", r.reason());
+    assert_eq!(r.full, Some(FullSyncReason::NodeAddressesChanged));
     let table = nft.list_table().unwrap();
     assert!(table.contains("192.168.0.3"), "{table}");
 }

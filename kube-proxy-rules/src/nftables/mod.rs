@@ -8,10 +8,11 @@
 //! dynamic set with timeout per endpoint; masquerading is `fully-random`.
 //!
 //! * [`render`]: the transaction, built by functions named after the chains
-//!   and maps they fill, from the same [`crate::endpoints::Traffic`]
+//!   and maps they fill, from the same [`crate::model::endpoints::Traffic`]
 //!   decisions as the iptables proxier;
-//! * [`sync`]: full and incremental syncs, stale-chain deletion, the table
-//!   check that forces a full resync;
+//! * [`backend`]: the [`crate::backend::Backend`] of this mode: full and
+//!   incremental syncs, stale-chain deletion, the table check that forces a
+//!   full resync, and the `--dry-run` diff view;
 //! * [`nft`]: running `nft` (one `nft -f -` per sync) in a namespace;
 //! * [`dump`]: an in-memory model of the table to compare transactions with
 //!   kube-proxy's expectations, and `nft list` normalisation.
@@ -21,7 +22,7 @@
 //! tests/golden-nft and tests/sync_nft.rs). Deliberate differences:
 //!
 //! * incremental syncs do not `nft list` the table to find stale chains and
-//!   sets: the syncer remembers what it wrote per service (listing 100,000
+//!   sets: the backend remembers what it wrote per service (listing 100,000
 //!   chains costs seconds on every sync); full syncs do list, so leftovers of
 //!   an earlier run or of someone else's edits are cleaned up there;
 //! * the first sync after a restart is a plain full sync (kube-proxy ≥1.33
@@ -39,11 +40,11 @@
 //! * no conntrack cleanup of stale UDP flows and no health-check server (not
 //!   rules; out of this crate's scope in both modes).
 
+pub mod backend;
 pub mod dump;
 pub mod nft;
 pub mod render;
-pub mod sync;
 
+pub use backend::{NftOutcome, NftPreview, NftSyncError, NftSyncReport, NftablesBackend};
 pub use nft::{Nft, NftError};
-pub use render::{render, Applied, NftPlan, NftRendered};
-pub use sync::{NftSyncError, NftSyncReport, NftSyncer};
+pub use render::{render, Applied, NftPlan, NftRendered, NftablesConfig};

@@ -10,16 +10,18 @@
 //! incremental one (kube-proxy ≥1.31 does the same) rewrites only the chains
 //! of changed services, adds or deletes only the map elements that differ
 //! from what was applied ([`Elements`]), and flushes the chains that became
-//! stale; those are deleted in a later transaction (see the syncer).
+//! stale; those are deleted in a later transaction (see [`super::backend`]).
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 
-use crate::endpoints::{EndpointInfo, Traffic};
+use ipnetwork::IpNetwork;
+
+use crate::config::NodeConfig;
 use crate::family::IpFamily;
+use crate::model::endpoints::{EndpointInfo, Traffic};
+use crate::model::service::ServicePortInfo;
+use crate::model::{ProxyState, ServiceKey};
 use crate::names::nft_endpoint_base;
-use crate::proxier::{ProxierConfig, ProxyState};
-use crate::service::ServicePortInfo;
-use crate::syncer::ServiceKey;
 use crate::validate::{check_comment, check_line, check_name, check_word, UnsafeText};
 
 /// The IPv4 proxier's table (the IPv6 one is `ip6 kube-proxy`: see
@@ -78,6 +80,17 @@ const JUMP_CHAINS: [(&str, &str, bool); 11] = [
     (CLUSTER_IPS_CHECK, "filter-forward", true),
     (CLUSTER_IPS_CHECK, "filter-output", true),
 ];
+
+/// The nftables proxier's settings: the node's ([`NodeConfig`]) and its own.
+/// (No localhost NodePorts and always `masquerade fully-random`: kube-proxy's
+/// nftables proxier has no knob for either.)
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NftablesConfig {
+    pub node: NodeConfig,
+    /// The service IP ranges: traffic to an unallocated ClusterIP in them
+    /// is dropped (`cluster-ips-check`).
+    pub service_cidrs: Vec<IpNetwork>,
+}
 
 /// The sets and verdict maps whose elements are kept in step incrementally.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -158,7 +171,7 @@ pub struct ServiceObjects {
 }
 
 /// What the table holds after the last applied transaction (as far as the
-/// transactions say: the syncer's memory between syncs).
+/// transactions say: the backend's memory between syncs).
 #[derive(Debug, Clone, Default)]
 pub struct Applied {
     pub elements: Elements,
@@ -371,19 +384,15 @@ impl ElementWriter<'_> {
     }
 }
 
-/// `nodePortAddresses.MatchAll()`: no `--nodeport-addresses`, or 0.0.0.0/0.
-pub fn nodeports_match_all(cfg: &ProxierConfig) -> bool {
-    cfg.nodeport_addresses.is_empty() || cfg.nodeport_addresses.iter().any(|c| c.prefix() == 0)
-}
-
 /// The node IPs that accept NodePorts (`GetNodeIPs`), loopback excluded
 /// (the nftables proxier has no localhost NodePorts).
-pub fn nodeport_ips(cfg: &ProxierConfig) -> Vec<std::net::IpAddr> {
+pub fn nodeport_ips(cfg: &NftablesConfig) -> Vec<std::net::IpAddr> {
     let mut ips: Vec<_> = cfg
+        .node
         .local_addresses
         .iter()
         .copied()
-        .filter(|ip| cfg.family.has(*ip) && cfg.nodeport_addresses.iter().any(|c| c.contains(*ip)))
+        .filter(|ip| cfg.node.family.has(*ip) && cfg.node.nodeport_addresses.iter().any(|c| c.contains(*ip)))
         .filter(|ip| !ip.is_loopback())
         .collect();
     ips.sort();
@@ -393,7 +402,7 @@ pub fn nodeport_ips(cfg: &ProxierConfig) -> Vec<std::net::IpAddr> {
 
 /// `setupNFTables`: the table, base chains, jumps, fixed chains and their
 /// rules, the sets and maps (flushed: a full sync re-adds every element).
-fn setup_table(tx: &mut Tx, cfg: &ProxierConfig, recreate_base_chains: bool) {
+fn setup_table(tx: &mut Tx, cfg: &NftablesConfig, recreate_base_chains: bool) {
     tx.op("add", "table", &["{ comment \"rules for kube-proxy\" ; }"]);
     if recreate_base_chains {
         // add+delete: a base chain whose hook or priority changed must be
@@ -428,7 +437,7 @@ fn setup_table(tx: &mut Tx, cfg: &ProxierConfig, recreate_base_chains: bool) {
     mark_for_masquerade(tx, cfg);
     masquerading(tx, cfg);
 
-    let addr_type = cfg.family.nft_addr_type();
+    let addr_type = cfg.node.family.nft_addr_type();
     let set_spec = format!("{{ type {addr_type} ; comment \"Active ClusterIPs\" ; }}");
     tx.op("add", "set", &["cluster-ips", &set_spec]);
     cluster_ips_check(tx, cfg);
@@ -439,7 +448,7 @@ fn setup_table(tx: &mut Tx, cfg: &ProxierConfig, recreate_base_chains: bool) {
         "set",
         &[NODEPORT_IPS, &format!("{{ type {addr_type} ; comment \"IPs that accept NodePort traffic\" ; }}")],
     );
-    let match_all = nodeports_match_all(cfg);
+    let match_all = cfg.node.nodeports_match_all();
     if match_all {
         tx.op("delete", "set", &[NODEPORT_IPS]);
     } else {
@@ -466,7 +475,7 @@ fn setup_table(tx: &mut Tx, cfg: &ProxierConfig, recreate_base_chains: bool) {
     tx.rule(REJECT_CHAIN, &["reject"]);
     let ipx = tx.ipx;
     tx.rule(SERVICE_ENDPOINTS_CHECK, &[ipx, "daddr . meta l4proto . th dport vmap @no-endpoint-services"]);
-    let nodeport_dest = nodeport_destination(cfg.family, match_all);
+    let nodeport_dest = nodeport_destination(cfg.node.family, match_all);
     tx.rule(
         NODEPORT_ENDPOINTS_CHECK,
         &[&nodeport_dest, "meta l4proto . th dport vmap @no-endpoint-nodeports"],
@@ -484,7 +493,7 @@ fn setup_table(tx: &mut Tx, cfg: &ProxierConfig, recreate_base_chains: bool) {
         "map",
         &[Container::ServiceNodePorts.name(), &format!("{port_map} \"NodePort traffic\" ; }}")],
     );
-    services(tx, cfg.family, match_all);
+    services(tx, cfg.node.family, match_all);
 
     for c in Container::ALL {
         tx.op("flush", if c.is_set() { "set" } else { "map" }, &[c.name()]);
@@ -492,14 +501,14 @@ fn setup_table(tx: &mut Tx, cfg: &ProxierConfig, recreate_base_chains: bool) {
 }
 
 /// `mark-for-masquerade`: set the masquerade bit.
-fn mark_for_masquerade(tx: &mut Tx, cfg: &ProxierConfig) {
-    tx.rule(MARK_FOR_MASQUERADE, &["mark set mark or", &cfg.masquerade_mark]);
+fn mark_for_masquerade(tx: &mut Tx, cfg: &NftablesConfig) {
+    tx.rule(MARK_FOR_MASQUERADE, &["mark set mark or", &cfg.node.masquerade_mark]);
 }
 
 /// `masquerading`: masquerade marked packets once (the mark is cleared so a
 /// packet that re-traverses the stack is not masqueraded twice).
-fn masquerading(tx: &mut Tx, cfg: &ProxierConfig) {
-    let mark = cfg.masquerade_mark.as_str();
+fn masquerading(tx: &mut Tx, cfg: &NftablesConfig) {
+    let mark = cfg.node.masquerade_mark.as_str();
     tx.rule(MASQUERADING, &["mark and", mark, "== 0 return"]);
     tx.rule(MASQUERADING, &["mark set mark xor", mark]);
     tx.rule(MASQUERADING, &["masquerade fully-random"]);
@@ -507,7 +516,7 @@ fn masquerading(tx: &mut Tx, cfg: &ProxierConfig) {
 
 /// `cluster-ips-check`: reject undefined ports of ClusterIPs, drop traffic to
 /// unallocated ClusterIPs of the service range.
-fn cluster_ips_check(tx: &mut Tx, cfg: &ProxierConfig) {
+fn cluster_ips_check(tx: &mut Tx, cfg: &NftablesConfig) {
     tx.rule_with_comment(
         CLUSTER_IPS_CHECK,
         &[tx.ipx, "daddr @cluster-ips reject"],
@@ -669,14 +678,14 @@ fn service_elements(tx: &mut Tx, el: &mut ElementWriter<'_>, p: &PortPlan<'_>) {
 
 /// The first rule of the internal chain: mark ClusterIP traffic from outside
 /// the pod network (or all of it, with --masquerade-all) for masquerading.
-fn internal_masquerade(tx: &mut Tx, p: &PortPlan<'_>, cfg: &ProxierConfig) {
+fn internal_masquerade(tx: &mut Tx, p: &PortPlan<'_>, cfg: &NftablesConfig) {
     if !p.t.has_internal_endpoints {
         return;
     }
     let cip = p.sp.cluster_ip.to_string();
-    if cfg.masquerade_all {
+    if cfg.node.masquerade_all {
         tx.rule(p.internal_chain(), &[tx.ipx, "daddr", &cip, "jump", MARK_FOR_MASQUERADE]);
-    } else if let Some(cidr) = cfg.cluster_cidr {
+    } else if let Some(cidr) = cfg.node.cluster_cidr {
         let cidr = cidr.to_string();
         let ipx = tx.ipx;
         tx.rule(
@@ -688,13 +697,13 @@ fn internal_masquerade(tx: &mut Tx, p: &PortPlan<'_>, cfg: &ProxierConfig) {
 
 /// `external-…`: masquerade (eTP Cluster), or short-circuit pod and host
 /// traffic to the cluster policy chain (eTP Local), then the policy chain.
-fn external_chain(tx: &mut Tx, p: &PortPlan<'_>, cfg: &ProxierConfig) {
+fn external_chain(tx: &mut Tx, p: &PortPlan<'_>, cfg: &NftablesConfig) {
     let ext = p.names.external.as_str();
     if !p.sp.external_policy_local {
         tx.rule(ext, &["jump", MARK_FOR_MASQUERADE]);
     } else {
         let cluster = p.names.cluster.as_str();
-        if let Some(cidr) = cfg.cluster_cidr {
+        if let Some(cidr) = cfg.node.cluster_cidr {
             let cidr = cidr.to_string();
             let ipx = tx.ipx;
             tx.rule_with_comment(ext, &[ipx, "saddr", &cidr, "goto", cluster], "short-circuit pod traffic");
@@ -716,9 +725,9 @@ fn external_chain(tx: &mut Tx, p: &PortPlan<'_>, cfg: &ProxierConfig) {
 /// `firewall-…`: drop LB traffic from outside the source ranges (and the LB
 /// IPs themselves when the node is inside them: node → VIP traffic often
 /// arrives with the VIP as source).
-fn firewall_chain(tx: &mut Tx, p: &PortPlan<'_>, cfg: &ProxierConfig) {
+fn firewall_chain(tx: &mut Tx, p: &PortPlan<'_>, cfg: &NftablesConfig) {
     let sp = p.sp;
-    let node_ip = cfg.node_ip();
+    let node_ip = cfg.node.node_ip();
     let mut sources: Vec<String> = sp.load_balancer_source_ranges.iter().map(|c| c.to_string()).collect();
     if sp.load_balancer_source_ranges.iter().any(|c| node_ip.is_some_and(|ip| c.contains(ip))) {
         sources.extend(sp.load_balancer_vips.iter().map(|ip| ip.to_string()));
@@ -785,10 +794,10 @@ fn endpoint_chain(tx: &mut Tx, sp: &ServicePortInfo, ep: &EndpointInfo, names: &
 /// transaction says (see [`Tx`]).
 pub fn render(
     state: &ProxyState,
-    cfg: &ProxierConfig,
+    cfg: &NftablesConfig,
     plan: &NftPlan<'_>,
 ) -> Result<NftRendered, UnsafeText> {
-    let mut tx = Tx { table: cfg.family.nft_table(), ipx: cfg.family.nft(), ..Default::default() };
+    let mut tx = Tx { table: cfg.node.family.nft_table(), ipx: cfg.node.family.nft(), ..Default::default() };
     if plan.full {
         // About 330 bytes of transaction per endpoint: size the buffer once.
         tx.buf.reserve(4096 + state.total_endpoints() * 330 + state.services.len() * 400);
@@ -800,7 +809,7 @@ pub fn render(
     let mut present: HashSet<ServiceKey> = HashSet::new();
 
     for sp in &state.services {
-        let p = PortPlan::new(sp, state.endpoints_of(sp), &cfg.hostname);
+        let p = PortPlan::new(sp, state.endpoints_of(sp), &cfg.node.hostname);
         let key = (sp.namespace.clone(), sp.name.clone());
         let write = plan.full || plan.changed.is_some_and(|c| c.contains(&key));
         if !write {
@@ -842,7 +851,7 @@ pub fn render(
             firewall_chain(&mut tx, &p, cfg);
         }
         if let Some(timeout) = sp.affinity_timeout {
-            affinity_sets(&mut tx, &eps, timeout, cfg.family);
+            affinity_sets(&mut tx, &eps, timeout, cfg.node.family);
             objects.affinity_sets.extend(eps.iter().map(|(_, n)| n.affinity.clone()));
         }
         let by_endpoint: HashMap<&str, &EndpointNames> =
@@ -932,54 +941,4 @@ fn stale_objects(tx: &mut Tx, plan: &NftPlan<'_>, present: &HashSet<ServiceKey>,
     }
     out.stale_chains = stale_chains.into_iter().collect();
     out.deleted_sets = stale_sets.into_iter().collect();
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::bench::synthetic_state;
-
-    fn cfg() -> ProxierConfig {
-        ProxierConfig { hostname: "n".into(), ..Default::default() }
-    }
-
-    /// The backstop: names that got past input validation (here: put into
-    /// the state directly) are refused, not written.
-    #[test]
-    fn the_transaction_builder_refuses_names_that_could_inject() {
-        // An element comment (a service without endpoints).
-        let mut st = synthetic_state(1, 1);
-        st.endpoints.clear();
-        st.services[0].name_string = "bench/x\" : drop }\nadd table ip pwned".into();
-        let e = render(&st, &cfg(), &NftPlan::full()).unwrap_err();
-        assert_eq!((e.what, e.bad), ("nft element comment", '"'));
-        // A chain name.
-        let mut st = synthetic_state(1, 1);
-        st.services[0].chains.nft_base = "x ; add table ip pwned".into();
-        let e = render(&st, &cfg(), &NftPlan::full()).unwrap_err();
-        assert_eq!((e.what, e.bad), ("nft chain name", ' '));
-        // A leftover chain with an unsafe name is left alone, not refused.
-        let st = synthetic_state(1, 1);
-        let existing: BTreeSet<String> = ["service-X-a/b c".to_string()].into();
-        let plan = NftPlan { existing_chains: Some(&existing), ..NftPlan::full() };
-        assert!(render(&st, &cfg(), &plan).unwrap().stale_chains.is_empty());
-    }
-
-    /// A changed comment alone re-creates the element; an unchanged one
-    /// writes nothing.
-    #[test]
-    fn elements_are_compared_with_their_comments() {
-        let mut st = synthetic_state(1, 1);
-        st.endpoints.clear();
-        let full = render(&st, &cfg(), &NftPlan::full()).unwrap();
-        let applied = Applied { elements: full.elements.clone(), objects: full.objects.clone() };
-        let changed = HashSet::new();
-        let plan =
-            NftPlan { full: false, changed: Some(&changed), applied: Some(&applied), ..NftPlan::full() };
-        assert_eq!(render(&st, &cfg(), &plan).unwrap().operations, 0);
-        st.services[0].name_string.push_str("-renamed");
-        let r = render(&st, &cfg(), &plan).unwrap();
-        assert_eq!((r.elements_deleted, r.elements_added), (1, 1), "{}", r.transaction);
-        assert!(r.transaction.contains("-renamed\" : goto reject-chain }"), "{}", r.transaction);
-    }
 }

@@ -10,9 +10,9 @@ use std::net::{IpAddr, SocketAddr};
 
 use calico_store::model::WorkloadEndpoint;
 
+use super::service::{parse_ip_sloppy, Protocol, ServicePortInfo};
 use crate::family::IpFamily;
 use crate::k8s::{Container, EndpointSlice, IntOrString, ObjectError, ObjectRef, Objects};
-use crate::service::{parse_ip_sloppy, Protocol, ServicePortInfo};
 
 /// One endpoint of one service port.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -65,7 +65,7 @@ pub fn key_of(sp: &ServicePortInfo) -> (String, Protocol) {
 
 /// Endpoints from EndpointSlices, of both families (`addressType` IPv4 or
 /// IPv6; FQDN slices are ignored, as kube-proxy does); each family's proxier
-/// takes the endpoints of its family ([`crate::proxier::ProxyState::split_families`]).
+/// takes the endpoints of its family ([`crate::model::ProxyState::split_families`]).
 /// A slice with an invalid address (or one of the other family) or port is
 /// an error and contributes nothing.
 pub fn from_slices(slices: &[EndpointSlice], errors: &mut Vec<ObjectError>) -> EndpointsMap {

@@ -217,10 +217,13 @@ impl Iptables {
         if out.status.success() {
             return Ok(true);
         }
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        if out.status.code() == Some(1) && stderr.contains("exists") {
+        // `-N` exits 1 (iptables' OTHER_PROBLEM) when the chain exists, as
+        // kube-proxy's EnsureChain relies on; whether it does is asked of
+        // the kernel, not read from iptables' message.
+        if out.status.code() == Some(1) && self.chain_exists(table, chain)? {
             return Ok(false);
         }
+        let stderr = String::from_utf8_lossy(&out.stderr);
         Err(IptablesError::Failed {
             command: format!("{} {}", self.family.iptables(), args.join(" ")),
             status: out.status.to_string(),

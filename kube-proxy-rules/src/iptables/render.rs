@@ -12,129 +12,50 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 use std::hash::{Hash, Hasher};
 use std::net::IpAddr;
 
-use ipnetwork::IpNetwork;
-
-use crate::endpoints::{key_of, EndpointInfo, EndpointsMap, Traffic};
+use crate::config::NodeConfig;
 use crate::family::IpFamily;
+use crate::model::endpoints::{EndpointInfo, Traffic};
+use crate::model::service::ServicePortInfo;
+use crate::model::ProxyState;
 use crate::names::{self, *};
-use crate::service::ServicePortInfo;
 use crate::validate::{check_comment, check_line, check_name, UnsafeText};
 
 /// Above this many endpoints, kube-proxy drops the comments of SEP rules and
 /// SVC→SEP rules and cleans stale chains at most once per sync period.
 pub const LARGE_CLUSTER_ENDPOINTS_THRESHOLD: usize = 1000;
 
-/// The node settings (kube-proxy's flags) a payload depends on.
+/// The iptables proxier's settings: the node's ([`NodeConfig`]) and its own.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ProxierConfig {
-    /// The family this proxier writes rules for (one proxier per family, as
-    /// kube-proxy's MetaProxier); every address below is of this family.
-    pub family: IpFamily,
-    /// `--hostname-override`: endpoints with this nodeName are local.
-    pub hostname: String,
-    /// `--node-ip`: the first one of the family is "the" node IP (LB source ranges).
-    pub node_ips: Vec<IpAddr>,
-    /// `--cluster-cidr`: the local-traffic detector (`! -s` / `-s`); None = no detector.
-    pub cluster_cidr: Option<IpNetwork>,
-    /// The masquerade mark, e.g. `0x00004000` (see [`masquerade_mark`]).
-    pub masquerade_mark: String,
-    pub masquerade_all: bool,
+pub struct IptablesConfig {
+    pub node: NodeConfig,
+    /// `--iptables-localhost-nodeports` (off unless the NodePort ranges
+    /// include 127.0.0.1, as kube-proxy decides it).
     pub localhost_nodeports: bool,
-    /// `--nodeport-addresses` (CIDRs of the family); empty = every local address.
-    pub nodeport_addresses: Vec<IpNetwork>,
-    /// This node's interface addresses, matched against `nodeport_addresses`.
-    pub local_addresses: Vec<IpAddr>,
     /// MASQUERADE `--random-fully` (iptables ≥ 1.6.2).
     pub random_fully: bool,
     /// `net.netfilter.nf_conntrack_tcp_be_liberal` ≠ 0: no INVALID drop rule.
     pub conntrack_tcp_liberal: bool,
     /// nfacct counters present (`localhost_nps_accepted_pkts`, `ct_state_invalid_dropped_pkts`).
     pub nfacct: bool,
-    /// The service IP ranges (nftables mode: traffic to an unallocated
-    /// ClusterIP in them is dropped). Unused by the iptables proxier.
-    pub service_cidrs: Vec<IpNetwork>,
 }
 
-/// kube-proxy's mark: `fmt.Sprintf("%#08x", 1<<bit)` pads the digits to 8: `0x00004000`.
-pub fn masquerade_mark(bit: u32) -> String {
-    format!("0x{:08x}", 1u64 << bit)
-}
-
-impl Default for ProxierConfig {
+impl Default for IptablesConfig {
     fn default() -> Self {
-        ProxierConfig {
-            family: IpFamily::V4,
-            hostname: String::new(),
-            node_ips: Vec::new(),
-            cluster_cidr: None,
-            masquerade_mark: masquerade_mark(14),
-            masquerade_all: false,
+        IptablesConfig {
+            node: NodeConfig::default(),
             localhost_nodeports: true,
-            nodeport_addresses: Vec::new(),
-            local_addresses: Vec::new(),
             random_fully: false,
             conntrack_tcp_liberal: false,
             nfacct: false,
-            service_cidrs: Vec::new(),
         }
     }
 }
 
-impl ProxierConfig {
+impl IptablesConfig {
     /// Localhost NodePorts: IPv4 only (route_localnet); kube-proxy turns
     /// them off for IPv6 (its node-port addresses never contain 127.0.0.1).
     pub fn localhost_nodeports(&self) -> bool {
-        self.localhost_nodeports && self.family == IpFamily::V4
-    }
-    /// The first `--node-ip` of the family: "the" node IP (LB source ranges).
-    pub fn node_ip(&self) -> Option<IpAddr> {
-        self.node_ips.iter().copied().find(|ip| self.family.has(*ip))
-    }
-}
-
-/// Everything a sync renders from: service ports sorted by name, and endpoints.
-#[derive(Debug, Clone, Default)]
-pub struct ProxyState {
-    pub services: Vec<ServicePortInfo>,
-    pub endpoints: EndpointsMap,
-}
-
-impl ProxyState {
-    pub fn endpoints_of(&self, sp: &ServicePortInfo) -> &[EndpointInfo] {
-        self.endpoints.get(&key_of(sp)).map(Vec::as_slice).unwrap_or(&[])
-    }
-    pub fn total_endpoints(&self) -> usize {
-        self.services.iter().map(|sp| self.endpoints_of(sp).len()).sum()
-    }
-
-    /// Split into the IPv4 and the IPv6 proxier's states (the MetaProxier's
-    /// split): each gets the service ports of its family and the endpoints
-    /// of its family. Moves, no copies of a single-family state.
-    pub fn split_families(self) -> [ProxyState; 2] {
-        let has_v6 = self.services.iter().any(|sp| sp.family() == IpFamily::V6)
-            || self.endpoints.values().flatten().any(|e| e.ip.is_ipv6());
-        if !has_v6 {
-            return [self, ProxyState::default()];
-        }
-        let (v4, v6): (Vec<_>, Vec<_>) =
-            self.services.into_iter().partition(|sp| sp.family() == IpFamily::V4);
-        let mut eps4 = EndpointsMap::new();
-        let mut eps6 = EndpointsMap::new();
-        for (key, eps) in self.endpoints {
-            let (a, b): (Vec<_>, Vec<_>) = eps.into_iter().partition(|e| e.ip.is_ipv4());
-            if !a.is_empty() {
-                eps4.insert(key.clone(), a);
-            }
-            if !b.is_empty() {
-                eps6.insert(key, b);
-            }
-        }
-        [ProxyState { services: v4, endpoints: eps4 }, ProxyState { services: v6, endpoints: eps6 }]
-    }
-
-    /// Nothing to proxy.
-    pub fn is_empty(&self) -> bool {
-        self.services.is_empty() && self.endpoints.is_empty()
+        self.localhost_nodeports && self.node.family == IpFamily::V4
     }
 }
 
@@ -441,7 +362,7 @@ fn kube_proxy_firewall(t: &mut Tables, p: &PortPlan<'_>) {
 
 /// nat KUBE-NODEPORTS: the NodePort to KUBE-EXT (not subject to source
 /// ranges); filter KUBE-NODEPORTS: accept the health check node port.
-fn kube_nodeports(t: &mut Tables, p: &PortPlan<'_>, cfg: &ProxierConfig) {
+fn kube_nodeports(t: &mut Tables, p: &PortPlan<'_>, cfg: &IptablesConfig) {
     let sp = p.sp;
     if sp.node_port != 0 && p.has_endpoints {
         let np = sp.node_port.to_string();
@@ -464,7 +385,7 @@ fn kube_nodeports(t: &mut Tables, p: &PortPlan<'_>, cfg: &ProxierConfig) {
 
 /// First rule of the internal chain (KUBE-SVC, or KUBE-SVL with iTP Local):
 /// mark off-cluster traffic to the ClusterIP for masquerading.
-fn internal_masquerade(nat_rules: &mut LineBuffer, p: &PortPlan<'_>, cfg: &ProxierConfig) {
+fn internal_masquerade(nat_rules: &mut LineBuffer, p: &PortPlan<'_>, cfg: &IptablesConfig) {
     if !p.has_internal_endpoints {
         return;
     }
@@ -474,16 +395,16 @@ fn internal_masquerade(nat_rules: &mut LineBuffer, p: &PortPlan<'_>, cfg: &Proxi
     let mut rule = |rest: &[&str]| {
         nat_rules.write_port_rule(p.internal_chain, &comment, p.proto, Dest::Ip(&cip), &p.port, rest)
     };
-    if cfg.masquerade_all {
+    if cfg.node.masquerade_all {
         rule(&["-j", KUBE_MARK_MASQ]);
-    } else if let Some(cidr) = cfg.cluster_cidr {
+    } else if let Some(cidr) = cfg.node.cluster_cidr {
         rule(&["!", "-s", &cidr.to_string(), "-j", KUBE_MARK_MASQ]);
     }
 }
 
 /// KUBE-EXT-…: masquerade (eTP Cluster) or short-circuit pod and host traffic
 /// to the cluster chain (eTP Local), then on to the policy chain.
-fn kube_ext(nat_chains: &mut LineBuffer, nat_rules: &mut LineBuffer, p: &PortPlan<'_>, cfg: &ProxierConfig) {
+fn kube_ext(nat_chains: &mut LineBuffer, nat_rules: &mut LineBuffer, p: &PortPlan<'_>, cfg: &IptablesConfig) {
     let sp = p.sp;
     let ext = sp.chains.ext.as_str();
     nat_chains.chain_line(ext);
@@ -491,7 +412,7 @@ fn kube_ext(nat_chains: &mut LineBuffer, nat_rules: &mut LineBuffer, p: &PortPla
         let comment = quoted(&format!("masquerade traffic for {} external destinations", sp.name_string));
         nat_rules.write(&["-A", ext, "-m", "comment", "--comment", &comment, "-j", KUBE_MARK_MASQ]);
     } else {
-        if let Some(cidr) = cfg.cluster_cidr {
+        if let Some(cidr) = cfg.node.cluster_cidr {
             let comment = quoted(&format!("pod traffic for {} external destinations", sp.name_string));
             let cidr = cidr.to_string();
             nat_rules.write(&[
@@ -535,12 +456,12 @@ fn kube_ext(nat_chains: &mut LineBuffer, nat_rules: &mut LineBuffer, p: &PortPla
 
 /// KUBE-FW-…: loadBalancerSourceRanges; whatever falls through is dropped
 /// by KUBE-PROXY-FIREWALL in filter.
-fn kube_fw(nat_chains: &mut LineBuffer, nat_rules: &mut LineBuffer, p: &PortPlan<'_>, cfg: &ProxierConfig) {
+fn kube_fw(nat_chains: &mut LineBuffer, nat_rules: &mut LineBuffer, p: &PortPlan<'_>, cfg: &IptablesConfig) {
     let sp = p.sp;
     let fw = sp.chains.fw.as_str();
     nat_chains.chain_line(fw);
     let comment = quoted(&format!("{} loadbalancer IP", sp.name_string));
-    let node_ip = cfg.node_ip();
+    let node_ip = cfg.node.node_ip();
     let mut allow_from_node = false;
     for cidr in &sp.load_balancer_source_ranges {
         let c = cidr.to_string();
@@ -657,8 +578,8 @@ fn kube_sep(
 }
 
 /// KUBE-POSTROUTING and KUBE-MARK-MASQ: masquerade marked packets once.
-fn kube_postrouting_and_mark_masq(t: &mut Tables, cfg: &ProxierConfig) {
-    let mark = &cfg.masquerade_mark;
+fn kube_postrouting_and_mark_masq(t: &mut Tables, cfg: &IptablesConfig) {
+    let mark = &cfg.node.masquerade_mark;
     let mark_mask = format!("{mark}/{mark}");
     t.nat[N_POSTROUTING].write(&[
         "-A",
@@ -709,7 +630,7 @@ fn kube_firewall(t: &mut Tables) {
 }
 
 /// KUBE-FORWARD: drop INVALID, accept marked and established forwarded traffic.
-fn kube_forward(t: &mut Tables, cfg: &ProxierConfig) {
+fn kube_forward(t: &mut Tables, cfg: &IptablesConfig) {
     if !cfg.conntrack_tcp_liberal {
         let mut rule = vec!["-A", KUBE_FORWARD, "-m", "conntrack", "--ctstate", "INVALID"];
         if cfg.nfacct {
@@ -718,7 +639,7 @@ fn kube_forward(t: &mut Tables, cfg: &ProxierConfig) {
         rule.extend(["-j", "DROP"]);
         t.filter[F_FORWARD].write(&rule);
     }
-    let mark_mask = format!("{0}/{0}", cfg.masquerade_mark);
+    let mark_mask = format!("{0}/{0}", cfg.node.masquerade_mark);
     let comment = quoted("kubernetes forwarding rules");
     t.filter[F_FORWARD].write(&[
         "-A",
@@ -752,26 +673,25 @@ fn kube_forward(t: &mut Tables, cfg: &ProxierConfig) {
 }
 
 /// The last nat KUBE-SERVICES rule(s): local destinations go on to KUBE-NODEPORTS.
-fn kube_services_nodeports_jump(t: &mut Tables, cfg: &ProxierConfig) {
+fn kube_services_nodeports_jump(t: &mut Tables, cfg: &IptablesConfig) {
     let comment = quoted("kubernetes service nodeports; NOTE: this must be the last rule in this chain");
-    let match_all =
-        cfg.nodeport_addresses.is_empty() || cfg.nodeport_addresses.iter().any(|c| c.prefix() == 0);
-    if match_all {
+    if cfg.node.nodeports_match_all() {
         let mut rule = vec!["-A", KUBE_SERVICES, "-m", "comment", "--comment", &comment];
         rule.extend(["-m", "addrtype", "--dst-type", "LOCAL"]);
         // Localhost NodePorts never work on IPv6; on IPv4 only with route_localnet.
-        if cfg.family == IpFamily::V6 || !cfg.localhost_nodeports {
-            rule.extend(["!", "-d", cfg.family.loopback_cidr()]);
+        if cfg.node.family == IpFamily::V6 || !cfg.localhost_nodeports {
+            rule.extend(["!", "-d", cfg.node.family.loopback_cidr()]);
         }
         rule.extend(["-j", KUBE_NODEPORTS]);
         t.nat[N_SERVICES].write(&rule);
         return;
     }
     let mut ips: Vec<IpAddr> = cfg
+        .node
         .local_addresses
         .iter()
         .copied()
-        .filter(|ip| cfg.family.has(*ip) && cfg.nodeport_addresses.iter().any(|c| c.contains(*ip)))
+        .filter(|ip| cfg.node.family.has(*ip) && cfg.node.nodeport_addresses.iter().any(|c| c.contains(*ip)))
         .filter(|ip| !ip.is_loopback() || cfg.localhost_nodeports())
         .collect();
     ips.sort();
@@ -795,18 +715,18 @@ fn kube_services_nodeports_jump(t: &mut Tables, cfg: &ProxierConfig) {
 
 /// How many nat rules a skipped service would have written (for the counts),
 /// without formatting them.
-fn skipped_rule_count(p: &PortPlan<'_>, cfg: &ProxierConfig) -> usize {
+fn skipped_rule_count(p: &PortPlan<'_>, cfg: &IptablesConfig) -> usize {
     let sp = p.sp;
     let mut n = 0;
-    if p.has_internal_endpoints && (cfg.masquerade_all || cfg.cluster_cidr.is_some()) {
+    if p.has_internal_endpoints && (cfg.node.masquerade_all || cfg.node.cluster_cidr.is_some()) {
         n += 1;
     }
     if p.uses_ext_chain {
-        n += if sp.external_policy_local { 2 + cfg.cluster_cidr.is_some() as usize } else { 1 };
+        n += if sp.external_policy_local { 2 + cfg.node.cluster_cidr.is_some() as usize } else { 1 };
         n += p.has_external_endpoints as usize;
     }
     if p.uses_fw_chain {
-        let node_ip = cfg.node_ip();
+        let node_ip = cfg.node.node_ip();
         let allow = sp.load_balancer_source_ranges.iter().any(|c| node_ip.is_some_and(|ip| c.contains(ip)));
         n += sp.load_balancer_source_ranges.len() + 1 + if allow { sp.load_balancer_vips.len() } else { 0 };
     }
@@ -826,12 +746,135 @@ fn content_hash(buf: &str) -> u64 {
     h.finish()
 }
 
+/// The per-service-port nat chains of one port whose chains this payload
+/// writes: the internal chain's masquerade rule, KUBE-EXT, KUBE-FW, KUBE-SVC,
+/// KUBE-SVL and the KUBE-SEP chains. Returns the chains it declared.
+fn service_port_chains<'a>(
+    t: &'a mut Tables,
+    p: &PortPlan<'_>,
+    cfg: &IptablesConfig,
+    large_cluster: bool,
+) -> impl Iterator<Item = String> + 'a {
+    let sp = p.sp;
+    let before = t.nat_chains.buf.len();
+    let (nat_chains, nat_rules) = (&mut t.nat_chains, &mut t.nat_rules);
+    internal_masquerade(nat_rules, p, cfg);
+    if p.uses_ext_chain {
+        kube_ext(nat_chains, nat_rules, p, cfg);
+    }
+    if p.uses_fw_chain {
+        kube_fw(nat_chains, nat_rules, p, cfg);
+    }
+    if p.uses_cluster_chain {
+        kube_svc(nat_chains, nat_rules, sp, &sp.chains.svc, &p.cluster, large_cluster);
+    }
+    if p.uses_local_chain {
+        kube_svc(nat_chains, nat_rules, sp, &sp.chains.svl, &p.local, large_cluster);
+    }
+    for ep in &p.all_reachable {
+        kube_sep(nat_chains, nat_rules, p, ep, large_cluster);
+    }
+    let written = &t.nat_chains.buf[before..];
+    written.lines().filter_map(|l| l.strip_prefix(':')?.split(' ').next()).map(String::from)
+}
+
+/// The per-service-port nat chains one port uses (written or not): they
+/// stay, every other service chain is stale.
+fn active_chains(p: &PortPlan<'_>, active: &mut BTreeSet<String>) {
+    let chains = &p.sp.chains;
+    for (used, c) in [
+        (p.uses_ext_chain, &chains.ext),
+        (p.uses_fw_chain, &chains.fw),
+        (p.uses_cluster_chain, &chains.svc),
+        (p.uses_local_chain, &chains.svl),
+    ] {
+        if used {
+            active.insert(c.clone());
+        }
+    }
+    active.extend(p.all_reachable.iter().map(|ep| ep.chain.clone()));
+}
+
+/// Stale service chains (existing, not active): flushed by a chain line,
+/// then deleted with `-X`.
+fn stale_service_chains(t: &mut Tables, existing: &BTreeSet<String>, out: &mut Rendered) {
+    for chain in existing.difference(&out.active_nat_chains) {
+        // A leftover whose name could not be written safely was not
+        // written by us: it is left alone rather than failing every sync.
+        if names::is_service_chain(chain) && check_name("", chain).is_ok() {
+            // A chain line flushes it; then it can be deleted.
+            t.nat_chains.chain_line(chain);
+            t.nat_deletes.write(&["-X", chain]);
+            out.deleted_chains.push(chain.clone());
+        }
+    }
+}
+
+/// Which top-level chains (the first `filter_used` filter ones, the four
+/// nat ones) the payload rewrites. kube-proxy rewrites them all on every
+/// sync; here one whose content is unchanged since the last applied sync is
+/// left out when the plan asks for it ([`RenderPlan::applied_top_level`]).
+/// The hashes and the chains left out are recorded in `out`.
+fn top_level_kept(
+    t: &Tables,
+    plan: &RenderPlan<'_>,
+    filter_used: usize,
+    out: &mut Rendered,
+) -> ([bool; 6], [bool; 4]) {
+    let mut keep_filter = [false; 6];
+    let mut keep_nat = [false; 4];
+    let mut decide = |table: &str, chain: &str, buf: &LineBuffer| -> bool {
+        let key = format!("{table}/{chain}");
+        let h = content_hash(&buf.buf);
+        let unchanged = !plan.full && plan.applied_top_level.is_some_and(|a| a.get(&key) == Some(&h));
+        out.top_level_hashes.insert(key.clone(), h);
+        if unchanged {
+            out.skipped_top_level.push(key);
+        }
+        !unchanged
+    };
+    for i in 0..filter_used {
+        keep_filter[i] = decide("filter", FILTER_CHAINS[i], &t.filter[i]);
+    }
+    for i in 0..4 {
+        keep_nat[i] = decide("nat", NAT_CHAINS[i], &t.nat[i]);
+    }
+    (keep_filter, keep_nat)
+}
+
+/// The payload: everything before the per-service rules, then those (the
+/// bulk, moved in place rather than copied), then the deletions.
+fn assemble(t: &mut Tables, filter_used: usize, keep_filter: &[bool; 6], keep_nat: &[bool; 4]) -> String {
+    let mut head = String::with_capacity(1024 + t.nat_chains.buf.len() + t.nat[N_SERVICES].buf.len());
+    head.push_str("*filter\n");
+    for i in (0..filter_used).filter(|i| keep_filter[*i]) {
+        head.push_str(&format!(":{} - [0:0]\n", FILTER_CHAINS[i]));
+    }
+    for i in (0..filter_used).filter(|i| keep_filter[*i]) {
+        head.push_str(&t.filter[i].buf);
+    }
+    head.push_str("COMMIT\n*nat\n");
+    for i in (0..4).filter(|i| keep_nat[*i]) {
+        head.push_str(&format!(":{} - [0:0]\n", NAT_CHAINS[i]));
+    }
+    head.push_str(&t.nat_chains.buf);
+    for i in (0..4).filter(|i| keep_nat[*i]) {
+        head.push_str(&t.nat[i].buf);
+    }
+    let mut payload = std::mem::take(&mut t.nat_rules.buf);
+    payload.reserve(head.len() + t.nat_deletes.buf.len() + 8);
+    payload.insert_str(0, &head);
+    payload.push_str(&t.nat_deletes.buf);
+    payload.push_str("COMMIT\n");
+    payload
+}
+
 /// Render one sync's iptables-restore payload (`syncProxyRules`). Refused
 /// (no payload at all) if a name or comment could change what the payload
 /// says (see [`LineBuffer`]).
 pub fn render(
     state: &ProxyState,
-    cfg: &ProxierConfig,
+    cfg: &IptablesConfig,
     plan: &RenderPlan<'_>,
 ) -> Result<Rendered, UnsafeText> {
     let mut t = Tables::default();
@@ -854,95 +897,29 @@ pub fn render(
     for sp in &state.services {
         // The service port name goes into comments, quoted and unquoted.
         check_comment("iptables comment", &sp.name_string)?;
-        let p = PortPlan::new(sp, state.endpoints_of(sp), &cfg.hostname);
+        let p = PortPlan::new(sp, state.endpoints_of(sp), &cfg.node.hostname);
         kube_services(&mut t, &p);
         kube_external_services(&mut t, &p);
         kube_proxy_firewall(&mut t, &p);
         kube_nodeports(&mut t, &p, cfg);
-
-        // Every chain in use stays active (stale-chain cleanup), written or not.
-        let chains = &sp.chains;
-        let mut insert = |used: bool, c: &String| {
-            if used {
-                out.active_nat_chains.insert(c.clone());
-            }
-        };
-        insert(p.uses_ext_chain, &chains.ext);
-        insert(p.uses_fw_chain, &chains.fw);
-        insert(p.uses_cluster_chain, &chains.svc);
-        insert(p.uses_local_chain, &chains.svl);
-        for ep in &p.all_reachable {
-            out.active_nat_chains.insert(ep.chain.clone());
-        }
-
-        let skip =
-            !plan.full && !plan.changed.is_some_and(|c| c.contains(&(sp.namespace.clone(), sp.name.clone())));
-        if skip {
+        active_chains(&p, &mut out.active_nat_chains);
+        let write =
+            plan.full || plan.changed.is_some_and(|c| c.contains(&(sp.namespace.clone(), sp.name.clone())));
+        if write {
+            out.written_service_chains.extend(service_port_chains(&mut t, &p, cfg, large_cluster));
+        } else {
             // kube-proxy renders these into a discard buffer; counting is enough.
             skipped_rules += skipped_rule_count(&p, cfg);
-            continue;
         }
-        let before = t.nat_chains.buf.len();
-        let (nat_chains, nat_rules) = (&mut t.nat_chains, &mut t.nat_rules);
-        internal_masquerade(nat_rules, &p, cfg);
-        if p.uses_ext_chain {
-            kube_ext(nat_chains, nat_rules, &p, cfg);
-        }
-        if p.uses_fw_chain {
-            kube_fw(nat_chains, nat_rules, &p, cfg);
-        }
-        if p.uses_cluster_chain {
-            kube_svc(nat_chains, nat_rules, sp, &sp.chains.svc, &p.cluster, large_cluster);
-        }
-        if p.uses_local_chain {
-            kube_svc(nat_chains, nat_rules, sp, &sp.chains.svl, &p.local, large_cluster);
-        }
-        for ep in &p.all_reachable {
-            kube_sep(nat_chains, nat_rules, &p, ep, large_cluster);
-        }
-        let written = &t.nat_chains.buf[before..];
-        out.written_service_chains
-            .extend(written.lines().filter_map(|l| l.strip_prefix(':')?.split(' ').next()).map(String::from));
     }
-
     if let Some(existing) = plan.existing_nat_chains {
-        for chain in existing.difference(&out.active_nat_chains) {
-            // A leftover whose name could not be written safely was not
-            // written by us: it is left alone rather than failing every sync.
-            if names::is_service_chain(chain) && check_name("", chain).is_ok() {
-                // A chain line flushes it; then it can be deleted.
-                t.nat_chains.chain_line(chain);
-                t.nat_deletes.write(&["-X", chain]);
-                out.deleted_chains.push(chain.clone());
-            }
-        }
+        stale_service_chains(&mut t, existing, &mut out);
     }
-
     kube_services_nodeports_jump(&mut t, cfg);
     kube_forward(&mut t, cfg);
 
-    // Top-level chains: always rewritten by kube-proxy; left out here when
-    // asked to and unchanged since the last applied sync.
     let filter_used = if localhost_nodeports { 6 } else { 5 };
-    let mut keep_filter = [false; 6];
-    let mut keep_nat = [false; 4];
-    let mut decide = |table: &str, chain: &str, buf: &LineBuffer| -> bool {
-        let key = format!("{table}/{chain}");
-        let h = content_hash(&buf.buf);
-        let unchanged = !plan.full && plan.applied_top_level.is_some_and(|a| a.get(&key) == Some(&h));
-        out.top_level_hashes.insert(key.clone(), h);
-        if unchanged {
-            out.skipped_top_level.push(key);
-        }
-        !unchanged
-    };
-    for i in 0..filter_used {
-        keep_filter[i] = decide("filter", FILTER_CHAINS[i], &t.filter[i]);
-    }
-    for i in 0..4 {
-        keep_nat[i] = decide("nat", NAT_CHAINS[i], &t.nat[i]);
-    }
-
+    let (keep_filter, keep_nat) = top_level_kept(&t, plan, filter_used, &mut out);
     out.filter_rules = (0..filter_used).filter(|i| keep_filter[*i]).map(|i| t.filter[i].lines).sum();
     let top_nat: usize = (0..4).filter(|i| keep_nat[*i]).map(|i| t.nat[i].lines).sum();
     out.nat_rules = top_nat + t.nat_rules.lines;
@@ -953,138 +930,6 @@ pub fn render(
     if let Some(refused) = buffers.filter_map(|b| b.refused.clone()).next() {
         return Err(refused);
     }
-
-    // Assemble: everything before the per-service rules, then those (the bulk,
-    // moved in place rather than copied), then the deletions.
-    let mut head = String::with_capacity(1024 + t.nat_chains.buf.len() + t.nat[N_SERVICES].buf.len());
-    head.push_str("*filter\n");
-    for i in (0..filter_used).filter(|i| keep_filter[*i]) {
-        head.push_str(&format!(":{} - [0:0]\n", FILTER_CHAINS[i]));
-    }
-    for i in (0..filter_used).filter(|i| keep_filter[*i]) {
-        head.push_str(&t.filter[i].buf);
-    }
-    head.push_str("COMMIT\n*nat\n");
-    for i in (0..4).filter(|i| keep_nat[*i]) {
-        head.push_str(&format!(":{} - [0:0]\n", NAT_CHAINS[i]));
-    }
-    head.push_str(&t.nat_chains.buf);
-    for i in (0..4).filter(|i| keep_nat[*i]) {
-        head.push_str(&t.nat[i].buf);
-    }
-    let mut payload = std::mem::take(&mut t.nat_rules.buf);
-    payload.reserve(head.len() + t.nat_deletes.buf.len() + 8);
-    payload.insert_str(0, &head);
-    payload.push_str(&t.nat_deletes.buf);
-    payload.push_str("COMMIT\n");
-    out.payload = payload;
+    out.payload = assemble(&mut t, filter_used, &keep_filter, &keep_nat);
     Ok(out)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::bench::synthetic_state;
-
-    fn cfg() -> ProxierConfig {
-        ProxierConfig {
-            hostname: "bench-node".into(),
-            masquerade_mark: "0x4000".into(),
-            ..Default::default()
-        }
-    }
-
-    fn rules_of<'a>(payload: &'a str, chain_prefix: &str) -> Vec<&'a str> {
-        payload.lines().filter(|l| l.starts_with(&format!("-A {chain_prefix}"))).collect()
-    }
-
-    #[test]
-    fn large_cluster_mode_drops_endpoint_comments_above_1000_endpoints() {
-        // 100 services x 10 endpoints = 1000: not large yet.
-        let at = render(&synthetic_state(100, 10), &cfg(), &RenderPlan { full: true, ..Default::default() })
-            .unwrap();
-        assert!(!at.large_cluster_mode);
-        assert!(rules_of(&at.payload, "KUBE-SEP-").iter().all(|r| r.contains("--comment bench/svc-")));
-        assert!(rules_of(&at.payload, "KUBE-SVC-").iter().all(|r| r.contains("--comment")));
-        // One more endpoint: SEP rules and SVC->SEP rules lose their comments,
-        // the cluster IP rules keep theirs.
-        let mut st = synthetic_state(100, 10);
-        let sp = st.services[0].clone();
-        let ep = EndpointInfo::new(&sp.name_string, sp.protocol, "10.127.0.1".parse().unwrap(), 8080, None);
-        st.endpoints.get_mut(&crate::endpoints::key_of(&sp)).unwrap().push(ep);
-        let big = render(&st, &cfg(), &RenderPlan { full: true, ..Default::default() }).unwrap();
-        assert!(big.large_cluster_mode);
-        assert!(rules_of(&big.payload, "KUBE-SEP-").iter().all(|r| !r.contains("--comment")));
-        for r in rules_of(&big.payload, "KUBE-SVC-") {
-            assert_eq!(r.contains("--comment"), r.contains("KUBE-MARK-MASQ"), "{r}");
-        }
-        assert!(big
-            .payload
-            .contains("-A KUBE-SERVICES -m comment --comment \"bench/svc-0:http cluster IP\""));
-        let sep = big.payload.lines().find(|l| l.contains("DNAT --to-destination 10.127.0.1:8080")).unwrap();
-        assert!(
-            sep.starts_with("-A KUBE-SEP-")
-                && sep.ends_with("-m tcp -p tcp -j DNAT --to-destination 10.127.0.1:8080")
-        );
-        // 11 endpoints: probabilities 1/11 ... 1/2, formatted %0.10f.
-        assert!(big.payload.contains("--probability 0.0909090909 "));
-    }
-
-    #[test]
-    fn partial_render_writes_only_changed_services_chains() {
-        let st = synthetic_state(50, 3);
-        let full = render(&st, &cfg(), &RenderPlan { full: true, ..Default::default() }).unwrap();
-        let changed: HashSet<(String, String)> = [("bench".to_string(), "svc-7".to_string())].into();
-        let part =
-            render(&st, &cfg(), &RenderPlan { full: false, changed: Some(&changed), ..Default::default() })
-                .unwrap();
-        let sp = &st.services.iter().find(|s| s.name == "svc-7").unwrap().chains;
-        // Its SVC chain and 3 SEP chains are written, nobody else's.
-        assert_eq!(part.written_service_chains.len(), 4, "{:?}", part.written_service_chains);
-        assert!(part.written_service_chains.contains(&sp.svc));
-        assert_eq!(part.payload.lines().filter(|l| l.starts_with(":KUBE-SEP-")).count(), 3);
-        // The top-level chains still list every service.
-        assert_eq!(
-            rules_of(&part.payload, "KUBE-SERVICES").len(),
-            rules_of(&full.payload, "KUBE-SERVICES").len()
-        );
-        // Both know every chain in use (for the stale-chain diff), and the skipped rules are counted.
-        assert_eq!(part.active_nat_chains, full.active_nat_chains);
-        assert_eq!(part.nat_rules + part.skipped_nat_rules, full.nat_rules);
-    }
-
-    #[test]
-    fn stale_chains_are_flushed_then_deleted() {
-        let st = synthetic_state(2, 1);
-        let existing: BTreeSet<String> =
-            ["KUBE-SEP-GONE", "KUBE-SVC-GONE", "KUBE-SERVICES", "CALI-FORWARD", "KUBE-PROXY-CANARY"]
-                .iter()
-                .map(|s| s.to_string())
-                .collect();
-        let r = render(
-            &st,
-            &cfg(),
-            &RenderPlan { full: true, existing_nat_chains: Some(&existing), ..Default::default() },
-        )
-        .unwrap();
-        assert_eq!(r.deleted_chains, ["KUBE-SEP-GONE", "KUBE-SVC-GONE"]);
-        assert!(r.payload.contains(":KUBE-SEP-GONE - [0:0]\n") && r.payload.contains("\n-X KUBE-SEP-GONE\n"));
-        assert!(!r.payload.contains("CALI-FORWARD") && !r.payload.contains("-X KUBE-PROXY-CANARY"));
-    }
-
-    /// The backstop: a name that got past input validation (here: put into
-    /// the state directly) is refused, not written.
-    #[test]
-    fn the_writer_refuses_a_name_that_could_inject() {
-        let mut st = synthetic_state(1, 1);
-        st.services[0].name_string = "bench/x\" -j ACCEPT\n-A KUBE-SERVICES -j ACCEPT\n#".into();
-        let e = render(&st, &cfg(), &RenderPlan { full: true, ..Default::default() }).unwrap_err();
-        assert_eq!((e.what, e.bad), ("iptables comment", '"'));
-        // Any word, not only the service port name: a line end never gets through.
-        let mut st = synthetic_state(1, 1);
-        let key = crate::endpoints::key_of(&st.services[0]);
-        st.endpoints.get_mut(&key).unwrap()[0].chain = "KUBE-SEP-X\n-A INPUT -j ACCEPT".into();
-        let e = render(&st, &cfg(), &RenderPlan { full: true, ..Default::default() }).unwrap_err();
-        assert_eq!(e.bad, '\n');
-    }
 }

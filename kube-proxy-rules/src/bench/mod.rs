@@ -1,4 +1,6 @@
-//! `kube-proxy-rules bench`: N services × M endpoints, synthetic. Measures
+//! `kube-proxy-rules bench`: N services × M endpoints, synthetic
+//! ([`synthetic`]). Part of the binary, not of the library (nothing else runs
+//! a benchmark); it uses the library as any other caller would. Measures
 //! full render time and peak memory, the partial-sync payload for one changed
 //! service against the full one, and how long `iptables-restore` takes for
 //! both in a scratch network namespace the bench creates and deletes. With
@@ -23,56 +25,17 @@ use std::net::Ipv4Addr;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use crate::cli::{Args, ProxyMode};
-use crate::endpoints::{key_of, EndpointInfo};
-use crate::iptables::Iptables;
-use crate::k8s::IntOrString;
-use crate::names::ServiceChains;
-use crate::nftables::{self, Nft};
-use crate::proxier::{render, ProxierConfig, ProxyState, RenderPlan};
-use crate::service::{Protocol, ServicePortInfo};
-use crate::syncer::ServiceKey;
+use kube_proxy_rules::cli::{Args, ProxyMode};
+use kube_proxy_rules::config::NodeConfig;
+use kube_proxy_rules::iptables::Iptables;
+use kube_proxy_rules::iptables::{render, IptablesConfig, RenderPlan};
+use kube_proxy_rules::model::endpoints::{key_of, EndpointInfo};
+use kube_proxy_rules::model::service::Protocol;
+use kube_proxy_rules::model::{ProxyState, ServiceKey};
+use kube_proxy_rules::nftables::{self, Nft};
 
-/// A synthetic cluster: `services` ClusterIP services with `endpoints` each,
-/// a tenth of the endpoints on this node.
-pub fn synthetic_state(services: usize, endpoints: usize) -> ProxyState {
-    let mut st = ProxyState::default();
-    for i in 0..services {
-        let name = format!("svc-{i}");
-        let name_string = format!("bench/{name}:http");
-        let sp = ServicePortInfo {
-            namespace: "bench".into(),
-            name,
-            port_name: "http".into(),
-            chains: ServiceChains::new(&name_string, "tcp"),
-            name_string,
-            protocol: Protocol::Tcp,
-            cluster_ip: Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 96, 0, 0)) + 1 + i as u32).into(),
-            port: 80,
-            target_port: IntOrString::Int(8080),
-            node_port: 0,
-            external_ips: Vec::new(),
-            load_balancer_vips: Vec::new(),
-            load_balancer_source_ranges: Vec::new(),
-            affinity_timeout: None,
-            health_check_node_port: 0,
-            internal_policy_local: false,
-            external_policy_local: false,
-        };
-        let eps: Vec<EndpointInfo> = (0..endpoints)
-            .map(|j| {
-                let ip = Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 128, 0, 0)) + (i * endpoints + j) as u32);
-                let node = if j == 0 { "bench-node".to_string() } else { format!("node-{}", j % 50) };
-                EndpointInfo::new(&sp.name_string, Protocol::Tcp, ip.into(), 8080, Some(node))
-            })
-            .collect();
-        let mut eps = eps;
-        eps.sort_by(|a, b| a.endpoint.cmp(&b.endpoint));
-        st.endpoints.insert(key_of(&sp), eps);
-        st.services.push(sp);
-    }
-    st
-}
+pub mod synthetic;
+use synthetic::synthetic_state;
 
 fn status_kb(field: &str) -> Option<u64> {
     let s = std::fs::read_to_string("/proc/self/status").ok()?;
@@ -135,9 +98,12 @@ pub fn run(args: &Args) -> Result<i32, String> {
     if args.proxy_mode == ProxyMode::Nftables {
         return run_nftables(args);
     }
-    let cfg = ProxierConfig {
-        hostname: "bench-node".into(),
-        cluster_cidr: "10.128.0.0/9".parse().ok(),
+    let cfg = IptablesConfig {
+        node: NodeConfig {
+            hostname: "bench-node".into(),
+            cluster_cidr: "10.128.0.0/9".parse().ok(),
+            ..Default::default()
+        },
         random_fully: true,
         ..Default::default()
     };
@@ -164,7 +130,7 @@ pub fn run(args: &Args) -> Result<i32, String> {
 
     // One service's endpoints change: only its chains are written.
     let (changed_state, changed) = one_service_changed(&state);
-    // As the syncer does it: the top-level chains as last applied (the full render).
+    // As the backend does it: the top-level chains as last applied (the full render).
     let plan = RenderPlan {
         full: false,
         changed: Some(&changed),
@@ -245,17 +211,22 @@ pub fn run(args: &Args) -> Result<i32, String> {
 /// `bench --proxy-mode nftables`.
 fn run_nftables(args: &Args) -> Result<i32, String> {
     let (n, m) = (args.bench_services, args.bench_endpoints);
-    let cfg = ProxierConfig {
+    let node = NodeConfig {
         hostname: "bench-node".into(),
         node_ips: vec![Ipv4Addr::new(192, 168, 0, 2).into()],
         cluster_cidr: "10.128.0.0/9".parse().ok(),
         nodeport_addresses: "192.168.0.2/32".parse().into_iter().collect(),
         local_addresses: vec![Ipv4Addr::new(192, 168, 0, 2).into()],
-        service_cidrs: "10.96.0.0/12".parse().into_iter().collect(),
-        localhost_nodeports: false,
-        random_fully: true,
         ..Default::default()
     };
+    let cfg = nftables::NftablesConfig {
+        node: node.clone(),
+        service_cidrs: "10.96.0.0/12".parse().into_iter().collect(),
+    };
+    // The iptables renders of the same state: the same node, the nftables
+    // mode's choices (no localhost NodePorts, fully-random masquerading).
+    let ipt_cfg =
+        IptablesConfig { node, localhost_nodeports: false, random_fully: true, ..Default::default() };
     let t = Instant::now();
     let state = synthetic_state(n, m);
     let build = t.elapsed();
@@ -290,12 +261,12 @@ fn run_nftables(args: &Args) -> Result<i32, String> {
 
     // The iptables proxier on the same state (renders only).
     let t = Instant::now();
-    let ipt_full =
-        render(&state, &cfg, &RenderPlan { full: true, ..Default::default() }).map_err(|e| e.to_string())?;
+    let ipt_full = render(&state, &ipt_cfg, &RenderPlan { full: true, ..Default::default() })
+        .map_err(|e| e.to_string())?;
     let ipt_time = t.elapsed();
     let ipt_partial = render(
         &changed_state,
-        &cfg,
+        &ipt_cfg,
         &RenderPlan {
             full: false,
             changed: Some(&changed),

@@ -1,64 +1,73 @@
-//! Full and incremental syncs of table `ip kube-proxy`, one `nft -f`
-//! transaction each (kube-proxy's nftables `syncProxyRules`).
+//! The nftables backend: full and incremental syncs of table `ip
+//! kube-proxy`, one `nft -f` transaction each (kube-proxy's nftables
+//! `syncProxyRules`).
 //!
 //! * A full sync (the first one, after a failed transaction, or when the
 //!   table was deleted or flushed behind our back) sets the table up, flushes
 //!   every set and map and rewrites every chain; chains and affinity sets an
 //!   earlier run left behind are found with `nft list` and cleaned up.
 //! * A full sync is also forced when the node's addresses changed
-//!   ([`NftSyncer::set_local_addresses`]: `nodeport-ips` is written by full
-//!   syncs) and once the last one is [`crate::syncer::FULL_SYNC_PERIOD`] old, as kube-proxy
-//!   does.
+//!   ([`crate::syncer::Syncer::set_local_addresses`]: `nodeport-ips` is
+//!   written by full syncs) and once the last one is
+//!   [`crate::model::FULL_SYNC_PERIOD`] old, as kube-proxy does.
 //! * An incremental sync rewrites the chains of the services whose Service or
 //!   endpoints changed (found by fingerprint, as in iptables mode) and adds or
 //!   deletes only the map elements that differ from the applied ones.
 //! * Stale chains are flushed in the transaction that drops their last map
-//!   element and deleted by a later sync once [`NftSyncer::stale_chain_delay`]
-//!   (1 s, as kube-proxy) has passed, in a transaction of their own before the
+//!   element and deleted by a later sync once
+//!   [`NftablesBackend::stale_chain_delay`] (1 s, as kube-proxy) has passed, in a transaction of their own before the
 //!   sync's: kernels before 6.2 notice a chain is unreferenced only a moment
 //!   after the element pointing at it is gone, and deleting it in the same
 //!   transaction fails there.
 //!
 //! Unlike kube-proxy, an incremental sync does not list the table's chains
-//! (`nft list chains` costs seconds at 100,000 chains): the syncer remembers
+//! (`nft list chains` costs seconds at 100,000 chains): the backend remembers
 //! the chains and sets of every service it wrote, which is exact as long as
 //! nobody else edits the table (kube-proxy's documented contract); the table
-//! check ([`NftSyncer::check_table`]) and any failed transaction fall back to
+//! check ([`Backend::check_canary`]) and any failed transaction fall back to
 //! a full sync, which does list the table.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::time::{Duration, Instant};
 
+use crate::backend::{Backend, SyncError, SyncPlan};
+use crate::config::NodeConfig;
 use crate::family::IpFamily;
+use crate::model::{FullSyncReason, ProxyState};
 use crate::nftables::nft::{Nft, NftError};
-use crate::nftables::render::{render, Applied, NftPlan, NftRendered};
-use crate::proxier::{ProxierConfig, ProxyState};
-use crate::syncer::{fingerprints, FullSyncs, ServiceKey};
-use crate::validate::UnsafeText;
+use crate::nftables::render::{render, Applied, NftPlan, NftRendered, NftablesConfig};
+use crate::syncer::SyncReport;
 
 /// kube-proxy waits this long before deleting a flushed stale chain.
 pub const STALE_CHAIN_DELAY: Duration = Duration::from_secs(1);
 
-#[derive(Debug, thiserror::Error)]
-pub enum NftSyncError {
-    #[error("{what}: {source}")]
-    Nft { what: String, source: Box<NftError> },
-    /// The transaction builder refused a name or comment (see [`crate::validate`]).
-    #[error("{0}")]
-    Refused(#[from] UnsafeText),
-}
+/// A failed nftables sync (nft's errors are boxed: they carry the blamed line).
+pub type NftSyncError = SyncError<Box<NftError>>;
 
 fn nft_err(what: &str) -> impl FnOnce(NftError) -> NftSyncError + '_ {
-    move |source| NftSyncError::Nft { what: what.to_string(), source: Box::new(source) }
+    move |source| SyncError::Tool { what: what.to_string(), source: Box::new(source) }
 }
 
-/// What a sync did.
+/// What [`FullSyncReason::CanaryGone`] says in nftables mode: the table
+/// is kube-proxy's canary there.
+pub fn table_gone(family: IpFamily) -> &'static str {
+    match family {
+        IpFamily::V4 => "table ip kube-proxy is gone or flushed",
+        IpFamily::V6 => "table ip6 kube-proxy is gone or flushed",
+    }
+}
+
+/// The stale chains deleted before a sync ([`NftablesBackend::delete_stale_chains`]).
+#[derive(Debug, Default)]
+pub struct StaleDeletion {
+    pub deleted: Vec<String>,
+    /// Deleting them failed: they stay, and the next sync must be full.
+    pub failed: Option<FullSyncReason>,
+}
+
+/// What an applied nftables sync did.
 #[derive(Debug)]
-pub struct NftSyncReport {
-    pub full: bool,
-    /// Why it was full (empty for an incremental sync).
-    pub reason: String,
-    pub changed_services: usize,
+pub struct NftOutcome {
     pub rendered: NftRendered,
     /// Stale chains deleted (in their own transaction) before the sync.
     pub deleted_stale_chains: Vec<String>,
@@ -66,65 +75,41 @@ pub struct NftSyncReport {
     pub stale_delete_error: Option<String>,
 }
 
+/// What an nftables sync reports.
+pub type NftSyncReport = SyncReport<NftOutcome>;
+
 /// What `--dry-run` shows.
 #[derive(Debug)]
 pub struct NftPreview {
-    pub full: Option<String>,
-    pub changed_services: usize,
+    pub rendered: NftRendered,
     /// The chains the table has now.
     pub existing_chains: BTreeSet<String>,
     /// Stale chains old enough to be deleted before the sync.
     pub stale_to_delete: Vec<String>,
 }
 
-/// The sync loop's memory between syncs.
-pub struct NftSyncer {
+/// The nftables proxier of one family: its table, settings, and what it
+/// remembers of the transactions it applied.
+pub struct NftablesBackend {
     pub nft: Nft,
-    pub cfg: ProxierConfig,
+    pub cfg: NftablesConfig,
     /// How long a flushed stale chain waits before it is deleted.
     pub stale_chain_delay: Duration,
-    /// When the next sync must be full.
-    pub full_syncs: FullSyncs,
-    fingerprints: HashMap<ServiceKey, u64>,
     applied: Applied,
     stale_chains: BTreeMap<String, Instant>,
     base_chains_recreated: bool,
 }
 
-impl NftSyncer {
-    pub fn new(nft: Nft, cfg: ProxierConfig) -> Self {
-        NftSyncer {
+impl NftablesBackend {
+    pub fn new(nft: Nft, cfg: NftablesConfig) -> Self {
+        NftablesBackend {
             nft,
             cfg,
             stale_chain_delay: STALE_CHAIN_DELAY,
-            full_syncs: FullSyncs::default(),
-            fingerprints: HashMap::new(),
             applied: Applied::default(),
             stale_chains: BTreeMap::new(),
             base_chains_recreated: false,
         }
-    }
-
-    /// Take the node's current addresses (`run` re-reads them before every
-    /// sync). If they changed, the next sync is a full one: `nodeport-ips`
-    /// is written by full syncs. Returns true if they changed.
-    pub fn set_local_addresses(&mut self, addresses: Vec<std::net::IpAddr>) -> bool {
-        if self.cfg.local_addresses == addresses {
-            return false;
-        }
-        self.cfg.local_addresses = addresses;
-        self.force_full_sync("node addresses changed");
-        true
-    }
-
-    /// Make the next sync a full one.
-    pub fn force_full_sync(&mut self, reason: &str) {
-        self.full_syncs.force(reason);
-    }
-
-    /// Why the next sync is full, if it is.
-    pub fn needs_full_sync(&self) -> Option<&str> {
-        self.full_syncs.pending()
     }
 
     /// The stale chains waiting to be deleted.
@@ -141,29 +126,6 @@ impl NftSyncer {
         }
     }
 
-    /// kube-proxy's canary in nftables mode: the table itself. If it is gone
-    /// or its dispatch rule was flushed, the next sync is full.
-    pub fn check_table(&mut self) -> Result<bool, NftSyncError> {
-        let table = self.cfg.family.nft_table();
-        let intact = self.nft.table_intact().map_err(nft_err(&format!("checking table {table}")))?;
-        if !intact {
-            self.force_full_sync(&format!("table {table} is gone or flushed"));
-        }
-        Ok(!intact)
-    }
-
-    fn plan(&self, state: &ProxyState) -> (Option<String>, HashSet<ServiceKey>, HashMap<ServiceKey, u64>) {
-        let now = fingerprints(state);
-        let mut changed: HashSet<ServiceKey> = now
-            .iter()
-            .filter(|(k, v)| self.fingerprints.get(*k) != Some(*v))
-            .map(|(k, _)| k.clone())
-            .collect();
-        // Deleted services count as changed (their objects go).
-        changed.extend(self.fingerprints.keys().filter(|k| !now.contains_key(*k)).cloned());
-        (self.full_syncs.due(), changed, now)
-    }
-
     fn aged_stale_chains(&self) -> Vec<String> {
         let now = Instant::now();
         self.stale_chains
@@ -174,48 +136,31 @@ impl NftSyncer {
     }
 
     fn listing(&self) -> Result<(BTreeSet<String>, BTreeSet<String>), NftSyncError> {
-        let table = self.cfg.family.nft_table();
+        let table = self.cfg.node.family.nft_table();
         let chains = self.nft.chains().map_err(nft_err(&format!("listing the chains of table {table}")))?;
         let sets = self.nft.sets().map_err(nft_err(&format!("listing the sets of table {table}")))?;
         Ok((chains, sets))
     }
 
-    /// Render what the next sync would write, without applying anything.
-    pub fn preview(&self, state: &ProxyState) -> Result<(NftPreview, NftRendered), NftSyncError> {
-        let (full, changed, _) = self.plan(state);
-        let (chains, sets) = self.listing()?;
-        let rendered = render(
-            state,
-            &self.cfg,
-            &NftPlan {
-                full: full.is_some(),
-                recreate_base_chains: full.is_some() && !self.base_chains_recreated,
-                changed: Some(&changed),
-                applied: Some(&self.applied),
-                existing_chains: Some(&chains),
-                existing_sets: Some(&sets),
-            },
-        )?;
-        let preview = NftPreview {
-            full,
-            changed_services: changed.len(),
-            existing_chains: chains,
-            stale_to_delete: self.aged_stale_chains(),
-        };
-        Ok((preview, rendered))
+    /// What one sync renders from `plan`.
+    fn nft_plan<'a>(
+        &'a self,
+        plan: &'a SyncPlan<'_>,
+        listing: Option<&'a (BTreeSet<String>, BTreeSet<String>)>,
+    ) -> NftPlan<'a> {
+        NftPlan {
+            full: plan.is_full(),
+            recreate_base_chains: plan.is_full() && !self.base_chains_recreated,
+            changed: Some(&plan.changes.updated),
+            applied: Some(&self.applied),
+            existing_chains: listing.map(|l| &l.0),
+            existing_sets: listing.map(|l| &l.1),
+        }
     }
 
-    /// Record `state` as applied without applying it (`run --dry-run`).
-    pub fn mark_applied(&mut self, state: &ProxyState, rendered: &NftRendered) {
-        let (full, _, _) = self.plan(state);
-        let full = full.is_some();
-        self.commit(state, rendered, full);
-    }
-
-    fn commit(&mut self, state: &ProxyState, rendered: &NftRendered, full: bool) {
+    /// Remember what a transaction (applied, or taken as applied) leaves.
+    fn commit(&mut self, rendered: &NftRendered, full: bool) {
         let now = Instant::now();
-        self.full_syncs.synced(full);
-        self.fingerprints = fingerprints(state);
         self.applied.elements = rendered.elements.clone();
         if full {
             self.applied.objects = rendered.objects.clone();
@@ -242,93 +187,152 @@ impl NftSyncer {
     }
 
     /// Delete the stale chains that waited long enough, in a transaction of
-    /// their own: the chains deleted, or why it failed. On failure they stay,
-    /// and the next sync is a full one (which lists what the table really has).
-    /// [`NftSyncer::sync`] does this first; a one-shot `sync` calls it again
-    /// after waiting [`NftSyncer::stale_chain_delay`].
-    pub fn delete_stale_chains(&mut self) -> (Vec<String>, Option<String>) {
+    /// their own. On failure they stay, and the next sync must be a full one
+    /// (which lists what the table really has). Done before every sync
+    /// ([`Backend::before_sync`]); a one-shot `sync` does it again after
+    /// waiting [`NftablesBackend::stale_chain_delay`].
+    pub fn delete_stale_chains(&mut self) -> StaleDeletion {
         let aged = self.aged_stale_chains();
         if aged.is_empty() {
-            return (aged, None);
+            return StaleDeletion::default();
         }
         let mut tx = String::with_capacity(aged.len() * 80);
         for c in &aged {
-            tx.push_str(&format!("delete chain {} {c}\n", self.cfg.family.nft_table()));
+            tx.push_str(&format!("delete chain {} {c}\n", self.cfg.node.family.nft_table()));
         }
         match self.nft.apply(&tx) {
             Ok(()) => {
                 for c in &aged {
                     self.stale_chains.remove(c);
                 }
-                (aged, None)
+                StaleDeletion { deleted: aged, failed: None }
             }
             Err(e) => {
-                let msg = format!("deleting {} stale chain(s): {e}", aged.len());
-                self.force_full_sync(&msg);
-                (Vec::new(), Some(msg))
+                let reason =
+                    FullSyncReason::StaleChainsNotDeleted { chains: aged.len(), error: e.to_string() };
+                StaleDeletion { deleted: Vec::new(), failed: Some(reason) }
             }
         }
     }
+}
 
-    /// One sync: full or incremental, applied in one `nft -f` transaction.
-    pub fn sync(&mut self, state: &ProxyState) -> Result<NftSyncReport, NftSyncError> {
-        let (deleted_stale_chains, stale_delete_error) = self.delete_stale_chains();
-        let (full, changed, _) = self.plan(state);
-        let result = (|| {
-            let listing = if full.is_some() { Some(self.listing()?) } else { None };
-            let rendered = render(
-                state,
-                &self.cfg,
-                &NftPlan {
-                    full: full.is_some(),
-                    recreate_base_chains: full.is_some() && !self.base_chains_recreated,
-                    changed: Some(&changed),
-                    applied: Some(&self.applied),
-                    existing_chains: listing.as_ref().map(|l| &l.0),
-                    existing_sets: listing.as_ref().map(|l| &l.1),
-                },
-            )?;
-            let what = if full.is_some() { "full nft transaction" } else { "incremental nft transaction" };
-            // Nothing changed: no transaction at all (nft would accept an
-            // empty one, but there is no reason to run it).
-            if rendered.operations > 0 {
-                self.nft.apply(&rendered.transaction).map_err(nft_err(what))?;
-            }
-            Ok(rendered)
-        })();
-        match result {
-            Ok(rendered) => {
-                self.commit(state, &rendered, full.is_some());
-                Ok(NftSyncReport {
-                    full: full.is_some(),
-                    reason: full.unwrap_or_default(),
-                    changed_services: changed.len(),
-                    rendered,
-                    deleted_stale_chains,
-                    stale_delete_error,
-                })
-            }
-            Err(e) => {
-                // The changes are folded into the fingerprints already and the
-                // table may differ from our memory: only a full sync is safe.
-                self.full_syncs.failed(&e);
-                Err(e)
-            }
+impl Backend for NftablesBackend {
+    type ToolError = Box<NftError>;
+    type Prelude = StaleDeletion;
+    type Outcome = NftOutcome;
+    type Preview = NftPreview;
+
+    fn node(&self) -> &NodeConfig {
+        &self.cfg.node
+    }
+    fn node_mut(&mut self) -> &mut NodeConfig {
+        &mut self.cfg.node
+    }
+
+    /// The stale chains that waited long enough go first, in a transaction
+    /// of their own.
+    fn before_sync(&mut self) -> (StaleDeletion, Option<FullSyncReason>) {
+        let deletion = self.delete_stale_chains();
+        let forced = deletion.failed.clone();
+        (deletion, forced)
+    }
+
+    fn sync(
+        &mut self,
+        state: &ProxyState,
+        plan: &SyncPlan<'_>,
+        prelude: StaleDeletion,
+    ) -> Result<NftOutcome, NftSyncError> {
+        let listing = if plan.is_full() { Some(self.listing()?) } else { None };
+        let rendered = render(state, &self.cfg, &self.nft_plan(plan, listing.as_ref()))?;
+        let what = if plan.is_full() { "full nft transaction" } else { "incremental nft transaction" };
+        // Nothing changed: no transaction at all (nft would accept an
+        // empty one, but there is no reason to run it).
+        if rendered.operations > 0 {
+            self.nft.apply(&rendered.transaction).map_err(nft_err(what))?;
         }
+        self.commit(&rendered, plan.is_full());
+        Ok(NftOutcome {
+            rendered,
+            deleted_stale_chains: prelude.deleted,
+            stale_delete_error: prelude.failed.map(|r| r.to_string()),
+        })
+    }
+
+    fn preview(&mut self, state: &ProxyState, plan: &SyncPlan<'_>) -> Result<NftPreview, NftSyncError> {
+        let listing = self.listing()?;
+        let rendered = render(state, &self.cfg, &self.nft_plan(plan, Some(&listing)))?;
+        Ok(NftPreview { rendered, existing_chains: listing.0, stale_to_delete: self.aged_stale_chains() })
+    }
+
+    fn diff_view(&self, plan: &SyncPlan<'_>, preview: &NftPreview) -> String {
+        diff_view(plan.full, Self::changed_services(plan.changes), preview, self.cfg.node.family)
+    }
+
+    fn mark_applied(&mut self, _state: &ProxyState, preview: &NftPreview, full: bool) {
+        self.commit(&preview.rendered, full);
+    }
+
+    /// kube-proxy's canary in nftables mode: the table itself. Gone when it
+    /// was deleted or its dispatch rule flushed.
+    fn check_canary(&mut self) -> Result<Option<FullSyncReason>, NftSyncError> {
+        let family = self.cfg.node.family;
+        let check = format!("checking table {}", family.nft_table());
+        let intact = self.nft.table_intact().map_err(nft_err(&check))?;
+        Ok((!intact).then(|| FullSyncReason::CanaryGone(table_gone(family))))
+    }
+
+    fn summary(r: &NftSyncReport) -> String {
+        let kind = match &r.full {
+            Some(why) => format!("full: {why}"),
+            None => "incremental".to_string(),
+        };
+        let rendered = &r.outcome.rendered;
+        format!(
+            "synced ({kind}): {} services changed, {} chains written, {} stale chains flushed, {} deleted, \
+             {} elements added, {} deleted, {} operations",
+            r.changed_services,
+            rendered.written_chains.len(),
+            rendered.stale_chains.len(),
+            r.outcome.deleted_stale_chains.len(),
+            rendered.elements_added,
+            rendered.elements_deleted,
+            rendered.operations
+        )
+    }
+
+    fn problem(outcome: &NftOutcome) -> Option<String> {
+        outcome.stale_delete_error.clone()
+    }
+
+    /// No later sync will delete the chains this one flushed: wait until it
+    /// is safe (see above) and delete them now.
+    fn finish_one_shot(&mut self) -> Option<String> {
+        self.stale_chains().next()?;
+        std::thread::sleep(self.stale_chain_delay);
+        let deletion = self.delete_stale_chains();
+        Some(match deletion.failed {
+            Some(e) => format!("error: {e}"),
+            None => format!("deleted {} stale chain(s)", deletion.deleted.len()),
+        })
     }
 }
 
 /// A diff view of a transaction: which chains it creates (`+`), rewrites
 /// (`~`) or flushes as stale (`-`), which affinity sets it deletes, and the
 /// element changes of each map.
-pub fn diff_view(preview: &NftPreview, rendered: &NftRendered, family: IpFamily) -> String {
+pub fn diff_view(
+    full: Option<&FullSyncReason>,
+    changed_services: usize,
+    preview: &NftPreview,
+    family: IpFamily,
+) -> String {
+    let rendered = &preview.rendered;
     let table = family.nft_table();
     let mut out = String::new();
-    match &preview.full {
+    match full {
         Some(why) => out.push_str(&format!("# full sync ({why})\n")),
-        None => {
-            out.push_str(&format!("# incremental sync: {} service(s) changed\n", preview.changed_services))
-        }
+        None => out.push_str(&format!("# incremental sync: {changed_services} service(s) changed\n")),
     }
     out.push_str(&format!(
         "# one nft transaction: {} operations, {} bytes\n",
@@ -376,7 +380,7 @@ pub fn diff_view(preview: &NftPreview, rendered: &NftRendered, family: IpFamily)
     for s in &rendered.deleted_sets {
         out.push_str(&format!("- set {s} (affinity set no longer used)\n"));
     }
-    if preview.full.is_some() {
+    if full.is_some() {
         for (map, (added, _)) in &elements {
             out.push_str(&format!("= {map}: flushed, {added} element(s) added\n"));
         }

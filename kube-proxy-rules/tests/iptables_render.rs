@@ -1,0 +1,110 @@
+//! The iptables payload writer on synthetic clusters (the bench's
+//! generator): large-cluster mode, partial renders, stale-chain deletion and
+//! the injection backstop.
+
+mod support;
+
+use std::collections::{BTreeSet, HashSet};
+
+use kube_proxy_rules::config::NodeConfig;
+use kube_proxy_rules::iptables::{render, IptablesConfig, RenderPlan};
+use kube_proxy_rules::model::endpoints::{key_of, EndpointInfo};
+use support::synthetic_state;
+
+fn cfg() -> IptablesConfig {
+    let node =
+        NodeConfig { hostname: "bench-node".into(), masquerade_mark: "0x4000".into(), ..Default::default() };
+    IptablesConfig { node, ..Default::default() }
+}
+
+fn rules_of<'a>(payload: &'a str, chain_prefix: &str) -> Vec<&'a str> {
+    payload.lines().filter(|l| l.starts_with(&format!("-A {chain_prefix}"))).collect()
+}
+
+#[test]
+fn large_cluster_mode_drops_endpoint_comments_above_1000_endpoints() {
+    // 100 services x 10 endpoints = 1000: not large yet.
+    let at =
+        render(&synthetic_state(100, 10), &cfg(), &RenderPlan { full: true, ..Default::default() }).unwrap();
+    assert!(!at.large_cluster_mode);
+    assert!(rules_of(&at.payload, "KUBE-SEP-").iter().all(|r| r.contains("--comment bench/svc-")));
+    assert!(rules_of(&at.payload, "KUBE-SVC-").iter().all(|r| r.contains("--comment")));
+    // One more endpoint: SEP rules and SVC->SEP rules lose their comments,
+    // the cluster IP rules keep theirs.
+    let mut st = synthetic_state(100, 10);
+    let sp = st.services[0].clone();
+    let ep = EndpointInfo::new(&sp.name_string, sp.protocol, "10.127.0.1".parse().unwrap(), 8080, None);
+    st.endpoints.get_mut(&key_of(&sp)).unwrap().push(ep);
+    let big = render(&st, &cfg(), &RenderPlan { full: true, ..Default::default() }).unwrap();
+    assert!(big.large_cluster_mode);
+    assert!(rules_of(&big.payload, "KUBE-SEP-").iter().all(|r| !r.contains("--comment")));
+    for r in rules_of(&big.payload, "KUBE-SVC-") {
+        assert_eq!(r.contains("--comment"), r.contains("KUBE-MARK-MASQ"), "{r}");
+    }
+    assert!(big.payload.contains("-A KUBE-SERVICES -m comment --comment \"bench/svc-0:http cluster IP\""));
+    let sep = big.payload.lines().find(|l| l.contains("DNAT --to-destination 10.127.0.1:8080")).unwrap();
+    assert!(
+        sep.starts_with("-A KUBE-SEP-")
+            && sep.ends_with("-m tcp -p tcp -j DNAT --to-destination 10.127.0.1:8080")
+    );
+    // 11 endpoints: probabilities 1/11 ... 1/2, formatted %0.10f.
+    assert!(big.payload.contains("--probability 0.0909090909 "));
+}
+
+#[test]
+fn partial_render_writes_only_changed_services_chains() {
+    let st = synthetic_state(50, 3);
+    let full = render(&st, &cfg(), &RenderPlan { full: true, ..Default::default() }).unwrap();
+    let changed: HashSet<(String, String)> = [("bench".to_string(), "svc-7".to_string())].into();
+    let part =
+        render(&st, &cfg(), &RenderPlan { full: false, changed: Some(&changed), ..Default::default() })
+            .unwrap();
+    let sp = &st.services.iter().find(|s| s.name == "svc-7").unwrap().chains;
+    // Its SVC chain and 3 SEP chains are written, nobody else's.
+    assert_eq!(part.written_service_chains.len(), 4, "{:?}", part.written_service_chains);
+    assert!(part.written_service_chains.contains(&sp.svc));
+    assert_eq!(part.payload.lines().filter(|l| l.starts_with(":KUBE-SEP-")).count(), 3);
+    // The top-level chains still list every service.
+    assert_eq!(
+        rules_of(&part.payload, "KUBE-SERVICES").len(),
+        rules_of(&full.payload, "KUBE-SERVICES").len()
+    );
+    // Both know every chain in use (for the stale-chain diff), and the skipped rules are counted.
+    assert_eq!(part.active_nat_chains, full.active_nat_chains);
+    assert_eq!(part.nat_rules + part.skipped_nat_rules, full.nat_rules);
+}
+
+#[test]
+fn stale_chains_are_flushed_then_deleted() {
+    let st = synthetic_state(2, 1);
+    let existing: BTreeSet<String> =
+        ["KUBE-SEP-GONE", "KUBE-SVC-GONE", "KUBE-SERVICES", "CALI-FORWARD", "KUBE-PROXY-CANARY"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+    let r = render(
+        &st,
+        &cfg(),
+        &RenderPlan { full: true, existing_nat_chains: Some(&existing), ..Default::default() },
+    )
+    .unwrap();
+    assert_eq!(r.deleted_chains, ["KUBE-SEP-GONE", "KUBE-SVC-GONE"]);
+    assert!(r.payload.contains(":KUBE-SEP-GONE - [0:0]\n") && r.payload.contains("\n-X KUBE-SEP-GONE\n"));
+    assert!(!r.payload.contains("CALI-FORWARD") && !r.payload.contains("-X KUBE-PROXY-CANARY"));
+}
+
+/// The backstop: a name that got past input validation (here: put into
+/// the state directly) is refused, not written.
+#[test]
+fn the_writer_refuses_a_name_that_could_inject() {
+    let mut st = synthetic_state(1, 1);
+    st.services[0].name_string = "bench/x\" -j ACCEPT\n-A KUBE-SERVICES -j ACCEPT\n#".into();
+    let e = render(&st, &cfg(), &RenderPlan { full: true, ..Default::default() }).unwrap_err();
+    assert_eq!((e.what, e.bad), ("iptables comment", '"'));
+    // Any word, not only the service port name: a line end never gets through.
+    let mut st = synthetic_state(1, 1);
+    let key = key_of(&st.services[0]);
+    st.endpoints.get_mut(&key).unwrap()[0].chain = "KUBE-SEP-X\n-A INPUT -j ACCEPT".into();
+    let e = render(&st, &cfg(), &RenderPlan { full: true, ..Default::default() }).unwrap_err();
+    assert_eq!(e.bad, '\n');
+}
