@@ -18,12 +18,13 @@ CNI_CONF ?= /etc/cni/net.d
 # *recommends*, libprotobuf-dev, for etcd-client; CA certificates for cargo's
 # downloads), the real parts the tests drive (etcd, BIRD, iptables/nftables,
 # conntrack, reference plugins, podman, containerd), the tools run inside pods
-# (nginx, curl, ping, busybox) and openssl for the etcd TLS test's certificates.
+# (nginx, curl, ping, busybox), openssl for the etcd TLS test's certificates and
+# python3 for the JSON the runtime tests' script plugins print.
 # Installed with --no-install-recommends: every package a step needs is named.
 DEB_PACKAGES = build-essential pkg-config protobuf-compiler libprotobuf-dev ca-certificates \
 	iproute2 iptables nftables conntrack \
 	etcd-server etcd-client bird2 containernetworking-plugins podman runc containerd \
-	nginx-light curl iputils-ping busybox-static procps psmisc util-linux kmod openssl hyperfine
+	nginx-light curl iputils-ping busybox-static procps psmisc util-linux kmod openssl python3 hyperfine
 
 PLUGINS = calico calico-ipam
 TOOLS   = calicoctl kube-proxy-rules calico-node-agent cnitool
