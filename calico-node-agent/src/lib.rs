@@ -11,8 +11,8 @@
 //!   reconfigure BIRD only when it changed;
 //! * [`routes`]: one blackhole route per affine block (protocol 80);
 //! * [`agent`]: Node registration and the poll/reconcile loop;
-//! * [`lab`]: a ToR + nodes + etcd + client topology in network namespaces
-//!   for integration tests and the demo (`calico-lab`).
+//! * [`config`]: the agent's configuration (file, then flags) and
+//!   [`config::DEFAULT_AS_NUMBER`]; [`logging`]: stderr and the log file.
 //!
 //! ## BGP resources
 //!
@@ -68,13 +68,14 @@
 //!
 //! May call: `calico-store` (read, plus its own Node resource), `netlink-util`
 //! (routes), `birdc`/`bird` (BIRD control). Never touches pod interfaces
-//! (the CNI plugin's) or iptables (`kube-proxy-rules`).
+//! (the CNI plugin's) or iptables (`kube-proxy-rules`), and never starts
+//! other programs' daemons: the namespace lab that runs the agent beside
+//! etcd, BIRD and the other binaries is the `calico-lab` crate.
 
 pub mod agent;
 pub mod bird;
 pub mod birdctl;
 pub mod config;
-pub mod lab;
 pub mod logging;
 pub mod peering;
 pub mod routes;

@@ -3,22 +3,14 @@
 //! configuration of a real BIRD running in the same netns.
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use calico_store::file::FileStore;
 use calico_store::model::{self, AffinityState, AllocationAttribute, AllocationBlock, BlockAffinity, Node};
 use calico_store::Datastore;
 use ipnetwork::IpNetwork;
-use testbed::Netns;
-
-struct Kill(Child);
-impl Drop for Kill {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use testbed::{Daemon, Netns};
 
 fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
     let end = Instant::now() + timeout;
@@ -75,10 +67,9 @@ fn blackholes(ns: &Netns) -> String {
     ns.exec(&["ip", "-4", "route", "show", "type", "blackhole", "proto", "80"])
 }
 
-fn start_agent(ns: &Netns, store_dir: &Path, run: &Path, node: &str) -> Kill {
-    let child = ns
-        .nsenter(testbed::target_bin("calico-node-agent").to_str().unwrap())
-        .args(["run", "--node-name", node, "--node-ip", "192.168.77.2/24", "--peer", "192.168.77.1:65000"])
+fn start_agent(ns: &Netns, store_dir: &Path, run: &Path, node: &str) -> Daemon {
+    let mut cmd = ns.nsenter(testbed::target_bin("calico-node-agent"));
+    cmd.args(["run", "--node-name", node, "--node-ip", "192.168.77.2/24", "--peer", "192.168.77.1:65000"])
         .arg("--datastore-path")
         .arg(store_dir)
         .arg("--bird-config")
@@ -87,12 +78,8 @@ fn start_agent(ns: &Netns, store_dir: &Path, run: &Path, node: &str) -> Kill {
         .arg(run.join("bird.ctl"))
         .args(["--poll-interval-ms", "200"])
         .arg("--log-file")
-        .arg(run.join("agent.log"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    Kill(child)
+        .arg(run.join("agent.log"));
+    Daemon::spawn("agent", cmd, &run.join("agent.out")).unwrap()
 }
 
 #[test]
@@ -131,20 +118,15 @@ fn blackholes_and_bird_follow_claims_and_releases() {
     let node_doc: Node = model::decode(&store.get(&model::node_key(&node)).unwrap().unwrap()).unwrap();
     assert_eq!(node_doc.spec.bgp.unwrap().ipv4_address.as_deref(), Some("192.168.77.2/24"));
 
-    let bird = ns
-        .nsenter("bird")
-        .arg("-f")
+    let mut bird = ns.nsenter("bird");
+    bird.arg("-f")
         .arg("-c")
         .arg(run.join("bird.conf"))
         .arg("-s")
         .arg(run.join("bird.ctl"))
         .arg("-P")
-        .arg(run.join("bird.pid"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let _bird = Kill(bird);
+        .arg(run.join("bird.pid"));
+    let _bird = Daemon::spawn("bird", bird, &run.join("bird.out")).unwrap();
     let birdc = |args: &[&str]| {
         let out = Command::new("birdc").arg("-s").arg(run.join("bird.ctl")).args(args).output().unwrap();
         String::from_utf8_lossy(&out.stdout).into_owned()
@@ -204,7 +186,7 @@ fn a_datastore_outage_keeps_the_routes_and_the_agent_recovers() {
     let good = std::fs::read(&data).unwrap();
     std::fs::write(&data, b"{ truncated").unwrap();
     std::thread::sleep(Duration::from_secs(2));
-    assert!(agent.0.try_wait().unwrap().is_none(), "agent exited on a datastore error");
+    assert!(agent.try_wait().unwrap().is_none(), "agent exited on a datastore error");
     assert!(blackholes(&ns).contains("10.251.0.0/26"), "routes dropped during the outage");
 
     // Back: new claims are picked up again.

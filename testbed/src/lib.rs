@@ -1,10 +1,19 @@
-//! # testbed: what every test needs to stay off the machine's own network
+//! # testbed: what every test (and the namespace lab) needs to stay off the machine's own network
 //!
-//! Owns test fixtures only (a dev-dependency of the other crates):
+//! Owns test fixtures, and the building blocks of `calico-lab` (a
+//! dependency of the test and demo tools `calico-lab` and `cni-bench`, a
+//! dev-dependency of the other crates; never shipped: `publish = false`):
 //! * [`unique`]: names that are unique per process and call (parallel tests);
-//! * [`Netns`]: a named network namespace, removed on drop (with every process
-//!   still inside it killed), so a failing test leaves nothing behind; with
-//!   [`Netns::add_uplink`], a node's uplink and default route;
+//! * [`Netns`]: the tree's one named-network-namespace guard: removed on drop
+//!   with every process still inside it killed, so a failing test leaves
+//!   nothing behind; [`Netns::forget`] + [`Netns::destroy`] for a namespace
+//!   that outlives its creator (a detached lab); with [`Netns::add_uplink`],
+//!   a node's uplink and default route;
+//! * [`Daemon`]: a long-running process in its own process group, stopped
+//!   (group and all, by the tree's one process-group killer,
+//!   [`kill_process_group`]) on drop;
+//! * [`run`], [`run_stdout`], [`run_stdout_with_input`], [`sh`]: commands run
+//!   to completion, failing with their stderr ([`Error`]);
 //! * [`Etcd`]: a real `etcd` on a free loopback port with a temporary data
 //!   directory, stopped on drop, restartable for fault tests; or, with
 //!   [`Etcd::start_in`], on the loopback of a [`Netns`] (where a node's
@@ -13,17 +22,51 @@
 //!   in the test's own netns (plugins in a node netns reaching [`Etcd`]);
 //! * [`target_bin`]: the path of a workspace binary built by cargo.
 //!
-//! May call: `ip netns`, `etcd`, the filesystem. Never touches the root
-//! namespace's links, routes or firewall.
+//! May call: `ip netns`, `nsenter`, `etcd`, `curl` (etcd's health), kill(2)
+//! on the processes and groups it started or found inside its namespaces,
+//! the filesystem. Never touches the root namespace's links, routes or
+//! firewall, and holds no `unsafe` (signals go through `nix`).
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 mod forward;
+mod netns;
+mod process;
 pub use forward::NetnsForward;
+pub use netns::Netns;
+pub use nix::sys::signal::Signal;
+pub use process::{kill_process_group, run_stdout, run_stdout_with_input, Daemon};
+
+use netns::nsenter;
+
+/// A command or daemon that could not be started, or exited non-zero.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot start {what}: {source}")]
+    Spawn {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{cmd} failed ({status}): {output}")]
+    Failed { cmd: String, status: ExitStatus, output: String },
+    #[error("I/O on {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl Error {
+    pub(crate) fn io(path: &Path, source: std::io::Error) -> Error {
+        Error::Io { path: path.to_path_buf(), source }
+    }
+}
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
@@ -35,18 +78,10 @@ pub fn unique(prefix: &str) -> String {
     format!("{prefix}{:x}{n:x}", std::process::id() & 0xfffff)
 }
 
-/// Run a command, failing with its stderr when it exits non-zero.
+/// Run a command, failing with its stderr when it exits non-zero (the
+/// message of [`Error`]; [`run_stdout`] keeps it typed).
 pub fn run(cmd: &mut Command) -> Result<Output, String> {
-    let out = cmd.output().map_err(|e| format!("spawn {cmd:?}: {e}"))?;
-    if !out.status.success() {
-        return Err(format!(
-            "{cmd:?} failed ({}): {}{}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr),
-            String::from_utf8_lossy(&out.stdout)
-        ));
-    }
-    Ok(out)
+    process::complete(cmd, None).map_err(|e| e.to_string())
 }
 
 /// Run a shell snippet (`sh -c`), returning stdout; panics with context on failure.
@@ -55,109 +90,6 @@ pub fn sh(script: &str) -> String {
     match run(Command::new("sh").arg("-c").arg(script)) {
         Ok(out) => String::from_utf8_lossy(&out.stdout).into_owned(),
         Err(e) => panic!("{e}"),
-    }
-}
-
-/// A named network namespace (`/run/netns/<name>`), deleted on drop.
-pub struct Netns {
-    name: String,
-}
-
-impl Netns {
-    /// Create `/run/netns/<unique(prefix)>` with its loopback up.
-    pub fn new(prefix: &str) -> Netns {
-        let name = unique(prefix);
-        if let Err(e) = run(Command::new("ip").args(["netns", "add", &name])) {
-            panic!("cannot create netns {name}: {e}");
-        }
-        let ns = Netns { name };
-        ns.exec(&["ip", "link", "set", "lo", "up"]);
-        ns
-    }
-
-    pub fn name(&self) -> &str {
-        &self.name
-    }
-
-    /// `/run/netns/<name>`: what CNI_NETNS is set to.
-    pub fn path(&self) -> PathBuf {
-        Path::new("/run/netns").join(&self.name)
-    }
-
-    /// A command that runs inside this namespace (`ip netns exec`).
-    pub fn cmd(&self, program: &str) -> Command {
-        let mut c = Command::new("ip");
-        c.args(["netns", "exec", &self.name, program]);
-        c
-    }
-
-    /// A command that runs inside this namespace through `nsenter --net`,
-    /// which (unlike `ip netns exec`) keeps the host's /sys and cgroup mounts.
-    pub fn nsenter(&self, program: &str) -> Command {
-        nsenter(&self.path(), program)
-    }
-
-    /// Run `argv` inside the namespace; panic with stderr on failure.
-    pub fn exec(&self, argv: &[&str]) -> String {
-        let mut c = self.cmd(argv[0]);
-        c.args(&argv[1..]);
-        match run(&mut c) {
-            Ok(out) => String::from_utf8_lossy(&out.stdout).into_owned(),
-            Err(e) => panic!("in netns {}: {e}", self.name),
-        }
-    }
-
-    /// Run `argv` inside the namespace and return whether it succeeded.
-    pub fn try_exec(&self, argv: &[&str]) -> Result<String, String> {
-        let mut c = self.cmd(argv[0]);
-        c.args(&argv[1..]);
-        run(&mut c).map(|out| String::from_utf8_lossy(&out.stdout).into_owned())
-    }
-
-    /// Run a shell snippet inside the namespace.
-    pub fn sh(&self, script: &str) -> Result<String, String> {
-        self.try_exec(&["sh", "-c", script])
-    }
-
-    /// Give this namespace an uplink (veth `up0`, 192.0.2.1/24, both ends
-    /// inside the namespace) and a default route through it, as a node has.
-    /// Proxy ARP only answers a pod's ARP for 169.254.1.1 when the node
-    /// routes that address out of *another* interface; a bare namespace has
-    /// no such route. This kernel has no `dummy` module, hence the veth.
-    pub fn add_uplink(&self) {
-        self.exec(&["ip", "link", "add", "up0", "type", "veth", "peer", "name", "up1"]);
-        self.exec(&["ip", "link", "set", "up0", "up"]);
-        self.exec(&["ip", "link", "set", "up1", "up"]);
-        self.exec(&["ip", "addr", "add", "192.0.2.1/24", "dev", "up0"]);
-        self.exec(&["ip", "route", "add", "default", "via", "192.0.2.254"]);
-    }
-
-    /// Kill every process still running in the namespace.
-    pub fn kill_all(&self) {
-        if let Ok(out) = Command::new("ip").args(["netns", "pids", &self.name]).output() {
-            for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
-                if let Ok(pid) = pid.parse::<i32>() {
-                    // SAFETY: plain kill(2) on a pid we just listed.
-                    unsafe {
-                        libc::kill(pid, libc::SIGKILL);
-                    }
-                }
-            }
-        }
-    }
-}
-
-/// `program` run in the network namespace at `netns` (`nsenter --net`).
-fn nsenter(netns: &Path, program: &str) -> Command {
-    let mut c = Command::new("nsenter");
-    c.arg(format!("--net={}", netns.display())).arg("--").arg(program);
-    c
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        self.kill_all();
-        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
     }
 }
 

@@ -8,7 +8,9 @@
 use std::fmt::Write as _;
 use std::net::Ipv4Addr;
 
-use super::{Lab, LabError};
+use testbed::Netns;
+
+use super::{InNetns, Lab, LabError};
 
 /// One rule line of `iptables -L -v -n` with a non-zero packet counter.
 struct HitRule {
@@ -94,7 +96,7 @@ impl Lab {
 
 /// Follow the nat chains from PREROUTING by their packet counters; the text,
 /// the DNAT target (`ip:port`) and its IP.
-fn walk_nat(entry: &super::LabNetns, entry_name: &str) -> Result<(String, String, Ipv4Addr), LabError> {
+fn walk_nat(entry: &Netns, entry_name: &str) -> Result<(String, String, Ipv4Addr), LabError> {
     let mut out = String::new();
     macro_rules! w { ($($t:tt)*) => { let _ = writeln!(out, $($t)*); } }
     let pre = entry.output(&["iptables", "-t", "nat", "-L", "PREROUTING", "-v", "-n"])?;

@@ -1,7 +1,7 @@
-//! The article's scenario on the lab: two nginx pods (one per node) added
-//! through our `calico` CNI plugin, the two Services rendered and applied by
-//! `kube-proxy-rules sync` on each node, then the checks and the narrated
-//! packet walk.
+//! The demo scenario on the lab (README.md, *What the demos show*): two
+//! nginx pods (one per node) added through our `calico` CNI plugin, the two
+//! Services rendered and applied by `kube-proxy-rules sync` on each node,
+//! then the checks and the narrated packet walk.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -11,7 +11,9 @@ use std::time::Duration;
 use ipnetwork::Ipv4Network;
 use serde::{Deserialize, Serialize};
 
-use super::host::{http_get, run_cmd, LabNetns, LabProc};
+use testbed::{Daemon, Netns};
+
+use super::host::{http_get, run_cmd, InNetns};
 use super::{Lab, LabError};
 
 /// `scenario` in lab.json.
@@ -22,10 +24,10 @@ pub struct ScenarioConfig {
     pub manifest: PathBuf,
     #[serde(default = "default_ns")]
     pub namespace: String,
-    /// The node whose IP replaces the article's externalIP.
+    /// The node whose IP replaces the manifests' externalIP.
     pub external_ip_node: String,
     pub service_cidr: Ipv4Network,
-    /// Service name → clusterIP (the article's manifests leave it to the API server).
+    /// Service name → clusterIP (the seed manifests leave it to the API server).
     pub cluster_ips: BTreeMap<String, Ipv4Addr>,
     /// Service name → nodePort (likewise).
     pub node_ports: BTreeMap<String, u16>,
@@ -53,12 +55,12 @@ pub struct Pod {
     pub ip: Ipv4Addr,
     pub host_veth: String,
     // Drop order: nginx before its namespace.
-    nginx: Option<LabProc>,
-    pub(super) ns: LabNetns,
+    nginx: Option<Daemon>,
+    pub(super) ns: Netns,
 }
 
 impl Pod {
-    pub fn ns(&self) -> &LabNetns {
+    pub fn ns(&self) -> &Netns {
         &self.ns
     }
     pub(super) fn forget(&mut self) {
@@ -125,13 +127,13 @@ impl Lab {
     /// then start nginx in it serving a page that names the pod.
     pub fn add_pod(&mut self, namespace: &str, name: &str, node: &str) -> Result<Ipv4Addr, LabError> {
         let host = format!("pod-{}", self.pods.len());
-        let ns = LabNetns::create(&self.ns_name(&host))?;
+        let ns = Netns::create(&self.ns_name(&host))?;
         let dir = self.run_dir.join(&host);
         std::fs::create_dir_all(dir.join("www")).map_err(|e| LabError::io(&dir, e))?;
         let conf = serde_json::to_vec(&self.cni_conf(node)).unwrap_or_default();
         let container_id = format!("{}{}", self.id, host.replace('-', ""));
         let mut cmd = self.cni_command("ADD", node, &container_id, &ns, namespace, name)?;
-        let out = run_with_stdin(&mut cmd, &conf)?;
+        let out = testbed::run_stdout_with_input(&mut cmd, &conf)?;
         let result: serde_json::Value = serde_json::from_str(&out)
             .map_err(|e| LabError::Check(format!("calico ADD of {name}: bad result {out:?}: {e}")))?;
         let ip = result["ips"][0]["address"]
@@ -161,9 +163,9 @@ impl Lab {
             page_esc = page.trim_end().replace('"', "'") + "\\n"
         );
         std::fs::write(&nginx_conf, text).map_err(|e| LabError::io(&nginx_conf, e))?;
-        let mut cmd = ns.command("nginx");
+        let mut cmd = ns.nsenter("nginx");
         cmd.arg("-p").arg(&dir).arg("-c").arg(&nginx_conf).arg("-e").arg(dir.join("error.log"));
-        let nginx = ns.spawn(&format!("nginx-{name}"), cmd, &dir.join("nginx.out"))?;
+        let nginx = Daemon::spawn(&format!("nginx-{name}"), cmd, &dir.join("nginx.out"))?;
         let addr = SocketAddr::new(IpAddr::V4(ip), 80);
         super::wait_until(&format!("nginx in {name}"), Duration::from_secs(10), || {
             ns.run(|| http_get(addr, "/", Duration::from_millis(500))).ok()
@@ -189,12 +191,12 @@ impl Lab {
         command: &str,
         node: &str,
         container_id: &str,
-        pod_ns: &LabNetns,
+        pod_ns: &Netns,
         namespace: &str,
         name: &str,
     ) -> Result<std::process::Command, LabError> {
         let plugin = self.bins.path("calico")?;
-        let mut cmd = self.ns(node)?.command(&plugin);
+        let mut cmd = self.ns(node)?.nsenter(&plugin);
         cmd.env("CNI_COMMAND", command)
             .env("CNI_CONTAINERID", container_id)
             .env("CNI_NETNS", pod_ns.path())
@@ -215,7 +217,7 @@ impl Lab {
             let conf = serde_json::to_vec(&self.cni_conf(&pod.node)).unwrap_or_default();
             let del = self
                 .cni_command("DEL", &pod.node, &pod.container_id, &pod.ns, &pod.namespace, &pod.name)
-                .and_then(|mut cmd| run_with_stdin(&mut cmd, &conf));
+                .and_then(|mut cmd| Ok(testbed::run_stdout_with_input(&mut cmd, &conf)?));
             match del {
                 Ok(_) => log::info!("pod {}/{} deleted through CNI", pod.namespace, pod.name),
                 Err(e) => errors.push(LabError::Check(format!("CNI DEL of {}: {e}", pod.name))),
@@ -272,7 +274,7 @@ impl Lab {
         let sc = self.scenario()?;
         let krules = self.bins.path("kube-proxy-rules")?;
         for n in &self.cfg.nodes {
-            let mut cmd = self.ns(&n.name)?.command(&krules);
+            let mut cmd = self.ns(&n.name)?.nsenter(&krules);
             cmd.arg("sync")
                 .args(["--hostname-override", &n.name])
                 .args(["--node-ip", &n.ip.ip().to_string()])
@@ -285,7 +287,7 @@ impl Lab {
         Ok(())
     }
 
-    /// Pods, then services: the article's deployment on the lab.
+    /// Pods, then services: the demo's deployment on the lab.
     pub fn deploy_scenario(&mut self) -> Result<PathBuf, LabError> {
         let sc = self.scenario()?.clone();
         for p in &sc.pods {
@@ -313,12 +315,13 @@ impl Lab {
     }
 
     /// HTTP GET from inside a lab host or pod namespace.
-    pub fn get_from(&self, ns: &LabNetns, ip: Ipv4Addr, port: u16) -> Result<String, LabError> {
+    pub fn get_from(&self, ns: &Netns, ip: Ipv4Addr, port: u16) -> Result<String, LabError> {
         let addr = SocketAddr::new(IpAddr::V4(ip), port);
         ns.run(|| http_get(addr, "/", HTTP_TIMEOUT))
     }
 
-    /// The article's checks. Fails on the first that does not hold.
+    /// The demo's checks (README.md, *What the demos show*). Fails on the
+    /// first that does not hold.
     pub fn check_scenario(&self) -> Result<ScenarioReport, LabError> {
         let sc = self.scenario()?;
         let mut r = ScenarioReport::default();
@@ -400,29 +403,4 @@ impl Lab {
         }
         Ok(r)
     }
-}
-
-/// Run a command with `input` on stdin; stdout, or an error with stderr.
-fn run_with_stdin(cmd: &mut std::process::Command, input: &[u8]) -> Result<String, LabError> {
-    use std::io::Write;
-    use std::process::Stdio;
-    let mut child = cmd
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| LabError::Spawn { what: format!("{cmd:?}"), source: e })?;
-    if let Some(mut stdin) = child.stdin.take() {
-        let _ = stdin.write_all(input);
-    }
-    let out =
-        child.wait_with_output().map_err(|e| LabError::Spawn { what: format!("{cmd:?}"), source: e })?;
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    if !out.status.success() {
-        return Err(LabError::Command {
-            cmd: format!("{cmd:?}"),
-            output: format!("{}{stdout}", String::from_utf8_lossy(&out.stderr)).trim().to_string(),
-        });
-    }
-    Ok(stdout)
 }

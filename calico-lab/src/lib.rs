@@ -1,4 +1,6 @@
-//! The lab: several "hosts" on one machine, each a network namespace.
+//! # calico-lab: the whole system on one machine, in network namespaces
+//!
+//! Several "hosts" on one machine, each a network namespace:
 //!
 //! ```text
 //!                 client (192.168.40.2)
@@ -15,10 +17,31 @@
 //! (eBGP, one AS per node as in Calico's per-rack AS pattern: with a shared
 //! AS, each node would reject the other's routes as an AS-path loop).
 //!
-//! Everything is named `<prefix><id>-<host>` with a per-instance id, lives
-//! under a per-instance run directory, and is torn down when the [`Lab`] is
-//! dropped (or by `calico-lab down <id>` for a detached lab). Only private
-//! addresses are used, only inside the lab's own namespaces.
+//! Owns (a test and demo tool, never shipped: `publish = false`):
+//! * [`Lab`]: the topology from `lab.json` ([`LabConfig`]), etcd, the tor's
+//!   BIRD, each node's BIRD and `calico-node-agent`; torn down on drop, or
+//!   detached and removed later (`calico-lab up` / `down`, [`LabState`]);
+//! * the demo scenario (README.md, *What the demos show*): pods through
+//!   `calico`, Services through `kube-proxy-rules sync`, the checks
+//!   ([`ScenarioReport`]) and the narrated walk of one request;
+//! * [`InNetns`]: netlink, sockets and commands inside a lab namespace.
+//!
+//! The namespaces are `testbed`'s [`testbed::Netns`] guards and the daemons
+//! `testbed`'s [`testbed::Daemon`]s (own process group, stopped group and
+//! all): the lab has no namespace or process guard, and no `unsafe`, of its
+//! own.
+//!
+//! May call: the workspace binaries ([`Bins`]: `calico-node-agent`, `calico`
+//! (which runs `calico-ipam`), `kube-proxy-rules`); `etcd`, `bird`/`birdc`,
+//! `nginx`, `iptables`, `ip` and `nsenter` inside its namespaces;
+//! `netlink-util` there; `calico-store` against its own etcd; the agent's
+//! default AS number and logger (`calico-node-agent`).
+//!
+//! Never creates anything in the machine's root namespace (a veth is created
+//! in its host's namespace with the peer directly in the tor's), uses only
+//! private addresses, and never removes a lab it does not own: everything is
+//! named `<prefix><id>-<host>` with a per-instance id under a per-instance
+//! run directory, and `calico-lab down --all` spares labs whose owner is alive.
 
 mod host;
 mod narrate;
@@ -33,8 +56,9 @@ use std::time::Duration;
 use ipnetwork::{IpNetwork, Ipv4Network};
 use serde::{Deserialize, Serialize};
 
-pub use host::{http_get, run_cmd, wait_until, LabNetns, LabProc};
+pub use host::{http_get, run_cmd, wait_until, InNetns};
 pub use scenario::{Pod, ScenarioConfig, ScenarioReport};
+pub use testbed::{Daemon, Netns};
 
 #[derive(Debug, thiserror::Error)]
 pub enum LabError {
@@ -46,14 +70,9 @@ pub enum LabError {
         #[source]
         source: std::io::Error,
     },
-    #[error("cannot start {what}: {source}")]
-    Spawn {
-        what: String,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("{cmd} failed: {output}")]
-    Command { cmd: String, output: String },
+    /// A command or daemon that could not be started, or exited non-zero.
+    #[error(transparent)]
+    Exec(#[from] testbed::Error),
     #[error("netlink: {0}")]
     Netlink(#[from] netlink_util::Error),
     #[error("datastore: {0}")]
@@ -102,7 +121,7 @@ pub struct EtcdConfig {
     pub peer_port: u16,
 }
 
-/// `lab/lab.json`.
+/// A lab's description, `lab.json` (the demo and the tests use this crate's).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct LabConfig {
     /// Namespaces are `<name_prefix><id>-<host>`.
@@ -115,7 +134,8 @@ pub struct LabConfig {
     pub etcd: EtcdConfig,
     pub client: HostConfig,
     /// Calico's node-to-node mesh between the nodes, in addition to each
-    /// node's tor session (`false`: the article's ToR-only design).
+    /// node's tor session (`false`: a ToR-only design, README.md *What the
+    /// demos show*).
     #[serde(default)]
     pub node_to_node_mesh: bool,
     /// `true` (default): each agent's config names its tor as a peer.
@@ -213,7 +233,7 @@ impl LabConfig {
     }
 
     pub fn node_as(&self, n: &HostConfig) -> u32 {
-        n.as_number.unwrap_or(crate::config::DEFAULT_AS_NUMBER)
+        n.as_number.unwrap_or(calico_node_agent::config::DEFAULT_AS_NUMBER)
     }
 }
 
@@ -287,9 +307,9 @@ pub struct Lab {
     pub run_dir: PathBuf,
     pub bins: Bins,
     // Field order matters on drop: processes stop before their namespaces go.
-    procs: Vec<LabProc>,
+    procs: Vec<Daemon>,
     pods: Vec<Pod>,
-    nets: BTreeMap<String, LabNetns>,
+    nets: BTreeMap<String, Netns>,
     keep_run_dir: bool,
     /// Detached: the pods outlive this handle and must not be DELed.
     detached: bool,
@@ -344,7 +364,7 @@ impl Lab {
         format!("{}{}-{host}", self.cfg.name_prefix, self.id)
     }
 
-    pub fn ns(&self, host: &str) -> Result<&LabNetns, LabError> {
+    pub fn ns(&self, host: &str) -> Result<&Netns, LabError> {
         self.nets.get(host).ok_or_else(|| LabError::Check(format!("no lab host {host}")))
     }
 
@@ -355,7 +375,7 @@ impl Lab {
     }
 
     fn add_ns(&mut self, host: &str) -> Result<(), LabError> {
-        let ns = LabNetns::create(&self.ns_name(host))?;
+        let ns = Netns::create(&self.ns_name(host))?;
         self.nets.insert(host.to_string(), ns);
         // Recorded as soon as it exists, so even a lab whose process is
         // SIGKILLed can be found and removed (`calico-lab down --all`).
@@ -418,8 +438,7 @@ impl Lab {
 
     fn spawn(&mut self, host: &str, name: &str, cmd: std::process::Command) -> Result<(), LabError> {
         let log = self.host_dir(host)?.join(format!("{name}.out"));
-        let p = self.ns(host)?.spawn(name, cmd, &log)?;
-        self.procs.push(p);
+        self.procs.push(Daemon::spawn(name, cmd, &log)?);
         Ok(())
     }
 
@@ -428,7 +447,7 @@ impl Lab {
         let ip = self.cfg.etcd.ip.ip();
         let client = self.cfg.etcd_endpoint();
         let peer = format!("http://{ip}:{}", self.cfg.etcd.peer_port);
-        let mut cmd = self.ns("etcd")?.command("etcd");
+        let mut cmd = self.ns("etcd")?.nsenter("etcd");
         cmd.arg("--name=lab")
             .arg(format!("--data-dir={}", dir.join("data").display()))
             .arg(format!("--listen-client-urls={client}"))
@@ -451,8 +470,8 @@ impl Lab {
 
     /// Attach a daemon's log tail to an error.
     fn with_log(&self, name: &str, e: LabError) -> LabError {
-        match self.procs.iter().find(|p| p.name == name) {
-            Some(p) => LabError::Check(format!("{e}\n--- {} log ---\n{}", p.name, p.log_tail())),
+        match self.procs.iter().find(|p| p.name() == name) {
+            Some(p) => LabError::Check(format!("{e}\n--- {} log ---\n{}", p.name(), p.log_tail(15))),
             None => e,
         }
     }
@@ -514,7 +533,7 @@ impl Lab {
     /// Start (or restart) BIRD in `host` with `<run>/<host>/bird.conf`.
     pub fn start_bird(&mut self, host: &str) -> Result<(), LabError> {
         let dir = self.host_dir(host)?;
-        let mut cmd = self.ns(host)?.command("bird");
+        let mut cmd = self.ns(host)?.nsenter("bird");
         if self.cfg.node(host).is_some() {
             // As calico/node runs it: graceful-restart recovery on start. BIRD
             // tells its peers it kept forwarding (they keep our routes until
@@ -530,7 +549,7 @@ impl Lab {
             .arg("-P")
             .arg(dir.join("bird.pid"));
         let name = format!("bird-{host}");
-        self.procs.retain(|p| p.name != name);
+        self.procs.retain(|p| p.name() != name);
         self.spawn(host, &name, cmd)?;
         let sock = dir.join("bird.ctl");
         wait_until(&format!("BIRD socket of {host}"), Duration::from_secs(10), || {
@@ -543,10 +562,10 @@ impl Lab {
     /// Kill a host's BIRD hard (a crash: no BGP notification is sent).
     pub fn kill_bird(&mut self, host: &str) {
         let name = format!("bird-{host}");
-        if let Some(p) = self.procs.iter_mut().find(|p| p.name == name) {
+        if let Some(p) = self.procs.iter_mut().find(|p| p.name() == name) {
             p.kill_now();
         }
-        self.procs.retain(|p| p.name != name);
+        self.procs.retain(|p| p.name() != name);
     }
 
     pub fn bird_socket(&self, host: &str) -> PathBuf {
@@ -589,11 +608,11 @@ impl Lab {
         let agent = self.bins.path("calico-node-agent")?;
         // One pass first: registers the Node and writes bird.conf, which BIRD
         // then starts with (so the agent's first reconcile has nothing to reload).
-        let mut once = self.ns(&n.name)?.command(&agent);
+        let mut once = self.ns(&n.name)?.nsenter(&agent);
         once.arg("run").arg("--once").arg("--config").arg(&conf);
         run_cmd(&mut once)?;
         self.start_bird(&n.name)?;
-        let mut cmd = self.ns(&n.name)?.command(&agent);
+        let mut cmd = self.ns(&n.name)?.nsenter(&agent);
         cmd.arg("run").arg("--config").arg(&conf);
         self.spawn(&n.name, "agent", cmd)
     }
@@ -687,7 +706,7 @@ impl Lab {
         // what is inside them (not recorded pids, which may have been reused)
         // stops exactly the lab.
         for ns in &state.namespaces {
-            LabNetns::destroy(ns);
+            Netns::destroy(ns);
         }
         let _ = std::fs::remove_dir_all(&state.run_dir);
     }

@@ -1,14 +1,15 @@
-//! `calico-lab`: the multi-host lab in network namespaces (see `lab/lab.json`).
+//! `calico-lab`: the multi-host lab in network namespaces (`lab.json` beside
+//! this crate's Cargo.toml; the crate docs say what it owns and may call).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
 
-use calico_node_agent::lab::{Bins, Lab, LabConfig, LabError};
+use calico_lab::{Bins, Lab, LabConfig, LabError};
 use calico_node_agent::logging;
 
 const USAGE: &str = "usage:
-  calico-lab up     [--config lab.json] [--scenario]   build the lab (and deploy the article's
+  calico-lab up     [--config lab.json] [--scenario]   build the lab (and deploy the demo's
                                                       scenario), leave it running, print its id
   calico-lab status ID                                BGP sessions and routes on the tor
   calico-lab down   ID|--all                          stop and remove a lab (or every lab)
@@ -19,7 +20,7 @@ binaries (calico-node-agent, calico, calico-ipam, kube-proxy-rules) are taken fr
 directory of calico-lab itself (or --bins DIR).";
 
 fn default_config() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("lab/lab.json")
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("lab.json")
 }
 
 fn main() -> ExitCode {
@@ -70,8 +71,8 @@ fn run(args: &[String]) -> Result<(), LabError> {
             let st = Lab::find_state(id)?;
             let sock = st.run_dir.join("tor/bird.ctl");
             println!("lab {} ({})", st.id, st.run_dir.display());
-            println!("{}", calico_node_agent::lab::birdc(&sock, &["show", "protocols"])?.trim());
-            println!("{}", calico_node_agent::lab::birdc(&sock, &["show", "route"])?.trim());
+            println!("{}", calico_lab::birdc(&sock, &["show", "protocols"])?.trim());
+            println!("{}", calico_lab::birdc(&sock, &["show", "route"])?.trim());
             Ok(())
         }
         Some("down") => {

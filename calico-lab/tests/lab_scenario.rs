@@ -1,4 +1,4 @@
-//! The article's scenario on the namespace lab (tor + 2 nodes + etcd +
+//! The demo scenario (README.md, *What the demos show*) on the namespace lab (tor + 2 nodes + etcd +
 //! client, all in namespaces unique to this test): pods added through our
 //! `calico` plugin, services through `kube-proxy-rules sync`, routes through
 //! the node agent and BIRD. Needs root and the workspace binaries
@@ -7,11 +7,11 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use calico_node_agent::lab::{Bins, Lab, LabConfig};
+use calico_lab::{Bins, InNetns, Lab, LabConfig};
 use calico_store::model;
 
 fn lab() -> Lab {
-    let cfg = LabConfig::load(&PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("lab/lab.json")).unwrap();
+    let cfg = LabConfig::load(&PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("lab.json")).unwrap();
     let bins = testbed::target_bin("calico-node-agent").parent().unwrap().to_path_buf();
     Lab::up(&cfg, &Bins::new(bins)).unwrap()
 }

@@ -6,13 +6,13 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use calico_node_agent::lab::{wait_until, Bins, Lab, LabConfig};
+use calico_lab::{wait_until, Bins, InNetns, Lab, LabConfig};
 use calico_store::model::{self, AffinityState, AllocationAttribute, AllocationBlock, BlockAffinity};
 use calico_store::Op;
 use ipnetwork::IpNetwork;
 
 fn lab() -> Lab {
-    let cfg = LabConfig::load(&PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("lab/lab.json")).unwrap();
+    let cfg = LabConfig::load(&PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("lab.json")).unwrap();
     let bins = testbed::target_bin("calico-node-agent").parent().unwrap().to_path_buf();
     Lab::up(&cfg, &Bins::new(bins)).unwrap()
 }
@@ -146,7 +146,7 @@ fn a_dropped_lab_leaves_nothing_behind() {
 
 #[test]
 fn node_to_node_mesh_peers_the_nodes_directly() {
-    let mut cfg = LabConfig::load(&PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("lab/lab.json")).unwrap();
+    let mut cfg = LabConfig::load(&PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("lab.json")).unwrap();
     cfg.node_to_node_mesh = true;
     // One AS for the cluster (iBGP mesh); the tor's copy of a node's routes
     // then carries the cluster AS and is dropped as a loop: the mesh route wins.
@@ -196,7 +196,7 @@ fn node_to_node_mesh_peers_the_nodes_directly() {
 /// resources in etcd written while everything runs.
 #[test]
 fn bgp_peer_resources_bring_tor_sessions_up_and_down() {
-    let mut cfg = LabConfig::load(&PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("lab/lab.json")).unwrap();
+    let mut cfg = LabConfig::load(&PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("lab.json")).unwrap();
     cfg.tor_peer_in_agent_config = false;
     cfg.nodes[0].labels = [("rack".to_string(), "rack-a".to_string())].into();
     cfg.nodes[1].labels = [("rack".to_string(), "rack-b".to_string())].into();
