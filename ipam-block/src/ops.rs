@@ -41,13 +41,13 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::net::IpAddr;
-use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use calico_store::model::{
     self, AllocationBlock, IpFamily, IpPool, IpPoolSpec, IpamConfig, IpamHandle, WorkloadEndpoint,
 };
-use calico_store::{Datastore, DatastoreConfig, KeyValue, Op, Revision, StoreError};
+use calico_store::resolve::ResolveError;
+use calico_store::{Datastore, KeyValue, Op, Revision, StoreError};
 use ipnetwork::IpNetwork;
 use serde::Serialize;
 use thiserror::Error;
@@ -69,90 +69,16 @@ pub enum OpsError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Ipam(#[from] IpamError),
+    /// No datastore configuration could be built from `--config`, the
+    /// environment and the flags.
+    #[error(transparent)]
+    Datastore(#[from] ResolveError),
     /// The command line or environment is wrong.
     #[error("{0}")]
     Usage(String),
     /// The request cannot be done in the current state (message says why).
     #[error("{0}")]
     Refused(String),
-}
-
-// ---------------------------------------------------------------------------
-// Datastore selection
-
-/// Datastore flags as calicoctl takes them; each overrides the environment,
-/// which overrides `--config`.
-#[derive(Debug, Clone, Default)]
-pub struct DatastoreFlags {
-    pub datastore_type: Option<String>,
-    pub datastore_path: Option<PathBuf>,
-    pub etcd_endpoints: Option<String>,
-    /// A CNI network config (`.conf`) or list (`.conflist`): the keys of its
-    /// `calico` plugin object are used.
-    pub config: Option<PathBuf>,
-}
-
-/// Build the datastore configuration from `--config`, then the environment
-/// (`DATASTORE_TYPE`, `DATASTORE_PATH`, `ETCD_ENDPOINTS`, `ETCD_KEY_FILE`,
-/// `ETCD_CERT_FILE`, `ETCD_CA_CERT_FILE`), then the flags.
-pub fn datastore_config(
-    flags: &DatastoreFlags,
-    env: &dyn Fn(&str) -> Option<String>,
-) -> Result<DatastoreConfig, OpsError> {
-    let mut cfg = match &flags.config {
-        Some(path) => config_from_cni_file(path)?,
-        None => DatastoreConfig::default(),
-    };
-    let env = |k: &str| env(k).filter(|v| !v.trim().is_empty());
-    if let Some(v) = env("DATASTORE_TYPE") {
-        cfg.datastore_type = Some(v);
-    }
-    if let Some(v) = env("DATASTORE_PATH") {
-        cfg.datastore_path = Some(v.into());
-    }
-    if let Some(v) = env("ETCD_ENDPOINTS") {
-        cfg.etcd_endpoints = Some(v);
-    }
-    if let Some(v) = env("ETCD_KEY_FILE") {
-        cfg.etcd_key_file = Some(v.into());
-    }
-    if let Some(v) = env("ETCD_CERT_FILE") {
-        cfg.etcd_cert_file = Some(v.into());
-    }
-    if let Some(v) = env("ETCD_CA_CERT_FILE") {
-        cfg.etcd_ca_cert_file = Some(v.into());
-    }
-    if let Some(v) = &flags.datastore_type {
-        cfg.datastore_type = Some(v.clone());
-    }
-    if let Some(v) = &flags.datastore_path {
-        cfg.datastore_path = Some(v.clone());
-    }
-    if let Some(v) = &flags.etcd_endpoints {
-        cfg.etcd_endpoints = Some(v.clone());
-    }
-    // calicoctl's "etcdv3" plus endpoints only: a type given without them is
-    // caught by validate().
-    cfg.validate()?;
-    Ok(cfg)
-}
-
-/// The datastore keys of the `calico` plugin object of a CNI config file.
-pub fn config_from_cni_file(path: &Path) -> Result<DatastoreConfig, OpsError> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| OpsError::Usage(format!("cannot read --config {}: {e}", path.display())))?;
-    let doc: serde_json::Value = serde_json::from_str(&text)
-        .map_err(|e| OpsError::Usage(format!("--config {} is not JSON: {e}", path.display())))?;
-    let is_calico = |v: &serde_json::Value| v.get("type").and_then(|t| t.as_str()) == Some("calico");
-    let plugin = match doc.get("plugins").and_then(|p| p.as_array()) {
-        Some(list) => list.iter().find(|p| is_calico(p)),
-        None => Some(&doc).filter(|d| is_calico(d)),
-    };
-    let plugin = plugin.ok_or_else(|| {
-        OpsError::Usage(format!("--config {} has no plugin of type \"calico\"", path.display()))
-    })?;
-    cni_proto::strict::from_value(plugin)
-        .map_err(|e| OpsError::Usage(format!("datastore keys in --config {}: {e}", path.display())))
 }
 
 // ---------------------------------------------------------------------------
@@ -1156,35 +1082,5 @@ mod tests {
         pool_set_disabled(&s, "a", false).unwrap();
         assert!(!pool_list(&s).unwrap().iter().find(|p| p.name.as_str() == "a").unwrap().spec.disabled);
         assert!(matches!(pool_set_disabled(&s, "nope", true), Err(OpsError::Refused(_))));
-    }
-
-    #[test]
-    fn datastore_selection_follows_calicoctl_precedence() {
-        let d = tempfile::tempdir().unwrap();
-        let conf = d.path().join("10-calico.conflist");
-        std::fs::write(
-            &conf,
-            r#"{"cniVersion":"1.0.0","name":"k8s","plugins":[{"type":"calico","datastore_type":"etcdv3",
-               "etcd_endpoints":"http://10.0.0.1:2379","ipam":{"type":"calico-ipam"}},{"type":"portmap"}]}"#,
-        )
-        .unwrap();
-        let flags = DatastoreFlags { config: Some(conf.clone()), ..Default::default() };
-        let none = |_: &str| None;
-        let cfg = datastore_config(&flags, &none).unwrap();
-        assert_eq!(cfg.endpoints(), ["http://10.0.0.1:2379"]);
-        let env = |k: &str| (k == "ETCD_ENDPOINTS").then(|| "http://10.0.0.2:2379".to_string());
-        assert_eq!(datastore_config(&flags, &env).unwrap().endpoints(), ["http://10.0.0.2:2379"]);
-        let flags2 = DatastoreFlags { etcd_endpoints: Some("http://10.0.0.3:2379".into()), ..flags.clone() };
-        assert_eq!(datastore_config(&flags2, &env).unwrap().endpoints(), ["http://10.0.0.3:2379"]);
-        let file = DatastoreFlags {
-            datastore_type: Some("file".into()),
-            datastore_path: Some(d.path().join("db")),
-            ..Default::default()
-        };
-        assert_eq!(datastore_config(&file, &none).unwrap().path(), d.path().join("db"));
-        let bad = DatastoreFlags { datastore_type: Some("kubernetes".into()), ..Default::default() };
-        assert!(datastore_config(&bad, &none).is_err());
-        std::fs::write(&conf, r#"{"name":"x","plugins":[{"type":"bridge"}]}"#).unwrap();
-        assert!(matches!(datastore_config(&flags, &none), Err(OpsError::Usage(_))));
     }
 }

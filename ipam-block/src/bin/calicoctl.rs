@@ -9,7 +9,8 @@ use std::net::IpAddr;
 use std::process::ExitCode;
 use std::time::SystemTime;
 
-use ipam_block::ops::{self, DatastoreFlags, NewPool, OpsError, Snapshot};
+use calico_store::resolve::{self, Base, DatastoreFlags, Setting};
+use ipam_block::ops::{self, NewPool, OpsError, Snapshot};
 
 const USAGE: &str = "\
 Usage: calicoctl [datastore flags] ipam <command> [options]
@@ -25,8 +26,10 @@ Commands:
   ipam pool list
   ipam pool enable|disable <name>
 
-Datastore flags (override DATASTORE_TYPE, DATASTORE_PATH, ETCD_ENDPOINTS, which override --config):
+Datastore flags (override DATASTORE_TYPE, DATASTORE_PATH, ETCD_ENDPOINTS, ETCD_KEY_FILE,
+ETCD_CERT_FILE, ETCD_CA_CERT_FILE, which override --config):
   --datastore-type <file|etcdv3>  --datastore-path <dir>  --etcd-endpoints <urls>
+  --etcd-key-file <pem>  --etcd-cert-file <pem>  --etcd-ca-cert-file <pem>
   --config <CNI .conf/.conflist: keys of its calico plugin>
 ";
 
@@ -107,12 +110,13 @@ fn run(argv: Vec<String>) -> Result<ExitCode, OpsError> {
         print!("{USAGE}");
         return Ok(ExitCode::SUCCESS);
     }
-    let flags = DatastoreFlags {
-        datastore_type: a.take("--datastore-type")?,
-        datastore_path: a.take("--datastore-path")?.map(Into::into),
-        etcd_endpoints: a.take("--etcd-endpoints")?,
-        config: a.take("--config")?.map(Into::into),
-    };
+    let mut flags = DatastoreFlags::default();
+    for s in Setting::ALL {
+        if let Some(v) = a.take(s.flag())? {
+            flags.set(s, v);
+        }
+    }
+    let config = a.take("--config")?;
     let words: Vec<&str> = a.words.iter().map(String::as_str).collect();
     if words.first() != Some(&"ipam") {
         return Err(OpsError::Usage(format!(
@@ -120,7 +124,11 @@ fn run(argv: Vec<String>) -> Result<ExitCode, OpsError> {
             words.first().unwrap_or(&"")
         )));
     }
-    let cfg = ops::datastore_config(&flags, &|k| std::env::var(k).ok())?;
+    let base = match &config {
+        Some(path) => Base::CniFile(path.as_ref()),
+        None => Base::Defaults,
+    };
+    let cfg = resolve::resolve(base, &resolve::process_env, &flags)?;
     let store = calico_store::open(&cfg)?;
     let store = store.as_ref();
     let now = SystemTime::now();
@@ -319,9 +327,9 @@ fn main() -> ExitCode {
         Err(e) => {
             eprintln!("calicoctl: {e}");
             match e {
-                OpsError::Usage(_) | OpsError::Store(calico_store::StoreError::Config(_)) => {
-                    ExitCode::from(2)
-                }
+                OpsError::Usage(_)
+                | OpsError::Datastore(_)
+                | OpsError::Store(calico_store::StoreError::Config(_)) => ExitCode::from(2),
                 _ => ExitCode::from(3),
             }
         }
