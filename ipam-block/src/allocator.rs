@@ -17,8 +17,10 @@ use nix::fcntl::{Flock, FlockArg};
 use crate::block::{self, ATTR_NAMESPACE, ATTR_NODE, ATTR_POD, ATTR_TIMESTAMP};
 use crate::hint::{Hint, HintDir};
 use crate::pool::{self, Pool};
+use crate::release::{self, ReleaseCommit};
+use crate::retry::{Cas, Retry};
 use crate::types::{Affinity, BlockCidr, Handle, PoolName, PoolRef};
-use crate::{IpamError, MAX_RETRIES};
+use crate::IpamError;
 
 /// What to allocate in one address family.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -157,7 +159,7 @@ impl<'a> Ipam<'a> {
             }
         }
         let hkey = req.handle.key();
-        for _ in 0..MAX_RETRIES {
+        Retry::CAS.run(format_args!("assign {}", req.handle), |_| {
             let mut picks = Vec::new();
             for (family, freq) in &families {
                 let pick = match freq.ip {
@@ -201,23 +203,22 @@ impl<'a> Ipam<'a> {
                             _ => self.refresh_hint(p.doc.clone(), rev),
                         }
                     }
-                    return Ok(assigned);
+                    Ok(Cas::Done(assigned))
                 }
                 Err(StoreError::Conflict { key }) if extra_keys.contains(&key) => {
-                    return Err(StoreError::Conflict { key }.into());
+                    Err(StoreError::Conflict { key }.into())
                 }
                 Err(StoreError::Conflict { key }) => {
-                    log::debug!("assign {}: conflict on {key}, retrying", req.handle);
                     if key == hkey {
                         s.handle = HandleState::NeedsRead;
                     } else if let Some(p) = picks.iter().find(|p| p.cidr.key() == key) {
                         s.blocks.remove(&p.cidr);
                     }
+                    Ok(Cas::Conflict { key })
                 }
-                Err(e) => return Err(e.into()),
+                Err(e) => Err(e.into()),
             }
-        }
-        Err(IpamError::MaxRetries)
+        })
     }
 
     fn attribute(&self, req: &AssignRequest) -> AllocationAttribute {
@@ -244,70 +245,42 @@ impl<'a> Ipam<'a> {
     /// conflict on one of their keys is returned, not retried.
     pub fn release_handle_with(&self, handle: &Handle, extra: &[Op]) -> Result<Vec<IpAddr>, IpamError> {
         let _lock = self.host_lock()?;
-        let extra_keys: HashSet<&str> = extra.iter().map(Op::key).collect();
-        // First attempt: take this node's hinted block from the hint instead
-        // of reading it (the commit's CAS catches a stale copy).
-        let mut trust_hint = true;
-        for _ in 0..MAX_RETRIES {
-            let Some(hkv) = self.store.get(&handle.key())? else {
-                if !extra.is_empty() {
-                    self.store.commit(extra)?;
-                }
-                return Ok(Vec::new());
-            };
+        let released = release::release::<IpamError>(self.store, handle, extra, |attempt| {
+            let Some(hkv) = self.store.get(&handle.key())? else { return Ok(None) };
             let hdoc: IpamHandle = model::decode(&hkv)?;
-            let mut ops = Vec::new();
-            let mut freed = Vec::new();
-            let mut updated = Vec::new();
+            let mut commit = ReleaseCommit::new();
             for (seg, &count) in &hdoc.block {
                 let cidr: BlockCidr = seg.parse().map_err(|_| StoreError::Corrupt {
                     key: hkv.key.clone(),
                     reason: format!("block {seg:?} is not a CIDR"),
                 })?;
-                // A hinted copy is only trusted if it holds what the handle
-                // says it holds there: a copy that misses the allocation
-                // would release nothing, write no block (so no CAS catches
-                // it) and delete the handle, leaking the address.
-                let hinted = if trust_hint { self.hinted_block(&cidr) } else { None }
+                // First attempt: take this node's hinted block from the hint
+                // instead of reading it (the commit's CAS catches a stale
+                // copy); after a conflict, read. A hinted copy is only
+                // trusted if it holds what the handle says it holds there: a
+                // copy that misses the allocation would release nothing,
+                // write no block (so no CAS catches it) and delete the
+                // handle, leaking the address.
+                let hinted = if attempt == 0 { self.hinted_block(&cidr) } else { None }
                     .filter(|(doc, _)| block::ips_of_handle(doc, handle).len() == count as usize);
-                let (mut doc, revision) = match hinted {
+                let (doc, revision) = match hinted {
                     Some(v) => v,
                     None => {
                         let Some(bkv) = self.store.get(&cidr.key())? else { continue };
                         (block::decode_block(&bkv)?, bkv.revision)
                     }
                 };
-                let ips = block::release_handle(&mut doc, handle);
-                if ips.is_empty() {
-                    continue;
-                }
-                freed.extend(ips);
-                let op = block::write_after_release(cidr.key(), &doc, revision);
-                if matches!(op, Op::Update { .. }) {
-                    updated.push(doc);
-                }
-                ops.push(op);
+                commit.free_handle(cidr.key(), doc, revision, handle);
             }
-            ops.push(Op::Delete { key: hkv.key.clone(), revision: hkv.revision });
-            ops.extend_from_slice(extra);
-            match self.store.commit(&ops) {
-                Ok(rev) => {
-                    for doc in updated {
-                        self.refresh_hint(doc, rev);
-                    }
-                    return Ok(freed);
-                }
-                Err(StoreError::Conflict { key }) if extra_keys.contains(key.as_str()) => {
-                    return Err(StoreError::Conflict { key }.into());
-                }
-                Err(StoreError::Conflict { key }) => {
-                    log::debug!("release {handle}: conflict on {key}, retrying");
-                    trust_hint = false;
-                }
-                Err(e) => return Err(e.into()),
+            commit.delete_handle(hkv.key, hkv.revision);
+            Ok(Some(commit))
+        })?;
+        if let Some(rev) = released.revision {
+            for doc in released.updated.iter().cloned() {
+                self.refresh_hint(doc, rev);
             }
         }
-        Err(IpamError::MaxRetries)
+        Ok(released.ips())
     }
 
     /// This node's hinted copy of `cidr`, if the hint is about that block.
@@ -715,7 +688,9 @@ impl<'s, 'a> Session<'s, 'a> {
     ) -> Result<Option<BlockCidr>, IpamError> {
         let n = pool.block_count();
         let start = host_seed(&self.ipam.node, n);
-        let bound = n.min(existing.len() as u128 + MAX_RETRIES as u128);
+        // Blocks that exist are skipped; each claim lost to another node is
+        // a conflict like any other and costs one attempt of the budget.
+        let bound = n.min(existing.len() as u128 + Retry::CAS.attempts() as u128);
         let mut i = 0u128;
         while i < bound {
             let idx = start.wrapping_add(i) % n;
@@ -774,7 +749,7 @@ impl<'s, 'a> Session<'s, 'a> {
         let pools = self.all_pools()?;
         let pool = pool::enabled_pool_containing(&pools, ip).ok_or(IpamError::NotInPool(ip))?.clone();
         let cidr = BlockCidr::containing(ip, pool.block_prefix())?;
-        for _ in 0..MAX_RETRIES {
+        Retry::CAS.run(format_args!("assign {ip}"), |_| {
             let (mut doc, rev) = match self.block(cidr)? {
                 Some(v) => v,
                 None => {
@@ -782,13 +757,12 @@ impl<'s, 'a> Session<'s, 'a> {
                     self.claim(cidr, &config)?;
                     // Won or lost, the block exists now: read it again.
                     self.blocks.remove(&cidr);
-                    continue;
+                    return Ok(Cas::Conflict { key: cidr.key() });
                 }
             };
             block::allocate_ip(&mut doc, ip, attr)?;
-            return Ok(Pick { cidr, doc, rev, ip, pool: pool.name.clone(), hint_request: None });
-        }
-        Err(IpamError::MaxRetries)
+            Ok(Cas::Done(Pick { cidr, doc, rev, ip, pool: pool.name.clone(), hint_request: None }))
+        })
     }
 }
 

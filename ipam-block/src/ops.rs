@@ -47,7 +47,7 @@ use calico_store::model::{
     self, AllocationBlock, IpFamily, IpPool, IpPoolSpec, IpamConfig, IpamHandle, WorkloadEndpoint,
 };
 use calico_store::resolve::ResolveError;
-use calico_store::{Datastore, KeyValue, Op, Revision, StoreError};
+use calico_store::{Datastore, KeyValue, Revision, StoreError};
 use ipnetwork::IpNetwork;
 use serde::Serialize;
 use thiserror::Error;
@@ -55,12 +55,11 @@ use thiserror::Error;
 use crate::block::{self, Allocation};
 use crate::pool::{self, Pool};
 use crate::query;
+use crate::release::{self, ReleaseCommit};
+use crate::retry::{Cas, Retry};
 use crate::selector::Selector;
 use crate::types::PoolName;
 use crate::IpamError;
-
-/// How many times a write re-reads and retries after a CAS conflict.
-const MAX_CAS_ATTEMPTS: usize = 20;
 
 /// Why an operator command failed.
 #[derive(Debug, Error)]
@@ -472,27 +471,26 @@ pub fn check(snap: &Snapshot, now: SystemTime) -> CheckReport {
 // ---------------------------------------------------------------------------
 // release and gc
 
-/// Free `ips` (all currently allocated, to `handle` when given) in one commit:
-/// their blocks updated (an emptied block with no affinity deleted, like
-/// Calico), and the handle documents decremented (deleted at zero).
-/// `still_ok` re-validates against a fresh snapshot before each attempt.
+/// Free `ips` (all currently allocated, to `handle` when given) in one commit
+/// through the crate's one release path ([`release::release`]): their blocks
+/// updated (an emptied block with no affinity deleted, like Calico), and the
+/// handle documents decremented (deleted at zero). `still_ok` re-validates
+/// against a fresh snapshot before each attempt.
 fn release_in_one_commit(
     store: &dyn Datastore,
     ips: &[IpAddr],
     handle: Option<&str>,
     still_ok: &dyn Fn(&Snapshot) -> Result<(), OpsError>,
 ) -> Result<Vec<IpAddr>, OpsError> {
-    for _ in 0..MAX_CAS_ATTEMPTS {
+    release::release(store, format_args!("{ips:?}"), &[], |_| {
         let snap = Snapshot::load(store)?;
         still_ok(&snap)?;
-        let mut blocks: BTreeMap<String, (Revision, AllocationBlock)> = BTreeMap::new();
-        let mut decrements: BTreeMap<String, BTreeMap<String, u32>> = BTreeMap::new();
+        let mut commit = ReleaseCommit::new();
         for &ip in ips {
             let b = snap.block_of(ip).ok_or_else(|| {
                 OpsError::Refused(format!("{ip} is not allocated: no allocation block holds it"))
             })?;
-            let entry = blocks.entry(b.key.clone()).or_insert_with(|| (b.revision, b.value.clone()));
-            let owner = match block::release_ip(&mut entry.1, ip) {
+            let owner = match commit.free_ip(&b.key, || (b.value.clone(), b.revision), ip) {
                 Some(owner) => owner,
                 None => return Err(OpsError::Refused(format!("{ip} is not allocated"))),
             };
@@ -503,44 +501,21 @@ fn release_in_one_commit(
                     handle.unwrap_or_default()
                 )));
             }
-            if let Some(h) = owner {
-                *decrements.entry(h).or_default().entry(b.value.cidr.to_string()).or_default() += 1;
-            }
         }
-        let mut ops: Vec<Op> =
-            blocks.into_iter().map(|(key, (rev, b))| block::write_after_release(key, &b, rev)).collect();
-        for (h, dec) in decrements {
-            let Some(doc) = snap.handles.get(&h) else { continue };
-            ops.push(block::handle_write_after_release(
-                doc.key.clone(),
-                doc.value.clone(),
-                &dec,
-                doc.revision,
-            ));
-        }
-        match store.commit(&ops) {
-            Ok(_) => return Ok(ips.to_vec()),
-            Err(StoreError::Conflict { key }) => {
-                log::debug!("release of {ips:?}: conflict on {key}, re-reading")
-            }
-            Err(e) => return Err(e.into()),
-        }
-    }
-    Err(IpamError::MaxRetries.into())
+        commit.decrement_handles(|h| {
+            Ok::<_, OpsError>(snap.handles.get(h).map(|d| (d.key.clone(), d.value.clone(), d.revision)))
+        })?;
+        Ok(Some(commit))
+    })?;
+    Ok(ips.to_vec())
 }
 
 /// `calicoctl ipam release --ip X`: free one address whatever holds it
 /// (the library's single-address release); returns the handle it belonged to.
 pub fn release_ip(store: &dyn Datastore, ip: IpAddr) -> Result<Option<String>, OpsError> {
-    // The library answers `None` both for "not allocated" and "allocated
-    // without a handle": look first so the operator is told which.
-    let allocated = query::list_blocks(store)?
-        .iter()
-        .any(|b| b.cidr.contains(ip) && block::allocations(&b.doc).iter().any(|a| a.ip == ip));
-    if !allocated {
-        return Err(OpsError::Refused(format!("{ip} is not allocated")));
-    }
-    Ok(query::release_ip(store, ip)?)
+    // The library's answer tells "not allocated" from "allocated without a
+    // handle", so the operator is told which.
+    query::release_one(store, ip)?.ok_or_else(|| OpsError::Refused(format!("{ip} is not allocated")))
 }
 
 /// What one `gc` run did.
@@ -656,7 +631,7 @@ pub fn configure(
     strict_affinity: Option<bool>,
     max_blocks_per_host: Option<u32>,
 ) -> Result<IpamConfig, OpsError> {
-    for _ in 0..MAX_CAS_ATTEMPTS {
+    Retry::CAS.run("configure IPAM", |_| {
         let (mut cfg, revision) = query::ipam_config(store)?;
         if let Some(s) = strict_affinity {
             cfg.strict_affinity = s;
@@ -670,12 +645,11 @@ pub fn configure(
             return Err(OpsError::Refused("maxBlocksPerHost > 0 needs --strictaffinity=true".into()));
         }
         match query::set_ipam_config(store, &cfg, revision) {
-            Ok(_) => return Ok(cfg),
-            Err(IpamError::Store(StoreError::Conflict { .. })) => continue,
-            Err(e) => return Err(e.into()),
+            Ok(_) => Ok(Cas::Done(cfg)),
+            Err(IpamError::Store(StoreError::Conflict { key })) => Ok(Cas::Conflict { key }),
+            Err(e) => Err(e.into()),
         }
-    }
-    Err(IpamError::MaxRetries.into())
+    })
 }
 
 // ---------------------------------------------------------------------------
