@@ -560,53 +560,15 @@ impl<'s, 'a> Session<'s, 'a> {
     ) -> Result<Pick, IpamError> {
         let rkey = request_key(req);
         // Fast path: the hinted block.
-        let hint = self.ipam.hints.as_ref().and_then(|h| h.read(family)).filter(|h| h.request == rkey);
-        if let Some(hint) = hint {
-            let cidr = BlockCidr::from_net(hint.block.cidr);
-            if self.hints_used.insert(family) {
-                self.blocks.entry(cidr).or_insert(Some((hint.block, hint.revision)));
-            }
-            if self.hinted_pool_usable(&hint.pool, &cidr, req)? {
-                if let Some((doc, rev, ip)) = self.next_in_own_block(cidr, attr)? {
-                    let pool = PoolName::new(hint.pool)?;
-                    return Ok(Pick { cidr, doc, rev, ip, pool, hint_request: Some(rkey) });
-                }
-            }
+        if let Some(pick) = self.pick_hinted(family, req, attr, &rkey)? {
+            return Ok(pick);
         }
         let pools = self.chosen_pools(family, req)?;
-        let pool_of =
-            |cidr: &BlockCidr| pools.iter().find(|p| p.contains_block(cidr)).map(|p| p.name.clone());
-
         // 1. Blocks affine to this node, in key order.
         let affs = self.store().list(&model::host_affinities_prefix(&self.ipam.node, family))?;
-        for kv in &affs {
-            let Some((_, net)) = model::parse_affinity_key(&kv.key) else { continue };
-            let cidr = BlockCidr::from_net(net);
-            let Some(pool) = pool_of(&cidr) else { continue };
-            let Some((doc, _)) = self.block(cidr)? else { continue };
-            if block::affinity_of(&doc).as_ref() != Some(&self.ipam.affinity) {
-                continue;
-            }
-            // The block document is authoritative and says the block is
-            // ours; the affinity only matters to finish a claim. One that
-            // does not decode must not stop the node from allocating (it is
-            // left for `calicoctl ipam check` to report, never rewritten).
-            match model::decode::<BlockAffinity>(kv) {
-                Ok(aff) if aff.state == AffinityState::Pending => {
-                    // A claim whose confirmation was lost: the block is ours.
-                    let confirmed = BlockAffinity { state: AffinityState::Confirmed, deleted: false };
-                    if let Err(e) = self.store().update(&kv.key, &model::encode(&confirmed), kv.revision) {
-                        log::debug!("confirming affinity {}: {e}", kv.key);
-                    }
-                }
-                Ok(_) => {}
-                Err(e) => log::warn!("block {cidr} is ours by its document, its affinity is unreadable: {e}"),
-            }
-            if let Some((doc, rev, ip)) = self.next_in_own_block(cidr, attr)? {
-                return Ok(Pick { cidr, doc, rev, ip, pool, hint_request: Some(rkey) });
-            }
+        if let Some(pick) = self.pick_affine(&pools, &affs, attr, &rkey)? {
+            return Ok(pick);
         }
-
         // 2. A new block, claimed for this node.
         let config = self.config()?;
         let existing: BTreeMap<BlockCidr, calico_store::KeyValue> = self
@@ -630,52 +592,123 @@ impl<'s, 'a> Session<'s, 'a> {
             for p in &pools {
                 if let Some(cidr) = self.claim_in_pool(p, &existing, &config)? {
                     if let Some((doc, rev, ip)) = self.next_in_own_block(cidr, attr)? {
-                        return Ok(Pick {
-                            cidr,
-                            doc,
-                            rev,
-                            ip,
-                            pool: p.name.clone(),
-                            hint_request: Some(rkey),
-                        });
+                        let pool = p.name.clone();
+                        return Ok(Pick { cidr, doc, rev, ip, pool, hint_request: Some(rkey) });
                     }
                 }
             }
         }
-
         // 3. Borrow a free address from any block of the pools.
         if !config.strict_affinity {
-            for p in &pools {
-                let start = host_seed(&self.ipam.node, p.block_count());
-                // Distance from the node's seeded start, wrapping. Block
-                // counts are powers of two, so wrapping u128 arithmetic
-                // reduced modulo the count is exact.
-                let mut candidates: Vec<(u128, BlockCidr, &calico_store::KeyValue)> = existing
-                    .iter()
-                    .filter_map(|(c, kv)| {
-                        p.index_of(c).map(|i| (i.wrapping_sub(start) % p.block_count().max(1), *c, kv))
-                    })
-                    .collect();
-                candidates.sort_by_key(|(d, c, _)| (*d, *c));
-                for (_, cidr, kv) in candidates {
-                    let known = match self.blocks.get(&cidr) {
-                        Some(k) => k.clone(),
-                        None => {
-                            let v = Some((block::decode_block(kv)?, kv.revision));
-                            self.blocks.insert(cidr, v.clone());
-                            v
-                        }
-                    };
-                    let Some((mut doc, rev)) = known else { continue };
-                    if let Some(ip) = block::allocate_next(&mut doc, attr) {
-                        log::info!("borrowing {ip} from block {cidr} ({:?})", doc.affinity);
-                        return Ok(Pick { cidr, doc, rev, ip, pool: p.name.clone(), hint_request: None });
-                    }
-                }
+            if let Some(pick) = self.pick_borrowed(&pools, &existing, attr)? {
+                return Ok(pick);
             }
         }
         let names: Vec<String> = pools.iter().map(|p| p.name.to_string()).collect();
         Err(IpamError::Exhausted { pools: names.join(", ") })
+    }
+
+    /// The next free address of the hinted block, if the hint is about this
+    /// request and its pool may still be used.
+    fn pick_hinted(
+        &mut self,
+        family: IpFamily,
+        req: &FamilyRequest,
+        attr: &AllocationAttribute,
+        rkey: &str,
+    ) -> Result<Option<Pick>, IpamError> {
+        let hint = self.ipam.hints.as_ref().and_then(|h| h.read(family)).filter(|h| h.request == rkey);
+        let Some(hint) = hint else { return Ok(None) };
+        let cidr = BlockCidr::from_net(hint.block.cidr);
+        if self.hints_used.insert(family) {
+            self.blocks.entry(cidr).or_insert(Some((hint.block, hint.revision)));
+        }
+        if !self.hinted_pool_usable(&hint.pool, &cidr, req)? {
+            return Ok(None);
+        }
+        let Some((doc, rev, ip)) = self.next_in_own_block(cidr, attr)? else { return Ok(None) };
+        let pool = PoolName::new(hint.pool)?;
+        Ok(Some(Pick { cidr, doc, rev, ip, pool, hint_request: Some(rkey.to_string()) }))
+    }
+
+    /// The next free address of a block affine to this node (`affs`: its
+    /// affinity documents), in key order, within `pools`.
+    fn pick_affine(
+        &mut self,
+        pools: &[Pool],
+        affs: &[calico_store::KeyValue],
+        attr: &AllocationAttribute,
+        rkey: &str,
+    ) -> Result<Option<Pick>, IpamError> {
+        for kv in affs {
+            let Some((_, net)) = model::parse_affinity_key(&kv.key) else { continue };
+            let cidr = BlockCidr::from_net(net);
+            let Some(pool) = pools.iter().find(|p| p.contains_block(&cidr)).map(|p| p.name.clone()) else {
+                continue;
+            };
+            let Some((doc, _)) = self.block(cidr)? else { continue };
+            if block::affinity_of(&doc).as_ref() != Some(&self.ipam.affinity) {
+                continue;
+            }
+            // The block document is authoritative and says the block is
+            // ours; the affinity only matters to finish a claim. One that
+            // does not decode must not stop the node from allocating (it is
+            // left for `calicoctl ipam check` to report, never rewritten).
+            match model::decode::<BlockAffinity>(kv) {
+                Ok(aff) if aff.state == AffinityState::Pending => {
+                    // A claim whose confirmation was lost: the block is ours.
+                    let confirmed = BlockAffinity { state: AffinityState::Confirmed, deleted: false };
+                    if let Err(e) = self.store().update(&kv.key, &model::encode(&confirmed), kv.revision) {
+                        log::debug!("confirming affinity {}: {e}", kv.key);
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => log::warn!("block {cidr} is ours by its document, its affinity is unreadable: {e}"),
+            }
+            if let Some((doc, rev, ip)) = self.next_in_own_block(cidr, attr)? {
+                return Ok(Some(Pick { cidr, doc, rev, ip, pool, hint_request: Some(rkey.to_string()) }));
+            }
+        }
+        Ok(None)
+    }
+
+    /// A free address of any `existing` block of `pools` (another node's:
+    /// borrowing), each pool's blocks tried from the node's seeded start.
+    fn pick_borrowed(
+        &mut self,
+        pools: &[Pool],
+        existing: &BTreeMap<BlockCidr, calico_store::KeyValue>,
+        attr: &AllocationAttribute,
+    ) -> Result<Option<Pick>, IpamError> {
+        for p in pools {
+            let start = host_seed(&self.ipam.node, p.block_count());
+            // Distance from the node's seeded start, wrapping. Block
+            // counts are powers of two, so wrapping u128 arithmetic
+            // reduced modulo the count is exact.
+            let mut candidates: Vec<(u128, BlockCidr, &calico_store::KeyValue)> = existing
+                .iter()
+                .filter_map(|(c, kv)| {
+                    p.index_of(c).map(|i| (i.wrapping_sub(start) % p.block_count().max(1), *c, kv))
+                })
+                .collect();
+            candidates.sort_by_key(|(d, c, _)| (*d, *c));
+            for (_, cidr, kv) in candidates {
+                let known = match self.blocks.get(&cidr) {
+                    Some(k) => k.clone(),
+                    None => {
+                        let v = Some((block::decode_block(kv)?, kv.revision));
+                        self.blocks.insert(cidr, v.clone());
+                        v
+                    }
+                };
+                let Some((mut doc, rev)) = known else { continue };
+                if let Some(ip) = block::allocate_next(&mut doc, attr) {
+                    log::info!("borrowing {ip} from block {cidr} ({:?})", doc.affinity);
+                    return Ok(Some(Pick { cidr, doc, rev, ip, pool: p.name.clone(), hint_request: None }));
+                }
+            }
+        }
+        Ok(None)
     }
 
     /// Walk the pool's blocks from a start seeded by the node name and claim
