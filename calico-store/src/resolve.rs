@@ -22,6 +22,58 @@
 //! object or `datastore` section written as a JSON array would silently
 //! configure something. Every section goes through
 //! [`DatastoreConfig::from_section`], which refuses anything but an object.
+//!
+//! # Using it from a binary
+//!
+//! Take the datastore flags out of the command line with
+//! [`Setting::from_flag`] before the binary's own flags, then resolve. A
+//! binary whose datastore is optional (kube-proxy-rules) uses one only when
+//! something selects it:
+//!
+//! ```
+//! use calico_store::resolve::{self, Base, DatastoreFlags, Setting};
+//!
+//! let argv = ["--proxy-mode", "nftables", "--etcd-endpoints", "https://10.0.0.1:2379",
+//!             "--etcd-ca-cert-file", "/etc/calico/ca.pem"];
+//! let mut flags = DatastoreFlags::default();
+//! let mut it = argv.iter();
+//! while let Some(arg) = it.next() {
+//!     match Setting::from_flag(arg) {
+//!         Some(s) => flags.set(s, *it.next().expect("a value")),
+//!         None => { /* the binary's own flag */ it.next(); }
+//!     }
+//! }
+//! let env = resolve::no_env; // resolve::process_env in a real binary
+//! let selected = flags.selects_datastore() || DatastoreFlags::from_env(&env).selects_datastore();
+//! let ds = if selected { Some(resolve::resolve(Base::Defaults, &env, &flags)?) } else { None };
+//! let ds = ds.expect("selected by --etcd-endpoints");
+//! assert_eq!(ds.endpoints(), ["https://10.0.0.1:2379"]);
+//! assert_eq!(ds.etcd_ca_cert_file.as_deref(), Some(std::path::Path::new("/etc/calico/ca.pem")));
+//! # Ok::<(), resolve::ResolveError>(())
+//! ```
+//!
+//! A binary with its own config file (the node agent) makes that file's
+//! section the base, read with [`datastore_section`] so it cannot be an array:
+//!
+//! ```
+//! use calico_store::resolve::{self, Base, DatastoreFlags, Setting};
+//! use calico_store::DatastoreConfig;
+//!
+//! #[derive(serde::Deserialize)]
+//! struct AgentFile {
+//!     #[serde(default, deserialize_with = "calico_store::resolve::datastore_section")]
+//!     datastore: Option<DatastoreConfig>,
+//! }
+//! let file: AgentFile =
+//!     serde_json::from_str(r#"{"datastore": {"datastore_type": "file", "datastore_path": "/var/lib/a"}}"#)?;
+//! let mut flags = DatastoreFlags::default();
+//! flags.set(Setting::DatastorePath, "/tmp/b"); // --datastore-path /tmp/b
+//! let base = Base::Config(file.datastore.unwrap_or_default());
+//! let cfg = resolve::resolve(base, &resolve::no_env, &flags)?;
+//! assert_eq!(cfg.path(), std::path::Path::new("/tmp/b"));
+//! assert!(serde_json::from_str::<AgentFile>(r#"{"datastore": ["etcdv3"]}"#).is_err());
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 
 use std::path::{Path, PathBuf};
 

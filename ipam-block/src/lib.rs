@@ -34,8 +34,12 @@
 //! The `calico-ipam` binary (`src/bin/calico-ipam.rs`) maps the CNI protocol
 //! onto this library ([`cni`]).
 //!
-//! May call: `calico-store`, `cni-proto` (only in [`cni`]). Must not know
-//! about interfaces, routes or the pod data plane.
+//! May call: `calico-store` (the datastore, its model, and its resolver
+//! for the binaries' datastore flags), `cni-proto` (the protocol in [`cni`],
+//! its date arithmetic in [`timestamp`]). Never: knows about interfaces,
+//! routes or the pod data plane; chooses a datastore from flags, environment
+//! or config files itself (that is `calico_store::resolve`); writes without
+//! compare-and-swap or retries a conflict outside [`Retry`].
 
 pub mod allocator;
 pub mod block;
