@@ -2,6 +2,8 @@
 //! and `calico-ipam`): datastore selection ([`DatastoreConfig`], [`open`]),
 //! the node name ([`resolve_nodename`]) and Calico's string booleans
 //! ([`flag`], [`flag_value`]). Keys only one binary reads stay in that binary.
+//! Which layers (a config file, the environment, flags) a binary's
+//! [`DatastoreConfig`] is built from is [`crate::resolve`]'s business.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -92,8 +94,10 @@ pub enum DatastoreType {
     Etcd,
 }
 
-/// The datastore keys of a Calico network config. Deserialize it from the
-/// plugin object (unknown keys are ignored), then [`DatastoreConfig::validate`].
+/// The datastore keys of a Calico network config. Decode it from the plugin
+/// object with [`DatastoreConfig::from_section`] (unknown keys are ignored,
+/// arrays refused) or build it with [`crate::resolve::resolve`], then
+/// [`DatastoreConfig::validate`].
 #[derive(Debug, Clone, Default, Deserialize)]
 pub struct DatastoreConfig {
     /// `file` (default when no etcd is configured) or `etcdv3`.

@@ -18,13 +18,20 @@
 //! * [`config::DatastoreConfig`]: the `datastore_type` / `etcd_*` /
 //!   `datastore_path` keys of a CNI network config, and [`open`] to get a
 //!   backend from them.
+//! * [`resolve`]: the one datastore resolver every binary uses (calicoctl,
+//!   kube-proxy-rules, the node agent): a base (a CNI config file's `calico`
+//!   plugin, or the caller's own config section), then the environment
+//!   (`DATASTORE_*`, `ETCD_*`), then the flags (including the etcd TLS
+//!   files), with sections never read from arrays.
 //! * With feature `cni` only, `cni::store_error`: the one mapping of its
 //!   failures to CNI error codes, next to the error type it maps, so that
 //!   `calico` and `calico-ipam` report a failure with the same code.
 //!
-//! May call: the filesystem, etcd (through `etcd-client`), and with feature
-//! `cni` the error type of `cni-proto`. Must not know about IP allocation
-//! policy (that is `ipam-block`) or any other part of the CNI protocol.
+//! May call: the filesystem, etcd (through `etcd-client`), the environment
+//! only through the closure a caller hands to [`resolve::resolve`], and with
+//! feature `cni` the error type of `cni-proto`. Must not know about IP
+//! allocation policy (that is `ipam-block`), command-line parsing beyond the
+//! datastore flags' names, or any other part of the CNI protocol.
 
 #[cfg(feature = "cni")]
 pub mod cni;
@@ -33,6 +40,7 @@ pub mod error;
 pub mod etcd;
 pub mod file;
 pub mod model;
+pub mod resolve;
 pub mod selector;
 
 pub use config::{open, DatastoreConfig, DatastoreType};

@@ -17,8 +17,10 @@ use nix::fcntl::{Flock, FlockArg};
 use crate::block::{self, ATTR_NAMESPACE, ATTR_NODE, ATTR_POD, ATTR_TIMESTAMP};
 use crate::hint::{Hint, HintDir};
 use crate::pool::{self, Pool};
+use crate::release::{self, ReleaseCommit};
+use crate::retry::{Cas, Retry};
 use crate::types::{Affinity, BlockCidr, Handle, PoolName, PoolRef};
-use crate::{IpamError, MAX_RETRIES};
+use crate::IpamError;
 
 /// What to allocate in one address family.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -157,7 +159,7 @@ impl<'a> Ipam<'a> {
             }
         }
         let hkey = req.handle.key();
-        for _ in 0..MAX_RETRIES {
+        Retry::CAS.run(format_args!("assign {}", req.handle), |_| {
             let mut picks = Vec::new();
             for (family, freq) in &families {
                 let pick = match freq.ip {
@@ -201,23 +203,22 @@ impl<'a> Ipam<'a> {
                             _ => self.refresh_hint(p.doc.clone(), rev),
                         }
                     }
-                    return Ok(assigned);
+                    Ok(Cas::Done(assigned))
                 }
                 Err(StoreError::Conflict { key }) if extra_keys.contains(&key) => {
-                    return Err(StoreError::Conflict { key }.into());
+                    Err(StoreError::Conflict { key }.into())
                 }
                 Err(StoreError::Conflict { key }) => {
-                    log::debug!("assign {}: conflict on {key}, retrying", req.handle);
                     if key == hkey {
                         s.handle = HandleState::NeedsRead;
                     } else if let Some(p) = picks.iter().find(|p| p.cidr.key() == key) {
                         s.blocks.remove(&p.cidr);
                     }
+                    Ok(Cas::Conflict { key })
                 }
-                Err(e) => return Err(e.into()),
+                Err(e) => Err(e.into()),
             }
-        }
-        Err(IpamError::MaxRetries)
+        })
     }
 
     fn attribute(&self, req: &AssignRequest) -> AllocationAttribute {
@@ -244,70 +245,42 @@ impl<'a> Ipam<'a> {
     /// conflict on one of their keys is returned, not retried.
     pub fn release_handle_with(&self, handle: &Handle, extra: &[Op]) -> Result<Vec<IpAddr>, IpamError> {
         let _lock = self.host_lock()?;
-        let extra_keys: HashSet<&str> = extra.iter().map(Op::key).collect();
-        // First attempt: take this node's hinted block from the hint instead
-        // of reading it (the commit's CAS catches a stale copy).
-        let mut trust_hint = true;
-        for _ in 0..MAX_RETRIES {
-            let Some(hkv) = self.store.get(&handle.key())? else {
-                if !extra.is_empty() {
-                    self.store.commit(extra)?;
-                }
-                return Ok(Vec::new());
-            };
+        let released = release::release::<IpamError>(self.store, handle, extra, |attempt| {
+            let Some(hkv) = self.store.get(&handle.key())? else { return Ok(None) };
             let hdoc: IpamHandle = model::decode(&hkv)?;
-            let mut ops = Vec::new();
-            let mut freed = Vec::new();
-            let mut updated = Vec::new();
+            let mut commit = ReleaseCommit::new();
             for (seg, &count) in &hdoc.block {
                 let cidr: BlockCidr = seg.parse().map_err(|_| StoreError::Corrupt {
                     key: hkv.key.clone(),
                     reason: format!("block {seg:?} is not a CIDR"),
                 })?;
-                // A hinted copy is only trusted if it holds what the handle
-                // says it holds there: a copy that misses the allocation
-                // would release nothing, write no block (so no CAS catches
-                // it) and delete the handle, leaking the address.
-                let hinted = if trust_hint { self.hinted_block(&cidr) } else { None }
+                // First attempt: take this node's hinted block from the hint
+                // instead of reading it (the commit's CAS catches a stale
+                // copy); after a conflict, read. A hinted copy is only
+                // trusted if it holds what the handle says it holds there: a
+                // copy that misses the allocation would release nothing,
+                // write no block (so no CAS catches it) and delete the
+                // handle, leaking the address.
+                let hinted = if attempt == 0 { self.hinted_block(&cidr) } else { None }
                     .filter(|(doc, _)| block::ips_of_handle(doc, handle).len() == count as usize);
-                let (mut doc, revision) = match hinted {
+                let (doc, revision) = match hinted {
                     Some(v) => v,
                     None => {
                         let Some(bkv) = self.store.get(&cidr.key())? else { continue };
                         (block::decode_block(&bkv)?, bkv.revision)
                     }
                 };
-                let ips = block::release_handle(&mut doc, handle);
-                if ips.is_empty() {
-                    continue;
-                }
-                freed.extend(ips);
-                let op = block::write_after_release(cidr.key(), &doc, revision);
-                if matches!(op, Op::Update { .. }) {
-                    updated.push(doc);
-                }
-                ops.push(op);
+                commit.free_handle(cidr.key(), doc, revision, handle);
             }
-            ops.push(Op::Delete { key: hkv.key.clone(), revision: hkv.revision });
-            ops.extend_from_slice(extra);
-            match self.store.commit(&ops) {
-                Ok(rev) => {
-                    for doc in updated {
-                        self.refresh_hint(doc, rev);
-                    }
-                    return Ok(freed);
-                }
-                Err(StoreError::Conflict { key }) if extra_keys.contains(key.as_str()) => {
-                    return Err(StoreError::Conflict { key }.into());
-                }
-                Err(StoreError::Conflict { key }) => {
-                    log::debug!("release {handle}: conflict on {key}, retrying");
-                    trust_hint = false;
-                }
-                Err(e) => return Err(e.into()),
+            commit.delete_handle(hkv.key, hkv.revision);
+            Ok(Some(commit))
+        })?;
+        if let Some(rev) = released.revision {
+            for doc in released.updated.iter().cloned() {
+                self.refresh_hint(doc, rev);
             }
         }
-        Err(IpamError::MaxRetries)
+        Ok(released.ips())
     }
 
     /// This node's hinted copy of `cidr`, if the hint is about that block.
@@ -587,53 +560,15 @@ impl<'s, 'a> Session<'s, 'a> {
     ) -> Result<Pick, IpamError> {
         let rkey = request_key(req);
         // Fast path: the hinted block.
-        let hint = self.ipam.hints.as_ref().and_then(|h| h.read(family)).filter(|h| h.request == rkey);
-        if let Some(hint) = hint {
-            let cidr = BlockCidr::from_net(hint.block.cidr);
-            if self.hints_used.insert(family) {
-                self.blocks.entry(cidr).or_insert(Some((hint.block, hint.revision)));
-            }
-            if self.hinted_pool_usable(&hint.pool, &cidr, req)? {
-                if let Some((doc, rev, ip)) = self.next_in_own_block(cidr, attr)? {
-                    let pool = PoolName::new(hint.pool)?;
-                    return Ok(Pick { cidr, doc, rev, ip, pool, hint_request: Some(rkey) });
-                }
-            }
+        if let Some(pick) = self.pick_hinted(family, req, attr, &rkey)? {
+            return Ok(pick);
         }
         let pools = self.chosen_pools(family, req)?;
-        let pool_of =
-            |cidr: &BlockCidr| pools.iter().find(|p| p.contains_block(cidr)).map(|p| p.name.clone());
-
         // 1. Blocks affine to this node, in key order.
         let affs = self.store().list(&model::host_affinities_prefix(&self.ipam.node, family))?;
-        for kv in &affs {
-            let Some((_, net)) = model::parse_affinity_key(&kv.key) else { continue };
-            let cidr = BlockCidr::from_net(net);
-            let Some(pool) = pool_of(&cidr) else { continue };
-            let Some((doc, _)) = self.block(cidr)? else { continue };
-            if block::affinity_of(&doc).as_ref() != Some(&self.ipam.affinity) {
-                continue;
-            }
-            // The block document is authoritative and says the block is
-            // ours; the affinity only matters to finish a claim. One that
-            // does not decode must not stop the node from allocating (it is
-            // left for `calicoctl ipam check` to report, never rewritten).
-            match model::decode::<BlockAffinity>(kv) {
-                Ok(aff) if aff.state == AffinityState::Pending => {
-                    // A claim whose confirmation was lost: the block is ours.
-                    let confirmed = BlockAffinity { state: AffinityState::Confirmed, deleted: false };
-                    if let Err(e) = self.store().update(&kv.key, &model::encode(&confirmed), kv.revision) {
-                        log::debug!("confirming affinity {}: {e}", kv.key);
-                    }
-                }
-                Ok(_) => {}
-                Err(e) => log::warn!("block {cidr} is ours by its document, its affinity is unreadable: {e}"),
-            }
-            if let Some((doc, rev, ip)) = self.next_in_own_block(cidr, attr)? {
-                return Ok(Pick { cidr, doc, rev, ip, pool, hint_request: Some(rkey) });
-            }
+        if let Some(pick) = self.pick_affine(&pools, &affs, attr, &rkey)? {
+            return Ok(pick);
         }
-
         // 2. A new block, claimed for this node.
         let config = self.config()?;
         let existing: BTreeMap<BlockCidr, calico_store::KeyValue> = self
@@ -657,52 +592,123 @@ impl<'s, 'a> Session<'s, 'a> {
             for p in &pools {
                 if let Some(cidr) = self.claim_in_pool(p, &existing, &config)? {
                     if let Some((doc, rev, ip)) = self.next_in_own_block(cidr, attr)? {
-                        return Ok(Pick {
-                            cidr,
-                            doc,
-                            rev,
-                            ip,
-                            pool: p.name.clone(),
-                            hint_request: Some(rkey),
-                        });
+                        let pool = p.name.clone();
+                        return Ok(Pick { cidr, doc, rev, ip, pool, hint_request: Some(rkey) });
                     }
                 }
             }
         }
-
         // 3. Borrow a free address from any block of the pools.
         if !config.strict_affinity {
-            for p in &pools {
-                let start = host_seed(&self.ipam.node, p.block_count());
-                // Distance from the node's seeded start, wrapping. Block
-                // counts are powers of two, so wrapping u128 arithmetic
-                // reduced modulo the count is exact.
-                let mut candidates: Vec<(u128, BlockCidr, &calico_store::KeyValue)> = existing
-                    .iter()
-                    .filter_map(|(c, kv)| {
-                        p.index_of(c).map(|i| (i.wrapping_sub(start) % p.block_count().max(1), *c, kv))
-                    })
-                    .collect();
-                candidates.sort_by_key(|(d, c, _)| (*d, *c));
-                for (_, cidr, kv) in candidates {
-                    let known = match self.blocks.get(&cidr) {
-                        Some(k) => k.clone(),
-                        None => {
-                            let v = Some((block::decode_block(kv)?, kv.revision));
-                            self.blocks.insert(cidr, v.clone());
-                            v
-                        }
-                    };
-                    let Some((mut doc, rev)) = known else { continue };
-                    if let Some(ip) = block::allocate_next(&mut doc, attr) {
-                        log::info!("borrowing {ip} from block {cidr} ({:?})", doc.affinity);
-                        return Ok(Pick { cidr, doc, rev, ip, pool: p.name.clone(), hint_request: None });
-                    }
-                }
+            if let Some(pick) = self.pick_borrowed(&pools, &existing, attr)? {
+                return Ok(pick);
             }
         }
         let names: Vec<String> = pools.iter().map(|p| p.name.to_string()).collect();
         Err(IpamError::Exhausted { pools: names.join(", ") })
+    }
+
+    /// The next free address of the hinted block, if the hint is about this
+    /// request and its pool may still be used.
+    fn pick_hinted(
+        &mut self,
+        family: IpFamily,
+        req: &FamilyRequest,
+        attr: &AllocationAttribute,
+        rkey: &str,
+    ) -> Result<Option<Pick>, IpamError> {
+        let hint = self.ipam.hints.as_ref().and_then(|h| h.read(family)).filter(|h| h.request == rkey);
+        let Some(hint) = hint else { return Ok(None) };
+        let cidr = BlockCidr::from_net(hint.block.cidr);
+        if self.hints_used.insert(family) {
+            self.blocks.entry(cidr).or_insert(Some((hint.block, hint.revision)));
+        }
+        if !self.hinted_pool_usable(&hint.pool, &cidr, req)? {
+            return Ok(None);
+        }
+        let Some((doc, rev, ip)) = self.next_in_own_block(cidr, attr)? else { return Ok(None) };
+        let pool = PoolName::new(hint.pool)?;
+        Ok(Some(Pick { cidr, doc, rev, ip, pool, hint_request: Some(rkey.to_string()) }))
+    }
+
+    /// The next free address of a block affine to this node (`affs`: its
+    /// affinity documents), in key order, within `pools`.
+    fn pick_affine(
+        &mut self,
+        pools: &[Pool],
+        affs: &[calico_store::KeyValue],
+        attr: &AllocationAttribute,
+        rkey: &str,
+    ) -> Result<Option<Pick>, IpamError> {
+        for kv in affs {
+            let Some((_, net)) = model::parse_affinity_key(&kv.key) else { continue };
+            let cidr = BlockCidr::from_net(net);
+            let Some(pool) = pools.iter().find(|p| p.contains_block(&cidr)).map(|p| p.name.clone()) else {
+                continue;
+            };
+            let Some((doc, _)) = self.block(cidr)? else { continue };
+            if block::affinity_of(&doc).as_ref() != Some(&self.ipam.affinity) {
+                continue;
+            }
+            // The block document is authoritative and says the block is
+            // ours; the affinity only matters to finish a claim. One that
+            // does not decode must not stop the node from allocating (it is
+            // left for `calicoctl ipam check` to report, never rewritten).
+            match model::decode::<BlockAffinity>(kv) {
+                Ok(aff) if aff.state == AffinityState::Pending => {
+                    // A claim whose confirmation was lost: the block is ours.
+                    let confirmed = BlockAffinity { state: AffinityState::Confirmed, deleted: false };
+                    if let Err(e) = self.store().update(&kv.key, &model::encode(&confirmed), kv.revision) {
+                        log::debug!("confirming affinity {}: {e}", kv.key);
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => log::warn!("block {cidr} is ours by its document, its affinity is unreadable: {e}"),
+            }
+            if let Some((doc, rev, ip)) = self.next_in_own_block(cidr, attr)? {
+                return Ok(Some(Pick { cidr, doc, rev, ip, pool, hint_request: Some(rkey.to_string()) }));
+            }
+        }
+        Ok(None)
+    }
+
+    /// A free address of any `existing` block of `pools` (another node's:
+    /// borrowing), each pool's blocks tried from the node's seeded start.
+    fn pick_borrowed(
+        &mut self,
+        pools: &[Pool],
+        existing: &BTreeMap<BlockCidr, calico_store::KeyValue>,
+        attr: &AllocationAttribute,
+    ) -> Result<Option<Pick>, IpamError> {
+        for p in pools {
+            let start = host_seed(&self.ipam.node, p.block_count());
+            // Distance from the node's seeded start, wrapping. Block
+            // counts are powers of two, so wrapping u128 arithmetic
+            // reduced modulo the count is exact.
+            let mut candidates: Vec<(u128, BlockCidr, &calico_store::KeyValue)> = existing
+                .iter()
+                .filter_map(|(c, kv)| {
+                    p.index_of(c).map(|i| (i.wrapping_sub(start) % p.block_count().max(1), *c, kv))
+                })
+                .collect();
+            candidates.sort_by_key(|(d, c, _)| (*d, *c));
+            for (_, cidr, kv) in candidates {
+                let known = match self.blocks.get(&cidr) {
+                    Some(k) => k.clone(),
+                    None => {
+                        let v = Some((block::decode_block(kv)?, kv.revision));
+                        self.blocks.insert(cidr, v.clone());
+                        v
+                    }
+                };
+                let Some((mut doc, rev)) = known else { continue };
+                if let Some(ip) = block::allocate_next(&mut doc, attr) {
+                    log::info!("borrowing {ip} from block {cidr} ({:?})", doc.affinity);
+                    return Ok(Some(Pick { cidr, doc, rev, ip, pool: p.name.clone(), hint_request: None }));
+                }
+            }
+        }
+        Ok(None)
     }
 
     /// Walk the pool's blocks from a start seeded by the node name and claim
@@ -715,7 +721,9 @@ impl<'s, 'a> Session<'s, 'a> {
     ) -> Result<Option<BlockCidr>, IpamError> {
         let n = pool.block_count();
         let start = host_seed(&self.ipam.node, n);
-        let bound = n.min(existing.len() as u128 + MAX_RETRIES as u128);
+        // Blocks that exist are skipped; each claim lost to another node is
+        // a conflict like any other and costs one attempt of the budget.
+        let bound = n.min(existing.len() as u128 + Retry::CAS.attempts() as u128);
         let mut i = 0u128;
         while i < bound {
             let idx = start.wrapping_add(i) % n;
@@ -774,7 +782,7 @@ impl<'s, 'a> Session<'s, 'a> {
         let pools = self.all_pools()?;
         let pool = pool::enabled_pool_containing(&pools, ip).ok_or(IpamError::NotInPool(ip))?.clone();
         let cidr = BlockCidr::containing(ip, pool.block_prefix())?;
-        for _ in 0..MAX_RETRIES {
+        Retry::CAS.run(format_args!("assign {ip}"), |_| {
             let (mut doc, rev) = match self.block(cidr)? {
                 Some(v) => v,
                 None => {
@@ -782,13 +790,12 @@ impl<'s, 'a> Session<'s, 'a> {
                     self.claim(cidr, &config)?;
                     // Won or lost, the block exists now: read it again.
                     self.blocks.remove(&cidr);
-                    continue;
+                    return Ok(Cas::Conflict { key: cidr.key() });
                 }
             };
             block::allocate_ip(&mut doc, ip, attr)?;
-            return Ok(Pick { cidr, doc, rev, ip, pool: pool.name.clone(), hint_request: None });
-        }
-        Err(IpamError::MaxRetries)
+            Ok(Cas::Done(Pick { cidr, doc, rev, ip, pool: pool.name.clone(), hint_request: None }))
+        })
     }
 }
 

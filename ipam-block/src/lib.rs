@@ -15,12 +15,18 @@
 //!   is free unless `strict_affinity`.
 //! * **Handles**: `<network>.<containerID>`, `{block:{cidr:count}}`, released
 //!   idempotently on DEL.
-//! * **Allocator** ([`Ipam`]): every write is a CAS commit retried at most
-//!   [`MAX_RETRIES`] times; a steady-state allocation takes two round trips
-//!   (pool get + one commit of block and handle) thanks to a node-local
-//!   [`hint`]. [`CountingStore`] makes the count observable. An in-process
+//! * **Allocator** ([`Ipam`]): every write is a CAS commit; a steady-state
+//!   allocation takes two round trips (pool get + one commit of block and
+//!   handle) thanks to a node-local [`hint`]. [`CountingStore`] makes the count observable. An in-process
 //!   caller can put its own records in the allocation's commit
 //!   ([`Ipam::assign_with`], [`Ipam::release_handle_with`]).
+//! * **One release path** ([`release`]): CNI DEL, single-address release
+//!   and calicoctl's gc all free addresses through the same commit builder
+//!   (blocks, then handle documents deleted or decremented) and CAS loop.
+//! * **One retry policy** ([`Retry::CAS`]): every CAS loop of the crate
+//!   (assign, release, block claims, pool enable/disable, IPAM config,
+//!   calicoctl's writes) gives up after the same number of conflicts, with
+//!   Calico's "Max retries hit" error.
 //! * **Operator views** ([`query`]): blocks, affinities, handles and
 //!   allocations with usage; release of one address; IPAM config. The
 //!   `calicoctl` commands live in [`ops`].
@@ -28,8 +34,12 @@
 //! The `calico-ipam` binary (`src/bin/calico-ipam.rs`) maps the CNI protocol
 //! onto this library ([`cni`]).
 //!
-//! May call: `calico-store`, `cni-proto` (only in [`cni`]). Must not know
-//! about interfaces, routes or the pod data plane.
+//! May call: `calico-store` (the datastore, its model, and its resolver
+//! for the binaries' datastore flags), `cni-proto` (the protocol in [`cni`],
+//! its date arithmetic in [`timestamp`]). Never: knows about interfaces,
+//! routes or the pod data plane; chooses a datastore from flags, environment
+//! or config files itself (that is `calico_store::resolve`); writes without
+//! compare-and-swap or retries a conflict outside [`Retry`].
 
 pub mod allocator;
 pub mod block;
@@ -40,6 +50,8 @@ pub mod hint;
 pub mod ops;
 pub mod pool;
 pub mod query;
+pub mod release;
+pub mod retry;
 pub mod selector;
 pub mod timestamp;
 pub mod types;
@@ -47,8 +59,5 @@ pub mod types;
 pub use allocator::{AssignRequest, AssignedIp, FamilyRequest, GcOutcome, Ipam};
 pub use counting::{CountingStore, RoundTrips};
 pub use error::IpamError;
+pub use retry::Retry;
 pub use types::{Affinity, BlockCidr, Handle, PoolName, PoolRef};
-
-/// Calico's `datastoreRetries`: how many times a CAS write is retried before
-/// "Max retries hit - excessive concurrent IPAM requests".
-pub const MAX_RETRIES: usize = 100;

@@ -7,6 +7,7 @@ use calico_store::model::{self, IpFamily, IpPool, IpPoolSpec, ObjectMeta};
 use calico_store::{Datastore, KeyValue, Revision, StoreError};
 use ipnetwork::IpNetwork;
 
+use crate::retry::{Cas, Retry};
 use crate::selector::Selector;
 use crate::types::{BlockCidr, PoolName, PoolRef};
 use crate::IpamError;
@@ -134,17 +135,12 @@ fn put_new_pool(store: &dyn Datastore, name: &PoolName, spec: IpPoolSpec) -> Res
 
 /// Enable or disable a stored pool (CAS on its revision).
 pub fn set_pool_disabled(store: &dyn Datastore, name: &PoolName, disabled: bool) -> Result<(), IpamError> {
-    for _ in 0..crate::MAX_RETRIES {
+    Retry::CAS.run(format_args!("set pool {name} disabled={disabled}"), |_| {
         let kv = store.get(&name.key())?.ok_or_else(|| IpamError::PoolNotUsable(name.to_string()))?;
         let mut res: IpPool = model::decode(&kv)?;
         res.spec.disabled = disabled;
-        match store.update(&kv.key, &model::encode(&res), kv.revision) {
-            Ok(_) => return Ok(()),
-            Err(StoreError::Conflict { .. }) => continue,
-            Err(e) => return Err(e.into()),
-        }
-    }
-    Err(IpamError::MaxRetries)
+        Ok(Cas::of_write(store.update(&kv.key, &model::encode(&res), kv.revision).map(|_| ()))?)
+    })
 }
 
 fn overlaps(a: &IpNetwork, b: &IpNetwork) -> bool {

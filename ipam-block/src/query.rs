@@ -11,8 +11,9 @@ use calico_store::model::{
 use calico_store::{Datastore, Revision, StoreError};
 
 use crate::block::{self, Allocation};
+use crate::release::{self, ReleaseCommit};
 use crate::types::{Affinity, BlockCidr, Handle};
-use crate::{IpamError, MAX_RETRIES};
+use crate::IpamError;
 
 /// One block with its usage.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -136,7 +137,13 @@ pub fn set_ipam_config(
 /// same commit; an empty non-affine block is deleted. Returns the handle the
 /// address belonged to, or `None` when it was not allocated.
 pub fn release_ip(store: &dyn Datastore, ip: IpAddr) -> Result<Option<String>, IpamError> {
-    for _ in 0..MAX_RETRIES {
+    Ok(release_one(store, ip)?.flatten())
+}
+
+/// [`release_ip`] telling "not allocated" (`None`) from "allocated without a
+/// handle" (`Some(None)`).
+pub(crate) fn release_one(store: &dyn Datastore, ip: IpAddr) -> Result<Option<Option<String>>, IpamError> {
+    let released = release::release::<IpamError>(store, ip, &[], |_| {
         let family = IpFamily::of_addr(&ip);
         let Some(kv) = store
             .list(&model::blocks_prefix(family))?
@@ -145,24 +152,18 @@ pub fn release_ip(store: &dyn Datastore, ip: IpAddr) -> Result<Option<String>, I
         else {
             return Ok(None);
         };
-        let mut doc = block::decode_block(&kv)?;
-        let Some(handle) = block::release_ip(&mut doc, ip) else { return Ok(None) };
-        let mut ops = vec![block::write_after_release(kv.key.clone(), &doc, kv.revision)];
-        if let Some(h) = &handle {
-            let hkey = model::handle_key(h);
-            if let Some(hkv) = store.get(&hkey)? {
-                let hdoc: IpamHandle = model::decode(&hkv)?;
-                let released = BTreeMap::from([(block::cidr_of(&doc).handle_segment(), 1)]);
-                ops.push(block::handle_write_after_release(hkey, hdoc, &released, hkv.revision));
-            }
+        let doc = block::decode_block(&kv)?;
+        let mut commit = ReleaseCommit::new();
+        if commit.free_ip(&kv.key, || (doc, kv.revision), ip).is_none() {
+            return Ok(None);
         }
-        match store.commit(&ops) {
-            Ok(_) => return Ok(handle),
-            Err(StoreError::Conflict { .. }) => continue,
-            Err(e) => return Err(e.into()),
-        }
-    }
-    Err(IpamError::MaxRetries)
+        commit.decrement_handles(|h| -> Result<_, IpamError> {
+            let Some(hkv) = store.get(&model::handle_key(h))? else { return Ok(None) };
+            Ok(Some((hkv.key.clone(), model::decode(&hkv)?, hkv.revision)))
+        })?;
+        Ok(Some(commit))
+    })?;
+    Ok(released.freed.into_iter().next().map(|(_, handle)| handle))
 }
 
 fn key_block(key: &str) -> Option<BlockCidr> {

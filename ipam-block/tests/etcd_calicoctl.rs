@@ -192,3 +192,74 @@ fn borrowing_shows_up_and_strict_affinity_forbids_it() {
     // node-a still allocates from its own block.
     add(&c.conf(0, &["one"], 5.0), "pa2", &c.netns.path());
 }
+
+/// An etcd that only serves TLS with client certificates is reached with the
+/// TLS flags, with the TLS variables, and with the keys of a CNI config; the
+/// flags override the variables, and without a client certificate the
+/// handshake is refused (exit 3).
+#[test]
+fn a_tls_only_etcd_is_reached_by_flags_env_and_cni_config() {
+    let etcd = TlsEtcd::start();
+    let f = |n: &str| etcd.file(n).display().to_string();
+    let (ca, cert, key) = (f("ca.pem"), f("client.pem"), f("client.key"));
+    let tls_flags = [
+        "--etcd-endpoints",
+        &etcd.endpoint,
+        "--etcd-ca-cert-file",
+        &ca,
+        "--etcd-cert-file",
+        &cert,
+        "--etcd-key-file",
+        &key,
+    ];
+    let with_flags = |args: &[&str]| {
+        let all: Vec<&str> = tls_flags.iter().copied().chain(args.iter().copied()).collect();
+        calicoctl_with(&[], &all)
+    };
+    let (code, out, err) =
+        with_flags(&["ipam", "pool", "add", "--name", "tls", "--cidr", "10.66.0.0/24", "--block-size", "28"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let (code, out, err) = with_flags(&["ipam", "pool", "list"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("10.66.0.0/24"), "{out}");
+
+    // The same through the environment.
+    let env = [
+        ("ETCD_ENDPOINTS", etcd.endpoint.as_str()),
+        ("ETCD_CA_CERT_FILE", ca.as_str()),
+        ("ETCD_CERT_FILE", cert.as_str()),
+        ("ETCD_KEY_FILE", key.as_str()),
+    ];
+    let (code, out, err) = calicoctl_with(&env, &["ipam", "pool", "list"]);
+    assert_eq!((code, out.contains("10.66.0.0/24")), (0, true), "{out}{err}");
+
+    // A flag overrides its variable: a wrong client key in the environment
+    // is replaced by the right one on the command line, and the other way
+    // round the handshake fails.
+    let mut wrong = env;
+    wrong[3].1 = cert.as_str(); // a certificate is no key
+    let (code, _, err) = calicoctl_with(&wrong, &["ipam", "pool", "list"]);
+    assert_ne!(code, 0, "a certificate as the key must not work: {err}");
+    let (code, out, err) = calicoctl_with(&wrong, &["--etcd-key-file", &key, "ipam", "pool", "list"]);
+    assert_eq!((code, out.contains("10.66.0.0/24")), (0, true), "{out}{err}");
+
+    // The keys of a CNI config list's calico plugin.
+    let dir = tempfile::tempdir().unwrap();
+    let list = dir.path().join("10-calico.conflist");
+    let plugin = serde_json::json!({"type": "calico", "datastore_type": "etcdv3",
+        "etcd_endpoints": etcd.endpoint, "etcd_ca_cert_file": ca, "etcd_cert_file": cert,
+        "etcd_key_file": key, "datastore_timeout_seconds": 3.0});
+    let conflist = serde_json::json!({"cniVersion": "1.0.0", "name": NETWORK, "plugins": [plugin]});
+    std::fs::write(&list, conflist.to_string()).unwrap();
+    let conf = list.display().to_string();
+    let (code, out, err) = calicoctl_with(&[], &["--config", &conf, "ipam", "pool", "list"]);
+    assert_eq!((code, out.contains("10.66.0.0/24")), (0, true), "{out}{err}");
+
+    // Without a client certificate etcd refuses the handshake: a datastore error.
+    let (code, _, err) = calicoctl_with(
+        &[("ETCD_ENDPOINTS", &etcd.endpoint), ("ETCD_CA_CERT_FILE", &ca)],
+        &["ipam", "pool", "list"],
+    );
+    assert_eq!(code, 3, "{err}");
+    assert!(err.contains(&etcd.endpoint), "{err}");
+}
