@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use calico_store::model::{self, Node, NodeBgpSpec, NodeSpec, ObjectMeta};
+use calico_store::retry::{Cas, Retry};
 use calico_store::{Datastore, Revision, StoreError};
 
 use crate::bird::{render, BirdInputs};
@@ -63,32 +64,27 @@ fn merged_node(mut cur: Node, cfg: &AgentConfig) -> Node {
 }
 
 /// Create or update this node's Node resource (keeping labels and other
-/// metadata someone else set). Retries CAS conflicts a few times.
+/// metadata someone else set). CAS conflicts are retried ([`Retry::CAS`]).
 pub fn register_node(store: &dyn Datastore, cfg: &AgentConfig) -> Result<(), StoreError> {
     let key = model::node_key(&cfg.node_name);
-    let mut last = None;
-    for _ in 0..5 {
+    Retry::CAS.run(format!("register node {}", cfg.node_name), |_| {
         let res = match store.get(&key)? {
             None => store.create(&key, &model::encode(&node_resource(cfg))).map(drop),
             Some(kv) => {
                 let cur: Node = model::decode(&kv)?;
                 let next = merged_node(cur.clone(), cfg);
                 if next == cur {
-                    return Ok(());
+                    return Ok(Cas::Done(()));
                 }
                 store.update(&key, &model::encode(&next), kv.revision).map(drop)
             }
         };
-        match res {
-            Ok(()) => {
-                log::info!("registered node {} ({})", cfg.node_name, cfg.node_ip);
-                return Ok(());
-            }
-            Err(e @ StoreError::Conflict { .. }) => last = Some(e),
-            Err(e) => return Err(e),
+        let done = Cas::of_write(res)?;
+        if matches!(done, Cas::Done(())) {
+            log::info!("registered node {} ({})", cfg.node_name, cfg.node_ip);
         }
-    }
-    Err(last.unwrap_or(StoreError::Conflict { key }))
+        Ok(done)
+    })
 }
 
 /// The problems in `current` not reported yet; `reported` becomes `current`,

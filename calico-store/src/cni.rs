@@ -16,6 +16,13 @@ use crate::StoreError;
 /// Calico's code for its own failures.
 pub const ERR_CALICO: u32 = 100;
 
+/// A compare-and-swap loop that kept conflicting: transient, code 11.
+impl From<crate::retry::Exhausted> for CniError {
+    fn from(e: crate::retry::Exhausted) -> CniError {
+        CniError::try_again_later(e.to_string(), "")
+    }
+}
+
 /// `e`, met while doing `what`, as a CNI error.
 pub fn store_error(what: &str, e: StoreError) -> CniError {
     let msg = format!("{what}: {e}");

@@ -41,6 +41,7 @@ pub mod etcd;
 pub mod file;
 pub mod model;
 pub mod resolve;
+pub mod retry;
 pub mod selector;
 
 pub use config::{open, DatastoreConfig, DatastoreType};

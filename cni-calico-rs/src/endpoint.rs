@@ -4,15 +4,13 @@
 use std::collections::BTreeMap;
 
 use calico_store::model::{self, ObjectMeta, WorkloadEndpoint, WorkloadEndpointSpec};
+use calico_store::retry::{Cas, Retry};
 use calico_store::{Datastore, KeyValue, Revision, StoreError};
 use cni_proto::CniError;
 use ipnetwork::IpNetwork;
 
 use crate::errors::store_error;
 use crate::identity::{Orchestrator, Workload};
-
-/// Compare-and-swap attempts before giving up with code 11.
-const CAS_RETRIES: usize = 5;
 
 /// The record for a wired pod. `network` becomes its profile (Calico's
 /// behaviour without `policy.type: k8s`), which is also how GC finds the
@@ -96,23 +94,21 @@ pub fn put<'a>(
 ) -> Result<Recorded<'a>, CniError> {
     let value = model::encode(wep);
     let recorded = Recorded { ds, key, container_id: wep.spec.container_id.clone(), armed: true };
-    let mut last = match ds.create(key, &value) {
-        Ok(_) => return Ok(recorded),
-        Err(e @ StoreError::Conflict { .. }) => e,
-        Err(e) => return Err(store_error(&format!("write pod record {key}"), e)),
-    };
-    for _ in 0..CAS_RETRIES {
-        let res = match ds.get(key).map_err(|e| store_error("read pod record", e))? {
-            None => ds.create(key, &value),
-            Some(kv) => ds.update(key, &value, kv.revision),
+    let what = format!("write pod record {key}");
+    // A new pod's record is created in one commit, without a read: a
+    // conflict (a record of an earlier sandbox) makes the next attempts read.
+    Retry::CAS.run(&what, |n| {
+        let res = if n == 0 {
+            ds.create(key, &value)
+        } else {
+            match ds.get(key).map_err(|e| store_error("read pod record", e))? {
+                None => ds.create(key, &value),
+                Some(kv) => ds.update(key, &value, kv.revision),
+            }
         };
-        match res {
-            Ok(_) => return Ok(recorded),
-            Err(e @ StoreError::Conflict { .. }) => last = e,
-            Err(e) => return Err(store_error(&format!("write pod record {key}"), e)),
-        }
-    }
-    Err(store_error(&format!("write pod record {key}"), last))
+        Cas::of_write(res).map_err(|e| store_error(&what, e))
+    })?;
+    Ok(recorded)
 }
 
 /// Delete the record at `key` if it belongs to `container_id` (or names no
@@ -123,22 +119,18 @@ pub fn delete_if_owned(
     key: &str,
     container_id: &str,
 ) -> Result<Option<WorkloadEndpoint>, CniError> {
-    for _ in 0..CAS_RETRIES {
-        let Some((wep, rev)) = read(ds, key)? else { return Ok(None) };
+    let what = format!("delete pod record {key}");
+    Retry::CAS.run(&what, |_| {
+        let Some((wep, rev)) = read(ds, key)? else { return Ok(Cas::Done(None)) };
         if !wep.spec.container_id.is_empty() && wep.spec.container_id != container_id {
             log::info!(
                 "pod record {key} belongs to container {}, not {container_id}: kept",
                 wep.spec.container_id
             );
-            return Ok(None);
+            return Ok(Cas::Done(None));
         }
-        match ds.delete(key, rev) {
-            Ok(_) => return Ok(Some(wep)),
-            Err(StoreError::Conflict { .. }) => continue,
-            Err(e) => return Err(store_error(&format!("delete pod record {key}"), e)),
-        }
-    }
-    Err(CniError::try_again_later(format!("delete pod record {key}: it kept changing"), ""))
+        Cas::of_write(ds.delete(key, rev).map(|_| Some(wep))).map_err(|e| store_error(&what, e))
+    })
 }
 
 /// Delete the record at `key` only if it is still at `revision` (GC).

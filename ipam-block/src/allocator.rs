@@ -159,7 +159,7 @@ impl<'a> Ipam<'a> {
             }
         }
         let hkey = req.handle.key();
-        Retry::CAS.run(format_args!("assign {}", req.handle), |_| {
+        crate::retry::cas(format_args!("assign {}", req.handle), |_| {
             let mut picks = Vec::new();
             for (family, freq) in &families {
                 let pick = match freq.ip {
@@ -782,7 +782,7 @@ impl<'s, 'a> Session<'s, 'a> {
         let pools = self.all_pools()?;
         let pool = pool::enabled_pool_containing(&pools, ip).ok_or(IpamError::NotInPool(ip))?.clone();
         let cidr = BlockCidr::containing(ip, pool.block_prefix())?;
-        Retry::CAS.run(format_args!("assign {ip}"), |_| {
+        crate::retry::cas(format_args!("assign {ip}"), |_| {
             let (mut doc, rev) = match self.block(cidr)? {
                 Some(v) => v,
                 None => {

@@ -7,7 +7,7 @@ use calico_store::model::{self, IpFamily, IpPool, IpPoolSpec, ObjectMeta};
 use calico_store::{Datastore, KeyValue, Revision, StoreError};
 use ipnetwork::IpNetwork;
 
-use crate::retry::{Cas, Retry};
+use crate::retry::Cas;
 use crate::selector::Selector;
 use crate::types::{BlockCidr, PoolName, PoolRef};
 use crate::IpamError;
@@ -135,7 +135,7 @@ fn put_new_pool(store: &dyn Datastore, name: &PoolName, spec: IpPoolSpec) -> Res
 
 /// Enable or disable a stored pool (CAS on its revision).
 pub fn set_pool_disabled(store: &dyn Datastore, name: &PoolName, disabled: bool) -> Result<(), IpamError> {
-    Retry::CAS.run(format_args!("set pool {name} disabled={disabled}"), |_| {
+    crate::retry::cas(format_args!("set pool {name} disabled={disabled}"), |_| {
         let kv = store.get(&name.key())?.ok_or_else(|| IpamError::PoolNotUsable(name.to_string()))?;
         let mut res: IpPool = model::decode(&kv)?;
         res.spec.disabled = disabled;

@@ -27,7 +27,7 @@ use calico_store::model::{AllocationBlock, IpamHandle};
 use calico_store::{Datastore, Op, Revision, StoreError};
 
 use crate::block;
-use crate::retry::{Cas, Retry};
+use crate::retry::Cas;
 use crate::types::Handle;
 use crate::IpamError;
 
@@ -175,7 +175,7 @@ where
     E: From<IpamError> + From<StoreError>,
 {
     let extra_keys: HashSet<&str> = extra.iter().map(Op::key).collect();
-    Retry::CAS.run(format_args!("release {what}"), |attempt| {
+    crate::retry::cas(format_args!("release {what}"), |attempt| {
         let Some(commit) = read(attempt)? else {
             let revision = if extra.is_empty() { None } else { Some(store.commit(extra)?) };
             return Ok(Cas::Done(Released { revision, ..Released::default() }));

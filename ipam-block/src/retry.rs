@@ -1,118 +1,56 @@
-//! The one retry policy of every compare-and-swap loop in this crate:
-//! assign, release, `IP=` block claims, pool enable/disable, the IPAM config
-//! and calicoctl's release and gc all read, compute, commit, and on a
-//! conflict read again, at most [`Retry::CAS`] times.
+//! IPAM's compare-and-swap loops use the tree's one retry policy
+//! ([`calico_store::retry`]); running out of attempts is Calico's
+//! [`IpamError::MaxRetries`] ("Max retries hit - excessive concurrent IPAM
+//! requests").
+
+pub use calico_store::retry::{Cas, Exhausted, Retry};
 
 use std::fmt::Display;
 
-use calico_store::StoreError;
-
 use crate::IpamError;
 
-/// How many times a compare-and-swap write is attempted before it gives up
-/// with [`IpamError::MaxRetries`] ("Max retries hit - excessive concurrent
-/// IPAM requests", Calico's words).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Retry {
-    attempts: usize,
-}
-
-/// What one attempt of a [`Retry::run`] loop came to.
-#[derive(Debug)]
-pub enum Cas<T> {
-    /// Committed (or nothing to commit): the loop ends with this value.
-    Done(T),
-    /// A compare-and-swap condition on `key` failed (or `key` changed
-    /// under the attempt): read again and retry.
-    Conflict { key: String },
-}
-
-impl Retry {
-    /// The budget of every CAS loop: 100 attempts, Calico's
-    /// `datastoreRetries`.
-    ///
-    /// Why 100 and not fewer: a conflict means another writer committed, so
-    /// the system as a whole made progress and a retry is never spent
-    /// waiting on nothing; the budget only decides how long one writer keeps
-    /// losing before it gives up. Calico's IPAM client gives up after 100
-    /// with this error, and our plugins writing the same blocks do too, so
-    /// calicoctl's writes (release, gc, configure, pool enable) use the same
-    /// number: they previously stopped at 20, which let a gc or release on a
-    /// node whose block is busy with ADD/DEL traffic fail where the plugins
-    /// themselves would have kept going. Each attempt is bounded by the
-    /// datastore timeout and there is no sleep between attempts (as in
-    /// Calico), so the worst case is bounded too.
-    pub const CAS: Retry = Retry { attempts: 100 };
-
-    /// How many attempts the policy allows.
-    pub const fn attempts(self) -> usize {
-        self.attempts
+/// [`Retry::CAS`]`.run` for IPAM's callers, whose errors come from
+/// [`IpamError`]: running out of attempts is [`IpamError::MaxRetries`].
+pub fn cas<T, E: From<IpamError>>(
+    what: impl Display,
+    mut attempt: impl FnMut(usize) -> Result<Cas<T>, E>,
+) -> Result<T, E> {
+    /// The caller's error, or the policy's.
+    enum Failed<E> {
+        Attempt(E),
+        Exhausted(Exhausted),
     }
-
-    /// Run `attempt` (given the attempt number, 0 first) until it is
-    /// [`Cas::Done`] or fails; each [`Cas::Conflict`] is logged (as
-    /// `<what>: conflict on <key>, retrying`) and retried. After the last
-    /// conflicting attempt: [`IpamError::MaxRetries`].
-    pub fn run<T, E: From<IpamError>>(
-        self,
-        what: impl Display,
-        mut attempt: impl FnMut(usize) -> Result<Cas<T>, E>,
-    ) -> Result<T, E> {
-        for n in 0..self.attempts {
-            match attempt(n)? {
-                Cas::Done(v) => return Ok(v),
-                Cas::Conflict { key } => log::debug!("{what}: conflict on {key}, retrying"),
-            }
+    impl<E> From<Exhausted> for Failed<E> {
+        fn from(e: Exhausted) -> Self {
+            Failed::Exhausted(e)
         }
-        Err(IpamError::MaxRetries.into())
     }
+    Retry::CAS.run(what, |n| attempt(n).map_err(Failed::Attempt)).map_err(|f| match f {
+        Failed::Attempt(e) => e,
+        Failed::Exhausted(e) => IpamError::from(e).into(),
+    })
 }
 
-impl<T> Cas<T> {
-    /// A single-key write's outcome: a conflict is retried, success ends the
-    /// loop, any other failure is returned.
-    pub fn of_write(r: Result<T, StoreError>) -> Result<Cas<T>, StoreError> {
-        match r {
-            Ok(v) => Ok(Cas::Done(v)),
-            Err(StoreError::Conflict { key }) => Ok(Cas::Conflict { key }),
-            Err(e) => Err(e),
-        }
+impl From<Exhausted> for IpamError {
+    fn from(e: Exhausted) -> IpamError {
+        log::debug!("{e}");
+        IpamError::MaxRetries
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use calico_store::StoreError;
 
     #[test]
-    fn conflicts_are_retried_up_to_the_budget_then_max_retries() {
-        let mut seen = Vec::new();
-        let r: Result<(), IpamError> = Retry::CAS.run("test", |n| {
-            seen.push(n);
-            Ok(Cas::Conflict { key: "/k".into() })
-        });
+    fn running_out_of_attempts_is_calicos_max_retries() {
+        let r: Result<(), IpamError> = Retry::CAS.run("test", |_| Ok(Cas::Conflict { key: "/k".into() }));
         assert!(matches!(r, Err(IpamError::MaxRetries)));
-        assert_eq!(seen, (0..Retry::CAS.attempts()).collect::<Vec<_>>());
+        let r: Result<(), IpamError> = cas("test", |_| Ok(Cas::Conflict { key: "/k".into() }));
+        assert!(matches!(r, Err(IpamError::MaxRetries)));
         assert_eq!(IpamError::MaxRetries.to_string(), "Max retries hit - excessive concurrent IPAM requests");
-
-        let r: Result<usize, IpamError> = Retry::CAS
-            .run("test", |n| Ok(if n < 3 { Cas::Conflict { key: "/k".into() } } else { Cas::Done(n) }));
-        assert_eq!(r.unwrap(), 3);
-        // Other failures end the loop at once.
-        let mut calls = 0;
-        let r: Result<(), IpamError> = Retry::CAS.run("test", |_| {
-            calls += 1;
-            Err(StoreError::Unavailable("down".into()).into())
-        });
-        assert!(matches!(r, Err(IpamError::Store(StoreError::Unavailable(_)))) && calls == 1);
-    }
-
-    #[test]
-    fn a_write_conflict_is_a_retry() {
-        assert!(matches!(Cas::of_write(Ok(1)), Ok(Cas::Done(1))));
-        let conflict: Result<i64, _> = Err(StoreError::Conflict { key: "/k".into() });
-        assert!(matches!(Cas::of_write(conflict), Ok(Cas::Conflict { key }) if key == "/k"));
-        let down: Result<i64, _> = Err(StoreError::Unavailable("x".into()));
-        assert!(matches!(Cas::of_write(down), Err(StoreError::Unavailable(_))));
+        let r: Result<(), IpamError> = cas("test", |_| Err(StoreError::Unavailable("down".into()).into()));
+        assert!(matches!(r, Err(IpamError::Store(StoreError::Unavailable(_)))));
     }
 }

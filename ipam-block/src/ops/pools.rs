@@ -8,7 +8,7 @@ use ipnetwork::IpNetwork;
 use super::OpsError;
 use crate::pool::{self, Pool};
 use crate::query;
-use crate::retry::{Cas, Retry};
+use crate::retry::Cas;
 use crate::selector::Selector;
 use crate::types::PoolName;
 use crate::IpamError;
@@ -20,7 +20,7 @@ pub fn configure(
     strict_affinity: Option<bool>,
     max_blocks_per_host: Option<u32>,
 ) -> Result<IpamConfig, OpsError> {
-    Retry::CAS.run("configure IPAM", |_| {
+    crate::retry::cas("configure IPAM", |_| {
         let (mut cfg, revision) = query::ipam_config(store)?;
         if let Some(s) = strict_affinity {
             cfg.strict_affinity = s;
