@@ -5,7 +5,7 @@
 //! network store has: many clients racing, etcd stopped (Unavailable within
 //! the configured bound) and restarted, bad data in etcd, TLS.
 
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -356,107 +356,10 @@ fn bad_configuration_is_a_config_error() {
     }
 }
 
-/// An etcd serving client TLS (with client-certificate auth) on a free port.
-struct TlsEtcd {
-    dir: tempfile::TempDir,
-    child: Child,
-    endpoint: String,
-}
-
-impl Drop for TlsEtcd {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start_tls_etcd() -> TlsEtcd {
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
-    let ssl = |args: &[&str]| {
-        testbed::run(Command::new("openssl").args(args).current_dir(d)).unwrap();
-    };
-    // A CA, and a server (127.0.0.1) and a client certificate signed by it.
-    let rsa = ["-newkey", "rsa:2048", "-nodes"];
-    ssl(&[
-        &["req", "-x509"][..],
-        &rsa,
-        &["-keyout", "ca.key", "-out", "ca.pem", "-days", "1", "-subj", "/CN=test-ca"],
-    ]
-    .concat());
-    std::fs::write(d.join("server.ext"), "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n")
-        .unwrap();
-    std::fs::write(d.join("client.ext"), "extendedKeyUsage=clientAuth\n").unwrap();
-    for name in ["server", "client"] {
-        let (key, csr, pem, ext) =
-            (format!("{name}.key"), format!("{name}.csr"), format!("{name}.pem"), format!("{name}.ext"));
-        ssl(&[&["req"][..], &rsa, &["-keyout", &key, "-out", &csr, "-subj", &format!("/CN={name}")]].concat());
-        ssl(&[
-            "x509",
-            "-req",
-            "-in",
-            &csr,
-            "-CA",
-            "ca.pem",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-out",
-            &pem,
-            "-days",
-            "1",
-            "-extfile",
-            &ext,
-        ]);
-    }
-    let (client_port, peer_port) = (testbed::free_port(), testbed::free_port());
-    let endpoint = format!("https://127.0.0.1:{client_port}");
-    let peer = format!("http://127.0.0.1:{peer_port}");
-    let log = std::fs::File::create(d.join("etcd.log")).unwrap();
-    let child = Command::new("etcd")
-        .arg("--name=tls")
-        .arg(format!("--data-dir={}", d.join("data").display()))
-        .arg(format!("--listen-client-urls={endpoint}"))
-        .arg(format!("--advertise-client-urls={endpoint}"))
-        .arg(format!("--listen-peer-urls={peer}"))
-        .arg(format!("--initial-advertise-peer-urls={peer}"))
-        .arg(format!("--initial-cluster=tls={peer}"))
-        .arg(format!("--cert-file={}", d.join("server.pem").display()))
-        .arg(format!("--key-file={}", d.join("server.key").display()))
-        .arg(format!("--trusted-ca-file={}", d.join("ca.pem").display()))
-        .arg("--client-cert-auth")
-        .arg("--log-level=error")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .unwrap();
-    let etcd = TlsEtcd { dir, child, endpoint };
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let f = |n: &str| etcd.dir.path().join(n).display().to_string();
-    loop {
-        let ok = Command::new("curl")
-            .args(["-sf", "-m", "1", "--cacert", &f("ca.pem"), "--cert", &f("client.pem"), "--key"])
-            .arg(f("client.key"))
-            .arg(format!("{}/health", etcd.endpoint))
-            .output()
-            .is_ok_and(|o| o.status.success());
-        if ok {
-            return etcd;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "TLS etcd did not start: {}",
-            std::fs::read_to_string(f("etcd.log")).unwrap()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 #[test]
 fn tls_with_client_certificates() {
-    let etcd = start_tls_etcd();
-    let f = |n: &str| etcd.dir.path().join(n);
+    let etcd = testbed::TlsEtcd::start();
+    let f = |n: &str| etcd.file(n);
     let cfg = DatastoreConfig {
         etcd_ca_cert_file: Some(f("ca.pem")),
         etcd_cert_file: Some(f("client.pem")),

@@ -199,7 +199,7 @@ fn borrowing_shows_up_and_strict_affinity_forbids_it() {
 /// handshake is refused (exit 3).
 #[test]
 fn a_tls_only_etcd_is_reached_by_flags_env_and_cni_config() {
-    let etcd = TlsEtcd::start();
+    let etcd = testbed::TlsEtcd::start();
     let f = |n: &str| etcd.file(n).display().to_string();
     let (ca, cert, key) = (f("ca.pem"), f("client.pem"), f("client.key"));
     let tls_flags = [

@@ -36,10 +36,12 @@ use std::time::{Duration, Instant};
 mod forward;
 mod netns;
 mod process;
+mod tls_etcd;
 pub use forward::NetnsForward;
 pub use netns::Netns;
 pub use nix::sys::signal::Signal;
 pub use process::{kill_process_group, run_stdout, run_stdout_with_input, Daemon};
+pub use tls_etcd::TlsEtcd;
 
 use netns::nsenter;
 
