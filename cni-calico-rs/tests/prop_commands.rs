@@ -158,8 +158,11 @@ fn check_on_fixture<S: Strategy>(
 ) {
     let fixture = RefCell::new(Fixture::new());
     let mut cfg = config(cases);
-    // Each shrinking step runs the plugin again: keep the search short.
-    cfg.max_shrink_iters = 64;
+    // Each shrinking step runs the plugin again: keep the search short
+    // unless told otherwise.
+    if std::env::var_os("PROPTEST_MAX_SHRINK_ITERS").is_none() {
+        cfg.max_shrink_iters = 64;
+    }
     let mut runner = TestRunner::new(cfg);
     let outcome = runner.run(&strategy, |value| {
         if !dirt(&fixture.borrow()).is_empty() {
