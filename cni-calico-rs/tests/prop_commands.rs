@@ -212,7 +212,9 @@ enum SelfIpam {
 
 const NOT_CONFIGS: &[&[u8]] = &[b"", b"{", b"[]", b"null", b"\xff\xfe"];
 
-fn bad_conf() -> BoxedStrategy<BadConf> {
+/// Broken configs: refused values, missing keys, sections as arrays, deep
+/// nesting, stdin that is no config.
+fn broken_conf() -> BoxedStrategy<BadConf> {
     let set: Vec<(&'static [&'static str], Value)> = vec![
         (&["cniVersion"], json!(7)),
         (&["cniVersion"], json!("0.2.0")),
@@ -254,22 +256,42 @@ fn bad_conf() -> BoxedStrategy<BadConf> {
         (&["prevResult"], json!({"ips": 1})),
         (&["prevResult"], json!({"ip4": {"ip": "10.0.0.5/32"}})),
     ];
-    let objects: &'static [&'static [&'static str]] = &[&[], &["ipam"], &["container_settings"], &["dns"]];
+    // The sections serde would read by position weigh more: the plugin
+    // object and `ipam` are refused by the runner's own parse anyway.
+    let objects = prop_oneof![
+        3 => Just(&["container_settings"][..]),
+        3 => Just(&["dns"][..]),
+        1 => Just(&["ipam"][..]),
+        1 => Just(&[][..]),
+    ];
     let needed: &'static [&'static [&'static str]] = &[&["name"], &["ipam"], &["ipam", "type"]];
-    let pools =
-        prop_oneof![(bad_pool_list(false), pool_list(true)), (pool_list(false), bad_pool_list(true)),];
+    let deep: &'static [&'static [&'static str]] = &[&[], &["ipam"], &["container_settings"], &["dns"]];
     prop_oneof![
         6 => prop::sample::select(set).prop_map(|(k, v)| BadConf::Set(k, v)),
         1 => prop::sample::select(needed).prop_map(BadConf::Remove),
-        2 => prop::sample::select(objects).prop_map(BadConf::Positional),
-        1 => prop::sample::select(objects).prop_map(BadConf::Deep),
+        6 => objects.prop_map(BadConf::Positional),
+        1 => prop::sample::select(deep).prop_map(BadConf::Deep),
         1 => prop::sample::select(NOT_CONFIGS).prop_map(BadConf::Stdin),
-        2 => prop::sample::select(&[SelfIpam::Calico, SelfIpam::SameAsType, SelfIpam::Path, SelfIpam::DotDot][..])
-            .prop_map(BadConf::SelfIpam),
-        2 => Just(BadConf::LoopIpam),
-        3 => pools.prop_map(|(v4, v6)| BadConf::Pools(v4, v6)),
     ]
     .boxed()
+}
+
+/// ipam.type naming the plugin itself (or its path, or a path at all), or
+/// a wrapper that runs it again.
+fn delegation_conf() -> BoxedStrategy<BadConf> {
+    prop_oneof![
+        2 => prop::sample::select(&[SelfIpam::Calico, SelfIpam::SameAsType, SelfIpam::Path, SelfIpam::DotDot][..])
+            .prop_map(BadConf::SelfIpam),
+        1 => Just(BadConf::LoopIpam),
+    ]
+    .boxed()
+}
+
+/// Pool lists with a CIDR the pool rules refuse, in either family's list.
+fn pools_conf() -> BoxedStrategy<BadConf> {
+    prop_oneof![(bad_pool_list(false), pool_list(true)), (pool_list(false), bad_pool_list(true))]
+        .prop_map(|(v4, v6)| BadConf::Pools(v4, v6))
+        .boxed()
 }
 
 /// Pools the oracle accepts, of one family.
@@ -324,7 +346,9 @@ fn not_utf8(prefix: &str) -> OsString {
     OsString::from_vec(b)
 }
 
-fn bad_env(cmd: &'static str) -> BoxedStrategy<BadEnv> {
+/// Environments a valid config cannot rescue: bad interface names,
+/// container IDs, CNI_ARGS, commands, non-UTF-8 values, no CNI_PATH.
+fn env_syntax(cmd: &'static str) -> BoxedStrategy<BadEnv> {
     let attachment = matches!(cmd, "ADD" | "DEL" | "CHECK");
     let ifname = prop_oneof![
         Just(OsString::from("")),
@@ -361,7 +385,6 @@ fn bad_env(cmd: &'static str) -> BoxedStrategy<BadEnv> {
                 .prop_map(BadEnv::NotUtf8)
                 .boxed(),
         ),
-        (1, prop::sample::select(&["many", "-1", "4", "99"][..]).prop_map(BadEnv::Depth).boxed()),
         (1, Just(BadEnv::NoCniPath).boxed()),
     ];
     if attachment {
@@ -369,15 +392,25 @@ fn bad_env(cmd: &'static str) -> BoxedStrategy<BadEnv> {
         options.push((2, container_id.prop_map(BadEnv::ContainerId).boxed()));
         options.push((2, args.prop_map(BadEnv::Args).boxed()));
     }
-    if matches!(cmd, "ADD" | "DEL") {
-        let own = prop::sample::select(&[OwnNetns::ProcSelf, OwnNetns::ThreadSelf, OwnNetns::NodePath][..]);
-        let ifname = prop::sample::select(&["eth0", "up0", "eth0peer"][..]);
-        options.push((4, (own, ifname).prop_map(|(o, i)| BadEnv::OwnNetns(o, i)).boxed()));
-    }
-    if cmd == "ADD" {
-        options.push((1, Just(BadEnv::MissingNetns).boxed()));
-    }
     prop::strategy::Union::new_weighted(options).boxed()
+}
+
+/// CNI_NETNS naming the node's own namespace (ADD, DEL) with an interface
+/// the node has, or a namespace that does not exist (ADD).
+fn own_netns(cmd: &'static str) -> BoxedStrategy<BadEnv> {
+    let own = prop::sample::select(&[OwnNetns::ProcSelf, OwnNetns::ThreadSelf, OwnNetns::NodePath][..]);
+    let ifname = prop::sample::select(&["eth0", "up0", "eth0peer"][..]);
+    let own = (own, ifname).prop_map(|(o, i)| BadEnv::OwnNetns(o, i));
+    if cmd == "ADD" {
+        prop_oneof![4 => own, 1 => Just(BadEnv::MissingNetns)].boxed()
+    } else {
+        own.boxed()
+    }
+}
+
+/// CNI_DELEGATION_DEPTH that is garbage or already at the bound.
+fn depth_env() -> BoxedStrategy<BadEnv> {
+    prop::sample::select(&["many", "-1", "4", "99"][..]).prop_map(BadEnv::Depth).boxed()
 }
 
 #[derive(Debug, Clone)]
@@ -386,11 +419,12 @@ enum Bad {
     Env(BadEnv),
 }
 
-fn bad_case() -> impl Strategy<Value = (&'static str, Bad)> {
-    prop::sample::select(&COMMANDS[..]).prop_flat_map(|cmd| {
-        let bad = prop_oneof![bad_conf().prop_map(Bad::Conf), bad_env(cmd).prop_map(Bad::Env)];
-        (Just(cmd), bad)
-    })
+/// A command and a bad input for it from `bad`.
+fn case<F>(commands: &'static [&'static str], bad: F) -> impl Strategy<Value = (&'static str, Bad)>
+where
+    F: Fn(&'static str) -> BoxedStrategy<Bad>,
+{
+    prop::sample::select(commands).prop_flat_map(move |cmd| (Just(cmd), bad(cmd)))
 }
 
 /// A valid config for `cmd` on this node (CHECK gets the prevResult it
@@ -565,28 +599,71 @@ fn assert_one_error(out: &Out, codes: &[u64]) -> Result<(), TestCaseError> {
     Ok(())
 }
 
-/// Every generated bad input, for every command, ends in one error document
-/// with a spec code (the one its class calls for) within the watchdog's
-/// time, and changes nothing on the node or in the pod.
+/// One bad input, run: one error document with a code its class calls
+/// for, within the watchdog's time, and nothing changed on the node or in
+/// the pod.
+fn run_bad(fx: &Fixture, cmd: &str, bad: &Bad) -> Result<(), TestCaseError> {
+    let (env, stdin, codes) = match bad {
+        Bad::Conf(c) => {
+            let (stdin, codes) = stdin_for(fx, cmd, c);
+            (valid_env(fx, cmd), stdin, codes)
+        }
+        Bad::Env(e) => {
+            let (env, codes) = env_for(fx, cmd, e);
+            (env, valid_conf(fx, cmd).to_string().into_bytes(), codes)
+        }
+    };
+    let out = run_bounded(&fx.node, &plugin_bin(), &env, &stdin).map_err(TestCaseError::fail)?;
+    assert_one_error(&out, codes)?;
+    let residue = fx.residue();
+    prop_assert!(residue.is_empty(), "{} left {:?}: {:?}", cmd, residue, out);
+    Ok(())
+}
+
+/// Broken configs (refused values, missing keys, a section given as the
+/// array of its values, nesting past the parser's limit, no config at all),
+/// for every command: code 1, 6 or 7, nothing created.
 #[test]
-fn every_bad_input_ends_in_one_error_and_creates_nothing() {
-    check_on_fixture(64, bad_case(), Fixture::residue, |fx, (cmd, bad)| {
-        let (env, stdin, codes) = match &bad {
-            Bad::Conf(c) => {
-                let (stdin, codes) = stdin_for(fx, cmd, c);
-                (valid_env(fx, cmd), stdin, codes)
-            }
-            Bad::Env(e) => {
-                let (env, codes) = env_for(fx, cmd, e);
-                (env, valid_conf(fx, cmd).to_string().into_bytes(), codes)
-            }
-        };
-        let out = run_bounded(&fx.node, &plugin_bin(), &env, &stdin).map_err(TestCaseError::fail)?;
-        assert_one_error(&out, codes)?;
-        let residue = fx.residue();
-        prop_assert!(residue.is_empty(), "{} left {:?}: {:?}", cmd, residue, out);
-        Ok(())
+fn broken_configs_end_in_one_error_and_create_nothing() {
+    let cases = case(&COMMANDS, |_| broken_conf().prop_map(Bad::Conf).boxed());
+    check_on_fixture(48, cases, Fixture::residue, |fx, (cmd, bad)| run_bad(fx, cmd, &bad));
+}
+
+/// An IPAM type that is the plugin itself, its path, or a wrapper that runs
+/// it again, and a delegation depth that is garbage or at the bound, for
+/// every command: refused at once or stopped by the depth bound, never a
+/// chain of processes running until the watchdog kills it.
+#[test]
+fn delegation_to_the_plugin_itself_ends_at_once() {
+    let cases = case(&COMMANDS, |_| {
+        prop_oneof![2 => delegation_conf().prop_map(Bad::Conf), 1 => depth_env().prop_map(Bad::Env)].boxed()
     });
+    check_on_fixture(32, cases, Fixture::residue, |fx, (cmd, bad)| run_bad(fx, cmd, &bad));
+}
+
+/// ADD and DEL with CNI_NETNS naming the node's own namespace (by three
+/// paths) and an interface the node has: code 8, the interface still there;
+/// ADD into a namespace that does not exist: code 8.
+#[test]
+fn the_nodes_own_namespace_is_never_touched() {
+    let cases = case(&["ADD", "DEL"], |cmd| own_netns(cmd).prop_map(Bad::Env).boxed());
+    check_on_fixture(32, cases, Fixture::residue, |fx, (cmd, bad)| run_bad(fx, cmd, &bad));
+}
+
+/// Pools the pool rules refuse, among good ones, in either family's list,
+/// for every command: code 7, nothing stored.
+#[test]
+fn pools_calico_refuses_are_code_7_and_store_nothing() {
+    let cases = case(&COMMANDS, |_| pools_conf().prop_map(Bad::Conf).boxed());
+    check_on_fixture(32, cases, Fixture::residue, |fx, (cmd, bad)| run_bad(fx, cmd, &bad));
+}
+
+/// Valid configs with a bad environment, for every command: code 4,
+/// nothing created.
+#[test]
+fn bad_environments_end_in_code_4_and_create_nothing() {
+    let cases = case(&COMMANDS, |cmd| env_syntax(cmd).prop_map(Bad::Env).boxed());
+    check_on_fixture(48, cases, Fixture::residue, |fx, (cmd, bad)| run_bad(fx, cmd, &bad));
 }
 
 // ---------------------------------------------------------------------------
