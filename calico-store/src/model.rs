@@ -346,6 +346,37 @@ const RESERVED_RANGES: &[(&str, &str)] = &[
     ("IPv6 multicast", "ff00::/8"),
 ];
 
+/// A list of pools named by CIDR (a CNI config's `ipv4_pools` or
+/// `ipv6_pools`) that cannot be used as a whole.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PoolListRule {
+    #[error("pool {cidr} is not an {} pool", family.key_segment())]
+    WrongFamily { cidr: IpNetwork, family: IpFamily },
+    #[error("pool {a} overlaps pool {b} in the same list")]
+    Overlap { a: IpNetwork, b: IpNetwork },
+    #[error(transparent)]
+    Pool(#[from] PoolRule),
+}
+
+/// Check a whole list before any pool of it is created on first use: each
+/// CIDR is a valid pool of `family`, and no two different CIDRs overlap
+/// (the same CIDR twice is one pool). A list that fails leaves the store as
+/// it was.
+pub fn validate_pool_list(family: IpFamily, cidrs: &[IpNetwork]) -> Result<(), PoolListRule> {
+    for (i, c) in cidrs.iter().enumerate() {
+        if IpFamily::of(c) != family {
+            return Err(PoolListRule::WrongFamily { cidr: *c, family });
+        }
+        validate_pool_cidr(c)?;
+        if let Some(o) =
+            cidrs[..i].iter().find(|o| *o != c && (o.contains(c.network()) || c.contains(o.network())))
+        {
+            return Err(PoolListRule::Overlap { a: *o, b: *c });
+        }
+    }
+    Ok(())
+}
+
 /// The CIDR half of [`IpPoolSpec::validate`]: strictly masked, and clear of
 /// every reserved range.
 pub fn validate_pool_cidr(cidr: &IpNetwork) -> Result<(), PoolRule> {

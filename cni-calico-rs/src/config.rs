@@ -3,6 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
+use calico_store::model::IpFamily;
 use calico_store::DatastoreConfig;
 use cni_proto::{CniError, NetConf};
 use ipnetwork::IpNetwork;
@@ -62,14 +63,18 @@ pub struct CalicoConf {
     pub ipam: IpamKeys,
     #[serde(default)]
     pub container_settings: ContainerSettings,
-    #[serde(flatten)]
+    /// The datastore keys of the same object, decoded on their own rather
+    /// than `flatten`ed: serde buffers a flattened struct's input and decodes
+    /// it outside [`cni_proto::strict`], where arrays could stand for structs.
+    #[serde(skip)]
     pub datastore: DatastoreConfig,
 }
 
 impl CalicoConf {
     /// Decode and validate (code 7 naming the key).
     pub fn from_netconf(conf: &NetConf) -> Result<CalicoConf, CniError> {
-        let c: CalicoConf = conf.extra()?;
+        let mut c: CalicoConf = conf.extra()?;
+        c.datastore = conf.extra()?;
         if c.ipam.ipam_type.is_empty() {
             return Err(CniError::invalid_config("ipam.type is missing", "calico needs an IPAM plugin"));
         }
@@ -99,7 +104,12 @@ impl CalicoConf {
                 ));
             }
         }
-        for (key, list) in [("ipv4_pools", &c.ipam.ipv4_pools), ("ipv6_pools", &c.ipam.ipv6_pools)] {
+        let lists = [
+            ("ipv4_pools", &c.ipam.ipv4_pools, IpFamily::V4),
+            ("ipv6_pools", &c.ipam.ipv6_pools, IpFamily::V6),
+        ];
+        for (key, list, family) in lists {
+            let mut cidrs = Vec::new();
             for cidr in list.iter().filter(|p| p.contains('/')) {
                 let net: IpNetwork = cidr.trim().parse().map_err(|e| {
                     CniError::invalid_config(
@@ -107,9 +117,11 @@ impl CalicoConf {
                         format!("{e}"),
                     )
                 })?;
-                calico_store::model::validate_pool_cidr(&net)
-                    .map_err(|rule| CniError::invalid_config(format!("ipam.{key}: {rule}"), cidr.as_str()))?;
+                cidrs.push(net);
             }
+            // The whole list is checked before calico-ipam creates any of it.
+            calico_store::model::validate_pool_list(family, &cidrs)
+                .map_err(|rule| CniError::invalid_config(format!("ipam.{key}: {rule}"), ""))?;
         }
         c.datastore
             .validate()

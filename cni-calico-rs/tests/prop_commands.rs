@@ -889,7 +889,7 @@ impl MixedPools {
 /// walked (ipam-block pool.rs `pools_for`, `ensure_pool`), before the wrong
 /// entry is reached.
 #[test]
-#[ignore = "bug: ADD with ipv4_pools [\"10.80.0.0/24\", \"fd00:9::/120\"] (or [\"10.80.0.0/24\", \"10.80.0.0/25\"]) is code 7 but stores pool-10-80-0-0-24 (ipam-block/src/pool.rs)"]
+
 fn pool_lists_refused_at_allocation_store_nothing() {
     check_on_fixture(16, mixed_pools(), Fixture::residue, |fx, m| {
         let mut conf = valid_conf(fx, "ADD");

@@ -8,7 +8,14 @@
 //! A configuration has no positional form: [`from_value`] walks the value
 //! itself and refuses an array wherever a struct (or a map) is expected, at
 //! every depth, so no section of any config decoded through it can be read
-//! from an array, whatever `T` is and however deep the section sits.
+//! from an array, however deep the section sits.
+//!
+//! One limit: `#[serde(flatten)]` and `#[serde(untagged)]` buffer their
+//! input into serde's private content type and decode it there, out of this
+//! deserializer's reach, so a struct under either can still be filled by
+//! position. The config types of this workspace use neither around a struct
+//! (the `calico` plugin decodes its datastore keys separately instead of
+//! flattening them); keep it so.
 
 use serde::de::{
     self, DeserializeOwned, DeserializeSeed, Deserializer, IntoDeserializer, MapAccess, SeqAccess, Visitor,

@@ -13,6 +13,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use calico_store::cni::store_error;
+use calico_store::model::{self, IpFamily};
 use calico_store::{Datastore, DatastoreConfig, StoreError};
 use cni_proto::{CniError, CniResult, IpConfig, NetConf, Plugin, Request};
 use ipnetwork::IpNetwork;
@@ -71,12 +72,26 @@ fn flag(v: &Option<Value>, key: &str, default: bool) -> Result<bool, CniError> {
         .map_err(|why| CniError::invalid_config(format!("ipam.{key} must be \"true\" or \"false\""), why))
 }
 
-fn pool_refs(list: &[String], key: &str) -> Result<Vec<PoolRef>, CniError> {
-    list.iter()
+/// The pools of one `ipam.<key>` list; the CIDRs among them are checked as a
+/// whole list ([`model::validate_pool_list`]) before anything is allocated,
+/// so a bad entry never leaves the pools before it created.
+fn pool_refs(list: &[String], key: &str, family: IpFamily) -> Result<Vec<PoolRef>, CniError> {
+    let refs = list
+        .iter()
         .map(|s| {
             PoolRef::parse(s).map_err(|e| CniError::invalid_config(format!("ipam.{key}"), e.to_string()))
         })
-        .collect()
+        .collect::<Result<Vec<_>, _>>()?;
+    let cidrs: Vec<IpNetwork> = refs
+        .iter()
+        .filter_map(|r| match r {
+            PoolRef::Cidr(c) => Some(*c),
+            PoolRef::Name(_) => None,
+        })
+        .collect();
+    model::validate_pool_list(family, &cidrs)
+        .map_err(|rule| CniError::invalid_config(format!("ipam.{key}: {rule}"), ""))?;
+    Ok(refs)
 }
 
 impl IpamCniConf {
@@ -111,8 +126,8 @@ impl IpamCniConf {
             nodename,
             assign_ipv4,
             assign_ipv6,
-            ipv4_pools: pool_refs(&ipam.ipv4_pools, "ipv4_pools")?,
-            ipv6_pools: pool_refs(&ipam.ipv6_pools, "ipv6_pools")?,
+            ipv4_pools: pool_refs(&ipam.ipv4_pools, "ipv4_pools", IpFamily::V4)?,
+            ipv6_pools: pool_refs(&ipam.ipv6_pools, "ipv6_pools", IpFamily::V6)?,
             ipam_state_dir: top.ipam_state_dir.filter(|d| !d.as_os_str().is_empty()),
         })
     }

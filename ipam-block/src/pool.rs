@@ -202,22 +202,38 @@ pub fn choose_pools(
     let all = list_pools(store)?;
     let fam_name = family.key_segment();
     if !requested.is_empty() {
+        // Every entry is checked before any pool of the list is created on
+        // first use, so a list refused at its last entry stores nothing.
+        let cidrs: Vec<IpNetwork> = requested
+            .iter()
+            .filter_map(|r| match r {
+                PoolRef::Cidr(c) => Some(*c),
+                PoolRef::Name(_) => None,
+            })
+            .collect();
+        model::validate_pool_list(family, &cidrs)
+            .map_err(|rule| IpamError::InvalidConfig(rule.to_string()))?;
+        for r in requested {
+            match r {
+                PoolRef::Name(n) => match all.iter().find(|p| &p.name == n) {
+                    Some(p) if p.enabled() && p.family() == family => {}
+                    _ => return Err(IpamError::PoolNotUsable(r.to_string())),
+                },
+                PoolRef::Cidr(c) => match all.iter().find(|p| &p.spec.cidr == c) {
+                    Some(p) if !p.enabled() => return Err(IpamError::PoolNotUsable(r.to_string())),
+                    Some(_) => {}
+                    None => check_no_overlap(&all, c)?,
+                },
+            }
+        }
         let mut out = Vec::new();
         for r in requested {
             let pool = match r {
                 PoolRef::Name(n) => all.iter().find(|p| &p.name == n).cloned(),
-                PoolRef::Cidr(c) => {
-                    if IpFamily::of(c) != family {
-                        return Err(IpamError::InvalidConfig(format!("pool {c} is not an {fam_name} pool")));
-                    }
-                    match all.iter().find(|p| &p.spec.cidr == c) {
-                        Some(p) => Some(p.clone()),
-                        None => {
-                            let spec = default_spec(c);
-                            Some(ensure_pool(store, &PoolName::for_cidr(c), spec)?)
-                        }
-                    }
-                }
+                PoolRef::Cidr(c) => match all.iter().find(|p| &p.spec.cidr == c) {
+                    Some(p) => Some(p.clone()),
+                    None => Some(ensure_pool(store, &PoolName::for_cidr(c), default_spec(c))?),
+                },
             };
             match pool {
                 Some(p) if p.enabled() && p.family() == family => out.push(p),
