@@ -117,7 +117,7 @@ fn tempdir() -> Result<tempfile::TempDir, String> {
 pub fn run(args: &ThroughputArgs) -> Result<bool, String> {
     let pods = NODES * args.per_node;
     let node_netns = if args.relay { NODES } else { 1 };
-    eprintln!("cni-bench: creating {node_netns} node and {pods} pod namespaces, starting etcd ...");
+    log::info!("creating {node_netns} node and {pods} pod namespaces, starting etcd ...");
     // Declared before etcd and the forwards: they are dropped (stopped) first.
     let nodes: Vec<testbed::Netns> = (0..node_netns).map(|_| testbed::Netns::new("tnd")).collect();
     let etcd = if args.relay { testbed::Etcd::start() } else { testbed::Etcd::start_in(&nodes[0]) };
@@ -183,7 +183,7 @@ pub fn run(args: &ThroughputArgs) -> Result<bool, String> {
     let pod_paths: Vec<PathBuf> = pod_ns.iter().map(|n| n.path()).collect();
     let mut rows = Vec::new();
     for (k, setup) in setups.iter().enumerate() {
-        eprintln!("cni-bench: running {} ...", setup.kind.label());
+        log::info!("running {} ...", setup.kind.label());
         rows.push(measure(k, setup, &jobs, &pod_paths, &node_files, &nodes, args.concurrency)?);
     }
     report(&rows, args);

@@ -86,6 +86,14 @@ fn cnitool_drives_ptp_host_local() {
     // CNI_IFNAME is honoured.
     let out = t.ok(&["add", "tnet", ns], &[("CNI_IFNAME", "net1")]);
     assert!(out.contains("\"net1\""), "{out}");
+    // Each variable is also a flag, which wins: DEL of net1 with CNI_IFNAME
+    // naming another interface releases net1's address.
+    let res: Value = serde_json::from_str(&out).unwrap();
+    let net1_ip = res["ips"][0]["address"].as_str().unwrap().split('/').next().unwrap().to_string();
+    assert!(ipam_dir.join("tnet").join(&net1_ip).exists());
+    t.ok(&["del", "--ifname", "net1", "tnet", ns], &[("CNI_IFNAME", "net9")]);
+    assert!(!ipam_dir.join("tnet").join(&net1_ip).exists(), "--ifname net1 was not used");
+    t.ok(&["--ifname=net1", "add", "tnet", ns], &[]);
     t.ok(&["gc", "tnet", ns], &[]);
     assert!(
         std::fs::read_dir(ipam_dir.join("tnet")).unwrap().all(|e| e
@@ -101,9 +109,15 @@ fn cnitool_drives_ptp_host_local() {
     assert!(
         !o.status.success() && String::from_utf8_lossy(&o.stderr).contains("no net configuration with name")
     );
+    // A runtime failure: one line `cnitool: error: …`, exit 1.
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).starts_with("cnitool: error: "));
     let o = t.run(&["add", "tnet", ns], &[("CNI_ARGS", "broken")]);
     assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("invalid CNI_ARGS"));
     assert!(!t.run(&["frob", "tnet", ns], &[]).status.success());
+    // Usage errors are clap's: exit 2.
+    assert_eq!(t.run(&["frob", "tnet", ns], &[]).status.code(), Some(2));
+    assert_eq!(t.run(&["add", "tnet"], &[]).status.code(), Some(2));
 }
 
 #[test]

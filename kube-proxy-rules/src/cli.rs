@@ -1,8 +1,17 @@
-//! Command line: kube-proxy's flag names and defaults, hand-parsed.
+//! Command line: kube-proxy's flag names, spellings and defaults, parsed
+//! with clap ([`Cli`]) and resolved into the settings the subcommands run
+//! with ([`Args`]).
 //!
 //! ```text
-//! kube-proxy-rules render|sync|run|bench [flags] [FILE|DIR]...
+//! kube-proxy-rules [-v|--log-level LEVEL] render|sync|run|bench [flags] [FILE|DIR]...
 //! ```
+//!
+//! Spellings as kube-proxy's (pflag): `--flag=value` and `--flag value`;
+//! booleans `--flag` or `--flag=true|false` (never `--flag false`); the last
+//! of a repeated flag wins, except the comma lists `--node-ip`,
+//! `--cluster-cidr` and `--nodeport-addresses`, which also add up when
+//! repeated. The datastore flags take their Calico variables
+//! (`DATASTORE_TYPE`, `ETCD_ENDPOINTS`, …: [`tool_cli::DatastoreArgs`]).
 
 use std::net::{IpAddr, Ipv4Addr};
 
@@ -11,7 +20,10 @@ use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
 use calico_store::{Datastore, DatastoreConfig};
+use clap::{ArgAction, Parser, Subcommand};
 use ipnetwork::IpNetwork;
+use tool_cli::values::{comma_list, parse_bool, parse_duration, CommaList};
+use tool_cli::{DatastoreArgs, LogArgs};
 
 use crate::config::{masquerade_mark, NodeConfig};
 use crate::inputs::{self, Loaded};
@@ -20,55 +32,191 @@ use crate::iptables::IptablesConfig;
 use crate::model::service::DEFAULT_SERVICE_CIDR;
 use crate::nftables::NftablesConfig;
 
-pub const USAGE: &str = "\
-usage: kube-proxy-rules <command> [flags] [FILE|DIR]...
+/// `kube-proxy-rules`' command line as clap parses it.
+#[derive(Debug, Parser)]
+#[command(
+    name = "kube-proxy-rules",
+    version,
+    about = "kube-proxy's service rules (iptables or nftables mode) from manifests and Calico pod records",
+    after_help = "Inputs: Service, EndpointSlice, Pod, Deployment manifests (YAML or JSON, Lists too), \
+                  files or directories (*.yaml, *.yml, *.json).\n\
+                  IPv6 and dual-stack: one proxier per family, as kube-proxy's MetaProxier. A family \
+                  is synced only when it has services or a --node-ip; IPv6 goes to ip6tables-restore \
+                  or table ip6 kube-proxy.",
+    subcommand_required = true,
+    arg_required_else_help = true
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub log: LogArgs,
+    #[command(subcommand)]
+    pub command: CliCommand,
+}
 
-commands:
-  render   print what kube-proxy would write: the iptables-restore payload (filter + nat),
-           or with --proxy-mode nftables the `nft -f` transaction for table ip kube-proxy
-  sync     apply it once (full sync: jump rules, canary, restore, stale chains; or the
-           whole kube-proxy table in one nft transaction)
-  run      keep syncing when the inputs or the pod records change (partial syncs)
-  bench    synthetic scale benchmark (see --services/--endpoints)
+/// The subcommands and the flags each takes.
+#[derive(Debug, Subcommand)]
+pub enum CliCommand {
+    /// Print what kube-proxy would write: the iptables-restore payload (filter + nat), or with
+    /// --proxy-mode nftables the `nft -f` transaction for table ip kube-proxy
+    #[command(args_override_self = true)]
+    Render {
+        /// Manifest files or directories
+        #[arg(value_name = "FILE|DIR")]
+        inputs: Vec<PathBuf>,
+        #[command(flatten)]
+        node: NodeArgs,
+        /// Print in kube-proxy's canonical test order
+        #[arg(long, action = ArgAction::Set, num_args = 0..=1, require_equals = true,
+              default_missing_value = "true", default_value = "false", value_parser = parse_bool,
+              value_name = "BOOL")]
+        canonical: bool,
+        #[command(flatten)]
+        datastore: DatastoreArgs,
+    },
+    /// Apply the rules once (full sync: jump rules, canary, restore, stale chains; or the whole
+    /// kube-proxy table in one nft transaction)
+    #[command(args_override_self = true)]
+    Sync {
+        /// Manifest files or directories
+        #[arg(value_name = "FILE|DIR")]
+        inputs: Vec<PathBuf>,
+        #[command(flatten)]
+        node: NodeArgs,
+        #[command(flatten)]
+        sync: SyncArgs,
+        #[command(flatten)]
+        datastore: DatastoreArgs,
+    },
+    /// Keep syncing when the inputs or the pod records change (partial syncs)
+    #[command(args_override_self = true)]
+    Run {
+        /// Manifest files or directories (polled for changes)
+        #[arg(value_name = "FILE|DIR")]
+        inputs: Vec<PathBuf>,
+        #[command(flatten)]
+        node: NodeArgs,
+        #[command(flatten)]
+        sync: SyncArgs,
+        #[command(flatten)]
+        datastore: DatastoreArgs,
+    },
+    /// Synthetic scale benchmark: N services x M endpoints, render and restore timings
+    #[command(args_override_self = true)]
+    Bench(BenchArgs),
+}
 
-inputs: Service, EndpointSlice, Pod, Deployment manifests (YAML or JSON, Lists too),
-        files or directories (*.yaml, *.yml, *.json)
+/// The node flags (kube-proxy's names and defaults).
+#[derive(Debug, Clone, clap::Args)]
+#[command(next_help_heading = "Node (kube-proxy's flags)")]
+pub struct NodeArgs {
+    /// Which proxier's rules: iptables or nftables
+    #[arg(long, value_name = "MODE", default_value = "iptables", value_parser = ProxyMode::parse)]
+    pub proxy_mode: ProxyMode,
+    /// Node name: endpoints with this nodeName are local (default: the host name)
+    #[arg(long, value_name = "NAME")]
+    pub hostname_override: Option<String>,
+    /// Node IP(s), one per family; repeatable
+    #[arg(long, value_name = "IP[,IP]", value_parser = node_ip_list)]
+    pub node_ip: Vec<CommaList<IpAddr>>,
+    /// Pod CIDR(s) for the local-traffic detector, one per family (the first of each)
+    #[arg(long, value_name = "CIDR[,CIDR]", value_parser = comma_list::<IpNetwork>)]
+    pub cluster_cidr: Vec<CommaList<IpNetwork>>,
+    /// The bit of the masquerade mark
+    #[arg(long, value_name = "N", default_value_t = 14, value_parser = clap::value_parser!(u32).range(0..=31))]
+    pub iptables_masquerade_bit: u32,
+    /// Masquerade all traffic to service IPs
+    #[arg(long, action = ArgAction::Set, num_args = 0..=1, require_equals = true,
+          default_missing_value = "true", default_value = "false", value_parser = parse_bool,
+          value_name = "BOOL")]
+    pub masquerade_all: bool,
+    /// Accept NodePorts on 127.0.0.1 (iptables mode)
+    #[arg(long, action = ArgAction::Set, num_args = 0..=1, require_equals = true,
+          default_missing_value = "true", default_value = "true", value_parser = parse_bool,
+          value_name = "BOOL")]
+    pub iptables_localhost_nodeports: bool,
+    /// CIDRs (or `primary`) to accept NodePorts on. Default: all local addresses (iptables), the
+    /// --node-ip addresses (nftables, kube-proxy's `primary`); a family with no CIDR listed
+    /// accepts on all its addresses
+    #[arg(long, value_name = "CIDR[,CIDR]", value_parser = comma_list::<String>)]
+    pub nodeport_addresses: Vec<CommaList<String>>,
+    /// One range per family, primary first: ClusterIPs for manifests without one (no IPv6 default)
+    #[arg(long, value_name = "CIDR[,CIDR]", default_value = DEFAULT_SERVICE_CIDR, value_parser = service_ranges)]
+    pub service_cluster_ip_range: ServiceRanges,
+}
 
-node flags (kube-proxy's names and defaults):
-  --proxy-mode iptables|nftables      default iptables
-  --hostname-override NAME            node name (default: the host name)
-  --node-ip IP[,IP]                   node IP(s), one per family, repeatable
-  --cluster-cidr CIDR[,CIDR]          pod CIDR(s) for the local-traffic detector (one per family)
-  --iptables-masquerade-bit N         default 14
-  --masquerade-all[=BOOL]             default false
-  --iptables-localhost-nodeports[=BOOL]  default true
-  --nodeport-addresses CIDR[,CIDR]    default: all local addresses (iptables), the
-                                      --node-ip addresses (nftables, kube-proxy's 'primary');
-                                      a family with no CIDR listed accepts on all its addresses
-  --service-cluster-ip-range CIDR[,CIDR]  one per family, primary first: ClusterIPs for
-                                      manifests without one (default 10.96.0.0/12; no IPv6)
+/// `sync` and `run`.
+#[derive(Debug, Clone, clap::Args)]
+#[command(next_help_heading = "Sync")]
+pub struct SyncArgs {
+    /// Show which chains a sync would rewrite; apply nothing
+    #[arg(long, action = ArgAction::Set, num_args = 0..=1, require_equals = true,
+          default_missing_value = "true", default_value = "false", value_parser = parse_bool,
+          value_name = "BOOL")]
+    pub dry_run: bool,
+    /// Periodic sync and canary check (30s, 1m, 500ms, ...)
+    #[arg(long, value_name = "DUR", default_value = "30s", value_parser = positive_duration)]
+    pub sync_period: Duration,
+    /// Never sync more often than this
+    #[arg(long, value_name = "DUR", default_value = "1s", value_parser = parse_duration)]
+    pub min_sync_period: Duration,
+    /// Partial syncs rewrite KUBE-SERVICES etc. even when unchanged (kube-proxy's exact
+    /// partial payloads)
+    #[arg(long, action = ArgAction::Set, num_args = 0..=1, require_equals = true,
+          default_missing_value = "true", default_value = "false", value_parser = parse_bool,
+          value_name = "BOOL")]
+    pub rewrite_top_level_chains: bool,
+}
 
-IPv6 and dual-stack: one proxier per family, as kube-proxy's MetaProxier. A family is
-synced only when it has services or a --node-ip; IPv6 goes to ip6tables-restore or
-table ip6 kube-proxy.
-datastore (pod records for selector-based services without EndpointSlices):
-  --datastore-type file|etcdv3        env DATASTORE_TYPE
-  --datastore-path DIR                file store directory
-  --etcd-endpoints URL[,URL]          env ETCD_ENDPOINTS
-sync/run:
-  --dry-run                           show which chains a sync would rewrite; apply nothing
-  --sync-period DUR                   default 30s (periodic sync, canary check)
-  --min-sync-period DUR               default 1s
-  --rewrite-top-level-chains          partial syncs rewrite KUBE-SERVICES etc. even when
-                                      unchanged (kube-proxy's exact partial payloads)
-render:
-  --canonical                         print in kube-proxy's canonical test order
-bench:
-  --services N (10000) --endpoints N (10) --no-restore
-  --restore-command PROG              default iptables-restore (e.g. iptables-legacy-restore)
-  --proxy-mode nftables               time `nft -f` instead (the iptables renders of the
-                                      same state are printed alongside, without a restore)
-";
+/// `bench`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct BenchArgs {
+    /// iptables: time iptables-restore; nftables: time `nft -f` (the iptables renders of the
+    /// same state are printed alongside, without a restore)
+    #[arg(long, value_name = "MODE", default_value = "iptables", value_parser = ProxyMode::parse)]
+    pub proxy_mode: ProxyMode,
+    /// Number of services
+    #[arg(long, value_name = "N", default_value_t = 10_000)]
+    pub services: usize,
+    /// Endpoints per service
+    #[arg(long, value_name = "N", default_value_t = 10)]
+    pub endpoints: usize,
+    /// Render only; do not time a restore
+    #[arg(long, action = ArgAction::Set, num_args = 0..=1, require_equals = true,
+          default_missing_value = "true", default_value = "false", value_parser = parse_bool,
+          value_name = "BOOL")]
+    pub no_restore: bool,
+    /// The restore program (e.g. iptables-legacy-restore)
+    #[arg(long, value_name = "PROG", default_value = "iptables-restore")]
+    pub restore_command: String,
+}
+
+/// `--node-ip`: as kube-proxy (ParseIPSloppy), `::ffff:a.b.c.d` is the
+/// IPv4 address and leading zeros are allowed.
+fn node_ip_list(v: &str) -> Result<CommaList<IpAddr>, String> {
+    CommaList::parse_with(v, |ip| crate::model::service::parse_ip_sloppy(ip).ok_or("invalid IP"))
+}
+
+/// `--service-cluster-ip-range`: at most one range per family, primary first.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceRanges(pub Vec<IpNetwork>);
+
+fn service_ranges(v: &str) -> Result<ServiceRanges, String> {
+    let CommaList(ranges) = comma_list::<IpNetwork>(v)?;
+    for (i, n) in ranges.iter().enumerate() {
+        if ranges[..i].iter().any(|o| o.is_ipv4() == n.is_ipv4()) {
+            return Err(format!("two {} ranges", IpFamily::of(n.ip())));
+        }
+    }
+    Ok(ServiceRanges(ranges))
+}
+
+/// `--sync-period`: a duration, not zero (the loop waits on it).
+fn positive_duration(v: &str) -> Result<Duration, String> {
+    match parse_duration(v)? {
+        d if d.is_zero() => Err("must be > 0".into()),
+        d => Ok(d),
+    }
+}
 
 /// `--proxy-mode`: which kube-proxy proxier's rules are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -79,11 +227,12 @@ pub enum ProxyMode {
 }
 
 impl ProxyMode {
+    /// kube-proxy's names; empty is the default, as kube-proxy's flag.
     pub fn parse(v: &str) -> Result<Self, String> {
         match v {
             "iptables" | "" => Ok(ProxyMode::Iptables),
             "nftables" => Ok(ProxyMode::Nftables),
-            other => Err(format!("--proxy-mode: expected iptables or nftables, got {other:?}")),
+            other => Err(format!("expected iptables or nftables, got {other:?}")),
         }
     }
 }
@@ -96,7 +245,9 @@ pub enum Command {
     Bench,
 }
 
-/// Parsed command line.
+/// The settings a subcommand runs with: the command line resolved (the
+/// comma lists flattened, one cluster CIDR per family, the datastore
+/// chosen). What a subcommand has no flag for keeps kube-proxy's default.
 #[derive(Debug, Clone)]
 pub struct Args {
     pub command: Command,
@@ -124,51 +275,88 @@ pub struct Args {
     pub bench_restore_command: String,
 }
 
-fn parse_bool(flag: &str, v: &str) -> Result<bool, String> {
-    match v {
-        "true" | "1" => Ok(true),
-        "false" | "0" => Ok(false),
-        _ => Err(format!("{flag}: expected true or false, got {v:?}")),
+/// The pod-records datastore: the datastore flags (or their variables)
+/// when any is given, else Calico's default file store when it exists on
+/// this node, else none. The one place the datastore is chosen: a shared
+/// resolver (flags + variables + config file) replaces this function.
+fn datastore(ds: &DatastoreArgs) -> Result<Option<DatastoreConfig>, String> {
+    let default_store = std::path::Path::new(calico_store::config::DEFAULT_DATASTORE_PATH).is_dir();
+    if !ds.given() && !default_store {
+        return Ok(None);
     }
-}
-
-/// `30s`, `1m`, `500ms`, `1h`, or plain seconds.
-pub fn parse_duration(flag: &str, v: &str) -> Result<Duration, String> {
-    let err = || format!("{flag}: invalid duration {v:?} (e.g. 30s, 1m, 500ms)");
-    let (num, mult_ms) = if let Some(n) = v.strip_suffix("ms") {
-        (n, 1.0)
-    } else if let Some(n) = v.strip_suffix('s') {
-        (n, 1000.0)
-    } else if let Some(n) = v.strip_suffix('m') {
-        (n, 60_000.0)
-    } else if let Some(n) = v.strip_suffix('h') {
-        (n, 3_600_000.0)
-    } else {
-        (v, 1000.0)
-    };
-    let n: f64 = num.parse().map_err(|_| err())?;
-    if !n.is_finite() || n < 0.0 {
-        return Err(err());
-    }
-    Ok(Duration::from_millis((n * mult_ms) as u64))
-}
-
-fn env(name: &str) -> Option<String> {
-    std::env::var(name).ok().filter(|v| !v.is_empty())
+    let cfg = ds.overlay(DatastoreConfig::default());
+    cfg.validate().map_err(|e| format!("datastore: {e}"))?;
+    Ok(Some(cfg))
 }
 
 impl Args {
-    pub fn parse(argv: &[String]) -> Result<Args, String> {
-        let mut it = argv.iter();
-        let command = match it.next().map(String::as_str) {
-            Some("render") => Command::Render,
-            Some("sync") => Command::Sync,
-            Some("run") => Command::Run,
-            Some("bench") => Command::Bench,
-            Some("-h" | "--help" | "help") | None => return Err(USAGE.to_string()),
-            Some(other) => return Err(format!("unknown command {other:?}\n\n{USAGE}")),
+    /// Parse a whole argv (the program name first). Usage and
+    /// configuration errors are clap errors (`error.exit()` prints them and
+    /// exits 2; `--help` exits 0).
+    pub fn try_parse_from<I, T>(argv: I) -> Result<Args, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        Args::from_cli(Cli::try_parse_from(argv)?)
+    }
+
+    /// Resolve a parsed command line.
+    pub fn from_cli(cli: Cli) -> Result<Args, clap::Error> {
+        let mut a = Args::defaults(Command::Bench);
+        let (node, ds, inputs) = match cli.command {
+            CliCommand::Render { node, canonical, datastore, inputs } => {
+                a.command = Command::Render;
+                a.canonical = canonical;
+                (node, datastore, inputs)
+            }
+            CliCommand::Sync { node, sync, datastore, inputs } => {
+                a.command = Command::Sync;
+                a.set_sync(&sync);
+                (node, datastore, inputs)
+            }
+            CliCommand::Run { node, sync, datastore, inputs } => {
+                a.command = Command::Run;
+                a.set_sync(&sync);
+                (node, datastore, inputs)
+            }
+            CliCommand::Bench(b) => {
+                a.proxy_mode = b.proxy_mode;
+                a.bench_services = b.services;
+                a.bench_endpoints = b.endpoints;
+                a.bench_restore = !b.no_restore;
+                a.bench_restore_command = b.restore_command;
+                return Ok(a);
+            }
         };
-        let mut a = Args {
+        a.proxy_mode = node.proxy_mode;
+        a.inputs = inputs;
+        a.hostname = node.hostname_override;
+        a.node_ips = CommaList::concat(&node.node_ip);
+        for n in CommaList::concat(&node.cluster_cidr) {
+            if !a.cluster_cidrs.iter().any(|c| c.is_ipv4() == n.is_ipv4()) {
+                a.cluster_cidrs.push(n);
+            }
+        }
+        a.masquerade_bit = node.iptables_masquerade_bit;
+        a.masquerade_all = node.masquerade_all;
+        a.localhost_nodeports = node.iptables_localhost_nodeports;
+        a.nodeport_addresses = CommaList::concat(&node.nodeport_addresses);
+        a.service_cidrs = node.service_cluster_ip_range.0;
+        a.datastore = datastore(&ds).map_err(tool_cli::usage_error::<Cli>)?;
+        Ok(a)
+    }
+
+    fn set_sync(&mut self, s: &SyncArgs) {
+        self.dry_run = s.dry_run;
+        self.sync_period = s.sync_period;
+        self.min_sync_period = s.min_sync_period;
+        self.rewrite_top_level = s.rewrite_top_level_chains;
+    }
+
+    /// kube-proxy's defaults (and the bench's), for `command`.
+    fn defaults(command: Command) -> Args {
+        Args {
             command,
             proxy_mode: ProxyMode::default(),
             inputs: Vec::new(),
@@ -179,7 +367,7 @@ impl Args {
             masquerade_all: false,
             localhost_nodeports: true,
             nodeport_addresses: Vec::new(),
-            service_cidrs: vec![DEFAULT_SERVICE_CIDR.parse().map_err(|e| format!("{e}"))?],
+            service_cidrs: service_ranges(DEFAULT_SERVICE_CIDR).map(|r| r.0).unwrap_or_default(),
             datastore: None,
             dry_run: false,
             rewrite_top_level: false,
@@ -190,123 +378,7 @@ impl Args {
             bench_endpoints: 10,
             bench_restore: true,
             bench_restore_command: "iptables-restore".into(),
-        };
-        let mut ds = DatastoreConfig {
-            datastore_type: env("DATASTORE_TYPE"),
-            etcd_endpoints: env("ETCD_ENDPOINTS"),
-            ..Default::default()
-        };
-        let mut ds_configured = ds.datastore_type.is_some() || ds.etcd_endpoints.is_some();
-        while let Some(arg) = it.next() {
-            if !arg.starts_with("--") {
-                a.inputs.push(PathBuf::from(arg));
-                continue;
-            }
-            let (flag, inline) = match arg.split_once('=') {
-                Some((f, v)) => (f, Some(v.to_string())),
-                None => (arg.as_str(), None),
-            };
-            // Boolean flags take an optional `=value`; the others a value.
-            let boolean =
-                |inline: &Option<String>| inline.as_deref().map(|v| parse_bool(flag, v)).unwrap_or(Ok(true));
-            let mut value = || -> Result<String, String> {
-                match &inline {
-                    Some(v) => Ok(v.clone()),
-                    None => it.next().cloned().ok_or_else(|| format!("{flag} needs a value")),
-                }
-            };
-            match flag {
-                "--proxy-mode" => a.proxy_mode = ProxyMode::parse(&value()?)?,
-                "--hostname-override" => a.hostname = Some(value()?),
-                "--node-ip" => {
-                    for v in value()?.split(',').filter(|s| !s.is_empty()) {
-                        // As kube-proxy (ParseIPSloppy): `::ffff:a.b.c.d` is the IPv4 address.
-                        a.node_ips.push(
-                            crate::model::service::parse_ip_sloppy(v.trim())
-                                .ok_or_else(|| format!("--node-ip: invalid IP {v:?}"))?,
-                        );
-                    }
-                }
-                "--cluster-cidr" => {
-                    for v in value()?.split(',').filter(|s| !s.is_empty()) {
-                        match v.trim().parse::<IpNetwork>() {
-                            Ok(n) if !a.cluster_cidrs.iter().any(|c| c.is_ipv4() == n.is_ipv4()) => {
-                                a.cluster_cidrs.push(n)
-                            }
-                            Ok(_) => {}
-                            Err(_) => return Err(format!("--cluster-cidr: invalid CIDR {v:?}")),
-                        }
-                    }
-                }
-                "--iptables-masquerade-bit" => {
-                    let v = value()?;
-                    a.masquerade_bit = v
-                        .parse()
-                        .ok()
-                        .filter(|b| *b <= 31)
-                        .ok_or_else(|| format!("--iptables-masquerade-bit: expected 0..31, got {v:?}"))?;
-                }
-                "--masquerade-all" => a.masquerade_all = boolean(&inline)?,
-                "--iptables-localhost-nodeports" => a.localhost_nodeports = boolean(&inline)?,
-                "--nodeport-addresses" => a
-                    .nodeport_addresses
-                    .extend(value()?.split(',').filter(|s| !s.is_empty()).map(|s| s.trim().to_string())),
-                "--service-cluster-ip-range" => {
-                    let v = value()?;
-                    a.service_cidrs.clear();
-                    for c in v.split(',').map(str::trim).filter(|s| !s.is_empty()) {
-                        let n: IpNetwork = c
-                            .parse()
-                            .map_err(|_| format!("--service-cluster-ip-range: invalid CIDR {c:?}"))?;
-                        if a.service_cidrs.iter().any(|o| o.is_ipv4() == n.is_ipv4()) {
-                            return Err(format!(
-                                "--service-cluster-ip-range: two {} ranges",
-                                IpFamily::of(n.ip())
-                            ));
-                        }
-                        a.service_cidrs.push(n);
-                    }
-                }
-                "--datastore-type" => {
-                    ds.datastore_type = Some(value()?);
-                    ds_configured = true;
-                }
-                "--datastore-path" => {
-                    ds.datastore_path = Some(PathBuf::from(value()?));
-                    ds_configured = true;
-                }
-                "--etcd-endpoints" => {
-                    ds.etcd_endpoints = Some(value()?);
-                    ds_configured = true;
-                }
-                "--dry-run" => a.dry_run = boolean(&inline)?,
-                "--rewrite-top-level-chains" => a.rewrite_top_level = boolean(&inline)?,
-                "--canonical" => a.canonical = boolean(&inline)?,
-                "--sync-period" => a.sync_period = parse_duration(flag, &value()?)?,
-                "--min-sync-period" => a.min_sync_period = parse_duration(flag, &value()?)?,
-                "--services" => {
-                    a.bench_services = value()?.parse().map_err(|_| "--services: expected a number")?
-                }
-                "--endpoints" => {
-                    a.bench_endpoints = value()?.parse().map_err(|_| "--endpoints: expected a number")?
-                }
-                "--no-restore" => a.bench_restore = !boolean(&inline)?,
-                "--restore-command" => a.bench_restore_command = value()?,
-                "--help" => return Err(USAGE.to_string()),
-                other => return Err(format!("unknown flag {other}\n\n{USAGE}")),
-            }
         }
-        if !ds_configured && std::path::Path::new(calico_store::config::DEFAULT_DATASTORE_PATH).is_dir() {
-            ds_configured = true; // Calico's default file store exists on this node
-        }
-        if ds_configured {
-            ds.validate().map_err(|e| format!("datastore: {e}"))?;
-            a.datastore = Some(ds);
-        }
-        if a.sync_period.is_zero() {
-            return Err("--sync-period must be > 0".into());
-        }
-        Ok(a)
     }
 
     /// The iptables proxier's settings for `ipt`'s family; `ipt` answers the
@@ -437,8 +509,19 @@ pub struct PodRecords {
 impl PodRecords {
     pub fn open(cfg: Option<&DatastoreConfig>) -> Result<Self, String> {
         let store = match cfg {
-            Some(c) => Some(calico_store::open(c).map_err(|e| format!("opening the datastore: {e}"))?),
-            None => None,
+            Some(c) => {
+                match c.kind() {
+                    Ok(calico_store::config::DatastoreType::Etcd) => {
+                        log::debug!("pod records from etcd at {}", c.etcd_endpoints.as_deref().unwrap_or(""))
+                    }
+                    _ => log::debug!("pod records from the file store at {}", c.path().display()),
+                }
+                Some(calico_store::open(c).map_err(|e| format!("opening the datastore: {e}"))?)
+            }
+            None => {
+                log::debug!("no datastore: pod records are not read");
+                None
+            }
         };
         Ok(PodRecords { store })
     }
@@ -459,6 +542,13 @@ impl PodRecords {
         };
         let mut loaded = inputs::load(&args.inputs, &weps, &args.service_cidrs);
         loaded.errors.append(&mut record_errors);
+        log::debug!(
+            "loaded {} service ports with {} endpoints from {} input(s) and {} pod record(s)",
+            loaded.state.services.len(),
+            loaded.state.total_endpoints(),
+            args.inputs.len(),
+            weps.len()
+        );
         Ok(loaded)
     }
 }
@@ -482,8 +572,11 @@ pub fn input_stamp(paths: &[PathBuf]) -> Vec<(PathBuf, Option<SystemTime>)> {
 mod tests {
     use super::*;
 
+    /// Parse `kube-proxy-rules <v>...`, ignoring the environment the test runs in.
     fn args(v: &[&str]) -> Result<Args, String> {
-        Args::parse(&v.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+        let argv = std::iter::once("kube-proxy-rules").chain(v.iter().copied());
+        let cli: Cli = tool_cli::try_parse_without_env(argv).map_err(|e| e.to_string())?;
+        Args::from_cli(cli).map_err(|e| e.to_string())
     }
 
     #[test]
@@ -515,9 +608,10 @@ mod tests {
         assert!(a.datastore.is_some());
         assert_eq!(a.sync_period, Duration::from_secs(30));
         assert!(args(&["render", "--iptables-masquerade-bit", "40"]).is_err());
-        assert!(args(&["render", "--bogus"]).unwrap_err().contains("unknown flag --bogus"));
+        // clap's wording since the parser is clap's.
+        assert!(args(&["render", "--bogus"]).unwrap_err().contains("unexpected argument '--bogus'"));
         assert!(args(&["render", "--datastore-type", "etcdv3"]).unwrap_err().contains("etcd_endpoints"));
-        assert_eq!(parse_duration("x", "250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
         // kube-proxy's ParseIPSloppy: an IPv4-mapped node IP is the IPv4 node IP.
         let a = args(&["render", "--node-ip", "::ffff:10.0.0.1,010.0.0.2"]).unwrap();
         assert_eq!(a.node_ips, ["10.0.0.1".parse::<IpAddr>().unwrap(), "10.0.0.2".parse().unwrap()]);
@@ -609,5 +703,181 @@ mod tests {
         assert!(args(&["render", "--service-cluster-ip-range", "10.0.0.0/16,10.1.0.0/16"])
             .unwrap_err()
             .contains("two IPv4"));
+    }
+
+    fn clap_err(v: &[&str]) -> clap::Error {
+        let argv = std::iter::once("kube-proxy-rules").chain(v.iter().copied());
+        match tool_cli::try_parse_without_env::<Cli, _, _>(argv).map(Args::from_cli) {
+            Err(e) | Ok(Err(e)) => e,
+            Ok(Ok(a)) => panic!("parsed: {a:?}"),
+        }
+    }
+
+    #[test]
+    fn values_as_kube_proxy_spells_them() {
+        // --flag=value and --flag value.
+        let a = args(&["sync", "--hostname-override=n1", "--sync-period", "1m", "--min-sync-period=250ms"])
+            .unwrap();
+        assert_eq!(a.hostname.as_deref(), Some("n1"));
+        assert_eq!((a.sync_period, a.min_sync_period), (Duration::from_secs(60), Duration::from_millis(250)));
+        assert_eq!(args(&["render", "--iptables-masquerade-bit=3"]).unwrap().masquerade_bit, 3);
+        assert_eq!(args(&["render", "--iptables-masquerade-bit", "31"]).unwrap().masquerade_bit, 31);
+        // The last of a repeated single-valued flag wins, as pflag.
+        let a = args(&["render", "--proxy-mode", "nftables", "--proxy-mode=iptables"]).unwrap();
+        assert_eq!(a.proxy_mode, ProxyMode::Iptables);
+        let a = args(&[
+            "render",
+            "--service-cluster-ip-range",
+            "10.0.0.0/16",
+            "--service-cluster-ip-range=10.1.0.0/16",
+        ])
+        .unwrap();
+        assert_eq!(a.service_cidrs, vec!["10.1.0.0/16".parse::<IpNetwork>().unwrap()]);
+        // Comma lists that also add up when repeated; empty items skipped.
+        let a = args(&[
+            "render",
+            "--cluster-cidr=10.244.0.0/16,",
+            "--cluster-cidr",
+            "10.245.0.0/16,fd00:244::/64",
+            "--nodeport-addresses",
+            "primary,,10.0.0.0/8",
+            "--nodeport-addresses=127.0.0.0/8",
+        ])
+        .unwrap();
+        // One per family, the first of each.
+        let want: Vec<IpNetwork> = vec!["10.244.0.0/16".parse().unwrap(), "fd00:244::/64".parse().unwrap()];
+        assert_eq!(a.cluster_cidrs, want);
+        assert_eq!(a.nodeport_addresses, ["primary", "10.0.0.0/8", "127.0.0.0/8"]);
+        // Bad values name the flag (clap's message).
+        for bad in [
+            &["render", "--node-ip", "10.0.0.1,bogus"][..],
+            &["render", "--cluster-cidr=10.0.0.0/40"],
+            &["sync", "--sync-period", "0s"],
+            &["sync", "--min-sync-period", "soon"],
+            &["render", "--iptables-masquerade-bit", "32"],
+        ] {
+            let e = clap_err(bad);
+            assert_eq!(e.kind(), clap::error::ErrorKind::ValueValidation, "{bad:?}: {e}");
+            assert!(e.to_string().contains(bad[1].split('=').next().unwrap()), "{e}");
+        }
+        // A value flag at the end without its value.
+        assert_eq!(clap_err(&["render", "--hostname-override"]).kind(), clap::error::ErrorKind::InvalidValue);
+    }
+
+    #[test]
+    fn booleans_as_kube_proxy_spells_them() {
+        let a = args(&["sync", "--masquerade-all", "--dry-run", "--rewrite-top-level-chains"]).unwrap();
+        assert!(a.masquerade_all && a.dry_run && a.rewrite_top_level);
+        let a = args(&["sync", "--masquerade-all=true", "--dry-run=false", "--rewrite-top-level-chains=1"])
+            .unwrap();
+        assert!(a.masquerade_all && !a.dry_run && a.rewrite_top_level);
+        let a = args(&["render", "--iptables-localhost-nodeports=false", "--canonical=true"]).unwrap();
+        assert!(!a.localhost_nodeports && a.canonical && !a.masquerade_all);
+        assert!(args(&["render"]).unwrap().localhost_nodeports, "default true");
+        assert!(args(&["render", "--iptables-localhost-nodeports"]).unwrap().localhost_nodeports);
+        // Repeated: the last wins.
+        assert!(!args(&["render", "--masquerade-all", "--masquerade-all=false"]).unwrap().masquerade_all);
+        // As pflag, a bool's value needs `=`: `--masquerade-all false` is the flag and an input.
+        let a = args(&["render", "--masquerade-all", "false"]).unwrap();
+        assert!(a.masquerade_all && a.inputs == [PathBuf::from("false")]);
+        assert_eq!(
+            clap_err(&["render", "--masquerade-all=yes"]).kind(),
+            clap::error::ErrorKind::ValueValidation
+        );
+    }
+
+    #[test]
+    fn positional_inputs_and_per_command_flags() {
+        let a = args(&["run", "a.yaml", "--dry-run", "dir", "--sync-period=2s", "b.json"]).unwrap();
+        assert_eq!(a.command, Command::Run);
+        assert_eq!(a.inputs, ["a.yaml", "dir", "b.json"].map(PathBuf::from));
+        // A flag of another command is a usage error, not ignored.
+        assert_eq!(clap_err(&["render", "--dry-run"]).kind(), clap::error::ErrorKind::UnknownArgument);
+        assert_eq!(
+            clap_err(&["bench", "--node-ip", "10.0.0.1"]).kind(),
+            clap::error::ErrorKind::UnknownArgument
+        );
+        assert_eq!(clap_err(&["bench", "x.yaml"]).kind(), clap::error::ErrorKind::UnknownArgument);
+        assert_eq!(clap_err(&["frob"]).kind(), clap::error::ErrorKind::InvalidSubcommand);
+        assert_eq!(
+            clap_err(&[]).kind(),
+            clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand,
+            "no command: the help, exit 2"
+        );
+        for cmd in ["render", "sync", "run", "bench"] {
+            let e = clap_err(&[cmd, "--help"]);
+            assert_eq!(e.kind(), clap::error::ErrorKind::DisplayHelp);
+            assert_eq!(e.exit_code(), 0);
+        }
+        use clap::CommandFactory;
+        let mut cmd = Cli::command();
+        cmd.build(); // propagates the global flags (-v) into the subcommands
+        let help = cmd.find_subcommand_mut("sync").unwrap().render_long_help().to_string();
+        assert!(
+            help.contains("--masquerade-all[=<BOOL>]") && help.contains("[env: DATASTORE_TYPE=]"),
+            "{help}"
+        );
+        assert!(help.contains("--etcd-ca-cert-file <FILE>") && help.contains("-v, --verbose"), "{help}");
+        // -v / --log-level before or after the command.
+        let cli: Cli = tool_cli::try_parse_without_env(["k", "-v", "render"]).unwrap();
+        assert_eq!(cli.log.verbose, 1);
+        let cli: Cli = tool_cli::try_parse_without_env(["k", "sync", "--log-level", "debug"]).unwrap();
+        assert_eq!(cli.log.log_level, Some(log::LevelFilter::Debug));
+    }
+
+    #[test]
+    fn bench_takes_the_makefile_invocations() {
+        let a = args(&["bench", "--restore-command", "iptables-legacy-restore"]).unwrap();
+        assert_eq!(
+            (a.command, a.bench_restore_command.as_str()),
+            (Command::Bench, "iptables-legacy-restore")
+        );
+        assert_eq!((a.bench_services, a.bench_endpoints, a.bench_restore), (10_000, 10, true));
+        assert_eq!(args(&["bench", "--services", "1000"]).unwrap().bench_services, 1000);
+        let a = args(&["bench", "--proxy-mode", "nftables", "--endpoints=3", "--no-restore"]).unwrap();
+        assert_eq!((a.proxy_mode, a.bench_endpoints, a.bench_restore), (ProxyMode::Nftables, 3, false));
+        assert_eq!(
+            clap_err(&["bench", "--services", "many"]).kind(),
+            clap::error::ErrorKind::ValueValidation
+        );
+    }
+
+    #[test]
+    fn datastore_flags_carry_calicos_variables_and_the_tls_files() {
+        use clap::CommandFactory;
+        let cmd = Cli::command();
+        for sub in ["render", "sync", "run"] {
+            let sub = cmd.find_subcommand(sub).unwrap();
+            let env = |id: &str| sub.get_arguments().find(|a| a.get_id() == id).and_then(|a| a.get_env());
+            for (id, var) in [
+                ("datastore_type", "DATASTORE_TYPE"),
+                ("datastore_path", "DATASTORE_PATH"),
+                ("etcd_endpoints", "ETCD_ENDPOINTS"),
+                ("etcd_key_file", "ETCD_KEY_FILE"),
+                ("etcd_cert_file", "ETCD_CERT_FILE"),
+                ("etcd_ca_cert_file", "ETCD_CA_CERT_FILE"),
+            ] {
+                assert_eq!(env(id), Some(std::ffi::OsStr::new(var)), "{id}");
+            }
+        }
+        let a = args(&[
+            "render",
+            "--etcd-endpoints=https://127.0.0.1:2379",
+            "--etcd-ca-cert-file",
+            "/pki/ca.pem",
+            "--etcd-cert-file=/pki/client.pem",
+            "--etcd-key-file",
+            "/pki/client.key",
+        ])
+        .unwrap();
+        let ds = a.datastore.unwrap();
+        assert_eq!(ds.etcd_endpoints.as_deref(), Some("https://127.0.0.1:2379"));
+        assert_eq!(ds.etcd_ca_cert_file, Some(PathBuf::from("/pki/ca.pem")));
+        assert_eq!(ds.etcd_cert_file, Some(PathBuf::from("/pki/client.pem")));
+        assert_eq!(ds.etcd_key_file, Some(PathBuf::from("/pki/client.key")));
+        // An invalid combination is a usage error (exit 2), in clap's format.
+        let e = clap_err(&["render", "--datastore-type", "etcdv3"]);
+        assert_eq!(e.exit_code(), 2);
+        assert!(e.to_string().starts_with("error: datastore: "), "{e}");
     }
 }

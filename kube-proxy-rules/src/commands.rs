@@ -15,13 +15,13 @@ use crate::model::{FullSyncReason, ProxyState};
 use crate::nftables::{self, Nft, NftablesBackend};
 use crate::syncer::Syncer;
 
-/// Report bad objects and notes on stderr (stdout is the payload).
+/// Report notes and bad objects (logged: stderr; stdout is the payload).
 fn report(loaded: &Loaded) {
     for n in &loaded.notes {
-        eprintln!("note: {n}");
+        log::info!("note: {n}");
     }
     for e in &loaded.errors {
-        eprintln!("skipped {e}");
+        log::warn!("skipped {e}");
     }
 }
 
@@ -73,7 +73,7 @@ fn usable_families(
         match crate::probe::unavailable(&Runner::current(), args.proxy_mode, family) {
             None => out.push((family, state)),
             Some(reason) => {
-                eprintln!("{}", crate::probe::skipped_warning(family, &reason));
+                log::warn!("{}", crate::probe::skipped_warning(family, &reason));
                 skipped.push(format!("{family}: {reason}"));
             }
         }
@@ -103,7 +103,7 @@ fn with_ipv4_leftovers(
     match leftover {
         Ok(true) => families.insert(0, (IpFamily::V4, ProxyState::default())),
         Ok(false) => {}
-        Err(e) => eprintln!("error: looking for IPv4 rules of an earlier sync: {e}"),
+        Err(e) => log::error!("looking for IPv4 rules of an earlier sync: {e}"),
     }
     families
 }
@@ -191,7 +191,7 @@ fn cmd_sync(args: &Args) -> Result<i32, String> {
             continue;
         }
         let line = syncer.sync_once(state)?;
-        eprintln!("{}{line}", tag(*family));
+        log::info!("{}{line}", tag(*family));
         syncer.finish_one_shot(&tag(*family));
     }
     Ok(0)
@@ -221,7 +221,7 @@ impl<B: Backend> ModeSyncer for Syncer<B> {
     fn sync_once(&mut self, state: &ProxyState) -> Result<String, String> {
         let r = self.sync(state).map_err(|e| e.to_string())?;
         if let Some(e) = B::problem(&r.outcome) {
-            eprintln!("error: {e}");
+            log::error!("{e}");
         }
         Ok(B::summary(&r))
     }
@@ -243,7 +243,7 @@ impl<B: Backend> ModeSyncer for Syncer<B> {
     }
     fn finish_one_shot(&mut self, tag: &str) {
         if let Some(line) = self.backend.finish_one_shot() {
-            eprintln!("{tag}{line}");
+            log::info!("{tag}{line}");
         }
     }
 }
@@ -271,7 +271,7 @@ impl FamilySyncers {
         }
         let reason = crate::probe::unavailable(&Runner::current(), args.proxy_mode, family);
         if let Some(reason) = &reason {
-            eprintln!("{}", crate::probe::skipped_warning(family, reason));
+            log::warn!("{}", crate::probe::skipped_warning(family, reason));
         }
         self.probed.push((family, reason.is_none()));
         reason.is_none()
@@ -316,7 +316,7 @@ fn run_loop(args: &Args, records: &PodRecords) -> Result<i32, String> {
     loop {
         for (family, syncer) in syncers.syncers.iter_mut() {
             if syncer.set_local_addresses(args.local_addresses(*family, false)) {
-                eprintln!("{family} node addresses changed: the next sync is a full one");
+                log::info!("{family} node addresses changed: the next sync is a full one");
                 addresses_changed = true;
             }
         }
@@ -324,7 +324,7 @@ fn run_loop(args: &Args, records: &PodRecords) -> Result<i32, String> {
         let rev = match records.revision() {
             Ok(r) => Some(r),
             Err(e) => {
-                eprintln!("error: {e}");
+                log::error!("{e}");
                 last_rev // keep going with what we had
             }
         };
@@ -334,9 +334,9 @@ fn run_loop(args: &Args, records: &PodRecords) -> Result<i32, String> {
             last_canary = Instant::now();
             for (_, syncer) in syncers.syncers.iter_mut() {
                 match syncer.check_canary() {
-                    Ok(Some(reason)) => eprintln!("{reason}: forcing a full sync"),
+                    Ok(Some(reason)) => log::info!("{reason}: forcing a full sync"),
                     Ok(None) => {}
-                    Err(e) => eprintln!("error: {e}"),
+                    Err(e) => log::error!("{e}"),
                 }
             }
         }
@@ -369,7 +369,7 @@ fn run_loop(args: &Args, records: &PodRecords) -> Result<i32, String> {
                         let syncer = match syncers.get(args, *family) {
                             Ok(s) => s,
                             Err(e) => {
-                                eprintln!("error: {family}: {e}");
+                                log::error!("{family}: {e}");
                                 failed = true;
                                 continue;
                             }
@@ -377,7 +377,7 @@ fn run_loop(args: &Args, records: &PodRecords) -> Result<i32, String> {
                         if args.dry_run {
                             if changed || periodic {
                                 if let Err(e) = syncer.dry_run(state) {
-                                    eprintln!("error: {e}");
+                                    log::error!("{e}");
                                 }
                             }
                             continue;
@@ -386,10 +386,10 @@ fn run_loop(args: &Args, records: &PodRecords) -> Result<i32, String> {
                         let result = syncer.sync_once(state);
                         let tag = syncers.tag(*family);
                         match result {
-                            Ok(line) => eprintln!("{tag}{line}, {:?}", started.elapsed()),
+                            Ok(line) => log::info!("{tag}{line}, {:?}", started.elapsed()),
                             Err(e) => {
-                                eprintln!(
-                                    "{tag}error: sync failed, retrying with a full sync in {:?}: {e}",
+                                log::error!(
+                                    "{tag}sync failed, retrying with a full sync in {:?}: {e}",
                                     args.sync_period
                                 );
                                 failed = true;
@@ -400,7 +400,7 @@ fn run_loop(args: &Args, records: &PodRecords) -> Result<i32, String> {
                     last_sync = Some(Instant::now());
                 }
                 Err(e) => {
-                    eprintln!("error: {e}");
+                    log::error!("{e}");
                     retry_at = Some(Instant::now() + args.sync_period);
                     last_sync = Some(Instant::now());
                 }

@@ -57,7 +57,8 @@
 //!   the API server checks them, and the payload writers' refusal of text
 //!   that could break out), [`family`] (the words in which IPv4 and IPv6
 //!   rules differ), [`exec`] (running the tools in a namespace), [`probe`]
-//!   (whether a family's backend works on this node), [`cli`] (flags),
+//!   (whether a family's backend works on this node), [`cli`] (the command
+//!   line: clap with kube-proxy's spellings, resolved into [`cli::Args`]),
 //!   [`commands`] (`render`, `sync`, `run`).
 //!
 //! The `bench` subcommand and its synthetic cluster are the binary's
@@ -75,12 +76,15 @@
 //! `ip6tables` twins) and the `nft` binary of the current network namespace
 //! (or, through `ip netns exec`, of a named one, for tests and benchmarks),
 //! `sh`/`cat` for the namespace's `route_localnet` and
-//! `nf_conntrack_tcp_be_liberal` sysctls, the filesystem (inputs, `/proc`).
+//! `nf_conntrack_tcp_be_liberal` sysctls, the filesystem (inputs, `/proc`),
+//! `tool-cli` (the shared flag groups and value parsers), the process
+//! environment (the datastore flags' variables, read by clap).
 //!
 //! Never: writes to the datastore; flushes, rewrites or deletes chains and
 //! tables it does not own (leftover chains with names it could not have
 //! written are left alone); writes anything to stdout but a payload or a
-//! dry run's diff (bad objects, notes and logs go to stderr); decides
+//! dry run's diff (bad objects, notes and progress are `log` records: the
+//! binary's one logger, `tool_cli`'s, writes them to stderr); decides
 //! anything on message text (full syncs on [`model::FullSyncReason`],
 //! whether a chain exists by asking the kernel).
 

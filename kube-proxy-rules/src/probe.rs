@@ -54,7 +54,7 @@ pub fn unavailable(runner: &Runner, mode: ProxyMode, family: IpFamily) -> Option
 /// The warning for a family skipped because of [`unavailable`].
 pub fn skipped_warning(family: IpFamily, reason: &str) -> String {
     format!(
-        "warning: {family} services present but {family} is unavailable on this node: running \
+        "{family} services present but {family} is unavailable on this node: running \
          single-stack ({reason})"
     )
 }

@@ -6,28 +6,135 @@
 //! CNI_PATH=/usr/lib/cni NETCONFPATH=/etc/cni/net.d cnitool add mynet /run/netns/test
 //! ```
 //!
-//! Environment: `NETCONFPATH` (default /etc/cni/net.d), `CNI_PATH`,
+//! `cnitool add|check|del|gc|status <net> <netns>`. Environment (each also a
+//! flag, which wins): `NETCONFPATH` (default /etc/cni/net.d), `CNI_PATH`,
 //! `CNI_ARGS` (`K=V;K=V`), `CAP_ARGS` (JSON object of capability args),
 //! `CNI_IFNAME` (default eth0). Extensions: `CNITOOL_CACHE_DIR` (default
-//! /var/lib/cni), `CNITOOL_TIMEOUT` (seconds per plugin call, default 60),
-//! `CNITOOL_VALID_ATTACHMENTS` (JSON list of `{"containerID","ifname"}` for
-//! `gc`; without it, like upstream, no list is sent and everything is collected).
-//! The container ID is `cnitool-` + the first 10 bytes (20 hex digits) of
-//! sha512(absolute netns path), as upstream derives it.
+//! /var/lib/cni), `CNITOOL_TIMEOUT` (per plugin call: seconds, or `30s`,
+//! `2m`; default 60), `CNITOOL_VALID_ATTACHMENTS` (JSON list of
+//! `{"containerID","ifname"}` for `gc`; without it, like upstream, no list is
+//! sent and everything is collected). The container ID is `cnitool-` + the
+//! first 10 bytes (20 hex digits) of sha512(absolute netns path), as upstream
+//! derives it.
+//!
+//! Owns its command line and exit codes (0 done; 1 a failure, printed as
+//! `cnitool: error: …`; 2 bad usage or a malformed variable, clap's). May
+//! call: the `conformance` runtime (config loading, the plugins, the cache
+//! directory). Never writes anything to stdout but `add`'s result.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
+use clap::{Args, Parser, Subcommand};
 use conformance::{load_conf_list, Attachment, Runtime, RuntimeConf};
+use serde_json::{Map, Value};
 use sha2::{Digest, Sha512};
+use tool_cli::values::parse_duration;
+use tool_cli::LogArgs;
 
-fn usage(exe: &str) -> ExitCode {
-    eprintln!("{exe}: Add, check, remove, gc or status network interfaces from a network namespace");
-    for c in ["add   ", "check ", "del   ", "gc    ", "status"] {
-        eprintln!("  {exe} {c} <net> <netns>");
+const TOOL: &str = "cnitool";
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "cnitool",
+    version,
+    about = "Add, check, remove, gc or status network interfaces from a network namespace",
+    subcommand_required = true,
+    arg_required_else_help = true,
+    args_override_self = true
+)]
+struct Cli {
+    #[command(flatten)]
+    log: LogArgs,
+    #[command(flatten)]
+    env: CniEnv,
+    #[command(subcommand)]
+    verb: Verb,
+}
+
+/// upstream's verbs, each on `<net> <netns>`.
+#[derive(Debug, Subcommand)]
+enum Verb {
+    /// Add the network's interface to the namespace; print the result
+    Add(Target),
+    /// Check the interface against the cached result
+    Check(Target),
+    /// Remove the interface
+    Del(Target),
+    /// Garbage-collect the network's attachments not in the valid list
+    Gc {
+        #[command(flatten)]
+        target: Target,
+        /// Attachments to keep: JSON list of {"containerID","ifname"} (default: send no list,
+        /// everything is collected)
+        #[arg(long, env = "CNITOOL_VALID_ATTACHMENTS", value_name = "JSON", value_parser = attachments)]
+        valid_attachments: Option<ValidAttachments>,
+    },
+    /// Ask the plugins whether the network is ready
+    Status(Target),
+}
+
+#[derive(Debug, Args)]
+struct Target {
+    /// The network's name (`name` of a config in NETCONFPATH)
+    net: String,
+    /// The network namespace's path (e.g. /run/netns/test)
+    netns: String,
+}
+
+/// upstream cnitool's environment, each variable also a flag.
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Environment (upstream cnitool's variables)")]
+struct CniEnv {
+    /// Directory of the network configs [default: /etc/cni/net.d]
+    #[arg(long, env = "NETCONFPATH", value_name = "DIR", global = true)]
+    netconfpath: Option<PathBuf>,
+    /// Directories of the plugin binaries (colon-separated)
+    #[arg(long, env = "CNI_PATH", value_name = "DIRS", global = true)]
+    cni_path: Option<String>,
+    /// Arguments for the plugins: K=V;K=V
+    #[arg(long, env = "CNI_ARGS", value_name = "K=V;...", value_parser = cni_args, global = true)]
+    cni_args: Option<CniArgs>,
+    /// Capability arguments: a JSON object
+    #[arg(long, env = "CAP_ARGS", value_name = "JSON", value_parser = cap_args, global = true)]
+    cap_args: Option<Map<String, Value>>,
+    /// The interface name in the namespace
+    #[arg(long, env = "CNI_IFNAME", value_name = "NAME", default_value = "eth0", global = true)]
+    ifname: String,
+    /// The result cache [default: /var/lib/cni]
+    #[arg(long, env = "CNITOOL_CACHE_DIR", value_name = "DIR", global = true)]
+    cache_dir: Option<PathBuf>,
+    /// Timeout of each plugin call: seconds, or 30s, 2m [default: 60]
+    #[arg(long, env = "CNITOOL_TIMEOUT", value_name = "DUR", value_parser = parse_duration, global = true)]
+    timeout: Option<Duration>,
+}
+
+/// `CNI_ARGS` pairs (empty: none).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct CniArgs(Vec<(String, String)>);
+
+fn cni_args(s: &str) -> Result<CniArgs, String> {
+    if s.is_empty() {
+        return Ok(CniArgs(Vec::new()));
     }
-    ExitCode::from(1)
+    parse_cni_args(s).map(CniArgs)
+}
+
+/// `CAP_ARGS` (empty: none).
+fn cap_args(s: &str) -> Result<Map<String, Value>, String> {
+    if s.is_empty() {
+        return Ok(Map::new());
+    }
+    serde_json::from_str(s).map_err(|e| format!("CAP_ARGS: {e}"))
+}
+
+/// `CNITOOL_VALID_ATTACHMENTS` (one value: the whole JSON list).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct ValidAttachments(Vec<Attachment>);
+
+fn attachments(s: &str) -> Result<ValidAttachments, String> {
+    serde_json::from_str(s).map(ValidAttachments).map_err(|e| format!("CNITOOL_VALID_ATTACHMENTS: {e}"))
 }
 
 /// The upstream derivation of the container ID from the netns path.
@@ -65,74 +172,57 @@ fn parse_cni_args(s: &str) -> Result<Vec<(String, String)>, String> {
         .collect()
 }
 
-fn run(cmd: &str, net: &str, netns: &str) -> Result<(), String> {
-    let dir = std::env::var("NETCONFPATH").ok().filter(|s| !s.is_empty()).unwrap_or("/etc/cni/net.d".into());
-    let list = load_conf_list(Path::new(&dir), net).map_err(|e| e.to_string())?;
-    let mut rt = RuntimeConf::default();
-    if let Ok(caps) = std::env::var("CAP_ARGS") {
-        if !caps.is_empty() {
-            rt.capability_args = serde_json::from_str(&caps).map_err(|e| format!("CAP_ARGS: {e}"))?;
-        }
-    }
-    if let Ok(args) = std::env::var("CNI_ARGS") {
-        if !args.is_empty() {
-            rt.args = parse_cni_args(&args)?;
-        }
-    }
-    rt.ifname = std::env::var("CNI_IFNAME").unwrap_or_else(|_| "eth0".into());
-    let netns = absolute(netns)?;
-    rt.container_id = container_id(&netns);
-    rt.netns = netns.display().to_string();
+fn run(env: CniEnv, verb: &Verb) -> Result<(), String> {
+    let (Verb::Add(target)
+    | Verb::Check(target)
+    | Verb::Del(target)
+    | Verb::Status(target)
+    | Verb::Gc { target, .. }) = verb;
+    // An empty variable is unset, as upstream's os.Getenv checks.
+    let dir = env.netconfpath.filter(|p| !p.as_os_str().is_empty()).unwrap_or("/etc/cni/net.d".into());
+    let list = load_conf_list(&dir, &target.net).map_err(|e| e.to_string())?;
+    let netns = absolute(&target.netns)?;
+    let rt = RuntimeConf {
+        container_id: container_id(&netns),
+        netns: netns.display().to_string(),
+        ifname: env.ifname,
+        args: env.cni_args.map(|a| a.0).unwrap_or_default(),
+        capability_args: env.cap_args.unwrap_or_default(),
+    };
+    log::debug!("{} {} in {} (container ID {})", target.net, rt.ifname, rt.netns, rt.container_id);
 
-    let paths = std::env::var("CNI_PATH").unwrap_or_default();
+    let paths = env.cni_path.unwrap_or_default();
     let mut runtime =
         Runtime::new(std::env::split_paths(&paths).filter(|p| !p.as_os_str().is_empty()).collect());
-    if let Ok(d) = std::env::var("CNITOOL_CACHE_DIR") {
+    if let Some(d) = env.cache_dir.filter(|p| !p.as_os_str().is_empty()) {
         runtime = runtime.with_cache_dir(d);
     }
-    if let Ok(t) = std::env::var("CNITOOL_TIMEOUT") {
-        let secs: f64 = t.parse().map_err(|e| format!("CNITOOL_TIMEOUT {t:?}: {e}"))?;
-        runtime = runtime.with_timeout(Duration::from_secs_f64(secs));
+    if let Some(t) = env.timeout {
+        runtime = runtime.with_timeout(t);
     }
     runtime.exec.forward_stderr = true;
 
-    match cmd {
-        "add" => {
+    match verb {
+        Verb::Add(_) => {
             let res = runtime.add_network_list(&list, &rt).map_err(|e| e.to_string())?;
             println!("{}", serde_json::to_string_pretty(&res).map_err(|e| e.to_string())?);
             Ok(())
         }
-        "check" => runtime.check_network_list(&list, &rt).map_err(|e| e.to_string()),
-        "del" => runtime.del_network_list(&list, &rt).map_err(|e| e.to_string()),
-        "gc" => {
-            let valid: Option<Vec<Attachment>> = match std::env::var("CNITOOL_VALID_ATTACHMENTS") {
-                Ok(s) => {
-                    Some(serde_json::from_str(&s).map_err(|e| format!("CNITOOL_VALID_ATTACHMENTS: {e}"))?)
-                }
-                Err(_) => None,
-            };
-            runtime.gc_network_list(&list, valid.as_deref()).map_err(|e| e.to_string())
-        }
-        "status" => runtime.status_network_list(&list).map_err(|e| e.to_string()),
-        other => Err(format!("unknown command {other:?}")),
+        Verb::Check(_) => runtime.check_network_list(&list, &rt).map_err(|e| e.to_string()),
+        Verb::Del(_) => runtime.del_network_list(&list, &rt).map_err(|e| e.to_string()),
+        Verb::Gc { valid_attachments, .. } => runtime
+            .gc_network_list(&list, valid_attachments.as_ref().map(|v| v.0.as_slice()))
+            .map_err(|e| e.to_string()),
+        Verb::Status(_) => runtime.status_network_list(&list).map_err(|e| e.to_string()),
     }
 }
 
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().collect();
-    let exe =
-        args.first().map(|a| Path::new(a).file_name().unwrap_or_default().to_string_lossy().into_owned());
-    let exe = exe.unwrap_or_else(|| "cnitool".into());
-    if args.len() < 4 || !["add", "check", "del", "gc", "status"].contains(&args[1].as_str()) {
-        return usage(&exe);
+    let cli = Cli::parse();
+    if let Err(e) = tool_cli::Logging::new(TOOL).init(&cli.log) {
+        return tool_cli::finish::<ExitCode, _>(TOOL, Err(e));
     }
-    match run(&args[1], &args[2], &args[3]) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("{e}");
-            ExitCode::from(1)
-        }
-    }
+    tool_cli::finish(TOOL, run(cli.env, &cli.verb).map(|()| ExitCode::SUCCESS))
 }
 
 #[cfg(test)]
@@ -163,5 +253,92 @@ mod tests {
         );
         assert!(parse_cni_args("A=").is_err());
         assert!(parse_cni_args("A").is_err());
+    }
+
+    fn parse(argv: &[&str]) -> Result<Cli, clap::Error> {
+        tool_cli::try_parse_without_env(std::iter::once("cnitool").chain(argv.iter().copied()))
+    }
+
+    #[test]
+    fn upstream_verbs_and_positionals() {
+        for verb in ["add", "check", "del", "gc", "status"] {
+            let c = parse(&[verb, "mynet", "/run/netns/test"]).unwrap();
+            let (Verb::Add(t) | Verb::Check(t) | Verb::Del(t) | Verb::Status(t) | Verb::Gc { target: t, .. }) =
+                &c.verb;
+            assert_eq!((t.net.as_str(), t.netns.as_str()), ("mynet", "/run/netns/test"), "{verb}");
+            assert_eq!(c.env.ifname, "eth0");
+        }
+        use clap::error::ErrorKind;
+        assert_eq!(parse(&["frob", "n", "ns"]).unwrap_err().kind(), ErrorKind::InvalidSubcommand);
+        assert_eq!(parse(&["add", "n"]).unwrap_err().kind(), ErrorKind::MissingRequiredArgument);
+        assert_eq!(parse(&["add", "n", "ns", "extra"]).unwrap_err().kind(), ErrorKind::UnknownArgument);
+        assert_eq!(parse(&[]).unwrap_err().kind(), ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand);
+        for verb in ["add", "check", "del", "gc", "status"] {
+            assert_eq!(parse(&[verb, "--help"]).unwrap_err().kind(), ErrorKind::DisplayHelp, "{verb}");
+        }
+    }
+
+    #[test]
+    fn every_variable_is_also_a_flag() {
+        use clap::CommandFactory;
+        let mut cmd = Cli::command();
+        cmd.build();
+        let gc = cmd.find_subcommand("gc").unwrap();
+        let env = |id: &str| gc.get_arguments().find(|a| a.get_id() == id).and_then(|a| a.get_env());
+        for (id, var) in [
+            ("netconfpath", "NETCONFPATH"),
+            ("cni_path", "CNI_PATH"),
+            ("cni_args", "CNI_ARGS"),
+            ("cap_args", "CAP_ARGS"),
+            ("ifname", "CNI_IFNAME"),
+            ("cache_dir", "CNITOOL_CACHE_DIR"),
+            ("timeout", "CNITOOL_TIMEOUT"),
+            ("valid_attachments", "CNITOOL_VALID_ATTACHMENTS"),
+        ] {
+            assert_eq!(env(id), Some(std::ffi::OsStr::new(var)), "{id}");
+        }
+        // --flag=value and --flag value, before or after the verb.
+        let c = parse(&[
+            "--netconfpath=/etc/x",
+            "add",
+            "--ifname",
+            "net1",
+            "--cni-args=A=1;B=2",
+            "--cap-args",
+            r#"{"ips":["10.0.0.9/24"]}"#,
+            "--timeout=2m",
+            "--cni-path",
+            "/a:/b",
+            "n",
+            "ns",
+        ])
+        .unwrap();
+        assert_eq!(c.env.netconfpath, Some(PathBuf::from("/etc/x")));
+        assert_eq!(c.env.ifname, "net1");
+        assert_eq!(c.env.cni_args, Some(CniArgs(vec![("A".into(), "1".into()), ("B".into(), "2".into())])));
+        assert_eq!(c.env.cap_args.unwrap()["ips"][0], "10.0.0.9/24");
+        assert_eq!(c.env.timeout, Some(Duration::from_secs(120)));
+        assert_eq!(c.env.cni_path.as_deref(), Some("/a:/b"));
+        // Plain seconds, as CNITOOL_TIMEOUT always took them.
+        assert_eq!(
+            parse(&["--timeout", "1.5", "del", "n", "ns"]).unwrap().env.timeout,
+            Some(Duration::from_millis(1500))
+        );
+        // Empty (an empty variable): none, not an error.
+        let c = parse(&["--cni-args=", "--cap-args=", "check", "n", "ns"]).unwrap();
+        assert_eq!((c.env.cni_args, c.env.cap_args), (Some(CniArgs(vec![])), Some(Map::new())));
+        let c = parse(&["gc", "--valid-attachments", r#"[{"containerID":"c1","ifname":"eth0"}]"#, "n", "ns"])
+            .unwrap();
+        let Verb::Gc { valid_attachments: Some(v), .. } = c.verb else { panic!("no list") };
+        assert_eq!(v.0.len(), 1);
+        // Malformed values are usage errors naming the variable.
+        for bad in [&["--cni-args", "broken"][..], &["--cap-args", "[1]"], &["--timeout", "soon"]] {
+            let e = parse(&[bad, &["add", "n", "ns"]].concat()).unwrap_err();
+            assert_eq!(e.kind(), clap::error::ErrorKind::ValueValidation, "{bad:?}");
+        }
+        let e = parse(&["--cni-args", "broken", "add", "n", "ns"]).unwrap_err().to_string();
+        assert!(e.contains("invalid CNI_ARGS pair"), "{e}");
+        assert!(parse(&["gc", "--valid-attachments=nope", "n", "ns"]).is_err());
+        assert!(parse(&["add", "--valid-attachments=[]", "n", "ns"]).is_err(), "gc's only");
     }
 }
