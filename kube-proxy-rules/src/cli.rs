@@ -276,17 +276,14 @@ pub struct Args {
 }
 
 /// The pod-records datastore: the datastore flags (or their variables)
-/// when any is given, else Calico's default file store when it exists on
-/// this node, else none. The one place the datastore is chosen: a shared
-/// resolver (flags + variables + config file) replaces this function.
+/// when any picks one, else Calico's default file store when it exists on
+/// this node, else none; resolved by calico-store's one resolver.
 fn datastore(ds: &DatastoreArgs) -> Result<Option<DatastoreConfig>, String> {
     let default_store = std::path::Path::new(calico_store::config::DEFAULT_DATASTORE_PATH).is_dir();
     if !ds.given() && !default_store {
         return Ok(None);
     }
-    let cfg = ds.overlay(DatastoreConfig::default());
-    cfg.validate().map_err(|e| format!("datastore: {e}"))?;
-    Ok(Some(cfg))
+    ds.resolve(calico_store::resolve::Base::Defaults).map(Some).map_err(|e| format!("datastore: {e}"))
 }
 
 impl Args {

@@ -3,6 +3,7 @@
 
 use std::path::PathBuf;
 
+use calico_store::resolve::{self, Base, DatastoreFlags, ResolveError};
 use calico_store::DatastoreConfig;
 use clap::Args;
 
@@ -11,8 +12,8 @@ use clap::Args;
 /// wins; an empty variable counts as unset). Global, so a tool with
 /// subcommands takes them before or after the subcommand.
 ///
-/// A tool overlays them on its base settings (a config file's keys, or
-/// none) with [`DatastoreArgs::overlay`]: flag > environment > base.
+/// A tool lays them over its base settings (a config file's keys, or none)
+/// with [`DatastoreArgs::resolve`]: flag > environment > base.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Args)]
 pub struct DatastoreArgs {
     /// file or etcdv3 (default: etcdv3 when etcd endpoints are given, else file)
@@ -44,38 +45,31 @@ fn path(v: &Option<PathBuf>) -> Option<PathBuf> {
 }
 
 impl DatastoreArgs {
-    /// Whether any of the flags (or their variables) is set.
-    pub fn given(&self) -> bool {
-        text(&self.datastore_type).is_some()
-            || path(&self.datastore_path).is_some()
-            || text(&self.etcd_endpoints).is_some()
-            || path(&self.etcd_key_file).is_some()
-            || path(&self.etcd_cert_file).is_some()
-            || path(&self.etcd_ca_cert_file).is_some()
+    /// The values given (flag or variable; blank ones are unset), as the
+    /// top layer of calico-store's resolver.
+    pub fn flags(&self) -> DatastoreFlags {
+        DatastoreFlags {
+            datastore_type: text(&self.datastore_type),
+            datastore_path: path(&self.datastore_path),
+            etcd_endpoints: text(&self.etcd_endpoints),
+            etcd_key_file: path(&self.etcd_key_file),
+            etcd_cert_file: path(&self.etcd_cert_file),
+            etcd_ca_cert_file: path(&self.etcd_ca_cert_file),
+        }
     }
 
-    /// `base` with every setting given here replacing its own. Not
-    /// validated: the caller does ([`DatastoreConfig::validate`]).
-    pub fn overlay(&self, mut base: DatastoreConfig) -> DatastoreConfig {
-        if let Some(v) = text(&self.datastore_type) {
-            base.datastore_type = Some(v);
-        }
-        if let Some(v) = path(&self.datastore_path) {
-            base.datastore_path = Some(v);
-        }
-        if let Some(v) = text(&self.etcd_endpoints) {
-            base.etcd_endpoints = Some(v);
-        }
-        if let Some(v) = path(&self.etcd_key_file) {
-            base.etcd_key_file = Some(v);
-        }
-        if let Some(v) = path(&self.etcd_cert_file) {
-            base.etcd_cert_file = Some(v);
-        }
-        if let Some(v) = path(&self.etcd_ca_cert_file) {
-            base.etcd_ca_cert_file = Some(v);
-        }
-        base
+    /// Whether these pick a datastore (type, path or endpoints; TLS files
+    /// alone say how to reach an etcd, not which store to use).
+    pub fn given(&self) -> bool {
+        self.flags().selects_datastore()
+    }
+
+    /// The datastore configuration: `base` (a CNI config file's `calico`
+    /// keys, a tool's own config section, or nothing) with these laid over
+    /// it, validated, by calico-store's one resolver. The environment is
+    /// already in these values (clap's `env =`), so the resolver reads none.
+    pub fn resolve(&self, base: Base<'_>) -> Result<DatastoreConfig, ResolveError> {
+        resolve::resolve(base, &resolve::no_env, &self.flags())
     }
 }
 
@@ -105,14 +99,17 @@ mod tests {
         .unwrap();
         assert!(c.ds.given());
         let base = DatastoreConfig { datastore_path: Some("/base".into()), ..Default::default() };
-        let cfg = c.ds.overlay(base);
+        let cfg = c.ds.resolve(Base::Config(base)).unwrap();
         assert_eq!(cfg.etcd_endpoints.as_deref(), Some("https://127.0.0.1:2379"));
         assert_eq!(cfg.etcd_ca_cert_file, Some(PathBuf::from("/pki/ca.pem")));
         assert_eq!(cfg.etcd_cert_file, Some(PathBuf::from("/pki/c.pem")));
         assert_eq!(cfg.etcd_key_file, Some(PathBuf::from("/pki/k.pem")));
         assert_eq!(cfg.datastore_path, Some(PathBuf::from("/base")), "not given: the base's");
-        assert!(cfg.validate().is_ok());
         let empty = DatastoreArgs { datastore_type: Some(" ".into()), ..Default::default() };
         assert!(!empty.given(), "an empty value (variable) is unset");
+        let tls_only = DatastoreArgs { etcd_ca_cert_file: Some("/pki/ca.pem".into()), ..Default::default() };
+        assert!(!tls_only.given(), "TLS files alone pick no datastore");
+        let bad = DatastoreArgs { datastore_type: Some("etcdv3".into()), ..Default::default() };
+        assert!(bad.resolve(Base::Defaults).is_err(), "etcdv3 without endpoints");
     }
 }
