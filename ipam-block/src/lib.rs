@@ -32,7 +32,10 @@
 //!   `calicoctl` commands live in [`ops`].
 //!
 //! The `calico-ipam` binary (`src/bin/calico-ipam.rs`) maps the CNI protocol
-//! onto this library ([`cni`]).
+//! onto this library ([`cni`]). The operator binaries `calicoctl` and
+//! `ipam-bench` parse their command lines with clap and `tool-cli` (the
+//! tools' datastore flags, logger and error line); `clap` and `tool-cli` are
+//! dependencies of the package for them, never used by the library.
 //!
 //! May call: `calico-store` (the datastore, its model, and its resolver
 //! for the binaries' datastore flags), `cni-proto` (the protocol in [`cni`],

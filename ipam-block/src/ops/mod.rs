@@ -11,7 +11,7 @@
 //! * [`check`](mod@check): the consistency report ([`CheckReport`]);
 //! * [`gc`](mod@gc): releasing one address by hand and leaks by proof;
 //! * [`pools`]: IP pools and the global IPAM config;
-//! * [`format`](mod@format): durations and text tables shared with the binaries.
+//! * [`format`](mod@format): text tables shared with the binaries.
 //!
 //! Every item is re-exported here: callers use `ops::check`, `ops::Snapshot`.
 
@@ -31,7 +31,7 @@ use thiserror::Error;
 use crate::IpamError;
 
 pub use check::{check, CheckReport, HandleMismatch, LeakedIp, UnknownNodeClaim};
-pub use format::{parse_duration, table, with_percent};
+pub use format::{table, with_percent};
 pub use gc::{gc, release_ip, GcReport};
 pub use pools::{configure, pool_add, pool_list, pool_set_disabled, NewPool};
 pub use show::{borrowed, show, show_ip, Borrowed, IpInfo, Usage};
