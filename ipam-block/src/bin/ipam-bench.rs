@@ -11,8 +11,12 @@
 //! and one network namespace for CNI_NETNS (the IPAM plugins never enter
 //! it), and removes both at the end. Nothing touches the root namespace.
 //!
-//! Usage: ipam-bench [--pods-per-node 300] [--concurrency 32] [--etcd-endpoints URL]
-//!                   [--calico-ipam PATH] [--host-local /usr/lib/cni/host-local]
+//! Owns its command line (clap; `ipam-bench --help`: `--pods-per-node`,
+//! `--concurrency`, `--etcd-endpoints`, `--calico-ipam`, `--host-local`, and
+//! the tools' `-v`/`--log-level`) and exit codes: 0 clean, 1 duplicates or
+//! leaks, 2 bad usage (clap's) or a failure (`ipam-bench: error: …`). The
+//! results go to stdout; progress and diagnostics to stderr through
+//! `tool_cli`'s logger.
 
 use std::collections::BTreeSet;
 use std::io::Write;
@@ -24,9 +28,13 @@ use std::time::{Duration, Instant};
 
 use calico_store::etcd::EtcdStore;
 use calico_store::{Datastore, DatastoreConfig};
+use clap::builder::RangedU64ValueParser;
+use clap::Parser;
 use ipam_block::ops::Snapshot;
 use ipam_block::{AssignRequest, FamilyRequest, Handle, Ipam, PoolRef};
+use tool_cli::{LogArgs, Logging};
 
+const TOOL: &str = "ipam-bench";
 const NODES: usize = 3;
 const NETWORK: &str = "bench-net";
 /// The pool of the throughput runs (the request-count run uses 10.99.0.0/16).
@@ -404,26 +412,45 @@ fn leaks_in(store: &dyn Datastore) -> Result<String, String> {
     Ok(format!("{} allocs, {} handles", snap.allocations().len(), snap.handles.len()))
 }
 
-fn flag(args: &[String], name: &str) -> Option<String> {
-    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1).cloned())
+/// `ipam-bench`'s command line.
+#[derive(Debug, Parser)]
+#[command(
+    name = "ipam-bench",
+    version,
+    about = "IPAM cost on a real etcd: etcd requests per steady-state allocation, and 3 nodes x N \
+             calico-ipam ADDs (then DELs) on etcd, the file store and host-local",
+    args_override_self = true
+)]
+struct Cli {
+    #[command(flatten)]
+    log: LogArgs,
+    /// Pods per node in the throughput runs
+    #[arg(long, value_name = "N", default_value_t = 300,
+          value_parser = RangedU64ValueParser::<usize>::new().range(1..))]
+    pods_per_node: usize,
+    /// Plugin processes in flight at once
+    #[arg(long, value_name = "N", default_value_t = 32,
+          value_parser = RangedU64ValueParser::<usize>::new().range(1..))]
+    concurrency: usize,
+    /// Use this etcd instead of starting a private one (no variable: a stray ETCD_ENDPOINTS
+    /// must not point the benchmark at a real cluster)
+    #[arg(long, value_name = "URL")]
+    etcd_endpoints: Option<String>,
+    /// Our calico-ipam [default: next to this program]
+    #[arg(long, value_name = "PATH")]
+    calico_ipam: Option<PathBuf>,
+    /// The reference host-local
+    #[arg(long, value_name = "PATH", default_value = "/usr/lib/cni/host-local")]
+    host_local: PathBuf,
 }
 
-fn run() -> Result<bool, String> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let num = |name: &str, default: usize| -> Result<usize, String> {
-        flag(&args, name).map(|v| v.parse().map_err(|e| format!("{name} {v}: {e}"))).unwrap_or(Ok(default))
+fn run(cli: Cli) -> Result<bool, String> {
+    let (per_node, workers) = (cli.pods_per_node, cli.concurrency);
+    let calico_ipam = match cli.calico_ipam {
+        Some(p) => p,
+        None => std::env::current_exe().map_err(|e| e.to_string())?.with_file_name("calico-ipam"),
     };
-    let per_node = num("--pods-per-node", 300)?;
-    let workers = num("--concurrency", 32)?.max(1);
-    let here = std::env::current_exe().map_err(|e| e.to_string())?;
-    let plugins = Plugins {
-        calico_ipam: flag(&args, "--calico-ipam")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| here.with_file_name("calico-ipam")),
-        host_local: flag(&args, "--host-local")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| "/usr/lib/cni/host-local".into()),
-    };
+    let plugins = Plugins { calico_ipam, host_local: cli.host_local };
     for p in [&plugins.calico_ipam, &plugins.host_local] {
         if !p.exists() {
             return Err(format!(
@@ -432,13 +459,15 @@ fn run() -> Result<bool, String> {
             ));
         }
     }
-    let own_etcd = match flag(&args, "--etcd-endpoints") {
+    let own_etcd = match cli.etcd_endpoints {
         Some(_) => None,
-        None => Some(start_etcd()?),
+        None => {
+            log::info!("starting a private etcd ...");
+            Some(start_etcd()?)
+        }
     };
-    let endpoint = flag(&args, "--etcd-endpoints")
-        .or_else(|| own_etcd.as_ref().map(|e| e.endpoint.clone()))
-        .unwrap_or_default();
+    let endpoint =
+        cli.etcd_endpoints.or_else(|| own_etcd.as_ref().map(|e| e.endpoint.clone())).unwrap_or_default();
     let netns = Netns::new()?;
 
     println!(
@@ -461,7 +490,7 @@ fn run() -> Result<bool, String> {
     ];
     let mut rows = Vec::new();
     for b in &backends {
-        eprintln!("running {} ...", b.label());
+        log::info!("running {} ...", b.label());
         rows.push(throughput(b, &plugins, &netns.path(), per_node, workers)?);
     }
     println!();
@@ -498,12 +527,70 @@ fn run() -> Result<bool, String> {
 }
 
 fn main() -> ExitCode {
-    match run() {
-        Ok(true) => ExitCode::SUCCESS,
-        Ok(false) => ExitCode::from(1),
-        Err(e) => {
-            eprintln!("ipam-bench: {e}");
-            ExitCode::from(2)
+    let cli = Cli::parse();
+    if let Err(e) = Logging::new(TOOL).init(&cli.log) {
+        return tool_cli::finish::<ExitCode, _>(TOOL, Err(e));
+    }
+    // 1: the run finished but was dirty; 2: it could not run (as before clap).
+    let result = run(cli).map(|clean| if clean { ExitCode::SUCCESS } else { ExitCode::from(1) });
+    tool_cli::finish_with(TOOL, result, |_| 2)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::error::ErrorKind;
+
+    fn parse(argv: &[&str]) -> Result<Cli, clap::Error> {
+        tool_cli::try_parse_without_env(std::iter::once("ipam-bench").chain(argv.iter().copied()))
+    }
+
+    #[test]
+    fn defaults_and_each_spelling() {
+        // make bench: no flags.
+        let c = parse(&[]).unwrap();
+        assert_eq!((c.pods_per_node, c.concurrency), (300, 32));
+        assert_eq!((c.etcd_endpoints, c.calico_ipam), (None, None));
+        assert_eq!(c.host_local, PathBuf::from("/usr/lib/cni/host-local"));
+        let c = parse(&[
+            "--pods-per-node",
+            "10",
+            "--concurrency=4",
+            "--etcd-endpoints",
+            "http://127.0.0.1:2379",
+            "--calico-ipam=target/release/calico-ipam",
+            "--host-local",
+            "/opt/cni/bin/host-local",
+        ])
+        .unwrap();
+        assert_eq!((c.pods_per_node, c.concurrency), (10, 4));
+        assert_eq!(c.etcd_endpoints.as_deref(), Some("http://127.0.0.1:2379"));
+        assert_eq!(c.calico_ipam, Some(PathBuf::from("target/release/calico-ipam")));
+        assert_eq!(c.host_local, PathBuf::from("/opt/cni/bin/host-local"));
+        assert_eq!(
+            parse(&["--concurrency", "2", "--concurrency", "3"]).unwrap().concurrency,
+            3,
+            "the last wins"
+        );
+        assert_eq!(parse(&["-v"]).unwrap().log.verbose, 1);
+        assert_eq!(parse(&["--log-level=warn"]).unwrap().log.log_level, Some(log::LevelFilter::Warn));
+        // What the old parser took or clamped silently.
+        for bad in [["--concurrency", "0"], ["--pods-per-node", "0"], ["--pods-per-node", "x"]] {
+            assert_eq!(parse(&bad).unwrap_err().kind(), ErrorKind::ValueValidation, "{bad:?}");
         }
+        assert_eq!(parse(&["--bogus"]).unwrap_err().kind(), ErrorKind::UnknownArgument);
+        assert_eq!(parse(&["extra"]).unwrap_err().kind(), ErrorKind::UnknownArgument);
+        let e = parse(&["--help"]).unwrap_err();
+        assert_eq!((e.kind(), e.exit_code()), (ErrorKind::DisplayHelp, 0));
+    }
+
+    #[test]
+    fn etcd_endpoints_has_no_variable() {
+        use clap::CommandFactory;
+        let cmd = Cli::command();
+        assert!(
+            cmd.get_arguments().all(|a| a.get_env().is_none()),
+            "a stray variable must not pick the etcd"
+        );
     }
 }
