@@ -35,7 +35,8 @@
 //! (which runs `calico-ipam`), `kube-proxy-rules`); `etcd`, `bird`/`birdc`,
 //! `nginx`, `iptables`, `ip` and `nsenter` inside its namespaces;
 //! `netlink-util` there; `calico-store` against its own etcd; the agent's
-//! default AS number and logger (`calico-node-agent`).
+//! default AS number (`calico-node-agent`). The `calico-lab` binary's
+//! command line and logger are `tool-cli`'s (clap, the tools' one logger).
 //!
 //! Never creates anything in the machine's root namespace (a veth is created
 //! in its host's namespace with the peer directly in the tor's), uses only

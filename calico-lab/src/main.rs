@@ -1,62 +1,115 @@
 //! `calico-lab`: the multi-host lab in network namespaces (`lab.json` beside
 //! this crate's Cargo.toml; the crate docs say what it owns and may call).
+//! See `calico-lab --help`.
+//!
+//! The narration and the lab's ids, routes and states go to stdout; the
+//! diagnostics (`-v`/`--log-level`, also from `CALICO_LOG_LEVEL`) go to
+//! stderr through the tools' one logger; a failure is
+//! `calico-lab: error: …`, exit 1; bad usage is clap's, exit 2.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
 
 use calico_lab::{Bins, Lab, LabConfig, LabError};
-use calico_node_agent::logging;
+use calico_node_agent::cli;
+use clap::{ArgGroup, Args, Parser, Subcommand};
+use tool_cli::LogArgs;
 
-const USAGE: &str = "usage:
-  calico-lab up     [--config lab.json] [--scenario]   build the lab (and deploy the demo's
-                                                      scenario), leave it running, print its id
-  calico-lab status ID                                BGP sessions and routes on the tor
-  calico-lab down   ID|--all                          stop and remove a lab (or every lab)
-  calico-lab list                                     running labs
-  calico-lab demo   [--config lab.json]               up + scenario + checks + narrated request
-                                                      + teardown, timed
-binaries (calico-node-agent, calico, calico-ipam, kube-proxy-rules) are taken from the
-directory of calico-lab itself (or --bins DIR).";
+const TOOL: &str = "calico-lab";
+
+/// The whole system on one machine: a ToR, nodes, etcd and a client in
+/// network namespaces.
+///
+/// The binaries (calico-node-agent, calico, calico-ipam, kube-proxy-rules)
+/// are taken from the directory of calico-lab itself (or --bins DIR).
+#[derive(Debug, Parser)]
+#[command(name = "calico-lab", version, args_override_self = true)]
+// The level variable the lab honoured before it shared the tools' logger
+// (it used the agent's, which read it), read as the agent reads it.
+#[command(mut_arg("log_level", |a| a.help(cli::LOG_LEVEL_HELP)))]
+struct Cli {
+    #[command(flatten)]
+    log: LogArgs,
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Build the lab (and deploy the demo's scenario), leave it running, print its id
+    Up {
+        /// Deploy the demo's scenario (pods, Services) too
+        #[arg(long)]
+        scenario: bool,
+        #[command(flatten)]
+        lab: LabArgs,
+    },
+    /// BGP sessions and routes on the tor
+    Status {
+        /// The lab's id (from `up` or `list`)
+        id: String,
+    },
+    /// Stop and remove a lab (or every lab)
+    #[command(group(ArgGroup::new("which").required(true).args(["id", "all"])))]
+    Down {
+        /// The lab's id
+        id: Option<String>,
+        /// Every detached lab and orphan of a dead process (never one a
+        /// running test or demo still owns)
+        #[arg(long)]
+        all: bool,
+    },
+    /// Running labs
+    List,
+    /// Up + scenario + checks + narrated request + teardown, timed
+    Demo {
+        #[command(flatten)]
+        lab: LabArgs,
+    },
+}
+
+/// Which lab to build, with which binaries.
+#[derive(Debug, Clone, Args)]
+struct LabArgs {
+    /// The lab's topology (default: lab.json beside calico-lab's Cargo.toml)
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Where the workspace binaries are (default: calico-lab's own directory)
+    #[arg(long, value_name = "DIR")]
+    bins: Option<PathBuf>,
+}
 
 fn default_config() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("lab.json")
 }
 
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    if let Err(e) = logging::init(None) {
-        eprintln!("calico-lab: {e}");
+    let cli = Cli::parse();
+    let level_var = std::env::var("CALICO_LOG_LEVEL").ok();
+    let log_args = cli::log_args(&cli.log, level_var.as_deref())
+        .unwrap_or_else(|e| tool_cli::usage_error::<Cli>(e).exit());
+    if let Err(e) = tool_cli::Logging::new(TOOL).init(&log_args) {
+        return tool_cli::finish::<ExitCode, _>(TOOL, Err(e));
     }
-    match run(&args) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("calico-lab: {e}");
-            ExitCode::from(1)
-        }
-    }
+    tool_cli::finish(TOOL, run(cli.command).map(|()| ExitCode::SUCCESS))
 }
 
-fn flag(args: &[String], name: &str) -> Option<String> {
-    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned()
-}
-
-fn load(args: &[String]) -> Result<(LabConfig, Bins), LabError> {
-    let cfg = LabConfig::load(&flag(args, "--config").map(PathBuf::from).unwrap_or_else(default_config))?;
-    let bins = match flag(args, "--bins") {
+fn load(a: &LabArgs) -> Result<(LabConfig, Bins), LabError> {
+    let cfg = LabConfig::load(&a.config.clone().unwrap_or_else(default_config))?;
+    let bins = match &a.bins {
         Some(d) => Bins::new(d),
         None => Bins::beside_current_exe()?,
     };
     Ok((cfg, bins))
 }
 
-fn run(args: &[String]) -> Result<(), LabError> {
-    let usage = || LabError::Check(USAGE.to_string());
-    match args.first().map(String::as_str) {
-        Some("up") => {
-            let (cfg, bins) = load(args)?;
+fn run(cmd: Cmd) -> Result<(), LabError> {
+    match cmd {
+        Cmd::Up { scenario, lab } => {
+            let (cfg, bins) = load(&lab)?;
             let mut lab = Lab::up(&cfg, &bins)?;
-            if args.iter().any(|a| a == "--scenario") {
+            if scenario {
                 lab.deploy_scenario()?;
             }
             println!("{}", lab.tor_routes()?.trim());
@@ -66,23 +119,21 @@ fn run(args: &[String]) -> Result<(), LabError> {
             println!("tear down with: calico-lab down {}", state.id);
             Ok(())
         }
-        Some("status") => {
-            let id = args.get(1).ok_or_else(usage)?;
-            let st = Lab::find_state(id)?;
+        Cmd::Status { id } => {
+            let st = Lab::find_state(&id)?;
             let sock = st.run_dir.join("tor/bird.ctl");
             println!("lab {} ({})", st.id, st.run_dir.display());
             println!("{}", calico_lab::birdc(&sock, &["show", "protocols"])?.trim());
             println!("{}", calico_lab::birdc(&sock, &["show", "route"])?.trim());
             Ok(())
         }
-        Some("down") => {
-            let which = args.get(1).ok_or_else(usage)?;
+        Cmd::Down { id, all } => {
             // --all: detached labs and orphans of dead processes, never a lab
             // a running test or demo still owns.
-            let states = if which == "--all" {
-                Lab::list_states().into_iter().filter(|s| s.is_orphan_or_detached()).collect()
-            } else {
-                vec![Lab::find_state(which)?]
+            // One of the two (clap's group "which").
+            let states = match id {
+                Some(id) => vec![Lab::find_state(&id)?],
+                None => Lab::list_states().into_iter().filter(|s| all && s.is_orphan_or_detached()).collect(),
             };
             for st in &states {
                 Lab::down(st);
@@ -90,7 +141,7 @@ fn run(args: &[String]) -> Result<(), LabError> {
             }
             Ok(())
         }
-        Some("list") => {
+        Cmd::List => {
             for st in Lab::list_states() {
                 let owner = match st.owner {
                     None => "detached".to_string(),
@@ -101,8 +152,8 @@ fn run(args: &[String]) -> Result<(), LabError> {
             }
             Ok(())
         }
-        Some("demo") => {
-            let (cfg, bins) = load(args)?;
+        Cmd::Demo { lab } => {
+            let (cfg, bins) = load(&lab)?;
             let t0 = Instant::now();
             let lab = {
                 let mut lab = Lab::up(&cfg, &bins)?;
@@ -130,6 +181,73 @@ fn run(args: &[String]) -> Result<(), LabError> {
             println!("[{:5.1}s] torn down (demo done)", t0.elapsed().as_secs_f64());
             Ok(())
         }
-        _ => Err(usage()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::error::ErrorKind;
+    use log::LevelFilter;
+
+    fn parse(argv: &[&str]) -> Result<Cli, clap::Error> {
+        tool_cli::try_parse_without_env(std::iter::once("calico-lab").chain(argv.iter().copied()))
+    }
+
+    fn cmd(argv: &[&str]) -> Cmd {
+        parse(argv).unwrap().command
+    }
+
+    #[test]
+    fn every_subcommand_and_spelling() {
+        match cmd(&["up", "--config", "l.json", "--scenario", "--bins=target/debug"]) {
+            Cmd::Up { scenario: true, lab } => {
+                assert_eq!(lab.config, Some(PathBuf::from("l.json")));
+                assert_eq!(lab.bins, Some(PathBuf::from("target/debug")));
+            }
+            other => panic!("{other:?}"),
+        }
+        match cmd(&["up"]) {
+            Cmd::Up { scenario: false, lab } => assert!(lab.config.is_none() && lab.bins.is_none()),
+            other => panic!("{other:?}"),
+        }
+        match cmd(&["demo", "--config=calico-lab/lab.json", "--bins", "d", "--bins", "e"]) {
+            Cmd::Demo { lab } => {
+                assert_eq!(lab.config, Some(PathBuf::from("calico-lab/lab.json")));
+                assert_eq!(lab.bins, Some(PathBuf::from("e")), "the last one wins");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(cmd(&["status", "ab12"]), Cmd::Status { id } if id == "ab12"));
+        assert!(matches!(cmd(&["down", "ab12"]), Cmd::Down { id: Some(id), all: false } if id == "ab12"));
+        assert!(matches!(cmd(&["down", "--all"]), Cmd::Down { id: None, all: true }));
+        assert!(matches!(cmd(&["list"]), Cmd::List));
+        let c = parse(&["demo", "-vv"]).unwrap();
+        assert_eq!(c.log.level(LevelFilter::Info), LevelFilter::Trace);
+        let c = parse(&["--log-level", "warn", "list"]).unwrap();
+        assert_eq!(c.log.level(LevelFilter::Info), LevelFilter::Warn);
+    }
+
+    #[test]
+    fn bad_usage_is_claps() {
+        for (argv, kind) in [
+            (&[][..], ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand),
+            (&["status"], ErrorKind::MissingRequiredArgument),
+            (&["down"], ErrorKind::MissingRequiredArgument),
+            (&["down", "ab12", "--all"], ErrorKind::ArgumentConflict),
+            (&["up", "--bogus"], ErrorKind::UnknownArgument),
+            (&["list", "extra"], ErrorKind::UnknownArgument),
+            (&["start"], ErrorKind::InvalidSubcommand),
+        ] {
+            assert_eq!(parse(argv).unwrap_err().kind(), kind, "{argv:?}");
+        }
+    }
+
+    #[test]
+    fn calico_log_level_unless_a_level_flag_is_given() {
+        let log = |argv: &[&str]| cli::log_args(&parse(argv).unwrap().log, Some("debug")).unwrap();
+        assert_eq!(log(&["list"]).level(LevelFilter::Info), LevelFilter::Debug);
+        assert_eq!(log(&["list", "--log-level=error"]).level(LevelFilter::Info), LevelFilter::Error);
+        assert_eq!(log(&["-vv", "list"]).level(LevelFilter::Info), LevelFilter::Trace);
     }
 }

@@ -236,12 +236,11 @@ mod tests {
     use calico_store::file::FileStore;
 
     fn cfg(extra: &str) -> AgentConfig {
-        let args: Vec<String> =
-            format!("--node-name n1 --node-ip 10.0.0.1/24 --datastore-path /unused {extra}")
-                .split_whitespace()
-                .map(String::from)
-                .collect();
-        AgentConfig::from_args(&args).unwrap().0
+        crate::config::test_flags(&format!(
+            "--node-name n1 --node-ip 10.0.0.1/24 --datastore-path /unused {extra}"
+        ))
+        .unwrap()
+        .0
     }
 
     fn node(s: &FileStore) -> Node {

@@ -1,4 +1,5 @@
-//! Agent configuration: a JSON file and/or command-line flags (flags win).
+//! Agent configuration: a JSON file and/or command-line flags (flags win;
+//! the flags are [`crate::cli::AgentArgs`]).
 //!
 //! The BGP settings here (`as_number`, `peers`, `node_to_node_mesh`) are
 //! fallbacks: the datastore's BGPConfiguration `default`, BGPPeer resources
@@ -28,9 +29,12 @@ use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use calico_store::resolve::Base;
 use calico_store::DatastoreConfig;
 use ipnetwork::Ipv4Network;
 use serde::Deserialize;
+
+use crate::cli::AgentArgs;
 
 /// Calico's default AS number (BGPConfiguration `asNumber`).
 pub const DEFAULT_AS_NUMBER: u32 = 64512;
@@ -109,7 +113,9 @@ struct FileConfig {
     node_to_node_mesh: Option<bool>,
     #[serde(default)]
     labels: BTreeMap<String, String>,
-    #[serde(default)]
+    /// A JSON object only (calico-store's rule for config sections: an
+    /// array is refused, not read as a list of keys).
+    #[serde(default, deserialize_with = "calico_store::resolve::datastore_section")]
     datastore: Option<DatastoreConfig>,
     bird_config: Option<PathBuf>,
     bird_socket: Option<PathBuf>,
@@ -150,72 +156,51 @@ impl AgentConfig {
         self.as_number.unwrap_or(AsNumber(DEFAULT_AS_NUMBER))
     }
 
-    /// Parse flags (after the subcommand); `--config FILE` is read first and
-    /// the other flags override it. Returns the config and the leftover
-    /// boolean flags the caller handles (`--once`).
-    pub fn from_args(args: &[String]) -> Result<(AgentConfig, Vec<String>), ConfigError> {
-        let mut file = FileConfig::default();
-        if let Some(i) = args.iter().position(|a| a == "--config") {
-            let path = args.get(i + 1).ok_or_else(|| ConfigError::Invalid("--config needs a file".into()))?;
-            file = read_file(Path::new(path))?;
-        }
-        let mut ds = file.datastore.take().unwrap_or_default();
-        let mut rest = Vec::new();
-        let mut it = args.iter();
-        while let Some(flag) = it.next() {
-            let mut value =
-                || it.next().cloned().ok_or_else(|| ConfigError::Invalid(format!("{flag} needs a value")));
-            match flag.as_str() {
-                "--config" => {
-                    value()?;
-                }
-                "--node-name" => file.node_name = Some(value()?),
-                "--node-ip" => {
-                    let v = value()?;
-                    file.node_ip =
-                        Some(v.parse().map_err(|e| ConfigError::Invalid(format!("--node-ip {v:?}: {e}")))?);
-                }
-                "--as" => {
-                    let v = value()?;
-                    file.as_number = Some(AsNumber(
-                        v.parse().map_err(|_| ConfigError::Invalid(format!("--as {v:?}: not a number")))?,
-                    ));
-                }
-                "--peer" => file.peers.push(value()?.parse()?),
-                "--label" => {
-                    let v = value()?;
-                    let (k, val) = v
-                        .split_once('=')
-                        .ok_or_else(|| ConfigError::Invalid(format!("--label {v:?}: expected KEY=VALUE")))?;
-                    file.labels.insert(k.to_string(), val.to_string());
-                }
-                "--mesh" => file.node_to_node_mesh = Some(true),
-                "--no-mesh" => file.node_to_node_mesh = Some(false),
-                "--datastore-type" => ds.datastore_type = Some(value()?),
-                "--datastore-path" => ds.datastore_path = Some(value()?.into()),
-                "--etcd-endpoints" => ds.etcd_endpoints = Some(value()?),
-                "--bird-config" => file.bird_config = Some(value()?.into()),
-                "--bird-socket" => file.bird_socket = Some(value()?.into()),
-                "--route-protocol" => {
-                    let v = value()?;
-                    file.route_protocol =
-                        Some(v.parse().map_err(|_| {
-                            ConfigError::Invalid(format!("--route-protocol {v:?}: not 0-255"))
-                        })?);
-                }
-                "--poll-interval-ms" => {
-                    let v = value()?;
-                    file.poll_interval_ms = Some(
-                        v.parse().map_err(|_| ConfigError::Invalid(format!("--poll-interval-ms {v:?}")))?,
-                    );
-                }
-                "--log-file" => file.log_file = Some(value()?.into()),
-                other if other.starts_with("--") && !other.contains('=') => rest.push(other.to_string()),
-                other => return Err(ConfigError::Invalid(format!("unexpected argument {other:?}"))),
-            }
-        }
+    /// The configuration of the command line: the `--config` file (if any)
+    /// read first, then the flags laid over it; the datastore through
+    /// calico-store's one resolver (flag > environment > the file's
+    /// `datastore` section > defaults).
+    pub fn from_cli(a: &AgentArgs) -> Result<AgentConfig, ConfigError> {
+        let mut file = match &a.config {
+            Some(path) => read_file(path)?,
+            None => FileConfig::default(),
+        };
+        let ds =
+            a.ds.resolve(Base::Config(file.datastore.take().unwrap_or_default()))
+                .map_err(|e| ConfigError::Invalid(format!("datastore: {e}")))?;
         file.datastore = Some(ds);
-        Ok((Self::validate(file)?, rest))
+        if let Some(n) = &a.node_name {
+            file.node_name = Some(n.clone());
+        }
+        if let Some(ip) = a.node_ip {
+            file.node_ip = Some(ip);
+        }
+        if let Some(asn) = a.as_number {
+            file.as_number = Some(AsNumber(asn));
+        }
+        file.peers.extend(a.peers.iter().copied());
+        for (k, v) in &a.labels {
+            file.labels.insert(k.clone(), v.clone());
+        }
+        if let Some(mesh) = a.mesh() {
+            file.node_to_node_mesh = Some(mesh);
+        }
+        if let Some(p) = &a.bird_config {
+            file.bird_config = Some(p.clone());
+        }
+        if let Some(p) = &a.bird_socket {
+            file.bird_socket = Some(p.clone());
+        }
+        if let Some(p) = a.route_protocol {
+            file.route_protocol = Some(p);
+        }
+        if let Some(ms) = a.poll_interval_ms {
+            file.poll_interval_ms = Some(ms);
+        }
+        if let Some(p) = &a.log_file {
+            file.log_file = Some(p.clone());
+        }
+        Self::validate(file)
     }
 
     /// Read a config from a JSON file only.
@@ -287,19 +272,35 @@ fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
     serde_json::from_slice(&text).map_err(|source| ConfigError::Parse { path: path.to_path_buf(), source })
 }
 
+/// `calico-node-agent run FLAGS` parsed (without the environment) and
+/// resolved, for the crate's unit tests; the error text of either step.
+#[cfg(test)]
+pub(crate) fn test_flags(flags: &str) -> Result<(AgentConfig, crate::cli::Command), String> {
+    let argv = ["calico-node-agent", "run"].into_iter().chain(flags.split_whitespace());
+    let cli: crate::cli::Cli = tool_cli::try_parse_without_env(argv).map_err(|e| e.to_string())?;
+    let cfg = AgentConfig::from_cli(cli.command.agent_args()).map_err(|e| e.to_string())?;
+    Ok((cfg, cli.command))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn args(s: &str) -> Vec<String> {
-        s.split_whitespace().map(String::from).collect()
+    use crate::cli::Command;
+
+    fn parse(flags: &str) -> Result<(AgentConfig, Command), String> {
+        test_flags(flags)
+    }
+
+    fn from_args(flags: &str) -> Result<AgentConfig, String> {
+        parse(flags).map(|(c, _)| c)
     }
 
     #[test]
     fn flags_build_a_config() {
-        let (c, rest) = AgentConfig::from_args(&args(
+        let (c, cmd) = parse(
             "--node-name n1 --node-ip 10.0.0.1/24 --peer 10.0.0.254:65000 --datastore-path /tmp/x --once",
-        ))
+        )
         .unwrap();
         assert_eq!(c.node_name, "n1");
         assert_eq!(c.local_as(), AsNumber(64512));
@@ -307,7 +308,7 @@ mod tests {
             c.peers,
             vec![PeerConfig { ip: "10.0.0.254".parse().unwrap(), as_number: AsNumber(65000) }]
         );
-        assert_eq!(rest, vec!["--once".to_string()]);
+        assert!(matches!(cmd, Command::Run { once: true, .. }), "{cmd:?}");
         assert_eq!(c.route_protocol, 80);
     }
 
@@ -322,8 +323,7 @@ mod tests {
                 "datastore":{"datastore_type":"file","datastore_path":"/tmp/s"}}"#,
         )
         .unwrap();
-        let (c, _) =
-            AgentConfig::from_args(&args(&format!("--config {} --node-name b --mesh", p.display()))).unwrap();
+        let c = from_args(&format!("--config {} --node-name b --mesh", p.display())).unwrap();
         assert_eq!(c.node_name, "b");
         assert_eq!(c.local_as(), AsNumber(64600));
         assert!(c.node_to_node_mesh);
@@ -340,10 +340,10 @@ mod tests {
                 "datastore":{"datastore_type":"file","datastore_path":"/tmp/s"}}"#,
         )
         .unwrap();
-        let (c, _) = AgentConfig::from_args(&args(&format!(
+        let c = from_args(&format!(
             "--config {} --label rack=r2 --label topology.kubernetes.io/region=eu-1",
             p.display()
-        )))
+        ))
         .unwrap();
         let want: BTreeMap<String, String> =
             [("rack", "r2"), ("zone", "z"), ("topology.kubernetes.io/region", "eu-1")]
@@ -352,29 +352,49 @@ mod tests {
                 .collect();
         assert_eq!(c.labels, want);
         for bad in ["--label rack", "--label =x", "--label a=b'c", "--label /a=b"] {
-            let e = AgentConfig::from_args(&args(&format!("--node-name a --node-ip 10.0.0.1/24 {bad}")))
-                .unwrap_err();
+            let e = from_args(&format!("--node-name a --node-ip 10.0.0.1/24 {bad}")).unwrap_err();
             assert!(e.to_string().contains("label"), "{bad}: {e}");
         }
     }
 
     #[test]
     fn bad_input_is_rejected_with_a_reason() {
-        let e = AgentConfig::from_args(&args("--node-ip 10.0.0.1/24")).unwrap_err();
+        let e = from_args("--node-ip 10.0.0.1/24").unwrap_err();
         assert!(e.to_string().contains("node_name"), "{e}");
-        let e =
-            AgentConfig::from_args(&args("--node-name a --node-ip 10.0.0.1/24 --peer 1.2.3.4")).unwrap_err();
+        let e = from_args("--node-name a --node-ip 10.0.0.1/24 --peer 1.2.3.4").unwrap_err();
         assert!(e.to_string().contains("IP:AS"), "{e}");
-        let e = AgentConfig::from_args(&args("--node-name a/b --node-ip 10.0.0.1/24")).unwrap_err();
+        let e = from_args("--node-name a/b --node-ip 10.0.0.1/24").unwrap_err();
         assert!(e.to_string().contains("node_name"), "{e}");
-        let e = AgentConfig::from_args(&args("--node-name a --node-ip 10.0.0.1/24 --route-protocol 12"))
-            .unwrap_err();
+        let e = from_args("--node-name a --node-ip 10.0.0.1/24 --route-protocol 12").unwrap_err();
         assert!(e.to_string().contains("reserved"), "{e}");
         // AS 0 would render a config BIRD refuses.
         for bad in ["--as 0", "--peer 10.0.0.254:0"] {
-            let e = AgentConfig::from_args(&args(&format!("--node-name a --node-ip 10.0.0.1/24 {bad}")))
-                .unwrap_err();
+            let e = from_args(&format!("--node-name a --node-ip 10.0.0.1/24 {bad}")).unwrap_err();
             assert!(e.to_string().contains("as_number 0"), "{bad}: {e}");
         }
+    }
+
+    #[test]
+    fn the_datastore_section_is_an_object_and_flags_override_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("a.json");
+        std::fs::write(
+            &p,
+            r#"{"node_name":"a","node_ip":"192.168.1.2/24","datastore":[["datastore_type","file"]]}"#,
+        )
+        .unwrap();
+        let e = from_args(&format!("--config {}", p.display())).unwrap_err();
+        assert!(e.contains("datastore"), "{e}");
+        std::fs::write(
+            &p,
+            r#"{"node_name":"a","node_ip":"192.168.1.2/24",
+                "datastore":{"datastore_type":"etcdv3","etcd_endpoints":"http://10.0.0.9:2379"}}"#,
+        )
+        .unwrap();
+        let c =
+            from_args(&format!("--config {} --etcd-endpoints http://10.0.0.8:2379", p.display())).unwrap();
+        assert_eq!(c.datastore.etcd_endpoints.as_deref(), Some("http://10.0.0.8:2379"));
+        let e = from_args(&format!("--config {} --datastore-type bogus", p.display())).unwrap_err();
+        assert!(e.contains("datastore"), "{e}");
     }
 }

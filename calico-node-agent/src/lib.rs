@@ -12,7 +12,8 @@
 //! * [`routes`]: one blackhole route per affine block (protocol 80);
 //! * [`agent`]: Node registration and the poll/reconcile loop;
 //! * [`config`]: the agent's configuration (file, then flags) and
-//!   [`config::DEFAULT_AS_NUMBER`]; [`logging`]: stderr and the log file.
+//!   [`config::DEFAULT_AS_NUMBER`]; [`cli`]: its command line (clap; the
+//!   logger is the tools' shared one, `tool-cli`, installed by the binary).
 //!
 //! ## BGP resources
 //!
@@ -67,7 +68,8 @@
 //! IPv6.
 //!
 //! May call: `calico-store` (read, plus its own Node resource), `netlink-util`
-//! (routes), `birdc`/`bird` (BIRD control). Never touches pod interfaces
+//! (routes), `birdc`/`bird` (BIRD control), `tool-cli`/clap (the command
+//! line, the datastore flags' environment variables). Never touches pod interfaces
 //! (the CNI plugin's) or iptables (`kube-proxy-rules`), and never starts
 //! other programs' daemons: the namespace lab that runs the agent beside
 //! etcd, BIRD and the other binaries is the `calico-lab` crate.
@@ -75,8 +77,8 @@
 pub mod agent;
 pub mod bird;
 pub mod birdctl;
+pub mod cli;
 pub mod config;
-pub mod logging;
 pub mod peering;
 pub mod routes;
 pub mod state;

@@ -1,24 +1,23 @@
 //! `calico-node-agent`: keep this node's blackhole routes and BIRD in line
-//! with the datastore.
+//! with the datastore. See `calico-node-agent --help`.
+//!
+//! Owns the process: its command line ([`calico_node_agent::cli`], clap),
+//! its logger (`tool_cli`: stderr with timestamps, and `--log-file`), the
+//! signal handling of `run` and the exit codes (0 done, 1 a runtime error,
+//! logged as `calico-node-agent: error: …`, 2 bad usage or configuration).
+//! Only `render-bird` writes to stdout (the rendered config).
 
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use calico_node_agent::agent::Agent;
 use calico_node_agent::bird::{render, BirdInputs};
+use calico_node_agent::cli::{log_args, Cli, Command};
 use calico_node_agent::config::AgentConfig;
-use calico_node_agent::{logging, state};
+use calico_node_agent::state;
+use clap::Parser;
 
-const USAGE: &str = "usage:
-  calico-node-agent run         [--once] FLAGS   register the Node, then reconcile routes + BIRD
-                                                 (every --poll-interval-ms; --once: one pass)
-  calico-node-agent render-bird FLAGS            print the BIRD config for the current datastore
-BGP: --as, --peer and --mesh are fallbacks; BGPConfiguration \"default\", BGPPeer and the
-     Node's spec.bgp.asNumber in the datastore override/extend them.
-FLAGS: [--config agent.json] --node-name N --node-ip A.B.C.D/LEN [--as ASN]
-       [--peer IP:ASN]... [--mesh|--no-mesh] [--label KEY=VALUE]... [--datastore-type file|etcdv3]
-       [--datastore-path DIR] [--etcd-endpoints URLS] [--bird-config PATH]
-       [--bird-socket PATH] [--route-protocol 80] [--poll-interval-ms 1000] [--log-file PATH]";
+const TOOL: &str = "calico-node-agent";
 
 static STOP: AtomicBool = AtomicBool::new(false);
 
@@ -27,36 +26,29 @@ extern "C" fn on_signal(_: libc::c_int) {
 }
 
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let Some(cmd) = args.first() else {
-        eprintln!("{USAGE}");
-        return ExitCode::from(2);
-    };
-    let (cfg, rest) = match AgentConfig::from_args(&args[1..]) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("calico-node-agent: {e}\n{USAGE}");
-            return ExitCode::from(2);
-        }
-    };
-    if let Err(e) = logging::init(cfg.log_file.as_deref()) {
-        eprintln!("calico-node-agent: {e}");
-        return ExitCode::from(1);
+    let cli = Cli::parse();
+    let level_var = std::env::var("CALICO_LOG_LEVEL").ok();
+    let log_args =
+        log_args(&cli.log, level_var.as_deref()).unwrap_or_else(|e| tool_cli::usage_error::<Cli>(e).exit());
+    // A configuration that cannot be read or does not validate is bad
+    // usage (exit 2), as before the agent had a clap parser.
+    let cfg = AgentConfig::from_cli(cli.command.agent_args())
+        .unwrap_or_else(|e| tool_cli::usage_error::<Cli>(e).exit());
+    let logging = tool_cli::Logging::new(TOOL).timestamps(true).file(cfg.log_file.as_deref());
+    if let Err(e) = logging.init(&log_args) {
+        return tool_cli::finish::<ExitCode, _>(TOOL, Err(e));
     }
-    let once = rest.iter().any(|f| f == "--once");
-    if let Some(f) = rest.iter().find(|f| *f != "--once") {
-        eprintln!("calico-node-agent: unknown flag {f}\n{USAGE}");
-        return ExitCode::from(2);
-    }
-    let result = match cmd.as_str() {
-        "run" => run(cfg, once),
-        "render-bird" => render_bird(&cfg),
-        other => Err(format!("unknown command {other:?}\n{USAGE}")),
+    let result = match cli.command {
+        Command::Run { once, .. } => run(cfg, once),
+        Command::RenderBird { .. } => render_bird(&cfg),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
+            // Through the logger, not `tool_cli::finish`: a daemon's last
+            // words belong in its log file too.
             log::error!("{e}");
+            log::logger().flush();
             ExitCode::from(1)
         }
     }

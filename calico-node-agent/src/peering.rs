@@ -332,12 +332,11 @@ mod tests {
     use calico_store::model::{BgpPeerSpec, ObjectMeta, ServiceIpBlock};
 
     fn cfg(extra: &str) -> AgentConfig {
-        let args: Vec<String> =
-            format!("--node-name me --node-ip 10.0.0.1/24 --datastore-path /nonexistent {extra}")
-                .split_whitespace()
-                .map(String::from)
-                .collect();
-        AgentConfig::from_args(&args).unwrap().0
+        crate::config::test_flags(&format!(
+            "--node-name me --node-ip 10.0.0.1/24 --datastore-path /nonexistent {extra}"
+        ))
+        .unwrap()
+        .0
     }
 
     fn peer(name: &str, spec: BgpPeerSpec) -> Result<PeerRule, String> {

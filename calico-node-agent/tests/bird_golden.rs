@@ -11,6 +11,7 @@ use std::path::PathBuf;
 use std::process::Command;
 
 use calico_node_agent::bird::{render, BirdInputs};
+use calico_node_agent::cli::Cli;
 use calico_node_agent::config::{AgentConfig, AsNumber};
 use calico_node_agent::state::{self, BorrowedAddr, MeshNode, OwnBlock, RoutingState};
 use calico_store::file::FileStore;
@@ -54,9 +55,9 @@ fn state(blocks: &[&str], borrowed: &[&str], nodes: &[(&str, &str, Option<u32>)]
 
 /// An agent config from flags (the datastore flag is unused here).
 fn cfg(flags: &str) -> AgentConfig {
-    let args: Vec<String> =
-        format!("{flags} --datastore-path /nonexistent").split_whitespace().map(String::from).collect();
-    AgentConfig::from_args(&args).unwrap().0
+    let line = format!("calico-node-agent run {flags} --datastore-path /nonexistent");
+    let cli: Cli = tool_cli::try_parse_without_env(line.split_whitespace()).unwrap();
+    AgentConfig::from_cli(cli.command.agent_args()).unwrap()
 }
 
 fn render_with(flags: &str, st: &RoutingState) -> String {
