@@ -82,14 +82,7 @@ fn pool_refs(list: &[String], key: &str, family: IpFamily) -> Result<Vec<PoolRef
             PoolRef::parse(s).map_err(|e| CniError::invalid_config(format!("ipam.{key}"), e.to_string()))
         })
         .collect::<Result<Vec<_>, _>>()?;
-    let cidrs: Vec<IpNetwork> = refs
-        .iter()
-        .filter_map(|r| match r {
-            PoolRef::Cidr(c) => Some(*c),
-            PoolRef::Name(_) => None,
-        })
-        .collect();
-    model::validate_pool_list(family, &cidrs)
+    model::validate_pool_list(family, &PoolRef::cidrs(&refs))
         .map_err(|rule| CniError::invalid_config(format!("ipam.{key}: {rule}"), ""))?;
     Ok(refs)
 }

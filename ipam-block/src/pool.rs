@@ -204,14 +204,7 @@ pub fn choose_pools(
     if !requested.is_empty() {
         // Every entry is checked before any pool of the list is created on
         // first use, so a list refused at its last entry stores nothing.
-        let cidrs: Vec<IpNetwork> = requested
-            .iter()
-            .filter_map(|r| match r {
-                PoolRef::Cidr(c) => Some(*c),
-                PoolRef::Name(_) => None,
-            })
-            .collect();
-        model::validate_pool_list(family, &cidrs)
+        model::validate_pool_list(family, &PoolRef::cidrs(requested))
             .map_err(|rule| IpamError::InvalidConfig(rule.to_string()))?;
         for r in requested {
             match r {

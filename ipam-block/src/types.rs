@@ -231,6 +231,16 @@ pub enum PoolRef {
 }
 
 impl PoolRef {
+    /// The CIDRs among `refs` (pools named by name left out), in order.
+    pub fn cidrs(refs: &[PoolRef]) -> Vec<IpNetwork> {
+        refs.iter()
+            .filter_map(|r| match r {
+                PoolRef::Cidr(c) => Some(*c),
+                PoolRef::Name(_) => None,
+            })
+            .collect()
+    }
+
     /// A CIDR if it parses as one, else a pool name.
     pub fn parse(s: &str) -> Result<PoolRef, IpamError> {
         let s = s.trim();

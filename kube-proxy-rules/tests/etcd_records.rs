@@ -5,8 +5,7 @@
 //! certificates, its files given as flags or as Calico's variables.
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
 
 use calico_store::model::{self, EndpointPort, ObjectMeta, WorkloadEndpoint, WorkloadEndpointSpec};
 use calico_store::DatastoreConfig;
@@ -87,111 +86,9 @@ fn render_reads_pod_records_from_etcd() {
     assert!(second.contains("--probability 0.5000000000"), "{second}");
 }
 
-/// An etcd on a free loopback port serving only TLS and requiring a client
-/// certificate; its CA, client certificate and key in `dir`. Killed on drop.
-struct TlsEtcd {
-    dir: tempfile::TempDir,
-    child: Child,
-    endpoint: String,
-}
-
-impl Drop for TlsEtcd {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl TlsEtcd {
-    fn start() -> TlsEtcd {
-        let dir = tempfile::tempdir().unwrap();
-        let d = dir.path();
-        let ssl = |args: &[&str]| {
-            testbed::run(Command::new("openssl").args(args).current_dir(d)).unwrap();
-        };
-        let key = ["-newkey", "rsa:2048", "-nodes"];
-        ssl(&[
-            &["req", "-x509"][..],
-            &key,
-            &["-keyout", "ca.key", "-out", "ca.pem", "-days", "1", "-subj", "/CN=kpr-ca"],
-        ]
-        .concat());
-        std::fs::write(d.join("server.ext"), "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n")
-            .unwrap();
-        std::fs::write(d.join("client.ext"), "extendedKeyUsage=clientAuth\n").unwrap();
-        for n in ["server", "client"] {
-            let (k, csr, pem, ext) =
-                (format!("{n}.key"), format!("{n}.csr"), format!("{n}.pem"), format!("{n}.ext"));
-            ssl(&[&["req"][..], &key, &["-keyout", &k, "-out", &csr, "-subj", &format!("/CN={n}")]].concat());
-            ssl(&[
-                "x509",
-                "-req",
-                "-in",
-                &csr,
-                "-CA",
-                "ca.pem",
-                "-CAkey",
-                "ca.key",
-                "-CAcreateserial",
-                "-out",
-                &pem,
-                "-days",
-                "1",
-                "-extfile",
-                &ext,
-            ]);
-        }
-        let endpoint = format!("https://127.0.0.1:{}", testbed::free_port());
-        let peer = format!("http://127.0.0.1:{}", testbed::free_port());
-        let f = |n: &str| d.join(n).display().to_string();
-        let child = Command::new("etcd")
-            .arg("--name=kpr-tls")
-            .arg(format!("--data-dir={}", f("data")))
-            .arg(format!("--listen-client-urls={endpoint}"))
-            .arg(format!("--advertise-client-urls={endpoint}"))
-            .arg(format!("--listen-peer-urls={peer}"))
-            .arg(format!("--initial-advertise-peer-urls={peer}"))
-            .arg(format!("--initial-cluster=kpr-tls={peer}"))
-            .arg(format!("--cert-file={}", f("server.pem")))
-            .arg(format!("--key-file={}", f("server.key")))
-            .arg(format!("--trusted-ca-file={}", f("ca.pem")))
-            .arg("--client-cert-auth")
-            .arg("--log-level=error")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(d.join("etcd.log")).unwrap())
-            .spawn()
-            .unwrap();
-        let etcd = TlsEtcd { dir, child, endpoint };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let f = |n: &str| etcd.file(n).display().to_string();
-            let up = Command::new("curl")
-                .args(["-sf", "-m", "1", "--cacert", &f("ca.pem"), "--cert", &f("client.pem"), "--key"])
-                .arg(f("client.key"))
-                .arg(format!("{}/health", etcd.endpoint))
-                .output()
-                .is_ok_and(|o| o.status.success());
-            if up {
-                return etcd;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "TLS etcd did not start: {}",
-                std::fs::read_to_string(f("etcd.log")).unwrap()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-
-    fn file(&self, name: &str) -> std::path::PathBuf {
-        self.dir.path().join(name)
-    }
-}
-
 #[test]
 fn render_reads_pod_records_from_a_tls_only_etcd() {
-    let etcd = TlsEtcd::start();
+    let etcd = testbed::TlsEtcd::start();
     let tls = DatastoreConfig {
         datastore_type: Some("etcdv3".into()),
         etcd_endpoints: Some(etcd.endpoint.clone()),
