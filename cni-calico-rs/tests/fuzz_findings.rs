@@ -4,53 +4,15 @@
 
 mod support;
 
-use std::io::Write;
-use std::os::unix::process::CommandExt;
 use std::path::Path;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use support::*;
 use testbed::Netns;
 
-/// Long enough for any honest invocation on a loaded machine; a delegation
-/// loop runs until killed.
-const WATCHDOG: Duration = Duration::from_secs(30);
-
-/// Run `program` in the node's namespace in a process group of its own; if it
-/// is still running after [`WATCHDOG`], kill the whole group (a delegation
-/// loop is a chain of processes, each waiting for the next) and fail.
+/// [`support::run_bounded`], failing the test on a watchdog kill.
 fn run_bounded(node: &Node, program: &Path, env: &[(&str, String)], stdin: &[u8]) -> Out {
-    let mut c = node.ns.nsenter(program.to_str().unwrap());
-    c.env_clear()
-        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
-        .envs(env.iter().map(|(k, v)| (k, v)))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0);
-    let mut child = c.spawn().unwrap();
-    let _ = child.stdin.take().unwrap().write_all(stdin);
-    let pgid = child.id() as i32;
-    let start = Instant::now();
-    loop {
-        if child.try_wait().unwrap().is_some() {
-            break;
-        }
-        if start.elapsed() > WATCHDOG {
-            let _ = Command::new("kill").args(["-KILL", "--", &format!("-{pgid}")]).status();
-            let _ = child.wait();
-            panic!("{} did not finish within {WATCHDOG:?}: delegation loop?", program.display());
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let out = child.wait_with_output().unwrap();
-    Out {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
+    support::run_bounded(node, program, env, stdin).unwrap_or_else(|e| panic!("{e}"))
 }
 
 fn cni_env(cmd: &str, netns: Option<&Path>, ifname: &str, cni_path: &str) -> Vec<(&'static str, String)> {

@@ -25,13 +25,9 @@ mod pool_oracle;
 use std::cell::RefCell;
 use std::collections::BTreeSet;
 use std::ffi::OsString;
-use std::io::Write;
 use std::net::IpAddr;
 use std::os::unix::ffi::OsStringExt;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
 
 use ipnetwork::IpNetwork;
 use pool_oracle::{Cidr, Verdict};
@@ -39,12 +35,8 @@ use prop_support::{config, documents, is_spec_code, Step};
 use proptest::prelude::*;
 use proptest::test_runner::{TestCaseError, TestRunner};
 use serde_json::{json, Value};
-use support::{links, plugin_bin, Node, Out, K8S_ARGS, NETWORK};
+use support::{links, plugin_bin, run_bounded, Node, Out, K8S_ARGS, NETWORK};
 use testbed::Netns;
-
-/// Long enough for any honest invocation on a loaded machine; a delegation
-/// loop runs until killed.
-const WATCHDOG: Duration = Duration::from_secs(30);
 
 const CONTAINER_ID: &str = "prop1";
 
@@ -106,45 +98,6 @@ impl Fixture {
         }
         out
     }
-}
-
-/// Run `program` in the node's namespace with exactly `env` (plus PATH), in
-/// a process group of its own; if it is still running after [`WATCHDOG`],
-/// kill the group (a delegation loop is a chain of processes, each waiting
-/// for the next) and report it.
-fn run_bounded(node: &Node, program: &Path, env: &[(String, OsString)], stdin: &[u8]) -> Result<Out, String> {
-    let mut c = node.ns.nsenter(program.to_str().unwrap());
-    c.env_clear()
-        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
-        .envs(env.iter().map(|(k, v)| (k, v)))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0);
-    let mut child = c.spawn().map_err(|e| format!("spawn: {e}"))?;
-    // A plugin that rejects its environment exits before reading stdin.
-    if let Some(mut pipe) = child.stdin.take() {
-        let _ = pipe.write_all(stdin);
-    }
-    let pgid = child.id() as i32;
-    let start = Instant::now();
-    loop {
-        if child.try_wait().map_err(|e| e.to_string())?.is_some() {
-            break;
-        }
-        if start.elapsed() > WATCHDOG {
-            let _ = Command::new("kill").args(["-KILL", "--", &format!("-{pgid}")]).status();
-            let _ = child.wait();
-            return Err(format!("did not finish within {WATCHDOG:?}: a delegation loop?"));
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    let out = child.wait_with_output().map_err(|e| e.to_string())?;
-    Ok(Out {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    })
 }
 
 /// Run one property against a fixture that every case finds clean by

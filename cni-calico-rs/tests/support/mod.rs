@@ -294,3 +294,54 @@ impl<'a> NsEtcd<'a> {
         .unwrap()
     }
 }
+
+/// Long enough for any honest invocation on a loaded machine; a delegation
+/// loop runs until killed.
+pub const WATCHDOG: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Run `program` in the node's namespace with exactly `env` (plus PATH), in
+/// a process group of its own; if it is still running after [`WATCHDOG`],
+/// kill the group (a delegation loop is a chain of processes, each waiting
+/// for the next) and report it.
+pub fn run_bounded<K: AsRef<std::ffi::OsStr>, V: AsRef<std::ffi::OsStr>>(
+    node: &Node,
+    program: &Path,
+    env: &[(K, V)],
+    stdin: &[u8],
+) -> Result<Out, String> {
+    use std::os::unix::process::CommandExt;
+    let mut c = node.ns.nsenter(program.to_str().unwrap());
+    c.env_clear()
+        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0);
+    let mut child = c.spawn().map_err(|e| format!("spawn: {e}"))?;
+    // A plugin that rejects its environment exits before reading stdin.
+    if let Some(mut pipe) = child.stdin.take() {
+        let _ = pipe.write_all(stdin);
+    }
+    let start = std::time::Instant::now();
+    loop {
+        if child.try_wait().map_err(|e| e.to_string())?.is_some() {
+            break;
+        }
+        if start.elapsed() > WATCHDOG {
+            let _ = testbed::kill_process_group(child.id(), testbed::Signal::SIGKILL);
+            let _ = child.wait();
+            return Err(format!(
+                "{} did not finish within {WATCHDOG:?}: a delegation loop?",
+                program.display()
+            ));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let out = child.wait_with_output().map_err(|e| e.to_string())?;
+    Ok(Out {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    })
+}
