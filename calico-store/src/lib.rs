@@ -96,6 +96,33 @@ pub trait Datastore: Send + Sync {
     /// polling for watchers (node agent, rule generator): relist only when it moved.
     fn revision(&self) -> Result<Revision, StoreError>;
 
+    /// Block until the store's revision moves past `after` or `timeout`
+    /// passes: `Ok(Some(rev))` with the newer revision, `Ok(None)` on
+    /// timeout. What watchers (node agent, rule generator) wait on instead
+    /// of polling [`Datastore::revision`].
+    ///
+    /// This default polls `revision()` once a second; backends override it
+    /// with a real change notification (etcd watch, file-store inotify) so
+    /// an idle watcher makes no requests and a change is seen at once.
+    fn wait_for_change(
+        &self,
+        after: Revision,
+        timeout: std::time::Duration,
+    ) -> Result<Option<Revision>, StoreError> {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let rev = self.revision()?;
+            if rev > after {
+                return Ok(Some(rev));
+            }
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return Ok(None);
+            }
+            std::thread::sleep(left.min(std::time::Duration::from_secs(1)));
+        }
+    }
+
     /// Ok when the store can serve requests now (CNI STATUS).
     fn ready(&self) -> Result<(), StoreError> {
         self.revision().map(|_| ())
