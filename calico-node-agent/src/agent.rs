@@ -40,6 +40,8 @@ pub fn node_resource(cfg: &AgentConfig) -> Node {
             bgp: Some(NodeBgpSpec {
                 ipv4_address: Some(cfg.node_ip.to_string()),
                 as_number: cfg.as_number.map(|a| a.0),
+                ipv6_address: cfg.node_ipv6.map(|n| n.to_string()),
+                ..Default::default()
             }),
         },
     )
@@ -53,6 +55,10 @@ pub fn node_resource(cfg: &AgentConfig) -> Node {
 fn merged_node(mut cur: Node, cfg: &AgentConfig) -> Node {
     let bgp = cur.spec.bgp.get_or_insert_with(NodeBgpSpec::default);
     bgp.ipv4_address = Some(cfg.node_ip.to_string());
+    // An operator's routeReflectorClusterID is kept; the address is ours.
+    if let Some(v6) = cfg.node_ipv6 {
+        bgp.ipv6_address = Some(v6.to_string());
+    }
     // 0 is no AS (the reader treats it as unset too).
     if bgp.as_number.unwrap_or(0) == 0 {
         bgp.as_number = cfg.as_number.map(|a| a.0);
@@ -138,7 +144,9 @@ impl Agent {
     pub fn reconcile(&mut self) -> Result<(), AgentError> {
         let revision = self.store.revision()?;
         let st = state::read(self.store.as_ref(), &self.cfg.node_name)?;
-        for p in newly_reported(&mut self.reported, &st.problems) {
+        let inputs = BirdInputs::new(&self.cfg, &st);
+        let problems = st.problems.union(&inputs.bgp.problems).cloned().collect();
+        for p in newly_reported(&mut self.reported, &problems) {
             log::warn!("{p}");
         }
         if self.last_state.as_ref() != Some(&st) {
@@ -156,16 +164,26 @@ impl Agent {
         for b in &changes.removed {
             log::info!("removed blackhole route {}", b.0);
         }
-        let inputs = BirdInputs::new(&self.cfg, &st);
         if self.last_bgp.as_ref() != Some(&inputs.bgp) {
             let b = &inputs.bgp;
+            // Never the password: only whether the session has one.
             log::info!(
-                "BGP: AS {}, mesh {}, peers [{}]",
+                "BGP: AS {}, mesh {}{}, peers [{}]",
                 b.local_as,
                 if b.mesh { "on" } else { "off" },
+                b.rr_cluster_id.map(|c| format!(", route reflector (cluster {c})")).unwrap_or_default(),
                 b.peers
                     .iter()
-                    .map(|p| format!("{} AS {} ({})", p.ip, p.as_number, p.source))
+                    .map(|p| {
+                        format!(
+                            "{} AS {} ({}){}{}",
+                            p.ip,
+                            p.as_number,
+                            p.source,
+                            if p.password.is_some() { " with password" } else { "" },
+                            if p.rr_client { " rr client" } else { "" }
+                        )
+                    })
                     .collect::<Vec<_>>()
                     .join(", ")
             );

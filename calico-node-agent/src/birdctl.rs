@@ -62,10 +62,15 @@ impl Bird {
         }
         let tmp = self.config.with_extension("tmp");
         let write = |p: &Path| {
+            use std::io::Write as _;
+            use std::os::unix::fs::OpenOptionsExt as _;
             if let Some(dir) = p.parent() {
                 std::fs::create_dir_all(dir)?;
             }
-            std::fs::write(p, text)
+            // Owner-only: the text may hold BGP passwords.
+            let _ = std::fs::remove_file(p);
+            let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(p)?;
+            f.write_all(text.as_bytes())
         };
         write(&tmp).map_err(|source| BirdError::Write { path: tmp.clone(), source })?;
         let check = Command::new("bird")

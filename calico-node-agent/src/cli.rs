@@ -7,7 +7,7 @@
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
-use ipnetwork::Ipv4Network;
+use ipnetwork::{Ipv4Network, Ipv6Network};
 use tool_cli::{DatastoreArgs, LogArgs};
 
 use crate::config::PeerConfig;
@@ -85,12 +85,20 @@ pub struct AgentArgs {
     /// This node's address with its prefix length, e.g. 192.168.10.2/24
     #[arg(long, value_name = "A.B.C.D/LEN")]
     pub node_ip: Option<Ipv4Network>,
+    /// This node's IPv6 address with its prefix length (Node ipv6Address):
+    /// IPv6 BGP sessions, the IPv6 mesh. Without it the node speaks IPv4 BGP only
+    #[arg(long, value_name = "IPV6/LEN")]
+    pub node_ipv6: Option<Ipv6Network>,
     /// Fallback AS number of this node (default 64512)
     #[arg(long = "as", value_name = "ASN")]
     pub as_number: Option<u32>,
-    /// A fallback BGP peer, repeatable: IP:AS, e.g. 192.168.10.1:65000
+    /// A fallback BGP peer, repeatable: IP:AS, e.g. 192.168.10.1:65000 or [fd00:10::1]:65000
     #[arg(long = "peer", value_name = "IP:AS")]
     pub peers: Vec<PeerConfig>,
+    /// BGPPeer password secrets (etcd mode has no Kubernetes Secrets): a JSON
+    /// file {"<secret>": {"<key>": "<password>"}} or a directory <secret>/<key>
+    #[arg(long, value_name = "PATH")]
+    pub bgp_secrets: Option<PathBuf>,
     /// A label for this node's Node resource, repeatable
     #[arg(long = "label", value_name = "KEY=VALUE", value_parser = parse_label)]
     pub labels: Vec<(String, String)>,

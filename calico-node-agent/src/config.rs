@@ -11,8 +11,10 @@
 //! {
 //!   "node_name": "node-a",
 //!   "node_ip": "192.168.10.2/24",
+//!   "node_ipv6": "fd00:10::2/64",
 //!   "as_number": 64512,
-//!   "peers": [{"ip": "192.168.10.1", "as_number": 65000}],
+//!   "peers": [{"ip": "192.168.10.1", "as_number": 65000}, {"ip": "fd00:10::1", "as_number": 65000}],
+//!   "bgp_secrets": "/etc/calico/bgp-secrets.json",
 //!   "node_to_node_mesh": false,
 //!   "labels": {"rack": "rack1"},
 //!   "datastore": {"datastore_type": "etcdv3", "etcd_endpoints": "http://192.168.30.2:2379"},
@@ -23,15 +25,20 @@
 //!   "log_file": "/var/log/calico/agent.log"
 //! }
 //! ```
+//!
+//! `node_ipv6` (optional) is the node's IPv6 address (Node `ipv6Address`):
+//! with it the node opens IPv6 sessions (IPv6 peers, the IPv6 mesh) that
+//! carry its IPv6 blocks. `bgp_secrets` (optional) is where BGPPeer
+//! `password.secretKeyRef`s are looked up ([`crate::secrets`]).
 
 use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use calico_store::resolve::Base;
 use calico_store::DatastoreConfig;
-use ipnetwork::Ipv4Network;
+use ipnetwork::{Ipv4Network, Ipv6Network};
 use serde::Deserialize;
 
 use crate::cli::AgentArgs;
@@ -66,16 +73,21 @@ impl std::fmt::Display for AsNumber {
 /// A configured BGP peer (a top-of-rack router or a global peer).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 pub struct PeerConfig {
-    pub ip: Ipv4Addr,
+    pub ip: IpAddr,
     pub as_number: AsNumber,
 }
 
 impl std::str::FromStr for PeerConfig {
     type Err = ConfigError;
-    /// `IP:AS`, e.g. `192.168.10.1:65000`.
+    /// `IP:AS`, e.g. `192.168.10.1:65000`, `[fd00::1]:65000` or `fd00::1:65000`.
     fn from_str(s: &str) -> Result<Self, ConfigError> {
-        let bad = || ConfigError::Invalid(format!("peer {s:?}: expected IP:AS, e.g. 192.168.10.1:65000"));
+        let bad = || {
+            ConfigError::Invalid(format!(
+                "peer {s:?}: expected IP:AS, e.g. 192.168.10.1:65000 or [fd00::1]:65000"
+            ))
+        };
         let (ip, asn) = s.rsplit_once(':').ok_or_else(bad)?;
+        let ip = ip.strip_prefix('[').and_then(|i| i.strip_suffix(']')).unwrap_or(ip);
         Ok(PeerConfig {
             ip: ip.parse().map_err(|_| bad())?,
             as_number: AsNumber(asn.parse().map_err(|_| bad())?),
@@ -107,9 +119,11 @@ pub enum ConfigError {
 struct FileConfig {
     node_name: Option<String>,
     node_ip: Option<Ipv4Network>,
+    node_ipv6: Option<Ipv6Network>,
     as_number: Option<AsNumber>,
     #[serde(default)]
     peers: Vec<PeerConfig>,
+    bgp_secrets: Option<PathBuf>,
     node_to_node_mesh: Option<bool>,
     #[serde(default)]
     labels: BTreeMap<String, String>,
@@ -131,11 +145,16 @@ pub struct AgentConfig {
     /// The node's address with its prefix length (Node `ipv4Address`); its
     /// address is the BIRD router id and the BGP source address.
     pub node_ip: Ipv4Network,
+    /// The node's IPv6 address (Node `ipv6Address`): the source of its IPv6
+    /// sessions. `None`: IPv4 BGP only (IPv6 blocks are still blackholed).
+    pub node_ipv6: Option<Ipv6Network>,
     /// The fallback AS of this node: used when neither its Node resource
     /// nor the BGPConfiguration sets one, and written into its Node resource
     /// at registration when the Node has none (see [`crate::peering`]).
     pub as_number: Option<AsNumber>,
     pub peers: Vec<PeerConfig>,
+    /// Where BGPPeer password secrets are read ([`crate::secrets`]).
+    pub bgp_secrets: Option<PathBuf>,
     pub node_to_node_mesh: bool,
     /// Labels this agent puts on its Node resource (merged over labels
     /// someone else set there).
@@ -174,6 +193,12 @@ impl AgentConfig {
         }
         if let Some(ip) = a.node_ip {
             file.node_ip = Some(ip);
+        }
+        if let Some(ip) = a.node_ipv6 {
+            file.node_ipv6 = Some(ip);
+        }
+        if let Some(p) = &a.bgp_secrets {
+            file.bgp_secrets = Some(p.clone());
         }
         if let Some(asn) = a.as_number {
             file.as_number = Some(AsNumber(asn));
@@ -217,6 +242,20 @@ impl AgentConfig {
             return Err(ConfigError::Invalid(format!("node_name {node_name:?} must be [A-Za-z0-9._-]+")));
         }
         let node_ip = f.node_ip.ok_or_else(|| ConfigError::Invalid("node_ip is required".into()))?;
+        if let Some(v6) = f.node_ipv6 {
+            let ip = v6.ip();
+            // BIRD refuses a link-local source address without an interface,
+            // and neither the unspecified nor a multicast address can be one.
+            if ip.is_unspecified()
+                || ip.is_multicast()
+                || ip.is_loopback()
+                || (ip.segments()[0] & 0xffc0) == 0xfe80
+            {
+                return Err(ConfigError::Invalid(format!(
+                    "node_ipv6 {v6}: a global or unique-local unicast address is required"
+                )));
+            }
+        }
         for (k, v) in &f.labels {
             validate_label(k, v)?;
         }
@@ -237,8 +276,10 @@ impl AgentConfig {
         Ok(AgentConfig {
             node_name,
             node_ip,
+            node_ipv6: f.node_ipv6,
             as_number: f.as_number,
             peers: f.peers,
+            bgp_secrets: f.bgp_secrets,
             node_to_node_mesh: f.node_to_node_mesh.unwrap_or(false),
             labels: f.labels,
             datastore,

@@ -81,4 +81,5 @@ pub mod cli;
 pub mod config;
 pub mod peering;
 pub mod routes;
+pub mod secrets;
 pub mod state;

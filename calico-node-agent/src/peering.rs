@@ -23,15 +23,16 @@
 //! dropped on its own ([`BgpDefaults::from_spec`]); a Node AS of 0 is unset.
 //! What was skipped is reported, not fatal.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr};
 
-use calico_store::model::{self, BgpConfigurationSpec, BgpPeer};
+use calico_store::model::{self, BgpConfigurationSpec, BgpPeer, SecretKeyRef};
 use calico_store::selector::Selector;
-use ipnetwork::{IpNetwork, Ipv4Network};
+use ipnetwork::{IpNetwork, Ipv4Network, Ipv6Network};
 
 use crate::config::{AgentConfig, AsNumber, DEFAULT_AS_NUMBER};
-use crate::state::RoutingState;
+use crate::secrets::{Password, Secrets};
+use crate::state::{self, MeshNode, RoutingState};
 
 /// BIRD's protocol debug level, from BGPConfiguration `logSeverityScreen`
 /// (as Calico maps it: `Debug` → everything, `None` → nothing, any other
@@ -72,9 +73,10 @@ pub struct BgpDefaults {
     pub as_number: Option<AsNumber>,
     pub mesh: Option<bool>,
     pub debug: Option<BirdDebug>,
-    /// `serviceClusterIPs` and `serviceExternalIPs` (IPv4 ones): announced
-    /// by every node so the fabric routes service addresses to the cluster.
-    pub service_cidrs: Vec<Ipv4Network>,
+    /// `serviceClusterIPs` and `serviceExternalIPs`: announced by every node
+    /// so the fabric routes service addresses to the cluster (IPv6 ones only
+    /// by nodes with an IPv6 address).
+    pub service_cidrs: Vec<IpNetwork>,
 }
 
 impl BgpDefaults {
@@ -90,18 +92,16 @@ impl BgpDefaults {
             .map(|b| ("serviceClusterIPs", b))
             .chain(spec.service_external_ips.iter().map(|b| ("serviceExternalIPs", b)));
         for (field, b) in cidrs {
-            match b.cidr {
-                IpNetwork::V4(n) => {
-                    // Cannot fail: the prefix length comes from a valid network.
-                    let Ok(masked) = Ipv4Network::new(n.network(), n.prefix()) else { continue };
-                    if masked != n {
-                        problems.push(format!("{field} {n} has host bits set; using {masked}"));
-                    }
-                    service_cidrs.push(masked);
-                }
-                // The agent speaks IPv4 BGP only.
-                IpNetwork::V6(n) => log::debug!("service CIDR {n}: IPv6 is not announced"),
+            // Cannot fail: the prefix length comes from a valid network.
+            let masked = match b.cidr {
+                IpNetwork::V4(n) => Ipv4Network::new(n.network(), n.prefix()).map(IpNetwork::V4),
+                IpNetwork::V6(n) => Ipv6Network::new(n.network(), n.prefix()).map(IpNetwork::V6),
+            };
+            let Ok(masked) = masked else { continue };
+            if masked != b.cidr {
+                problems.push(format!("{field} {} has host bits set; using {masked}", b.cidr));
             }
+            service_cidrs.push(masked);
         }
         service_cidrs.sort();
         service_cidrs.dedup();
@@ -144,10 +144,37 @@ pub enum PeerScope {
 /// Whom a BGPPeer peers with.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PeerTarget {
-    /// `peerIP` (+ port) and `asNumber`: an external router.
-    Addr { ip: Ipv4Addr, port: Option<u16>, as_number: AsNumber },
+    /// `peerIP` (+ port) and `asNumber`: an external router (or a Calico
+    /// node with that address, which then peers back: see [`settings`]).
+    Addr { ip: IpAddr, port: Option<u16>, as_number: AsNumber },
     /// `peerSelector`: the other Calico nodes whose labels match.
     Nodes(Selector),
+}
+
+/// A route reflector's cluster ID (Node `routeReflectorClusterID`): an
+/// IPv4-formatted 32-bit number, as Calico validates it and BIRD's
+/// `rr cluster id` takes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ClusterId(pub Ipv4Addr);
+
+impl ClusterId {
+    /// An empty (or blank) field is unset; anything but a dotted quad is an
+    /// error (it would make `bird -p` refuse the configuration).
+    pub fn parse(s: &str) -> Result<Option<ClusterId>, String> {
+        let t = s.trim();
+        if t.is_empty() {
+            return Ok(None);
+        }
+        t.parse::<Ipv4Addr>().map(|ip| Some(ClusterId(ip))).map_err(|_| {
+            format!("routeReflectorClusterID {s:?} is not an IPv4-formatted cluster ID (e.g. 244.0.0.1)")
+        })
+    }
+}
+
+impl std::fmt::Display for ClusterId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
 }
 
 /// A validated BGPPeer resource.
@@ -156,14 +183,34 @@ pub struct PeerRule {
     pub name: String,
     pub scope: PeerScope,
     pub target: PeerTarget,
+    /// `password.secretKeyRef`: the session's TCP-MD5 password, looked up in
+    /// the agent's `bgp_secrets` ([`crate::secrets`]).
+    pub password: Option<SecretKeyRef>,
     /// Fields set on the resource that the agent does not implement
-    /// (`password`, `sourceAddress`, ...): the peering is made without them.
+    /// (`sourceAddress`, `keepOriginalNextHop`, ...): the peering is made
+    /// without them.
     pub ignored_fields: Vec<String>,
 }
 
 /// An empty string is an unset field (Go's `omitempty`).
 fn set(v: &Option<String>) -> Option<&str> {
     v.as_deref().map(str::trim).filter(|s| !s.is_empty())
+}
+
+/// Can BIRD open a session to `ip` without naming an interface? An IPv4-mapped
+/// IPv6 address is taken as the IPv4 address, as Calico's parser does.
+fn peer_address(ip: IpAddr) -> Result<IpAddr, String> {
+    match ip.to_canonical() {
+        IpAddr::V4(v4)
+            if v4.is_unspecified() || v4.is_multicast() || v4.is_broadcast() || v4.is_loopback() =>
+        {
+            Err("not a unicast address of another host".into())
+        }
+        IpAddr::V6(v6) if !state::usable_v6(v6) => {
+            Err("not a unicast address of another host (link-local needs an interface)".into())
+        }
+        ip => Ok(ip),
+    }
 }
 
 impl PeerRule {
@@ -190,9 +237,7 @@ impl PeerRule {
             (Some(addr), None) => {
                 let (ip, port) = model::parse_peer_ip(addr)
                     .ok_or_else(|| format!("peerIP {addr:?} is not IP, IP:port or [IPv6]:port"))?;
-                let IpAddr::V4(ip) = ip else {
-                    return Err(format!("peerIP {addr:?}: IPv6 peers are not supported (IPv4 BGP only)"));
-                };
+                let ip = peer_address(ip).map_err(|e| format!("peerIP {addr}: {e}"))?;
                 if port == Some(0) {
                     return Err(format!("peerIP {addr}: port 0 is not a port"));
                 }
@@ -202,9 +247,15 @@ impl PeerRule {
                 PeerTarget::Addr { ip, port, as_number }
             }
         };
+        let password = match &s.password {
+            None => None,
+            Some(pw) => Some(
+                pw.secret_key_ref.clone().ok_or("password: only secretKeyRef {name, key} is supported")?,
+            ),
+        };
         // `null` is how some clients write an unset field.
         let ignored_fields = s.other.iter().filter(|(_, v)| !v.is_null()).map(|(k, _)| k.clone()).collect();
-        Ok(PeerRule { name: p.metadata.name.clone(), scope, target, ignored_fields })
+        Ok(PeerRule { name: p.metadata.name.clone(), scope, target, password, ignored_fields })
     }
 
     /// Does this BGPPeer apply to node `node` with `labels`?
@@ -229,12 +280,19 @@ pub enum PeerKind {
 /// One BGP session this node opens besides the mesh.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Peer {
-    pub ip: Ipv4Addr,
+    /// IPv4 or IPv6: the session's family is the family of the routes it
+    /// carries (the node's IPv6 blocks go over IPv6 sessions).
+    pub ip: IpAddr,
     pub port: Option<u16>,
     pub as_number: AsNumber,
     pub kind: PeerKind,
     /// Where it comes from: `config` or `BGPPeer <name>` (+ node for selectors).
     pub source: String,
+    /// TCP-MD5 password (BIRD `password`).
+    pub password: Option<Password>,
+    /// This node reflects routes to this peer (BIRD `rr client`): this node
+    /// has a cluster ID, the peer is in its AS and not in its cluster.
+    pub rr_client: bool,
 }
 
 /// Everything BGP the BIRD configuration needs, merged.
@@ -247,7 +305,13 @@ pub struct BgpSettings {
     pub mesh: bool,
     pub peers: Vec<Peer>,
     pub debug: Option<BirdDebug>,
-    pub service_cidrs: Vec<Ipv4Network>,
+    pub service_cidrs: Vec<IpNetwork>,
+    /// This node's `routeReflectorClusterID`: it is a route reflector, and
+    /// out of the full mesh (as calico/node's template).
+    pub rr_cluster_id: Option<ClusterId>,
+    /// Peers skipped while merging (a password that cannot be read, an IPv6
+    /// peer of a node without an IPv6 address), each naming its document.
+    pub problems: BTreeSet<String>,
 }
 
 impl BgpSettings {
@@ -257,60 +321,168 @@ impl BgpSettings {
     }
 }
 
+/// A node's addresses as peers: IPv4, and IPv6 when `v6` and it has one.
+fn node_addrs(n: &MeshNode, v4: bool, v6: bool) -> Vec<IpAddr> {
+    let mut v = Vec::new();
+    if v4 {
+        v.push(IpAddr::V4(n.ip));
+    }
+    if let (true, Some(ip6)) = (v6, n.ipv6) {
+        v.push(IpAddr::V6(ip6));
+    }
+    v
+}
+
 /// Merge the agent's config with the datastore view (see the module doc).
+/// Reads the `bgp_secrets` source for the peers that have a password.
 pub fn settings(cfg: &AgentConfig, st: &RoutingState) -> BgpSettings {
     let d = &st.bgp_defaults;
     let default_as = d.as_number.unwrap_or(AsNumber(DEFAULT_AS_NUMBER));
     let node_as = st.this_node.as_ref().and_then(|n| n.as_number);
     let local_as = node_as.or(d.as_number).or(cfg.as_number).unwrap_or(AsNumber(DEFAULT_AS_NUMBER));
+    let rr_cluster_id = st.this_node.as_ref().and_then(|n| n.rr_cluster_id);
     // Before this node's Node resource exists, its labels are the ones it is
     // about to write.
     let labels = st.this_node.as_ref().map_or(&cfg.labels, |n| &n.labels);
-    let me = cfg.node_ip.ip();
+    let me4 = IpAddr::V4(cfg.node_ip.ip());
+    let me6 = cfg.node_ipv6.map(|n| IpAddr::V6(n.ip()));
+    let has_rule_password = st.bgp_peers.iter().any(|r| r.password.is_some());
+    let secrets = if has_rule_password { Secrets::open(cfg.bgp_secrets.as_deref()) } else { Secrets::None };
+    let mut problems = BTreeSet::new();
 
     let mut peers: Vec<Peer> = Vec::new();
-    let mut add = |p: Peer| {
-        if p.ip == me {
-            log::debug!("{}: skipping peer {}, this node's own address", p.source, p.ip);
-        } else if let Some(first) = peers.iter().find(|q| q.ip == p.ip) {
-            if first.as_number != p.as_number || first.port != p.port {
-                log::warn!("{}: peer {} already configured by {}; ignored", p.source, p.ip, first.source);
+    // A peer candidate: the address, its AS, its cluster ID if it is a
+    // Calico node, and the rule it comes from (for the password).
+    let mut add =
+        |p: Peer, cluster: Option<ClusterId>, rule: Option<&PeerRule>, problems: &mut BTreeSet<String>| {
+            if p.ip == me4 || Some(p.ip) == me6 {
+                log::debug!("{}: skipping peer {}, this node's own address", p.source, p.ip);
+                return;
             }
-        } else {
+            if p.ip.is_ipv6() && me6.is_none() {
+                problems.insert(format!(
+                    "{}: peer {} is IPv6 and this node has no IPv6 address (node_ipv6); skipped",
+                    p.source, p.ip
+                ));
+                return;
+            }
+            if let Some(first) = peers.iter().find(|q| q.ip == p.ip) {
+                if first.as_number != p.as_number || first.port != p.port {
+                    log::warn!("{}: peer {} already configured by {}; ignored", p.source, p.ip, first.source);
+                }
+                return;
+            }
+            let mut p = p;
+            if let Some(r) = rule.and_then(|r| r.password.as_ref()) {
+                match secrets.password(r) {
+                    Ok(pw) => p.password = Some(pw),
+                    // Never a session without the password it was given: against
+                    // a peer that requires it, it could not come up anyway, and
+                    // against one that does not, it would silently drop the MD5
+                    // protection (calico/node peers without it; we do not).
+                    Err(e) => {
+                        problems.insert(format!(
+                            "{}: peer {}: password: {e}; session not configured",
+                            p.source, p.ip
+                        ));
+                        return;
+                    }
+                }
+            }
+            p.rr_client = rr_cluster_id.is_some() && p.as_number == local_as && cluster != rr_cluster_id;
             peers.push(p);
-        }
+        };
+    let peer = |ip: IpAddr, port, as_number, kind, source: String| Peer {
+        ip,
+        port,
+        as_number,
+        kind,
+        source,
+        password: None,
+        rr_client: false,
     };
+    let node_as_of = |n: &MeshNode| n.as_number.unwrap_or(default_as);
     for rule in st.bgp_peers.iter().filter(|r| r.applies_to(&cfg.node_name, labels)) {
         let kind = if rule.scope == PeerScope::Global { PeerKind::Global } else { PeerKind::Node };
         match &rule.target {
-            PeerTarget::Addr { ip, port, as_number } => add(Peer {
-                ip: *ip,
-                port: *port,
-                as_number: *as_number,
-                kind,
-                source: format!("BGPPeer {}", rule.name),
-            }),
+            PeerTarget::Addr { ip, port, as_number } => {
+                // A Calico node's address: its cluster ID decides `rr client`.
+                let cluster = st
+                    .other_nodes
+                    .iter()
+                    .find(|n| IpAddr::V4(n.ip) == *ip || n.ipv6.map(IpAddr::V6) == Some(*ip))
+                    .and_then(|n| n.rr_cluster_id);
+                add(
+                    peer(*ip, *port, *as_number, kind, format!("BGPPeer {}", rule.name)),
+                    cluster,
+                    Some(rule),
+                    &mut problems,
+                )
+            }
             PeerTarget::Nodes(sel) => {
                 for n in st.other_nodes.iter().filter(|n| sel.matches(&n.labels)) {
-                    add(Peer {
-                        ip: n.ip,
-                        port: None,
-                        as_number: n.as_number.unwrap_or(default_as),
-                        kind: PeerKind::Node,
-                        source: format!("BGPPeer {} node {}", rule.name, n.name),
-                    });
+                    for ip in node_addrs(n, true, true) {
+                        add(
+                            peer(
+                                ip,
+                                None,
+                                node_as_of(n),
+                                PeerKind::Node,
+                                format!("BGPPeer {} node {}", rule.name, n.name),
+                            ),
+                            n.rr_cluster_id,
+                            Some(rule),
+                            &mut problems,
+                        );
+                    }
                 }
             }
         }
     }
+    // The reverse of BGPPeers that make other nodes peer with this one, as
+    // calico/node completes them: a session needs both ends, and the
+    // BGPPeer names this node only as the target (`peerSelector` matching
+    // its labels, or `peerIP` equal to its address with its AS). This node
+    // then peers with the nodes the BGPPeer applies to. That is how a route
+    // reflector gets its clients: `nodeSelector: all()` + `peerSelector:
+    // route-reflector == 'true'`.
+    for rule in &st.bgp_peers {
+        let (v4, v6) = match &rule.target {
+            PeerTarget::Nodes(sel) if sel.matches(labels) => (true, true),
+            PeerTarget::Addr { ip, port, as_number }
+                if (*ip == me4 || Some(*ip) == me6)
+                    && *as_number == local_as
+                    && port.is_none_or(|p| p == 179) =>
+            {
+                (ip.is_ipv4(), ip.is_ipv6())
+            }
+            _ => continue,
+        };
+        for n in st.other_nodes.iter().filter(|n| rule.applies_to(&n.name, &n.labels)) {
+            for ip in node_addrs(n, v4, v6) {
+                add(
+                    peer(
+                        ip,
+                        None,
+                        node_as_of(n),
+                        PeerKind::Node,
+                        format!("BGPPeer {} node {}", rule.name, n.name),
+                    ),
+                    n.rr_cluster_id,
+                    Some(rule),
+                    &mut problems,
+                );
+            }
+        }
+    }
     for p in &cfg.peers {
-        add(Peer {
-            ip: p.ip,
-            port: None,
-            as_number: p.as_number,
-            kind: PeerKind::Global,
-            source: "config".into(),
-        });
+        add(peer(p.ip, None, p.as_number, PeerKind::Global, "config".into()), None, None, &mut problems);
+    }
+    if me6.is_none() && st.own_blocks.iter().any(|b| b.0.is_ipv6()) {
+        problems.insert(
+            "this node has IPv6 blocks but no IPv6 address (node_ipv6): they are blackholed, not announced"
+                .into(),
+        );
     }
 
     BgpSettings {
@@ -322,6 +494,8 @@ pub fn settings(cfg: &AgentConfig, st: &RoutingState) -> BgpSettings {
         peers,
         debug: d.debug,
         service_cidrs: d.service_cidrs.clone(),
+        rr_cluster_id,
+        problems,
     }
 }
 
@@ -379,7 +553,22 @@ mod tests {
             (BgpPeerSpec { node: s("a"), ..Default::default() }, "required"),
             (BgpPeerSpec { peer_ip: s("1.1.1.1"), ..Default::default() }, "asNumber is required"),
             (BgpPeerSpec { peer_ip: s("tor"), as_number: Some(1), ..Default::default() }, "not IP"),
-            (BgpPeerSpec { peer_ip: s("fd00::1"), as_number: Some(1), ..Default::default() }, "IPv6"),
+            (BgpPeerSpec { peer_ip: s("fe80::1"), as_number: Some(1), ..Default::default() }, "link-local"),
+            (BgpPeerSpec { peer_ip: s("ff02::2"), as_number: Some(1), ..Default::default() }, "unicast"),
+            (BgpPeerSpec { peer_ip: s("0.0.0.0"), as_number: Some(1), ..Default::default() }, "unicast"),
+            (
+                BgpPeerSpec { peer_ip: s("224.0.0.5:179"), as_number: Some(1), ..Default::default() },
+                "unicast",
+            ),
+            (
+                BgpPeerSpec {
+                    peer_ip: s("1.1.1.1"),
+                    as_number: Some(1),
+                    password: Some(model::BgpPassword { secret_key_ref: None }),
+                    ..Default::default()
+                },
+                "only secretKeyRef",
+            ),
             (
                 BgpPeerSpec {
                     peer_ip: s("1.1.1.1"),
@@ -528,9 +717,15 @@ mod tests {
             ip: ip.parse().unwrap(),
             as_number: asn.map(AsNumber),
             labels: labels(l),
+            ipv6: None,
+            rr_cluster_id: None,
         };
         let st = RoutingState {
-            this_node: Some(ThisNode { labels: labels(&[("rack", "r1")]), as_number: Some(AsNumber(64700)) }),
+            this_node: Some(ThisNode {
+                labels: labels(&[("rack", "r1")]),
+                as_number: Some(AsNumber(64700)),
+                rr_cluster_id: None,
+            }),
             other_nodes: vec![
                 node("rr1", "10.0.5.1", None, &[("rr", "")]),
                 node("w", "10.0.5.2", Some(64999), &[]),
@@ -551,7 +746,7 @@ mod tests {
         assert_eq!(b.default_as, AsNumber(63400));
         assert!(!b.mesh, "BGPConfiguration turns the mesh off over --mesh");
         assert_eq!(b.debug, Some(BirdDebug::All));
-        assert_eq!(b.service_cidrs, vec!["10.96.0.0/12".parse::<Ipv4Network>().unwrap()]);
+        assert_eq!(b.service_cidrs, vec!["10.96.0.0/12".parse::<IpNetwork>().unwrap()]);
         assert_eq!(
             ips(&b),
             [
@@ -577,7 +772,11 @@ mod tests {
         assert_eq!(settings(&cfg(""), &st3).local_as, AsNumber(64512));
         // The Node's own AS beats both.
         let st4 = RoutingState {
-            this_node: Some(ThisNode { labels: BTreeMap::new(), as_number: Some(AsNumber(64800)) }),
+            this_node: Some(ThisNode {
+                labels: BTreeMap::new(),
+                as_number: Some(AsNumber(64800)),
+                rr_cluster_id: None,
+            }),
             ..st2.clone()
         };
         assert_eq!(settings(&cfg("--as 64601"), &st4).local_as, AsNumber(64800));
@@ -641,12 +840,30 @@ mod tests {
     }
 
     #[test]
-    fn unimplemented_peer_fields_are_listed() {
-        let mut spec = BgpPeerSpec { peer_ip: s("1.1.1.1"), as_number: Some(65000), ..Default::default() };
-        spec.other.insert("password".into(), serde_json::json!({"secretKeyRef": {"name": "x", "key": "y"}}));
+    fn unimplemented_peer_fields_are_listed_and_the_password_is_a_reference() {
+        let mut spec = BgpPeerSpec {
+            peer_ip: s("[fd00::1]:1790"),
+            as_number: Some(65000),
+            password: Some(model::BgpPassword {
+                secret_key_ref: Some(SecretKeyRef { name: "x".into(), key: "y".into() }),
+            }),
+            ..Default::default()
+        };
         spec.other.insert("keepOriginalNextHop".into(), serde_json::json!(true));
         spec.other.insert("ttlSecurity".into(), serde_json::Value::Null);
         let r = peer("p", spec).unwrap();
-        assert_eq!(r.ignored_fields, ["keepOriginalNextHop", "password"]);
+        assert_eq!(r.ignored_fields, ["keepOriginalNextHop"]);
+        assert_eq!(r.password, Some(SecretKeyRef { name: "x".into(), key: "y".into() }));
+        assert_eq!(
+            r.target,
+            PeerTarget::Addr { ip: "fd00::1".parse().unwrap(), port: Some(1790), as_number: AsNumber(65000) }
+        );
+        // An IPv4-mapped address is the IPv4 peer.
+        let m = peer(
+            "m",
+            BgpPeerSpec { peer_ip: s("::ffff:10.0.0.9"), as_number: Some(1), ..Default::default() },
+        )
+        .unwrap();
+        assert!(matches!(m.target, PeerTarget::Addr { ip: IpAddr::V4(_), .. }), "{m:?}");
     }
 }

@@ -1,4 +1,4 @@
-//! One blackhole route per block affine to this node.
+//! One blackhole route per block affine to this node, IPv4 and IPv6 alike.
 //!
 //! Why a blackhole: the node owns the whole /26 towards the network (BGP
 //! announces the aggregate), but only some addresses have pods. Packets for
@@ -12,7 +12,6 @@
 
 use std::collections::BTreeSet;
 
-use ipnetwork::IpNetwork;
 use netlink_util::{IpFamily, Netlink, Protocol, Route, RouteKind, MAIN_TABLE};
 
 use crate::state::OwnBlock;
@@ -43,21 +42,22 @@ impl BlackholeRoutes {
     }
 
     fn route(&self, b: &OwnBlock) -> Route {
-        Route::new(IpNetwork::V4(b.0)).blackhole().protocol(self.protocol)
+        Route::new(b.0).blackhole().protocol(self.protocol)
     }
 
-    /// The blackholes with our protocol now in the main table.
+    /// The blackholes with our protocol now in the main tables of both families.
     pub fn current(&mut self) -> Result<BTreeSet<OwnBlock>, netlink_util::Error> {
-        Ok(self
-            .nl
-            .routes(IpFamily::V4, MAIN_TABLE)?
-            .into_iter()
-            .filter(|r| r.kind == RouteKind::Blackhole && r.protocol == Some(self.protocol))
-            .filter_map(|r| match r.dst {
-                IpNetwork::V4(n) => Some(OwnBlock(n)),
-                IpNetwork::V6(_) => None,
-            })
-            .collect())
+        let mut have = BTreeSet::new();
+        for family in [IpFamily::V4, IpFamily::V6] {
+            have.extend(
+                self.nl
+                    .routes(family, MAIN_TABLE)?
+                    .into_iter()
+                    .filter(|r| r.kind == RouteKind::Blackhole && r.protocol == Some(self.protocol))
+                    .map(|r| OwnBlock(r.dst)),
+            );
+        }
+        Ok(have)
     }
 
     /// Make the kernel's set equal `want`: add the missing, remove the stale.

@@ -5,25 +5,35 @@
 //! with a few prefix lists in one pass; no kernel access here.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use calico_store::model::{self, AffinityState, AllocationBlock, BgpPeer, BlockAffinity, IpFamily, Node};
 use calico_store::{Datastore, StoreError};
-use ipnetwork::{IpNetwork, Ipv4Network};
+use ipnetwork::IpNetwork;
 
 use crate::config::AsNumber;
-use crate::peering::{BgpDefaults, PeerRule};
+use crate::peering::{BgpDefaults, ClusterId, PeerRule};
 
-/// An IPAM block confirmed affine to this node: pinned locally by a blackhole
-/// route and announced as one aggregate.
+/// An IPAM block (IPv4 or IPv6) confirmed affine to this node: pinned
+/// locally by a blackhole route and announced as one aggregate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct OwnBlock(pub Ipv4Network);
+pub struct OwnBlock(pub IpNetwork);
 
 /// An address this node holds inside a block affine to another node
 /// (strictAffinity=false borrowing). The aggregate points at the other node,
-/// so this node announces the /32.
+/// so this node announces the /32 (/128).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct BorrowedAddr(pub Ipv4Addr);
+pub struct BorrowedAddr(pub IpAddr);
+
+impl BorrowedAddr {
+    /// The host route: `a.b.c.d/32` or `x::y/128`.
+    pub fn host_net(&self) -> String {
+        match self.0 {
+            IpAddr::V4(ip) => format!("{ip}/32"),
+            IpAddr::V6(ip) => format!("{ip}/128"),
+        }
+    }
+}
 
 /// Another node as the mesh sees it (from its Node resource).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -34,6 +44,10 @@ pub struct MeshNode {
     pub as_number: Option<AsNumber>,
     /// Its `metadata.labels` (what a `peerSelector` matches).
     pub labels: BTreeMap<String, String>,
+    /// Its `ipv6Address` (IPv6 mesh and IPv6 peerings with it).
+    pub ipv6: Option<Ipv6Addr>,
+    /// Its `routeReflectorClusterID`: the mesh skips a route reflector.
+    pub rr_cluster_id: Option<ClusterId>,
 }
 
 /// This node's own Node resource as the datastore has it.
@@ -43,6 +57,8 @@ pub struct ThisNode {
     pub labels: BTreeMap<String, String>,
     /// `spec.bgp.asNumber`: this node's own AS, over the cluster default.
     pub as_number: Option<AsNumber>,
+    /// `spec.bgp.routeReflectorClusterID`: this node reflects for its peers.
+    pub rr_cluster_id: Option<ClusterId>,
 }
 
 /// The datastore's view for one node.
@@ -68,60 +84,64 @@ pub struct RoutingState {
 pub fn read(store: &dyn Datastore, node: &str) -> Result<RoutingState, StoreError> {
     let mut state = RoutingState::default();
 
-    for kv in store.list(&model::host_affinities_prefix(node, IpFamily::V4))? {
-        // Our own claims are not skipped when unreadable: dropping one would
-        // withdraw a block that still has pods. The read fails, the caller
-        // keeps the current routes and retries.
-        let aff: BlockAffinity = model::decode(&kv)?;
-        // Only a confirmed claim routes: a pending one may still lose the
-        // race for the block, a pendingDeletion one is being released.
-        if aff.state != AffinityState::Confirmed || aff.deleted {
-            continue;
-        }
-        match model::parse_affinity_key(&kv.key) {
-            // A block CIDR with host bits is no block IPAM makes, and BIRD
-            // refuses it as a route or filter prefix.
-            Some((_, IpNetwork::V4(net))) if net.ip() != net.network() => {
-                state.problems.insert(format!("{}: block CIDR {net} has host bits set; ignored", kv.key));
+    for family in [IpFamily::V4, IpFamily::V6] {
+        for kv in store.list(&model::host_affinities_prefix(node, family))? {
+            // Our own claims are not skipped when unreadable: dropping one would
+            // withdraw a block that still has pods. The read fails, the caller
+            // keeps the current routes and retries.
+            let aff: BlockAffinity = model::decode(&kv)?;
+            // Only a confirmed claim routes: a pending one may still lose the
+            // race for the block, a pendingDeletion one is being released.
+            if aff.state != AffinityState::Confirmed || aff.deleted {
+                continue;
             }
-            Some((_, IpNetwork::V4(net))) => {
-                state.own_blocks.insert(OwnBlock(net));
+            match model::parse_affinity_key(&kv.key) {
+                // A block CIDR with host bits is no block IPAM makes, and BIRD
+                // refuses it as a route or filter prefix.
+                Some((_, net)) if net.ip() != net.network() => {
+                    state.problems.insert(format!("{}: block CIDR {net} has host bits set; ignored", kv.key));
+                }
+                // The key's family segment must agree with the CIDR.
+                Some((_, net)) if IpFamily::of(&net) == family => {
+                    state.own_blocks.insert(OwnBlock(net));
+                }
+                _ => log::warn!("ignoring unparsable affinity key {}", kv.key),
             }
-            _ => log::warn!("ignoring unparsable affinity key {}", kv.key),
         }
     }
 
     let my_affinity = format!("host:{node}");
-    for kv in store.list(&model::blocks_prefix(IpFamily::V4))? {
-        // A corrupt block costs at most its borrowed /32s; failing the whole
-        // read would freeze this node's routing on someone else's document.
-        let block: AllocationBlock = match model::decode(&kv) {
-            Ok(b) => b,
-            Err(e) => {
-                log::error!("skipping block: {e}");
-                continue;
-            }
-        };
-        if block.deleted || block.affinity.as_deref() == Some(my_affinity.as_str()) {
-            continue;
-        }
-        let IpNetwork::V4(net) = block.cidr else { continue };
-        for (ordinal, alloc) in block.allocations.iter().enumerate() {
-            let Some(attr_idx) = alloc else { continue };
-            let held_here = block
-                .attributes
-                .get(*attr_idx)
-                .and_then(|a| a.secondary.as_ref())
-                .and_then(|s| s.get("node"))
-                .is_some_and(|n| n == node);
-            if !held_here {
-                continue;
-            }
-            match u32::try_from(ordinal).ok().and_then(|o| net.nth(o)) {
-                Some(ip) => {
-                    state.borrowed.insert(BorrowedAddr(ip));
+    for family in [IpFamily::V4, IpFamily::V6] {
+        for kv in store.list(&model::blocks_prefix(family))? {
+            // A corrupt block costs at most its borrowed addresses; failing the
+            // whole read would freeze this node's routing on someone else's document.
+            let block: AllocationBlock = match model::decode(&kv) {
+                Ok(b) => b,
+                Err(e) => {
+                    log::error!("skipping block: {e}");
+                    continue;
                 }
-                None => log::warn!("block {} has ordinal {ordinal} outside its range", kv.key),
+            };
+            if block.deleted || block.affinity.as_deref() == Some(my_affinity.as_str()) {
+                continue;
+            }
+            for (ordinal, alloc) in block.allocations.iter().enumerate() {
+                let Some(attr_idx) = alloc else { continue };
+                let held_here = block
+                    .attributes
+                    .get(*attr_idx)
+                    .and_then(|a| a.secondary.as_ref())
+                    .and_then(|s| s.get("node"))
+                    .is_some_and(|n| n == node);
+                if !held_here {
+                    continue;
+                }
+                match nth_address(&block.cidr, ordinal) {
+                    Some(ip) => {
+                        state.borrowed.insert(BorrowedAddr(ip));
+                    }
+                    None => log::warn!("block {} has ordinal {ordinal} outside its range", kv.key),
+                }
             }
         }
     }
@@ -141,11 +161,34 @@ pub fn read(store: &dyn Datastore, node: &str) -> Result<RoutingState, StoreErro
             }
             other => other.map(AsNumber),
         };
+        let rr_cluster_id =
+            n.spec.bgp.as_ref().and_then(|b| b.route_reflector_cluster_id.as_deref()).and_then(|c| {
+                match ClusterId::parse(c) {
+                    Ok(id) => id,
+                    Err(e) => {
+                        state.problems.insert(format!("{}: {e}; not a route reflector", kv.key));
+                        None
+                    }
+                }
+            });
         if n.metadata.name == node {
-            state.this_node = Some(ThisNode { labels: n.metadata.labels.clone(), as_number });
+            state.this_node = Some(ThisNode { labels: n.metadata.labels.clone(), as_number, rr_cluster_id });
             continue;
         }
         let Some(bgp) = n.spec.bgp else { continue };
+        let ipv6 =
+            match bgp.ipv6_address.as_deref().map(|a| a.split('/').next().unwrap_or("").parse::<IpAddr>()) {
+                None => None,
+                Some(Ok(IpAddr::V6(ip))) if usable_v6(ip) => Some(ip),
+                Some(_) => {
+                    state.problems.insert(format!(
+                        "{}: ipv6Address {:?} is not a usable IPv6 address; IPv4 only",
+                        kv.key,
+                        bgp.ipv6_address.as_deref().unwrap_or("")
+                    ));
+                    None
+                }
+            };
         let Some(addr) = bgp.ipv4_address.as_deref() else { continue };
         // `ipv4Address` is `a.b.c.d/len`; tolerate a bare address.
         let ip = addr.split('/').next().and_then(|a| a.parse::<IpAddr>().ok());
@@ -155,6 +198,8 @@ pub fn read(store: &dyn Datastore, node: &str) -> Result<RoutingState, StoreErro
                 ip,
                 as_number,
                 labels: n.metadata.labels.clone(),
+                ipv6,
+                rr_cluster_id,
             }),
             _ => log::warn!("node {} has an unusable ipv4Address {addr:?}", n.metadata.name),
         }
@@ -186,6 +231,7 @@ pub fn read(store: &dyn Datastore, node: &str) -> Result<RoutingState, StoreErro
         match rule {
             Ok(r) => {
                 for f in &r.ignored_fields {
+                    // The value is not shown: it may be a secret.
                     state.problems.insert(format!("{}: {f} is not implemented; peering without it", kv.key));
                 }
                 state.bgp_peers.push(r)
@@ -197,6 +243,28 @@ pub fn read(store: &dyn Datastore, node: &str) -> Result<RoutingState, StoreErro
     }
     state.bgp_peers.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(state)
+}
+
+/// The address at `ordinal` of a block of either family.
+fn nth_address(cidr: &IpNetwork, ordinal: usize) -> Option<IpAddr> {
+    match cidr {
+        IpNetwork::V4(n) => u32::try_from(ordinal).ok().and_then(|o| n.nth(o)).map(IpAddr::V4),
+        IpNetwork::V6(n) => {
+            let o = u128::try_from(ordinal).ok()?;
+            let size = 1u128.checked_shl(u32::from(128 - n.prefix())).unwrap_or(0);
+            // A /0 has 2^128 addresses; any ordinal fits.
+            if n.prefix() != 0 && o >= size {
+                return None;
+            }
+            Some(IpAddr::V6(Ipv6Addr::from(u128::from(n.network()).checked_add(o)?)))
+        }
+    }
+}
+
+/// An IPv6 address BIRD can peer with without naming an interface: not
+/// link-local, multicast, loopback or unspecified.
+pub fn usable_v6(ip: Ipv6Addr) -> bool {
+    !(ip.is_unspecified() || ip.is_loopback() || ip.is_multicast() || (ip.segments()[0] & 0xffc0) == 0xfe80)
 }
 
 #[cfg(test)]
@@ -251,7 +319,13 @@ mod tests {
             model::encode(&Node::new(
                 "Node",
                 ObjectMeta { name: name.into(), ..Default::default() },
-                NodeSpec { bgp: Some(NodeBgpSpec { ipv4_address: Some(ip.into()), as_number: asn }) },
+                NodeSpec {
+                    bgp: Some(NodeBgpSpec {
+                        ipv4_address: Some(ip.into()),
+                        as_number: asn,
+                        ..Default::default()
+                    }),
+                },
             ))
         };
         s.create(&model::node_key("me"), &node("me", "192.168.1.1/24", None)).unwrap();
@@ -267,6 +341,8 @@ mod tests {
                 ip: "192.168.1.2".parse().unwrap(),
                 as_number: Some(AsNumber(64600)),
                 labels: BTreeMap::new(),
+                ipv6: None,
+                rr_cluster_id: None,
             }]
         );
         assert_eq!(st.this_node, Some(ThisNode::default()));

@@ -47,6 +47,8 @@ fn state(blocks: &[&str], borrowed: &[&str], nodes: &[(&str, &str, Option<u32>)]
                 ip: ip.parse().unwrap(),
                 as_number: asn.map(AsNumber),
                 labels: Default::default(),
+                ipv6: None,
+                rr_cluster_id: None,
             })
             .collect(),
         ..Default::default()
@@ -140,7 +142,9 @@ impl Store {
     fn node(&self, name: &str, ip: &str, asn: Option<u32>, labels: &[(&str, &str)]) {
         let mut m = meta(name);
         m.labels = labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-        let spec = NodeSpec { bgp: Some(NodeBgpSpec { ipv4_address: Some(ip.into()), as_number: asn }) };
+        let spec = NodeSpec {
+            bgp: Some(NodeBgpSpec { ipv4_address: Some(ip.into()), as_number: asn, ..Default::default() }),
+        };
         self.put(&model::node_key(name), model::encode(&Node::new("Node", m, spec)));
     }
 
@@ -355,10 +359,57 @@ fn no_single_bad_document_makes_bird_refuse_the_config() {
         BgpPeerSpec {
             peer_ip: Some("192.168.10.9".into()),
             as_number: Some(65009),
-            other: [("password".to_string(), serde_json::json!({"secretKeyRef": {"name": "s", "key": "k"}}))]
-                .into(),
+            other: [("keepOriginalNextHop".to_string(), serde_json::json!(true))].into(),
             ..Default::default()
         },
+    );
+    // Passwords: one that BIRD's strings cannot hold, one whose secret is
+    // missing, one that is fine; a document that is not a secretKeyRef.
+    let secrets = tempfile::tempdir().unwrap();
+    let secrets_file = secrets.path().join("bgp-secrets.json");
+    std::fs::write(&secrets_file, r#"{"tor": {"quoted": "a\"b; } protocol x {", "good": "Sw0rdfish"}}"#)
+        .unwrap();
+    let with_pw = |ip: &str, key: &str| BgpPeerSpec {
+        peer_ip: Some(ip.into()),
+        as_number: Some(65000),
+        password: Some(model::BgpPassword {
+            secret_key_ref: Some(model::SecretKeyRef { name: "tor".into(), key: key.into() }),
+        }),
+        ..Default::default()
+    };
+    st.peer("pw-quoted", with_pw("192.168.10.11", "quoted"));
+    st.peer("pw-missing", with_pw("192.168.10.12", "absent"));
+    st.peer("pw-good", with_pw("192.168.10.13", "good"));
+    st.put(
+        &model::bgp_peer_key("pw-plain"),
+        raw("BGPPeer", "pw-plain", r#"{"peerIP":"192.168.10.14","asNumber":65000,"password":"plaintext"}"#),
+    );
+    // IPv6 peers: a link-local one (BIRD needs an interface for it) and a
+    // good one, which node-a (no IPv6 address here) cannot use.
+    st.put(
+        &model::bgp_peer_key("v6-link-local"),
+        raw("BGPPeer", "v6-link-local", r#"{"peerIP":"fe80::1","asNumber":65000}"#),
+    );
+    st.put(
+        &model::bgp_peer_key("v6-tor"),
+        raw("BGPPeer", "v6-tor", r#"{"peerIP":"fd00:10::1","asNumber":65000}"#),
+    );
+    // A route reflector cluster ID BIRD would refuse, on this node and another.
+    st.put(
+        &model::node_key("node-a"),
+        raw(
+            "Node",
+            "node-a",
+            r#"{"bgp":{"ipv4Address":"192.168.10.2/24","routeReflectorClusterID":"300.0.0.1"}}"#,
+        ),
+    );
+    st.put(
+        &model::node_key("node-c"),
+        raw(
+            "Node",
+            "node-c",
+            r#"{"bgp":{"ipv4Address":"192.168.30.2/24","ipv6Address":"fe80::3/64","routeReflectorClusterID":"rr-1"}}"#,
+        ),
     );
     // node-b's AS is 0: meshed with the cluster AS instead.
     st.node("node-b", "192.168.20.2/24", Some(0), &[("rack", "r2")]);
@@ -377,7 +428,12 @@ fn no_single_bad_document_makes_bird_refuse_the_config() {
         "as-zero: peerIP 192.168.10.7: asNumber 0",
         "port-zero: peerIP 192.168.10.8:0: port 0",
         "deep: peerSelector: invalid selector",
-        "extras: password is not implemented",
+        "extras: keepOriginalNextHop is not implemented",
+        "pw-plain: ",
+        "v6-link-local: peerIP fe80::1: not a unicast address of another host (link-local",
+        "node-a: routeReflectorClusterID \"300.0.0.1\" is not an IPv4-formatted cluster ID",
+        "node-c: routeReflectorClusterID \"rr-1\"",
+        "node-c: ipv6Address \"fe80::3/64\" is not a usable IPv6 address",
         "node-b: spec.bgp.asNumber 0",
         "default: asNumber 0",
         "default: logSeverityScreen \"Verbose\"",
@@ -386,8 +442,30 @@ fn no_single_bad_document_makes_bird_refuse_the_config() {
     ] {
         assert!(problems.iter().any(|p| p.contains(want)), "{want}: {problems:#?}");
     }
-    assert_eq!(problems.len(), 9, "{problems:#?}");
-    let text = render_with("--node-name node-a --node-ip 192.168.10.2/24 --as 64601", &s);
+    assert_eq!(problems.len(), 14, "{problems:#?}");
+    let c = cfg(&format!(
+        "--node-name node-a --node-ip 192.168.10.2/24 --as 64601 --bgp-secrets {}",
+        secrets_file.display()
+    ));
+    let inputs = BirdInputs::new(&c, &s);
+    let merged: Vec<&String> = inputs.bgp.problems.iter().collect();
+    for want in [
+        "BGPPeer pw-quoted: peer 192.168.10.11: password: secret \"tor\" key \"quoted\": the password contains a double quote",
+        "BGPPeer pw-missing: peer 192.168.10.12: password: secret \"tor\" key \"absent\" is not in",
+        "BGPPeer v6-tor: peer fd00:10::1 is IPv6 and this node has no IPv6 address",
+    ] {
+        assert!(merged.iter().any(|p| p.contains(want)), "{want}: {merged:#?}");
+    }
+    assert_eq!(merged.len(), 3, "{merged:#?}");
+    for p in problems.iter().chain(&merged) {
+        assert!(!p.contains("Sw0rdfish") && !p.contains("protocol x"), "a password in a message: {p}");
+    }
+    let text = render(&inputs);
+    // The good password is written; the bad ones' sessions are not there at all.
+    assert!(protocol(&text, "Global_192_168_10_13").unwrap().contains("password \"Sw0rdfish\";"), "{text}");
+    for skipped in ["192.168.10.11", "192.168.10.12", "192.168.10.14", "fd00", "fe80", "rr cluster id"] {
+        assert!(!text.contains(skipped), "{skipped}: {text}");
+    }
     bird_parse(&text).unwrap_or_else(|e| panic!("bird -p refuses: {e}\n{text}"));
     // The good parts of every document still apply.
     assert!(protocol(&text, "Global_192_168_10_1").is_some(), "{text}");
@@ -396,4 +474,180 @@ fn no_single_bad_document_makes_bird_refuse_the_config() {
     assert!(text.contains("local as 64601;") && text.contains("route 10.96.0.0/12 blackhole;"));
     assert!(!text.contains("192.168.10.7") && !text.contains("192.168.10.8"));
     golden("bgp_bad_documents", &text);
+}
+
+// ---------------------------------------------------------------------------
+// IPv6 and route reflection
+
+impl Store {
+    /// A Node document as written (JSON `spec.bgp`), labels included.
+    fn raw_node(&self, name: &str, bgp: serde_json::Value, labels: &[(&str, &str)]) {
+        let labels: serde_json::Map<String, serde_json::Value> =
+            labels.iter().map(|(k, v)| (k.to_string(), serde_json::json!(v))).collect();
+        let doc = serde_json::json!({
+            "kind": "Node", "apiVersion": "projectcalico.org/v3",
+            "metadata": {"name": name, "labels": labels}, "spec": {"bgp": bgp},
+        });
+        self.put(&model::node_key(name), serde_json::to_vec(&doc).unwrap());
+    }
+
+    fn claim(&self, node: &str, cidr: &str) {
+        let aff = calico_store::model::BlockAffinity {
+            state: calico_store::model::AffinityState::Confirmed,
+            deleted: false,
+        };
+        let b: ipnetwork::IpNetwork = cidr.parse().unwrap();
+        self.put(&model::affinity_key(node, &b), model::encode(&aff));
+    }
+
+    /// What `node` renders with `flags`, and the merge's problems.
+    fn render_node(&self, node: &str, flags: &str) -> (String, Vec<String>) {
+        let st = state::read(&self.s, node).unwrap();
+        let c = cfg(&format!("--node-name {node} {flags}"));
+        let inputs = BirdInputs::new(&c, &st);
+        let problems = st.problems.iter().chain(&inputs.bgp.problems).cloned().collect();
+        (render(&inputs), problems)
+    }
+}
+
+#[test]
+fn dual_stack_blocks_sessions_and_mesh() {
+    let st = Store::new();
+    st.raw_node(
+        "node-a",
+        serde_json::json!({"ipv4Address": "192.168.10.2/24", "ipv6Address": "fd00:10::2/64"}),
+        &[],
+    );
+    st.raw_node(
+        "node-b",
+        serde_json::json!({"ipv4Address": "192.168.20.2/24", "ipv6Address": "fd00:20::2/64"}),
+        &[],
+    );
+    st.claim("node-a", "fd00:244::/122");
+    // node-a holds ordinal 5 of node-b's IPv6 block: announced as a /128.
+    let v6b: ipnetwork::IpNetwork = "fd00:244::40/122".parse().unwrap();
+    let mut allocations = vec![None; 64];
+    allocations[5] = Some(0);
+    let block = model::AllocationBlock {
+        cidr: v6b,
+        affinity: Some("host:node-b".into()),
+        strict_affinity: false,
+        allocations,
+        unallocated: vec![],
+        attributes: vec![model::AllocationAttribute {
+            handle_id: Some("h".into()),
+            secondary: Some([("node".to_string(), "node-a".to_string())].into()),
+        }],
+        deleted: false,
+    };
+    st.put(&model::block_key(&v6b), model::encode(&block));
+    st.bgp_config(BgpConfigurationSpec {
+        service_cluster_ips: vec![
+            ServiceIpBlock { cidr: "10.96.0.0/12".parse().unwrap() },
+            ServiceIpBlock { cidr: "fd00:96::/112".parse().unwrap() },
+        ],
+        ..Default::default()
+    });
+    let flags = "--node-ip 192.168.10.2/24 --node-ipv6 fd00:10::2/64 --peer 192.168.10.1:65000 --peer [fd00:10::1]:65000";
+    let (text, problems) = st.render_node("node-a", flags);
+    assert!(problems.is_empty(), "{problems:?}");
+    assert!(text.contains("protocol kernel kernel6 {") && text.contains("protocol static calico_aggr6 {"));
+    assert!(
+        text.contains("  route fd00:244::/122 blackhole;")
+            && text.contains("  route fd00:244::45/128 blackhole;")
+    );
+    assert!(
+        text.contains("if net = fd00:244::/122 then accept;")
+            && text.contains("if net = fd00:96::/112 then accept;")
+    );
+    let tor6 = protocol(&text, "Global_fd00_10__1").expect("IPv6 session to the tor");
+    assert!(tor6.contains("from bgp_template_v6") && tor6.contains("source address fd00:10::2;"), "{tor6}");
+    let tor4 = protocol(&text, "Global_192_168_10_1").unwrap();
+    assert!(tor4.contains("from bgp_template {"), "{tor4}");
+    // Mesh over both families; "fd00:20::2" > "fd00:10::2": node-a waits.
+    let m6 = protocol(&text, "Mesh_fd00_20__2").expect("IPv6 mesh session");
+    assert!(m6.contains("neighbor fd00:20::2 as 64512;") && m6.contains("passive on;"), "{m6}");
+    assert!(protocol(&text, "Mesh_192_168_20_2").is_some());
+    golden("dual_stack", &text);
+
+    // The same node without an IPv6 address: IPv4 only, the IPv6 parts are
+    // reported, not rendered (BIRD would have no source address for them).
+    let (v4only, problems) = st.render_node(
+        "node-a",
+        "--node-ip 192.168.10.2/24 --peer 192.168.10.1:65000 --peer [fd00:10::1]:65000",
+    );
+    assert!(!v4only.contains("fd00") && !v4only.contains("kernel6"), "{v4only}");
+    assert!(problems.iter().any(|p| p.contains("IPv6 blocks but no IPv6 address")), "{problems:?}");
+    assert!(problems.iter().any(|p| p.contains("peer fd00:10::1 is IPv6")), "{problems:?}");
+    bird_parse(&v4only).unwrap();
+}
+
+#[test]
+fn route_reflector_reflects_for_its_clients_and_leaves_the_mesh() {
+    let st = Store::new();
+    // Calico's recipe: a cluster ID and a label on the reflector, one BGPPeer
+    // from every node to the nodes with the label (reversed for the reflector).
+    st.raw_node(
+        "node-rr",
+        serde_json::json!({"ipv4Address": "192.168.50.2/24", "ipv6Address": "fd00:50::2/64", "routeReflectorClusterID": "244.0.0.1"}),
+        &[("route-reflector", "true")],
+    );
+    st.raw_node(
+        "node-b",
+        serde_json::json!({"ipv4Address": "192.168.20.2/24", "ipv6Address": "fd00:20::2/64"}),
+        &[],
+    );
+    st.raw_node(
+        "node-a",
+        serde_json::json!({"ipv4Address": "192.168.10.2/24", "ipv6Address": "fd00:10::2/64"}),
+        &[],
+    );
+    st.peer(
+        "peer-with-rr",
+        BgpPeerSpec {
+            node_selector: Some("all()".into()),
+            peer_selector: Some("route-reflector == 'true'".into()),
+            ..Default::default()
+        },
+    );
+    st.bgp_config(BgpConfigurationSpec { node_to_node_mesh_enabled: Some(true), ..Default::default() });
+    st.claim("node-rr", "10.244.9.0/26");
+
+    let (rr, problems) = st.render_node("node-rr", "--node-ip 192.168.50.2/24 --node-ipv6 fd00:50::2/64");
+    assert!(problems.is_empty(), "{problems:?}");
+    assert!(!rr.contains("protocol bgp Mesh_"), "a reflector is out of the mesh: {rr}");
+    for (name, ip) in [
+        ("Node_192_168_10_2", "192.168.10.2"),
+        ("Node_fd00_10__2", "fd00:10::2"),
+        ("Node_192_168_20_2", "192.168.20.2"),
+    ] {
+        let p = protocol(&rr, name).unwrap_or_else(|| panic!("{name}: {rr}"));
+        assert!(p.contains(&format!("neighbor {ip} as 64512;")), "{p}");
+        assert!(p.contains("rr client;") && p.contains("rr cluster id 244.0.0.1;"), "{p}");
+        assert!(p.contains("export filter calico_export_rr;"), "{p}");
+    }
+    assert!(rr.contains("filter calico_export_rr {") && rr.contains("if bgp_path.len = 0 then accept;"));
+    golden("rr_reflector", &rr);
+
+    let (client, problems) = st.render_node("node-a", "--node-ip 192.168.10.2/24 --node-ipv6 fd00:10::2/64");
+    assert!(problems.is_empty(), "{problems:?}");
+    assert!(client.contains("# Skipping \"node-rr\" (192.168.50.2): a route reflector"), "{client}");
+    assert!(!client.contains("Mesh_192_168_50_2") && !client.contains("rr client"), "{client}");
+    let to_rr = protocol(&client, "Node_192_168_50_2").expect("the client peers with the reflector");
+    assert!(to_rr.contains("BGPPeer peer-with-rr node node-rr"), "{to_rr}");
+    assert!(protocol(&client, "Node_fd00_50__2").is_some(), "and over IPv6: {client}");
+    assert!(protocol(&client, "Mesh_192_168_20_2").is_some(), "the mesh between clients stays");
+    golden("rr_client", &client);
+
+    // A second reflector of the same cluster: a peer, not a client.
+    st.raw_node(
+        "node-rr2",
+        serde_json::json!({"ipv4Address": "192.168.60.2/24", "routeReflectorClusterID": "244.0.0.1"}),
+        &[("route-reflector", "true")],
+    );
+    let (rr, _) = st.render_node("node-rr", "--node-ip 192.168.50.2/24 --node-ipv6 fd00:50::2/64");
+    let peer_rr = protocol(&rr, "Node_192_168_60_2").expect("reflectors peer");
+    assert!(!peer_rr.contains("rr client"), "{peer_rr}");
+    assert!(protocol(&rr, "Node_192_168_10_2").unwrap().contains("rr client;"));
+    bird_parse(&rr).unwrap();
 }

@@ -457,6 +457,14 @@ pub struct NodeBgpSpec {
     pub ipv4_address: Option<String>,
     #[serde(rename = "asNumber", default, skip_serializing_if = "Option::is_none", with = "as_number")]
     pub as_number: Option<u32>,
+    /// `a:b::c/len` of the node's IPv6 address used for peering (IPv6
+    /// sessions and the IPv6 mesh).
+    #[serde(rename = "ipv6Address", default, skip_serializing_if = "Option::is_none")]
+    pub ipv6_address: Option<String>,
+    /// Set (an IPv4-formatted cluster ID, e.g. `244.0.0.1`) on a node that
+    /// is a BGP route reflector for the nodes it peers with.
+    #[serde(rename = "routeReflectorClusterID", default, skip_serializing_if = "Option::is_none")]
+    pub route_reflector_cluster_id: Option<String>,
 }
 
 pub type Node = Resource<NodeSpec>;
@@ -573,7 +581,11 @@ pub struct BgpPeerSpec {
     pub as_number: Option<u32>,
     #[serde(rename = "peerSelector", default, skip_serializing_if = "Option::is_none")]
     pub peer_selector: Option<String>,
-    /// Every other field (`password`, `sourceAddress`, `keepOriginalNextHop`,
+    /// The TCP-MD5 password of the session, as a reference to a secret (never
+    /// the password itself: the document is readable by every node).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password: Option<BgpPassword>,
+    /// Every other field (`sourceAddress`, `keepOriginalNextHop`,
     /// `filters`, ...), kept as written so a reader can say what it ignores
     /// and a rewrite does not lose it.
     #[serde(flatten, default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -581,6 +593,20 @@ pub struct BgpPeerSpec {
 }
 
 pub type BgpPeer = Resource<BgpPeerSpec>;
+
+/// BGPPeer `password`: where the session's password is kept.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct BgpPassword {
+    #[serde(rename = "secretKeyRef", default, skip_serializing_if = "Option::is_none")]
+    pub secret_key_ref: Option<SecretKeyRef>,
+}
+
+/// One key of one secret (Kubernetes' `SecretKeySelector`: `name`, `key`).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct SecretKeyRef {
+    pub name: String,
+    pub key: String,
+}
 
 /// A BGPPeer's `peerIP`: an address and an optional port. IPv6 with a port
 /// is bracketed, as in a URL.
@@ -803,7 +829,11 @@ mod tests {
                     "keepOriginalNextHop":true}}"#;
         let p: BgpPeer = decode(&kv("k", json)).unwrap();
         assert_eq!(p.spec.as_number, Some(65000));
-        assert_eq!(p.spec.other.keys().collect::<Vec<_>>(), ["keepOriginalNextHop", "password"]);
+        assert_eq!(p.spec.other.keys().collect::<Vec<_>>(), ["keepOriginalNextHop"]);
+        assert_eq!(
+            p.spec.password.clone().and_then(|p| p.secret_key_ref),
+            Some(SecretKeyRef { name: "s".into(), key: "k".into() })
+        );
         let out = String::from_utf8(encode(&p)).unwrap();
         assert!(out.contains("secretKeyRef") && out.contains("keepOriginalNextHop"), "{out}");
     }
