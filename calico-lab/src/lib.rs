@@ -50,11 +50,11 @@ mod scenario;
 mod tor;
 
 use std::collections::BTreeMap;
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use ipnetwork::{IpNetwork, Ipv4Network};
+use ipnetwork::{IpNetwork, Ipv4Network, Ipv6Network};
 use serde::{Deserialize, Serialize};
 
 pub use host::{http_get, run_cmd, wait_until, InNetns};
@@ -103,6 +103,13 @@ pub struct HostConfig {
     pub tor_ip: Ipv4Network,
     #[serde(default)]
     pub as_number: Option<u32>,
+    /// The host's IPv6 address on its link (dual-stack labs: every node and
+    /// the client), a unique-local `fd00::/8` address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip6: Option<Ipv6Network>,
+    /// The tor's IPv6 address on the same link (the host's IPv6 gateway).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tor_ip6: Option<Ipv6Network>,
     /// A node's labels (its agent writes them into its Node resource, where
     /// BGPPeer `nodeSelector`s match them).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -131,6 +138,12 @@ pub struct LabConfig {
     pub pool: Ipv4Network,
     #[serde(default = "default_block_size")]
     pub block_size: u8,
+    /// The IPv6 pool: the lab is dual-stack (IPv6 on every link, pods with
+    /// both families, IPv6 BGP sessions to the tor) when it is set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool6: Option<Ipv6Network>,
+    #[serde(default = "default_block_size6")]
+    pub block_size6: u8,
     pub nodes: Vec<HostConfig>,
     pub etcd: EtcdConfig,
     pub client: HostConfig,
@@ -158,6 +171,10 @@ fn default_true() -> bool {
 
 fn default_block_size() -> u8 {
     26
+}
+
+fn default_block_size6() -> u8 {
+    122
 }
 
 impl LabConfig {
@@ -197,6 +214,40 @@ impl LabConfig {
             if !is_private(h.ip.ip()) {
                 return Err(format!("{}: {} is not a private address", h.name, h.ip));
             }
+            match (h.ip6, h.tor_ip6) {
+                (None, None) => {}
+                (Some(ip6), Some(tor6)) => {
+                    if ip6.network() != tor6.network()
+                        || ip6.prefix() != tor6.prefix()
+                        || ip6.ip() == tor6.ip()
+                    {
+                        return Err(format!(
+                            "{}: ip6 {ip6} and tor_ip6 {tor6} must be two addresses of one subnet",
+                            h.name
+                        ));
+                    }
+                    if !is_ula(ip6.ip()) {
+                        return Err(format!("{}: {ip6} is not a unique-local (fd00::/8) address", h.name));
+                    }
+                }
+                _ => return Err(format!("{}: ip6 and tor_ip6 go together", h.name)),
+            }
+            let is_etcd = h.name == "etcd";
+            if self.pool6.is_some() && h.ip6.is_none() && !is_etcd {
+                return Err(format!(
+                    "{}: a dual-stack lab (pool6) needs ip6/tor_ip6 on every node and the client",
+                    h.name
+                ));
+            }
+        }
+        if let Some(p6) = self.pool6 {
+            if !is_ula(p6.ip()) || self.block_size6 < p6.prefix() || !(116..=128).contains(&self.block_size6)
+            {
+                return Err(format!(
+                    "pool6 {p6} / block size {} invalid (unique-local, block within pool, /116-/128)",
+                    self.block_size6
+                ));
+            }
         }
         if !is_private(self.pool.ip()) || self.block_size < self.pool.prefix() || self.block_size > 32 {
             return Err(format!(
@@ -215,6 +266,8 @@ impl LabConfig {
             ip: self.etcd.ip,
             tor_ip: self.etcd.tor_ip,
             as_number: None,
+            ip6: None,
+            tor_ip6: None,
             labels: BTreeMap::new(),
         });
         let mut c = self.client.clone();
@@ -240,6 +293,23 @@ impl LabConfig {
 
 fn is_private(ip: Ipv4Addr) -> bool {
     ip.is_private()
+}
+
+/// A unique-local address of the `fd00::/8` half (locally assigned).
+fn is_ula(ip: std::net::Ipv6Addr) -> bool {
+    ip.octets()[0] == 0xfd
+}
+
+impl LabConfig {
+    /// IPv6 on every link, pods and BGP sessions (`pool6` is set).
+    pub fn dual_stack(&self) -> bool {
+        self.pool6.is_some()
+    }
+
+    /// The IPv6 address of a host's link, when the lab is dual-stack.
+    pub fn ip6_of(&self, h: &HostConfig) -> Option<std::net::Ipv6Addr> {
+        self.pool6.and(h.ip6).map(|n| n.ip())
+    }
 }
 
 /// Where the lab finds the workspace binaries (`calico-node-agent`, `calico`,
@@ -408,29 +478,57 @@ impl Lab {
         }
         let tor_path = self.ns("tor")?.path();
         self.ns("tor")?.run(|| Ok(netlink_util::Sysctl::ip_forward().write("1")?))?;
+        if self.cfg.dual_stack() {
+            self.ns("tor")?.run(|| Ok(netlink_util::Sysctl::ipv6_forwarding("all")?.write("1")?))?;
+        }
         for h in self.cfg.hosts() {
             let peer = format!("to-{}", h.name);
             let ns = self.ns(&h.name)?;
             let tor_ns = netlink_util::Netns::open(&tor_path)?;
             let (ip, gw) = (h.ip, h.tor_ip.ip());
+            // Dual-stack: the link's IPv6 pair too (no DAD: the link is
+            // ours alone, and a tentative address would delay BGP).
+            let v6 = if self.cfg.dual_stack() { h.ip6.zip(h.tor_ip6) } else { None };
             ns.with_netlink(|nl| {
                 // The host end is created here and its peer directly in the
                 // tor's namespace: nothing ever appears in the root namespace.
                 let eth = nl
                     .create_veth(&netlink_util::VethConfig::new("eth0", peer.as_str()).peer_netns(&tor_ns))?;
                 nl.add_address(eth.index, IpNetwork::V4(ip), &netlink_util::AddrOptions::default())?;
+                if let Some((ip6, _)) = v6 {
+                    nl.add_address(
+                        eth.index,
+                        IpNetwork::V6(ip6),
+                        &netlink_util::AddrOptions::default().nodad(),
+                    )?;
+                }
                 nl.set_link_up(eth.index)?;
                 nl.add_route(&netlink_util::Route::default_v4().via(gw.into()).dev(eth.index))?;
+                if let Some((_, gw6)) = v6 {
+                    nl.add_route(
+                        &netlink_util::Route::default_v6().via(IpAddr::V6(gw6.ip())).dev(eth.index),
+                    )?;
+                }
                 Ok(())
             })?;
             // Nodes route pods' traffic.
             if self.cfg.node(&h.name).is_some() {
                 ns.run(|| Ok(netlink_util::Sysctl::ip_forward().write("1")?))?;
+                if v6.is_some() {
+                    ns.run(|| Ok(netlink_util::Sysctl::ipv6_forwarding("all")?.write("1")?))?;
+                }
             }
             let tor_ip = h.tor_ip;
             self.ns("tor")?.with_netlink(|nl| {
                 let l = nl.link_by_name(&peer)?;
                 nl.add_address(l.index, IpNetwork::V4(tor_ip), &netlink_util::AddrOptions::default())?;
+                if let Some((_, tor6)) = v6 {
+                    nl.add_address(
+                        l.index,
+                        IpNetwork::V6(tor6),
+                        &netlink_util::AddrOptions::default().nodad(),
+                    )?;
+                }
                 nl.set_link_up(l.index)
             })?;
         }
@@ -513,11 +611,27 @@ impl Lab {
                 nat_outgoing: false,
             },
         );
+        let mut pools = vec![pool];
+        if let Some(p6) = self.cfg.pool6 {
+            pools.push(IpPool::new(
+                "IPPool",
+                ObjectMeta { name: "default-ipv6-ippool".into(), ..Default::default() },
+                IpPoolSpec {
+                    cidr: IpNetwork::V6(p6),
+                    block_size: Some(self.cfg.block_size6),
+                    node_selector: Some("all()".into()),
+                    disabled: false,
+                    nat_outgoing: false,
+                },
+            ));
+        }
         let host = self.cfg.nodes[0].name.clone();
         self.with_store(&host, move |s| {
-            let key = model::pool_key(&pool.metadata.name);
-            if s.get(&key)?.is_none() {
-                s.create(&key, &model::encode(&pool))?;
+            for pool in &pools {
+                let key = model::pool_key(&pool.metadata.name);
+                if s.get(&key)?.is_none() {
+                    s.create(&key, &model::encode(pool))?;
+                }
             }
             Ok(())
         })
@@ -581,14 +695,21 @@ impl Lab {
     fn agent_config(&self, n: &HostConfig) -> Result<PathBuf, LabError> {
         let dir = self.host_dir(&n.name)?;
         let path = dir.join("agent.json");
-        let peers = if self.cfg.tor_peer_in_agent_config {
-            serde_json::json!([{"ip": n.tor_ip.ip().to_string(), "as_number": self.cfg.tor.as_number}])
-        } else {
-            serde_json::json!([])
-        };
+        let mut peers = Vec::new();
+        if self.cfg.tor_peer_in_agent_config {
+            peers.push(
+                serde_json::json!({"ip": n.tor_ip.ip().to_string(), "as_number": self.cfg.tor.as_number}),
+            );
+            if let Some(tor6) = n.tor_ip6.filter(|_| self.cfg.dual_stack()) {
+                peers.push(
+                    serde_json::json!({"ip": tor6.ip().to_string(), "as_number": self.cfg.tor.as_number}),
+                );
+            }
+        }
         let doc = serde_json::json!({
             "node_name": n.name,
             "node_ip": n.ip.to_string(),
+            "node_ipv6": n.ip6.filter(|_| self.cfg.dual_stack()).map(|a| a.to_string()),
             "as_number": self.cfg.node_as(n),
             "peers": peers,
             "labels": n.labels,
@@ -618,9 +739,11 @@ impl Lab {
         self.spawn(&n.name, "agent", cmd)
     }
 
-    /// Wait until the tor has an established session with every node.
+    /// Wait until the tor has an established session with every node (two
+    /// per node in a dual-stack lab: IPv4 and IPv6).
     pub fn wait_bgp_established(&self) -> Result<(), LabError> {
-        let want = self.cfg.nodes.len();
+        let want =
+            self.cfg.nodes.len() + self.cfg.nodes.iter().filter(|n| self.cfg.ip6_of(n).is_some()).count();
         wait_until("BGP sessions tor <-> nodes", Duration::from_secs(30), || {
             let out = self.birdc("tor", &["show", "protocols"]).ok()?;
             (out.lines().filter(|l| l.contains(" BGP ") && l.contains("Established")).count() == want)

@@ -4,11 +4,11 @@
 //! then the checks and the narrated packet walk.
 
 use std::collections::BTreeMap;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use ipnetwork::Ipv4Network;
+use ipnetwork::{Ipv4Network, Ipv6Network};
 use serde::{Deserialize, Serialize};
 
 use testbed::{Daemon, Netns};
@@ -31,6 +31,13 @@ pub struct ScenarioConfig {
     pub cluster_ips: BTreeMap<String, Ipv4Addr>,
     /// Service name → nodePort (likewise).
     pub node_ports: BTreeMap<String, u16>,
+    /// Dual-stack labs: the IPv6 service range ...
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_cidr6: Option<Ipv6Network>,
+    /// ... and the Services made dual-stack (`RequireDualStack`, IPv4 then
+    /// IPv6), with their IPv6 clusterIP.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub cluster_ips6: BTreeMap<String, Ipv6Addr>,
     pub pods: Vec<PodConfig>,
 }
 
@@ -53,6 +60,8 @@ pub struct Pod {
     /// The CNI_CONTAINERID it was ADDed with (DEL needs the same).
     pub container_id: String,
     pub ip: Ipv4Addr,
+    /// Its IPv6 address (dual-stack labs).
+    pub ip6: Option<Ipv6Addr>,
     pub host_veth: String,
     // Drop order: nginx before its namespace.
     nginx: Option<Daemon>,
@@ -69,6 +78,14 @@ impl Pod {
         }
         self.ns.forget();
     }
+}
+
+/// An IPv6 route through the tor: via its global address, or via its
+/// link-local one on the uplink (BIRD installs the link-local next hop a
+/// directly connected eBGP peer sends along with the global one).
+fn via_tor6(route: &str, tor_global: &str) -> bool {
+    route.contains(&format!("via {tor_global} "))
+        || (route.contains("via fe80:") && route.contains(" dev eth0 "))
 }
 
 /// What the checks measured.
@@ -107,6 +124,11 @@ impl Lab {
 
     /// The CNI network config our `calico` plugin gets on `node`.
     fn cni_conf(&self, node: &str) -> serde_json::Value {
+        let mut ipam = serde_json::json!({"type": "calico-ipam", "assign_ipv4": "true", "ipv4_pools": [self.cfg.pool.to_string()]});
+        if let Some(p6) = self.cfg.pool6 {
+            ipam["assign_ipv6"] = "true".into();
+            ipam["ipv6_pools"] = serde_json::json!([p6.to_string()]);
+        }
         serde_json::json!({
             "cniVersion": "1.0.0",
             "name": "k8s-pod-network",
@@ -119,7 +141,7 @@ impl Lab {
             // The node's IPAM hint and lock stay in the lab's run directory.
             "ipam_state_dir": self.run_dir.join(node),
             "mtu": 1500,
-            "ipam": {"type": "calico-ipam", "assign_ipv4": "true", "ipv4_pools": [self.cfg.pool.to_string()]},
+            "ipam": ipam,
         })
     }
 
@@ -136,11 +158,28 @@ impl Lab {
         let out = testbed::run_stdout_with_input(&mut cmd, &conf)?;
         let result: serde_json::Value = serde_json::from_str(&out)
             .map_err(|e| LabError::Check(format!("calico ADD of {name}: bad result {out:?}: {e}")))?;
-        let ip = result["ips"][0]["address"]
-            .as_str()
-            .and_then(|a| a.split('/').next())
-            .and_then(|a| a.parse::<Ipv4Addr>().ok())
+        let addrs: Vec<IpAddr> = result["ips"]
+            .as_array()
+            .map(|ips| {
+                ips.iter()
+                    .filter_map(|i| i["address"].as_str()?.split('/').next()?.parse::<IpAddr>().ok())
+                    .collect()
+            })
+            .unwrap_or_default();
+        let ip = addrs
+            .iter()
+            .find_map(|a| match a {
+                IpAddr::V4(v4) => Some(*v4),
+                IpAddr::V6(_) => None,
+            })
             .ok_or_else(|| LabError::Check(format!("calico ADD of {name}: no IPv4 in {out}")))?;
+        let ip6 = addrs.iter().find_map(|a| match a {
+            IpAddr::V6(v6) => Some(*v6),
+            IpAddr::V4(_) => None,
+        });
+        if self.cfg.dual_stack() && ip6.is_none() {
+            return Err(LabError::Check(format!("calico ADD of {name}: no IPv6 in {out} (dual-stack lab)")));
+        }
         let host_veth = result["interfaces"]
             .as_array()
             .and_then(|v| v.iter().find(|i| i.get("sandbox").is_none()))
@@ -149,7 +188,10 @@ impl Lab {
             .to_string();
 
         // nginx: a private prefix, config, pid and logs in the pod's run dir.
-        let page = format!("{name} on {node} ({ip})\n");
+        let page = match ip6 {
+            Some(v6) => format!("{name} on {node} ({ip}, {v6})\n"),
+            None => format!("{name} on {node} ({ip})\n"),
+        };
         std::fs::write(dir.join("www/index.html"), &page).map_err(|e| LabError::io(&dir, e))?;
         let nginx_conf = dir.join("nginx.conf");
         let d = dir.display();
@@ -158,9 +200,10 @@ impl Lab {
              events {{ worker_connections 128; }}\n\
              http {{\n  access_log off;\n  client_body_temp_path {d}/tmp;\n  proxy_temp_path {d}/tmp;\n\
              \x20 fastcgi_temp_path {d}/tmp;\n  uwsgi_temp_path {d}/tmp;\n  scgi_temp_path {d}/tmp;\n\
-             \x20 server {{\n    listen 80;\n    root {d}/www;\n    location / {{ default_type text/plain; return 200 \"{page_esc}\"; }}\n\
+             \x20 server {{\n    listen 80;\n{listen6}    root {d}/www;\n    location / {{ default_type text/plain; return 200 \"{page_esc}\"; }}\n\
              \x20   location = /index.html {{ }}\n  }}\n}}\n",
-            page_esc = page.trim_end().replace('"', "'") + "\\n"
+            page_esc = page.trim_end().replace('"', "'") + "\\n",
+            listen6 = if ip6.is_some() { "    listen [::]:80;\n" } else { "" },
         );
         std::fs::write(&nginx_conf, text).map_err(|e| LabError::io(&nginx_conf, e))?;
         let mut cmd = ns.nsenter("nginx");
@@ -177,6 +220,7 @@ impl Lab {
             node: node.into(),
             container_id,
             ip,
+            ip6,
             host_veth,
             nginx: Some(nginx),
             ns,
@@ -249,6 +293,12 @@ impl Lab {
                 }
                 if let (Some(ip), serde_yaml::Value::Mapping(m)) = (sc.cluster_ips.get(&name), &mut *spec) {
                     m.insert("clusterIP".into(), ip.to_string().into());
+                    // Dual-stack: both families, IPv4 first (the primary).
+                    if let (Some(ip6), true) = (sc.cluster_ips6.get(&name), self.cfg.dual_stack()) {
+                        m.insert("clusterIPs".into(), vec![ip.to_string(), ip6.to_string()].into());
+                        m.insert("ipFamilies".into(), vec!["IPv4", "IPv6"].into());
+                        m.insert("ipFamilyPolicy".into(), "RequireDualStack".into());
+                    }
                 }
                 if let (Some(port), Some(serde_yaml::Value::Sequence(ports))) =
                     (sc.node_ports.get(&name), spec.get_mut("ports"))
@@ -274,12 +324,21 @@ impl Lab {
         let sc = self.scenario()?;
         let krules = self.bins.path("kube-proxy-rules")?;
         for n in &self.cfg.nodes {
+            // Dual-stack: each flag takes both families (kube-proxy's
+            // comma lists), one proxier per family.
+            let (mut node_ip, mut cluster_cidr, mut svc_range) =
+                (n.ip.ip().to_string(), self.cfg.pool.to_string(), sc.service_cidr.to_string());
+            if let (Some(ip6), Some(p6), Some(s6)) = (self.cfg.ip6_of(n), self.cfg.pool6, sc.service_cidr6) {
+                node_ip = format!("{node_ip},{ip6}");
+                cluster_cidr = format!("{cluster_cidr},{p6}");
+                svc_range = format!("{svc_range},{s6}");
+            }
             let mut cmd = self.ns(&n.name)?.nsenter(&krules);
             cmd.arg("sync")
                 .args(["--hostname-override", &n.name])
-                .args(["--node-ip", &n.ip.ip().to_string()])
-                .args(["--cluster-cidr", &self.cfg.pool.to_string()])
-                .args(["--service-cluster-ip-range", &sc.service_cidr.to_string()])
+                .args(["--node-ip", &node_ip])
+                .args(["--cluster-cidr", &cluster_cidr])
+                .args(["--service-cluster-ip-range", &svc_range])
                 .args(["--datastore-type", "etcdv3", "--etcd-endpoints", &self.cfg.etcd_endpoint()])
                 .arg(manifest);
             run_cmd(&mut cmd)?;
@@ -308,6 +367,30 @@ impl Lab {
                     r.contains(&want).then_some(())
                 })?;
             }
+            // The IPv6 block too, over the IPv6 sessions.
+            let Some(ip6) = p.ip6 else { continue };
+            let block6 = Ipv6Network::new(ip6, self.cfg.block_size6)
+                .and_then(|b| Ipv6Network::new(b.network(), self.cfg.block_size6))
+                .map_err(|e| LabError::Check(e.to_string()))?;
+            self.wait_tor_route(&block6.to_string(), Duration::from_secs(15))?;
+            for n in self.cfg.nodes.iter().filter(|n| n.name != p.node) {
+                let ns = self.ns(&n.name)?;
+                let gw6 = n.tor_ip6.map(|g| g.ip().to_string()).unwrap_or_default();
+                super::wait_until(&format!("{} route to {block6}", n.name), Duration::from_secs(15), || {
+                    let r = ns
+                        .output(&["ip", "-6", "route", "show", &block6.to_string(), "proto", "bird"])
+                        .ok()?;
+                    via_tor6(&r, &gw6).then_some(())
+                })
+                .map_err(|e| {
+                    let routes = ns.output(&["ip", "-6", "route"]).unwrap_or_default();
+                    let bird = self.birdc(&n.name, &["show", "route", "all"]).unwrap_or_default();
+                    LabError::Check(format!(
+                        "{e}\n{} ip -6 route:\n{routes}\nbirdc show route all:\n{bird}",
+                        n.name
+                    ))
+                })?;
+            }
         }
         let manifest = self.write_manifest()?;
         self.sync_services(&manifest)?;
@@ -315,8 +398,8 @@ impl Lab {
     }
 
     /// HTTP GET from inside a lab host or pod namespace.
-    pub fn get_from(&self, ns: &Netns, ip: Ipv4Addr, port: u16) -> Result<String, LabError> {
-        let addr = SocketAddr::new(IpAddr::V4(ip), port);
+    pub fn get_from(&self, ns: &Netns, ip: impl Into<IpAddr>, port: u16) -> Result<String, LabError> {
+        let addr = SocketAddr::new(ip.into(), port);
         ns.run(|| http_get(addr, "/", HTTP_TIMEOUT))
     }
 
@@ -401,6 +484,76 @@ impl Lab {
             let body = self.get_from(&p.ns, cluster_ip, port1)?;
             r.ok(format!("pod {} -> {cluster_ip}:{port1} (clusterIP): {}", p.name, body.trim()));
         }
+        if self.cfg.dual_stack() {
+            self.check_ipv6(&mut r)?;
+        }
         Ok(r)
+    }
+
+    /// Dual-stack checks: a pod on another node than the entry node is
+    /// reached over IPv6 from that node and from the client, through the
+    /// tor, which learnt the pod's IPv6 block over its IPv6 session with
+    /// the pod's node; the dual-stack Service answers on both families.
+    fn check_ipv6(&self, r: &mut ScenarioReport) -> Result<(), LabError> {
+        let sc = self.scenario()?;
+        let client = self.ns("client")?;
+        let entry =
+            self.cfg.node(&sc.external_ip_node).ok_or_else(|| LabError::Check("no entry node".into()))?;
+        let remote = self
+            .pods
+            .iter()
+            .find(|p| p.node != entry.name)
+            .ok_or_else(|| LabError::Check("no pod on another node than the entry node".into()))?;
+        let ip6 =
+            remote.ip6.ok_or_else(|| LabError::Check(format!("pod {} has no IPv6 address", remote.name)))?;
+        let remote_node = self.cfg.node(&remote.node).ok_or_else(|| LabError::Check("no pod node".into()))?;
+        let remote_node6 = self.cfg.ip6_of(remote_node).map(|a| a.to_string()).unwrap_or_default();
+        let tor = self.birdc("tor", &["show", "route", "for", &ip6.to_string(), "all"])?;
+        if !tor.contains("BGP") || !tor.contains(&remote_node6) {
+            return Err(LabError::Check(format!(
+                "tor has no IPv6 BGP route to {ip6} via {remote_node6}:\n{tor}"
+            )));
+        }
+        let ns = self.ns(&entry.name)?;
+        let route = ns.output(&["ip", "-6", "route", "show", "match", &ip6.to_string(), "proto", "bird"])?;
+        let gw6 = entry.tor_ip6.map(|g| g.ip().to_string()).unwrap_or_default();
+        if !route.contains(&format!("/{} via ", self.cfg.block_size6)) || !via_tor6(&route, &gw6) {
+            return Err(LabError::Check(format!(
+                "{} routes {ip6} not via the tor {gw6}: {route}",
+                entry.name
+            )));
+        }
+        let body = self.get_from(ns, ip6, 80)?;
+        r.ok(format!(
+            "{} -> pod {} [{ip6}] over IPv6 via tor {gw6}; tor learnt it by BGP from {remote_node6}: {}",
+            entry.name,
+            remote.name,
+            body.trim()
+        ));
+        let body = self.get_from(client, ip6, 80)?;
+        r.ok(format!("client -> pod {} [{ip6}] over IPv6 through the tor: {}", remote.name, body.trim()));
+
+        // The dual-stack Service (NodePort) on both families of every node.
+        for (svc, cip6) in &sc.cluster_ips6 {
+            let Some(node_port) = sc.node_ports.get(svc) else { continue };
+            for n in &self.cfg.nodes {
+                let Some(n6) = self.cfg.ip6_of(n) else { continue };
+                let v4 = self.get_from(client, n.ip.ip(), *node_port)?;
+                let v6 = self.get_from(client, n6, *node_port)?;
+                r.ok(format!(
+                    "client -> dual-stack {svc} NodePort on {}: {}:{node_port} -> {} | [{n6}]:{node_port} -> {}",
+                    n.name,
+                    n.ip.ip(),
+                    v4.trim(),
+                    v6.trim()
+                ));
+            }
+            for p in &self.pods {
+                let port = 8089;
+                let body = self.get_from(&p.ns, *cip6, port)?;
+                r.ok(format!("pod {} -> [{cip6}]:{port} (IPv6 clusterIP of {svc}): {}", p.name, body.trim()));
+            }
+        }
+        Ok(())
     }
 }

@@ -34,6 +34,20 @@ fn article_scenario_end_to_end() {
         assert!(!routes.contains(&format!("{}/32", p.ip)), "pod /32 leaked to the tor:\n{routes}");
     }
     assert_eq!(routes.matches("/26").count(), 2, "{routes}");
+    // Dual-stack: the IPv6 blocks too, never a pod /128.
+    assert_eq!(routes.matches("/122").count(), 2, "{routes}");
+    for p in lab.pods() {
+        let ip6 = p.ip6.expect("dual-stack pod");
+        assert!(!routes.contains(&format!("{ip6}/128")), "pod /128 leaked to the tor:\n{routes}");
+    }
+    for want in [
+        "over IPv6 via tor",
+        "over IPv6 through the tor",
+        "dual-stack nginx-demo-2 NodePort",
+        "IPv6 clusterIP",
+    ] {
+        assert!(report.lines.iter().any(|l| l.contains(want)), "{want}: {:#?}", report.lines);
+    }
 
     // The narrated walk finds the chains, the DNAT and the routes.
     let story = lab.narrate().unwrap();
