@@ -110,6 +110,11 @@ pub struct HostConfig {
     /// The tor's IPv6 address on the same link (the host's IPv6 gateway).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tor_ip6: Option<Ipv6Network>,
+    /// A node's Node `spec.bgp.routeReflectorClusterID`, written by the lab
+    /// once the node has registered (as `calicoctl patch node` would): the
+    /// node is a BGP route reflector (`lab-rr.json`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub route_reflector_cluster_id: Option<String>,
     /// A node's labels (its agent writes them into its Node resource, where
     /// BGPPeer `nodeSelector`s match them).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -268,6 +273,7 @@ impl LabConfig {
             as_number: None,
             ip6: None,
             tor_ip6: None,
+            route_reflector_cluster_id: None,
             labels: BTreeMap::new(),
         });
         let mut c = self.client.clone();
@@ -733,10 +739,35 @@ impl Lab {
         let mut once = self.ns(&n.name)?.nsenter(&agent);
         once.arg("run").arg("--once").arg("--config").arg(&conf);
         run_cmd(&mut once)?;
+        if let Some(id) = &n.route_reflector_cluster_id {
+            self.set_route_reflector(&n.name, Some(id))?;
+            // Render again: the node is out of the mesh from its first BIRD start.
+            let mut again = self.ns(&n.name)?.nsenter(&agent);
+            again.arg("run").arg("--once").arg("--config").arg(&conf);
+            run_cmd(&mut again)?;
+        }
         self.start_bird(&n.name)?;
         let mut cmd = self.ns(&n.name)?.nsenter(&agent);
         cmd.arg("run").arg("--config").arg(&conf);
         self.spawn(&n.name, "agent", cmd)
+    }
+
+    /// Set (or clear) a node's `routeReflectorClusterID` in its Node
+    /// resource, as `calicoctl patch node` does: the node's agent makes it a
+    /// route reflector for the nodes it peers with.
+    pub fn set_route_reflector(&self, node: &str, cluster_id: Option<&str>) -> Result<(), LabError> {
+        use calico_store::model;
+        let (node, id) = (node.to_string(), cluster_id.map(str::to_string));
+        let host = self.cfg.nodes[0].name.clone();
+        self.with_store(&host, move |s| {
+            let key = model::node_key(&node);
+            let kv =
+                s.get(&key)?.ok_or_else(|| LabError::Check(format!("node {node} has not registered")))?;
+            let mut doc: model::Node = model::decode(&kv)?;
+            doc.spec.bgp.get_or_insert_with(Default::default).route_reflector_cluster_id = id;
+            s.update(&key, &model::encode(&doc), kv.revision)?;
+            Ok(())
+        })
     }
 
     /// Wait until the tor has an established session with every node (two

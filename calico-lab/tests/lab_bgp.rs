@@ -268,3 +268,116 @@ fn bgp_peer_resources_bring_tor_sessions_up_and_down() {
     })
     .unwrap();
 }
+
+/// `lab-rr.json`: three nodes of one AS (64512) without the mesh; node-rr has
+/// a `routeReflectorClusterID`. Every node peers with the tor (eBGP), but a
+/// node drops the tor's copy of another node's block (its own AS is in the
+/// path), so node-a and node-b learn each other's blocks only through the
+/// reflector, once Calico's BGPPeer (`nodeSelector: all()`, `peerSelector:
+/// route-reflector == 'true'`) exists. Both families are reflected.
+#[test]
+fn route_reflector_is_how_nodes_learn_each_others_blocks() {
+    let cfg = LabConfig::load(&PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("lab-rr.json")).unwrap();
+    let bins = testbed::target_bin("calico-node-agent").parent().unwrap().to_path_buf();
+    let lab = Lab::up(&cfg, &Bins::new(bins)).unwrap();
+    let (b4, b6) = (block("10.244.0.64/26", "node-b", &[]), block("fd00:244::40/122", "node-b", &[]));
+    let (a4, a6) = (block("10.244.0.0/26", "node-a", &[]), block("fd00:244::/122", "node-a", &[]));
+    lab.with_store("node-a", move |s| {
+        for (n, b) in [("node-a", &a4), ("node-a", &a6), ("node-b", &b4), ("node-b", &b6)] {
+            s.commit(&claim_ops(n, b))?;
+        }
+        Ok(())
+    })
+    .unwrap();
+    let t = Duration::from_secs(15);
+    lab.wait_tor_route("10.244.0.64/26", t).unwrap();
+    lab.wait_tor_route("fd00:244::40/122", t).unwrap();
+
+    // Without the BGPPeer: no mesh, and the tor's copy is an AS-path loop.
+    let bird_route =
+        |host: &str, prefix: &str| lab.birdc(host, &["show", "route", prefix, "all"]).unwrap_or_default();
+    let rr_conf = std::fs::read_to_string(lab.run_dir.join("node-rr/bird.conf")).unwrap();
+    assert!(rr_conf.contains("route reflector (cluster ID 244.0.0.1)"), "{rr_conf}");
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(
+        !bird_route("node-a", "10.244.0.64/26").contains("BGP"),
+        "{}",
+        bird_route("node-a", "10.244.0.64/26")
+    );
+    let protocols = lab.birdc("node-a", &["show", "protocols"]).unwrap();
+    assert!(!protocols.contains("Mesh_") && !protocols.contains("Node_"), "{protocols}");
+
+    let peer = model::BgpPeer::new(
+        "BGPPeer",
+        model::ObjectMeta { name: "peer-with-route-reflectors".into(), ..Default::default() },
+        model::BgpPeerSpec {
+            node_selector: Some("all()".into()),
+            peer_selector: Some("route-reflector == 'true'".into()),
+            ..Default::default()
+        },
+    );
+    lab.with_store("node-a", move |s| {
+        s.create(&model::bgp_peer_key("peer-with-route-reflectors"), &model::encode(&peer))?;
+        Ok(())
+    })
+    .unwrap();
+
+    // node-a learns node-b's blocks from the reflector, with node-b as next hop.
+    for (prefix, proto, next_hop) in [
+        ("10.244.0.64/26", "Node_192_168_50_2", "192.168.20.2"),
+        ("fd00:244::40/122", "Node_fd00_50__2", "fd00:20::2"),
+    ] {
+        let r = wait_until(
+            &format!("node-a learns {prefix} through the reflector"),
+            Duration::from_secs(30),
+            || {
+                let r = bird_route("node-a", prefix);
+                r.contains(proto).then_some(r)
+            },
+        )
+        .unwrap();
+        assert!(r.contains(&format!("BGP.next_hop: {next_hop}")), "{r}");
+        assert!(r.contains("BGP.cluster_list: 244.0.0.1"), "reflected: {r}");
+        assert!(r.contains("BGP.originator_id: 192.168.20.2"), "{r}");
+    }
+    // The reflector holds its clients' sessions as `rr client`; node-a and
+    // node-b never peer with each other.
+    let rr_conf = std::fs::read_to_string(lab.run_dir.join("node-rr/bird.conf")).unwrap();
+    let rr_client_sessions = rr_conf.matches("rr client;").count();
+    assert_eq!(rr_client_sessions, 4, "node-a and node-b, IPv4 and IPv6: {rr_conf}");
+    for host in ["node-a", "node-b"] {
+        let p = lab.birdc(host, &["show", "protocols"]).unwrap();
+        assert!(
+            !p.contains("Mesh_") && !p.contains("Node_192_168_10_2") && !p.contains("Node_192_168_20_2"),
+            "{p}"
+        );
+    }
+
+    // The kernel routes follow, and packets go through the tor to node-b.
+    for (family, prefix, gw) in
+        [("-4", "10.244.0.64/26", "via 192.168.10.1"), ("-6", "fd00:244::40/122", "via ")]
+    {
+        wait_until(&format!("kernel route to {prefix} on node-a"), Duration::from_secs(10), || {
+            let r = lab
+                .ns("node-a")
+                .ok()?
+                .output(&["ip", family, "route", "show", prefix, "proto", "bird"])
+                .ok()?;
+            r.contains(gw).then_some(())
+        })
+        .unwrap();
+    }
+    lab.ns("node-b").unwrap().output(&["ip", "addr", "add", "10.244.0.65/32", "dev", "lo"]).unwrap();
+    lab.ns("node-b").unwrap().output(&["ip", "-6", "addr", "add", "fd00:244::41/128", "dev", "lo"]).unwrap();
+    let node_a = lab.ns("node-a").unwrap();
+    node_a.output(&["ping", "-c1", "-W2", "10.244.0.65"]).unwrap();
+    node_a.output(&["ping", "-6", "-c1", "-W2", "fd00:244::41"]).unwrap();
+
+    // The reflector steps down (cluster ID removed): it joins nothing (mesh
+    // off) and stops reflecting; node-a's reflected routes go.
+    lab.set_route_reflector("node-rr", None).unwrap();
+    wait_until("node-a forgets node-b's block", Duration::from_secs(30), || {
+        (!bird_route("node-a", "10.244.0.64/26").contains("BGP")).then_some(())
+    })
+    .unwrap();
+}
