@@ -115,6 +115,10 @@ pub struct HostConfig {
     /// node is a BGP route reflector (`lab-rr.json`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub route_reflector_cluster_id: Option<String>,
+    /// The TCP-MD5 password the tor requires on this node's sessions (the
+    /// node's side comes from a BGPPeer `password` and `bgp_secrets`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tor_password: Option<String>,
     /// A node's labels (its agent writes them into its Node resource, where
     /// BGPPeer `nodeSelector`s match them).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -163,6 +167,11 @@ pub struct LabConfig {
     /// stay down.
     #[serde(default = "default_true")]
     pub tor_peer_in_agent_config: bool,
+    /// BGPPeer password secrets (`{"<secret>": {"<key>": "<password>"}}`):
+    /// written to `<run dir>/bgp-secrets.json` and named in every agent's
+    /// config (`bgp_secrets`), the etcd-mode stand-in for Kubernetes Secrets.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub bgp_secrets: BTreeMap<String, BTreeMap<String, String>>,
     #[serde(default)]
     pub scenario: Option<ScenarioConfig>,
     /// Where relative paths (the manifest) are resolved; the config's directory.
@@ -274,6 +283,7 @@ impl LabConfig {
             ip6: None,
             tor_ip6: None,
             route_reflector_cluster_id: None,
+            tor_password: None,
             labels: BTreeMap::new(),
         });
         let mut c = self.client.clone();
@@ -423,6 +433,9 @@ impl Lab {
             detached: false,
         };
         lab.build_network()?;
+        if !cfg.bgp_secrets.is_empty() {
+            lab.write_secrets(&cfg.bgp_secrets)?;
+        }
         lab.start_etcd()?;
         lab.seed_datastore()?;
         lab.start_tor()?;
@@ -721,6 +734,7 @@ impl Lab {
             "labels": n.labels,
             "node_to_node_mesh": self.cfg.node_to_node_mesh,
             "datastore": {"datastore_type": "etcdv3", "etcd_endpoints": self.cfg.etcd_endpoint()},
+            "bgp_secrets": (!self.cfg.bgp_secrets.is_empty()).then(|| self.secrets_file()),
             "bird_config": dir.join("bird.conf"),
             "bird_socket": dir.join("bird.ctl"),
             "poll_interval_ms": 500,
@@ -729,6 +743,32 @@ impl Lab {
         let text = serde_json::to_vec_pretty(&doc).unwrap_or_default();
         std::fs::write(&path, text).map_err(|e| LabError::io(&path, e))?;
         Ok(path)
+    }
+
+    /// Where the lab writes `bgp_secrets` (the agents read it on every reconcile).
+    pub fn secrets_file(&self) -> PathBuf {
+        self.run_dir.join("bgp-secrets.json")
+    }
+
+    /// Write the secrets every agent reads (owner-only: they are passwords).
+    pub fn write_secrets(
+        &self,
+        secrets: &BTreeMap<String, BTreeMap<String, String>>,
+    ) -> Result<(), LabError> {
+        use std::io::Write as _;
+        use std::os::unix::fs::OpenOptionsExt as _;
+        let path = self.secrets_file();
+        let tmp = path.with_extension("tmp");
+        let text = serde_json::to_vec_pretty(secrets).unwrap_or_default();
+        let _ = std::fs::remove_file(&tmp);
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(|e| LabError::io(&tmp, e))?;
+        f.write_all(&text).map_err(|e| LabError::io(&tmp, e))?;
+        std::fs::rename(&tmp, &path).map_err(|e| LabError::io(&path, e))
     }
 
     fn start_node(&mut self, n: &HostConfig) -> Result<(), LabError> {

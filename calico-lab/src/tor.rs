@@ -46,11 +46,17 @@ pub fn render(cfg: &LabConfig) -> String {
         w!("protocol bgp {} from node {{", n.name.replace('-', "_"));
         w!("  local {} as {};", n.tor_ip.ip(), cfg.tor.as_number);
         w!("  neighbor {} as {};", n.ip.ip(), cfg.node_as(n));
+        if let Some(pw) = &n.tor_password {
+            w!("  password \"{}\";", pw.replace(['"', '\\'], ""));
+        }
         w!("}}");
         if let (Some(ip6), Some(tor6)) = (cfg.ip6_of(n), n.tor_ip6.filter(|_| v6)) {
             w!("protocol bgp {}_v6 from node6 {{", n.name.replace('-', "_"));
             w!("  local {} as {};", tor6.ip(), cfg.tor.as_number);
             w!("  neighbor {ip6} as {};", cfg.node_as(n));
+            if let Some(pw) = &n.tor_password {
+                w!("  password \"{}\";", pw.replace(['"', '\\'], ""));
+            }
             w!("}}");
         }
     }

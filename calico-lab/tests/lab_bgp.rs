@@ -381,3 +381,78 @@ fn route_reflector_is_how_nodes_learn_each_others_blocks() {
     })
     .unwrap();
 }
+
+/// TCP-MD5 between a node and the tor: the tor requires a password on
+/// node-a's sessions; node-a's side is a BGPPeer `password.secretKeyRef`
+/// read from the lab's `bgp_secrets` file. The wrong key keeps the session
+/// down, the right one brings it up, and neither password is ever logged.
+#[test]
+fn bgp_peer_password_from_the_secrets_file() {
+    let mut cfg = LabConfig::load(&PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("lab.json")).unwrap();
+    cfg.tor_peer_in_agent_config = false;
+    cfg.nodes[0].tor_password = Some("Lab-Pass1".into());
+    cfg.bgp_secrets = [(
+        "tor-md5".to_string(),
+        [("current".to_string(), "Lab-Pass1".to_string()), ("stale".to_string(), "Old-Pass0".to_string())]
+            .into(),
+    )]
+    .into();
+    let bins = testbed::target_bin("calico-node-agent").parent().unwrap().to_path_buf();
+    let lab = Lab::up(&cfg, &Bins::new(bins)).unwrap();
+    let a = block("10.244.0.0/26", "node-a", &[]);
+    lab.with_store("node-a", move |s| {
+        s.commit(&claim_ops("node-a", &a))?;
+        Ok(())
+    })
+    .unwrap();
+    let put_peer = |key: &'static str| {
+        let peer = model::BgpPeer::new(
+            "BGPPeer",
+            model::ObjectMeta { name: "tor-a".into(), ..Default::default() },
+            model::BgpPeerSpec {
+                node: Some("node-a".into()),
+                peer_ip: Some("192.168.10.1".into()),
+                as_number: Some(65000),
+                password: Some(model::BgpPassword {
+                    secret_key_ref: Some(model::SecretKeyRef { name: "tor-md5".into(), key: key.into() }),
+                }),
+                ..Default::default()
+            },
+        );
+        lab.with_store("node-a", move |s| {
+            let k = model::bgp_peer_key("tor-a");
+            match s.get(&k)? {
+                Some(kv) => s.update(&k, &model::encode(&peer), kv.revision)?,
+                None => s.create(&k, &model::encode(&peer))?,
+            };
+            Ok(())
+        })
+        .unwrap();
+    };
+    let established =
+        || lab.birdc("tor", &["show", "protocols", "node_a"]).unwrap_or_default().contains("Established");
+    let conf = || std::fs::read_to_string(lab.run_dir.join("node-a/bird.conf")).unwrap_or_default();
+
+    // The stale password: configured, and the tor refuses every segment.
+    put_peer("stale");
+    wait_until("node-a's session with the stale password", Duration::from_secs(10), || {
+        conf().contains("password \"Old-Pass0\";").then_some(())
+    })
+    .unwrap();
+    for _ in 0..30 {
+        assert!(!established(), "a wrong password must keep the session down");
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    // The current one: up, and the block reaches the tor.
+    put_peer("current");
+    wait_until("session with the right password", Duration::from_secs(30), || established().then_some(()))
+        .unwrap();
+    let r = lab.wait_tor_route("10.244.0.0/26", Duration::from_secs(10)).unwrap();
+    assert!(r.contains("192.168.10.2"), "{r}");
+    let log = std::fs::read_to_string(lab.run_dir.join("node-a/agent.log")).unwrap();
+    assert!(log.contains("with password"), "{log}");
+    assert!(
+        !log.contains("Lab-Pass1") && !log.contains("Old-Pass0"),
+        "a password in the agent's log:\n{log}"
+    );
+}
