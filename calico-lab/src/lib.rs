@@ -17,6 +17,12 @@
 //! (eBGP, one AS per node as in Calico's per-rack AS pattern: with a shared
 //! AS, each node would reject the other's routes as an AS-path loop).
 //!
+//! Dual-stack when `pool6` is set (`lab.json` is): IPv6 unique-local
+//! addresses on every link, IPv6 pods, IPv6 BGP sessions to the tor.
+//! `lab-rr.json` is the route-reflector topology (three nodes of one AS,
+//! no mesh, one reflector: [`Lab::set_route_reflector`]); `tor_password` and
+//! `bgp_secrets` put TCP-MD5 on a node's tor sessions ([`Lab::write_secrets`]).
+//!
 //! Owns (a test and demo tool, never shipped: `publish = false`):
 //! * [`Lab`]: the topology from `lab.json` ([`LabConfig`]), etcd, the tor's
 //!   BIRD, each node's BIRD and `calico-node-agent`; torn down on drop, or

@@ -92,11 +92,12 @@ pub struct AgentArgs {
     /// Fallback AS number of this node (default 64512)
     #[arg(long = "as", value_name = "ASN")]
     pub as_number: Option<u32>,
-    /// A fallback BGP peer, repeatable: IP:AS, e.g. 192.168.10.1:65000 or [fd00:10::1]:65000
+    /// A fallback BGP peer, repeatable: IP:AS, e.g. 192.168.10.1:65000 or fd00:10::1:65000
     #[arg(long = "peer", value_name = "IP:AS")]
     pub peers: Vec<PeerConfig>,
     /// BGPPeer password secrets (etcd mode has no Kubernetes Secrets): a JSON
-    /// file {"<secret>": {"<key>": "<password>"}} or a directory <secret>/<key>
+    /// file mapping each SECRET to an object of KEY: PASSWORD, or a directory
+    /// of SECRET/KEY files
     #[arg(long, value_name = "PATH")]
     pub bgp_secrets: Option<PathBuf>,
     /// A label for this node's Node resource, repeatable

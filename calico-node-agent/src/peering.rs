@@ -12,9 +12,16 @@
 //!   `node_to_node_mesh` (default off) when there is no BGPConfiguration.
 //! * **Peers**: the BGPPeers that apply to this node (no scope = every node;
 //!   `node` = this node; `nodeSelector` matching this node's labels), then the
+//!   reverse peerings (a node named as the target of a BGPPeer peers back
+//!   with the nodes it applies to, as calico/node completes them), then the
 //!   config's `peers`. One session per peer address: the first wins (so a
 //!   BGPPeer overrides a config peer of the same address), and a peer whose
-//!   address is this node's own is skipped.
+//!   address is this node's own is skipped. A peer's password is read from `bgp_secrets` ([`crate::secrets`]).
+//! * **Route reflection**: a node with a `routeReflectorClusterID` marks a
+//!   peer `rr client` when the peer is in its AS and not in its cluster
+//!   (calico/node's rule); the rendering leaves it out of the mesh.
+//! * **Families**: IPv6 peers need this node's `node_ipv6` (the session's
+//!   source address); node peers are peered on both of their addresses.
 //!
 //! Documents are validated when read so that none can make BIRD refuse the
 //! rendered configuration (which would freeze every later routing change on
