@@ -310,6 +310,11 @@ pub fn render(i: &BirdInputs<'_>) -> String {
             if let (true, Some(c)) = (p.rr_client, i.bgp.rr_cluster_id) {
                 w!("  rr client;");
                 w!("  rr cluster id {c};");
+            }
+            // A reflector passes its clients' routes on to every iBGP peer
+            // (clients, and the other reflectors of its AS); BIRD's iBGP
+            // rules decide which reflected route may go where.
+            if i.bgp.rr_cluster_id.is_some() && p.as_number == i.bgp.local_as {
                 w!("  {} {{ export filter calico_export_rr; }};", channel(p.ip.is_ipv6()));
             }
             w!("}}");

@@ -273,12 +273,19 @@ impl AgentConfig {
         if let Some(p) = f.peers.iter().find(|p| p.as_number.0 == 0) {
             return Err(ConfigError::Invalid(format!("peer {}: as_number 0 is not an AS number", p.ip)));
         }
+        let mut peers = f.peers;
+        for p in &mut peers {
+            // The BGPPeer rule: a unicast address of another host, an
+            // IPv4-mapped IPv6 address is the IPv4 one.
+            p.ip = crate::peering::peer_address(p.ip)
+                .map_err(|e| ConfigError::Invalid(format!("peer {}: {e}", p.ip)))?;
+        }
         Ok(AgentConfig {
             node_name,
             node_ip,
             node_ipv6: f.node_ipv6,
             as_number: f.as_number,
-            peers: f.peers,
+            peers,
             bgp_secrets: f.bgp_secrets,
             node_to_node_mesh: f.node_to_node_mesh.unwrap_or(false),
             labels: f.labels,
@@ -408,6 +415,19 @@ mod tests {
         assert!(e.to_string().contains("node_name"), "{e}");
         let e = from_args("--node-name a --node-ip 10.0.0.1/24 --route-protocol 12").unwrap_err();
         assert!(e.to_string().contains("reserved"), "{e}");
+        for bad in ["fe80::1:65000", "[ff02::2]:65000", "0.0.0.0:65000"] {
+            let e = from_args(&format!("--node-name a --node-ip 10.0.0.1/24 --peer {bad}")).unwrap_err();
+            assert!(e.contains("not a unicast address"), "{bad}: {e}");
+        }
+        for bad in ["fe80::2/64", "::/0", "ff02::1/128", "::1/128"] {
+            let e = from_args(&format!("--node-name a --node-ip 10.0.0.1/24 --node-ipv6 {bad}")).unwrap_err();
+            assert!(e.contains("node_ipv6"), "{bad}: {e}");
+        }
+        let c = from_args("--node-name a --node-ip 10.0.0.1/24 --node-ipv6 fd00:10::2/64 --peer [fd00:10::1]:65000 --peer fd00:10::9:65001 --peer [::ffff:10.0.0.254]:65002")
+            .unwrap();
+        let peers: Vec<String> = c.peers.iter().map(|p| format!("{}/{}", p.ip, p.as_number)).collect();
+        assert_eq!(peers, ["fd00:10::1/65000", "fd00:10::9/65001", "10.0.0.254/65002"]);
+        assert_eq!(c.node_ipv6.map(|n| n.to_string()).as_deref(), Some("fd00:10::2/64"));
         // AS 0 would render a config BIRD refuses.
         for bad in ["--as 0", "--peer 10.0.0.254:0"] {
             let e = from_args(&format!("--node-name a --node-ip 10.0.0.1/24 {bad}")).unwrap_err();

@@ -206,7 +206,7 @@ fn set(v: &Option<String>) -> Option<&str> {
 
 /// Can BIRD open a session to `ip` without naming an interface? An IPv4-mapped
 /// IPv6 address is taken as the IPv4 address, as Calico's parser does.
-fn peer_address(ip: IpAddr) -> Result<IpAddr, String> {
+pub(crate) fn peer_address(ip: IpAddr) -> Result<IpAddr, String> {
     match ip.to_canonical() {
         IpAddr::V4(v4)
             if v4.is_unspecified() || v4.is_multicast() || v4.is_broadcast() || v4.is_loopback() =>

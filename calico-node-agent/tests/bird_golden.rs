@@ -648,6 +648,7 @@ fn route_reflector_reflects_for_its_clients_and_leaves_the_mesh() {
     let (rr, _) = st.render_node("node-rr", "--node-ip 192.168.50.2/24 --node-ipv6 fd00:50::2/64");
     let peer_rr = protocol(&rr, "Node_192_168_60_2").expect("reflectors peer");
     assert!(!peer_rr.contains("rr client"), "{peer_rr}");
+    assert!(peer_rr.contains("export filter calico_export_rr;"), "reflected routes go to it too: {peer_rr}");
     assert!(protocol(&rr, "Node_192_168_10_2").unwrap().contains("rr client;"));
     bird_parse(&rr).unwrap();
 }

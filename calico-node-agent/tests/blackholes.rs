@@ -157,6 +157,14 @@ fn blackholes_and_bird_follow_claims_and_releases() {
     });
     assert!(blackholes(&ns).contains("blackhole 10.250.0.64/26"));
 
+    // An IPv6 block: blackholed and released the same way. This node has no
+    // IPv6 address, so BIRD's config does not change (the agent says why).
+    let bh6 = || ns.exec(&["ip", "-6", "route", "show", "type", "blackhole", "proto", "80"]);
+    claim(&store, &node, "fd00:250::/122", None);
+    wait_for("IPv6 blackhole", Duration::from_secs(5), || bh6().contains("fd00:250::/122"));
+    release(&store, &node, "fd00:250::/122");
+    wait_for("IPv6 blackhole removal", Duration::from_secs(5), || !bh6().contains("fd00:250::/122"));
+
     // Kernel drift: a blackhole deleted by hand comes back on the next resync.
     ns.exec(&["ip", "route", "del", "blackhole", "10.250.0.64/26", "proto", "80"]);
     wait_for("blackhole restored", Duration::from_secs(15), || {
@@ -166,6 +174,7 @@ fn blackholes_and_bird_follow_claims_and_releases() {
     // The agent reconfigured BIRD only on changes: two changes, two reloads.
     let log = std::fs::read_to_string(run.join("agent.log")).unwrap();
     assert_eq!(log.matches("BIRD reconfigured").count(), 2, "{log}");
+    assert!(log.contains("IPv6 blocks but no IPv6 address"), "{log}");
 }
 
 #[test]
