@@ -190,6 +190,37 @@ fn node_to_node_mesh_peers_the_nodes_directly() {
     .unwrap();
     lab.ns("node-b").unwrap().output(&["ip", "addr", "add", "10.244.0.65/32", "dev", "lo"]).unwrap();
     lab.ns("node-a").unwrap().output(&["ping", "-c1", "-W2", "10.244.0.65"]).unwrap();
+
+    // The lab is dual-stack: the mesh runs over IPv6 too (Node ipv6Address),
+    // and node-b's IPv6 block arrives on it with node-b as next hop.
+    let b6 = block("fd00:244::40/122", "node-b", &[]);
+    lab.with_store("node-a", move |s| {
+        s.commit(&claim_ops("node-b", &b6))?;
+        Ok(())
+    })
+    .unwrap();
+    wait_until("IPv6 mesh session node-a <-> node-b", Duration::from_secs(20), || {
+        let p = lab.birdc("node-a", &["show", "protocols", "Mesh_fd00_20__2"]).ok()?;
+        p.contains("Established").then_some(())
+    })
+    .unwrap();
+    let r = wait_until("node-a learns node-b's IPv6 block over the mesh", Duration::from_secs(10), || {
+        let r = lab.birdc("node-a", &["show", "route", "fd00:244::40/122", "all"]).ok()?;
+        r.contains("Mesh_fd00_20__2").then_some(r)
+    })
+    .unwrap();
+    assert!(r.contains("BGP.next_hop: fd00:20::2"), "{r}");
+    lab.ns("node-b").unwrap().output(&["ip", "-6", "addr", "add", "fd00:244::41/128", "dev", "lo"]).unwrap();
+    wait_until("IPv6 kernel route on node-a", Duration::from_secs(10), || {
+        let r = lab
+            .ns("node-a")
+            .ok()?
+            .output(&["ip", "-6", "route", "show", "fd00:244::40/122", "proto", "bird"])
+            .ok()?;
+        (!r.trim().is_empty()).then_some(())
+    })
+    .unwrap();
+    lab.ns("node-a").unwrap().output(&["ping", "-6", "-c1", "-W2", "fd00:244::41"]).unwrap();
 }
 
 /// Calico's way to peer with a ToR: no peers in the agents' configs, BGPPeer

@@ -55,10 +55,10 @@ pub fn node_resource(cfg: &AgentConfig) -> Node {
 fn merged_node(mut cur: Node, cfg: &AgentConfig) -> Node {
     let bgp = cur.spec.bgp.get_or_insert_with(NodeBgpSpec::default);
     bgp.ipv4_address = Some(cfg.node_ip.to_string());
-    // An operator's routeReflectorClusterID is kept; the address is ours.
-    if let Some(v6) = cfg.node_ipv6 {
-        bgp.ipv6_address = Some(v6.to_string());
-    }
+    // Both addresses are this agent's to publish (no node_ipv6: no IPv6
+    // address, or other nodes would open sessions BIRD here never accepts);
+    // an operator's routeReflectorClusterID is kept.
+    bgp.ipv6_address = cfg.node_ipv6.map(|n| n.to_string());
     // 0 is no AS (the reader treats it as unset too).
     if bgp.as_number.unwrap_or(0) == 0 {
         bgp.as_number = cfg.as_number.map(|a| a.0);
@@ -295,6 +295,21 @@ mod tests {
         // A configured AS is only the initial one: the operator's stays.
         register_node(&s, &cfg("--label rack=r1 --as 64512")).unwrap();
         assert_eq!(node(&s).spec.bgp.and_then(|b| b.as_number), Some(64700));
+
+        // IPv6: published with node_ipv6, withdrawn without; the operator's
+        // route reflector cluster ID stays either way.
+        let kv = s.get(&model::node_key("n1")).unwrap().unwrap();
+        let mut rr = node(&s);
+        rr.spec.bgp.as_mut().unwrap().route_reflector_cluster_id = Some("244.0.0.1".into());
+        s.update(&kv.key, &model::encode(&rr), kv.revision).unwrap();
+        register_node(&s, &cfg("--label rack=r1 --node-ipv6 fd00:10::1/64")).unwrap();
+        let bgp = node(&s).spec.bgp.unwrap();
+        assert_eq!(bgp.ipv6_address.as_deref(), Some("fd00:10::1/64"));
+        assert_eq!(bgp.route_reflector_cluster_id.as_deref(), Some("244.0.0.1"));
+        register_node(&s, &cfg("--label rack=r1")).unwrap();
+        let bgp = node(&s).spec.bgp.unwrap();
+        assert_eq!(bgp.ipv6_address, None);
+        assert_eq!(bgp.route_reflector_cluster_id.as_deref(), Some("244.0.0.1"));
     }
 
     #[test]

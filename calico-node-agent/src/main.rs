@@ -73,9 +73,10 @@ fn render_bird(cfg: &AgentConfig) -> Result<(), String> {
     let store = calico_store::open(&cfg.datastore).map_err(|e| e.to_string())?;
     // Read-only: it shows what `run` would write, it changes nothing.
     let st = state::read(store.as_ref(), &cfg.node_name).map_err(|e| e.to_string())?;
-    for p in &st.problems {
+    let inputs = BirdInputs::new(cfg, &st);
+    for p in st.problems.iter().chain(&inputs.bgp.problems) {
         log::warn!("{p}");
     }
-    print!("{}", render(&BirdInputs::new(cfg, &st)));
+    print!("{}", render(&inputs));
     Ok(())
 }
