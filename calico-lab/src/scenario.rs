@@ -271,6 +271,24 @@ impl Lab {
         errors
     }
 
+    /// The first port of Service `name` in the seed manifests.
+    fn service_port(&self, name: &str) -> Result<u16, LabError> {
+        let src = self.cfg.base_dir.join(&self.scenario()?.manifest);
+        let text = std::fs::read_to_string(&src).map_err(|e| LabError::io(&src, e))?;
+        for de in serde_yaml::Deserializer::from_str(&text) {
+            let doc = serde_yaml::Value::deserialize(de)
+                .map_err(|e| LabError::Config { path: src.clone(), reason: e.to_string() })?;
+            if doc["kind"].as_str() == Some("Service") && doc["metadata"]["name"].as_str() == Some(name) {
+                if let Some(port) =
+                    doc["spec"]["ports"][0]["port"].as_u64().and_then(|p| u16::try_from(p).ok())
+                {
+                    return Ok(port);
+                }
+            }
+        }
+        Err(LabError::Check(format!("no port of Service {name} in {}", src.display())))
+    }
+
     /// The lab-local copy of the seed manifests: externalIP = the chosen
     /// node's IP, clusterIP and nodePort filled from the scenario config.
     pub fn write_manifest(&self) -> Result<PathBuf, LabError> {
@@ -548,8 +566,8 @@ impl Lab {
                     v6.trim()
                 ));
             }
+            let port = self.service_port(svc)?;
             for p in &self.pods {
-                let port = 8089;
                 let body = self.get_from(&p.ns, *cip6, port)?;
                 r.ok(format!("pod {} -> [{cip6}]:{port} (IPv6 clusterIP of {svc}): {}", p.name, body.trim()));
             }
