@@ -272,6 +272,10 @@ pub fn render(i: &BirdInputs<'_>) -> String {
                 if ip.to_string() > src.to_string() {
                     w!("  passive on; # Mesh is unidirectional, peer will connect to us.");
                 }
+                if let Some(pw) = &i.bgp.mesh_password {
+                    // Validated as every password (crate::secrets::Password).
+                    w!("  password \"{}\"; # BGPConfiguration nodeMeshPassword", pw.expose());
+                }
                 w!("}}");
             }
         }

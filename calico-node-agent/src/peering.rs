@@ -84,6 +84,8 @@ pub struct BgpDefaults {
     /// so the fabric routes service addresses to the cluster (IPv6 ones only
     /// by nodes with an IPv6 address).
     pub service_cidrs: Vec<IpNetwork>,
+    /// `nodeMeshPassword.secretKeyRef`: the password of every mesh session.
+    pub mesh_password: Option<SecretKeyRef>,
 }
 
 impl BgpDefaults {
@@ -126,12 +128,19 @@ impl BgpDefaults {
                 None
             }
         });
+        let mesh_password = spec.node_mesh_password.as_ref().and_then(|p| {
+            if p.secret_key_ref.is_none() {
+                problems.push("nodeMeshPassword: only secretKeyRef {name, key} is supported; ignored".into());
+            }
+            p.secret_key_ref.clone()
+        });
         let d = BgpDefaults {
             present: true,
             as_number,
             mesh: spec.node_to_node_mesh_enabled,
             debug,
             service_cidrs,
+            mesh_password,
         };
         (d, problems)
     }
@@ -313,6 +322,8 @@ pub struct BgpSettings {
     pub peers: Vec<Peer>,
     pub debug: Option<BirdDebug>,
     pub service_cidrs: Vec<IpNetwork>,
+    /// BGPConfiguration `nodeMeshPassword`, read from `bgp_secrets`.
+    pub mesh_password: Option<Password>,
     /// This node's `routeReflectorClusterID`: it is a route reflector, and
     /// out of the full mesh (as calico/node's template).
     pub rr_cluster_id: Option<ClusterId>,
@@ -353,7 +364,7 @@ pub fn settings(cfg: &AgentConfig, st: &RoutingState) -> BgpSettings {
     let labels = st.this_node.as_ref().map_or(&cfg.labels, |n| &n.labels);
     let me4 = IpAddr::V4(cfg.node_ip.ip());
     let me6 = cfg.node_ipv6.map(|n| IpAddr::V6(n.ip()));
-    let has_rule_password = st.bgp_peers.iter().any(|r| r.password.is_some());
+    let has_rule_password = st.bgp_peers.iter().any(|r| r.password.is_some()) || d.mesh_password.is_some();
     let secrets = if has_rule_password { Secrets::open(cfg.bgp_secrets.as_deref()) } else { Secrets::None };
     let mut problems = BTreeSet::new();
 
@@ -492,15 +503,29 @@ pub fn settings(cfg: &AgentConfig, st: &RoutingState) -> BgpSettings {
         );
     }
 
+    // Calico turns the mesh on unless BGPConfiguration says otherwise;
+    // without one, the config decides (off by default, as before).
+    let mut mesh = d.mesh.unwrap_or(d.present || cfg.node_to_node_mesh);
+    let mut mesh_password = None;
+    if let (true, Some(r)) = (mesh, &d.mesh_password) {
+        match secrets.password(r) {
+            Ok(pw) => mesh_password = Some(pw),
+            // As for a BGPPeer: no mesh session without its password.
+            Err(e) => {
+                problems
+                    .insert(format!("BGPConfiguration default: nodeMeshPassword: {e}; no node-to-node mesh"));
+                mesh = false;
+            }
+        }
+    }
     BgpSettings {
         local_as,
         default_as,
-        // Calico turns the mesh on unless BGPConfiguration says otherwise;
-        // without one, the config decides (off by default, as before).
-        mesh: d.mesh.unwrap_or(d.present || cfg.node_to_node_mesh),
+        mesh,
         peers,
         debug: d.debug,
         service_cidrs: d.service_cidrs.clone(),
+        mesh_password,
         rr_cluster_id,
         problems,
     }
@@ -816,6 +841,7 @@ mod tests {
             node_to_node_mesh_enabled: Some(false),
             service_cluster_ips: vec![ServiceIpBlock { cidr: "10.96.0.1/12".parse().unwrap() }],
             service_external_ips: vec![ServiceIpBlock { cidr: "192.0.2.0/24".parse().unwrap() }],
+            ..Default::default()
         });
         // The bad severity goes; AS, mesh and the (masked) CIDRs stay.
         assert_eq!(d.debug, None);

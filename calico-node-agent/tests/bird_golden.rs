@@ -652,3 +652,32 @@ fn route_reflector_reflects_for_its_clients_and_leaves_the_mesh() {
     assert!(protocol(&rr, "Node_192_168_10_2").unwrap().contains("rr client;"));
     bird_parse(&rr).unwrap();
 }
+
+#[test]
+fn mesh_password_from_the_bgp_configuration() {
+    let st = Store::new();
+    st.bgp_config(BgpConfigurationSpec {
+        node_mesh_password: Some(model::BgpPassword {
+            secret_key_ref: Some(model::SecretKeyRef { name: "bgp".into(), key: "mesh".into() }),
+        }),
+        ..Default::default()
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let secrets = dir.path().join("secrets.json");
+    std::fs::write(&secrets, r#"{"bgp": {"mesh": "M3sh-pass"}}"#).unwrap();
+    let (text, problems) =
+        st.render_node("node-a", &format!("--node-ip 192.168.10.2/24 --bgp-secrets {}", secrets.display()));
+    assert!(problems.is_empty(), "{problems:?}");
+    let mesh = protocol(&text, "Mesh_192_168_20_2").expect("the mesh is on (a BGPConfiguration exists)");
+    assert!(mesh.contains("password \"M3sh-pass\";"), "{mesh}");
+    golden("bgp_mesh_password", &text);
+
+    // The secret cannot be read: no mesh session without its password.
+    let (text, problems) = st.render_node("node-a", "--node-ip 192.168.10.2/24");
+    assert!(!text.contains("Mesh_"), "{text}");
+    assert!(
+        problems.iter().any(|p| p.contains("nodeMeshPassword") && p.contains("no node-to-node mesh")),
+        "{problems:?}"
+    );
+    bird_parse(&text).unwrap();
+}

@@ -515,6 +515,10 @@ pub struct BgpConfigurationSpec {
     pub service_cluster_ips: Vec<ServiceIpBlock>,
     #[serde(rename = "serviceExternalIPs", default, skip_serializing_if = "Vec::is_empty")]
     pub service_external_ips: Vec<ServiceIpBlock>,
+    /// The TCP-MD5 password of every node-to-node mesh session, as a
+    /// reference to a secret.
+    #[serde(rename = "nodeMeshPassword", default, skip_serializing_if = "Option::is_none")]
+    pub node_mesh_password: Option<BgpPassword>,
 }
 
 pub type BgpConfiguration = Resource<BgpConfigurationSpec>;
@@ -554,6 +558,7 @@ pub fn decode_bgp_configuration(kv: &KeyValue) -> Result<(BgpConfiguration, Vec<
                     spec.node_to_node_mesh_enabled =
                         spec.node_to_node_mesh_enabled.or(s.node_to_node_mesh_enabled);
                     spec.as_number = spec.as_number.or(s.as_number);
+                    spec.node_mesh_password = spec.node_mesh_password.take().or(s.node_mesh_password);
                 }
                 Err(e) => bad.push(format!("{field} {value}: {e}")),
             },
@@ -809,9 +814,14 @@ mod tests {
         }
         // Good fields next to bad ones are kept.
         let json = r#"{"kind":"BGPConfiguration","apiVersion":"projectcalico.org/v3","metadata":{"name":"default"},
-            "spec":{"asNumber":"1.10","nodeToNodeMeshEnabled":false,"logSeverityScreen":"Verbose"}}"#;
+            "spec":{"asNumber":"1.10","nodeToNodeMeshEnabled":false,"logSeverityScreen":"Verbose",
+                    "nodeMeshPassword":{"secretKeyRef":{"name":"bgp","key":"mesh"}}}}"#;
         let (c, bad) = decode_bgp_configuration(&kv("k", json)).unwrap();
         assert_eq!((c.spec.as_number, c.spec.node_to_node_mesh_enabled), (Some(65546), Some(false)));
+        assert_eq!(
+            c.spec.node_mesh_password.and_then(|p| p.secret_key_ref),
+            Some(SecretKeyRef { name: "bgp".into(), key: "mesh".into() })
+        );
         assert_eq!(
             c.spec.log_severity_screen.as_deref(),
             Some("Verbose"),
