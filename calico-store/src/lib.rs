@@ -39,6 +39,7 @@ pub mod config;
 pub mod error;
 pub mod etcd;
 pub mod file;
+pub mod file_watch;
 pub mod model;
 pub mod resolve;
 pub mod retry;
