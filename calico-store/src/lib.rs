@@ -8,7 +8,11 @@
 //!   this trait (IPAM, pod records, the node agent, the rule generator) is
 //!   backend-agnostic.
 //! * Backends: [`file::FileStore`] (embedded single-node default) and
-//!   [`etcd::EtcdStore`] (etcd v3, shared by many nodes).
+//!   [`etcd::EtcdStore`] (etcd v3, shared by many nodes), each with a real
+//!   change notification behind [`Datastore::wait_for_change`]: an etcd
+//!   watch of `/calico/` kept open between calls, inotify on the file
+//!   store's directory ([`file_watch`]). A watcher that waits on it makes no
+//!   datastore requests while nothing changes.
 //! * [`model`]: Calico's etcd v3 key layout and JSON documents (blocks,
 //!   affinities, handles, IPAM config, IP pools, workload endpoints, nodes,
 //!   BGP configuration and BGP peers).
@@ -27,7 +31,7 @@
 //!   failures to CNI error codes, next to the error type it maps, so that
 //!   `calico` and `calico-ipam` report a failure with the same code.
 //!
-//! May call: the filesystem, etcd (through `etcd-client`), the environment
+//! May call: the filesystem (and inotify on a file store's directory), etcd (through `etcd-client`), the environment
 //! only through the closure a caller hands to [`resolve::resolve`], and with
 //! feature `cni` the error type of `cni-proto`. Must not know about IP
 //! allocation policy (that is `ipam-block`), command-line parsing beyond the
