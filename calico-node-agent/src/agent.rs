@@ -19,6 +19,9 @@ use crate::state::{self, RoutingState};
 /// Even when the store's revision stands still, re-check the kernel this
 /// often: someone may have deleted a blackhole by hand.
 const RESYNC_EVERY: Duration = Duration::from_secs(10);
+/// The longest one wait for a datastore change lasts: `stop` is looked at
+/// between two waits.
+const STOP_CHECK_EVERY: Duration = Duration::from_millis(250);
 
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
@@ -88,7 +91,7 @@ pub fn register_node(store: &dyn Datastore, cfg: &AgentConfig) -> Result<(), Sto
 }
 
 /// The problems in `current` not reported yet; `reported` becomes `current`,
-/// so a problem is logged once while it lasts (not on every poll), and again
+/// so a problem is logged once while it lasts (not on every pass), and again
 /// if it goes away and comes back.
 fn newly_reported(reported: &mut BTreeSet<String>, current: &BTreeSet<String>) -> Vec<String> {
     let new = current.difference(reported).cloned().collect();
@@ -181,14 +184,38 @@ impl Agent {
         Ok(())
     }
 
-    /// Poll the store's revision every `poll_interval` and reconcile when it
-    /// moved (or every RESYNC_EVERY), until `stop` is set. Errors are logged
-    /// and retried on the next tick: a datastore outage must not take the
+    /// Re-program the kernel (and BIRD) from the state last read, without
+    /// reading the datastore: what [`Agent::run`] does every RESYNC_EVERY,
+    /// to undo hand edits of the kernel while the datastore stands still.
+    pub fn resync(&mut self) -> Result<(), AgentError> {
+        let Some(st) = &self.last_state else { return Ok(()) };
+        let changes = self.routes.reconcile(&st.own_blocks)?;
+        for b in &changes.added {
+            log::info!("restored blackhole route {} (removed behind the agent's back)", b.0);
+        }
+        for b in &changes.removed {
+            log::info!("removed stray blackhole route {}", b.0);
+        }
+        // BIRD not reachable at the last reconcile: the retry.
+        if let Applied::Reconfigured = self.bird.apply(&render(&BirdInputs::new(&self.cfg, st)))? {
+            log::info!("BIRD reconfigured ({})", self.cfg.bird_config.display());
+        }
+        Ok(())
+    }
+
+    /// Reconcile, then wait for the next datastore change
+    /// ([`Datastore::wait_for_change`]: an etcd watch, inotify on the file
+    /// store) and reconcile again, until `stop` is set. An idle agent makes
+    /// no datastore requests: every RESYNC_EVERY it re-programs the kernel
+    /// from the state it holds ([`Agent::resync`]). A failure is logged and
+    /// retried every `poll_interval`: a datastore outage must not take the
     /// node's routes down with it.
     pub fn run(&mut self, stop: &AtomicBool) {
         let mut registered = false;
         let mut dirty = true;
-        let mut last_full = Instant::now();
+        let mut last_resync = Instant::now();
+        // The watch is down: reported once, and its recovery once.
+        let mut watch_down = false;
         while !stop.load(Ordering::Relaxed) {
             if !registered {
                 match self.register() {
@@ -196,24 +223,53 @@ impl Agent {
                     Err(e) => log::warn!("registering node {}: {e}", self.cfg.node_name),
                 }
             }
-            let moved = match self.store.revision() {
-                Ok(r) => Some(r) != self.last_revision,
-                Err(e) => {
-                    log::warn!("datastore revision: {e}");
-                    false
-                }
-            };
-            if moved || dirty || last_full.elapsed() >= RESYNC_EVERY {
-                last_full = Instant::now();
+            if dirty {
                 match self.reconcile() {
-                    Ok(()) => dirty = false,
-                    Err(e) => {
-                        log::error!("reconcile: {e}");
+                    Ok(()) => {
+                        dirty = false;
+                        last_resync = Instant::now();
+                    }
+                    Err(e) => log::error!("reconcile: {e}"),
+                }
+            } else if last_resync.elapsed() >= RESYNC_EVERY {
+                last_resync = Instant::now();
+                if let Err(e) = self.resync() {
+                    log::error!("resync: {e}");
+                    dirty = true;
+                }
+            }
+            if dirty || !registered {
+                sleep_unless_stopped(self.cfg.poll_interval, stop);
+                continue;
+            }
+            let until_resync = RESYNC_EVERY.saturating_sub(last_resync.elapsed());
+            // Short waits, so a stop is seen soon; waiting again on an open
+            // watch costs no request.
+            let wait = until_resync.min(STOP_CHECK_EVERY);
+            match self.store.wait_for_change(self.last_revision.unwrap_or(0), wait) {
+                Ok(changed) => {
+                    if watch_down {
+                        log::info!("datastore watch is back");
+                        watch_down = false;
+                    }
+                    if let Some(rev) = changed {
+                        log::debug!("datastore changed (revision {rev})");
                         dirty = true;
                     }
                 }
+                Err(e) => {
+                    if !watch_down {
+                        log::warn!(
+                            "waiting for datastore changes: {e}; retrying every {:?}",
+                            self.cfg.poll_interval
+                        );
+                        watch_down = true;
+                    }
+                    // What changed during the outage is read once it is over.
+                    dirty = true;
+                    sleep_unless_stopped(self.cfg.poll_interval, stop);
+                }
             }
-            sleep_unless_stopped(self.cfg.poll_interval, stop);
         }
         log::info!("agent stopping; routes and BIRD config are left in place");
     }

@@ -29,7 +29,7 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Register the Node, then reconcile routes and BIRD every --poll-interval-ms
+    /// Register the Node, then reconcile routes and BIRD on every datastore change (watched, not polled)
     Run {
         /// One pass (register, reconcile), then exit
         #[arg(long)]
@@ -109,7 +109,7 @@ pub struct AgentArgs {
     /// Kernel protocol of the blackhole routes (default 80)
     #[arg(long, value_name = "0-255")]
     pub route_protocol: Option<u8>,
-    /// Poll period in milliseconds (default 1000, at least 50)
+    /// Retry period after a datastore or kernel failure, in milliseconds (default 1000, at least 50); changes are watched, not polled
     #[arg(long, value_name = "MS")]
     pub poll_interval_ms: Option<u64>,
     /// Append the log to this file too

@@ -144,6 +144,9 @@ pub struct AgentConfig {
     pub bird_config: PathBuf,
     pub bird_socket: PathBuf,
     pub route_protocol: u8,
+    /// `poll_interval_ms`: how soon a failed reconcile or a lost datastore
+    /// watch is retried. Changes themselves are watched
+    /// ([`calico_store::Datastore::wait_for_change`]), never polled.
     pub poll_interval: Duration,
     pub log_file: Option<PathBuf>,
 }

@@ -10,7 +10,11 @@
 //! * [`bird`]: render the BIRD 2 configuration; [`birdctl`]: write it and
 //!   reconfigure BIRD only when it changed;
 //! * [`routes`]: one blackhole route per affine block (protocol 80);
-//! * [`agent`]: Node registration and the poll/reconcile loop;
+//! * [`agent`]: Node registration and the watch/reconcile loop: it waits on
+//!   the datastore's change notification (`Datastore::wait_for_change`: an
+//!   etcd watch, inotify on the file store), so a claimed block is routed as
+//!   soon as it is written and an idle agent makes no datastore requests;
+//!   every 10 s it re-programs the kernel from the state it holds;
 //! * [`config`]: the agent's configuration (file, then flags) and
 //!   [`config::DEFAULT_AS_NUMBER`]; [`cli`]: its command line (clap; the
 //!   logger is the tools' shared one, `tool-cli`, installed by the binary).
@@ -18,7 +22,7 @@
 //! ## BGP resources
 //!
 //! Like calico/node, the agent takes its BGP settings from the datastore,
-//! read in the same poll as the blocks; a change re-renders BIRD and
+//! read in the same pass as the blocks; a change re-renders BIRD and
 //! reconfigures it (only when the text changed):
 //!
 //! * `/calico/resources/v3/projectcalico.org/bgpconfigurations/default`:
@@ -59,7 +63,7 @@
 //!   `sourceAddress`, `keepOriginalNextHop`, `filters`, `ttlSecurity`, ...)
 //!   are ignored: the peering is made without them.
 //!
-//! Each of these is logged once while it lasts (not on every poll), naming
+//! Each of these is logged once while it lasts (not on every pass), naming
 //! the document. As a last line of defence every rendered text is checked
 //! with `bird -p` before it is applied; a refusal names the rendered section
 //! (and its `description`, the document it comes from) and BIRD keeps its
