@@ -83,6 +83,7 @@ pub mod bird;
 pub mod birdctl;
 pub mod cli;
 pub mod config;
+pub mod nat_outgoing;
 pub mod peering;
 pub mod routes;
 pub mod state;
