@@ -12,6 +12,7 @@ use calico_store::{Datastore, Revision, StoreError};
 use crate::bird::{render, BirdInputs};
 use crate::birdctl::{Applied, Bird, BirdError};
 use crate::config::AgentConfig;
+use crate::nat_outgoing::{NatError, NatOutgoing, NatPools};
 use crate::peering::BgpSettings;
 use crate::routes::BlackholeRoutes;
 use crate::state::{self, RoutingState};
@@ -31,6 +32,8 @@ pub enum AgentError {
     Netlink(#[from] netlink_util::Error),
     #[error("BIRD: {0}")]
     Bird(#[from] BirdError),
+    #[error("natOutgoing rules: {0}")]
+    Nat(#[from] NatError),
 }
 
 /// The Node resource this agent publishes (as calico/node does from the
@@ -105,6 +108,7 @@ pub struct Agent {
     store: Arc<dyn Datastore>,
     routes: BlackholeRoutes,
     bird: Bird,
+    nat: NatOutgoing,
     last_revision: Option<Revision>,
     last_state: Option<RoutingState>,
     last_bgp: Option<BgpSettings>,
@@ -121,11 +125,13 @@ impl Agent {
     pub fn with_store(cfg: AgentConfig, store: Arc<dyn Datastore>) -> Result<Agent, AgentError> {
         let routes = BlackholeRoutes::new(cfg.route_protocol)?;
         let bird = Bird::new(&cfg.bird_config, &cfg.bird_socket);
+        let nat = NatOutgoing::new(cfg.nat_outgoing_mode);
         Ok(Agent {
             cfg,
             store,
             routes,
             bird,
+            nat,
             last_revision: None,
             last_state: None,
             last_bgp: None,
@@ -141,7 +147,9 @@ impl Agent {
     pub fn reconcile(&mut self) -> Result<(), AgentError> {
         let revision = self.store.revision()?;
         let st = state::read(self.store.as_ref(), &self.cfg.node_name)?;
-        for p in newly_reported(&mut self.reported, &st.problems) {
+        let (pools, pool_problems) = NatPools::read(self.store.as_ref())?;
+        let problems = st.problems.iter().chain(&pool_problems).cloned().collect();
+        for p in newly_reported(&mut self.reported, &problems) {
             log::warn!("{p}");
         }
         if self.last_state.as_ref() != Some(&st) {
@@ -180,6 +188,15 @@ impl Agent {
         }
         self.last_bgp = Some(inputs.bgp);
         self.last_state = Some(st);
+        // Last: a firewall failure must not hold up routes and BIRD.
+        if self.nat.apply(&pools)? {
+            log::info!(
+                "natOutgoing ({}): masquerading [{}] to destinations outside [{}]",
+                self.nat.mode().as_str(),
+                pools.masq.iter().map(|n| n.to_string()).collect::<Vec<_>>().join(", "),
+                pools.all.iter().map(|n| n.to_string()).collect::<Vec<_>>().join(", ")
+            );
+        }
         self.last_revision = Some(revision);
         Ok(())
     }
@@ -200,6 +217,8 @@ impl Agent {
         if let Applied::Reconfigured = self.bird.apply(&render(&BirdInputs::new(&self.cfg, st)))? {
             log::info!("BIRD reconfigured ({})", self.cfg.bird_config.display());
         }
+        // A flushed firewall gets its natOutgoing rules back.
+        self.nat.reapply()?;
         Ok(())
     }
 

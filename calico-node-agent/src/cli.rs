@@ -11,6 +11,7 @@ use ipnetwork::Ipv4Network;
 use tool_cli::{DatastoreArgs, LogArgs};
 
 use crate::config::PeerConfig;
+use crate::nat_outgoing::NatMode;
 
 /// Keep this node's blackhole routes and BIRD in line with the datastore.
 ///
@@ -112,6 +113,9 @@ pub struct AgentArgs {
     /// Retry period after a datastore or kernel failure, in milliseconds (default 1000, at least 50); changes are watched, not polled
     #[arg(long, value_name = "MS")]
     pub poll_interval_ms: Option<u64>,
+    /// Where the IP pools' natOutgoing rules go: iptables (default) or nftables
+    #[arg(long, value_name = "MODE", value_parser = NatMode::parse)]
+    pub nat_outgoing_mode: Option<NatMode>,
     /// Append the log to this file too
     #[arg(long, value_name = "PATH")]
     pub log_file: Option<PathBuf>,

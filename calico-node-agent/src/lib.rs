@@ -10,6 +10,11 @@
 //! * [`bird`]: render the BIRD 2 configuration; [`birdctl`]: write it and
 //!   reconfigure BIRD only when it changed;
 //! * [`routes`]: one blackhole route per affine block (protocol 80);
+//! * [`nat_outgoing`]: the IP pools' `natOutgoing` (pod traffic from a
+//!   natOutgoing pool to a destination in no pool is masqueraded), as chain
+//!   `cali-nat-outgoing` (iptables) or table `calico-nat-outgoing`
+//!   (nftables), chosen by `nat_outgoing_mode`; a bad pool document is
+//!   skipped and reported;
 //! * [`agent`]: Node registration and the watch/reconcile loop: it waits on
 //!   the datastore's change notification (`Datastore::wait_for_change`: an
 //!   etcd watch, inotify on the file store), so a claimed block is routed as
@@ -72,9 +77,11 @@
 //! IPv6.
 //!
 //! May call: `calico-store` (read, plus its own Node resource), `netlink-util`
-//! (routes), `birdc`/`bird` (BIRD control), `tool-cli`/clap (the command
-//! line, the datastore flags' environment variables). Never touches pod interfaces
-//! (the CNI plugin's) or iptables (`kube-proxy-rules`), and never starts
+//! (routes), `birdc`/`bird` (BIRD control), `iptables`/`ip6tables`(-restore)
+//! or `nft` (its own natOutgoing chain or tables only), `tool-cli`/clap (the
+//! command line, the datastore flags' environment variables). Never touches
+//! pod interfaces (the CNI plugin's) or the service rules (`kube-proxy-rules`'
+//! chains and tables), and never starts
 //! other programs' daemons: the namespace lab that runs the agent beside
 //! etcd, BIRD and the other binaries is the `calico-lab` crate.
 
