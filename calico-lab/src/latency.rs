@@ -1,0 +1,229 @@
+//! How long a claimed block takes to become a route at the tor: the
+//! measure behind `calico-lab bench-claims` (a `make bench` step).
+//!
+//! Each round writes one block claim to the lab's etcd (the block and its
+//! confirmed affinity in one transaction, what IPAM commits when a new pod
+//! needs a fresh block), then waits for two kernel route events, seen by
+//! `ip -o monitor route` (no polling) in two namespaces:
+//! * the node's blackhole for the block: the agent saw the claim (etcd
+//!   watch) and read the datastore;
+//! * the tor's route to the block: the agent re-rendered BIRD's config
+//!   (checked with `bird -p`) and reconfigured it, BIRD announced the block,
+//!   the tor's BIRD imported it and its kernel protocol installed it.
+//!
+//! Then the claim is released and its withdrawal awaited, so every round
+//! starts from a quiet lab. Blocks come from the top of the lab's pool,
+//! away from the scenario's.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Stdio};
+use std::sync::mpsc::{channel, Receiver};
+use std::time::{Duration, Instant};
+
+use calico_store::model::{self, AffinityState, AllocationBlock, BlockAffinity};
+use calico_store::{Datastore, Op};
+use ipnetwork::{IpNetwork, Ipv4Network};
+
+use crate::{Lab, LabError};
+
+/// One claim's two delays.
+#[derive(Debug, Clone, Copy)]
+pub struct ClaimTiming {
+    /// Claim committed → the node's blackhole route.
+    pub to_node: Duration,
+    /// Claim committed → the tor's route.
+    pub to_tor: Duration,
+}
+
+/// Percentiles of a set of delays.
+#[derive(Debug, Clone, Copy)]
+pub struct Percentiles {
+    pub min: Duration,
+    pub p50: Duration,
+    pub p99: Duration,
+    pub max: Duration,
+}
+
+impl Percentiles {
+    /// Nearest-rank percentiles; `None` for no samples.
+    pub fn of(samples: &[Duration]) -> Option<Percentiles> {
+        let mut v = samples.to_vec();
+        v.sort();
+        let rank = |p: f64| v[((p / 100.0 * v.len() as f64).ceil() as usize).clamp(1, v.len()) - 1];
+        (!v.is_empty()).then(|| Percentiles {
+            min: v[0],
+            p50: rank(50.0),
+            p99: rank(99.0),
+            max: v[v.len() - 1],
+        })
+    }
+}
+
+impl std::fmt::Display for Percentiles {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+        write!(
+            f,
+            "p50 {:6.1} ms   p99 {:6.1} ms   (min {:.1}, max {:.1})",
+            ms(self.p50),
+            ms(self.p99),
+            ms(self.min),
+            ms(self.max)
+        )
+    }
+}
+
+/// `ip -o monitor route` in a lab namespace: each line with when it was read.
+struct RouteMonitor {
+    child: Child,
+    lines: Receiver<(Instant, String)>,
+}
+
+impl RouteMonitor {
+    fn start(lab: &Lab, host: &str) -> Result<RouteMonitor, LabError> {
+        let mut cmd = lab.ns(host)?.nsenter("ip");
+        cmd.args(["-o", "monitor", "route"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .stdin(Stdio::null());
+        let mut child = cmd.spawn().map_err(|e| LabError::io(std::path::Path::new("ip"), e))?;
+        let out = child.stdout.take().ok_or_else(|| LabError::Check("ip monitor has no stdout".into()))?;
+        let (tx, lines) = channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines() {
+                let Ok(line) = line else { return };
+                if tx.send((Instant::now(), line)).is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(RouteMonitor { child, lines })
+    }
+
+    /// When a line about `prefix` that `matches` arrives (earlier lines are
+    /// dropped).
+    fn wait(
+        &self,
+        prefix: &str,
+        matches: impl Fn(&str) -> bool,
+        timeout: Duration,
+    ) -> Result<Instant, LabError> {
+        let end = Instant::now() + timeout;
+        loop {
+            let left = end.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok((at, line)) => {
+                    let words: Vec<&str> = line.split_whitespace().collect();
+                    if words.contains(&prefix) && matches(&line) {
+                        return Ok(at);
+                    }
+                }
+                Err(_) => return Err(LabError::Timeout(format!("route event for {prefix}"))),
+            }
+        }
+    }
+}
+
+impl Drop for RouteMonitor {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The `i`-th block counted down from the top of `pool`.
+fn block_from_top(pool: Ipv4Network, block_size: u8, i: u32) -> Result<Ipv4Network, LabError> {
+    let size = 1u32 << (32 - u32::from(block_size));
+    let top = u32::from(pool.broadcast()).wrapping_add(1);
+    let start = top.wrapping_sub((i + 1).wrapping_mul(size));
+    let net = Ipv4Network::new(start.into(), block_size).map_err(|e| LabError::Check(e.to_string()))?;
+    if !pool.contains(net.network()) || i >= pool.size() / size / 2 {
+        return Err(LabError::Check(format!("{i} claims do not fit in the top half of pool {pool}")));
+    }
+    Ok(net)
+}
+
+fn claim_ops(node: &str, net: &IpNetwork) -> Vec<Op> {
+    let n = 1usize << (32 - net.prefix());
+    let block = AllocationBlock {
+        cidr: *net,
+        affinity: Some(format!("host:{node}")),
+        strict_affinity: false,
+        allocations: vec![None; n],
+        unallocated: (0..n).collect(),
+        attributes: vec![],
+        deleted: false,
+    };
+    let aff = BlockAffinity { state: AffinityState::Confirmed, deleted: false };
+    vec![
+        Op::Create { key: model::block_key(net), value: model::encode(&block) },
+        Op::Create { key: model::affinity_key(node, net), value: model::encode(&aff) },
+    ]
+}
+
+fn release(s: &dyn Datastore, node: &str, net: &IpNetwork) -> Result<(), LabError> {
+    let mut ops = Vec::new();
+    for key in [model::affinity_key(node, net), model::block_key(net)] {
+        if let Some(kv) = s.get(&key)? {
+            ops.push(Op::Delete { key, revision: kv.revision });
+        }
+    }
+    s.commit(&ops)?;
+    Ok(())
+}
+
+impl Lab {
+    /// `claims` rounds of claim → node blackhole → tor route → release →
+    /// withdrawn, on `node` (see the module doc).
+    pub fn measure_claims(&self, node: &str, claims: u32) -> Result<Vec<ClaimTiming>, LabError> {
+        let node_mon = RouteMonitor::start(self, node)?;
+        let tor_mon = RouteMonitor::start(self, "tor")?;
+        // `ip monitor` subscribes before it prints anything: give it a moment.
+        std::thread::sleep(Duration::from_millis(200));
+        let (pool, block_size) = (self.cfg.pool, self.cfg.block_size);
+        let node_name = node.to_string();
+        let timeout = Duration::from_secs(30);
+        self.with_store(node, move |s| {
+            let mut out = Vec::new();
+            for i in 0..claims {
+                let net = IpNetwork::V4(block_from_top(pool, block_size, i)?);
+                let prefix = net.to_string();
+                s.commit(&claim_ops(&node_name, &net))?;
+                let t0 = Instant::now();
+                let added = |l: &str| !l.starts_with("Deleted");
+                let at_node = node_mon.wait(&prefix, |l| added(l) && l.contains("blackhole"), timeout)?;
+                let at_tor = tor_mon.wait(&prefix, added, timeout)?;
+                out.push(ClaimTiming {
+                    to_node: at_node.saturating_duration_since(t0),
+                    to_tor: at_tor.saturating_duration_since(t0),
+                });
+                release(s, &node_name, &net)?;
+                tor_mon.wait(&prefix, |l| l.starts_with("Deleted"), timeout)?;
+                node_mon.wait(&prefix, |l| l.starts_with("Deleted"), timeout)?;
+            }
+            Ok(out)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn blocks_come_from_the_top_of_the_pool() {
+        let pool: Ipv4Network = "10.244.0.0/16".parse().unwrap();
+        assert_eq!(block_from_top(pool, 26, 0).unwrap().to_string(), "10.244.255.192/26");
+        assert_eq!(block_from_top(pool, 26, 1).unwrap().to_string(), "10.244.255.128/26");
+        assert!(block_from_top(pool, 26, 512).is_err(), "the bottom half is the scenario's");
+    }
+
+    #[test]
+    fn nearest_rank_percentiles() {
+        let ms = |v: u64| Duration::from_millis(v);
+        let samples: Vec<_> = (1..=50).map(ms).collect();
+        let p = Percentiles::of(&samples).unwrap();
+        assert_eq!((p.min, p.p50, p.p99, p.max), (ms(1), ms(25), ms(50), ms(50)));
+        assert!(Percentiles::of(&[]).is_none());
+    }
+}
