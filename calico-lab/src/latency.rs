@@ -14,6 +14,13 @@
 //! Then the claim is released and its withdrawal awaited, so every round
 //! starts from a quiet lab. Blocks come from the top of the lab's pool,
 //! away from the scenario's.
+//!
+//! The reference, measured in the same run ([`Lab::measure_bird_alone`]):
+//! BIRD's own reaction to the same change. The configuration the agent
+//! renders for one more block (its own renderer, on the state it reads) is
+//! written over the node's `bird.conf` and `birdc configure` run by hand;
+//! the clock runs from the write to the tor's route. No datastore, no watch,
+//! no `bird -p` check: what is left when the agent costs nothing.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Stdio};
@@ -24,7 +31,17 @@ use calico_store::model::{self, AffinityState, AllocationBlock, BlockAffinity};
 use calico_store::{Datastore, Op};
 use ipnetwork::{IpNetwork, Ipv4Network};
 
-use crate::{Lab, LabError};
+use calico_node_agent::bird::{render, BirdInputs};
+use calico_node_agent::config::AgentConfig;
+use calico_node_agent::state::{self, OwnBlock};
+
+use crate::{birdc, Lab, LabError};
+
+/// The most claims (or reference rounds) one measurement makes: each kind
+/// takes its blocks from its own quarter of the pool's top half.
+pub const MAX_ROUNDS: u32 = 200;
+/// Where the reference's blocks start (counted from the pool's top).
+const REFERENCE_FIRST_BLOCK: u32 = 256;
 
 /// One claim's two delays.
 #[derive(Debug, Clone, Copy)]
@@ -173,9 +190,65 @@ fn release(s: &dyn Datastore, node: &str, net: &IpNetwork) -> Result<(), LabErro
 }
 
 impl Lab {
+    /// `rounds` rounds of BIRD's own reaction on `node` (the module doc's
+    /// reference): the agent's rendering for one more block written and
+    /// `birdc configure`d by hand → the tor's route; then the original
+    /// configuration back, and its withdrawal awaited. The agent leaves
+    /// BIRD alone meanwhile: it rewrites the file only when the datastore
+    /// changes, and nothing writes to it during the rounds.
+    pub fn measure_bird_alone(&self, node: &str, rounds: u32) -> Result<Vec<Duration>, LabError> {
+        if rounds > MAX_ROUNDS {
+            return Err(LabError::Check(format!("at most {MAX_ROUNDS} rounds")));
+        }
+        let dir = self.run_dir.join(node);
+        let cfg = AgentConfig::from_file(&dir.join("agent.json"))
+            .map_err(|e| LabError::Check(format!("agent config of {node}: {e}")))?;
+        let node_name = node.to_string();
+        let st = self.with_store(node, move |s| Ok(state::read(s, &node_name)?))?;
+        let conf = cfg.bird_config.clone();
+        let original = std::fs::read_to_string(&conf).map_err(|e| LabError::io(&conf, e))?;
+        let sock = self.bird_socket(node);
+        let tmp = conf.with_extension("bench");
+        let write_and_configure = |text: &str| -> Result<(), LabError> {
+            std::fs::write(&tmp, text).map_err(|e| LabError::io(&tmp, e))?;
+            std::fs::rename(&tmp, &conf).map_err(|e| LabError::io(&conf, e))?;
+            let out = birdc(&sock, &["configure"])?;
+            if !out.contains("Reconfigur") {
+                return Err(LabError::Check(format!("birdc configure: {out}")));
+            }
+            Ok(())
+        };
+        let tor_mon = RouteMonitor::start(self, "tor")?;
+        std::thread::sleep(Duration::from_millis(200));
+        let timeout = Duration::from_secs(30);
+        let mut out = Vec::new();
+        let result = (|| {
+            for i in 0..rounds {
+                let net = block_from_top(self.cfg.pool, self.cfg.block_size, REFERENCE_FIRST_BLOCK + i)?;
+                let mut more = st.clone();
+                more.own_blocks.insert(OwnBlock(net));
+                let text = render(&BirdInputs::new(&cfg, &more));
+                let prefix = net.to_string();
+                let t0 = Instant::now();
+                write_and_configure(&text)?;
+                let at = tor_mon.wait(&prefix, |l| !l.starts_with("Deleted"), timeout)?;
+                out.push(at.saturating_duration_since(t0));
+                write_and_configure(&original)?;
+                tor_mon.wait(&prefix, |l| l.starts_with("Deleted"), timeout)?;
+            }
+            Ok(())
+        })();
+        // Whatever happened, BIRD runs the agent's configuration again.
+        let restored = write_and_configure(&original);
+        result.and(restored).map(|()| out)
+    }
+
     /// `claims` rounds of claim → node blackhole → tor route → release →
     /// withdrawn, on `node` (see the module doc).
     pub fn measure_claims(&self, node: &str, claims: u32) -> Result<Vec<ClaimTiming>, LabError> {
+        if claims > MAX_ROUNDS {
+            return Err(LabError::Check(format!("at most {MAX_ROUNDS} claims")));
+        }
         let node_mon = RouteMonitor::start(self, node)?;
         let tor_mon = RouteMonitor::start(self, "tor")?;
         // `ip monitor` subscribes before it prints anything: give it a moment.

@@ -70,7 +70,7 @@ enum Cmd {
     /// Time block claims to the route at the tor (p50/p99), then tear down
     BenchClaims {
         /// How many claims (each released before the next)
-        #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=500))]
+        #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=200))]
         claims: u32,
         /// The node that claims (default: the first)
         #[arg(long, value_name = "NAME")]
@@ -203,6 +203,8 @@ fn bench_claims(claims: u32, node: Option<String>, args: &LabArgs) -> Result<(),
         return Err(LabError::Check(format!("no node {node} in the lab config")));
     }
     let lab = Lab::up(&cfg, &bins)?;
+    // The reference first (the agent idles), then the claims.
+    let bird_alone = lab.measure_bird_alone(&node, claims)?;
     let timings = lab.measure_claims(&node, claims)?;
     let node_ms: Vec<_> = timings.iter().map(|t| t.to_node).collect();
     let tor_ms: Vec<_> = timings.iter().map(|t| t.to_tor).collect();
@@ -215,6 +217,15 @@ fn bench_claims(claims: u32, node: Option<String>, args: &LabArgs) -> Result<(),
     println!("  claim -> blackhole on {node} (agent: watch + datastore read):   {n}");
     println!("  blackhole -> route at the tor (bird -p, configure, BGP, tor):   {b}");
     println!("  claim -> route at the tor:                                      {t}");
+    let r = Percentiles::of(&bird_alone).ok_or_else(|| LabError::Check("no reference round".into()))?;
+    println!("reference, same lab: BIRD alone (the agent's config for one more block written by hand,");
+    println!("  birdc configure) -> route at the tor:                          {r}");
+    let ratio = |a: std::time::Duration, b: std::time::Duration| a.as_secs_f64() / b.as_secs_f64().max(1e-9);
+    println!(
+        "ratio claim->tor / BIRD alone: p50 {:.2}, p99 {:.2} (the former 1 s poll alone added 500 ms on average)",
+        ratio(t.p50, r.p50),
+        ratio(t.p99, r.p99)
+    );
     drop(lab);
     Ok(())
 }

@@ -23,6 +23,16 @@ fn every_claim_reaches_the_tor_and_is_withdrawn_on_release() {
     // Every claim was released: nothing of them is left at the tor.
     let routes = lab.tor_routes().unwrap();
     assert!(!routes.contains("10.244.255."), "{routes}");
+
+    // The reference rounds hand BIRD back the agent's own configuration.
+    let conf = lab.run_dir.join("node-a").join("bird.conf");
+    let before = std::fs::read_to_string(&conf).unwrap();
+    assert_eq!(lab.measure_bird_alone("node-a", 3).unwrap().len(), 3);
+    assert_eq!(std::fs::read_to_string(&conf).unwrap(), before);
+    let routes = lab.tor_routes().unwrap();
+    assert!(!routes.contains("10.244.191."), "reference blocks left at the tor: {routes}");
+    // And the agent still routes claims afterwards.
+    assert_eq!(lab.measure_claims("node-a", 1).unwrap().len(), 1);
 }
 
 #[test]
