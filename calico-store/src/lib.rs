@@ -108,7 +108,10 @@ pub trait Datastore: Send + Sync {
     ///
     /// This default polls `revision()` once a second; backends override it
     /// with a real change notification (etcd watch, file-store inotify) so
-    /// an idle watcher makes no requests and a change is seen at once.
+    /// an idle watcher makes no requests and a change is seen at once. The
+    /// etcd watch covers every Calico key (`/calico/`): a write elsewhere in
+    /// etcd moves its revision without waking anyone. A wrapper around a
+    /// store must forward this call, or its callers poll.
     fn wait_for_change(
         &self,
         after: Revision,
