@@ -248,3 +248,43 @@ fn iptables_mode_masquerades_only_what_leaves_the_pools() {
 fn nftables_mode_masquerades_only_what_leaves_the_pools() {
     check_mode(NatMode::Nftables);
 }
+
+/// IPv6 pools get rules of their own family only (ip6tables, table ip6),
+/// and a family without a natOutgoing pool gets none.
+#[test]
+fn ipv6_pools_get_rules_of_their_own_family_in_both_modes() {
+    let ns = Netns::new("nn6");
+    let netns = netlink_util::Netns::open(ns.path()).unwrap();
+    let mut p = NatPools::default();
+    p.add("fd00:244::/64".parse().unwrap(), true);
+    p.add("fd00:245::/64".parse().unwrap(), false);
+    p.add("10.244.0.0/16".parse().unwrap(), false);
+    for mode in [NatMode::Iptables, NatMode::Nftables] {
+        let mut nat = NatOutgoing::new(mode);
+        netns.run_thread(|| Ok(nat.apply(&p))).unwrap().unwrap();
+        let v4 = ns.exec(&["iptables", "-w", "-t", "nat", "-S"]);
+        let v6 = ns.exec(&["ip6tables", "-w", "-t", "nat", "-S"]);
+        let tables = ns.exec(&["nft", "list", "tables"]);
+        assert!(!v4.contains("cali-nat-outgoing"), "{mode:?}: no IPv4 pool has natOutgoing: {v4}");
+        assert!(!tables.contains("table ip calico-nat-outgoing"), "{mode:?}: {tables}");
+        match mode {
+            NatMode::Iptables => {
+                assert!(v6.contains("-A cali-nat-outgoing -d fd00:245::/64"), "{v6}");
+                assert!(v6.contains("-A cali-nat-outgoing -s fd00:244::/64"), "{v6}");
+                assert!(v6.contains("-j MASQUERADE --random-fully"), "{v6}");
+            }
+            NatMode::Nftables => {
+                let t = ns.exec(&["nft", "list", "table", "ip6", "calico-nat-outgoing"]);
+                assert!(
+                    t.contains("ip6 saddr @masq-ipam-pools ip6 daddr != @all-ipam-pools masquerade"),
+                    "{t}"
+                );
+                assert!(!v6.contains("cali-nat-outgoing"), "no ip6tables rules in nftables mode: {v6}");
+            }
+        }
+        // Removed cleanly, both families.
+        netns.run_thread(|| Ok(nat.remove())).unwrap().unwrap();
+        assert!(!ns.exec(&["ip6tables", "-w", "-t", "nat", "-S"]).contains("cali-nat-outgoing"));
+        assert!(!ns.exec(&["nft", "list", "tables"]).contains("calico-nat-outgoing"));
+    }
+}
