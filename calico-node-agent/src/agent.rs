@@ -109,6 +109,10 @@ pub struct Agent {
     routes: BlackholeRoutes,
     bird: Bird,
     nat: NatOutgoing,
+    /// The pools last read, and the natOutgoing failure not yet overcome
+    /// (retried on every resync without re-reading the datastore).
+    pools: NatPools,
+    nat_failure: Option<String>,
     last_revision: Option<Revision>,
     last_state: Option<RoutingState>,
     last_bgp: Option<BgpSettings>,
@@ -132,11 +136,19 @@ impl Agent {
             routes,
             bird,
             nat,
+            pools: NatPools::default(),
+            nat_failure: None,
             last_revision: None,
             last_state: None,
             last_bgp: None,
             reported: BTreeSet::new(),
         })
+    }
+
+    /// The natOutgoing rules could not be written (logged; retried on
+    /// every resync): why.
+    pub fn nat_failure(&self) -> Option<&str> {
+        self.nat_failure.as_deref()
     }
 
     pub fn register(&self) -> Result<(), AgentError> {
@@ -188,15 +200,10 @@ impl Agent {
         }
         self.last_bgp = Some(inputs.bgp);
         self.last_state = Some(st);
-        // Last: a firewall failure must not hold up routes and BIRD.
-        if self.nat.apply(&pools)? {
-            log::info!(
-                "natOutgoing ({}): masquerading [{}] to destinations outside [{}]",
-                self.nat.mode().as_str(),
-                pools.masq.iter().map(|n| n.to_string()).collect::<Vec<_>>().join(", "),
-                pools.all.iter().map(|n| n.to_string()).collect::<Vec<_>>().join(", ")
-            );
-        }
+        // Last, and apart: a firewall that refuses the rules must not hold
+        // up routes and BIRD, nor make the agent re-read the datastore.
+        self.pools = pools;
+        self.apply_nat(false);
         self.last_revision = Some(revision);
         Ok(())
     }
@@ -217,9 +224,39 @@ impl Agent {
         if let Applied::Reconfigured = self.bird.apply(&render(&BirdInputs::new(&self.cfg, st)))? {
             log::info!("BIRD reconfigured ({})", self.cfg.bird_config.display());
         }
-        // A flushed firewall gets its natOutgoing rules back.
-        self.nat.reapply()?;
+        // A flushed firewall gets its natOutgoing rules back; a failed
+        // write is tried again.
+        self.apply_nat(true);
         Ok(())
+    }
+
+    /// Write the natOutgoing rules of `self.pools` (`again`: rewrite them
+    /// even if unchanged). A failure is logged once while it lasts and
+    /// retried on the next resync or change.
+    fn apply_nat(&mut self, again: bool) {
+        let result = match (&self.nat_failure, again) {
+            (None, true) => self.nat.reapply().map(|()| false),
+            _ => self.nat.apply(&self.pools),
+        };
+        match result {
+            Ok(wrote) => {
+                if self.nat_failure.take().is_some() || wrote {
+                    log::info!(
+                        "natOutgoing ({}): masquerading [{}] to destinations outside [{}]",
+                        self.nat.mode().as_str(),
+                        self.pools.masq.iter().map(|n| n.to_string()).collect::<Vec<_>>().join(", "),
+                        self.pools.all.iter().map(|n| n.to_string()).collect::<Vec<_>>().join(", ")
+                    );
+                }
+            }
+            Err(e) => {
+                let e = AgentError::from(e).to_string();
+                if self.nat_failure.as_deref() != Some(e.as_str()) {
+                    log::error!("{e}; retrying every {RESYNC_EVERY:?}");
+                }
+                self.nat_failure = Some(e);
+            }
+        }
     }
 
     /// Reconcile, then wait for the next datastore change

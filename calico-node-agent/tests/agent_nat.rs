@@ -42,7 +42,14 @@ fn put_pool(s: &FileStore, name: &str, cidr: &str, nat: bool) {
 }
 
 fn start_agent(ns: &Netns, dir: &Path, mode: &str) -> Daemon {
+    start_agent_with_path(ns, dir, mode, None)
+}
+
+fn start_agent_with_path(ns: &Netns, dir: &Path, mode: &str, path: Option<&Path>) -> Daemon {
     let mut cmd = ns.nsenter(testbed::target_bin("calico-node-agent"));
+    if let Some(p) = path {
+        cmd.env("PATH", p);
+    }
     cmd.args(["run", "--node-name", "n1", "--node-ip", "192.168.79.2/24", "--nat-outgoing-mode", mode])
         .arg("--datastore-path")
         .arg(dir.join("store"))
@@ -128,4 +135,51 @@ fn iptables_rules_follow_the_pools() {
 #[test]
 fn nftables_rules_follow_the_pools() {
     follows_the_pools("nftables");
+}
+
+/// A node where the firewall cannot be written (here: no `nft` on the
+/// agent's PATH): routes are still kept, the failure is logged once (not on
+/// every pass), and the idle agent does not re-read the datastore for it.
+#[test]
+fn a_firewall_failure_does_not_hold_up_routes() {
+    let ns = Netns::new("naf");
+    let dir = tempfile::tempdir().unwrap();
+    let s = FileStore::open(dir.path().join("store")).unwrap();
+    put_pool(&s, "default-ipv4-ippool", "10.247.0.0/16", true);
+    let net: ipnetwork::IpNetwork = "10.247.0.0/26".parse().unwrap();
+    let block = model::AllocationBlock {
+        cidr: net,
+        affinity: Some("host:n1".into()),
+        strict_affinity: false,
+        allocations: vec![None; 64],
+        unallocated: (0..64).collect(),
+        attributes: vec![],
+        deleted: false,
+    };
+    let aff = model::BlockAffinity { state: model::AffinityState::Confirmed, deleted: false };
+    s.commit(&[
+        calico_store::Op::Create { key: model::block_key(&net), value: model::encode(&block) },
+        calico_store::Op::Create { key: model::affinity_key("n1", &net), value: model::encode(&aff) },
+    ])
+    .unwrap();
+    // A PATH with what the agent (and nsenter, which starts it) runs, but no nft.
+    let bin = dir.path().join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    for tool in ["nsenter", "bird", "birdc", "iptables", "iptables-restore", "ip6tables", "ip6tables-restore"]
+    {
+        let found =
+            testbed::run_stdout(std::process::Command::new("sh").args(["-c", &format!("command -v {tool}")]))
+                .unwrap();
+        std::os::unix::fs::symlink(found.trim(), bin.join(tool)).unwrap();
+    }
+    let _agent = start_agent_with_path(&ns, dir.path(), "nftables", Some(&bin));
+    wait_for("the block's blackhole", Duration::from_secs(10), || {
+        ns.exec(&["ip", "route", "show", "type", "blackhole"]).contains("10.247.0.0/26")
+    });
+    // Several passes (a change, and time): the failure is logged once.
+    put_pool(&s, "other", "10.246.0.0/16", false);
+    std::thread::sleep(Duration::from_secs(2));
+    let log = std::fs::read_to_string(dir.path().join("agent.log")).unwrap();
+    assert_eq!(log.matches("natOutgoing rules: cannot run nft").count(), 1, "{log}");
+    assert!(!log.contains("reconcile:"), "the reconcile itself succeeded: {log}");
 }
