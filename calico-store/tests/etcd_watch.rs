@@ -43,8 +43,10 @@ fn an_idle_watch_makes_no_requests_and_a_write_wakes_it() {
     let r0 = s.revision().unwrap();
     assert_eq!(s.wait_for_change(r0, Duration::from_millis(200)).unwrap(), None);
     let (ours, theirs) = (s.requests(), grpc_started(&etcd));
-    // Idle: many waits, nothing sent (neither side counts a request).
-    for _ in 0..10 {
+    // Idle: many waits, nothing sent (neither side counts a request), for
+    // longer than the store's 2 s request bound: the watch is not a request
+    // that bound cuts off.
+    for _ in 0..15 {
         assert_eq!(s.wait_for_change(r0, Duration::from_millis(200)).unwrap(), None);
     }
     assert_eq!(s.requests(), ours, "waits while idle sent requests");
@@ -125,4 +127,25 @@ fn the_watch_reopens_after_etcd_restarts_and_misses_nothing() {
         }
     }
     assert_eq!(got, Some(r1));
+}
+
+#[test]
+fn the_watch_speaks_tls_with_client_certificates() {
+    let etcd = testbed::TlsEtcd::start();
+    let f = |n: &str| etcd.file(n);
+    let cfg = DatastoreConfig {
+        datastore_type: Some("etcdv3".into()),
+        etcd_endpoints: Some(etcd.endpoint.clone()),
+        etcd_ca_cert_file: Some(f("ca.pem")),
+        etcd_cert_file: Some(f("client.pem")),
+        etcd_key_file: Some(f("client.key")),
+        datastore_timeout_seconds: Some(5.0),
+        ..Default::default()
+    };
+    let s = EtcdStore::connect(&cfg).unwrap();
+    let writer = EtcdStore::connect(&cfg).unwrap();
+    let r0 = s.revision().unwrap();
+    assert_eq!(s.wait_for_change(r0, Duration::from_millis(200)).unwrap(), None);
+    let r1 = writer.create("/calico/tls", b"1").unwrap();
+    assert_eq!(s.wait_for_change(r0, Duration::from_secs(30)).unwrap(), Some(r1));
 }
