@@ -181,7 +181,7 @@ fn etcd_grpc_started(ns: &Netns) -> u64 {
 #[test]
 fn an_idle_agent_on_etcd_sends_etcd_nothing_and_a_claim_is_routed_at_once() {
     let ns = Netns::new("nwe");
-    let etcd = testbed::Etcd::start_in(&ns);
+    let mut etcd = testbed::Etcd::start_in(&ns);
     let dir = tempfile::tempdir().unwrap();
     let node = testbed::unique("n");
     let cfg = agent_config(
@@ -218,4 +218,15 @@ fn an_idle_agent_on_etcd_sends_etcd_nothing_and_a_claim_is_routed_at_once() {
     wait_for("the claimed block's blackhole", Duration::from_secs(10), || {
         blackholes(&ns).contains("10.253.0.64/26")
     });
+
+    // etcd goes away and comes back: the agent's watch reconnects (with
+    // backoff) and a claim made afterwards is routed.
+    etcd.stop();
+    std::thread::sleep(Duration::from_secs(1));
+    etcd.restart();
+    with_store(&|s| claim(s, &node, "10.253.0.128/26"));
+    wait_for("a claim after etcd restarted", Duration::from_secs(20), || {
+        blackholes(&ns).contains("10.253.0.128/26")
+    });
+    assert!(blackholes(&ns).contains("10.253.0.0/26"), "routes kept through the outage");
 }
