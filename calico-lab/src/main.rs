@@ -186,6 +186,10 @@ fn run(cmd: Cmd) -> Result<(), LabError> {
                 for l in &report.lines {
                     println!("{l}");
                 }
+                println!("\n== natOutgoing (pool flag on, then off)");
+                for l in lab.check_nat_outgoing()? {
+                    println!("ok   {l}");
+                }
                 println!("\n{}", lab.narrate()?);
                 lab
             };
