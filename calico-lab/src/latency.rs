@@ -35,7 +35,11 @@ use calico_node_agent::bird::{render, BirdInputs};
 use calico_node_agent::config::AgentConfig;
 use calico_node_agent::state::{self, OwnBlock};
 
-use crate::{birdc, Lab, LabError};
+use crate::{birdc, InNetns, Lab, LabError};
+
+/// The probe of [`RouteMonitor::probe`]: private, outside every lab range
+/// (not a /32: `ip` prints host routes without their length).
+const PROBE_ROUTE: &str = "172.31.255.252/30";
 
 /// The most claims (or reference rounds) one measurement makes: each kind
 /// takes its blocks from its own quarter of the pool's top half.
@@ -114,7 +118,26 @@ impl RouteMonitor {
                 }
             }
         });
-        Ok(RouteMonitor { child, lines })
+        let mon = RouteMonitor { child, lines };
+        mon.probe(lab, host)?;
+        Ok(mon)
+    }
+
+    /// Wait until the monitor reports (it subscribes some time after it
+    /// starts): a route of our own added and removed in `host`'s namespace
+    /// must show.
+    fn probe(&self, lab: &Lab, host: &str) -> Result<(), LabError> {
+        let ns = lab.ns(host)?;
+        for _ in 0..50 {
+            ns.output(&["ip", "route", "replace", "blackhole", PROBE_ROUTE])?;
+            let seen = self.wait(PROBE_ROUTE, |l| !l.starts_with("Deleted"), Duration::from_millis(100));
+            ns.output(&["ip", "route", "del", "blackhole", PROBE_ROUTE])?;
+            if seen.is_ok() {
+                self.wait(PROBE_ROUTE, |l| l.starts_with("Deleted"), Duration::from_secs(5))?;
+                return Ok(());
+            }
+        }
+        Err(LabError::Timeout(format!("ip monitor route in {host}")))
     }
 
     /// When a line about `prefix` that `matches` arrives (earlier lines are
@@ -131,7 +154,9 @@ impl RouteMonitor {
             match self.lines.recv_timeout(left) {
                 Ok((at, line)) => {
                     let words: Vec<&str> = line.split_whitespace().collect();
-                    if words.contains(&prefix) && matches(&line) {
+                    // `ip` prints a host route without its length.
+                    let bare = prefix.strip_suffix("/32").unwrap_or(prefix);
+                    if (words.contains(&prefix) || words.contains(&bare)) && matches(&line) {
                         return Ok(at);
                     }
                 }
@@ -219,7 +244,6 @@ impl Lab {
             Ok(())
         };
         let tor_mon = RouteMonitor::start(self, "tor")?;
-        std::thread::sleep(Duration::from_millis(200));
         let timeout = Duration::from_secs(30);
         let mut out = Vec::new();
         let result = (|| {
@@ -251,8 +275,6 @@ impl Lab {
         }
         let node_mon = RouteMonitor::start(self, node)?;
         let tor_mon = RouteMonitor::start(self, "tor")?;
-        // `ip monitor` subscribes before it prints anything: give it a moment.
-        std::thread::sleep(Duration::from_millis(200));
         let (pool, block_size) = (self.cfg.pool, self.cfg.block_size);
         let node_name = node.to_string();
         let timeout = Duration::from_secs(30);
