@@ -3,7 +3,9 @@
 //!
 //! Each round writes one block claim to the lab's etcd (the block and its
 //! confirmed affinity in one transaction, what IPAM commits when a new pod
-//! needs a fresh block), then waits for two kernel route events, seen by
+//! needs a fresh block; the clock starts when the commit is sent, so the
+//! write's own round trip is counted), then waits for two kernel route
+//! events, seen by
 //! `ip -o monitor route` (no polling) in two namespaces:
 //! * the node's blackhole for the block: the agent saw the claim (etcd
 //!   watch) and read the datastore;
@@ -50,9 +52,9 @@ const REFERENCE_FIRST_BLOCK: u32 = 256;
 /// One claim's two delays.
 #[derive(Debug, Clone, Copy)]
 pub struct ClaimTiming {
-    /// Claim committed → the node's blackhole route.
+    /// Claim's commit sent → the node's blackhole route.
     pub to_node: Duration,
-    /// Claim committed → the tor's route.
+    /// Claim's commit sent → the tor's route.
     pub to_tor: Duration,
 }
 
@@ -283,8 +285,10 @@ impl Lab {
             for i in 0..claims {
                 let net = IpNetwork::V4(block_from_top(pool, block_size, i)?);
                 let prefix = net.to_string();
-                s.commit(&claim_ops(&node_name, &net))?;
+                // From the start of the claim's commit: the agent may see it
+                // before the commit's answer reaches us.
                 let t0 = Instant::now();
+                s.commit(&claim_ops(&node_name, &net))?;
                 let added = |l: &str| !l.starts_with("Deleted");
                 let at_node = node_mon.wait(&prefix, |l| added(l) && l.contains("blackhole"), timeout)?;
                 let at_tor = tor_mon.wait(&prefix, added, timeout)?;
