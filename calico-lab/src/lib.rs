@@ -30,7 +30,13 @@
 //! * the demo scenario (README.md, *What the demos show*): pods through
 //!   `calico`, Services through `kube-proxy-rules sync`, the checks
 //!   ([`ScenarioReport`]) and the narrated walk of one request;
-//! * [`InNetns`]: netlink, sockets and commands inside a lab namespace.
+//! * [`InNetns`]: netlink, sockets and commands inside a lab namespace;
+//! * [`Lab::measure_claims`]: block claim → route at the tor, timed by
+//!   kernel route events (`calico-lab bench-claims`, a `make bench` step);
+//! * [`Lab::check_nat_outgoing`]: the pools' natOutgoing seen from the
+//!   client (node's address when on, the pod's when off; pod-to-pod and
+//!   pod-to-Service keep the pod's), each pod's nginx answering `/peer`
+//!   with the address it sees.
 //!
 //! The namespaces are `testbed`'s [`testbed::Netns`] guards and the daemons
 //! `testbed`'s [`testbed::Daemon`]s (own process group, stopped group and
@@ -39,7 +45,7 @@
 //!
 //! May call: the workspace binaries ([`Bins`]: `calico-node-agent`, `calico`
 //! (which runs `calico-ipam`), `kube-proxy-rules`); `etcd`, `bird`/`birdc`,
-//! `nginx`, `iptables`, `ip` and `nsenter` inside its namespaces;
+//! `nginx`, `iptables`, `ip` (also `ip monitor`) and `nsenter` inside its namespaces;
 //! `netlink-util` there; `calico-store` against its own etcd; the agent's
 //! default AS number (`calico-node-agent`). The `calico-lab` binary's
 //! command line and logger are `tool-cli`'s (clap, the tools' one logger).
@@ -51,7 +57,9 @@
 //! run directory, and `calico-lab down --all` spares labs whose owner is alive.
 
 mod host;
+mod latency;
 mod narrate;
+mod nat_check;
 mod scenario;
 mod tor;
 
@@ -64,6 +72,7 @@ use ipnetwork::{IpNetwork, Ipv4Network, Ipv6Network};
 use serde::{Deserialize, Serialize};
 
 pub use host::{http_get, run_cmd, wait_until, InNetns};
+pub use latency::{ClaimTiming, Percentiles};
 pub use scenario::{Pod, ScenarioConfig, ScenarioReport};
 pub use testbed::{Daemon, Netns};
 

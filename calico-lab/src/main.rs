@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
 
-use calico_lab::{Bins, Lab, LabConfig, LabError};
+use calico_lab::{Bins, Lab, LabConfig, LabError, Percentiles};
 use calico_node_agent::cli;
 use clap::{ArgGroup, Args, Parser, Subcommand};
 use tool_cli::LogArgs;
@@ -64,6 +64,17 @@ enum Cmd {
     List,
     /// Up + scenario + checks + narrated request + teardown, timed
     Demo {
+        #[command(flatten)]
+        lab: LabArgs,
+    },
+    /// Time block claims to the route at the tor (p50/p99), then tear down
+    BenchClaims {
+        /// How many claims (each released before the next)
+        #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=200))]
+        claims: u32,
+        /// The node that claims (default: the first)
+        #[arg(long, value_name = "NAME")]
+        node: Option<String>,
         #[command(flatten)]
         lab: LabArgs,
     },
@@ -152,6 +163,7 @@ fn run(cmd: Cmd) -> Result<(), LabError> {
             }
             Ok(())
         }
+        Cmd::BenchClaims { claims, node, lab } => bench_claims(claims, node, &lab),
         Cmd::Demo { lab } => {
             let (cfg, bins) = load(&lab)?;
             let t0 = Instant::now();
@@ -174,6 +186,10 @@ fn run(cmd: Cmd) -> Result<(), LabError> {
                 for l in &report.lines {
                     println!("{l}");
                 }
+                println!("\n== natOutgoing (pool flag on, then off)");
+                for l in lab.check_nat_outgoing()? {
+                    println!("ok   {l}");
+                }
                 println!("\n{}", lab.narrate()?);
                 lab
             };
@@ -182,6 +198,40 @@ fn run(cmd: Cmd) -> Result<(), LabError> {
             Ok(())
         }
     }
+}
+
+fn bench_claims(claims: u32, node: Option<String>, args: &LabArgs) -> Result<(), LabError> {
+    let (cfg, bins) = load(args)?;
+    let node = node.unwrap_or_else(|| cfg.nodes[0].name.clone());
+    if cfg.node(&node).is_none() {
+        return Err(LabError::Check(format!("no node {node} in the lab config")));
+    }
+    let lab = Lab::up(&cfg, &bins)?;
+    // The reference first (the agent idles), then the claims.
+    let bird_alone = lab.measure_bird_alone(&node, claims)?;
+    let timings = lab.measure_claims(&node, claims)?;
+    let node_ms: Vec<_> = timings.iter().map(|t| t.to_node).collect();
+    let tor_ms: Vec<_> = timings.iter().map(|t| t.to_tor).collect();
+    let (Some(n), Some(t)) = (Percentiles::of(&node_ms), Percentiles::of(&tor_ms)) else {
+        return Err(LabError::Check("no claim measured".into()));
+    };
+    let bird: Vec<_> = timings.iter().map(|t| t.to_tor.saturating_sub(t.to_node)).collect();
+    let b = Percentiles::of(&bird).ok_or_else(|| LabError::Check("no claim measured".into()))?;
+    println!("{claims} block claims on {node} (each released before the next), kernel route events:");
+    println!("  claim -> blackhole on {node} (agent: watch + datastore read):   {n}");
+    println!("  blackhole -> route at the tor (bird -p, configure, BGP, tor):   {b}");
+    println!("  claim -> route at the tor:                                      {t}");
+    let r = Percentiles::of(&bird_alone).ok_or_else(|| LabError::Check("no reference round".into()))?;
+    println!("reference, same lab: BIRD alone (the agent's config for one more block written by hand,");
+    println!("  birdc configure) -> route at the tor:                          {r}");
+    let ratio = |a: std::time::Duration, b: std::time::Duration| a.as_secs_f64() / b.as_secs_f64().max(1e-9);
+    println!(
+        "ratio claim->tor / BIRD alone: p50 {:.2}, p99 {:.2} (the former 1 s poll alone added 500 ms on average)",
+        ratio(t.p50, r.p50),
+        ratio(t.p99, r.p99)
+    );
+    drop(lab);
+    Ok(())
 }
 
 #[cfg(test)]
@@ -222,6 +272,12 @@ mod tests {
         assert!(matches!(cmd(&["down", "ab12"]), Cmd::Down { id: Some(id), all: false } if id == "ab12"));
         assert!(matches!(cmd(&["down", "--all"]), Cmd::Down { id: None, all: true }));
         assert!(matches!(cmd(&["list"]), Cmd::List));
+        assert!(matches!(cmd(&["bench-claims"]), Cmd::BenchClaims { claims: 50, node: None, .. }));
+        assert!(matches!(
+            cmd(&["bench-claims", "--claims=5", "--node", "node-b"]),
+            Cmd::BenchClaims { claims: 5, node: Some(n), .. } if n == "node-b"
+        ));
+        assert_eq!(parse(&["bench-claims", "--claims", "0"]).unwrap_err().kind(), ErrorKind::ValueValidation);
         let c = parse(&["demo", "-vv"]).unwrap();
         assert_eq!(c.log.level(LevelFilter::Info), LevelFilter::Trace);
         let c = parse(&["--log-level", "warn", "list"]).unwrap();

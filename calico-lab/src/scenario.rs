@@ -201,7 +201,8 @@ impl Lab {
              http {{\n  access_log off;\n  client_body_temp_path {d}/tmp;\n  proxy_temp_path {d}/tmp;\n\
              \x20 fastcgi_temp_path {d}/tmp;\n  uwsgi_temp_path {d}/tmp;\n  scgi_temp_path {d}/tmp;\n\
              \x20 server {{\n    listen 80;\n{listen6}    root {d}/www;\n    location / {{ default_type text/plain; return 200 \"{page_esc}\"; }}\n\
-             \x20   location = /index.html {{ }}\n  }}\n}}\n",
+             \x20   location = /index.html {{ }}\n\
+             \x20   location = /peer {{ default_type text/plain; return 200 \"$remote_addr $server_addr\\n\"; }}\n  }}\n}}\n",
             page_esc = page.trim_end().replace('"', "'") + "\\n",
             listen6 = if ip6.is_some() { "    listen [::]:80;\n" } else { "" },
         );

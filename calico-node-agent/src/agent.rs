@@ -12,6 +12,7 @@ use calico_store::{Datastore, Revision, StoreError};
 use crate::bird::{render, BirdInputs};
 use crate::birdctl::{Applied, Bird, BirdError};
 use crate::config::AgentConfig;
+use crate::nat_outgoing::{NatError, NatOutgoing, NatPools};
 use crate::peering::BgpSettings;
 use crate::routes::BlackholeRoutes;
 use crate::state::{self, RoutingState};
@@ -19,6 +20,9 @@ use crate::state::{self, RoutingState};
 /// Even when the store's revision stands still, re-check the kernel this
 /// often: someone may have deleted a blackhole by hand.
 const RESYNC_EVERY: Duration = Duration::from_secs(10);
+/// The longest one wait for a datastore change lasts: `stop` is looked at
+/// between two waits.
+const STOP_CHECK_EVERY: Duration = Duration::from_millis(250);
 
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
@@ -28,6 +32,8 @@ pub enum AgentError {
     Netlink(#[from] netlink_util::Error),
     #[error("BIRD: {0}")]
     Bird(#[from] BirdError),
+    #[error("natOutgoing rules: {0}")]
+    Nat(#[from] NatError),
 }
 
 /// The Node resource this agent publishes (as calico/node does from the
@@ -94,7 +100,7 @@ pub fn register_node(store: &dyn Datastore, cfg: &AgentConfig) -> Result<(), Sto
 }
 
 /// The problems in `current` not reported yet; `reported` becomes `current`,
-/// so a problem is logged once while it lasts (not on every poll), and again
+/// so a problem is logged once while it lasts (not on every pass), and again
 /// if it goes away and comes back.
 fn newly_reported(reported: &mut BTreeSet<String>, current: &BTreeSet<String>) -> Vec<String> {
     let new = current.difference(reported).cloned().collect();
@@ -108,6 +114,11 @@ pub struct Agent {
     store: Arc<dyn Datastore>,
     routes: BlackholeRoutes,
     bird: Bird,
+    nat: NatOutgoing,
+    /// The pools last read, and the natOutgoing failure not yet overcome
+    /// (retried on every resync without re-reading the datastore).
+    pools: NatPools,
+    nat_failure: Option<String>,
     last_revision: Option<Revision>,
     last_state: Option<RoutingState>,
     last_bgp: Option<BgpSettings>,
@@ -124,16 +135,26 @@ impl Agent {
     pub fn with_store(cfg: AgentConfig, store: Arc<dyn Datastore>) -> Result<Agent, AgentError> {
         let routes = BlackholeRoutes::new(cfg.route_protocol)?;
         let bird = Bird::new(&cfg.bird_config, &cfg.bird_socket);
+        let nat = NatOutgoing::new(cfg.nat_outgoing_mode);
         Ok(Agent {
             cfg,
             store,
             routes,
             bird,
+            nat,
+            pools: NatPools::default(),
+            nat_failure: None,
             last_revision: None,
             last_state: None,
             last_bgp: None,
             reported: BTreeSet::new(),
         })
+    }
+
+    /// The natOutgoing rules could not be written (logged; retried on
+    /// every resync): why.
+    pub fn nat_failure(&self) -> Option<&str> {
+        self.nat_failure.as_deref()
     }
 
     pub fn register(&self) -> Result<(), AgentError> {
@@ -145,7 +166,9 @@ impl Agent {
         let revision = self.store.revision()?;
         let st = state::read(self.store.as_ref(), &self.cfg.node_name)?;
         let inputs = BirdInputs::new(&self.cfg, &st);
-        let problems = st.problems.union(&inputs.bgp.problems).cloned().collect();
+        let (pools, pool_problems) = NatPools::read(self.store.as_ref())?;
+        let problems =
+            st.problems.iter().chain(&inputs.bgp.problems).chain(&pool_problems).cloned().collect();
         for p in newly_reported(&mut self.reported, &problems) {
             log::warn!("{p}");
         }
@@ -195,18 +218,78 @@ impl Agent {
         }
         self.last_bgp = Some(inputs.bgp);
         self.last_state = Some(st);
+        // Last, and apart: a firewall that refuses the rules must not hold
+        // up routes and BIRD, nor make the agent re-read the datastore.
+        self.pools = pools;
+        self.apply_nat(false);
         self.last_revision = Some(revision);
         Ok(())
     }
 
-    /// Poll the store's revision every `poll_interval` and reconcile when it
-    /// moved (or every RESYNC_EVERY), until `stop` is set. Errors are logged
-    /// and retried on the next tick: a datastore outage must not take the
+    /// Re-program the kernel (and BIRD) from the state last read, without
+    /// reading the datastore: what [`Agent::run`] does every RESYNC_EVERY,
+    /// to undo hand edits of the kernel while the datastore stands still.
+    pub fn resync(&mut self) -> Result<(), AgentError> {
+        let Some(st) = &self.last_state else { return Ok(()) };
+        let changes = self.routes.reconcile(&st.own_blocks)?;
+        for b in &changes.added {
+            log::info!("restored blackhole route {} (removed behind the agent's back)", b.0);
+        }
+        for b in &changes.removed {
+            log::info!("removed stray blackhole route {}", b.0);
+        }
+        // BIRD not reachable at the last reconcile: the retry.
+        if let Applied::Reconfigured = self.bird.apply(&render(&BirdInputs::new(&self.cfg, st)))? {
+            log::info!("BIRD reconfigured ({})", self.cfg.bird_config.display());
+        }
+        // A flushed firewall gets its natOutgoing rules back; a failed
+        // write is tried again.
+        self.apply_nat(true);
+        Ok(())
+    }
+
+    /// Write the natOutgoing rules of `self.pools` (`again`: rewrite them
+    /// even if unchanged). A failure is logged once while it lasts and
+    /// retried on the next resync or change.
+    fn apply_nat(&mut self, again: bool) {
+        let result = match (&self.nat_failure, again) {
+            (None, true) => self.nat.reapply().map(|()| false),
+            _ => self.nat.apply(&self.pools),
+        };
+        match result {
+            Ok(wrote) => {
+                if self.nat_failure.take().is_some() || wrote {
+                    log::info!(
+                        "natOutgoing ({}): masquerading [{}] to destinations outside [{}]",
+                        self.nat.mode().as_str(),
+                        self.pools.masq.iter().map(|n| n.to_string()).collect::<Vec<_>>().join(", "),
+                        self.pools.all.iter().map(|n| n.to_string()).collect::<Vec<_>>().join(", ")
+                    );
+                }
+            }
+            Err(e) => {
+                let e = AgentError::from(e).to_string();
+                if self.nat_failure.as_deref() != Some(e.as_str()) {
+                    log::error!("{e}; retrying every {RESYNC_EVERY:?}");
+                }
+                self.nat_failure = Some(e);
+            }
+        }
+    }
+
+    /// Reconcile, then wait for the next datastore change
+    /// ([`Datastore::wait_for_change`]: an etcd watch, inotify on the file
+    /// store) and reconcile again, until `stop` is set. An idle agent makes
+    /// no datastore requests: every RESYNC_EVERY it re-programs the kernel
+    /// from the state it holds ([`Agent::resync`]). A failure is logged and
+    /// retried every `poll_interval`: a datastore outage must not take the
     /// node's routes down with it.
     pub fn run(&mut self, stop: &AtomicBool) {
         let mut registered = false;
         let mut dirty = true;
-        let mut last_full = Instant::now();
+        let mut last_resync = Instant::now();
+        // The watch is down: reported once, and its recovery once.
+        let mut watch_down = false;
         while !stop.load(Ordering::Relaxed) {
             if !registered {
                 match self.register() {
@@ -214,24 +297,53 @@ impl Agent {
                     Err(e) => log::warn!("registering node {}: {e}", self.cfg.node_name),
                 }
             }
-            let moved = match self.store.revision() {
-                Ok(r) => Some(r) != self.last_revision,
-                Err(e) => {
-                    log::warn!("datastore revision: {e}");
-                    false
-                }
-            };
-            if moved || dirty || last_full.elapsed() >= RESYNC_EVERY {
-                last_full = Instant::now();
+            if dirty {
                 match self.reconcile() {
-                    Ok(()) => dirty = false,
-                    Err(e) => {
-                        log::error!("reconcile: {e}");
+                    Ok(()) => {
+                        dirty = false;
+                        last_resync = Instant::now();
+                    }
+                    Err(e) => log::error!("reconcile: {e}"),
+                }
+            } else if last_resync.elapsed() >= RESYNC_EVERY {
+                last_resync = Instant::now();
+                if let Err(e) = self.resync() {
+                    log::error!("resync: {e}");
+                    dirty = true;
+                }
+            }
+            if dirty || !registered {
+                sleep_unless_stopped(self.cfg.poll_interval, stop);
+                continue;
+            }
+            let until_resync = RESYNC_EVERY.saturating_sub(last_resync.elapsed());
+            // Short waits, so a stop is seen soon; waiting again on an open
+            // watch costs no request.
+            let wait = until_resync.min(STOP_CHECK_EVERY);
+            match self.store.wait_for_change(self.last_revision.unwrap_or(0), wait) {
+                Ok(changed) => {
+                    if watch_down {
+                        log::info!("datastore watch is back");
+                        watch_down = false;
+                    }
+                    if let Some(rev) = changed {
+                        log::debug!("datastore changed (revision {rev})");
                         dirty = true;
                     }
                 }
+                Err(e) => {
+                    if !watch_down {
+                        log::warn!(
+                            "waiting for datastore changes: {e}; retrying every {:?}",
+                            self.cfg.poll_interval
+                        );
+                        watch_down = true;
+                    }
+                    // What changed during the outage is read once it is over.
+                    dirty = true;
+                    sleep_unless_stopped(self.cfg.poll_interval, stop);
+                }
             }
-            sleep_unless_stopped(self.cfg.poll_interval, stop);
         }
         log::info!("agent stopping; routes and BIRD config are left in place");
     }

@@ -11,6 +11,7 @@ use ipnetwork::{Ipv4Network, Ipv6Network};
 use tool_cli::{DatastoreArgs, LogArgs};
 
 use crate::config::PeerConfig;
+use crate::nat_outgoing::NatMode;
 
 /// Keep this node's blackhole routes and BIRD in line with the datastore.
 ///
@@ -29,7 +30,7 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Register the Node, then reconcile routes and BIRD every --poll-interval-ms
+    /// Register the Node, then reconcile routes and BIRD on every datastore change (watched, not polled)
     Run {
         /// One pass (register, reconcile), then exit
         #[arg(long)]
@@ -118,9 +119,12 @@ pub struct AgentArgs {
     /// Kernel protocol of the blackhole routes (default 80)
     #[arg(long, value_name = "0-255")]
     pub route_protocol: Option<u8>,
-    /// Poll period in milliseconds (default 1000, at least 50)
+    /// Retry period after a datastore or kernel failure, in milliseconds (default 1000, at least 50); changes are watched, not polled
     #[arg(long, value_name = "MS")]
     pub poll_interval_ms: Option<u64>,
+    /// Where the IP pools' natOutgoing rules go: iptables (default) or nftables
+    #[arg(long, value_name = "MODE", value_parser = NatMode::parse)]
+    pub nat_outgoing_mode: Option<NatMode>,
     /// Append the log to this file too
     #[arg(long, value_name = "PATH")]
     pub log_file: Option<PathBuf>,

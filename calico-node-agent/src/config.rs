@@ -22,6 +22,7 @@
 //!   "bird_socket": "/run/calico/bird.ctl",
 //!   "route_protocol": 80,
 //!   "poll_interval_ms": 1000,
+//!   "nat_outgoing_mode": "iptables",
 //!   "log_file": "/var/log/calico/agent.log"
 //! }
 //! ```
@@ -42,6 +43,7 @@ use ipnetwork::{Ipv4Network, Ipv6Network};
 use serde::Deserialize;
 
 use crate::cli::AgentArgs;
+use crate::nat_outgoing::NatMode;
 
 /// Calico's default AS number (BGPConfiguration `asNumber`).
 pub const DEFAULT_AS_NUMBER: u32 = 64512;
@@ -135,6 +137,7 @@ struct FileConfig {
     bird_socket: Option<PathBuf>,
     route_protocol: Option<u8>,
     poll_interval_ms: Option<u64>,
+    nat_outgoing_mode: Option<NatMode>,
     log_file: Option<PathBuf>,
 }
 
@@ -163,7 +166,13 @@ pub struct AgentConfig {
     pub bird_config: PathBuf,
     pub bird_socket: PathBuf,
     pub route_protocol: u8,
+    /// `poll_interval_ms`: how soon a failed reconcile or a lost datastore
+    /// watch is retried. Changes themselves are watched
+    /// ([`calico_store::Datastore::wait_for_change`]), never polled.
     pub poll_interval: Duration,
+    /// `nat_outgoing_mode`: where the natOutgoing rules of the IP pools are
+    /// written, `iptables` (default) or `nftables` ([`crate::nat_outgoing`]).
+    pub nat_outgoing_mode: NatMode,
     pub log_file: Option<PathBuf>,
 }
 
@@ -221,6 +230,9 @@ impl AgentConfig {
         }
         if let Some(ms) = a.poll_interval_ms {
             file.poll_interval_ms = Some(ms);
+        }
+        if let Some(m) = a.nat_outgoing_mode {
+            file.nat_outgoing_mode = Some(m);
         }
         if let Some(p) = &a.log_file {
             file.log_file = Some(p.clone());
@@ -294,6 +306,7 @@ impl AgentConfig {
             bird_socket: f.bird_socket.unwrap_or_else(|| PathBuf::from("/run/bird/bird.ctl")),
             route_protocol,
             poll_interval: Duration::from_millis(f.poll_interval_ms.unwrap_or(1000).max(50)),
+            nat_outgoing_mode: f.nat_outgoing_mode.unwrap_or_default(),
             log_file: f.log_file,
         })
     }

@@ -15,7 +15,16 @@
 //!   BIRD only when it changed;
 //! * [`routes`]: one blackhole route per affine block of either family
 //!   (protocol 80);
-//! * [`agent`]: Node registration and the poll/reconcile loop;
+//! * [`nat_outgoing`]: the IP pools' `natOutgoing` (pod traffic from a
+//!   natOutgoing pool to a destination in no pool is masqueraded), as chain
+//!   `cali-nat-outgoing` (iptables) or table `calico-nat-outgoing`
+//!   (nftables), chosen by `nat_outgoing_mode`; a bad pool document is
+//!   skipped and reported;
+//! * [`agent`]: Node registration and the watch/reconcile loop: it waits on
+//!   the datastore's change notification (`Datastore::wait_for_change`: an
+//!   etcd watch, inotify on the file store), so a claimed block is routed as
+//!   soon as it is written and an idle agent makes no datastore requests;
+//!   every 10 s it re-programs the kernel from the state it holds;
 //! * [`config`]: the agent's configuration (file, then flags) and
 //!   [`config::DEFAULT_AS_NUMBER`]; [`cli`]: its command line (clap; the
 //!   logger is the tools' shared one, `tool-cli`, installed by the binary).
@@ -23,7 +32,7 @@
 //! ## BGP resources
 //!
 //! Like calico/node, the agent takes its BGP settings from the datastore,
-//! read in the same poll as the blocks; a change re-renders BIRD and
+//! read in the same pass as the blocks; a change re-renders BIRD and
 //! reconfigures it (only when the text changed):
 //!
 //! * `/calico/resources/v3/projectcalico.org/bgpconfigurations/default`:
@@ -81,7 +90,7 @@
 //!   `keepOriginalNextHop`, `filters`, `ttlSecurity`, ...) are ignored: the
 //!   peering is made without them.
 //!
-//! Each of these is logged once while it lasts (not on every poll), naming
+//! Each of these is logged once while it lasts (not on every pass), naming
 //! the document, never a password. As a last line of defence every rendered
 //! text is checked with `bird -p` before it is applied; a refusal names the
 //! rendered section (and its `description`, the document it comes from) and
@@ -92,9 +101,11 @@
 //!
 //! May call: `calico-store` (read, plus its own Node resource), the
 //! `bgp_secrets` file or directory (read only), `netlink-util` (routes),
-//! `birdc`/`bird` (BIRD control), `tool-cli`/clap (the command line, the
-//! datastore flags' environment variables). Never touches pod interfaces
-//! (the CNI plugin's) or iptables (`kube-proxy-rules`), and never starts
+//! `birdc`/`bird` (BIRD control), `iptables`/`ip6tables`(-restore) or `nft`
+//! (its own natOutgoing chain or tables only), `tool-cli`/clap (the command
+//! line, the datastore flags' environment variables). Never touches pod
+//! interfaces (the CNI plugin's) or the service rules (`kube-proxy-rules`'
+//! chains and tables), and never starts
 //! other programs' daemons: the namespace lab that runs the agent beside
 //! etcd, BIRD and the other binaries is the `calico-lab` crate.
 
@@ -103,6 +114,7 @@ pub mod bird;
 pub mod birdctl;
 pub mod cli;
 pub mod config;
+pub mod nat_outgoing;
 pub mod peering;
 pub mod routes;
 pub mod secrets;

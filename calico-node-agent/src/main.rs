@@ -58,7 +58,12 @@ fn run(cfg: AgentConfig, once: bool) -> Result<(), String> {
     let mut agent = Agent::new(cfg).map_err(|e| e.to_string())?;
     if once {
         agent.register().map_err(|e| e.to_string())?;
-        return agent.reconcile().map_err(|e| e.to_string());
+        agent.reconcile().map_err(|e| e.to_string())?;
+        // One pass: a firewall failure is the pass's failure too.
+        return match agent.nat_failure() {
+            Some(e) => Err(e.to_string()),
+            None => Ok(()),
+        };
     }
     // SAFETY: installing a handler that only stores to an atomic.
     unsafe {

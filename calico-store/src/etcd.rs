@@ -33,7 +33,7 @@ use std::time::{Duration, Instant};
 use etcd_client::proto::PbTxnOpResponse;
 use etcd_client::{
     Certificate, Client, Compare, CompareOp, ConnectOptions, GetOptions, Identity, KvClient, TlsOptions, Txn,
-    TxnOp,
+    TxnOp, WatchOptions, WatchStream,
 };
 
 use crate::{Datastore, DatastoreConfig, KeyValue, Op, Revision, StoreError};
@@ -58,6 +58,35 @@ pub struct EtcdStore {
     /// The endpoint to connect to next (rotates on transport failures).
     current: AtomicUsize,
     requests: AtomicU64,
+    /// [`ConnectOptions`] of the watch connection: `options` without the
+    /// per-request timeout (a watch is one long request).
+    watch_options: ConnectOptions,
+    /// The watch [`Datastore::wait_for_change`] keeps open between calls.
+    watch: Mutex<WatchState>,
+}
+
+/// The prefix the store's watch covers: every key Calico writes.
+pub const WATCH_PREFIX: &str = "/calico/";
+/// Longest pause between two attempts to open a watch.
+const MAX_WATCH_BACKOFF: Duration = Duration::from_secs(5);
+
+/// The open watch (if any) and the reconnect backoff.
+struct WatchState {
+    open: Option<OpenWatch>,
+    backoff: Duration,
+    /// No new attempt before this (after a failed one).
+    retry_at: Option<Instant>,
+    last_error: String,
+}
+
+struct OpenWatch {
+    /// Kept with the stream: the connection the watch runs on.
+    _client: Client,
+    stream: WatchStream,
+    /// The watch delivers every change from this revision on.
+    start: Revision,
+    /// The highest revision its events carried.
+    seen: Revision,
 }
 
 /// Why one attempt failed, and whether trying again may help.
@@ -84,12 +113,14 @@ impl EtcdStore {
         }
         let timeout = cfg.timeout();
         let mut options = ConnectOptions::new().with_connect_timeout(timeout).with_timeout(timeout);
+        let mut watch_options = ConnectOptions::new().with_connect_timeout(timeout);
         if let Some(tls) = tls_options(cfg)? {
             if let Some(ep) = endpoints.iter().find(|e| e.starts_with("http://")) {
                 return Err(StoreError::Config(format!(
                     "etcd TLS files are configured but endpoint {ep} is http://; use https://"
                 )));
             }
+            watch_options = watch_options.with_tls(tls.clone());
             options = options.with_tls(tls);
         } else if let Some(ep) = endpoints.iter().find(|e| e.starts_with("https://")) {
             // Without a CA we would trust nothing (or everything): say so instead.
@@ -110,6 +141,13 @@ impl EtcdStore {
             // Spread short-lived plugin processes over the members.
             current: AtomicUsize::new(std::process::id() as usize % endpoints_len),
             requests: AtomicU64::new(0),
+            watch_options,
+            watch: Mutex::new(WatchState {
+                open: None,
+                backoff: FIRST_BACKOFF,
+                retry_at: None,
+                last_error: String::new(),
+            }),
         })
     }
 
@@ -247,6 +285,136 @@ impl EtcdStore {
             );
         }
         f
+    }
+}
+
+/// The watch behind [`Datastore::wait_for_change`]: one etcd watch of
+/// [`WATCH_PREFIX`], opened from the caller's revision + 1 and kept open
+/// between calls, so an idle watcher sends nothing (waiting for the next
+/// event costs no request) and a change that lands between two calls is
+/// already queued on the stream. A history compacted past the start ends the
+/// watch with the current revision, so the caller re-lists; a broken stream is
+/// reopened from the caller's revision with a doubling backoff (up to
+/// [`MAX_WATCH_BACKOFF`]), each attempt on the next endpoint.
+impl EtcdStore {
+    async fn open_watch(&self, start: Revision, budget: Duration) -> Result<OpenWatch, String> {
+        let idx = self.current.load(Ordering::Relaxed) % self.endpoints.len();
+        let endpoint = &self.endpoints[idx];
+        let open = async {
+            let mut client = Client::connect([endpoint], Some(self.watch_options.clone())).await?;
+            let opts = WatchOptions::new().with_prefix().with_start_revision(start);
+            let stream = client.watch(WATCH_PREFIX, Some(opts)).await?;
+            Ok::<_, etcd_client::Error>((client, stream))
+        };
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        let failed = |msg: String| {
+            // The next attempt goes to the next member.
+            let next = (idx + 1) % self.endpoints.len();
+            let _ = self.current.compare_exchange(idx, next, Ordering::Relaxed, Ordering::Relaxed);
+            format!("{endpoint}: {msg}")
+        };
+        match tokio::time::timeout(budget, open).await {
+            Err(_) => Err(failed("opening the watch timed out".into())),
+            Ok(Err(e)) => Err(failed(describe(&e))),
+            Ok(Ok((client, stream))) => Ok(OpenWatch { _client: client, stream, start, seen: start - 1 }),
+        }
+    }
+
+    fn watch_failed(&self, st: &mut WatchState, msg: String) {
+        log::debug!("etcd watch: {msg}; reopening in {:?}", st.backoff);
+        st.open = None;
+        st.last_error = msg;
+        st.retry_at = Some(Instant::now() + st.backoff);
+        st.backoff = (st.backoff * 2).min(MAX_WATCH_BACKOFF);
+    }
+
+    fn watch_unavailable(&self, st: &WatchState) -> StoreError {
+        StoreError::Unavailable(format!("etcd watch at {}: {}", self.endpoints_text(), st.last_error))
+    }
+
+    fn wait_watching(&self, after: Revision, timeout: Duration) -> Result<Option<Revision>, StoreError> {
+        let deadline = Instant::now() + timeout;
+        let mut guard = match self.watch.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        let st = &mut *guard;
+        loop {
+            // A watch opened later than the caller's revision cannot vouch
+            // for what came between.
+            if st.open.as_ref().is_some_and(|w| w.start > after + 1) {
+                st.open = None;
+            }
+            match &st.open {
+                Some(w) if w.seen > after => return Ok(Some(w.seen)),
+                Some(_) => {}
+                None => {
+                    let now = Instant::now();
+                    if let Some(at) = st.retry_at.filter(|at| *at > now) {
+                        if at >= deadline {
+                            std::thread::sleep(deadline.saturating_duration_since(now));
+                            return Err(self.watch_unavailable(st));
+                        }
+                        std::thread::sleep(at - now);
+                    }
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    let budget = self.timeout.min(left.max(Duration::from_millis(500)));
+                    match self.rt.block_on(self.open_watch(after + 1, budget)) {
+                        Ok(w) => {
+                            st.open = Some(w);
+                            st.backoff = FIRST_BACKOFF;
+                            st.retry_at = None;
+                        }
+                        Err(msg) => {
+                            self.watch_failed(st, msg);
+                            if Instant::now() >= deadline {
+                                return Err(self.watch_unavailable(st));
+                            }
+                            continue;
+                        }
+                    }
+                }
+            }
+            let Some(w) = st.open.as_mut() else { continue };
+            let left = deadline.saturating_duration_since(Instant::now());
+            // A zero timeout still polls the stream once: what is queued is seen.
+            let got = self.rt.block_on(async { tokio::time::timeout(left, w.stream.message()).await });
+            match got {
+                Err(_) => return Ok(None),
+                Ok(Ok(Some(resp))) => {
+                    let header = resp.header().map(|h| h.revision()).unwrap_or(0);
+                    if resp.compact_revision() > 0 {
+                        // The history from `start` is gone: the caller re-lists.
+                        log::info!(
+                            "etcd watch from revision {} hit compaction at {}; reporting revision {header} for a re-list",
+                            w.start,
+                            resp.compact_revision()
+                        );
+                        st.open = None;
+                        return Ok(Some(header.max(resp.compact_revision()).max(after + 1)));
+                    }
+                    if resp.canceled() {
+                        let why = format!("etcd canceled the watch: {}", resp.cancel_reason());
+                        self.watch_failed(st, why);
+                        continue;
+                    }
+                    if let Some(rev) =
+                        resp.events().iter().filter_map(|e| e.kv()).map(|kv| kv.mod_revision()).max()
+                    {
+                        w.seen = w.seen.max(rev.max(header));
+                    }
+                    if w.seen > after {
+                        return Ok(Some(w.seen));
+                    }
+                    // Created, or a progress notification: nothing changed.
+                    if Instant::now() >= deadline {
+                        return Ok(None);
+                    }
+                }
+                Ok(Ok(None)) => self.watch_failed(st, "etcd closed the watch stream".into()),
+                Ok(Err(e)) => self.watch_failed(st, describe(&e)),
+            }
+        }
     }
 }
 
@@ -466,5 +634,15 @@ impl Datastore for EtcdStore {
             kv.get("/", Some(GetOptions::new().with_count_only())).await
         })?;
         header_revision(resp.header(), "revision")
+    }
+
+    /// An etcd watch of everything under [`WATCH_PREFIX`], kept open between
+    /// calls (see [`EtcdStore::wait_watching`]'s impl block): `Some` with
+    /// the revision of a change under `/calico/` after `after` (or the
+    /// current revision after a compaction, to re-list), `None` when
+    /// `timeout` passed without one, `Unavailable` when etcd could not be
+    /// watched for the whole `timeout`.
+    fn wait_for_change(&self, after: Revision, timeout: Duration) -> Result<Option<Revision>, StoreError> {
+        self.wait_watching(after, timeout)
     }
 }

@@ -61,6 +61,8 @@ pub struct FileStore {
     temp: PathBuf,
     lock: PathBuf,
     durability: Durability,
+    /// Change notification (inotify), shared by clones of this handle.
+    watch: std::sync::Arc<crate::file_watch::DirWatch>,
 }
 
 /// How hard a commit works to survive a power loss. Every mode keeps commits
@@ -169,6 +171,7 @@ impl FileStore {
             data: dir.join(DATA_FILE),
             temp: dir.join(TEMP_FILE),
             lock: dir.join(LOCK_FILE),
+            watch: std::sync::Arc::new(crate::file_watch::DirWatch::new(dir.clone())),
             dir,
             durability,
         };
@@ -319,6 +322,16 @@ impl Datastore for FileStore {
     fn revision(&self) -> Result<Revision, StoreError> {
         // Watchers poll this: validate the document but skip building the key map.
         Ok(self.load_as::<RevisionOnly>()?.revision)
+    }
+
+    /// inotify on the store directory ([`crate::file_watch`]): no reads while
+    /// nothing is written, woken at once by a commit.
+    fn wait_for_change(
+        &self,
+        after: Revision,
+        timeout: std::time::Duration,
+    ) -> Result<Option<Revision>, StoreError> {
+        self.watch.wait(after, timeout, || self.revision())
     }
 }
 

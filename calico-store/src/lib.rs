@@ -8,7 +8,11 @@
 //!   this trait (IPAM, pod records, the node agent, the rule generator) is
 //!   backend-agnostic.
 //! * Backends: [`file::FileStore`] (embedded single-node default) and
-//!   [`etcd::EtcdStore`] (etcd v3, shared by many nodes).
+//!   [`etcd::EtcdStore`] (etcd v3, shared by many nodes), each with a real
+//!   change notification behind [`Datastore::wait_for_change`]: an etcd
+//!   watch of `/calico/` kept open between calls, inotify on the file
+//!   store's directory ([`file_watch`]). A watcher that waits on it makes no
+//!   datastore requests while nothing changes.
 //! * [`model`]: Calico's etcd v3 key layout and JSON documents (blocks,
 //!   affinities, handles, IPAM config, IP pools, workload endpoints, nodes,
 //!   BGP configuration and BGP peers).
@@ -27,7 +31,7 @@
 //!   failures to CNI error codes, next to the error type it maps, so that
 //!   `calico` and `calico-ipam` report a failure with the same code.
 //!
-//! May call: the filesystem, etcd (through `etcd-client`), the environment
+//! May call: the filesystem (and inotify on a file store's directory), etcd (through `etcd-client`), the environment
 //! only through the closure a caller hands to [`resolve::resolve`], and with
 //! feature `cni` the error type of `cni-proto`. Must not know about IP
 //! allocation policy (that is `ipam-block`), command-line parsing beyond the
@@ -39,6 +43,7 @@ pub mod config;
 pub mod error;
 pub mod etcd;
 pub mod file;
+pub mod file_watch;
 pub mod model;
 pub mod resolve;
 pub mod retry;
@@ -103,7 +108,10 @@ pub trait Datastore: Send + Sync {
     ///
     /// This default polls `revision()` once a second; backends override it
     /// with a real change notification (etcd watch, file-store inotify) so
-    /// an idle watcher makes no requests and a change is seen at once.
+    /// an idle watcher makes no requests and a change is seen at once. The
+    /// etcd watch covers every Calico key (`/calico/`): a write elsewhere in
+    /// etcd moves its revision without waking anyone. A wrapper around a
+    /// store must forward this call, or its callers poll.
     fn wait_for_change(
         &self,
         after: Revision,
