@@ -55,6 +55,7 @@ fn case(dir: &Path) -> Case {
             ..Default::default()
         },
         service_cidrs: vec!["172.30.0.0/16".parse().unwrap()],
+        ..Default::default()
     };
     let mut c = Case {
         dir: dir.to_path_buf(),

@@ -42,11 +42,14 @@ fn elements_are_compared_with_their_comments() {
     let mut st = synthetic_state(1, 1);
     st.endpoints.clear();
     let full = render(&st, &cfg(), &NftPlan::full()).unwrap();
-    let applied = Applied { elements: full.elements.clone(), objects: full.objects.clone() };
-    let changed = HashSet::new();
-    let plan = NftPlan { full: false, changed: Some(&changed), applied: Some(&applied), ..NftPlan::full() };
+    let applied = Applied::after_full(&full);
+    let unchanged = HashSet::new();
+    let plan = NftPlan { full: false, changed: Some(&unchanged), applied: Some(&applied), ..NftPlan::full() };
     assert_eq!(render(&st, &cfg(), &plan).unwrap().operations, 0);
+    // A renamed port changes the service's fingerprint: it is rewritten.
     st.services[0].name_string.push_str("-renamed");
+    let changed: HashSet<_> = [(st.services[0].namespace.clone(), st.services[0].name.clone())].into();
+    let plan = NftPlan { changed: Some(&changed), ..plan };
     let r = render(&st, &cfg(), &plan).unwrap();
     assert_eq!((r.elements_deleted, r.elements_added), (1, 1), "{}", r.transaction);
     assert!(r.transaction.contains("-renamed\" : goto reject-chain }"), "{}", r.transaction);

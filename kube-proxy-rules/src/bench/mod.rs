@@ -222,6 +222,7 @@ fn run_nftables(args: &Args) -> Result<i32, String> {
     let cfg = nftables::NftablesConfig {
         node: node.clone(),
         service_cidrs: "10.96.0.0/12".parse().into_iter().collect(),
+        layout: args.nft_layout,
     };
     // The iptables renders of the same state: the same node, the nftables
     // mode's choices (no localhost NodePorts, fully-random masquerading).
@@ -246,11 +247,13 @@ fn run_nftables(args: &Args) -> Result<i32, String> {
 
     // One service's endpoint changes; the rest is as the full sync left it.
     let (changed_state, changed) = one_service_changed(&state);
-    let applied = nftables::Applied { elements: full.elements.clone(), objects: full.objects.clone() };
+    let applied = nftables::Applied::after_full(&full);
+    let removed = HashSet::new();
     let plan = nftables::NftPlan {
         full: false,
         recreate_base_chains: false,
         changed: Some(&changed),
+        removed: Some(&removed),
         applied: Some(&applied),
         existing_chains: None,
         existing_sets: None,
@@ -278,7 +281,10 @@ fn run_nftables(args: &Args) -> Result<i32, String> {
 
     let pct = |a: usize, b: usize| 100.0 * a as f64 / b as f64;
     let total = full.transaction.len();
-    println!("kube-proxy-rules bench --proxy-mode nftables: {n} services x {m} endpoints");
+    println!(
+        "kube-proxy-rules bench --proxy-mode nftables --nftables-layout {}: {n} services x {m} endpoints",
+        cfg.layout.name()
+    );
     println!("  synthetic state build              {:>10.1} ms", ms(build));
     println!(
         "  full render (best of 3)            {:>10.1} ms   peak RSS {:.1} MiB (+{:.1} MiB for the render)",
