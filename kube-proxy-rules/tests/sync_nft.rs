@@ -18,7 +18,8 @@ use kube_proxy_rules::config::NodeConfig;
 use kube_proxy_rules::inputs::build_state;
 use kube_proxy_rules::k8s::Objects;
 use kube_proxy_rules::model::{FullSyncReason, ProxyState};
-use kube_proxy_rules::nftables::dump::{normalize_listing, sort_dump, Table};
+use kube_proxy_rules::nftables::dump::{normalize_listing, resolve_endpoint_slots, sort_dump, Table};
+use kube_proxy_rules::nftables::render::NftLayout;
 use kube_proxy_rules::nftables::NftablesConfig;
 use kube_proxy_rules::nftables::{Nft, NftSyncReport, NftablesBackend};
 use kube_proxy_rules::syncer::Syncer;
@@ -53,6 +54,11 @@ fn slice(ns: &str, name: &str, ips: &[&str], port_name: &str, port: u16) -> Stri
     )
 }
 
+/// NewFakeProxier's settings, in the endpoint-maps layout.
+fn maps_config() -> NftablesConfig {
+    NftablesConfig { layout: NftLayout::EndpointMaps, ..config() }
+}
+
 /// NewFakeProxier's settings.
 fn config() -> NftablesConfig {
     NftablesConfig {
@@ -70,9 +76,10 @@ fn config() -> NftablesConfig {
     }
 }
 
-/// The kernel's table, normalised, without the (empty) chains in `skip`.
+/// The kernel's table, normalised (endpoint slots resolved), without the
+/// (empty) chains in `skip`.
 fn kernel_table(nft: &Nft, skip: &BTreeSet<String>) -> String {
-    let listing = normalize_listing(&nft.list_table().unwrap());
+    let listing = resolve_endpoint_slots(&normalize_listing(&nft.list_table().unwrap()));
     let mut out = String::new();
     let mut skipping = false;
     for line in listing.lines() {
@@ -90,10 +97,10 @@ fn kernel_table(nft: &Nft, skip: &BTreeSet<String>) -> String {
 }
 
 /// The table a fresh namespace gets from one full sync of `st`.
-fn fresh_table(st: &ProxyState) -> String {
+fn fresh_table(st: &ProxyState, cfg: &NftablesConfig) -> String {
     let fresh = Netns::new("knf");
     let nft = Nft::in_netns(fresh.name());
-    Syncer::new(NftablesBackend::new(nft.clone(), config())).sync(st).unwrap();
+    Syncer::new(NftablesBackend::new(nft.clone(), cfg.clone())).sync(st).unwrap();
     kernel_table(&nft, &BTreeSet::new())
 }
 
@@ -132,7 +139,7 @@ impl Steps {
         let stale: BTreeSet<String> = self.syncer.backend.stale_chains().map(String::from).collect();
         assert_eq!(
             kernel_table(&self.nft, &stale),
-            fresh_table(&st),
+            fresh_table(&st, &config()),
             "step {name:?}: kernel vs a fresh full sync"
         );
         r
@@ -360,13 +367,13 @@ fn startup_over_an_existing_table() {
     );
     assert_eq!(sort_dump(&model.dump()), sort_dump(&want));
     let stale: BTreeSet<String> = syncer.backend.stale_chains().map(String::from).collect();
-    assert_eq!(kernel_table(&nft, &stale), fresh_table(&st));
+    assert_eq!(kernel_table(&nft, &stale), fresh_table(&st, &config()));
 
     syncer.backend.age_stale_chains(Duration::from_secs(10));
     let r = syncer.sync(&st).unwrap();
     assert_eq!(r.outcome.deleted_stale_chains, ["service-AAAAAAAA-old/gone/tcp/p80"]);
     assert!(!nft.chains().unwrap().contains("service-AAAAAAAA-old/gone/tcp/p80"));
-    assert_eq!(kernel_table(&nft, &BTreeSet::new()), fresh_table(&st));
+    assert_eq!(kernel_table(&nft, &BTreeSet::new()), fresh_table(&st, &config()));
 }
 
 /// A failed incremental transaction changes nothing, names the line nft
@@ -397,7 +404,7 @@ fn a_failed_incremental_transaction_falls_back_to_a_full_sync() {
     ));
     let r = syncer.sync(&state(&two)).unwrap();
     assert!(r.is_full(), "{}", r.reason());
-    assert_eq!(kernel_table(&nft, &BTreeSet::new()), fresh_table(&state(&two)));
+    assert_eq!(kernel_table(&nft, &BTreeSet::new()), fresh_table(&state(&two), &config()));
     // The table check sees an intact table now, and a deleted one.
     assert!(syncer.check_canary().unwrap().is_none());
     ns.exec(&["nft", "delete", "table", "ip", "kube-proxy"]);
@@ -405,7 +412,7 @@ fn a_failed_incremental_transaction_falls_back_to_a_full_sync() {
     let r = syncer.sync(&state(&two)).unwrap();
     assert!(r.is_full() && r.reason().contains("gone or flushed"), "{}", r.reason());
     assert!(matches!(r.full, Some(FullSyncReason::CanaryGone(_))), "{:?}", r.full);
-    assert_eq!(kernel_table(&nft, &BTreeSet::new()), fresh_table(&state(&two)));
+    assert_eq!(kernel_table(&nft, &BTreeSet::new()), fresh_table(&state(&two), &config()));
 }
 
 /// One sequence of states synced one after the other into one namespace:
@@ -413,10 +420,10 @@ fn a_failed_incremental_transaction_falls_back_to_a_full_sync() {
 /// a fresh full sync of the same state (stale chains waiting for deletion
 /// aside). Stale chains are aged after every second step, so both their
 /// deletion and their waiting are covered. Returns the mismatches.
-fn run_sequence(name: &str, steps: &[&str]) -> Vec<String> {
+fn run_sequence(cfg: &NftablesConfig, name: &str, steps: &[&str]) -> Vec<String> {
     let ns = Netns::new("kns");
     let nft = Nft::in_netns(ns.name());
-    let mut syncer = Syncer::new(NftablesBackend::new(nft.clone(), config()));
+    let mut syncer = Syncer::new(NftablesBackend::new(nft.clone(), cfg.clone()));
     syncer.backend.stale_chain_delay = Duration::from_secs(3600);
     let mut problems = Vec::new();
     for (i, yaml) in steps.iter().enumerate() {
@@ -432,7 +439,7 @@ fn run_sequence(name: &str, steps: &[&str]) -> Vec<String> {
             }
         }
         let stale: BTreeSet<String> = syncer.backend.stale_chains().map(String::from).collect();
-        let (got, want) = (kernel_table(&nft, &stale), fresh_table(&st));
+        let (got, want) = (kernel_table(&nft, &stale), fresh_table(&st, cfg));
         if got != want {
             let (g, w): (BTreeSet<&str>, BTreeSet<&str>) = (got.lines().collect(), want.lines().collect());
             problems.push(format!(
@@ -486,7 +493,7 @@ fn a_renamed_port_rewrites_the_element_comments() {
     assert!(!r.is_full());
     let table = nft.list_table().unwrap();
     assert!(table.contains("comment \"ns1/svc1:p81\"") && !table.contains("p80"), "{table}");
-    assert_eq!(kernel_table(&nft, &BTreeSet::new()), fresh_table(&st));
+    assert_eq!(kernel_table(&nft, &BTreeSet::new()), fresh_table(&st, &config()));
     // Element count unchanged: each element deleted and added in one transaction.
     assert_eq!(r.outcome.rendered.elements_added, r.outcome.rendered.elements_deleted);
     assert_eq!(r.outcome.rendered.elements_added, 2, "{}", r.outcome.rendered.transaction);
@@ -498,6 +505,52 @@ fn a_renamed_port_rewrites_the_element_comments() {
 /// each compared with a fresh full sync after every step.
 #[test]
 fn incremental_sequences_match_a_fresh_full_sync() {
+    incremental_sequences(&config());
+}
+
+/// The same sequences in the endpoint-maps layout, plus what is its own:
+/// endpoint counts that grow and shrink (slot ranges reused, moved and
+/// freed) and an endpoint shared by two services (its hairpin element stays
+/// until neither wants it). The tables are compared with their slots
+/// resolved to the endpoints they hold ([`resolve_endpoint_slots`]).
+#[test]
+fn incremental_sequences_match_a_fresh_full_sync_endpoint_maps() {
+    incremental_sequences(&maps_config());
+    let np_spec = "{type: NodePort, clusterIP: 172.30.0.41, ports: [{name: p80, port: 80, protocol: TCP, nodePort: 30001}]}";
+    let with = |ips: &[&str]| {
+        let eps: Vec<String> = ips.iter().map(|ip| format!("{{addresses: [{ip}]}}")).collect();
+        svc1(np_spec, &slice1(&eps.join(", "), P80))
+    };
+    let (one, three, two) = (
+        with(&["10.180.0.1"]),
+        with(&["10.180.0.1", "10.180.0.2", "10.180.0.3"]),
+        with(&["10.180.0.4", "10.180.0.2"]),
+    );
+    let other = |ip: &str| {
+        format!(
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: svc2, namespace: ns2}}\n\
+             spec: {{clusterIP: 172.30.0.42, ports: [{{name: p80, port: 80, protocol: TCP}}]}}\n---\n\
+             apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
+             metadata: {{name: svc2-1, namespace: ns2, labels: {{kubernetes.io/service-name: svc2}}}}\n\
+             addressType: IPv4\nendpoints: [{{addresses: [{ip}]}}]\nports: [{{name: p80, port: 80, protocol: TCP}}]\n---\n"
+        )
+    };
+    let shared = one.clone() + &other("10.180.0.1");
+    let apart = one.clone() + &other("10.180.0.9");
+    let only_other = other("10.180.0.1");
+    let three_apart = three.clone() + &other("10.180.0.9");
+    let sequences: Vec<(&str, Vec<&str>)> = vec![
+        ("scale", vec![&one, &three, &two, &one, &two, &three, &one]),
+        ("shared-endpoint", vec![&shared, &apart, &shared, &only_other, &shared, &one]),
+        ("scale-with-neighbour", vec![&apart, &three_apart, &apart, &only_other]),
+    ];
+    let cfg = maps_config();
+    let problems: Vec<String> =
+        sequences.iter().flat_map(|(name, steps)| run_sequence(&cfg, name, steps)).collect();
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
+
+fn incremental_sequences(cfg: &NftablesConfig) {
     let eps = slice1(LOCAL_AND_REMOTE, P80);
     let eps_remote = slice1("{addresses: [10.180.0.1]}", P80);
     let np_spec = "{type: NodePort, clusterIP: 172.30.0.41, ports: [{name: p80, port: 80, protocol: TCP, nodePort: 30001}]}";
@@ -599,7 +652,7 @@ fn incremental_sequences_match_a_fresh_full_sync() {
         ("external-ip-swap", vec![&swap_a, &swap_b, &swap_a, &both, &swap_b, &both, &swap_a]),
     ];
     let problems: Vec<String> =
-        sequences.iter().flat_map(|(name, steps)| run_sequence(name, steps)).collect();
+        sequences.iter().flat_map(|(name, steps)| run_sequence(cfg, name, steps)).collect();
     assert!(problems.is_empty(), "{}", problems.join("\n"));
 }
 
@@ -622,7 +675,7 @@ fn a_full_sync_is_forced_after_the_full_sync_period_and_on_new_addresses() {
     let r = syncer.sync(&st).unwrap();
     assert!(r.is_full() && r.reason().starts_with("last full sync more than"), "{}", r.reason());
     assert_eq!(r.full, Some(FullSyncReason::PeriodElapsed(Duration::ZERO)));
-    assert_eq!(kernel_table(&nft, &BTreeSet::new()), fresh_table(&st));
+    assert_eq!(kernel_table(&nft, &BTreeSet::new()), fresh_table(&st, &config()));
     syncer.full_syncs.period = Duration::from_secs(3600);
     assert!(!syncer.sync(&st).unwrap().is_full());
     assert!(!syncer.set_local_addresses(config().node.local_addresses));
