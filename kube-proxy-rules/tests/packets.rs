@@ -356,6 +356,12 @@ fn carry_real_packets(mode: Mode) {
 
     // Pod-to-service traffic keeps the pod's address.
     assert_eq!(fetch1(p1.name(), "10.96.0.30:80"), "web-5d9f8-bbbbb 10.244.0.11");
+    // Hairpin: a pod reaching itself through a service is masqueraded (else
+    // its reply would go straight back to itself from the wrong address).
+    let a = fetch1(p2.name(), "10.96.0.30:80");
+    let (pod, peer) = a.split_once(' ').unwrap();
+    assert_eq!(pod, "web-5d9f8-bbbbb", "{a}");
+    assert_ne!(peer, "10.244.0.12", "{mode:?}: hairpin traffic must be masqueraded: {a}");
 
     // Two endpoints: 1000 new connections split between 40% and 60%.
     let answers = fetch(&c, &format!("{NODE_IP}:30080"), 1000);
