@@ -308,6 +308,8 @@ pub struct ServiceObjects {
     pub elements: Vec<(Container, String)>,
     /// Its policy chains' `endpoint-dnat` slots (endpoint-maps layout).
     pub slots: Vec<Slots>,
+    /// A hash of the text of its chains, sets and rules as last written.
+    pub chain_hash: u64,
 }
 
 /// What the table holds after the last applied transaction (as far as the
@@ -430,6 +432,18 @@ struct Tx {
 }
 
 impl Tx {
+    /// An empty transaction for the same table, to be appended later.
+    fn sub(&self) -> Tx {
+        Tx { table: self.table, ipx: self.ipx, ..Default::default() }
+    }
+    fn append(&mut self, sub: Tx) {
+        self.buf.push_str(&sub.buf);
+        self.ops += sub.ops;
+        self.rules += sub.rules;
+        if let (Some(e), None) = (sub.refused, &self.refused) {
+            self.refused = Some(e);
+        }
+    }
     fn check(&mut self, r: Result<(), UnsafeText>) {
         if let (Err(e), None) = (r, &self.refused) {
             self.refused = Some(e);
@@ -1195,10 +1209,26 @@ pub fn render(
         }
         el.begin(&key, &old.elements);
         let mut objects = ServiceObjects::default();
+        // Its chains, sets and rules first (the elements point at its chains).
+        let mut ct = tx.sub();
+        let mut et = tx.sub();
         for sp in ports {
-            write_service_port(&mut tx, &mut el, &mut slots, old, &mut objects, sp, state, cfg, &mut out);
+            write_service_port(&mut ct, &mut et, &mut el, &mut slots, old, &mut objects, sp, state, cfg);
         }
-        objects.elements = el.end(&mut tx);
+        objects.elements = el.end(&mut et);
+        objects.chain_hash = content_hash(&ct.buf);
+        // Endpoint-maps layout: chains whose text is what was applied are not
+        // written again (an endpoint change is then map elements alone: no
+        // rule with a verdict, nothing the kernel re-validates).
+        let unchanged = cfg.layout == NftLayout::EndpointMaps
+            && !plan.full
+            && old.chain_hash == objects.chain_hash
+            && old.chains == objects.chains;
+        if !unchanged {
+            out.written_chains.extend(objects.chains.iter().cloned());
+            tx.append(ct);
+        }
+        tx.append(et);
         for s in &old.slots {
             if !objects.slots.contains(s) {
                 freed.push((s.base, s.len));
@@ -1233,9 +1263,10 @@ pub fn render(
     Ok(out)
 }
 
-/// Write one service port: its chains, elements and rules.
+/// Write one service port: its chains, sets and rules to `ct`, its elements to `tx`.
 #[allow(clippy::too_many_arguments)]
 fn write_service_port(
+    ct: &mut Tx,
     tx: &mut Tx,
     el: &mut ElementWriter<'_>,
     slots: &mut SlotAllocator,
@@ -1244,7 +1275,6 @@ fn write_service_port(
     sp: &ServicePortInfo,
     state: &ProxyState,
     cfg: &NftablesConfig,
-    out: &mut NftRendered,
 ) {
     let p = PortPlan::new(sp, state.endpoints_of(sp), &cfg.node.hostname);
     // Endpoint chains (kube-proxy's layout, and affinity services in either).
@@ -1264,23 +1294,21 @@ fn write_service_port(
     if p.t.uses_external_chain {
         chains.push(&p.names.external);
     }
-    for c in &chains {
-        tx.ensure_chain(c);
-    }
-    // The firewall chain is created just before the elements that use it.
-    service_elements_with_firewall(tx, el, &p);
     if p.uses_firewall_chain {
         chains.push(&p.names.firewall);
     }
+    for c in &chains {
+        ct.ensure_chain(c);
+    }
+    service_elements(tx, el, &p);
     objects.chains.extend(chains.iter().map(|c| c.to_string()));
-    out.written_chains.extend(chains.iter().map(|c| c.to_string()));
 
-    internal_masquerade(tx, &p, cfg);
+    internal_masquerade(ct, &p, cfg);
     if p.t.uses_external_chain {
-        external_chain(tx, &p, cfg);
+        external_chain(ct, &p, cfg);
     }
     if p.uses_firewall_chain {
-        firewall_chain(tx, &p, cfg);
+        firewall_chain(ct, &p, cfg);
     }
     if by_map {
         for (used, chain, list) in [
@@ -1301,7 +1329,7 @@ fn write_service_port(
                 let value = format!("{} . {}", ep.ip, ep.port);
                 el.ensure(tx, Container::EndpointDnat, (s.base + i as u32).to_string(), value, None);
             }
-            policy_chain_by_map(tx, chain, sp, list.len(), &s);
+            policy_chain_by_map(ct, chain, sp, list.len(), &s);
             objects.slots.push(s);
         }
         for ep in &p.t.all_reachable {
@@ -1310,30 +1338,21 @@ fn write_service_port(
         return;
     }
     if let Some(timeout) = sp.affinity_timeout {
-        affinity_sets(tx, &eps, timeout, cfg.node.family);
+        affinity_sets(ct, &eps, timeout, cfg.node.family);
         objects.affinity_sets.extend(eps.iter().map(|(_, n)| n.affinity.clone()));
     }
     let by_endpoint: HashMap<&str, &EndpointNames> =
         eps.iter().map(|(ep, n)| (ep.endpoint.as_str(), n)).collect();
     let affinity = sp.affinity_timeout.is_some();
     if p.t.uses_cluster_chain {
-        policy_chain(tx, &p.names.cluster, &p.t.cluster, &by_endpoint, affinity);
+        policy_chain(ct, &p.names.cluster, &p.t.cluster, &by_endpoint, affinity);
     }
     if p.t.uses_local_chain {
-        policy_chain(tx, &p.names.local, &p.t.local, &by_endpoint, affinity);
+        policy_chain(ct, &p.names.local, &p.t.local, &by_endpoint, affinity);
     }
     for (ep, n) in &eps {
-        endpoint_chain(tx, sp, ep, n);
+        endpoint_chain(ct, sp, ep, n);
     }
-}
-
-/// [`service_elements`] for a service whose chains are written: its firewall
-/// chain must exist before the `firewall-ips` element that points to it.
-fn service_elements_with_firewall(tx: &mut Tx, el: &mut ElementWriter<'_>, p: &PortPlan<'_>) {
-    if p.uses_firewall_chain {
-        tx.ensure_chain(&p.names.firewall);
-    }
-    service_elements(tx, el, p);
 }
 
 /// A rewritten or removed service's chains and affinity sets it no longer
@@ -1385,4 +1404,11 @@ fn full_sync_leftovers(tx: &mut Tx, plan: &NftPlan<'_>, out: &mut NftRendered) {
     }
     out.stale_chains = stale_chains.into_iter().collect();
     out.deleted_sets = stale_sets.into_iter().collect();
+}
+
+fn content_hash(text: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    text.hash(&mut h);
+    h.finish()
 }
