@@ -536,6 +536,9 @@ struct ElementWriter<'a> {
     new: Elements,
     /// Incremental: the touched elements that were deleted.
     gone: HashSet<(Container, String)>,
+    /// Full sync of the endpoint-maps layout: no operation per element; each
+    /// map's elements go in one `add element` at the end ([`Self::write_batched`]).
+    batched: bool,
     /// The service being written: what it owned before, what it wants now.
     service: ServiceKey,
     old: HashSet<(Container, String)>,
@@ -551,6 +554,7 @@ impl<'a> ElementWriter<'a> {
             applied,
             new: Elements::default(),
             gone: HashSet::new(),
+            batched: false,
             service: ServiceKey::default(),
             old: HashSet::new(),
             wanted: Vec::new(),
@@ -626,6 +630,11 @@ impl<'a> ElementWriter<'a> {
     /// Leave element `id` as `data` says, writing what differs from now.
     fn put(&mut self, tx: &mut Tx, id: &(Container, String), data: ElementData) {
         let (c, key) = (id.0, &id.1);
+        if self.batched {
+            // Written at the end, all of a map in one operation.
+            self.new.maps[c.index()].insert(key.clone(), data);
+            return;
+        }
         match self.current(c, key) {
             Some(d) if d.value == data.value && d.comment == data.comment => {}
             // A changed value or comment (a renamed port): `add` would keep
@@ -679,6 +688,42 @@ impl<'a> ElementWriter<'a> {
             d.contenders.clear();
         }
         self.put(tx, &id, d);
+    }
+
+    /// The elements of a batched full sync: one `add element` per set or map
+    /// (a chunk of at most `BATCH` elements each: nft's per-operation work
+    /// grows with the number of operations in a transaction).
+    fn write_batched(&mut self, tx: &mut Tx) {
+        const BATCH: usize = 20_000;
+        for c in Container::ALL {
+            let mut items: Vec<(&String, &ElementData)> = self.new.maps[c.index()].iter().collect();
+            items.sort_by(|a, b| a.0.cmp(b.0));
+            self.added += items.len();
+            for chunk in items.chunks(BATCH) {
+                let mut e = String::with_capacity(chunk.len() * 48);
+                e.push_str("{ ");
+                for (i, (key, d)) in chunk.iter().enumerate() {
+                    if i > 0 {
+                        e.push_str(" , ");
+                    }
+                    tx.check(check_comment("nft element key", key));
+                    tx.check(check_comment("nft element value", &d.value));
+                    e.push_str(key);
+                    if let Some(cm) = &d.comment {
+                        tx.check(check_comment("nft element comment", cm));
+                        e.push_str(" comment \"");
+                        e.push_str(cm);
+                        e.push('"');
+                    }
+                    if !d.value.is_empty() {
+                        e.push_str(" : ");
+                        e.push_str(&d.value);
+                    }
+                }
+                e.push_str(" }");
+                tx.op("add", "element", &[c.name(), &e]);
+            }
+        }
     }
 
     /// Incremental: every element touched, as the transaction leaves it.
@@ -1157,6 +1202,7 @@ pub fn render(
     }
     let applied = if plan.full { None } else { plan.applied };
     let mut el = ElementWriter::new(applied.map(|a| &a.elements));
+    el.batched = plan.full && cfg.layout == NftLayout::EndpointMaps;
     let mut slots = if plan.full {
         SlotAllocator::default()
     } else {
@@ -1239,6 +1285,9 @@ pub fn render(
     }
     for (base, len) in freed {
         slots.release(base, len);
+    }
+    if el.batched {
+        el.write_batched(&mut tx);
     }
     if plan.full {
         full_sync_leftovers(&mut tx, plan, &mut out);
