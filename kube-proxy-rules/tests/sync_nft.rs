@@ -15,10 +15,12 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use kube_proxy_rules::config::NodeConfig;
+use kube_proxy_rules::family::IpFamily;
 use kube_proxy_rules::inputs::build_state;
 use kube_proxy_rules::k8s::Objects;
 use kube_proxy_rules::model::{FullSyncReason, ProxyState};
 use kube_proxy_rules::nftables::dump::{normalize_listing, resolve_endpoint_slots, sort_dump, Table};
+use kube_proxy_rules::nftables::netlink::ElementBatch;
 use kube_proxy_rules::nftables::render::NftLayout;
 use kube_proxy_rules::nftables::NftablesConfig;
 use kube_proxy_rules::nftables::{Nft, NftSyncReport, NftablesBackend};
@@ -687,4 +689,35 @@ fn a_full_sync_is_forced_after_the_full_sync_period_and_on_new_addresses() {
     assert_eq!(r.full, Some(FullSyncReason::NodeAddressesChanged));
     let table = nft.list_table().unwrap();
     assert!(table.contains("192.168.0.3"), "{table}");
+}
+
+/// In the endpoint-maps layout an endpoint replaced (same count) is an
+/// element-only transaction, sent as one netlink batch instead of `nft -f`:
+/// the kernel's table equals a fresh full sync (slots resolved), and a batch
+/// the kernel refuses changes nothing.
+#[test]
+fn an_endpoint_change_goes_over_netlink_in_the_endpoint_maps_layout() {
+    let np_spec = "{type: NodePort, clusterIP: 172.30.0.41, ports: [{name: p80, port: 80, protocol: TCP, nodePort: 30001}]}";
+    let before = svc1(np_spec, &slice1("{addresses: [10.180.0.1]}, {addresses: [10.180.0.2]}", P80));
+    let after = svc1(np_spec, &slice1("{addresses: [10.180.0.1]}, {addresses: [10.180.0.7]}", P80));
+    let ns = Netns::new("knl");
+    let nft = Nft::in_netns(ns.name());
+    let mut syncer = Syncer::new(NftablesBackend::new(nft.clone(), maps_config()));
+    syncer.sync(&state(&before)).unwrap();
+    let r = syncer.sync(&state(&after)).unwrap();
+    assert!(!r.is_full());
+    let tx = &r.outcome.rendered.transaction;
+    assert!(ElementBatch::parse(tx, IpFamily::V4).is_some(), "not element-only:\n{tx}");
+    let st = state(&after);
+    assert_eq!(kernel_table(&nft, &BTreeSet::new()), fresh_table(&st, &maps_config()));
+    let listing = nft.list_table().unwrap();
+    assert!(listing.contains("10.180.0.7 . 80") && !listing.contains("10.180.0.2 . 80"), "{listing}");
+
+    // Deleting an element that is not there: refused, and the add before it
+    // in the same batch is not applied either.
+    let bad = "add element ip kube-proxy endpoint-hairpin { 10.9.9.9 . 10.9.9.9 }\n\
+               delete element ip kube-proxy endpoint-dnat { 4000 }\n";
+    let err = nft.apply_fast(bad).unwrap_err().to_string();
+    assert!(err.contains("endpoint-dnat { 4000 }") && err.contains("No such file"), "{err}");
+    assert!(!nft.list_table().unwrap().contains("10.9.9.9"));
 }

@@ -243,7 +243,7 @@ impl Backend for NftablesBackend {
         // Nothing changed: no transaction at all (nft would accept an
         // empty one, but there is no reason to run it).
         if rendered.operations > 0 {
-            self.nft.apply(&rendered.transaction).map_err(nft_err(what))?;
+            self.nft.apply_fast(&rendered.transaction).map_err(nft_err(what))?;
         }
         self.commit(&rendered, plan.is_full());
         Ok(NftOutcome {

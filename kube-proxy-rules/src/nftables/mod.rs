@@ -42,6 +42,7 @@
 
 pub mod backend;
 pub mod dump;
+pub mod netlink;
 pub mod nft;
 pub mod render;
 

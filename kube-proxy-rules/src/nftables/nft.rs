@@ -19,6 +19,9 @@ pub enum NftError {
     Failed { command: String, status: String, stderr: String, line: Option<(usize, String)> },
     #[error("nft {command}: unreadable output: {reason}")]
     Output { command: String, reason: String },
+    /// An element-only transaction sent over netlink failed (nothing applied).
+    #[error("element batch over netlink: {0}")]
+    Batch(#[from] crate::nftables::netlink::BatchError),
 }
 
 /// nft of one network namespace, for table `ip kube-proxy` (or `ip6
@@ -40,6 +43,8 @@ fn blamed_line(stderr: &str) -> Option<(usize, &str)> {
         Some((line, msg))
     })
 }
+
+use crate::nftables::netlink::{BatchError, ElementBatch};
 
 impl Nft {
     pub fn current() -> Self {
@@ -91,6 +96,24 @@ impl Nft {
     /// Apply one transaction (`nft -f -`): every operation or none.
     pub fn apply(&self, transaction: &str) -> Result<(), NftError> {
         self.check(&["-f", "-"], Some(transaction)).map(|_| ())
+    }
+
+    /// Apply one transaction: element-only ones of the endpoint-maps layout
+    /// as one netlink batch (see [`crate::nftables::netlink`]), the rest
+    /// through [`Nft::apply`]. Every operation or none, either way.
+    pub fn apply_fast(&self, transaction: &str) -> Result<(), NftError> {
+        let Some(batch) = ElementBatch::parse(transaction, self.family) else {
+            return self.apply(transaction);
+        };
+        match self.netns() {
+            None => batch.send()?,
+            Some(name) => {
+                let path = format!("/run/netns/{name}");
+                let ns = netlink_util::Netns::open(&path).map_err(|e| BatchError::Netns(e.to_string()))?;
+                ns.run_thread(|| Ok(batch.send())).map_err(|e| BatchError::Netns(e.to_string()))??;
+            }
+        }
+        Ok(())
     }
 
     /// The names of one kind of object (`chains`, `sets`, `maps`) in table
