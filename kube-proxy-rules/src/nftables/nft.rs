@@ -30,6 +30,9 @@ pub enum NftError {
 pub struct Nft {
     runner: Runner,
     family: IpFamily,
+    /// The nfnetlink socket of [`Nft::apply_fast`], opened on first use in
+    /// the namespace and kept (clones share it).
+    socket: Arc<Mutex<Option<BatchSocket>>>,
 }
 
 /// The first `<file>:<line>:<columns>: Error: …` of nft's stderr: the line
@@ -44,16 +47,18 @@ fn blamed_line(stderr: &str) -> Option<(usize, &str)> {
     })
 }
 
-use crate::nftables::netlink::{BatchError, ElementBatch};
+use std::sync::{Arc, Mutex};
+
+use crate::nftables::netlink::{BatchError, BatchSocket, ElementBatch};
 
 impl Nft {
     pub fn current() -> Self {
-        Nft { runner: Runner::current(), family: IpFamily::V4 }
+        Nft { runner: Runner::current(), family: IpFamily::V4, socket: Arc::default() }
     }
 
     /// The named namespace (`/run/netns/<name>`), through `ip netns exec`.
     pub fn in_netns(name: &str) -> Self {
-        Nft { runner: Runner::in_netns(name), family: IpFamily::V4 }
+        Nft { runner: Runner::in_netns(name), family: IpFamily::V4, socket: Arc::default() }
     }
 
     /// The same namespace, the table of `family`.
@@ -105,14 +110,23 @@ impl Nft {
         let Some(batch) = ElementBatch::parse(transaction, self.family) else {
             return self.apply(transaction);
         };
-        match self.netns() {
-            None => batch.send()?,
-            Some(name) => {
-                let path = format!("/run/netns/{name}");
-                let ns = netlink_util::Netns::open(&path).map_err(|e| BatchError::Netns(e.to_string()))?;
-                ns.run_thread(|| Ok(batch.send())).map_err(|e| BatchError::Netns(e.to_string()))??;
-            }
-        }
+        let mut cached = self.socket.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let socket = match cached.take() {
+            Some(s) => s,
+            None => match self.netns() {
+                None => BatchSocket::open()?,
+                Some(name) => {
+                    let path = format!("/run/netns/{name}");
+                    let ns =
+                        netlink_util::Netns::open(&path).map_err(|e| BatchError::Netns(e.to_string()))?;
+                    ns.run_thread(|| Ok(BatchSocket::open()))
+                        .map_err(|e| BatchError::Netns(e.to_string()))??
+                }
+            },
+        };
+        batch.send(&socket)?;
+        // Kept only after a clean exchange (nothing left to read in it).
+        *cached = Some(socket);
         Ok(())
     }
 
