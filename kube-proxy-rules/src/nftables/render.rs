@@ -11,6 +11,13 @@
 //! of changed services, adds or deletes only the map elements that differ
 //! from what was applied ([`Elements`]), and flushes the chains that became
 //! stale; those are deleted in a later transaction (see [`super::backend`]).
+//! It looks at nothing else: the changed and removed services are found in
+//! the sorted state by name ([`ProxyState::ports_of`]), each service
+//! remembers the elements it wants ([`ServiceObjects::elements`]; an element
+//! wanted by several services counts them, [`ElementData::owners`]), and the
+//! backend takes in the transaction's element changes rather than a copy of
+//! every element ([`Applied::commit`]): its cost is the change's, not the
+//! cluster's. The two layouts are [`NftLayout`]'s.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 
