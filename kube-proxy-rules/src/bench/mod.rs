@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 use kube_proxy_rules::cli::{Args, ProxyMode};
 use kube_proxy_rules::config::NodeConfig;
 use kube_proxy_rules::iptables::Iptables;
-use kube_proxy_rules::iptables::{render, IptablesConfig, RenderPlan};
+use kube_proxy_rules::iptables::{render, IptablesConfig, RenderPlan, TopLevelCache};
 use kube_proxy_rules::model::endpoints::{key_of, EndpointInfo};
 use kube_proxy_rules::model::service::Protocol;
 use kube_proxy_rules::model::{ProxyState, ServiceKey};
@@ -132,18 +132,32 @@ pub fn run(args: &Args) -> Result<i32, String> {
     // One service's endpoints change: only its chains are written.
     let (changed_state, changed) = one_service_changed(&state);
     // As the backend does it: the top-level chains as last applied (the full render).
+    let mut top_cache = TopLevelCache::default();
+    top_cache.commit(full.top_cache.clone());
+    let removed = HashSet::new();
     let plan = RenderPlan {
         full: false,
         changed: Some(&changed),
         existing_nat_chains: None,
         applied_top_level: Some(&full.top_level_hashes),
+        removed: Some(&removed),
+        top_cache: Some(&top_cache),
     };
     let t = Instant::now();
     let partial = render(&changed_state, &cfg, &plan).map_err(|e| e.to_string())?;
-    let partial_time = t.elapsed();
+    let mut partial_time = t.elapsed();
+    for _ in 0..2 {
+        let t = Instant::now();
+        drop(render(&changed_state, &cfg, &plan).map_err(|e| e.to_string())?);
+        partial_time = partial_time.min(t.elapsed());
+    }
     // kube-proxy's own partial payload rewrites every top-level chain.
-    let partial_kp = render(&changed_state, &cfg, &RenderPlan { applied_top_level: None, ..plan.clone() })
-        .map_err(|e| e.to_string())?;
+    let partial_kp = render(
+        &changed_state,
+        &cfg,
+        &RenderPlan { applied_top_level: None, top_cache: None, ..plan.clone() },
+    )
+    .map_err(|e| e.to_string())?;
 
     let pct = |a: usize| 100.0 * a as f64 / full.payload.len() as f64;
     println!(
@@ -168,7 +182,11 @@ pub fn run(args: &Args) -> Result<i32, String> {
         full.filter_rules,
         full.nat_rules
     );
-    println!("  partial render (1 service)       {:>10.1} ms", ms(partial_time));
+    println!(
+        "  partial render (1 service, best of 3) {:>5.2} ms   = {:.3}% of the full render (target <= 1%)",
+        ms(partial_time),
+        100.0 * partial_time.as_secs_f64() / best.as_secs_f64()
+    );
     println!(
         "  partial payload (1 service)      {:>10} bytes {:>8} lines = {:.4}% of full (target <= 1%)",
         partial.payload.len(),
@@ -273,6 +291,9 @@ fn run_nftables(args: &Args) -> Result<i32, String> {
     let ipt_full = render(&state, &ipt_cfg, &RenderPlan { full: true, ..Default::default() })
         .map_err(|e| e.to_string())?;
     let ipt_time = t.elapsed();
+    let mut ipt_cache = TopLevelCache::default();
+    ipt_cache.commit(ipt_full.top_cache.clone());
+    let t = Instant::now();
     let ipt_partial = render(
         &changed_state,
         &ipt_cfg,
@@ -281,9 +302,12 @@ fn run_nftables(args: &Args) -> Result<i32, String> {
             changed: Some(&changed),
             existing_nat_chains: None,
             applied_top_level: Some(&ipt_full.top_level_hashes),
+            removed: Some(&removed),
+            top_cache: Some(&ipt_cache),
         },
     )
     .map_err(|e| e.to_string())?;
+    let ipt_partial_time = t.elapsed();
 
     let pct = |a: usize, b: usize| 100.0 * a as f64 / b as f64;
     let total = full.transaction.len();
@@ -314,9 +338,10 @@ fn run_nftables(args: &Args) -> Result<i32, String> {
         pct(inc.transaction.len(), total)
     );
     println!(
-        "  iptables mode, same state: full render {:.1} ms, payload {} bytes; partial payload {} bytes = {:.4}%",
+        "  iptables mode, same state: full render {:.1} ms, payload {} bytes; partial render {:.2} ms, payload {} bytes = {:.4}%",
         ms(ipt_time),
         ipt_full.payload.len(),
+        ms(ipt_partial_time),
         ipt_partial.payload.len(),
         pct(ipt_partial.payload.len(), ipt_full.payload.len())
     );
