@@ -721,3 +721,51 @@ fn an_endpoint_change_goes_over_netlink_in_the_endpoint_maps_layout() {
     assert!(err.contains("endpoint-dnat { 4000 }") && err.contains("No such file"), "{err}");
     assert!(!nft.list_table().unwrap().contains("10.9.9.9"));
 }
+
+/// The IPv6 proxier's table in the endpoint-maps layout: an endpoint
+/// replaced goes over netlink too (16-byte addresses, the port padded to a
+/// register), and the kernel shows what nft would have written.
+#[test]
+fn an_ipv6_endpoint_change_goes_over_netlink_in_the_endpoint_maps_layout() {
+    let yaml = |ep: &str| {
+        format!(
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: svc1, namespace: ns1}}\n\
+             spec: {{clusterIP: fd00:30::41, ipFamilies: [IPv6], ports: [{{name: p80, port: 80, protocol: TCP}}]}}\n---\n\
+             apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
+             metadata: {{name: svc1-1, namespace: ns1, labels: {{kubernetes.io/service-name: svc1}}}}\n\
+             addressType: IPv6\nendpoints: [{{addresses: [fd00:180::1]}}, {{addresses: [{ep}]}}]\n\
+             ports: [{{name: p80, port: 80, protocol: TCP}}]\n---\n"
+        )
+    };
+    let v6 = |yaml: &str| {
+        let mut o = Objects::default();
+        let mut errors = Vec::new();
+        o.add_text(yaml, "test", &mut errors);
+        assert!(errors.is_empty(), "{errors:?}");
+        let loaded = build_state(&o, &[], &["fd00:30::/108".parse().unwrap()]);
+        assert!(loaded.errors.is_empty(), "{:?}", loaded.errors);
+        loaded.state.split_families()[1].clone()
+    };
+    let cfg = NftablesConfig {
+        node: NodeConfig {
+            hostname: "test-node".into(),
+            family: IpFamily::V6,
+            node_ips: vec!["fd00:77::1".parse().unwrap()],
+            nodeport_addresses: vec!["fd00:77::1/128".parse().unwrap()],
+            local_addresses: vec!["fd00:77::1".parse().unwrap()],
+            ..Default::default()
+        },
+        service_cidrs: vec!["fd00:30::/108".parse().unwrap()],
+        layout: NftLayout::EndpointMaps,
+    };
+    let ns = Netns::new("knl6");
+    let nft = Nft::in_netns(ns.name()).with_family(IpFamily::V6);
+    let mut syncer = Syncer::new(NftablesBackend::new(nft.clone(), cfg));
+    syncer.sync(&v6(&yaml("fd00:180::2"))).unwrap();
+    let r = syncer.sync(&v6(&yaml("fd00:180::7"))).unwrap();
+    let tx = &r.outcome.rendered.transaction;
+    assert!(ElementBatch::parse(tx, IpFamily::V6).is_some(), "not element-only:\n{tx}");
+    let listing = nft.list_table().unwrap();
+    assert!(listing.contains("fd00:180::7 . 80") && !listing.contains("fd00:180::2 . 80"), "{listing}");
+    assert!(listing.contains("fd00:180::7 . fd00:180::7"), "{listing}");
+}

@@ -15,11 +15,12 @@
 //!
 //! nftables mode, 10,000 × 10, release build, this 2-core VM (kernel 6.18, nft
 //! 1.0.6), kube-proxy's layout: a 56 MB / 460,071-operation transaction that
-//! `nft -f` loads in 104–158 s; the one-service incremental transaction is
-//! 5.5 kB / 45 operations and takes 0.9–1.0 s against the 110,000-chain table.
-//! `--nftables-layout endpoint-maps`: 11.4 MB / 40,088 operations, 16.7 s; the
-//! one-service change is four map elements, sent as a netlink batch in 4.2 ms
-//! (0.03% of the full apply). README.md keeps the numbers of the last run.
+//! `nft -f` loads in 49–158 s; the one-service incremental transaction is
+//! 5.5 kB / 45 operations and takes 0.64–1.0 s against the 110,000-chain table.
+//! `--nftables-layout endpoint-maps`: 11.4 MB / 40,088 operations, 16.7–17.0 s;
+//! the one-service change is four map elements, sent as a netlink batch in
+//! 4.2–8.2 ms (0.03–0.048% of the full apply). README.md keeps the numbers of
+//! the last run.
 
 use std::collections::HashSet;
 use std::net::Ipv4Addr;
