@@ -94,6 +94,7 @@ fn case(dir: &Path) -> Case {
                 }
             }
             "allocate_cidrs" => c.allocate_cidrs = list(v).iter().map(|s| s.parse().unwrap()).collect(),
+            "layout" => c.cfg.layout = v.parse().unwrap(),
             other => panic!("{}: unknown config key {other}", dir.display()),
         }
     }
