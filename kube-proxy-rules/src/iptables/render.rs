@@ -1054,6 +1054,11 @@ fn render_changed_only(
     if !removed.is_empty() {
         return Ok(None);
     }
+    // The lookups below need the state sorted as the inputs sort it.
+    debug_assert!(
+        state.services.windows(2).all(|w| w[0].name_string <= w[1].name_string),
+        "ProxyState::services must be sorted by name for a partial render from the cache"
+    );
     let mut keys: Vec<&(String, String)> = changed.iter().collect();
     keys.sort();
     let mut fresh: Vec<((String, String), ServiceTop)> = Vec::with_capacity(keys.len());

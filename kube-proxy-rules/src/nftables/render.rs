@@ -1236,6 +1236,11 @@ pub fn render(
             }
         }
     } else {
+        // The lookups below need the state sorted as the inputs sort it.
+        debug_assert!(
+            state.services.windows(2).all(|w| w[0].name_string <= w[1].name_string),
+            "ProxyState::services must be sorted by name for an incremental render"
+        );
         let mut keys: BTreeSet<&ServiceKey> = plan.changed.into_iter().flatten().collect();
         match plan.removed {
             Some(r) => keys.extend(r),
