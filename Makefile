@@ -100,8 +100,14 @@ bench: deps build
 	target/release/kube-proxy-rules bench --restore-command iptables-legacy-restore
 	@echo; echo "   the same at 1,000 services with the nf_tables iptables-restore:"
 	target/release/kube-proxy-rules bench --services 1000
-	@echo; echo "== 5/6 service rules, nftables mode: 10,000 services x 10 endpoints, render vs nft -f (~2 min)"
+	@echo; echo "== 5/6 service rules, nftables mode: 10,000 services x 10 endpoints, render vs nft -f"
+	@echo "   kube-proxy's layout (~3 min):"
 	target/release/kube-proxy-rules bench --proxy-mode nftables
+	@echo; echo "   --nftables-layout endpoint-maps (endpoints in one DNAT map; ~30 s):"
+	target/release/kube-proxy-rules bench --proxy-mode nftables --nftables-layout endpoint-maps
+	@echo; echo "   both layouts at 1,000 services (target: full nft -f <= 1 s):"
+	target/release/kube-proxy-rules bench --proxy-mode nftables --services 1000
+	target/release/kube-proxy-rules bench --proxy-mode nftables --services 1000 --nftables-layout endpoint-maps
 	@echo; echo "== 6/6 routing reaction in the lab: 50 block claims -> route at the tor (agent watching etcd, BIRD, BGP)"
 	target/release/calico-lab bench-claims --claims 50
 

@@ -30,6 +30,7 @@ use crate::inputs::{self, Loaded};
 use crate::iptables::Iptables;
 use crate::iptables::IptablesConfig;
 use crate::model::service::DEFAULT_SERVICE_CIDR;
+use crate::nftables::render::NftLayout;
 use crate::nftables::NftablesConfig;
 
 /// `kube-proxy-rules`' command line as clap parses it.
@@ -142,6 +143,10 @@ pub struct NodeArgs {
     /// One range per family, primary first: ClusterIPs for manifests without one (no IPv6 default)
     #[arg(long, value_name = "CIDR[,CIDR]", default_value = DEFAULT_SERVICE_CIDR, value_parser = service_ranges)]
     pub service_cluster_ip_range: ServiceRanges,
+    /// nftables mode: kube-proxy (one chain per endpoint, kube-proxy's table) or endpoint-maps
+    /// (endpoints in one DNAT map: one-service changes cost a few map elements)
+    #[arg(long, value_name = "LAYOUT", default_value = "kube-proxy", value_parser = <NftLayout as std::str::FromStr>::from_str)]
+    pub nftables_layout: NftLayout,
 }
 
 /// `sync` and `run`.
@@ -188,6 +193,10 @@ pub struct BenchArgs {
     /// The restore program (e.g. iptables-legacy-restore)
     #[arg(long, value_name = "PROG", default_value = "iptables-restore")]
     pub restore_command: String,
+    /// nftables mode: kube-proxy (one chain per endpoint, kube-proxy's table) or endpoint-maps
+    /// (endpoints in one DNAT map: one-service changes cost a few map elements)
+    #[arg(long, value_name = "LAYOUT", default_value = "kube-proxy", value_parser = <NftLayout as std::str::FromStr>::from_str)]
+    pub nftables_layout: NftLayout,
 }
 
 /// `--node-ip`: as kube-proxy (ParseIPSloppy), `::ffff:a.b.c.d` is the
@@ -273,6 +282,8 @@ pub struct Args {
     pub bench_endpoints: usize,
     pub bench_restore: bool,
     pub bench_restore_command: String,
+    /// `--nftables-layout`.
+    pub nft_layout: NftLayout,
 }
 
 /// The pod-records datastore: the datastore flags (or their variables)
@@ -323,6 +334,7 @@ impl Args {
                 a.bench_endpoints = b.endpoints;
                 a.bench_restore = !b.no_restore;
                 a.bench_restore_command = b.restore_command;
+                a.nft_layout = b.nftables_layout;
                 return Ok(a);
             }
         };
@@ -340,6 +352,7 @@ impl Args {
         a.localhost_nodeports = node.iptables_localhost_nodeports;
         a.nodeport_addresses = CommaList::concat(&node.nodeport_addresses);
         a.service_cidrs = node.service_cluster_ip_range.0;
+        a.nft_layout = node.nftables_layout;
         a.datastore = datastore(&ds).map_err(tool_cli::usage_error::<Cli>)?;
         Ok(a)
     }
@@ -375,6 +388,7 @@ impl Args {
             bench_endpoints: 10,
             bench_restore: true,
             bench_restore_command: "iptables-restore".into(),
+            nft_layout: NftLayout::default(),
         }
     }
 
@@ -410,7 +424,7 @@ impl Args {
         }
         let service_cidrs =
             self.service_cidrs.iter().copied().filter(|c| IpFamily::of_net(c) == family).collect();
-        Ok(NftablesConfig { node, service_cidrs })
+        Ok(NftablesConfig { node, service_cidrs, layout: self.nft_layout })
     }
 
     /// The `--node-ip` addresses of the family as /32s or /128s (kube-proxy's

@@ -19,7 +19,9 @@
 //!   services' chains and the map elements that differ), stale chains flushed
 //!   then deleted once it is safe, and a full resync when the table vanished
 //!   (the table is the canary). See [`nftables`] for what differs from
-//!   kube-proxy and why.
+//!   kube-proxy and why. `--nftables-layout endpoint-maps` replaces the
+//!   per-endpoint chains by one DNAT map, so that an endpoint change is a few
+//!   map elements, sent as one nfnetlink batch ([`nftables::netlink`]).
 //!
 //! IPv6 and dual-stack: as kube-proxy's MetaProxier, one proxier per IP
 //! family ([`family`]): the same builders, fed the service ports, endpoints
@@ -75,6 +77,8 @@
 //! the `iptables`/`iptables-restore`/`iptables-save` binaries (and their
 //! `ip6tables` twins) and the `nft` binary of the current network namespace
 //! (or, through `ip netns exec`, of a named one, for tests and benchmarks),
+//! the kernel's nfnetlink (element-only transactions of the endpoint-maps
+//! layout; a named namespace is entered on a thread of `netlink-util`'s),
 //! `sh`/`cat` for the namespace's `route_localnet` and
 //! `nf_conntrack_tcp_be_liberal` sysctls, the filesystem (inputs, `/proc`),
 //! `tool-cli` (the shared flag groups and value parsers), the process

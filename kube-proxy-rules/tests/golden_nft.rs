@@ -55,6 +55,7 @@ fn case(dir: &Path) -> Case {
             ..Default::default()
         },
         service_cidrs: vec!["172.30.0.0/16".parse().unwrap()],
+        ..Default::default()
     };
     let mut c = Case {
         dir: dir.to_path_buf(),
@@ -93,6 +94,7 @@ fn case(dir: &Path) -> Case {
                 }
             }
             "allocate_cidrs" => c.allocate_cidrs = list(v).iter().map(|s| s.parse().unwrap()).collect(),
+            "layout" => c.cfg.layout = v.parse().unwrap(),
             other => panic!("{}: unknown config key {other}", dir.display()),
         }
     }

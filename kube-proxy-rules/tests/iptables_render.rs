@@ -7,8 +7,9 @@ mod support;
 use std::collections::{BTreeSet, HashSet};
 
 use kube_proxy_rules::config::NodeConfig;
-use kube_proxy_rules::iptables::{render, IptablesConfig, RenderPlan};
+use kube_proxy_rules::iptables::{render, IptablesConfig, RenderPlan, TopLevelCache};
 use kube_proxy_rules::model::endpoints::{key_of, EndpointInfo};
+use kube_proxy_rules::model::service::Protocol;
 use support::synthetic_state;
 
 fn cfg() -> IptablesConfig {
@@ -107,4 +108,47 @@ fn the_writer_refuses_a_name_that_could_inject() {
     st.endpoints.get_mut(&key).unwrap()[0].chain = "KUBE-SEP-X\n-A INPUT -j ACCEPT".into();
     let e = render(&st, &cfg(), &RenderPlan { full: true, ..Default::default() }).unwrap_err();
     assert_eq!(e.bad, '\n');
+}
+
+/// With the per-service top-level cache, a partial render whose changed
+/// services keep their top-level rules reads only those services, and
+/// writes exactly what the render over every service writes; when a
+/// change reaches the top-level chains (here: the service loses its
+/// endpoints, so KUBE-SERVICES rejects it), every service is read again.
+#[test]
+fn a_partial_render_from_the_cache_equals_one_over_every_service() {
+    let st = synthetic_state(50, 3);
+    let full = render(&st, &cfg(), &RenderPlan { full: true, ..Default::default() }).unwrap();
+    let mut cache = TopLevelCache::default();
+    cache.commit(full.top_cache.clone());
+    let (removed, changed): (HashSet<_>, HashSet<_>) =
+        (HashSet::new(), [("bench".to_string(), "svc-7".to_string())].into());
+    let plan = |cached| RenderPlan {
+        full: false,
+        changed: Some(&changed),
+        applied_top_level: Some(&full.top_level_hashes),
+        removed: Some(&removed),
+        top_cache: cached,
+        ..Default::default()
+    };
+    let mut next = st.clone();
+    let sp = next.services.iter().find(|s| s.name == "svc-7").unwrap().clone();
+    let eps = next.endpoints.get_mut(&key_of(&sp)).unwrap();
+    eps[0] = EndpointInfo::new(&sp.name_string, Protocol::Tcp, "10.127.0.1".parse().unwrap(), 8080, None);
+    let fast = render(&next, &cfg(), &plan(Some(&cache))).unwrap();
+    let slow = render(&next, &cfg(), &plan(None)).unwrap();
+    assert!(fast.changed_only && !slow.changed_only);
+    assert_eq!(fast.payload, slow.payload);
+    assert!(fast.payload.contains("10.127.0.1:8080") && !fast.payload.contains("-A KUBE-SERVICES"));
+    assert_eq!(
+        (&fast.written_service_chains, fast.nat_rules, fast.skipped_nat_rules, &fast.top_level_hashes),
+        (&slow.written_service_chains, slow.nat_rules, slow.skipped_nat_rules, &slow.top_level_hashes)
+    );
+    // Endpoints gone: KUBE-SERVICES changes; the render reads every service.
+    next.endpoints.remove(&key_of(&sp));
+    let fast = render(&next, &cfg(), &plan(Some(&cache))).unwrap();
+    let slow = render(&next, &cfg(), &plan(None)).unwrap();
+    assert!(!fast.changed_only);
+    assert_eq!(fast.payload, slow.payload);
+    assert!(fast.payload.contains("bench/svc-7:http has no endpoints"));
 }

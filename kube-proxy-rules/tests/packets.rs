@@ -28,20 +28,28 @@ const NODE: &str = "node1";
 enum Mode {
     Iptables,
     Nftables,
+    /// nftables with `--nftables-layout endpoint-maps`.
+    NftablesMaps,
 }
 
 impl Mode {
     fn flag(self) -> &'static str {
         match self {
             Mode::Iptables => "iptables",
-            Mode::Nftables => "nftables",
+            Mode::Nftables | Mode::NftablesMaps => "nftables",
+        }
+    }
+    fn layout(self) -> &'static str {
+        match self {
+            Mode::NftablesMaps => "endpoint-maps",
+            _ => "kube-proxy",
         }
     }
     /// The rules as the kernel has them.
     fn rules(self, node: &Netns) -> String {
         match self {
             Mode::Iptables => node.exec(&["iptables-save", "-t", "nat"]),
-            Mode::Nftables => node.exec(&["nft", "list", "table", "ip", "kube-proxy"]),
+            Mode::Nftables | Mode::NftablesMaps => node.exec(&["nft", "list", "table", "ip", "kube-proxy"]),
         }
     }
     /// How the rules show that `svc` (in namespace default) has endpoint `ep`.
@@ -49,6 +57,11 @@ impl Mode {
         match self {
             Mode::Iptables => format!("default/{svc} -> {ep}"),
             Mode::Nftables => format!("dnat to {ep}"),
+            // An endpoint-dnat element: `slot : ip . port`.
+            Mode::NftablesMaps => {
+                let (ip, port) = ep.rsplit_once(':').unwrap();
+                format!("{} . {port}", ip.trim_start_matches('[').trim_end_matches(']'))
+            }
         }
     }
 }
@@ -248,7 +261,7 @@ fn sync_with(
 ) -> String {
     let out = Command::new("ip")
         .args(["netns", "exec", node.name(), env!("CARGO_BIN_EXE_kube-proxy-rules"), "sync"])
-        .args(["--proxy-mode", mode.flag()])
+        .args(["--proxy-mode", mode.flag(), "--nftables-layout", mode.layout()])
         .args(["--hostname-override", NODE])
         .args(node_flags)
         .args(["--datastore-type", "file", "--datastore-path"])
@@ -273,6 +286,11 @@ fn services_carry_real_packets() {
 #[test]
 fn services_carry_real_packets_nftables() {
     carry_real_packets(Mode::Nftables);
+}
+
+#[test]
+fn services_carry_real_packets_nftables_endpoint_maps() {
+    carry_real_packets(Mode::NftablesMaps);
 }
 
 fn carry_real_packets(mode: Mode) {
@@ -338,6 +356,12 @@ fn carry_real_packets(mode: Mode) {
 
     // Pod-to-service traffic keeps the pod's address.
     assert_eq!(fetch1(p1.name(), "10.96.0.30:80"), "web-5d9f8-bbbbb 10.244.0.11");
+    // Hairpin: a pod reaching itself through a service is masqueraded (else
+    // its reply would go straight back to itself from the wrong address).
+    let a = fetch1(p2.name(), "10.96.0.30:80");
+    let (pod, peer) = a.split_once(' ').unwrap();
+    assert_eq!(pod, "web-5d9f8-bbbbb", "{a}");
+    assert_ne!(peer, "10.244.0.12", "{mode:?}: hairpin traffic must be masqueraded: {a}");
 
     // Two endpoints: 1000 new connections split between 40% and 60%.
     let answers = fetch(&c, &format!("{NODE_IP}:30080"), 1000);
@@ -402,6 +426,11 @@ fn services_reach_pods_added_by_the_calico_plugin() {
 #[test]
 fn services_reach_pods_added_by_the_calico_plugin_nftables() {
     reach_pods_added_by_the_calico_plugin(Mode::Nftables);
+}
+
+#[test]
+fn services_reach_pods_added_by_the_calico_plugin_nftables_endpoint_maps() {
+    reach_pods_added_by_the_calico_plugin(Mode::NftablesMaps);
 }
 
 fn reach_pods_added_by_the_calico_plugin(mode: Mode) {
@@ -524,6 +553,11 @@ fn dual_stack_services_carry_real_packets_nftables() {
     dual_stack_packets(Mode::Nftables);
 }
 
+#[test]
+fn dual_stack_services_carry_real_packets_nftables_endpoint_maps() {
+    dual_stack_packets(Mode::NftablesMaps);
+}
+
 fn dual_stack_packets(mode: Mode) {
     let node = Netns::new("kvn");
     let n = node.name().to_string();
@@ -582,7 +616,7 @@ fn dual_stack_packets(mode: Mode) {
     let stderr = sync_with(mode, &node, &manifests, &store_dir, &flags);
     let rules6 = match mode {
         Mode::Iptables => node.exec(&["ip6tables-save", "-t", "nat"]),
-        Mode::Nftables => node.exec(&["nft", "list", "table", "ip6", "kube-proxy"]),
+        Mode::Nftables | Mode::NftablesMaps => node.exec(&["nft", "list", "table", "ip6", "kube-proxy"]),
     };
     for ip in &v6 {
         let ep = format!("[{ip}]:80");

@@ -15,10 +15,13 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use kube_proxy_rules::config::NodeConfig;
+use kube_proxy_rules::family::IpFamily;
 use kube_proxy_rules::inputs::build_state;
 use kube_proxy_rules::k8s::Objects;
 use kube_proxy_rules::model::{FullSyncReason, ProxyState};
-use kube_proxy_rules::nftables::dump::{normalize_listing, sort_dump, Table};
+use kube_proxy_rules::nftables::dump::{normalize_listing, resolve_endpoint_slots, sort_dump, Table};
+use kube_proxy_rules::nftables::netlink::ElementBatch;
+use kube_proxy_rules::nftables::render::NftLayout;
 use kube_proxy_rules::nftables::NftablesConfig;
 use kube_proxy_rules::nftables::{Nft, NftSyncReport, NftablesBackend};
 use kube_proxy_rules::syncer::Syncer;
@@ -53,6 +56,11 @@ fn slice(ns: &str, name: &str, ips: &[&str], port_name: &str, port: u16) -> Stri
     )
 }
 
+/// NewFakeProxier's settings, in the endpoint-maps layout.
+fn maps_config() -> NftablesConfig {
+    NftablesConfig { layout: NftLayout::EndpointMaps, ..config() }
+}
+
 /// NewFakeProxier's settings.
 fn config() -> NftablesConfig {
     NftablesConfig {
@@ -66,12 +74,14 @@ fn config() -> NftablesConfig {
             ..Default::default()
         },
         service_cidrs: vec!["172.30.0.0/16".parse().unwrap()],
+        ..Default::default()
     }
 }
 
-/// The kernel's table, normalised, without the (empty) chains in `skip`.
+/// The kernel's table, normalised (endpoint slots resolved), without the
+/// (empty) chains in `skip`.
 fn kernel_table(nft: &Nft, skip: &BTreeSet<String>) -> String {
-    let listing = normalize_listing(&nft.list_table().unwrap());
+    let listing = resolve_endpoint_slots(&normalize_listing(&nft.list_table().unwrap()));
     let mut out = String::new();
     let mut skipping = false;
     for line in listing.lines() {
@@ -89,10 +99,10 @@ fn kernel_table(nft: &Nft, skip: &BTreeSet<String>) -> String {
 }
 
 /// The table a fresh namespace gets from one full sync of `st`.
-fn fresh_table(st: &ProxyState) -> String {
+fn fresh_table(st: &ProxyState, cfg: &NftablesConfig) -> String {
     let fresh = Netns::new("knf");
     let nft = Nft::in_netns(fresh.name());
-    Syncer::new(NftablesBackend::new(nft.clone(), config())).sync(st).unwrap();
+    Syncer::new(NftablesBackend::new(nft.clone(), cfg.clone())).sync(st).unwrap();
     kernel_table(&nft, &BTreeSet::new())
 }
 
@@ -131,7 +141,7 @@ impl Steps {
         let stale: BTreeSet<String> = self.syncer.backend.stale_chains().map(String::from).collect();
         assert_eq!(
             kernel_table(&self.nft, &stale),
-            fresh_table(&st),
+            fresh_table(&st, &config()),
             "step {name:?}: kernel vs a fresh full sync"
         );
         r
@@ -359,13 +369,13 @@ fn startup_over_an_existing_table() {
     );
     assert_eq!(sort_dump(&model.dump()), sort_dump(&want));
     let stale: BTreeSet<String> = syncer.backend.stale_chains().map(String::from).collect();
-    assert_eq!(kernel_table(&nft, &stale), fresh_table(&st));
+    assert_eq!(kernel_table(&nft, &stale), fresh_table(&st, &config()));
 
     syncer.backend.age_stale_chains(Duration::from_secs(10));
     let r = syncer.sync(&st).unwrap();
     assert_eq!(r.outcome.deleted_stale_chains, ["service-AAAAAAAA-old/gone/tcp/p80"]);
     assert!(!nft.chains().unwrap().contains("service-AAAAAAAA-old/gone/tcp/p80"));
-    assert_eq!(kernel_table(&nft, &BTreeSet::new()), fresh_table(&st));
+    assert_eq!(kernel_table(&nft, &BTreeSet::new()), fresh_table(&st, &config()));
 }
 
 /// A failed incremental transaction changes nothing, names the line nft
@@ -396,7 +406,7 @@ fn a_failed_incremental_transaction_falls_back_to_a_full_sync() {
     ));
     let r = syncer.sync(&state(&two)).unwrap();
     assert!(r.is_full(), "{}", r.reason());
-    assert_eq!(kernel_table(&nft, &BTreeSet::new()), fresh_table(&state(&two)));
+    assert_eq!(kernel_table(&nft, &BTreeSet::new()), fresh_table(&state(&two), &config()));
     // The table check sees an intact table now, and a deleted one.
     assert!(syncer.check_canary().unwrap().is_none());
     ns.exec(&["nft", "delete", "table", "ip", "kube-proxy"]);
@@ -404,7 +414,7 @@ fn a_failed_incremental_transaction_falls_back_to_a_full_sync() {
     let r = syncer.sync(&state(&two)).unwrap();
     assert!(r.is_full() && r.reason().contains("gone or flushed"), "{}", r.reason());
     assert!(matches!(r.full, Some(FullSyncReason::CanaryGone(_))), "{:?}", r.full);
-    assert_eq!(kernel_table(&nft, &BTreeSet::new()), fresh_table(&state(&two)));
+    assert_eq!(kernel_table(&nft, &BTreeSet::new()), fresh_table(&state(&two), &config()));
 }
 
 /// One sequence of states synced one after the other into one namespace:
@@ -412,10 +422,10 @@ fn a_failed_incremental_transaction_falls_back_to_a_full_sync() {
 /// a fresh full sync of the same state (stale chains waiting for deletion
 /// aside). Stale chains are aged after every second step, so both their
 /// deletion and their waiting are covered. Returns the mismatches.
-fn run_sequence(name: &str, steps: &[&str]) -> Vec<String> {
+fn run_sequence(cfg: &NftablesConfig, name: &str, steps: &[&str]) -> Vec<String> {
     let ns = Netns::new("kns");
     let nft = Nft::in_netns(ns.name());
-    let mut syncer = Syncer::new(NftablesBackend::new(nft.clone(), config()));
+    let mut syncer = Syncer::new(NftablesBackend::new(nft.clone(), cfg.clone()));
     syncer.backend.stale_chain_delay = Duration::from_secs(3600);
     let mut problems = Vec::new();
     for (i, yaml) in steps.iter().enumerate() {
@@ -431,7 +441,7 @@ fn run_sequence(name: &str, steps: &[&str]) -> Vec<String> {
             }
         }
         let stale: BTreeSet<String> = syncer.backend.stale_chains().map(String::from).collect();
-        let (got, want) = (kernel_table(&nft, &stale), fresh_table(&st));
+        let (got, want) = (kernel_table(&nft, &stale), fresh_table(&st, cfg));
         if got != want {
             let (g, w): (BTreeSet<&str>, BTreeSet<&str>) = (got.lines().collect(), want.lines().collect());
             problems.push(format!(
@@ -485,7 +495,7 @@ fn a_renamed_port_rewrites_the_element_comments() {
     assert!(!r.is_full());
     let table = nft.list_table().unwrap();
     assert!(table.contains("comment \"ns1/svc1:p81\"") && !table.contains("p80"), "{table}");
-    assert_eq!(kernel_table(&nft, &BTreeSet::new()), fresh_table(&st));
+    assert_eq!(kernel_table(&nft, &BTreeSet::new()), fresh_table(&st, &config()));
     // Element count unchanged: each element deleted and added in one transaction.
     assert_eq!(r.outcome.rendered.elements_added, r.outcome.rendered.elements_deleted);
     assert_eq!(r.outcome.rendered.elements_added, 2, "{}", r.outcome.rendered.transaction);
@@ -497,6 +507,52 @@ fn a_renamed_port_rewrites_the_element_comments() {
 /// each compared with a fresh full sync after every step.
 #[test]
 fn incremental_sequences_match_a_fresh_full_sync() {
+    incremental_sequences(&config());
+}
+
+/// The same sequences in the endpoint-maps layout, plus what is its own:
+/// endpoint counts that grow and shrink (slot ranges reused, moved and
+/// freed) and an endpoint shared by two services (its hairpin element stays
+/// until neither wants it). The tables are compared with their slots
+/// resolved to the endpoints they hold ([`resolve_endpoint_slots`]).
+#[test]
+fn incremental_sequences_match_a_fresh_full_sync_endpoint_maps() {
+    incremental_sequences(&maps_config());
+    let np_spec = "{type: NodePort, clusterIP: 172.30.0.41, ports: [{name: p80, port: 80, protocol: TCP, nodePort: 30001}]}";
+    let with = |ips: &[&str]| {
+        let eps: Vec<String> = ips.iter().map(|ip| format!("{{addresses: [{ip}]}}")).collect();
+        svc1(np_spec, &slice1(&eps.join(", "), P80))
+    };
+    let (one, three, two) = (
+        with(&["10.180.0.1"]),
+        with(&["10.180.0.1", "10.180.0.2", "10.180.0.3"]),
+        with(&["10.180.0.4", "10.180.0.2"]),
+    );
+    let other = |ip: &str| {
+        format!(
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: svc2, namespace: ns2}}\n\
+             spec: {{clusterIP: 172.30.0.42, ports: [{{name: p80, port: 80, protocol: TCP}}]}}\n---\n\
+             apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
+             metadata: {{name: svc2-1, namespace: ns2, labels: {{kubernetes.io/service-name: svc2}}}}\n\
+             addressType: IPv4\nendpoints: [{{addresses: [{ip}]}}]\nports: [{{name: p80, port: 80, protocol: TCP}}]\n---\n"
+        )
+    };
+    let shared = one.clone() + &other("10.180.0.1");
+    let apart = one.clone() + &other("10.180.0.9");
+    let only_other = other("10.180.0.1");
+    let three_apart = three.clone() + &other("10.180.0.9");
+    let sequences: Vec<(&str, Vec<&str>)> = vec![
+        ("scale", vec![&one, &three, &two, &one, &two, &three, &one]),
+        ("shared-endpoint", vec![&shared, &apart, &shared, &only_other, &shared, &one]),
+        ("scale-with-neighbour", vec![&apart, &three_apart, &apart, &only_other]),
+    ];
+    let cfg = maps_config();
+    let problems: Vec<String> =
+        sequences.iter().flat_map(|(name, steps)| run_sequence(&cfg, name, steps)).collect();
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
+
+fn incremental_sequences(cfg: &NftablesConfig) {
     let eps = slice1(LOCAL_AND_REMOTE, P80);
     let eps_remote = slice1("{addresses: [10.180.0.1]}", P80);
     let np_spec = "{type: NodePort, clusterIP: 172.30.0.41, ports: [{name: p80, port: 80, protocol: TCP, nodePort: 30001}]}";
@@ -598,7 +654,7 @@ fn incremental_sequences_match_a_fresh_full_sync() {
         ("external-ip-swap", vec![&swap_a, &swap_b, &swap_a, &both, &swap_b, &both, &swap_a]),
     ];
     let problems: Vec<String> =
-        sequences.iter().flat_map(|(name, steps)| run_sequence(name, steps)).collect();
+        sequences.iter().flat_map(|(name, steps)| run_sequence(cfg, name, steps)).collect();
     assert!(problems.is_empty(), "{}", problems.join("\n"));
 }
 
@@ -621,7 +677,7 @@ fn a_full_sync_is_forced_after_the_full_sync_period_and_on_new_addresses() {
     let r = syncer.sync(&st).unwrap();
     assert!(r.is_full() && r.reason().starts_with("last full sync more than"), "{}", r.reason());
     assert_eq!(r.full, Some(FullSyncReason::PeriodElapsed(Duration::ZERO)));
-    assert_eq!(kernel_table(&nft, &BTreeSet::new()), fresh_table(&st));
+    assert_eq!(kernel_table(&nft, &BTreeSet::new()), fresh_table(&st, &config()));
     syncer.full_syncs.period = Duration::from_secs(3600);
     assert!(!syncer.sync(&st).unwrap().is_full());
     assert!(!syncer.set_local_addresses(config().node.local_addresses));
@@ -633,4 +689,83 @@ fn a_full_sync_is_forced_after_the_full_sync_period_and_on_new_addresses() {
     assert_eq!(r.full, Some(FullSyncReason::NodeAddressesChanged));
     let table = nft.list_table().unwrap();
     assert!(table.contains("192.168.0.3"), "{table}");
+}
+
+/// In the endpoint-maps layout an endpoint replaced (same count) is an
+/// element-only transaction, sent as one netlink batch instead of `nft -f`:
+/// the kernel's table equals a fresh full sync (slots resolved), and a batch
+/// the kernel refuses changes nothing.
+#[test]
+fn an_endpoint_change_goes_over_netlink_in_the_endpoint_maps_layout() {
+    let np_spec = "{type: NodePort, clusterIP: 172.30.0.41, ports: [{name: p80, port: 80, protocol: TCP, nodePort: 30001}]}";
+    let before = svc1(np_spec, &slice1("{addresses: [10.180.0.1]}, {addresses: [10.180.0.2]}", P80));
+    let after = svc1(np_spec, &slice1("{addresses: [10.180.0.1]}, {addresses: [10.180.0.7]}", P80));
+    let ns = Netns::new("knl");
+    let nft = Nft::in_netns(ns.name());
+    let mut syncer = Syncer::new(NftablesBackend::new(nft.clone(), maps_config()));
+    syncer.sync(&state(&before)).unwrap();
+    let r = syncer.sync(&state(&after)).unwrap();
+    assert!(!r.is_full());
+    let tx = &r.outcome.rendered.transaction;
+    assert!(ElementBatch::parse(tx, IpFamily::V4).is_some(), "not element-only:\n{tx}");
+    let st = state(&after);
+    assert_eq!(kernel_table(&nft, &BTreeSet::new()), fresh_table(&st, &maps_config()));
+    let listing = nft.list_table().unwrap();
+    assert!(listing.contains("10.180.0.7 . 80") && !listing.contains("10.180.0.2 . 80"), "{listing}");
+
+    // Deleting an element that is not there: refused, and the add before it
+    // in the same batch is not applied either.
+    let bad = "add element ip kube-proxy endpoint-hairpin { 10.9.9.9 . 10.9.9.9 }\n\
+               delete element ip kube-proxy endpoint-dnat { 4000 }\n";
+    let err = nft.apply_fast(bad).unwrap_err().to_string();
+    assert!(err.contains("endpoint-dnat { 4000 }") && err.contains("No such file"), "{err}");
+    assert!(!nft.list_table().unwrap().contains("10.9.9.9"));
+}
+
+/// The IPv6 proxier's table in the endpoint-maps layout: an endpoint
+/// replaced goes over netlink too (16-byte addresses, the port padded to a
+/// register), and the kernel shows what nft would have written.
+#[test]
+fn an_ipv6_endpoint_change_goes_over_netlink_in_the_endpoint_maps_layout() {
+    let yaml = |ep: &str| {
+        format!(
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: svc1, namespace: ns1}}\n\
+             spec: {{clusterIP: fd00:30::41, ipFamilies: [IPv6], ports: [{{name: p80, port: 80, protocol: TCP}}]}}\n---\n\
+             apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
+             metadata: {{name: svc1-1, namespace: ns1, labels: {{kubernetes.io/service-name: svc1}}}}\n\
+             addressType: IPv6\nendpoints: [{{addresses: [fd00:180::1]}}, {{addresses: [{ep}]}}]\n\
+             ports: [{{name: p80, port: 80, protocol: TCP}}]\n---\n"
+        )
+    };
+    let v6 = |yaml: &str| {
+        let mut o = Objects::default();
+        let mut errors = Vec::new();
+        o.add_text(yaml, "test", &mut errors);
+        assert!(errors.is_empty(), "{errors:?}");
+        let loaded = build_state(&o, &[], &["fd00:30::/108".parse().unwrap()]);
+        assert!(loaded.errors.is_empty(), "{:?}", loaded.errors);
+        loaded.state.split_families()[1].clone()
+    };
+    let cfg = NftablesConfig {
+        node: NodeConfig {
+            hostname: "test-node".into(),
+            family: IpFamily::V6,
+            node_ips: vec!["fd00:77::1".parse().unwrap()],
+            nodeport_addresses: vec!["fd00:77::1/128".parse().unwrap()],
+            local_addresses: vec!["fd00:77::1".parse().unwrap()],
+            ..Default::default()
+        },
+        service_cidrs: vec!["fd00:30::/108".parse().unwrap()],
+        layout: NftLayout::EndpointMaps,
+    };
+    let ns = Netns::new("knl6");
+    let nft = Nft::in_netns(ns.name()).with_family(IpFamily::V6);
+    let mut syncer = Syncer::new(NftablesBackend::new(nft.clone(), cfg));
+    syncer.sync(&v6(&yaml("fd00:180::2"))).unwrap();
+    let r = syncer.sync(&v6(&yaml("fd00:180::7"))).unwrap();
+    let tx = &r.outcome.rendered.transaction;
+    assert!(ElementBatch::parse(tx, IpFamily::V6).is_some(), "not element-only:\n{tx}");
+    let listing = nft.list_table().unwrap();
+    assert!(listing.contains("fd00:180::7 . 80") && !listing.contains("fd00:180::2 . 80"), "{listing}");
+    assert!(listing.contains("fd00:180::7 . fd00:180::7"), "{listing}");
 }

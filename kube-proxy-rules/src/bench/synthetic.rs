@@ -53,5 +53,7 @@ pub fn synthetic_state(services: usize, endpoints: usize) -> ProxyState {
         st.endpoints.insert(key_of(&sp), eps);
         st.services.push(sp);
     }
+    // Sorted as the inputs sort them (what an incremental render's lookups rely on).
+    st.services.sort_by(|a, b| (&a.name_string, a.protocol).cmp(&(&b.name_string, b.protocol)));
     st
 }

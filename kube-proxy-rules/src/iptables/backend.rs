@@ -17,7 +17,9 @@ use std::time::{Duration, Instant};
 use crate::backend::{Backend, SyncError, SyncPlan};
 use crate::config::NodeConfig;
 use crate::iptables::ipt::{Iptables, IptablesError};
-use crate::iptables::{render, IptablesConfig, RenderPlan, Rendered, LARGE_CLUSTER_ENDPOINTS_THRESHOLD};
+use crate::iptables::{
+    render, IptablesConfig, RenderPlan, Rendered, TopLevelCache, LARGE_CLUSTER_ENDPOINTS_THRESHOLD,
+};
 use crate::model::{Changes, FullSyncReason, ProxyState};
 use crate::names;
 use crate::syncer::SyncReport;
@@ -67,6 +69,9 @@ pub struct IptablesBackend {
     /// default). Off = kube-proxy's partial payloads byte for byte.
     pub minimize_top_level: bool,
     applied_top_level: HashMap<String, u64>,
+    /// Each service's part of the top-level chains as applied: a partial
+    /// sync then renders from the changed services alone.
+    top_cache: TopLevelCache,
     last_large_cluster: Option<bool>,
     last_cleanup: Option<Instant>,
 }
@@ -79,6 +84,7 @@ impl IptablesBackend {
             sync_period,
             minimize_top_level: true,
             applied_top_level: HashMap::new(),
+            top_cache: TopLevelCache::default(),
             last_large_cluster: None,
             last_cleanup: None,
         }
@@ -105,6 +111,8 @@ impl IptablesBackend {
             changed: Some(&plan.changes.updated),
             existing_nat_chains,
             applied_top_level: self.minimize_top_level.then_some(&self.applied_top_level),
+            removed: Some(&plan.changes.removed),
+            top_cache: self.minimize_top_level.then_some(&self.top_cache),
         }
     }
 }
@@ -154,13 +162,14 @@ impl Backend for IptablesBackend {
             }
         }
         let existing = self.existing_chains(large)?;
-        let rendered = render(state, &self.cfg, &self.render_plan(plan, existing.as_ref()))?;
+        let mut rendered = render(state, &self.cfg, &self.render_plan(plan, existing.as_ref()))?;
         let what = if plan.is_full() { "full iptables-restore" } else { "partial iptables-restore" };
         self.ipt.restore(&rendered.payload).map_err(ipt_err(what))?;
         if existing.is_some() {
             self.last_cleanup = Some(Instant::now());
         }
         self.applied_top_level = rendered.top_level_hashes.clone();
+        self.top_cache.commit(rendered.top_cache.take());
         self.last_large_cluster = Some(large);
         Ok(IptablesOutcome { rendered, jump_rules_added })
     }
@@ -184,6 +193,7 @@ impl Backend for IptablesBackend {
 
     fn mark_applied(&mut self, state: &ProxyState, preview: &IptablesPreview, _full: bool) {
         self.applied_top_level = preview.rendered.top_level_hashes.clone();
+        self.top_cache.commit(preview.rendered.top_cache.clone());
         self.last_large_cluster = Some(large_cluster(state));
     }
 

@@ -18,4 +18,7 @@ pub mod render;
 
 pub use backend::{IptablesBackend, IptablesOutcome, IptablesPreview, IptablesSyncError, IptablesSyncReport};
 pub use ipt::{Iptables, IptablesError};
-pub use render::{render, IptablesConfig, RenderPlan, Rendered, LARGE_CLUSTER_ENDPOINTS_THRESHOLD};
+pub use render::{
+    render, IptablesConfig, RenderPlan, Rendered, TopCacheUpdate, TopLevelCache,
+    LARGE_CLUSTER_ENDPOINTS_THRESHOLD,
+};

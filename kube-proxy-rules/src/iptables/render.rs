@@ -74,6 +74,64 @@ pub struct RenderPlan<'a> {
     /// content is unchanged is left out of the payload. None = kube-proxy's
     /// behaviour (every top-level chain is rewritten on every sync).
     pub applied_top_level: Option<&'a HashMap<String, u64>>,
+    /// Partial sync only: the services that are gone (None: unknown).
+    pub removed: Option<&'a HashSet<(String, String)>>,
+    /// Partial sync only: each service's part of the top-level chains as
+    /// last applied ([`Rendered::top_cache`]). With it, with
+    /// `applied_top_level` and `removed`, and no stale-chain cleanup asked, a
+    /// partial render looks only at the changed services: when their parts
+    /// are unchanged, so are the top-level chains, and nothing else is read.
+    pub top_cache: Option<&'a TopLevelCache>,
+}
+
+/// One service's part of the top-level chains (six filter and four nat
+/// buffers), with what a partial render counts for it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ServiceTop {
+    frags: [String; 10],
+    /// nat rules of its own chains (what a partial sync leaves out when it
+    /// does not write them).
+    rules: usize,
+    endpoints: usize,
+}
+
+/// Every service's [`ServiceTop`] as last applied, and their sums.
+#[derive(Debug, Clone, Default)]
+pub struct TopLevelCache {
+    services: HashMap<(String, String), ServiceTop>,
+    endpoints: usize,
+    rules: usize,
+    /// Lines of the four nat top-level chains.
+    nat_top_lines: usize,
+}
+
+/// How a render changes the [`TopLevelCache`].
+#[derive(Debug, Clone)]
+pub enum TopCacheUpdate {
+    /// Rendered from every service: the whole cache.
+    Whole(TopLevelCache),
+    /// Rendered from the changed services only: their new parts.
+    Changed(Vec<((String, String), ServiceTop)>),
+}
+
+impl TopLevelCache {
+    /// Take in what an applied render did.
+    pub fn commit(&mut self, update: Option<TopCacheUpdate>) {
+        match update {
+            Some(TopCacheUpdate::Whole(c)) => *self = c,
+            Some(TopCacheUpdate::Changed(changed)) => {
+                for (k, top) in changed {
+                    if let Some(old) = self.services.insert(k, top.clone()) {
+                        self.endpoints -= old.endpoints;
+                        self.rules -= old.rules;
+                    }
+                    self.endpoints += top.endpoints;
+                    self.rules += top.rules;
+                }
+            }
+            None => {}
+        }
+    }
 }
 
 /// The payload and what it does.
@@ -95,6 +153,12 @@ pub struct Rendered {
     pub nat_rules: usize,
     /// Rules of unchanged services (and unchanged top-level chains) left out of a partial payload.
     pub skipped_nat_rules: usize,
+    /// How the per-service parts of the top-level chains changed (see
+    /// [`RenderPlan::top_cache`]).
+    pub top_cache: Option<TopCacheUpdate>,
+    /// The render looked only at the changed services (`active_nat_chains`
+    /// is then empty).
+    pub changed_only: bool,
 }
 
 /// A line buffer (`proxyutil.LineBuffer`).
@@ -877,6 +941,9 @@ pub fn render(
     cfg: &IptablesConfig,
     plan: &RenderPlan<'_>,
 ) -> Result<Rendered, UnsafeText> {
+    if let Some(fast) = render_changed_only(state, cfg, plan)? {
+        return Ok(fast);
+    }
     let mut t = Tables::default();
     let mut out = Rendered::default();
     let mut skipped_rules = 0;
@@ -894,14 +961,22 @@ pub fn render(
     // A full render is about 100 bytes per endpoint rule: size the big buffer once.
     t.nat_rules.buf.reserve(if plan.full { state.total_endpoints() * 3 * 100 } else { 64 * 1024 });
 
+    let mut cache = TopLevelCache::default();
     for sp in &state.services {
         // The service port name goes into comments, quoted and unquoted.
         check_comment("iptables comment", &sp.name_string)?;
         let p = PortPlan::new(sp, state.endpoints_of(sp), &cfg.node.hostname);
-        kube_services(&mut t, &p);
-        kube_external_services(&mut t, &p);
-        kube_proxy_firewall(&mut t, &p);
-        kube_nodeports(&mut t, &p, cfg);
+        let before = top_lengths(&t);
+        kube_top_level(&mut t, &p, cfg);
+        let top = cache.services.entry((sp.namespace.clone(), sp.name.clone())).or_default();
+        let after = top_lengths(&t);
+        for (i, b) in top_buffers(&t).enumerate() {
+            top.frags[i].push_str(&b.buf[before[i]..after[i]]);
+        }
+        let rules = skipped_rule_count(&p, cfg);
+        top.rules += rules;
+        top.endpoints += state.endpoints_of(sp).len();
+        cache.rules += rules;
         active_chains(&p, &mut out.active_nat_chains);
         let write =
             plan.full || plan.changed.is_some_and(|c| c.contains(&(sp.namespace.clone(), sp.name.clone())));
@@ -909,7 +984,7 @@ pub fn render(
             out.written_service_chains.extend(service_port_chains(&mut t, &p, cfg, large_cluster));
         } else {
             // kube-proxy renders these into a discard buffer; counting is enough.
-            skipped_rules += skipped_rule_count(&p, cfg);
+            skipped_rules += rules;
         }
     }
     if let Some(existing) = plan.existing_nat_chains {
@@ -925,6 +1000,9 @@ pub fn render(
     out.nat_rules = top_nat + t.nat_rules.lines;
     out.skipped_nat_rules =
         skipped_rules + (0..4).filter(|i| !keep_nat[*i]).map(|i| t.nat[i].lines).sum::<usize>();
+    cache.endpoints = state.total_endpoints();
+    cache.nat_top_lines = (0..4).map(|i| t.nat[i].lines).sum();
+    out.top_cache = Some(TopCacheUpdate::Whole(cache));
 
     let buffers = t.filter.iter().chain(t.nat.iter()).chain([&t.nat_chains, &t.nat_rules, &t.nat_deletes]);
     if let Some(refused) = buffers.filter_map(|b| b.refused.clone()).next() {
@@ -932,4 +1010,107 @@ pub fn render(
     }
     out.payload = assemble(&mut t, filter_used, &keep_filter, &keep_nat);
     Ok(out)
+}
+
+/// The top-level chains' rules of one service port.
+fn kube_top_level(t: &mut Tables, p: &PortPlan<'_>, cfg: &IptablesConfig) {
+    kube_services(t, p);
+    kube_external_services(t, p);
+    kube_proxy_firewall(t, p);
+    kube_nodeports(t, p, cfg);
+}
+
+fn top_buffers(t: &Tables) -> impl Iterator<Item = &LineBuffer> {
+    t.filter.iter().chain(t.nat.iter())
+}
+
+fn top_lengths(t: &Tables) -> [usize; 10] {
+    let mut l = [0; 10];
+    for (i, b) in top_buffers(t).enumerate() {
+        l[i] = b.buf.len();
+    }
+    l
+}
+
+/// A partial render that reads only the changed services (see
+/// [`RenderPlan::top_cache`]); None when it cannot: no cache, a cleanup to
+/// do, a service added or removed, a top-level part or the large-cluster
+/// mode changed. Then the render goes through every service.
+fn render_changed_only(
+    state: &ProxyState,
+    cfg: &IptablesConfig,
+    plan: &RenderPlan<'_>,
+) -> Result<Option<Rendered>, UnsafeText> {
+    let (Some(cache), Some(applied), Some(removed), Some(changed), None, false) = (
+        plan.top_cache,
+        plan.applied_top_level,
+        plan.removed,
+        plan.changed,
+        plan.existing_nat_chains,
+        plan.full,
+    ) else {
+        return Ok(None);
+    };
+    if !removed.is_empty() {
+        return Ok(None);
+    }
+    // The lookups below need the state sorted as the inputs sort it.
+    debug_assert!(
+        state.services.windows(2).all(|w| w[0].name_string <= w[1].name_string),
+        "ProxyState::services must be sorted by name for a partial render from the cache"
+    );
+    let mut keys: Vec<&(String, String)> = changed.iter().collect();
+    keys.sort();
+    let mut fresh: Vec<((String, String), ServiceTop)> = Vec::with_capacity(keys.len());
+    let mut endpoints = cache.endpoints;
+    for key in keys {
+        let Some(old) = cache.services.get(key) else { return Ok(None) };
+        let mut top = ServiceTop::default();
+        for sp in state.ports_of(key) {
+            check_comment("iptables comment", &sp.name_string)?;
+            let p = PortPlan::new(sp, state.endpoints_of(sp), &cfg.node.hostname);
+            let mut scratch = Tables::default();
+            kube_top_level(&mut scratch, &p, cfg);
+            for (i, b) in top_buffers(&scratch).enumerate() {
+                top.frags[i].push_str(&b.buf);
+            }
+            top.rules += skipped_rule_count(&p, cfg);
+            top.endpoints += state.endpoints_of(sp).len();
+        }
+        if top.frags != old.frags {
+            return Ok(None);
+        }
+        endpoints = endpoints - old.endpoints + top.endpoints;
+        fresh.push((key.clone(), top));
+    }
+    let large = endpoints > LARGE_CLUSTER_ENDPOINTS_THRESHOLD;
+    if large != (cache.endpoints > LARGE_CLUSTER_ENDPOINTS_THRESHOLD) {
+        return Ok(None);
+    }
+    // Unchanged top-level chains: only the changed services' own chains.
+    let mut t = Tables::default();
+    let mut out = Rendered { large_cluster_mode: large, changed_only: true, ..Default::default() };
+    let mut written_rules = 0;
+    for (key, top) in &fresh {
+        for sp in state.ports_of(key) {
+            let p = PortPlan::new(sp, state.endpoints_of(sp), &cfg.node.hostname);
+            out.written_service_chains.extend(service_port_chains(&mut t, &p, cfg, large));
+        }
+        written_rules += top.rules;
+    }
+    let filter_used = if cfg.localhost_nodeports() { 6 } else { 5 };
+    out.top_level_hashes = applied.clone();
+    out.skipped_top_level = (0..filter_used)
+        .map(|i| format!("filter/{}", FILTER_CHAINS[i]))
+        .chain(NAT_CHAINS.iter().map(|c| format!("nat/{c}")))
+        .collect();
+    out.nat_rules = t.nat_rules.lines;
+    out.skipped_nat_rules = cache.rules - written_rules + cache.nat_top_lines;
+    let buffers = [&t.nat_chains, &t.nat_rules, &t.nat_deletes];
+    if let Some(refused) = buffers.iter().filter_map(|b| b.refused.clone()).next() {
+        return Err(refused);
+    }
+    out.payload = assemble(&mut t, filter_used, &[false; 6], &[false; 4]);
+    out.top_cache = Some(TopCacheUpdate::Changed(fresh));
+    Ok(Some(out))
 }

@@ -16,13 +16,15 @@ pub type ServiceKey = (String, String);
 /// Per-service fingerprints of what its rules are built from: every port of
 /// the service and that port's endpoints.
 pub fn fingerprints(state: &ProxyState) -> HashMap<ServiceKey, u64> {
-    let mut hashers: HashMap<ServiceKey, DefaultHasher> = HashMap::new();
+    // Keyed by borrowed names while hashing: one copy of each key at the end,
+    // not one per service port.
+    let mut hashers: HashMap<(&str, &str), DefaultHasher> = HashMap::with_capacity(state.services.len());
     for sp in &state.services {
-        let h = hashers.entry((sp.namespace.clone(), sp.name.clone())).or_default();
+        let h = hashers.entry((sp.namespace.as_str(), sp.name.as_str())).or_default();
         sp.hash(h);
         state.endpoints_of(sp).hash(h);
     }
-    hashers.into_iter().map(|(k, h)| (k, h.finish())).collect()
+    hashers.into_iter().map(|((ns, name), h)| ((ns.to_string(), name.to_string()), h.finish())).collect()
 }
 
 /// The changes of one state against what was applied.

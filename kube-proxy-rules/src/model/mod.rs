@@ -22,7 +22,9 @@ pub use service::{Protocol, ServicePortInfo};
 use crate::family::IpFamily;
 use endpoints::key_of;
 
-/// Everything a sync renders from: service ports sorted by name, and endpoints.
+/// Everything a sync renders from: service ports sorted by name (by
+/// `name_string`, then protocol, as [`crate::inputs`] sorts them: what
+/// [`ProxyState::ports_of`] relies on), and endpoints.
 #[derive(Debug, Clone, Default)]
 pub struct ProxyState {
     pub services: Vec<ServicePortInfo>,
@@ -32,6 +34,28 @@ pub struct ProxyState {
 impl ProxyState {
     pub fn endpoints_of(&self, sp: &ServicePortInfo) -> &[EndpointInfo] {
         self.endpoints.get(&key_of(sp)).map(Vec::as_slice).unwrap_or(&[])
+    }
+    /// The ports of one service, found by binary search in the sorted
+    /// `services` (an incremental sync looks up only the services that
+    /// changed). A service's ports are all named (`ns/name:port`) or it has
+    /// one unnamed port (`ns/name`).
+    pub fn ports_of(&self, key: &ServiceKey) -> &[ServicePortInfo] {
+        let (ns, name) = key;
+        let exact = format!("{ns}/{name}");
+        let prefix = format!("{exact}:");
+        let range = |matches: &dyn Fn(&str) -> bool, from: &str| {
+            let start = self.services.partition_point(|sp| sp.name_string.as_str() < from);
+            let len = self.services[start..].iter().take_while(|sp| matches(&sp.name_string)).count();
+            &self.services[start..start + len]
+        };
+        let unnamed = range(&|n| n == exact, &exact);
+        let found = if unnamed.is_empty() { range(&|n| n.starts_with(&prefix), &prefix) } else { unnamed };
+        // A name with a '/' or ':' inside could match another service's prefix.
+        if found.iter().all(|sp| &sp.namespace == ns && &sp.name == name) {
+            found
+        } else {
+            &[]
+        }
     }
     pub fn total_endpoints(&self) -> usize {
         self.services.iter().map(|sp| self.endpoints_of(sp).len()).sum()

@@ -152,6 +152,7 @@ impl NftablesBackend {
             full: plan.is_full(),
             recreate_base_chains: plan.is_full() && !self.base_chains_recreated,
             changed: Some(&plan.changes.updated),
+            removed: Some(&plan.changes.removed),
             applied: Some(&self.applied),
             existing_chains: listing.map(|l| &l.0),
             existing_sets: listing.map(|l| &l.1),
@@ -161,9 +162,8 @@ impl NftablesBackend {
     /// Remember what a transaction (applied, or taken as applied) leaves.
     fn commit(&mut self, rendered: &NftRendered, full: bool) {
         let now = Instant::now();
-        self.applied.elements = rendered.elements.clone();
+        self.applied.commit(rendered, full);
         if full {
-            self.applied.objects = rendered.objects.clone();
             self.base_chains_recreated = true;
             // The listing found every stale chain: keep the age of known ones.
             let old = std::mem::take(&mut self.stale_chains);
@@ -171,12 +171,6 @@ impl NftablesBackend {
                 self.stale_chains.insert(c.clone(), old.get(c).copied().unwrap_or(now));
             }
         } else {
-            for (k, o) in &rendered.objects {
-                self.applied.objects.insert(k.clone(), o.clone());
-            }
-            for k in &rendered.removed_services {
-                self.applied.objects.remove(k);
-            }
             for c in &rendered.stale_chains {
                 self.stale_chains.entry(c.clone()).or_insert(now);
             }
@@ -249,7 +243,7 @@ impl Backend for NftablesBackend {
         // Nothing changed: no transaction at all (nft would accept an
         // empty one, but there is no reason to run it).
         if rendered.operations > 0 {
-            self.nft.apply(&rendered.transaction).map_err(nft_err(what))?;
+            self.nft.apply_fast(&rendered.transaction).map_err(nft_err(what))?;
         }
         self.commit(&rendered, plan.is_full());
         Ok(NftOutcome {

@@ -12,10 +12,10 @@
 //!   dropped) so the kernel state of two namespaces can be compared.
 
 use std::cmp::Ordering;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use crate::family::IpFamily;
-use crate::nftables::render::FAMILY_TABLE;
+use crate::nftables::render::{ENDPOINT_DNAT, FAMILY_TABLE};
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 struct Chain {
@@ -349,6 +349,55 @@ pub fn normalize_listing(listing: &str) -> String {
         for l in body {
             out.push_str(&format!("  {l}\n"));
         }
+    }
+    out
+}
+
+/// A [`normalize_listing`] of the endpoint-maps layout with its slots
+/// resolved: `numgen random mod N offset K map @endpoint-dnat` becomes the
+/// endpoints of slots K … K+N-1, and the map's elements are left out. Which
+/// slots a chain got depends on the order of the syncs (an incremental one
+/// reuses or allocates ranges), what they DNAT to does not: two tables that
+/// resolve alike dispatch alike.
+pub fn resolve_endpoint_slots(normalized: &str) -> String {
+    let mut slots: HashMap<u64, String> = HashMap::new();
+    let mut in_map = false;
+    for line in normalized.lines() {
+        if !line.starts_with(' ') {
+            in_map = line == format!("map {ENDPOINT_DNAT}");
+        } else if in_map {
+            if let Some((k, v)) = line.trim().strip_prefix("element ").and_then(|e| e.split_once(" : ")) {
+                if let Ok(k) = k.parse() {
+                    slots.insert(k, v.to_string());
+                }
+            }
+        }
+    }
+    let map_ref = format!(" map @{ENDPOINT_DNAT}");
+    let mut out = String::with_capacity(normalized.len());
+    let mut in_map = false;
+    for line in normalized.lines() {
+        if !line.starts_with(' ') {
+            in_map = line == format!("map {ENDPOINT_DNAT}");
+        } else if in_map && line.trim().starts_with("element ") {
+            continue;
+        }
+        let resolved = (|| {
+            let head = line.strip_suffix(&map_ref)?;
+            let (before, spec) = head.split_once("numgen random mod ")?;
+            let mut words = spec.split(' ');
+            let n: u64 = words.next()?.parse().ok()?;
+            let base: u64 = match (words.next(), words.next()) {
+                (Some("offset"), Some(k)) => k.parse().ok()?,
+                (None, None) => 0,
+                _ => return None,
+            };
+            let eps: Vec<&str> =
+                (base..base + n).map(|k| slots.get(&k).map(String::as_str).unwrap_or("?")).collect();
+            Some(format!("{before}numgen random mod {n} endpoints [{}]", eps.join(", ")))
+        })();
+        out.push_str(resolved.as_deref().unwrap_or(line));
+        out.push('\n');
     }
     out
 }

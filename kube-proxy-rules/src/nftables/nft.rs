@@ -19,6 +19,9 @@ pub enum NftError {
     Failed { command: String, status: String, stderr: String, line: Option<(usize, String)> },
     #[error("nft {command}: unreadable output: {reason}")]
     Output { command: String, reason: String },
+    /// An element-only transaction sent over netlink failed (nothing applied).
+    #[error("element batch over netlink: {0}")]
+    Batch(#[from] crate::nftables::netlink::BatchError),
 }
 
 /// nft of one network namespace, for table `ip kube-proxy` (or `ip6
@@ -27,6 +30,9 @@ pub enum NftError {
 pub struct Nft {
     runner: Runner,
     family: IpFamily,
+    /// The nfnetlink socket of [`Nft::apply_fast`], opened on first use in
+    /// the namespace and kept (clones share it).
+    socket: Arc<Mutex<Option<BatchSocket>>>,
 }
 
 /// The first `<file>:<line>:<columns>: Error: …` of nft's stderr: the line
@@ -41,14 +47,18 @@ fn blamed_line(stderr: &str) -> Option<(usize, &str)> {
     })
 }
 
+use std::sync::{Arc, Mutex};
+
+use crate::nftables::netlink::{BatchError, BatchSocket, ElementBatch};
+
 impl Nft {
     pub fn current() -> Self {
-        Nft { runner: Runner::current(), family: IpFamily::V4 }
+        Nft { runner: Runner::current(), family: IpFamily::V4, socket: Arc::default() }
     }
 
     /// The named namespace (`/run/netns/<name>`), through `ip netns exec`.
     pub fn in_netns(name: &str) -> Self {
-        Nft { runner: Runner::in_netns(name), family: IpFamily::V4 }
+        Nft { runner: Runner::in_netns(name), family: IpFamily::V4, socket: Arc::default() }
     }
 
     /// The same namespace, the table of `family`.
@@ -91,6 +101,33 @@ impl Nft {
     /// Apply one transaction (`nft -f -`): every operation or none.
     pub fn apply(&self, transaction: &str) -> Result<(), NftError> {
         self.check(&["-f", "-"], Some(transaction)).map(|_| ())
+    }
+
+    /// Apply one transaction: element-only ones of the endpoint-maps layout
+    /// as one netlink batch (see [`crate::nftables::netlink`]), the rest
+    /// through [`Nft::apply`]. Every operation or none, either way.
+    pub fn apply_fast(&self, transaction: &str) -> Result<(), NftError> {
+        let Some(batch) = ElementBatch::parse(transaction, self.family) else {
+            return self.apply(transaction);
+        };
+        let mut cached = self.socket.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let socket = match cached.take() {
+            Some(s) => s,
+            None => match self.netns() {
+                None => BatchSocket::open()?,
+                Some(name) => {
+                    let path = format!("/run/netns/{name}");
+                    let ns =
+                        netlink_util::Netns::open(&path).map_err(|e| BatchError::Netns(e.to_string()))?;
+                    ns.run_thread(|| Ok(BatchSocket::open()))
+                        .map_err(|e| BatchError::Netns(e.to_string()))??
+                }
+            },
+        };
+        batch.send(&socket)?;
+        // Kept only after a clean exchange (nothing left to read in it).
+        *cached = Some(socket);
+        Ok(())
     }
 
     /// The names of one kind of object (`chains`, `sets`, `maps`) in table

@@ -11,6 +11,13 @@
 //! of changed services, adds or deletes only the map elements that differ
 //! from what was applied ([`Elements`]), and flushes the chains that became
 //! stale; those are deleted in a later transaction (see [`super::backend`]).
+//! It looks at nothing else: the changed and removed services are found in
+//! the sorted state by name ([`ProxyState::ports_of`]), each service
+//! remembers the elements it wants ([`ServiceObjects::elements`]; an element
+//! wanted by several services counts them, [`ElementData::owners`]), and the
+//! backend takes in the transaction's element changes rather than a copy of
+//! every element ([`Applied::commit`]): its cost is the change's, not the
+//! cluster's. The two layouts are [`NftLayout`]'s.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 
@@ -40,6 +47,9 @@ pub const MARK_FOR_MASQUERADE: &str = "mark-for-masquerade";
 pub const MASQUERADING: &str = "masquerading";
 // Sets.
 pub const NODEPORT_IPS: &str = "nodeport-ips";
+// The endpoint-maps layout's map and set (see [`NftLayout::EndpointMaps`]).
+pub const ENDPOINT_DNAT: &str = "endpoint-dnat";
+pub const ENDPOINT_HAIRPIN: &str = "endpoint-hairpin";
 
 // Per-service-port and per-endpoint prefixes.
 pub const CLUSTER_POLICY_PREFIX: &str = "service-";
@@ -81,6 +91,47 @@ const JUMP_CHAINS: [(&str, &str, bool); 11] = [
     (CLUSTER_IPS_CHECK, "filter-output", true),
 ];
 
+/// How a policy chain reaches its endpoints (`--nftables-layout`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum NftLayout {
+    /// kube-proxy's: `numgen random mod N vmap { i : goto endpoint-… }`, one
+    /// chain per endpoint (hairpin masquerade, affinity update, DNAT). Every
+    /// endpoint chain is a jump target the kernel re-validates whenever a
+    /// transaction touches a verdict map or adds a rule with a verdict.
+    #[default]
+    KubeProxy,
+    /// No endpoint chains: the policy chain DNATs through one shared map,
+    /// `dnat to numgen random mod N offset K map @endpoint-dnat`, whose slots
+    /// `K … K+N-1` hold the chain's endpoints (`ip . port`); hairpin traffic
+    /// (a pod reaching itself through the service) is found after DNAT, in
+    /// `masquerading`, by `ct status dnat` and `saddr . daddr @endpoint-hairpin`.
+    /// An endpoint change is then a few map elements (no chain, no verdict,
+    /// nothing the kernel re-validates); one chain per service port instead of
+    /// one per endpoint. Services with ClientIP affinity keep kube-proxy's
+    /// endpoint chains (their per-endpoint affinity sets need them).
+    EndpointMaps,
+}
+
+impl NftLayout {
+    pub fn name(self) -> &'static str {
+        match self {
+            NftLayout::KubeProxy => "kube-proxy",
+            NftLayout::EndpointMaps => "endpoint-maps",
+        }
+    }
+}
+
+impl std::str::FromStr for NftLayout {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "kube-proxy" => Ok(NftLayout::KubeProxy),
+            "endpoint-maps" => Ok(NftLayout::EndpointMaps),
+            other => Err(format!("expected kube-proxy or endpoint-maps, got {other:?}")),
+        }
+    }
+}
+
 /// The nftables proxier's settings: the node's ([`NodeConfig`]) and its own.
 /// (No localhost NodePorts and always `masquerade fully-random`: kube-proxy's
 /// nftables proxier has no knob for either.)
@@ -90,6 +141,8 @@ pub struct NftablesConfig {
     /// The service IP ranges: traffic to an unallocated ClusterIP in them
     /// is dropped (`cluster-ips-check`).
     pub service_cidrs: Vec<IpNetwork>,
+    /// How endpoints are dispatched (kube-proxy's chains by default).
+    pub layout: NftLayout,
 }
 
 /// The sets and verdict maps whose elements are kept in step incrementally.
@@ -101,16 +154,24 @@ pub enum Container {
     NoEndpointServices,
     NoEndpointNodePorts,
     ServiceNodePorts,
+    /// Endpoint-maps layout: slot → `ip . port`.
+    EndpointDnat,
+    /// Endpoint-maps layout: `ip . ip` of every endpoint (hairpin check).
+    EndpointHairpin,
 }
 
+const CONTAINERS: usize = 8;
+
 impl Container {
-    pub const ALL: [Container; 6] = [
+    pub const ALL: [Container; CONTAINERS] = [
         Container::ClusterIps,
         Container::ServiceIps,
         Container::FirewallIps,
         Container::NoEndpointServices,
         Container::NoEndpointNodePorts,
         Container::ServiceNodePorts,
+        Container::EndpointDnat,
+        Container::EndpointHairpin,
     ];
     pub fn name(self) -> &'static str {
         match self {
@@ -120,10 +181,17 @@ impl Container {
             Container::NoEndpointServices => "no-endpoint-services",
             Container::NoEndpointNodePorts => "no-endpoint-nodeports",
             Container::ServiceNodePorts => "service-nodeports",
+            Container::EndpointDnat => ENDPOINT_DNAT,
+            Container::EndpointHairpin => ENDPOINT_HAIRPIN,
         }
     }
     fn is_set(self) -> bool {
-        self == Container::ClusterIps
+        matches!(self, Container::ClusterIps | Container::EndpointHairpin)
+    }
+    /// Whether the table of `layout` has this set or map.
+    fn in_layout(self, layout: NftLayout) -> bool {
+        layout == NftLayout::EndpointMaps
+            || !matches!(self, Container::EndpointDnat | Container::EndpointHairpin)
     }
     fn index(self) -> usize {
         self as usize
@@ -137,13 +205,22 @@ impl Container {
 pub struct ElementData {
     pub value: String,
     pub comment: Option<String>,
+    /// How many services want this element (an endpoint's hairpin element
+    /// is shared by every service it backs): deleted when the last one goes.
+    pub owners: u32,
+    /// A map element's service (None for set elements: they carry no value).
+    pub writer: Option<ServiceKey>,
+    /// A map element several services want (the same externalIP and port in
+    /// two Services): what each wants. The last service in name order wins,
+    /// as in a full sync, which writes them in that order.
+    pub contenders: Vec<(ServiceKey, String, Option<String>)>,
 }
 
 /// The elements of the six sets/maps: key (`10.96.0.10 . tcp . 80`) → value
 /// and comment, as a transaction leaves them.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Elements {
-    maps: [HashMap<String, ElementData>; 6],
+    maps: [HashMap<String, ElementData>; CONTAINERS],
 }
 
 impl Elements {
@@ -161,6 +238,72 @@ impl Elements {
     pub fn is_empty(&self) -> bool {
         self.maps.iter().all(HashMap::is_empty)
     }
+    /// Apply an incremental transaction's element changes.
+    fn apply(&mut self, changes: &[(Container, String, Option<ElementData>)]) {
+        for (c, key, data) in changes {
+            match data {
+                Some(d) => self.maps[c.index()].insert(key.clone(), d.clone()),
+                None => self.maps[c.index()].remove(key),
+            };
+        }
+    }
+}
+
+/// A policy chain's range of `endpoint-dnat` slots (endpoint-maps layout).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Slots {
+    pub chain: String,
+    pub base: u32,
+    pub len: u32,
+}
+
+/// Which `endpoint-dnat` slots are in use: first fit from the free ranges,
+/// else from the top. A full sync starts from zero.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SlotAllocator {
+    top: u32,
+    /// Free ranges below `top`: (base, len), sorted by base.
+    free: Vec<(u32, u32)>,
+}
+
+impl SlotAllocator {
+    fn alloc(&mut self, len: u32) -> u32 {
+        if let Some(i) = self.free.iter().position(|(_, l)| *l >= len) {
+            let (base, l) = self.free[i];
+            if l == len {
+                self.free.remove(i);
+            } else {
+                self.free[i] = (base + len, l - len);
+            }
+            return base;
+        }
+        let base = self.top;
+        self.top += len;
+        base
+    }
+    fn release(&mut self, base: u32, len: u32) {
+        let i = self.free.partition_point(|(b, _)| *b < base);
+        self.free.insert(i, (base, len));
+        // Merge with the neighbours, and give the top back.
+        if i + 1 < self.free.len() && self.free[i].0 + self.free[i].1 == self.free[i + 1].0 {
+            self.free[i].1 += self.free[i + 1].1;
+            self.free.remove(i + 1);
+        }
+        if i > 0 && self.free[i - 1].0 + self.free[i - 1].1 == self.free[i].0 {
+            self.free[i - 1].1 += self.free[i].1;
+            self.free.remove(i);
+        }
+        if let Some(&(b, l)) = self.free.last() {
+            if b + l == self.top {
+                self.top = b;
+                self.free.pop();
+            }
+        }
+    }
+    /// Slots in use or free below the top (the map's key space).
+    pub fn top(&self) -> u32 {
+        self.top
+    }
 }
 
 /// The chains and affinity sets one service owns (its ports' and endpoints').
@@ -168,6 +311,12 @@ impl Elements {
 pub struct ServiceObjects {
     pub chains: Vec<String>,
     pub affinity_sets: Vec<String>,
+    /// The set and map elements it wants (see [`ElementData::owners`]).
+    pub elements: Vec<(Container, String)>,
+    /// Its policy chains' `endpoint-dnat` slots (endpoint-maps layout).
+    pub slots: Vec<Slots>,
+    /// A hash of the text of its chains, sets and rules as last written.
+    pub chain_hash: u64,
 }
 
 /// What the table holds after the last applied transaction (as far as the
@@ -176,6 +325,33 @@ pub struct ServiceObjects {
 pub struct Applied {
     pub elements: Elements,
     pub objects: HashMap<ServiceKey, ServiceObjects>,
+    pub slots: SlotAllocator,
+}
+
+impl Applied {
+    /// What a full transaction leaves.
+    pub fn after_full(r: &NftRendered) -> Applied {
+        let mut a = Applied::default();
+        a.commit(r, true);
+        a
+    }
+    /// Take in what a transaction did (applied, or taken as applied). An
+    /// incremental one changes only what it touched.
+    pub fn commit(&mut self, r: &NftRendered, full: bool) {
+        if full {
+            self.elements = r.elements.clone();
+            self.objects = r.objects.clone();
+        } else {
+            self.elements.apply(&r.element_changes);
+            for (k, o) in &r.objects {
+                self.objects.insert(k.clone(), o.clone());
+            }
+            for k in &r.removed_services {
+                self.objects.remove(k);
+            }
+        }
+        self.slots = r.slots.clone();
+    }
 }
 
 /// What one sync writes.
@@ -188,6 +364,9 @@ pub struct NftPlan<'a> {
     pub recreate_base_chains: bool,
     /// Incremental: the services whose chains are rewritten.
     pub changed: Option<&'a HashSet<ServiceKey>>,
+    /// Incremental: the services that are gone (None: found by comparing
+    /// what was applied with the state, which costs a pass over both).
+    pub removed: Option<&'a HashSet<ServiceKey>>,
     /// What the previous transactions left (incremental syncs diff against it).
     pub applied: Option<&'a Applied>,
     /// Full: the chains and sets the table has now (`nft list`), so leftovers
@@ -203,6 +382,7 @@ impl NftPlan<'_> {
             full: true,
             recreate_base_chains: false,
             changed: None,
+            removed: None,
             applied: None,
             existing_chains: None,
             existing_sets: None,
@@ -217,8 +397,12 @@ pub struct NftRendered {
     pub transaction: String,
     pub operations: usize,
     pub rules: usize,
-    /// The elements after the transaction.
+    /// Full: every element after the transaction.
     pub elements: Elements,
+    /// Incremental: the elements it added, changed (Some) or deleted (None).
+    pub element_changes: Vec<(Container, String, Option<ElementData>)>,
+    /// The `endpoint-dnat` slots in use after the transaction.
+    pub slots: SlotAllocator,
     /// The chains and sets of every service whose chains this transaction
     /// (re)writes (every service on a full sync).
     pub objects: HashMap<ServiceKey, ServiceObjects>,
@@ -255,6 +439,18 @@ struct Tx {
 }
 
 impl Tx {
+    /// An empty transaction for the same table, to be appended later.
+    fn sub(&self) -> Tx {
+        Tx { table: self.table, ipx: self.ipx, ..Default::default() }
+    }
+    fn append(&mut self, sub: Tx) {
+        self.buf.push_str(&sub.buf);
+        self.ops += sub.ops;
+        self.rules += sub.rules;
+        if let (Some(e), None) = (sub.refused, &self.refused) {
+            self.refused = Some(e);
+        }
+    }
     fn check(&mut self, r: Result<(), UnsafeText>) {
         if let (Err(e), None) = (r, &self.refused) {
             self.refused = Some(e);
@@ -336,51 +532,214 @@ impl Tx {
 }
 
 /// The element writer (`nftElementStorage`): compares what a service needs
-/// with what was applied and writes only the difference.
+/// with what was applied and writes only the difference. Each element counts
+/// the services that want it ([`ElementData::owners`]); a full sync starts
+/// from flushed maps, an incremental one from what was applied, looking only
+/// at the elements of the services it writes or removes.
 struct ElementWriter<'a> {
+    /// Incremental: what was applied (None: a full sync).
     applied: Option<&'a Elements>,
+    /// Full: every element. Incremental: the elements touched so far.
     new: Elements,
+    /// Incremental: the touched elements that were deleted.
+    gone: HashSet<(Container, String)>,
+    /// Full sync of the endpoint-maps layout: no operation per element; each
+    /// map's elements go in one `add element` at the end ([`Self::write_batched`]).
+    batched: bool,
+    /// The service being written: what it owned before, what it wants now.
+    service: ServiceKey,
+    old: HashSet<(Container, String)>,
+    wanted: Vec<(Container, String)>,
+    wanted_set: HashSet<(Container, String)>,
     added: usize,
     deleted: usize,
 }
 
-impl ElementWriter<'_> {
+impl<'a> ElementWriter<'a> {
+    fn new(applied: Option<&'a Elements>) -> Self {
+        ElementWriter {
+            applied,
+            new: Elements::default(),
+            gone: HashSet::new(),
+            batched: false,
+            service: ServiceKey::default(),
+            old: HashSet::new(),
+            wanted: Vec::new(),
+            wanted_set: HashSet::new(),
+            added: 0,
+            deleted: 0,
+        }
+    }
+
+    /// The element as this transaction leaves it so far.
+    fn current(&self, c: Container, key: &str) -> Option<&ElementData> {
+        if let Some(d) = self.new.maps[c.index()].get(key) {
+            return Some(d);
+        }
+        if self.gone.contains(&(c, key.to_string())) {
+            return None;
+        }
+        self.applied.and_then(|a| a.maps[c.index()].get(key))
+    }
+
+    /// Start writing service `key`, which owned `old` elements.
+    fn begin(&mut self, key: &ServiceKey, old: &[(Container, String)]) {
+        self.service = key.clone();
+        self.old = old.iter().cloned().collect();
+        self.wanted.clear();
+        self.wanted_set.clear();
+    }
+
     fn ensure(&mut self, tx: &mut Tx, c: Container, key: String, value: String, comment: Option<&str>) {
-        let current = self.new.maps[c.index()]
-            .get(&key)
-            .or_else(|| self.applied.and_then(|a| a.maps[c.index()].get(&key)));
-        match current {
-            Some(d) if d.value == value && d.comment.as_deref() == comment => {}
+        let id = (c, key);
+        let new_owner = !self.wanted_set.contains(&id) && !self.old.contains(&id);
+        let comment = comment.map(str::to_string);
+        let data = match self.current(c, &id.1).cloned() {
+            None => ElementData {
+                value,
+                comment,
+                owners: 1,
+                writer: (!c.is_set()).then(|| self.service.clone()),
+                contenders: Vec::new(),
+            },
+            Some(mut d) => {
+                if new_owner {
+                    d.owners += 1;
+                }
+                if !c.is_set() {
+                    let me = self.service.clone();
+                    let shared = d.owners > 1 || !d.contenders.is_empty();
+                    if shared {
+                        if d.contenders.is_empty() {
+                            if let Some(w) = d.writer.clone().filter(|w| *w != me) {
+                                d.contenders.push((w, d.value.clone(), d.comment.clone()));
+                            }
+                        }
+                        d.contenders.retain(|(k, ..)| *k != me);
+                        d.contenders.push((me, value, comment));
+                        d.contenders.sort_by(|a, b| a.0.cmp(&b.0));
+                        if let Some((w, v, cm)) = d.contenders.last().cloned() {
+                            (d.writer, d.value, d.comment) = (Some(w), v, cm);
+                        }
+                    } else {
+                        (d.writer, d.value, d.comment) = (Some(me), value, comment);
+                    }
+                }
+                d
+            }
+        };
+        self.put(tx, &id, data);
+        if self.wanted_set.insert(id.clone()) {
+            self.wanted.push(id);
+        }
+    }
+
+    /// Leave element `id` as `data` says, writing what differs from now.
+    fn put(&mut self, tx: &mut Tx, id: &(Container, String), data: ElementData) {
+        let (c, key) = (id.0, &id.1);
+        if self.batched {
+            // Written at the end, all of a map in one operation.
+            self.new.maps[c.index()].insert(key.clone(), data);
+            return;
+        }
+        match self.current(c, key) {
+            Some(d) if d.value == data.value && d.comment == data.comment => {}
             // A changed value or comment (a renamed port): `add` would keep
             // the old one, so the element is deleted and added again.
             Some(_) => {
-                tx.element("delete", c, &key, None, "");
-                tx.element("add", c, &key, comment, &value);
+                tx.element("delete", c, key, None, "");
+                tx.element("add", c, key, data.comment.as_deref(), &data.value);
                 self.deleted += 1;
                 self.added += 1;
             }
             None => {
-                tx.element("add", c, &key, comment, &value);
+                tx.element("add", c, key, data.comment.as_deref(), &data.value);
                 self.added += 1;
             }
         }
-        self.new.maps[c.index()].insert(key, ElementData { value, comment: comment.map(str::to_string) });
+        self.gone.remove(id);
+        self.new.maps[c.index()].insert(key.clone(), data);
     }
 
-    /// Delete what was applied and is no longer wanted.
-    fn delete_leftovers(&mut self, tx: &mut Tx) {
-        let Some(applied) = self.applied else { return };
+    /// The service is written: it lets go of what it no longer wants, and
+    /// hands back what it owns now.
+    fn end(&mut self, tx: &mut Tx) -> Vec<(Container, String)> {
+        let mut released: Vec<(Container, String)> =
+            self.old.iter().filter(|id| !self.wanted_set.contains(*id)).cloned().collect();
+        released.sort();
+        for id in released {
+            self.release(tx, id);
+        }
+        self.old.clear();
+        self.wanted_set.clear();
+        std::mem::take(&mut self.wanted)
+    }
+
+    fn release(&mut self, tx: &mut Tx, id: (Container, String)) {
+        let (c, key) = (id.0, id.1.as_str());
+        let Some(mut d) = self.current(c, key).cloned() else { return };
+        if d.owners <= 1 {
+            tx.element("delete", c, key, None, "");
+            self.deleted += 1;
+            self.new.maps[c.index()].remove(key);
+            self.gone.insert(id);
+            return;
+        }
+        d.owners -= 1;
+        let me = &self.service;
+        d.contenders.retain(|(k, ..)| k != me);
+        if let Some((w, v, cm)) = d.contenders.last().cloned() {
+            (d.writer, d.value, d.comment) = (Some(w), v, cm);
+        }
+        if d.contenders.len() <= 1 {
+            d.contenders.clear();
+        }
+        self.put(tx, &id, d);
+    }
+
+    /// The elements of a batched full sync: one `add element` per set or map
+    /// (a chunk of at most `BATCH` elements each: nft's per-operation work
+    /// grows with the number of operations in a transaction).
+    fn write_batched(&mut self, tx: &mut Tx) {
+        const BATCH: usize = 20_000;
         for c in Container::ALL {
-            let mut gone: Vec<&String> = applied.maps[c.index()]
-                .keys()
-                .filter(|k| !self.new.maps[c.index()].contains_key(*k))
-                .collect();
-            gone.sort();
-            for key in gone {
-                tx.element("delete", c, key, None, "");
-                self.deleted += 1;
+            let mut items: Vec<(&String, &ElementData)> = self.new.maps[c.index()].iter().collect();
+            items.sort_by(|a, b| a.0.cmp(b.0));
+            self.added += items.len();
+            for chunk in items.chunks(BATCH) {
+                let mut e = String::with_capacity(chunk.len() * 48);
+                e.push_str("{ ");
+                for (i, (key, d)) in chunk.iter().enumerate() {
+                    if i > 0 {
+                        e.push_str(" , ");
+                    }
+                    tx.check(check_comment("nft element key", key));
+                    tx.check(check_comment("nft element value", &d.value));
+                    e.push_str(key);
+                    if let Some(cm) = &d.comment {
+                        tx.check(check_comment("nft element comment", cm));
+                        e.push_str(" comment \"");
+                        e.push_str(cm);
+                        e.push('"');
+                    }
+                    if !d.value.is_empty() {
+                        e.push_str(" : ");
+                        e.push_str(&d.value);
+                    }
+                }
+                e.push_str(" }");
+                tx.op("add", "element", &[c.name(), &e]);
             }
         }
+    }
+
+    /// Incremental: every element touched, as the transaction leaves it.
+    fn changes(self) -> Vec<(Container, String, Option<ElementData>)> {
+        let mut out: Vec<_> = self.gone.into_iter().map(|(c, k)| (c, k, None)).collect();
+        for c in Container::ALL {
+            out.extend(self.new.maps[c.index()].iter().map(|(k, d)| (c, k.clone(), Some(d.clone()))));
+        }
+        out
     }
 }
 
@@ -435,6 +794,9 @@ fn setup_table(tx: &mut Tx, cfg: &NftablesConfig, recreate_base_chains: bool) {
         ensure(tx, chain);
     }
     mark_for_masquerade(tx, cfg);
+    if cfg.layout == NftLayout::EndpointMaps {
+        endpoint_maps(tx, cfg);
+    }
     masquerading(tx, cfg);
 
     let addr_type = cfg.node.family.nft_addr_type();
@@ -495,9 +857,27 @@ fn setup_table(tx: &mut Tx, cfg: &NftablesConfig, recreate_base_chains: bool) {
     );
     services(tx, cfg.node.family, match_all);
 
-    for c in Container::ALL {
+    for c in Container::ALL.into_iter().filter(|c| c.in_layout(cfg.layout)) {
         tx.op("flush", if c.is_set() { "set" } else { "map" }, &[c.name()]);
     }
+}
+
+/// The endpoint-maps layout's map and set ([`NftLayout::EndpointMaps`]):
+/// `endpoint-dnat` (slot → endpoint) and `endpoint-hairpin` (`ip . ip` of
+/// every endpoint), with the hairpin check ahead of `masquerading`'s rules:
+/// a connection DNATed to the address it came from is masqueraded, as
+/// kube-proxy's endpoint chains mark it before DNAT.
+fn endpoint_maps(tx: &mut Tx, cfg: &NftablesConfig) {
+    let ipx = tx.ipx;
+    let addr_type = cfg.node.family.nft_addr_type();
+    let map = format!(
+        "{{ typeof numgen random mod 1 : {ipx} daddr . tcp dport ; comment \"endpoints of the policy chains, by slot\" ; }}"
+    );
+    tx.op("add", "map", &[ENDPOINT_DNAT, &map]);
+    let set = format!(
+        "{{ type {addr_type} . {addr_type} ; comment \"endpoint . endpoint: hairpin connections\" ; }}"
+    );
+    tx.op("add", "set", &[ENDPOINT_HAIRPIN, &set]);
 }
 
 /// `mark-for-masquerade`: set the masquerade bit.
@@ -509,6 +889,11 @@ fn mark_for_masquerade(tx: &mut Tx, cfg: &NftablesConfig) {
 /// packet that re-traverses the stack is not masqueraded twice).
 fn masquerading(tx: &mut Tx, cfg: &NftablesConfig) {
     let mark = cfg.node.masquerade_mark.as_str();
+    if cfg.layout == NftLayout::EndpointMaps {
+        let ipx = tx.ipx;
+        let hairpin = format!("{ipx} saddr . {ipx} daddr @{ENDPOINT_HAIRPIN}");
+        tx.rule(MASQUERADING, &["ct status dnat", &hairpin, "jump", MARK_FOR_MASQUERADE]);
+    }
     tx.rule(MASQUERADING, &["mark and", mark, "== 0 return"]);
     tx.rule(MASQUERADING, &["mark set mark xor", mark]);
     tx.rule(MASQUERADING, &["masquerade fully-random"]);
@@ -789,9 +1174,28 @@ fn endpoint_chain(tx: &mut Tx, sp: &ServicePortInfo, ep: &EndpointInfo, names: &
     tx.rule(&names.chain, &["meta l4proto", sp.protocol.as_str(), "dnat to", &ep.endpoint]);
 }
 
+/// `service-…` / `local-…` in the endpoint-maps layout: DNAT to one of the
+/// chain's `endpoint-dnat` slots, picked at random.
+fn policy_chain_by_map(tx: &mut Tx, chain: &str, sp: &ServicePortInfo, eps: usize, slots: &Slots) {
+    if eps == 0 {
+        return;
+    }
+    let ipx = tx.ipx;
+    let nat = format!(
+        "{ipx} addr . port to numgen random mod {} offset {} map @{ENDPOINT_DNAT}",
+        slots.len, slots.base
+    );
+    tx.rule(chain, &["meta l4proto", sp.protocol.as_str(), "dnat", &nat]);
+}
+
 /// Render one sync's transaction (`syncProxyRules`). Refused (no
 /// transaction at all) if a name or comment could change what the
 /// transaction says (see [`Tx`]).
+///
+/// A full render writes every service. An incremental one looks only at
+/// the changed and removed services (found in the sorted state by
+/// [`ProxyState::ports_of`]) and at what was applied for them: its cost is
+/// that of the change, not of the cluster.
 pub fn render(
     state: &ProxyState,
     cfg: &NftablesConfig,
@@ -803,76 +1207,114 @@ pub fn render(
         tx.buf.reserve(4096 + state.total_endpoints() * 330 + state.services.len() * 400);
         setup_table(&mut tx, cfg, plan.recreate_base_chains);
     }
-    let applied_elements = if plan.full { None } else { plan.applied.map(|a| &a.elements) };
-    let mut el = ElementWriter { applied: applied_elements, new: Elements::default(), added: 0, deleted: 0 };
+    let applied = if plan.full { None } else { plan.applied };
+    let mut el = ElementWriter::new(applied.map(|a| &a.elements));
+    el.batched = plan.full && cfg.layout == NftLayout::EndpointMaps;
+    let mut slots = if plan.full {
+        SlotAllocator::default()
+    } else {
+        applied.map(|a| a.slots.clone()).unwrap_or_default()
+    };
     let mut out = NftRendered::default();
-    let mut present: HashSet<ServiceKey> = HashSet::new();
+    let empty = ServiceObjects::default();
+    // Slot ranges given up, freed once every service is written (a range
+    // freed and taken again in one transaction would mix two services' elements).
+    let mut freed: Vec<(u32, u32)> = Vec::new();
 
-    for sp in &state.services {
-        let p = PortPlan::new(sp, state.endpoints_of(sp), &cfg.node.hostname);
-        let key = (sp.namespace.clone(), sp.name.clone());
-        let write = plan.full || plan.changed.is_some_and(|c| c.contains(&key));
-        if !write {
-            // Only its elements are compared (unchanged: nothing is written).
-            service_elements(&mut tx, &mut el, &p);
-            present.insert(key);
-            continue;
+    // The services this transaction writes or removes, each with its ports.
+    let mut work: Vec<(ServiceKey, Vec<&ServicePortInfo>)> = Vec::new();
+    if plan.full {
+        // In state order; a service's ports together even if not adjacent.
+        let mut at: HashMap<(&str, &str), usize> = HashMap::new();
+        for sp in &state.services {
+            match at.get(&(sp.namespace.as_str(), sp.name.as_str())) {
+                Some(&i) => work[i].1.push(sp),
+                None => {
+                    at.insert((&sp.namespace, &sp.name), work.len());
+                    work.push(((sp.namespace.clone(), sp.name.clone()), vec![sp]));
+                }
+            }
         }
-        let objects = out.objects.entry(key.clone()).or_default();
-        present.insert(key);
-        let eps: Vec<(&EndpointInfo, EndpointNames)> =
-            p.t.all_reachable.iter().map(|ep| (*ep, endpoint_names(sp, ep))).collect();
-        let mut chains: Vec<&str> = eps.iter().map(|(_, n)| n.chain.as_str()).collect();
-        if p.t.uses_cluster_chain {
-            chains.push(&p.names.cluster);
+    } else {
+        // The lookups below need the state sorted as the inputs sort it.
+        debug_assert!(
+            state.services.windows(2).all(|w| w[0].name_string <= w[1].name_string),
+            "ProxyState::services must be sorted by name for an incremental render"
+        );
+        let mut keys: BTreeSet<&ServiceKey> = plan.changed.into_iter().flatten().collect();
+        match plan.removed {
+            Some(r) => keys.extend(r),
+            // No list of removed services: compare what was applied with the state.
+            None => keys.extend(
+                applied.into_iter().flat_map(|a| a.objects.keys()).filter(|k| state.ports_of(k).is_empty()),
+            ),
         }
-        if p.t.uses_local_chain {
-            chains.push(&p.names.local);
-        }
-        if p.t.uses_external_chain {
-            chains.push(&p.names.external);
-        }
-        for c in &chains {
-            tx.ensure_chain(c);
-        }
-        // The firewall chain is created just before the elements that use it.
-        service_elements_with_firewall(&mut tx, &mut el, &p);
-        if p.uses_firewall_chain {
-            chains.push(&p.names.firewall);
-        }
-        objects.chains.extend(chains.iter().map(|c| c.to_string()));
-        out.written_chains.extend(chains.iter().map(|c| c.to_string()));
-
-        internal_masquerade(&mut tx, &p, cfg);
-        if p.t.uses_external_chain {
-            external_chain(&mut tx, &p, cfg);
-        }
-        if p.uses_firewall_chain {
-            firewall_chain(&mut tx, &p, cfg);
-        }
-        if let Some(timeout) = sp.affinity_timeout {
-            affinity_sets(&mut tx, &eps, timeout, cfg.node.family);
-            objects.affinity_sets.extend(eps.iter().map(|(_, n)| n.affinity.clone()));
-        }
-        let by_endpoint: HashMap<&str, &EndpointNames> =
-            eps.iter().map(|(ep, n)| (ep.endpoint.as_str(), n)).collect();
-        let affinity = sp.affinity_timeout.is_some();
-        if p.t.uses_cluster_chain {
-            policy_chain(&mut tx, &p.names.cluster, &p.t.cluster, &by_endpoint, affinity);
-        }
-        if p.t.uses_local_chain {
-            policy_chain(&mut tx, &p.names.local, &p.t.local, &by_endpoint, affinity);
-        }
-        for (ep, n) in &eps {
-            endpoint_chain(&mut tx, sp, ep, n);
-        }
+        work.extend(keys.into_iter().map(|k| (k.clone(), state.ports_of(k).iter().collect())));
     }
 
-    stale_objects(&mut tx, plan, &present, &mut out);
-    el.delete_leftovers(&mut tx);
-    out.elements = el.new;
+    for (key, ports) in work {
+        let old = applied.and_then(|a| a.objects.get(&key)).unwrap_or(&empty);
+        if ports.is_empty() {
+            // Removed: its elements go now, its chains and sets below.
+            if applied.is_some_and(|a| a.objects.contains_key(&key)) {
+                el.begin(&key, &old.elements);
+                el.end(&mut tx);
+                freed.extend(old.slots.iter().map(|s| (s.base, s.len)));
+                stale_objects(&mut tx, old, &empty, &mut out);
+                out.removed_services.push(key);
+            }
+            continue;
+        }
+        el.begin(&key, &old.elements);
+        let mut objects = ServiceObjects::default();
+        // Its chains, sets and rules first (the elements point at its chains).
+        let mut ct = tx.sub();
+        let mut et = tx.sub();
+        for sp in ports {
+            write_service_port(&mut ct, &mut et, &mut el, &mut slots, old, &mut objects, sp, state, cfg);
+        }
+        objects.elements = el.end(&mut et);
+        objects.chain_hash = content_hash(&ct.buf);
+        // Endpoint-maps layout: chains whose text is what was applied are not
+        // written again (an endpoint change is then map elements alone: no
+        // rule with a verdict, nothing the kernel re-validates).
+        let unchanged = cfg.layout == NftLayout::EndpointMaps
+            && !plan.full
+            && old.chain_hash == objects.chain_hash
+            && old.chains == objects.chains;
+        if !unchanged {
+            out.written_chains.extend(objects.chains.iter().cloned());
+            tx.append(ct);
+        }
+        tx.append(et);
+        for s in &old.slots {
+            if !objects.slots.contains(s) {
+                freed.push((s.base, s.len));
+            }
+        }
+        stale_objects(&mut tx, old, &objects, &mut out);
+        out.objects.insert(key, objects);
+    }
+    for (base, len) in freed {
+        slots.release(base, len);
+    }
+    if el.batched {
+        el.write_batched(&mut tx);
+    }
+    if plan.full {
+        full_sync_leftovers(&mut tx, plan, &mut out);
+        out.elements = std::mem::take(&mut el.new);
+    }
     out.elements_added = el.added;
     out.elements_deleted = el.deleted;
+    if !plan.full {
+        out.element_changes = el.changes();
+    }
+    out.slots = slots;
+    out.stale_chains.sort();
+    out.stale_chains.dedup();
+    out.deleted_sets.sort();
+    out.deleted_sets.dedup();
     if let Some(refused) = tx.refused {
         return Err(refused);
     }
@@ -882,54 +1324,136 @@ pub fn render(
     Ok(out)
 }
 
-/// [`service_elements`] for a service whose chains are written: its firewall
-/// chain must exist before the `firewall-ips` element that points to it.
-fn service_elements_with_firewall(tx: &mut Tx, el: &mut ElementWriter<'_>, p: &PortPlan<'_>) {
-    if p.uses_firewall_chain {
-        tx.ensure_chain(&p.names.firewall);
+/// Write one service port: its chains, sets and rules to `ct`, its elements to `tx`.
+#[allow(clippy::too_many_arguments)]
+fn write_service_port(
+    ct: &mut Tx,
+    tx: &mut Tx,
+    el: &mut ElementWriter<'_>,
+    slots: &mut SlotAllocator,
+    old: &ServiceObjects,
+    objects: &mut ServiceObjects,
+    sp: &ServicePortInfo,
+    state: &ProxyState,
+    cfg: &NftablesConfig,
+) {
+    let p = PortPlan::new(sp, state.endpoints_of(sp), &cfg.node.hostname);
+    // Endpoint chains (kube-proxy's layout, and affinity services in either).
+    let by_map = cfg.layout == NftLayout::EndpointMaps && sp.affinity_timeout.is_none();
+    let eps: Vec<(&EndpointInfo, EndpointNames)> = if by_map {
+        Vec::new()
+    } else {
+        p.t.all_reachable.iter().map(|ep| (*ep, endpoint_names(sp, ep))).collect()
+    };
+    let mut chains: Vec<&str> = eps.iter().map(|(_, n)| n.chain.as_str()).collect();
+    if p.t.uses_cluster_chain {
+        chains.push(&p.names.cluster);
     }
-    service_elements(tx, el, p);
+    if p.t.uses_local_chain {
+        chains.push(&p.names.local);
+    }
+    if p.t.uses_external_chain {
+        chains.push(&p.names.external);
+    }
+    if p.uses_firewall_chain {
+        chains.push(&p.names.firewall);
+    }
+    for c in &chains {
+        ct.ensure_chain(c);
+    }
+    service_elements(tx, el, &p);
+    objects.chains.extend(chains.iter().map(|c| c.to_string()));
+
+    internal_masquerade(ct, &p, cfg);
+    if p.t.uses_external_chain {
+        external_chain(ct, &p, cfg);
+    }
+    if p.uses_firewall_chain {
+        firewall_chain(ct, &p, cfg);
+    }
+    if by_map {
+        for (used, chain, list) in [
+            (p.t.uses_cluster_chain, &p.names.cluster, &p.t.cluster),
+            (p.t.uses_local_chain, &p.names.local, &p.t.local),
+        ] {
+            if !used || list.is_empty() {
+                continue;
+            }
+            let len = list.len() as u32;
+            // The same number of endpoints: the same slots (only the changed
+            // endpoints' elements are written).
+            let s = match old.slots.iter().find(|s| &s.chain == chain && s.len == len) {
+                Some(s) => s.clone(),
+                None => Slots { chain: chain.clone(), base: slots.alloc(len), len },
+            };
+            for (i, ep) in list.iter().enumerate() {
+                let value = format!("{} . {}", ep.ip, ep.port);
+                el.ensure(tx, Container::EndpointDnat, (s.base + i as u32).to_string(), value, None);
+            }
+            policy_chain_by_map(ct, chain, sp, list.len(), &s);
+            objects.slots.push(s);
+        }
+        for ep in &p.t.all_reachable {
+            el.ensure(tx, Container::EndpointHairpin, format!("{} . {}", ep.ip, ep.ip), String::new(), None);
+        }
+        return;
+    }
+    if let Some(timeout) = sp.affinity_timeout {
+        affinity_sets(ct, &eps, timeout, cfg.node.family);
+        objects.affinity_sets.extend(eps.iter().map(|(_, n)| n.affinity.clone()));
+    }
+    let by_endpoint: HashMap<&str, &EndpointNames> =
+        eps.iter().map(|(ep, n)| (ep.endpoint.as_str(), n)).collect();
+    let affinity = sp.affinity_timeout.is_some();
+    if p.t.uses_cluster_chain {
+        policy_chain(ct, &p.names.cluster, &p.t.cluster, &by_endpoint, affinity);
+    }
+    if p.t.uses_local_chain {
+        policy_chain(ct, &p.names.local, &p.t.local, &by_endpoint, affinity);
+    }
+    for (ep, n) in &eps {
+        endpoint_chain(ct, sp, ep, n);
+    }
 }
 
-/// Chains and affinity sets nobody uses any more: chains are flushed (their
-/// map elements go in the same transaction; deleting a chain in the
-/// transaction that drops the last reference to it fails on kernels before
-/// 6.2, so deletion waits), sets are deleted at once.
-fn stale_objects(tx: &mut Tx, plan: &NftPlan<'_>, present: &HashSet<ServiceKey>, out: &mut NftRendered) {
+/// A rewritten or removed service's chains and affinity sets it no longer
+/// uses: chains are flushed (their map elements go in the same transaction;
+/// deleting a chain in the transaction that drops the last reference to it
+/// fails on kernels before 6.2, so deletion waits), sets are deleted at once.
+fn stale_objects(tx: &mut Tx, old: &ServiceObjects, new: &ServiceObjects, out: &mut NftRendered) {
+    for c in old.chains.iter().filter(|c| !new.chains.contains(c)) {
+        tx.name("nft chain name", c);
+        tx.op("flush", "chain", &[c]);
+        out.stale_chains.push(c.clone());
+    }
+    for s in old.affinity_sets.iter().filter(|s| !new.affinity_sets.contains(s)) {
+        tx.name("nft set name", s);
+        tx.op("delete", "set", &[s]);
+        out.deleted_sets.push(s.clone());
+    }
+}
+
+/// A full sync: the chains and affinity sets the table has (`nft list`) that
+/// no service uses (an earlier run's, or another layout's) are cleaned up the
+/// same way.
+fn full_sync_leftovers(tx: &mut Tx, plan: &NftPlan<'_>, out: &mut NftRendered) {
+    let active_chains: HashSet<&str> =
+        out.objects.values().flat_map(|o| o.chains.iter().map(String::as_str)).collect();
+    let active_sets: HashSet<&str> =
+        out.objects.values().flat_map(|o| o.affinity_sets.iter().map(String::as_str)).collect();
     let mut stale_chains: BTreeSet<String> = BTreeSet::new();
     let mut stale_sets: BTreeSet<String> = BTreeSet::new();
-    if plan.full {
-        let active_chains: HashSet<&str> =
-            out.objects.values().flat_map(|o| o.chains.iter().map(String::as_str)).collect();
-        let active_sets: HashSet<&str> =
-            out.objects.values().flat_map(|o| o.affinity_sets.iter().map(String::as_str)).collect();
-        // A leftover whose name could not be written safely was not written
-        // by us: it is left alone rather than failing every full sync.
-        for c in plan.existing_chains.into_iter().flatten().filter(|c| check_name("", c).is_ok()) {
-            if crate::names::is_nft_service_chain(c) && !active_chains.contains(c.as_str()) {
-                stale_chains.insert(c.clone());
-            }
+    // A leftover whose name could not be written safely was not written
+    // by us: it is left alone rather than failing every full sync.
+    for c in plan.existing_chains.into_iter().flatten().filter(|c| check_name("", c).is_ok()) {
+        if crate::names::is_nft_service_chain(c) && !active_chains.contains(c.as_str()) {
+            stale_chains.insert(c.clone());
         }
-        for s in plan.existing_sets.into_iter().flatten().filter(|s| check_name("", s).is_ok()) {
-            if s.starts_with(AFFINITY_PREFIX) && !active_sets.contains(s.as_str()) {
-                stale_sets.insert(s.clone());
-            }
+    }
+    for s in plan.existing_sets.into_iter().flatten().filter(|s| check_name("", s).is_ok()) {
+        if s.starts_with(AFFINITY_PREFIX) && !active_sets.contains(s.as_str()) {
+            stale_sets.insert(s.clone());
         }
-    } else if let Some(applied) = plan.applied {
-        let empty = ServiceObjects::default();
-        for (key, old) in &applied.objects {
-            let rewritten = out.objects.get(key);
-            if rewritten.is_none() && present.contains(key) {
-                continue; // unchanged service
-            }
-            if rewritten.is_none() {
-                out.removed_services.push(key.clone());
-            }
-            let new = rewritten.unwrap_or(&empty);
-            stale_chains.extend(old.chains.iter().filter(|c| !new.chains.contains(c)).cloned());
-            stale_sets.extend(old.affinity_sets.iter().filter(|s| !new.affinity_sets.contains(s)).cloned());
-        }
-        out.removed_services.sort();
     }
     for c in &stale_chains {
         tx.name("nft chain name", c);
@@ -941,4 +1465,11 @@ fn stale_objects(tx: &mut Tx, plan: &NftPlan<'_>, present: &HashSet<ServiceKey>,
     }
     out.stale_chains = stale_chains.into_iter().collect();
     out.deleted_sets = stale_sets.into_iter().collect();
+}
+
+fn content_hash(text: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    text.hash(&mut h);
+    h.finish()
 }
