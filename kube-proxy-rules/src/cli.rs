@@ -115,6 +115,11 @@ pub struct NodeArgs {
     /// Node name: endpoints with this nodeName are local (default: the host name)
     #[arg(long, value_name = "NAME")]
     pub hostname_override: Option<String>,
+    /// The node's zone (its Node's topology.kubernetes.io/zone label, which kube-proxy reads
+    /// from the API): EndpointSlice hints for it keep traffic in it. Unset: zone hints are
+    /// not used
+    #[arg(long, value_name = "ZONE", value_parser = zone_name)]
+    pub node_zone: Option<String>,
     /// Node IP(s), one per family; repeatable
     #[arg(long, value_name = "IP[,IP]", value_parser = node_ip_list)]
     pub node_ip: Vec<CommaList<IpAddr>>,
@@ -196,6 +201,21 @@ fn node_ip_list(v: &str) -> Result<CommaList<IpAddr>, String> {
     CommaList::parse_with(v, |ip| crate::model::service::parse_ip_sloppy(ip).ok_or("invalid IP"))
 }
 
+/// `--node-zone`: a label value, as the API server admits it (at most 63
+/// characters, alphanumerics, `-`, `_`, `.`, alphanumeric at both ends).
+fn zone_name(v: &str) -> Result<String, String> {
+    let ok_end = |c: Option<char>| c.is_some_and(|c| c.is_ascii_alphanumeric());
+    let valid = v.len() <= 63
+        && ok_end(v.chars().next())
+        && ok_end(v.chars().last())
+        && v.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if valid {
+        Ok(v.to_string())
+    } else {
+        Err(format!("{v:?} is not a label value (alphanumerics, '-', '_', '.', at most 63)"))
+    }
+}
+
 /// `--service-cluster-ip-range`: at most one range per family, primary first.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServiceRanges(pub Vec<IpNetwork>);
@@ -254,6 +274,8 @@ pub struct Args {
     pub proxy_mode: ProxyMode,
     pub inputs: Vec<PathBuf>,
     pub hostname: Option<String>,
+    /// `--node-zone`.
+    pub zone: Option<String>,
     pub node_ips: Vec<IpAddr>,
     /// `--cluster-cidr`: at most one per family (the first of each).
     pub cluster_cidrs: Vec<IpNetwork>,
@@ -329,6 +351,7 @@ impl Args {
         a.proxy_mode = node.proxy_mode;
         a.inputs = inputs;
         a.hostname = node.hostname_override;
+        a.zone = node.node_zone;
         a.node_ips = CommaList::concat(&node.node_ip);
         for n in CommaList::concat(&node.cluster_cidr) {
             if !a.cluster_cidrs.iter().any(|c| c.is_ipv4() == n.is_ipv4()) {
@@ -358,6 +381,7 @@ impl Args {
             proxy_mode: ProxyMode::default(),
             inputs: Vec::new(),
             hostname: None,
+            zone: None,
             node_ips: Vec::new(),
             cluster_cidrs: Vec::new(),
             masquerade_bit: 14,
@@ -461,6 +485,7 @@ impl Args {
             masquerade_all: self.masquerade_all,
             nodeport_addresses: Vec::new(),
             local_addresses: self.local_addresses(family, in_other_netns),
+            zone: self.zone.clone(),
         };
         for a in &self.nodeport_addresses {
             if a == "primary" {
@@ -759,6 +784,23 @@ mod tests {
         }
         // A value flag at the end without its value.
         assert_eq!(clap_err(&["render", "--hostname-override"]).kind(), clap::error::ErrorKind::InvalidValue);
+    }
+
+    #[test]
+    fn node_zone_is_a_label_value_and_reaches_both_modes() {
+        let a = args(&["sync", "--hostname-override", "n", "--node-zone", "eu-west-1a"]).unwrap();
+        assert_eq!(a.zone.as_deref(), Some("eu-west-1a"));
+        assert_eq!(a.nft_config(IpFamily::V4, true).unwrap().node.zone.as_deref(), Some("eu-west-1a"));
+        assert_eq!(args(&["sync", "--hostname-override", "n"]).unwrap().zone, None);
+        for bad in [
+            "--node-zone=-a",
+            "--node-zone=a b",
+            "--node-zone=zone/a",
+            &format!("--node-zone={}", "z".repeat(64)),
+        ] {
+            let e = clap_err(&["sync", bad]);
+            assert_eq!(e.kind(), clap::error::ErrorKind::ValueValidation, "{bad}");
+        }
     }
 
     #[test]

@@ -135,6 +135,11 @@ pub struct ServiceSpec {
     pub load_balancer_ip: Option<String>,
     #[serde(default)]
     pub allocate_load_balancer_node_ports: Option<bool>,
+    /// `PreferClose` (= `PreferSameZone`) or `PreferSameNode`: what the
+    /// EndpointSlice controller turns into hints (see
+    /// [`crate::model::topology`]).
+    #[serde(default)]
+    pub traffic_distribution: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -193,6 +198,28 @@ pub struct SliceEndpoint {
     pub conditions: EndpointConditions,
     #[serde(default)]
     pub node_name: Option<String>,
+    /// The zone of the endpoint's node (`topology.kubernetes.io/zone`).
+    #[serde(default)]
+    pub zone: Option<String>,
+    #[serde(default)]
+    pub hints: Option<EndpointHints>,
+}
+
+/// Where an endpoint should be consumed (set by the EndpointSlice controller).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EndpointHints {
+    #[serde(default)]
+    pub for_zones: Vec<HintName>,
+    #[serde(default)]
+    pub for_nodes: Vec<HintName>,
+}
+
+/// `{name: …}` of a `forZones`/`forNodes` entry.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct HintName {
+    #[serde(default)]
+    pub name: String,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]

@@ -68,6 +68,19 @@ impl<B: Backend> Syncer<B> {
         true
     }
 
+    /// Take the node's zone (its Node's `topology.kubernetes.io/zone`
+    /// label, or `--node-zone`). If it changed, the next sync is a full one:
+    /// topology hints pick other endpoints, and a service's fingerprint does
+    /// not cover the node's zone. Returns true if it changed.
+    pub fn set_zone(&mut self, zone: Option<String>) -> bool {
+        if self.backend.node().zone == zone {
+            return false;
+        }
+        self.backend.node_mut().zone = zone;
+        self.force_full_sync(FullSyncReason::NodeZoneChanged);
+        true
+    }
+
     /// Make the next sync a full one.
     pub fn force_full_sync(&mut self, reason: FullSyncReason) {
         self.full_syncs.force(reason);
@@ -282,5 +295,17 @@ mod tests {
         assert!(s.set_local_addresses(vec!["192.0.2.1".parse().unwrap()]));
         assert_eq!(s.backend.node.local_addresses, ["192.0.2.1".parse::<IpAddr>().unwrap()]);
         assert_eq!(s.sync(&ProxyState::default()).unwrap().full, Some(FullSyncReason::NodeAddressesChanged));
+    }
+
+    #[test]
+    fn a_new_zone_makes_the_next_sync_full() {
+        let mut s = Syncer::new(Recorder::default());
+        s.sync(&ProxyState::default()).unwrap();
+        assert!(!s.set_zone(None));
+        assert!(s.set_zone(Some("zone-a".into())));
+        assert!(!s.set_zone(Some("zone-a".into())));
+        assert_eq!(s.backend.node.zone.as_deref(), Some("zone-a"));
+        assert_eq!(s.sync(&ProxyState::default()).unwrap().full, Some(FullSyncReason::NodeZoneChanged));
+        assert_eq!(s.sync(&ProxyState::default()).unwrap().full, None);
     }
 }

@@ -16,7 +16,7 @@ use crate::config::NodeConfig;
 use crate::family::IpFamily;
 use crate::model::endpoints::{EndpointInfo, Traffic};
 use crate::model::service::ServicePortInfo;
-use crate::model::ProxyState;
+use crate::model::{Locality, ProxyState};
 use crate::names::{self, *};
 use crate::validate::{check_comment, check_line, check_name, UnsafeText};
 
@@ -252,8 +252,8 @@ struct PortPlan<'a> {
 }
 
 impl<'a> PortPlan<'a> {
-    fn new(sp: &'a ServicePortInfo, eps: &'a [EndpointInfo], node: &str) -> Self {
-        let t = Traffic::new(sp, eps, node);
+    fn new(sp: &'a ServicePortInfo, eps: &'a [EndpointInfo], here: Locality<'_>) -> Self {
+        let t = Traffic::new(sp, eps, here);
         let internal_chain = if sp.internal_policy_local { &sp.chains.svl } else { &sp.chains.svc };
         let external_policy_chain = if sp.external_policy_local { &sp.chains.svl } else { &sp.chains.svc };
         let name = &sp.name_string;
@@ -897,7 +897,7 @@ pub fn render(
     for sp in &state.services {
         // The service port name goes into comments, quoted and unquoted.
         check_comment("iptables comment", &sp.name_string)?;
-        let p = PortPlan::new(sp, state.endpoints_of(sp), &cfg.node.hostname);
+        let p = PortPlan::new(sp, state.endpoints_of(sp), cfg.node.locality());
         kube_services(&mut t, &p);
         kube_external_services(&mut t, &p);
         kube_proxy_firewall(&mut t, &p);

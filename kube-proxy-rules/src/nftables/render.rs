@@ -20,7 +20,7 @@ use crate::config::NodeConfig;
 use crate::family::IpFamily;
 use crate::model::endpoints::{EndpointInfo, Traffic};
 use crate::model::service::ServicePortInfo;
-use crate::model::{ProxyState, ServiceKey};
+use crate::model::{Locality, ProxyState, ServiceKey};
 use crate::names::nft_endpoint_base;
 use crate::validate::{check_comment, check_line, check_name, check_word, UnsafeText};
 
@@ -597,8 +597,8 @@ struct PortPlan<'a> {
 }
 
 impl<'a> PortPlan<'a> {
-    fn new(sp: &'a ServicePortInfo, eps: &'a [EndpointInfo], node: &str) -> Self {
-        let t = Traffic::new(sp, eps, node);
+    fn new(sp: &'a ServicePortInfo, eps: &'a [EndpointInfo], here: Locality<'_>) -> Self {
+        let t = Traffic::new(sp, eps, here);
         let reject = "goto reject-chain";
         let (internal_verdict, external_verdict) =
             if !t.has_endpoints { (reject, reject) } else { ("drop", "drop") };
@@ -809,7 +809,7 @@ pub fn render(
     let mut present: HashSet<ServiceKey> = HashSet::new();
 
     for sp in &state.services {
-        let p = PortPlan::new(sp, state.endpoints_of(sp), &cfg.node.hostname);
+        let p = PortPlan::new(sp, state.endpoints_of(sp), cfg.node.locality());
         let key = (sp.namespace.clone(), sp.name.clone());
         let write = plan.full || plan.changed.is_some_and(|c| c.contains(&key));
         if !write {
