@@ -170,7 +170,21 @@ pub struct SyncArgs {
           default_missing_value = "true", default_value = "false", value_parser = parse_bool,
           value_name = "BOOL")]
     pub rewrite_top_level_chains: bool,
+    /// After each successful sync, delete the conntrack entries of UDP/SCTP services whose
+    /// endpoint went away, or that were made while the service had no endpoint (as kube-proxy)
+    #[arg(long, action = ArgAction::Set, num_args = 0..=1, require_equals = true,
+          default_missing_value = "true", default_value = "true", value_parser = parse_bool,
+          value_name = "BOOL")]
+    pub conntrack_cleanup: bool,
+    /// Where the last synced UDP/SCTP services are remembered (conntrack-ipv4.json,
+    /// conntrack-ipv6.json), so a restart cleans only what changed meanwhile. One directory
+    /// per node
+    #[arg(long, value_name = "DIR", default_value = DEFAULT_STATE_DIR)]
+    pub state_dir: PathBuf,
 }
+
+/// `--state-dir`'s default.
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/kube-proxy-rules";
 
 /// `bench`.
 #[derive(Debug, Clone, clap::Args)]
@@ -288,6 +302,10 @@ pub struct Args {
     pub datastore: Option<DatastoreConfig>,
     pub dry_run: bool,
     pub rewrite_top_level: bool,
+    /// `--conntrack-cleanup`.
+    pub conntrack_cleanup: bool,
+    /// `--state-dir`.
+    pub state_dir: PathBuf,
     pub canonical: bool,
     pub sync_period: Duration,
     pub min_sync_period: Duration,
@@ -372,6 +390,8 @@ impl Args {
         self.sync_period = s.sync_period;
         self.min_sync_period = s.min_sync_period;
         self.rewrite_top_level = s.rewrite_top_level_chains;
+        self.conntrack_cleanup = s.conntrack_cleanup;
+        self.state_dir = s.state_dir.clone();
     }
 
     /// kube-proxy's defaults (and the bench's), for `command`.
@@ -392,6 +412,8 @@ impl Args {
             datastore: None,
             dry_run: false,
             rewrite_top_level: false,
+            conntrack_cleanup: true,
+            state_dir: PathBuf::from(DEFAULT_STATE_DIR),
             canonical: false,
             sync_period: Duration::from_secs(30),
             min_sync_period: Duration::from_secs(1),

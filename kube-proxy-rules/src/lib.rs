@@ -92,6 +92,7 @@ pub mod backend;
 pub mod cli;
 pub mod commands;
 pub mod config;
+pub mod conntrack;
 pub mod exec;
 pub mod family;
 pub mod inputs;
