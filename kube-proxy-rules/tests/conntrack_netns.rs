@@ -255,7 +255,16 @@ fn stale_udp_flows_follow_the_endpoint_nftables() {
     stale_udp_flows_follow_the_endpoint("nftables");
 }
 
-fn stale_udp_flows_follow_the_endpoint(mode: &str) {
+/// The node, its two pods (UDP and TCP servers on 5353 answering "pod-a"
+/// and "pod-b") and an external client.
+struct Setup {
+    node: Netns,
+    client: Netns,
+    _pods: [Netns; 2],
+    _servers: [Task; 2],
+}
+
+fn setup() -> Setup {
     let node = Netns::new("ctn");
     let n = node.name().to_string();
     let pod_a = calico_pod(&node, "cta", POD_A);
@@ -271,14 +280,19 @@ fn stale_udp_flows_follow_the_endpoint(mode: &str) {
          ip -n {c} addr add 192.168.77.2/24 dev eth0 && ip -n {c} link set eth0 up && \
          ip -n {c} route add default via {NODE_IP} && ip -n {n} route add default via 192.168.77.2"
     ));
-    let _sa = servers(&pod_a, "pod-a", 5353);
-    let _sb = servers(&pod_b, "pod-b", 5353);
+    let servers = [servers(&pod_a, "pod-a", 5353), servers(&pod_b, "pod-b", 5353)];
+    Setup { node, client, _pods: [pod_a, pod_b], _servers: servers }
+}
+
+fn stale_udp_flows_follow_the_endpoint(mode: &str) {
+    let setup = setup();
+    let (node, c) = (&setup.node, setup.client.name().to_string());
     let tmp = tempfile::tempdir().unwrap();
     let state_dir = tmp.path().join("state");
     let file = tmp.path().join("manifests.yaml");
 
     std::fs::write(&file, manifests(POD_A, None)).unwrap();
-    sync(mode, &node, &file, &state_dir, false);
+    sync(mode, node, &file, &state_dir, false);
     // A client of `late`'s external IP before the proxy knows that service:
     // its entry is made now, with no DNAT (the NAT hooks are there: `dns`
     // has rules), and its packets go nowhere.
@@ -297,15 +311,15 @@ fn stale_udp_flows_follow_the_endpoint(mode: &str) {
         );
     }
     assert!(late.since(t0).is_empty(), "{mode}: `late` is no service yet");
-    let tcp_id = entry_id(&node, &["tcp", "dst=10.96.0.53", "dport=53", &format!("src={POD_A}")])
-        .unwrap_or_else(|| panic!("{mode}: no TCP entry:\n{}", entries(&node).join("\n")));
+    let tcp_id = entry_id(node, &["tcp", "dst=10.96.0.53", "dport=53", &format!("src={POD_A}")])
+        .unwrap_or_else(|| panic!("{mode}: no TCP entry:\n{}", entries(node).join("\n")));
     let sport = direct.source_port().to_string();
-    let direct_id = entry_id(&node, &["udp", &format!("dst={POD_A}"), &format!("sport={sport}")]).unwrap();
+    let direct_id = entry_id(node, &["udp", &format!("dst={POD_A}"), &format!("sport={sport}")]).unwrap();
 
     // The endpoint moves to pod B; no cleanup: the clients keep reaching
     // pod A, which is no endpoint any more (until their entries time out).
     std::fs::write(&file, manifests(POD_B, None)).unwrap();
-    sync(mode, &node, &file, &state_dir, false);
+    sync(mode, node, &file, &state_dir, false);
     let t1 = Instant::now();
     std::thread::sleep(Duration::from_millis(1500));
     for (what, cl) in [("ClusterIP", &cluster_ip), ("NodePort", &node_port)] {
@@ -318,7 +332,7 @@ fn stale_udp_flows_follow_the_endpoint(mode: &str) {
     assert!(!state_dir.exists(), "no cleanup, no state");
 
     // With the cleanup and nothing remembered (a first start): reconciled.
-    let log = sync(mode, &node, &file, &state_dir, true);
+    let log = sync(mode, node, &file, &state_dir, true);
     let t2 = Instant::now();
     for (what, cl) in [("ClusterIP", &cluster_ip), ("NodePort", &node_port)] {
         let took = cl.wait_for("pod-b", t2, Duration::from_secs(2));
@@ -334,7 +348,7 @@ fn stale_udp_flows_follow_the_endpoint(mode: &str) {
     // Back to pod A, by a new `sync` process: the remembered state says
     // what changed, and only that is cleaned.
     std::fs::write(&file, manifests(POD_A, None)).unwrap();
-    let log = sync(mode, &node, &file, &state_dir, true);
+    let log = sync(mode, node, &file, &state_dir, true);
     let t3 = Instant::now();
     for (what, cl) in [("ClusterIP", &cluster_ip), ("NodePort", &node_port)] {
         let took = cl.wait_for("pod-a", t3, Duration::from_secs(1));
@@ -347,23 +361,23 @@ fn stale_udp_flows_follow_the_endpoint(mode: &str) {
     // `late` comes, with its first endpoint: the entry made before it, never
     // DNATed, goes (without the cleanup it would stay until the client stops).
     std::fs::write(&file, manifests(POD_A, Some(POD_B))).unwrap();
-    let log = sync(mode, &node, &file, &state_dir, true);
+    let log = sync(mode, node, &file, &state_dir, true);
     let t4 = Instant::now();
     assert!(
         late.wait_for("pod-b", t4, Duration::from_secs(1)).is_some(),
         "{mode}: the first endpoint of `late` is not reached: {:?}\n{log}\n{}",
         late.since(t0),
-        entries(&node).join("\n")
+        entries(node).join("\n")
     );
 
     // TCP and the unrelated UDP flow: the very same entries, and TCP still talks.
     assert_eq!(
-        entry_id(&node, &["tcp", "dst=10.96.0.53", "dport=53", &format!("src={POD_A}")]).as_deref(),
+        entry_id(node, &["tcp", "dst=10.96.0.53", "dport=53", &format!("src={POD_A}")]).as_deref(),
         Some(tcp_id.as_str()),
         "{mode}: the TCP entry was touched"
     );
     assert_eq!(
-        entry_id(&node, &["udp", &format!("dst={POD_A}"), &format!("sport={sport}")]).as_deref(),
+        entry_id(node, &["udp", &format!("dst={POD_A}"), &format!("sport={sport}")]).as_deref(),
         Some(direct_id.as_str()),
         "{mode}: the unrelated UDP entry was touched"
     );
@@ -398,6 +412,58 @@ fn client_tcp(netns: &str, addr: &str) -> TcpClient {
     let c = TcpClient { stream };
     assert_eq!(c.ask(), "pod-a");
     c
+}
+
+/// `run`, the long-lived proxy: the move of the endpoint is cleaned by the
+/// sync that follows the change of the input (the state in memory).
+#[test]
+fn run_cleans_stale_flows_after_the_sync_that_moves_the_endpoint_iptables() {
+    run_cleans_stale_flows("iptables");
+}
+
+#[test]
+fn run_cleans_stale_flows_after_the_sync_that_moves_the_endpoint_nftables() {
+    run_cleans_stale_flows("nftables");
+}
+
+fn run_cleans_stale_flows(mode: &str) {
+    let setup = setup();
+    let c = setup.client.name().to_string();
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("manifests.yaml");
+    std::fs::write(&file, manifests(POD_A, None)).unwrap();
+    let mut cmd = setup.node.cmd(env!("CARGO_BIN_EXE_kube-proxy-rules"));
+    cmd.args(["run", "--proxy-mode", mode, "--hostname-override", NODE, "--node-ip", NODE_IP])
+        .args(["--cluster-cidr", "10.244.0.0/16", "--min-sync-period", "100ms"])
+        .arg("--state-dir")
+        .arg(tmp.path().join("state"))
+        .arg(&file);
+    let mut run = testbed::Daemon::spawn("kube-proxy-rules", cmd, &tmp.path().join("run.log")).unwrap();
+    let cluster_ip = UdpClient::start(&c, "10.96.0.53:53");
+    let node_port = UdpClient::start(&c, &format!("{NODE_IP}:30053"));
+    let t0 = Instant::now();
+    for (what, cl) in [("ClusterIP", &cluster_ip), ("NodePort", &node_port)] {
+        let reached = cl.wait_for("pod-a", t0, Duration::from_secs(10));
+        assert!(reached.is_some(), "{mode}: {what} never reached pod A:\n{}", run.log_tail(30));
+    }
+    std::fs::write(&file, manifests(POD_B, None)).unwrap();
+    let t1 = Instant::now();
+    for (what, cl) in [("ClusterIP", &cluster_ip), ("NodePort", &node_port)] {
+        let took = cl.wait_for("pod-b", t1, Duration::from_secs(3));
+        assert!(took.is_some(), "{mode}: {what} still stale: {:?}\n{}", cl.since(t1), run.log_tail(30));
+        eprintln!("{mode}: {what} reached pod B {:?} after the input changed", took.unwrap_or_default());
+    }
+    // From then on, only pod B (the poll, the sync and one packet in flight before).
+    std::thread::sleep(Duration::from_millis(500));
+    let last = Instant::now() - Duration::from_millis(300);
+    for cl in [&cluster_ip, &node_port] {
+        let got = cl.since(last);
+        assert!(!got.is_empty() && got.iter().all(|s| s == "pod-b"), "{mode}: {got:?}");
+    }
+    let log = std::fs::read_to_string(run.log()).unwrap();
+    assert!(log.contains("deleted 2 stale conntrack entries"), "{log}");
+    assert!(run.alive(), "{log}");
+    run.stop();
 }
 
 /// The socket alone: it lists the entries of its own namespace (and no
