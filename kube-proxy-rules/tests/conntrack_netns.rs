@@ -510,6 +510,36 @@ fn the_ctnetlink_socket_dumps_and_deletes_in_its_namespace() {
     let left = ns.exec(&["conntrack", "-L", "-p", "udp"]);
     assert!(!left.contains("sport=40001") && left.contains("sport=40002"), "{left}");
     assert!(other.exec(&["conntrack", "-L", "-p", "udp"]).contains("sport=40003"));
-    // IPv6 is another table: nothing there.
+    // IPv6 is its own dump; an IPv6 entry is deleted the same way.
+    assert!(sock.dump(IpFamily::V6).unwrap().is_empty());
+    ns.exec(&[
+        "conntrack",
+        "-I",
+        "-p",
+        "udp",
+        "-s",
+        "fd00::5",
+        "-d",
+        "fd00:96::10",
+        "--sport",
+        "40005",
+        "--dport",
+        "53",
+        "-r",
+        "fd00:244::11",
+        "-q",
+        "fd00::5",
+        "--reply-port-src",
+        "5353",
+        "--reply-port-dst",
+        "40005",
+        "--timeout",
+        "120",
+    ]);
+    let v6 = sock.dump(IpFamily::V6).unwrap();
+    assert_eq!(v6.len(), 1, "{v6:?}");
+    assert_eq!((v6[0].reply.src.to_string(), v6[0].reply.sport), ("fd00:244::11".to_string(), 5353));
+    assert!(sock.dump(IpFamily::V4).unwrap().iter().all(|f| f.orig.src.is_ipv4()));
+    assert!(sock.delete(IpFamily::V6, &v6[0]).unwrap());
     assert!(sock.dump(IpFamily::V6).unwrap().is_empty());
 }

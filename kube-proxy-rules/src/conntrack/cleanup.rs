@@ -225,18 +225,17 @@ pub struct CleanupReport {
     pub reconciled: bool,
 }
 
-/// How the cleanup reaches the table: opened on first need (a sync that
-/// changed no UDP service never opens a socket).
-enum Table {
-    Netns(Option<String>),
-    Open(Box<dyn FlowTable + Send>),
-}
-
 /// The stale-flow cleanup of one family's proxier: the table, the last
 /// cleaned state and where it is persisted.
 pub struct ConntrackCleanup {
     family: IpFamily,
-    table: Table,
+    /// The namespace the socket is opened in (None: this process's).
+    netns: Option<String>,
+    /// Opened on first need: a sync that changed no UDP service never
+    /// opens a socket. Dropped after an error (the next cleanup reopens it).
+    table: Option<Box<dyn FlowTable + Send>>,
+    /// The table is a socket this cleanup opens (not one it was given).
+    opens_socket: bool,
     /// The state last cleaned for; None: unknown (reconcile).
     baseline: Option<Snapshot>,
     /// Where the baseline is persisted (None: nowhere), and whether the
@@ -256,7 +255,7 @@ impl ConntrackCleanup {
     /// only). A persisted state that cannot be read is reported and
     /// replaced by a reconcile.
     pub fn new(family: IpFamily, netns: Option<String>, state_dir: Option<&Path>) -> Self {
-        Self::with(family, Table::Netns(netns), state_dir.map(|d| state_file(d, family)))
+        Self::with(family, netns, None, state_dir.map(|d| state_file(d, family)))
     }
 
     /// The cleanup over a given table (tests).
@@ -265,10 +264,15 @@ impl ConntrackCleanup {
         table: Box<dyn FlowTable + Send>,
         state_file: Option<PathBuf>,
     ) -> Self {
-        Self::with(family, Table::Open(table), state_file)
+        Self::with(family, None, Some(table), state_file)
     }
 
-    fn with(family: IpFamily, table: Table, state_file: Option<PathBuf>) -> Self {
+    fn with(
+        family: IpFamily,
+        netns: Option<String>,
+        table: Option<Box<dyn FlowTable + Send>>,
+        state_file: Option<PathBuf>,
+    ) -> Self {
         let mut baseline = None;
         if let Some(path) = &state_file {
             match std::fs::read(path) {
@@ -284,7 +288,8 @@ impl ConntrackCleanup {
             }
         }
         let file_current = baseline.is_some();
-        ConntrackCleanup { family, table, baseline, state_file, file_current }
+        let opens_socket = table.is_none();
+        ConntrackCleanup { family, netns, table, opens_socket, baseline, state_file, file_current }
     }
 
     /// The state the next cleanup compares with (None: it reconciles).
@@ -292,18 +297,29 @@ impl ConntrackCleanup {
         self.baseline.as_ref()
     }
 
-    fn table(&mut self) -> Result<&mut (dyn FlowTable + Send), ConntrackError> {
-        if let Table::Netns(ns) = &self.table {
-            self.table = Table::Open(Box::new(ConntrackSocket::open_in(ns.as_deref())?));
+    /// Delete the entries `filters` call stale; (deleted, vanished).
+    fn delete_stale(&mut self, filters: &[FlowFilter]) -> Result<(usize, usize), ConntrackError> {
+        let family = self.family;
+        let table = match &mut self.table {
+            Some(t) => t,
+            slot @ None => slot.insert(Box::new(ConntrackSocket::open_in(self.netns.as_deref())?)),
+        };
+        let result = (|| {
+            let flows = table.dump(family)?;
+            let (mut deleted, mut vanished) = (0, 0);
+            for flow in stale_flows(&flows, filters) {
+                if table.delete(family, flow)? {
+                    deleted += 1;
+                } else {
+                    vanished += 1;
+                }
+            }
+            Ok((deleted, vanished))
+        })();
+        if result.is_err() && self.opens_socket {
+            self.table = None; // our socket: reopened next time, with nothing left unread
         }
-        match &mut self.table {
-            Table::Open(t) => Ok(t.as_mut()),
-            // Just replaced.
-            Table::Netns(_) => Err(ConntrackError::Decode {
-                op: "opening the conntrack socket",
-                message: "not opened".into(),
-            }),
-        }
+        result
     }
 
     /// After a successful sync of `state`: delete what became stale, then
@@ -315,16 +331,7 @@ impl ConntrackCleanup {
             let filters = stale_filters(self.baseline.as_ref(), &now);
             report.filters = filters.len();
             if !filters.is_empty() {
-                let family = self.family;
-                let table = self.table()?;
-                let flows = table.dump(family)?;
-                for flow in stale_flows(&flows, &filters) {
-                    if table.delete(family, flow)? {
-                        report.deleted += 1;
-                    } else {
-                        report.vanished += 1;
-                    }
-                }
+                (report.deleted, report.vanished) = self.delete_stale(&filters)?;
             }
             self.file_current = self.file_current && self.baseline.as_ref() == Some(&now);
             self.baseline = Some(now);
