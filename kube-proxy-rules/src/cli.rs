@@ -207,6 +207,10 @@ pub struct BenchArgs {
     /// The restore program (e.g. iptables-legacy-restore)
     #[arg(long, value_name = "PROG", default_value = "iptables-restore")]
     pub restore_command: String,
+    /// Instead of the rules: the conntrack cleanup on N UDP entries in a scratch namespace,
+    /// against one `conntrack -D` per filter
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub conntrack_entries: usize,
 }
 
 /// `--node-ip`: as kube-proxy (ParseIPSloppy), `::ffff:a.b.c.d` is the
@@ -313,6 +317,8 @@ pub struct Args {
     pub bench_endpoints: usize,
     pub bench_restore: bool,
     pub bench_restore_command: String,
+    /// `bench --conntrack-entries` (0: the rules bench).
+    pub bench_conntrack_entries: usize,
 }
 
 /// The pod-records datastore: the datastore flags (or their variables)
@@ -363,6 +369,7 @@ impl Args {
                 a.bench_endpoints = b.endpoints;
                 a.bench_restore = !b.no_restore;
                 a.bench_restore_command = b.restore_command;
+                a.bench_conntrack_entries = b.conntrack_entries;
                 return Ok(a);
             }
         };
@@ -421,6 +428,7 @@ impl Args {
             bench_endpoints: 10,
             bench_restore: true,
             bench_restore_command: "iptables-restore".into(),
+            bench_conntrack_entries: 0,
         }
     }
 

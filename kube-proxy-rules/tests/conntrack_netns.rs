@@ -29,7 +29,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use kube_proxy_rules::conntrack::ConntrackSocket;
+use kube_proxy_rules::conntrack::{ConntrackError, ConntrackSocket};
 use kube_proxy_rules::family::IpFamily;
 use testbed::{sh, Netns};
 
@@ -542,4 +542,11 @@ fn the_ctnetlink_socket_dumps_and_deletes_in_its_namespace() {
     assert!(sock.dump(IpFamily::V4).unwrap().iter().all(|f| f.orig.src.is_ipv4()));
     assert!(sock.delete(IpFamily::V6, &v6[0]).unwrap());
     assert!(sock.dump(IpFamily::V6).unwrap().is_empty());
+    // Creating (the bench fills its scratch table so): there, once.
+    let mut made = f;
+    (made.orig.sport, made.reply.dport) = (40009, 40009);
+    sock.create(IpFamily::V4, &made, 60).unwrap();
+    assert!(ns.exec(&["conntrack", "-L", "-p", "udp"]).contains("sport=40009"));
+    let again = sock.create(IpFamily::V4, &made, 60).unwrap_err();
+    assert!(matches!(again, ConntrackError::Kernel { errno: libc::EEXIST, .. }), "{again}");
 }

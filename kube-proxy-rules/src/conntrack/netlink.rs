@@ -12,8 +12,8 @@
 use std::net::IpAddr;
 
 use netlink_packet_core::{
-    DefaultNla, NetlinkBuffer, NetlinkHeader, NetlinkMessage, NetlinkPayload, Nla, NLM_F_ACK, NLM_F_DUMP,
-    NLM_F_DUMP_INTR, NLM_F_REQUEST,
+    DefaultNla, NetlinkBuffer, NetlinkHeader, NetlinkMessage, NetlinkPayload, Nla, NLM_F_ACK, NLM_F_CREATE,
+    NLM_F_DUMP, NLM_F_DUMP_INTR, NLM_F_EXCL, NLM_F_REQUEST,
 };
 use netlink_packet_netfilter::conntrack::{
     ConntrackAttribute, ConntrackMessage, IPTuple, ProtoTuple, Protocol as CtProto, Tuple as CtTuple,
@@ -191,6 +191,25 @@ impl ConntrackSocket {
             log::debug!("{OP}: interrupted by a concurrent change, retrying");
         }
         Err(ConntrackError::Interrupted { op: OP })
+    }
+
+    /// Create an entry (`IPCTNL_MSG_CT_NEW`, as `conntrack -I`): both
+    /// tuples, a timeout in seconds. The proxy never creates entries; the
+    /// bench and the tests fill a scratch table with it.
+    pub fn create(&mut self, family: IpFamily, flow: &Flow, timeout_secs: u32) -> Result<(), ConntrackError> {
+        const OP: &str = "creating a conntrack entry";
+        let mut attrs = vec![
+            ConntrackAttribute::CtaTupleOrig(encode_tuple(flow.proto, &flow.orig)),
+            ConntrackAttribute::CtaTupleReply(encode_tuple(flow.proto, &flow.reply)),
+            ConntrackAttribute::CtaTimeout(timeout_secs),
+        ];
+        if flow.zone != 0 {
+            attrs
+                .push(ConntrackAttribute::Other(DefaultNla::new(CTA_ZONE, flow.zone.to_be_bytes().to_vec())));
+        }
+        let flags = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL;
+        let seq = self.send(ConntrackMessage::New(attrs), family, flags, OP)?;
+        self.receive(seq, OP, |_| {}).map(|_| ())
     }
 
     /// Delete one entry by its original tuple and zone. Ok(false): it was
