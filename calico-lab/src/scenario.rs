@@ -281,6 +281,9 @@ impl Lab {
                 .args(["--cluster-cidr", &self.cfg.pool.to_string()])
                 .args(["--service-cluster-ip-range", &sc.service_cidr.to_string()])
                 .args(["--datastore-type", "etcdv3", "--etcd-endpoints", &self.cfg.etcd_endpoint()])
+                // The nodes share this machine: each its own conntrack state.
+                .arg("--state-dir")
+                .arg(self.run_dir.join(&n.name).join("kube-proxy-rules"))
                 .arg(manifest);
             run_cmd(&mut cmd)?;
         }

@@ -242,6 +242,10 @@ pub struct ConntrackCleanup {
     /// file holds it.
     state_file: Option<PathBuf>,
     file_current: bool,
+    /// The file exists (read at start, or written since).
+    file_exists: bool,
+    /// The last persisting failure, if the last attempt failed.
+    persist_failing: Option<std::io::ErrorKind>,
 }
 
 /// `<dir>/conntrack-ipv4.json` or `-ipv6.json`.
@@ -273,23 +277,37 @@ impl ConntrackCleanup {
         table: Option<Box<dyn FlowTable + Send>>,
         state_file: Option<PathBuf>,
     ) -> Self {
-        let mut baseline = None;
+        let (mut baseline, mut file_exists) = (None, false);
         if let Some(path) = &state_file {
             match std::fs::read(path) {
-                Ok(bytes) => match serde_json::from_slice::<Snapshot>(&bytes) {
-                    Ok(s) => baseline = Some(s),
-                    Err(e) => log::warn!(
-                        "{}: not a conntrack state ({e}): reconciling the conntrack table instead",
-                        path.display()
-                    ),
-                },
+                Ok(bytes) => {
+                    // Replaced (or removed) by the first cleanup, even when unreadable.
+                    file_exists = true;
+                    match serde_json::from_slice::<Snapshot>(&bytes) {
+                        Ok(s) => baseline = Some(s),
+                        Err(e) => log::warn!(
+                            "{}: not a conntrack state ({e}): reconciling the conntrack table instead",
+                            path.display()
+                        ),
+                    }
+                }
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                 Err(e) => log::warn!("{}: {e}: reconciling the conntrack table instead", path.display()),
             }
         }
         let file_current = baseline.is_some();
         let opens_socket = table.is_none();
-        ConntrackCleanup { family, netns, table, opens_socket, baseline, state_file, file_current }
+        ConntrackCleanup {
+            family,
+            netns,
+            table,
+            opens_socket,
+            baseline,
+            state_file,
+            file_current,
+            file_exists,
+            persist_failing: None,
+        }
     }
 
     /// The state the next cleanup compares with (None: it reconciles).
@@ -349,6 +367,12 @@ impl ConntrackCleanup {
         if self.file_current {
             return;
         }
+        // No UDP service and no file of ours: nothing to write, nothing to
+        // remove (a node without UDP services never touches --state-dir).
+        if baseline.is_empty() && !self.file_exists {
+            self.file_current = true;
+            return;
+        }
         let result = if baseline.is_empty() {
             match std::fs::remove_file(path) {
                 Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
@@ -358,8 +382,20 @@ impl ConntrackCleanup {
             write_atomically(path, baseline)
         };
         match result {
-            Ok(()) => self.file_current = true,
-            Err(e) => log::error!("remembering the conntrack state in {}: {e}", path.display()),
+            Ok(()) => {
+                self.file_current = true;
+                self.file_exists = !baseline.is_empty();
+                self.persist_failing = None;
+            }
+            // Logged once per kind of failure, not on every sync.
+            Err(e) if self.persist_failing == Some(e.kind()) => {}
+            Err(e) => {
+                log::error!(
+                    "remembering the conntrack state in {}: {e} (a restart will clean from an older state)",
+                    path.display()
+                );
+                self.persist_failing = Some(e.kind());
+            }
         }
     }
 }
@@ -560,10 +596,38 @@ mod tests {
         c2.after_sync(&ProxyState::default()).unwrap();
         assert!(!path.exists());
 
-        // A corrupt file: reconcile.
+        // A corrupt file: reconcile, and the file is replaced (here: removed,
+        // there is no UDP service).
         std::fs::write(&path, b"{not json").unwrap();
-        let c3 = ConntrackCleanup::with_table(IpFamily::V4, Box::new(t.clone()), Some(path));
+        let mut c3 = ConntrackCleanup::with_table(IpFamily::V4, Box::new(t.clone()), Some(path.clone()));
         assert!(c3.baseline().is_none());
+        c3.after_sync(&ProxyState::default()).unwrap();
+        assert!(!path.exists());
+    }
+
+    #[test]
+    fn a_node_without_udp_services_never_touches_the_state_dir() {
+        let dir = tempfile::tempdir().unwrap();
+        let state_dir = dir.path().join("state");
+        let mut c = ConntrackCleanup::with_table(
+            IpFamily::V4,
+            Box::new(Fake::default()),
+            Some(state_file(&state_dir, IpFamily::V4)),
+        );
+        c.after_sync(&ProxyState::default()).unwrap();
+        c.after_sync(&ProxyState::default()).unwrap();
+        assert!(!state_dir.exists());
+        // A state dir that cannot be written: the cleanup still works from memory.
+        std::fs::write(&state_dir, b"a file, not a directory").unwrap();
+        let t = Fake::default();
+        let mut c = ConntrackCleanup::with_table(
+            IpFamily::V4,
+            Box::new(t.clone()),
+            Some(state_file(&state_dir, IpFamily::V4)),
+        );
+        c.after_sync(&state(&["10.244.0.11"], &[])).unwrap();
+        t.add(IPPROTO_UDP, "10.0.0.5:40000", "10.96.0.10:53", "10.244.0.11:5353");
+        assert_eq!(c.after_sync(&state(&["10.244.0.12"], &[])).unwrap().deleted, 1);
     }
 
     #[test]
