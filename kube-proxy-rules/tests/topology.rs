@@ -242,6 +242,23 @@ fn traffic_distribution_hints_what_the_controller_would() {
     assert_eq!(cluster(&sp, &eps, "n1", Some("a")).len(), 2, "no endpoint for zone a: all");
 }
 
+/// Endpoints from Calico's pod records carry their node, no zone: with
+/// `PreferSameNode` the node's own endpoints are used (no zone hint).
+#[test]
+fn pod_record_endpoints_prefer_their_node_with_prefer_same_node() {
+    let eps: Vec<EndpointInfo> = [("10.0.1.1", "n1"), ("10.0.1.2", "n1"), ("10.0.2.1", "n2")]
+        .iter()
+        .map(|(ip, node)| {
+            EndpointInfo::new("ns/svc", Protocol::Tcp, ip.parse().unwrap(), 80, Some(node.to_string()))
+        })
+        .collect();
+    let same_node = service_port(&Svc::default(), Some(TrafficDistribution::PreferSameNode));
+    assert_eq!(cluster(&same_node, &eps, "n1", Some("a")), ["10.0.1.1:80", "10.0.1.2:80"]);
+    assert_eq!(cluster(&same_node, &eps, "n3", Some("a")).len(), 3, "no endpoint on n3: all");
+    let same_zone = service_port(&Svc::default(), Some(TrafficDistribution::PreferSameZone));
+    assert_eq!(cluster(&same_zone, &eps, "n1", Some("a")).len(), 3, "no zones known: all");
+}
+
 #[test]
 fn an_invalid_traffic_distribution_is_an_error_naming_the_service() {
     let mut objs = Objects::default();

@@ -84,29 +84,52 @@ pub enum Mode {
     PreferSameNode,
 }
 
-/// The hints an endpoint is routed by: the slice's, else those the
-/// controller would write for `td`. (zones, nodes).
-pub fn effective(ep: &EndpointInfo, td: Option<TrafficDistribution>) -> (Vec<&str>, Vec<&str>) {
+/// Zone or node names of one endpoint's hints, without copying them.
+#[derive(Debug, Clone, Copy)]
+pub enum Names<'a> {
+    None,
+    /// A hint the controller would have written (the endpoint's own zone or node).
+    One(&'a str),
+    /// The slice's `forZones`/`forNodes`.
+    Listed(&'a [String]),
+}
+
+impl Names<'_> {
+    pub fn is_empty(&self) -> bool {
+        match self {
+            Names::None => true,
+            Names::One(_) => false,
+            Names::Listed(l) => l.is_empty(),
+        }
+    }
+    pub fn contains(&self, name: &str) -> bool {
+        match self {
+            Names::None => false,
+            Names::One(n) => *n == name,
+            Names::Listed(l) => l.iter().any(|n| n == name),
+        }
+    }
+}
+
+/// The hints an endpoint is routed by, (zones, nodes): the slice's, else
+/// those the controller would write for `td`.
+pub fn effective(ep: &EndpointInfo, td: Option<TrafficDistribution>) -> (Names<'_>, Names<'_>) {
+    let node = || ep.node_name.as_deref().filter(|n| !n.is_empty()).map_or(Names::None, Names::One);
     let Some(topo) = ep.topology.as_deref() else {
         // No zone known: only PreferSameNode can hint (the endpoint's node).
-        return match (td, ep.node_name.as_deref()) {
-            (Some(TrafficDistribution::PreferSameNode), Some(n)) if !n.is_empty() => (Vec::new(), vec![n]),
-            _ => (Vec::new(), Vec::new()),
+        return match td {
+            Some(TrafficDistribution::PreferSameNode) => (Names::None, node()),
+            _ => (Names::None, Names::None),
         };
     };
     if let Some(h) = &topo.hints {
-        return (
-            h.for_zones.iter().map(String::as_str).collect(),
-            h.for_nodes.iter().map(String::as_str).collect(),
-        );
+        return (Names::Listed(&h.for_zones), Names::Listed(&h.for_nodes));
     }
-    let zone: Vec<&str> = topo.zone.as_deref().filter(|z| !z.is_empty()).into_iter().collect();
+    let zone = topo.zone.as_deref().filter(|z| !z.is_empty()).map_or(Names::None, Names::One);
     match td {
-        None => (Vec::new(), Vec::new()),
-        Some(TrafficDistribution::PreferSameZone) => (zone, Vec::new()),
-        Some(TrafficDistribution::PreferSameNode) => {
-            (zone, ep.node_name.as_deref().filter(|n| !n.is_empty()).into_iter().collect())
-        }
+        None => (Names::None, Names::None),
+        Some(TrafficDistribution::PreferSameZone) => (zone, Names::None),
+        Some(TrafficDistribution::PreferSameNode) => (zone, node()),
     }
 }
 
@@ -126,12 +149,12 @@ pub fn mode(eps: &[EndpointInfo], td: Option<TrafficDistribution>, here: Localit
         let (zones, nodes) = effective(ep, td);
         if nodes.is_empty() {
             all_node = false;
-        } else if nodes.contains(&here.node) {
+        } else if nodes.contains(here.node) {
             for_node = true;
         }
         if zones.is_empty() {
             all_zone = false;
-        } else if zones.contains(&zone) {
+        } else if zones.contains(zone) {
             for_zone = true;
         }
     }
@@ -151,7 +174,7 @@ pub fn mode(eps: &[EndpointInfo], td: Option<TrafficDistribution>, here: Localit
 pub fn available(ep: &EndpointInfo, mode: Mode, td: Option<TrafficDistribution>, here: Locality<'_>) -> bool {
     match mode {
         Mode::All => true,
-        Mode::PreferSameNode => effective(ep, td).1.contains(&here.node),
-        Mode::PreferSameZone => effective(ep, td).0.contains(&here.zone.unwrap_or("")),
+        Mode::PreferSameNode => effective(ep, td).1.contains(here.node),
+        Mode::PreferSameZone => effective(ep, td).0.contains(here.zone.unwrap_or("")),
     }
 }
