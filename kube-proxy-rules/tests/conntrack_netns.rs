@@ -100,9 +100,10 @@ impl Drop for Task {
 fn servers(pod: &Netns, name: &'static str, port: u16) -> Task {
     let (tx, rx) = std::sync::mpsc::channel();
     let task = Task::spawn(pod.name(), move |stop| {
-        let udp = UdpSocket::bind(("0.0.0.0", port)).unwrap();
+        // `::` takes both families (bindv6only=0: IPv4 peers as ::ffff:a.b.c.d).
+        let udp = UdpSocket::bind(("::", port)).unwrap();
         udp.set_read_timeout(Some(Duration::from_millis(20))).unwrap();
-        let tcp = TcpListener::bind(("0.0.0.0", port)).unwrap();
+        let tcp = TcpListener::bind(("::", port)).unwrap();
         tcp.set_nonblocking(true).unwrap();
         tx.send(()).unwrap();
         let mut conns = Vec::new();
@@ -145,7 +146,7 @@ impl UdpClient {
         let port = Arc::new(Mutex::new(0));
         let (a, p) = (answers.clone(), port.clone());
         let task = Task::spawn(netns, move |stop| {
-            let s = UdpSocket::bind("0.0.0.0:0").unwrap();
+            let s = UdpSocket::bind(if target.is_ipv6() { "[::]:0" } else { "0.0.0.0:0" }).unwrap();
             *p.lock().unwrap() = s.local_addr().unwrap().port();
             s.set_read_timeout(Some(Duration::from_millis(10))).unwrap();
             let mut buf = [0u8; 512];
@@ -412,6 +413,92 @@ fn client_tcp(netns: &str, addr: &str) -> TcpClient {
     let c = TcpClient { stream };
     assert_eq!(c.ask(), "pod-a");
     c
+}
+
+/// IPv6: the IPv6 proxier's own cleanup (its own dump, its own state file),
+/// a ClusterIP and a NodePort flow, one `sync` process per step. The pods
+/// are plain routed /64s here (the IPv6 wiring is not what is tested).
+#[test]
+fn ipv6_stale_flows_follow_the_endpoint_iptables() {
+    ipv6_stale_flows_follow_the_endpoint("iptables");
+}
+
+#[test]
+fn ipv6_stale_flows_follow_the_endpoint_nftables() {
+    ipv6_stale_flows_follow_the_endpoint("nftables");
+}
+
+fn ipv6_manifests(endpoint: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: dns6}}\n\
+         spec: {{type: NodePort, clusterIP: 'fd00:96::53', ipFamilies: [IPv6], \
+           ports: [{{port: 53, protocol: UDP, targetPort: 5353, nodePort: 30063}}]}}\n---\n\
+         apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
+         metadata: {{name: dns6-1, labels: {{kubernetes.io/service-name: dns6}}}}\n\
+         addressType: IPv6\nports: [{{port: 5353, protocol: UDP}}]\n\
+         endpoints: [{{addresses: ['{endpoint}'], nodeName: {NODE}}}]\n"
+    )
+}
+
+fn ipv6_stale_flows_follow_the_endpoint(mode: &str) {
+    let node = Netns::new("ct6n");
+    let client = Netns::new("ct6c");
+    let pods = [Netns::new("ct6a"), Netns::new("ct6b")];
+    let (n, c) = (node.name(), client.name());
+    let mut script = format!(
+        "ip netns exec {n} sh -c 'echo 1 > /proc/sys/net/ipv6/conf/all/forwarding' && \
+         ip -n {n} link add ext0 type veth peer name eth0 netns {c} && \
+         ip -n {n} addr add fd00:77::1/64 dev ext0 nodad && ip -n {n} link set ext0 up && \
+         ip -n {c} addr add fd00:77::2/64 dev eth0 nodad && ip -n {c} link set eth0 up && \
+         ip -n {c} route add default via fd00:77::1 && ip -n {n} route add default via fd00:77::2"
+    );
+    for (i, p) in pods.iter().enumerate() {
+        let (p, host_if) = (p.name(), testbed::unique("veth"));
+        script.push_str(&format!(
+            " && ip -n {n} link add {host_if} type veth peer name eth0 netns {p} && \
+             ip -n {n} addr add fd00:{i}::1/64 dev {host_if} nodad && ip -n {n} link set {host_if} up && \
+             ip -n {p} addr add fd00:{i}::2/64 dev eth0 nodad && ip -n {p} link set eth0 up && \
+             ip -n {p} route add default via fd00:{i}::1"
+        ));
+    }
+    sh(&script);
+    let _servers = [servers(&pods[0], "pod-a", 5353), servers(&pods[1], "pod-b", 5353)];
+    let tmp = tempfile::tempdir().unwrap();
+    let (state_dir, file) = (tmp.path().join("state"), tmp.path().join("manifests.yaml"));
+    let sync6 = |endpoint: &str| {
+        std::fs::write(&file, ipv6_manifests(endpoint)).unwrap();
+        let out = Command::new("ip")
+            .args(["netns", "exec", n, env!("CARGO_BIN_EXE_kube-proxy-rules"), "sync", "--proxy-mode", mode])
+            .args(["--hostname-override", NODE, "--node-ip", "fd00:77::1", "--cluster-cidr", "fd00::/56"])
+            .args(["--service-cluster-ip-range", "10.96.0.0/12,fd00:96::/108"])
+            .arg("--state-dir")
+            .arg(&state_dir)
+            .arg(&file)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "{mode}: sync failed: {stderr}");
+        stderr
+    };
+    sync6("fd00:0::2");
+    let cluster_ip = UdpClient::start(c, "[fd00:96::53]:53");
+    let node_port = UdpClient::start(c, "[fd00:77::1]:30063");
+    let t0 = Instant::now();
+    for (what, cl) in [("ClusterIP", &cluster_ip), ("NodePort", &node_port)] {
+        assert!(
+            cl.wait_for("pod-a", t0, Duration::from_secs(5)).is_some(),
+            "{mode}: IPv6 {what} never reached pod A"
+        );
+    }
+    // A first cleanup (reconcile) has run: the IPv6 state is remembered, apart.
+    assert!(state_dir.join("conntrack-ipv6.json").exists());
+    assert!(!state_dir.join("conntrack-ipv4.json").exists());
+    let log = sync6("fd00:1::2");
+    let t1 = Instant::now();
+    for (what, cl) in [("ClusterIP", &cluster_ip), ("NodePort", &node_port)] {
+        let took = cl.wait_for("pod-b", t1, Duration::from_secs(1));
+        assert!(took.is_some(), "{mode}: IPv6 {what} still stale after one sync: {:?}\n{log}", cl.since(t1));
+    }
 }
 
 /// `run`, the long-lived proxy: the move of the endpoint is cleaned by the
