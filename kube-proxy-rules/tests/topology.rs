@@ -9,6 +9,7 @@
 use std::collections::BTreeSet;
 use std::path::Path;
 
+use calico_store::model::{self, ObjectMeta, WorkloadEndpoint, WorkloadEndpointSpec};
 use kube_proxy_rules::k8s::{IntOrString, Objects};
 use kube_proxy_rules::model::endpoints::{categorize, EndpointInfo};
 use kube_proxy_rules::model::topology::{EndpointTopology, Hints};
@@ -257,6 +258,64 @@ fn pod_record_endpoints_prefer_their_node_with_prefer_same_node() {
     assert_eq!(cluster(&same_node, &eps, "n3", Some("a")).len(), 3, "no endpoint on n3: all");
     let same_zone = service_port(&Svc::default(), Some(TrafficDistribution::PreferSameZone));
     assert_eq!(cluster(&same_zone, &eps, "n1", Some("a")).len(), 3, "no zones known: all");
+}
+
+/// A pod record as Calico's CNI writes it: pod `name` on `node`, app=web.
+fn pod_record(name: &str, node: &str, ip: &str) -> WorkloadEndpoint {
+    WorkloadEndpoint::new(
+        "WorkloadEndpoint",
+        ObjectMeta {
+            name: model::workload_endpoint_name(node, "k8s", name, "eth0"),
+            namespace: Some("ns".into()),
+            labels: [("app".to_string(), "web".to_string())].into(),
+            ..Default::default()
+        },
+        WorkloadEndpointSpec {
+            orchestrator: "k8s".into(),
+            workload: String::new(),
+            node: node.into(),
+            container_id: format!("cid-{name}"),
+            pod: name.into(),
+            endpoint: "eth0".into(),
+            interface_name: format!("cali-{name}"),
+            mac: String::new(),
+            ip_networks: vec![format!("{ip}/32").parse().unwrap()],
+            profiles: vec!["kns.ns".into()],
+            ports: Vec::new(),
+        },
+    )
+}
+
+/// Selector services take their endpoints from pod records, where no
+/// controller wrote a zone: the Node manifests' zone labels give it, so
+/// `PreferClose` works for them too.
+#[test]
+fn node_manifests_give_pod_record_endpoints_their_zone() {
+    let yaml = "apiVersion: v1\nkind: Service\nmetadata: {name: web, namespace: ns}\n\
+                spec: {clusterIP: 10.96.0.10, selector: {app: web}, trafficDistribution: PreferClose, ports: [{port: 80}]}\n---\n\
+                apiVersion: v1\nkind: Node\nmetadata: {name: n1, labels: {topology.kubernetes.io/zone: a}}\n---\n\
+                apiVersion: v1\nkind: Node\nmetadata: {name: n2, labels: {topology.kubernetes.io/zone: a}}\n---\n\
+                apiVersion: v1\nkind: Node\nmetadata: {name: n3, labels: {topology.kubernetes.io/zone: b}}\n";
+    let weps = [
+        pod_record("web-1", "n1", "10.0.1.1"),
+        pod_record("web-2", "n2", "10.0.1.2"),
+        pod_record("web-3", "n3", "10.0.2.1"),
+    ];
+    let mut objs = Objects::default();
+    let mut errors = Vec::new();
+    objs.add_text(yaml, "t.yaml", &mut errors);
+    assert!(errors.is_empty(), "{errors:?}");
+    let loaded = kube_proxy_rules::inputs::build_state(&objs, &weps, &["10.96.0.0/12".parse().unwrap()]);
+    assert!(loaded.errors.is_empty(), "{:?}", loaded.errors);
+    let sp = loaded.state.services[0].clone();
+    let eps = loaded.state.endpoints_of(&sp).to_vec();
+    assert_eq!(cluster(&sp, &eps, "n1", Some("a")), ["10.0.1.1:80", "10.0.1.2:80"]);
+    assert_eq!(cluster(&sp, &eps, "n3", Some("b")), ["10.0.2.1:80"]);
+    // Without the Node manifests: no zones, all endpoints.
+    objs.nodes.clear();
+    let loaded = kube_proxy_rules::inputs::build_state(&objs, &weps, &["10.96.0.0/12".parse().unwrap()]);
+    let eps = loaded.state.endpoints_of(&sp).to_vec();
+    assert_eq!(cluster(&sp, &eps, "n1", Some("a")).len(), 3);
 }
 
 #[test]

@@ -153,6 +153,24 @@ fn slice_topology(ep: &crate::k8s::SliceEndpoint) -> Option<Box<EndpointTopology
     (zone.is_some() || hints.is_some()).then(|| Box::new(EndpointTopology { zone, hints }))
 }
 
+/// The zones of the nodes (`topology.kubernetes.io/zone` of the Node
+/// manifests), given to the endpoints on those nodes that have none, as the
+/// EndpointSlice controller fills an endpoint's `zone` from its Node: pod
+/// records (no controller ran for them) and slices written without `zone`.
+pub fn fill_zones(eps: &mut EndpointsMap, zones: &BTreeMap<String, String>) {
+    if zones.is_empty() {
+        return;
+    }
+    for e in eps.values_mut().flatten() {
+        let Some(zone) = e.node_name.as_ref().and_then(|n| zones.get(n)) else { continue };
+        match &mut e.topology {
+            Some(t) if t.zone.is_some() => {}
+            Some(t) => t.zone = Some(zone.clone()),
+            None => e.topology = Some(Box::new(EndpointTopology { zone: Some(zone.clone()), hints: None })),
+        }
+    }
+}
+
 /// Services that have at least one EndpointSlice (`ns`, `name`).
 pub fn services_with_slices(slices: &[EndpointSlice]) -> BTreeSet<(String, String)> {
     slices

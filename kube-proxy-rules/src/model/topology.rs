@@ -9,7 +9,9 @@
 //! where no controller ran) gets the ones the controller would have written
 //! for its Service's `trafficDistribution` (`PreferClose`/`PreferSameZone`:
 //! its own zone; `PreferSameNode`: its node, and its zone): that is
-//! [`effective`]. kube-proxy itself never reads `trafficDistribution`.
+//! [`effective`]. kube-proxy itself never reads `trafficDistribution`. An
+//! endpoint's own zone is its slice endpoint's `zone`, else its Node
+//! manifest's zone label ([`crate::model::endpoints::fill_zones`]).
 //!
 //! The node's zone is the `topology.kubernetes.io/zone` label of its Node
 //! (kube-proxy's `topologyLabels`); without an API server, `--node-zone`
