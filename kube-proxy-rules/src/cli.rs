@@ -38,7 +38,7 @@ use crate::nftables::NftablesConfig;
     name = "kube-proxy-rules",
     version,
     about = "kube-proxy's service rules (iptables or nftables mode) from manifests and Calico pod records",
-    after_help = "Inputs: Service, EndpointSlice, Pod, Deployment manifests (YAML or JSON, Lists too), \
+    after_help = "Inputs: Service, EndpointSlice, Pod, Deployment, Node manifests (YAML or JSON, Lists too), \
                   files or directories (*.yaml, *.yml, *.json).\n\
                   IPv6 and dual-stack: one proxier per family, as kube-proxy's MetaProxier. A family \
                   is synced only when it has services or a --node-ip; IPv6 goes to ip6tables-restore \

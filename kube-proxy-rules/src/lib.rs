@@ -1,6 +1,7 @@
 //! # kube-proxy-rules: kube-proxy's service rules for a Calico node
 //!
-//! Reads Services, EndpointSlices, Pods and Deployments as a user has them
+//! Reads Services, EndpointSlices, Pods, Deployments and Nodes (their zone
+//! labels) as a user has them
 //! (YAML/JSON files) plus the pod records Calico's CNI writes
 //! (WorkloadEndpoints in the datastore), and produces exactly what one of
 //! kube-proxy's proxiers would write, then applies it the way kube-proxy does.
