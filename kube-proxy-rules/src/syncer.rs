@@ -340,6 +340,7 @@ mod tests {
         fn dump(
             &mut self,
             _: IpFamily,
+            _: Option<u8>,
         ) -> Result<Vec<crate::conntrack::Flow>, crate::conntrack::ConntrackError> {
             self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             Ok(Vec::new())

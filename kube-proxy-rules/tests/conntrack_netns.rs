@@ -585,8 +585,37 @@ fn the_ctnetlink_socket_dumps_and_deletes_in_its_namespace() {
             "120",
         ]);
     }
+    ns.exec(&[
+        "conntrack",
+        "-I",
+        "-p",
+        "tcp",
+        "-s",
+        "10.0.0.5",
+        "-d",
+        "10.96.0.10",
+        "--sport",
+        "40004",
+        "--dport",
+        "53",
+        "-r",
+        "10.244.0.11",
+        "-q",
+        "10.0.0.5",
+        "--reply-port-src",
+        "5353",
+        "--reply-port-dst",
+        "40004",
+        "--state",
+        "ESTABLISHED",
+        "--timeout",
+        "120",
+    ]);
     let mut sock = ConntrackSocket::open_in(Some(ns.name())).unwrap();
-    let flows: Vec<_> = sock.dump(IpFamily::V4).unwrap().into_iter().filter(|f| f.proto == 17).collect();
+    assert_eq!(sock.dump(IpFamily::V4).unwrap().len(), 3);
+    // The kernel-filtered dump of one protocol.
+    let flows = sock.dump_proto(IpFamily::V4, Some(17)).unwrap();
+    assert_eq!(sock.dump_proto(IpFamily::V4, Some(6)).unwrap().len(), 1);
     let ports: BTreeMap<u16, _> = flows.iter().map(|f| (f.orig.sport, *f)).collect();
     assert_eq!(ports.keys().copied().collect::<Vec<_>>(), [40001, 40002], "{flows:?}");
     let f = ports[&40001];

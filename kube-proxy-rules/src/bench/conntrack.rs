@@ -2,10 +2,12 @@
 //! against the way kube-proxy did it before 1.28 (one `conntrack -D`
 //! process per filter), on the same table.
 //!
-//! A scratch namespace gets N UDP entries to 100 services × 10 endpoints
-//! (created through ctnetlink, as `conntrack -I` would); one endpoint of
-//! each of 10 services is removed. Ours: the filters of that change, one
-//! dump, the matching entries deleted by tuple. Reference: the same table
+//! A scratch namespace gets N UDP entries to 100 services × 10 endpoints and
+//! as many TCP entries to the same addresses (a node's table is mostly TCP),
+//! created through ctnetlink as `conntrack -I` would; one endpoint of each
+//! of 10 services is removed. Ours: the filters of that change, one dump of
+//! the UDP entries (the kernel filters by protocol), the matching entries
+//! deleted by tuple. Reference: the same table
 //! refilled, then `conntrack -D -p udp --orig-dst SVC --orig-port-dst 53
 //! --reply-src EP --reply-port-src 5353` once per filter (each run lists
 //! the whole table in the kernel and deletes what matches). Both must
@@ -17,7 +19,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use kube_proxy_rules::conntrack::cleanup::{stale_filters, stale_flows, ServicePortFlows, Snapshot};
-use kube_proxy_rules::conntrack::flows::{Tuple, IPPROTO_UDP};
+use kube_proxy_rules::conntrack::flows::{Tuple, IPPROTO_TCP, IPPROTO_UDP};
 use kube_proxy_rules::conntrack::{ConntrackSocket, Flow, FlowFilter};
 use kube_proxy_rules::family::IpFamily;
 
@@ -36,9 +38,17 @@ fn endpoint(s: usize, e: usize) -> SocketAddr {
     SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 128, s as u8, e as u8 + 1)), 5353)
 }
 
-/// Entry `i`: client 10.(i / 65536).x.y:port to service i % 100, DNATed to
-/// endpoint (i / 100) % 10.
-fn flow(i: usize) -> Flow {
+/// Entry `i` (TCP from `n` on): client 10.(1 + i / 65536).x.y:40000 to
+/// service i % 100, DNATed to endpoint (i / 100) % 10.
+fn flow(i: usize, n: usize) -> Flow {
+    let mut f = udp_flow(i % n);
+    if i >= n {
+        f.proto = IPPROTO_TCP;
+    }
+    f
+}
+
+fn udp_flow(i: usize) -> Flow {
     let (s, e) = (i % SERVICES, (i / SERVICES) % ENDPOINTS);
     let client = IpAddr::V4(Ipv4Addr::new(10, 1 + (i >> 16) as u8, (i >> 8) as u8, i as u8));
     let ep = endpoint(s, e);
@@ -69,10 +79,11 @@ fn snapshot(removed: bool) -> Snapshot {
     Snapshot { services }
 }
 
+/// `n` UDP and `n` TCP entries.
 fn fill(sock: &mut ConntrackSocket, n: usize) -> Result<Duration, String> {
     let t = Instant::now();
-    for i in 0..n {
-        sock.create(IpFamily::V4, &flow(i), 600).map_err(|e| format!("entry {i}: {e}"))?;
+    for i in 0..2 * n {
+        sock.create(IpFamily::V4, &flow(i, n), 600).map_err(|e| format!("entry {i}: {e}"))?;
     }
     Ok(t.elapsed())
 }
@@ -85,13 +96,16 @@ pub fn run(n: usize) -> Result<i32, String> {
     let ns = ScratchNetns::new()?;
     let mut sock = ConntrackSocket::open_in(Some(&ns.0)).map_err(|e| e.to_string())?;
     let filled = fill(&mut sock, n)?;
-    println!("conntrack cleanup: {n} UDP entries to {SERVICES} services x {ENDPOINTS} endpoints, one endpoint of {CHANGED} services removed");
+    println!(
+        "conntrack cleanup: {n} UDP (and {n} TCP) entries to {SERVICES} services x {ENDPOINTS} endpoints, \
+         one endpoint of {CHANGED} services removed"
+    );
     println!("  filling the scratch table through ctnetlink: {:.0} ms", ms(filled));
 
     // Ours: what one sync's cleanup does.
     let t = Instant::now();
     let filters = stale_filters(Some(&snapshot(false)), &snapshot(true));
-    let flows = sock.dump(IpFamily::V4).map_err(|e| e.to_string())?;
+    let flows = sock.dump_proto(IpFamily::V4, Some(IPPROTO_UDP)).map_err(|e| e.to_string())?;
     let dumped = t.elapsed();
     let stale: Vec<Flow> = stale_flows(&flows, &filters).into_iter().copied().collect();
     let matched = t.elapsed();
@@ -113,7 +127,7 @@ pub fn run(n: usize) -> Result<i32, String> {
     for f in &stale {
         let _ = sock.create(IpFamily::V4, f, 600);
     }
-    if count(&mut sock)? != n {
+    if count(&mut sock)? != 2 * n {
         return Err("the scratch table was not refilled".into());
     }
     let t = Instant::now();

@@ -191,14 +191,15 @@ pub fn stale_flows<'a>(flows: &'a [Flow], filters: &[FlowFilter]) -> Vec<&'a Flo
 /// The kernel's conntrack table, as the cleanup uses it (a trait so the
 /// sync loop's tests can record what it would delete).
 pub trait FlowTable {
-    fn dump(&mut self, family: IpFamily) -> Result<Vec<Flow>, ConntrackError>;
+    /// The entries of `family`, of one IP protocol when `proto` is given.
+    fn dump(&mut self, family: IpFamily, proto: Option<u8>) -> Result<Vec<Flow>, ConntrackError>;
     /// Ok(false): the entry was already gone.
     fn delete(&mut self, family: IpFamily, flow: &Flow) -> Result<bool, ConntrackError>;
 }
 
 impl FlowTable for ConntrackSocket {
-    fn dump(&mut self, family: IpFamily) -> Result<Vec<Flow>, ConntrackError> {
-        ConntrackSocket::dump(self, family)
+    fn dump(&mut self, family: IpFamily, proto: Option<u8>) -> Result<Vec<Flow>, ConntrackError> {
+        ConntrackSocket::dump_proto(self, family, proto)
     }
     fn delete(&mut self, family: IpFamily, flow: &Flow) -> Result<bool, ConntrackError> {
         ConntrackSocket::delete(self, family, flow)
@@ -322,8 +323,12 @@ impl ConntrackCleanup {
             Some(t) => t,
             slot @ None => slot.insert(Box::new(ConntrackSocket::open_in(self.netns.as_deref())?)),
         };
+        // One protocol among the filters (the usual case: UDP only): the
+        // kernel lists only its entries.
+        let protos: BTreeSet<u8> = filters.iter().map(FlowFilter::proto).collect();
+        let proto = protos.first().copied().filter(|_| protos.len() == 1);
         let result = (|| {
-            let flows = table.dump(family)?;
+            let flows = table.dump(family, proto)?;
             let (mut deleted, mut vanished) = (0, 0);
             for flow in stale_flows(&flows, filters) {
                 if table.delete(family, flow)? {
@@ -429,10 +434,10 @@ mod tests {
     struct Fake(Arc<Mutex<Held>>);
 
     impl FlowTable for Fake {
-        fn dump(&mut self, _: IpFamily) -> Result<Vec<Flow>, ConntrackError> {
+        fn dump(&mut self, _: IpFamily, proto: Option<u8>) -> Result<Vec<Flow>, ConntrackError> {
             let mut g = self.0.lock().unwrap();
             g.dumps += 1;
-            Ok(g.flows.clone())
+            Ok(g.flows.iter().filter(|f| proto.is_none_or(|p| f.proto == p)).copied().collect())
         }
         fn delete(&mut self, _: IpFamily, flow: &Flow) -> Result<bool, ConntrackError> {
             let mut g = self.0.lock().unwrap();
@@ -635,14 +640,14 @@ mod tests {
         /// A table whose dumps fail while `broken` is set.
         struct Flaky(Fake, Arc<Mutex<bool>>);
         impl FlowTable for Flaky {
-            fn dump(&mut self, f: IpFamily) -> Result<Vec<Flow>, ConntrackError> {
+            fn dump(&mut self, f: IpFamily, proto: Option<u8>) -> Result<Vec<Flow>, ConntrackError> {
                 if *self.1.lock().unwrap() {
                     return Err(ConntrackError::Kernel {
                         op: "listing conntrack entries",
                         errno: libc::EPERM,
                     });
                 }
-                self.0.dump(f)
+                self.0.dump(f, proto)
             }
             fn delete(&mut self, f: IpFamily, flow: &Flow) -> Result<bool, ConntrackError> {
                 self.0.delete(f, flow)

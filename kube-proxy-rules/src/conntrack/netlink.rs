@@ -12,8 +12,8 @@
 use std::net::IpAddr;
 
 use netlink_packet_core::{
-    DefaultNla, NetlinkBuffer, NetlinkHeader, NetlinkMessage, NetlinkPayload, Nla, NLM_F_ACK, NLM_F_CREATE,
-    NLM_F_DUMP, NLM_F_DUMP_INTR, NLM_F_EXCL, NLM_F_REQUEST,
+    DefaultNla, Emitable, NetlinkBuffer, NetlinkHeader, NetlinkMessage, NetlinkPayload, Nla, NLM_F_ACK,
+    NLM_F_CREATE, NLM_F_DUMP, NLM_F_DUMP_INTR, NLM_F_EXCL, NLM_F_REQUEST,
 };
 use netlink_packet_netfilter::conntrack::{
     ConntrackAttribute, ConntrackMessage, IPTuple, ProtoTuple, Protocol as CtProto, Tuple as CtTuple,
@@ -111,6 +111,9 @@ impl ConntrackSocket {
         packet.finalize();
         let mut out = vec![0u8; packet.buffer_len()];
         packet.serialize(&mut out);
+        if let Some(ConntrackMessage::Get(attrs)) = filtered_get(&packet.payload) {
+            mark_last_nested(&mut out, attrs);
+        }
         self.socket.send(&out, 0).map_err(|source| ConntrackError::Io { op, source })?;
         Ok(self.seq)
     }
@@ -177,13 +180,43 @@ impl ConntrackSocket {
     /// Every entry of `family` with complete tuples (entries of protocols
     /// without ports, ICMP, have ports 0).
     pub fn dump(&mut self, family: IpFamily) -> Result<Vec<Flow>, ConntrackError> {
+        self.dump_proto(family, None)
+    }
+
+    /// The entries of `family` of one IP protocol (`Some(17)`: UDP), the
+    /// kernel filtering them (`CTA_FILTER`, Linux ≥5.8): a table full of TCP
+    /// connections is not copied out to find its UDP entries. A kernel that
+    /// ignores the filter lists everything; the entries are filtered here too.
+    pub fn dump_proto(&mut self, family: IpFamily, proto: Option<u8>) -> Result<Vec<Flow>, ConntrackError> {
+        match self.dump_filtered(family, proto) {
+            // A kernel that refuses the filter: everything, filtered here.
+            Err(ConntrackError::Kernel { errno: libc::EINVAL | libc::EOPNOTSUPP, .. }) if proto.is_some() => {
+                log::debug!("the kernel refused a filtered conntrack dump: listing every entry");
+                self.dump_filtered(family, None)
+                    .map(|flows| flows.into_iter().filter(|f| proto.is_none_or(|p| f.proto == p)).collect())
+            }
+            other => other,
+        }
+    }
+
+    fn dump_filtered(&mut self, family: IpFamily, proto: Option<u8>) -> Result<Vec<Flow>, ConntrackError> {
         const OP: &str = "listing conntrack entries";
+        let attrs = match proto {
+            None => Vec::new(),
+            Some(p) => vec![
+                ConntrackAttribute::CtaTupleOrig(vec![CtTuple::Proto(vec![ProtoTuple::Protocol(
+                    CtProto::from(p),
+                )])]),
+                ConntrackAttribute::Other(proto_filter()),
+            ],
+        };
         for _ in 0..DUMP_RETRIES {
-            let seq = self.send(ConntrackMessage::Get(Vec::new()), family, NLM_F_REQUEST | NLM_F_DUMP, OP)?;
+            let seq =
+                self.send(ConntrackMessage::Get(attrs.clone()), family, NLM_F_REQUEST | NLM_F_DUMP, OP)?;
             let mut flows = Vec::new();
             if self.receive(seq, OP, |m| {
                 if let ConntrackMessage::New(attrs) | ConntrackMessage::Get(attrs) = m {
-                    flows.extend(decode_flow(&attrs));
+                    flows.extend(decode_flow(&attrs).filter(|f| proto.is_none_or(|p| f.proto == p)));
                 }
             })? {
                 return Ok(flows);
@@ -228,6 +261,59 @@ impl ConntrackSocket {
             Err(e) => Err(e),
         }
     }
+}
+
+/// `CTA_FILTER`: the dump filter attribute.
+const CTA_FILTER: u16 = 25;
+/// The nested-attribute flag of an attribute's type.
+const NLA_F_NESTED: u16 = 1 << 15;
+
+/// The Get request of `payload` when it carries a `CTA_FILTER` (the last
+/// attribute, as [`ConntrackSocket::dump_proto`] builds it).
+fn filtered_get(payload: &NetlinkPayload<NetfilterMessage>) -> Option<&ConntrackMessage> {
+    match payload {
+        NetlinkPayload::InnerMessage(NetfilterMessage {
+            inner: NetfilterMessageInner::Conntrack(m), ..
+        }) => match m {
+            ConntrackMessage::Get(attrs)
+                if attrs.last().is_some_and(|a| a.kind() & !NLA_F_NESTED == CTA_FILTER) =>
+            {
+                Some(m)
+            }
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+/// Set NLA_F_NESTED on the last attribute of a serialized request: the
+/// kernel parses `CTA_FILTER` strictly (a nested attribute without the flag
+/// is refused with EINVAL), and netlink-packet-core masks the flag out of an
+/// opaque attribute's type. The last attribute starts `its length` bytes
+/// before the end of the message (attributes are 4-aligned; ours is too).
+fn mark_last_nested(out: &mut [u8], attrs: &[ConntrackAttribute]) {
+    let Some(last) = attrs.last() else { return };
+    let len = last.buffer_len();
+    let Some(start) = out.len().checked_sub(len) else { return };
+    if let Some(kind) = out.get_mut(start + 2..start + 4) {
+        let k = u16::from_ne_bytes([kind[0], kind[1]]);
+        if k & !NLA_F_NESTED == CTA_FILTER {
+            kind.copy_from_slice(&(k | NLA_F_NESTED).to_ne_bytes());
+        }
+    }
+}
+
+/// `CTA_FILTER { CTA_FILTER_ORIG_FLAGS: CTA_FILTER_F_CTA_PROTO_NUM }`: match
+/// the original tuple's L4 protocol only (flags in host order; the nested
+/// flag is set on the wire by [`mark_last_nested`]).
+fn proto_filter() -> DefaultNla {
+    const CTA_FILTER_ORIG_FLAGS: u16 = 1;
+    const CTA_FILTER_F_CTA_PROTO_NUM: u32 = 1 << 3;
+    let mut inner = Vec::with_capacity(8);
+    inner.extend_from_slice(&8u16.to_ne_bytes());
+    inner.extend_from_slice(&CTA_FILTER_ORIG_FLAGS.to_ne_bytes());
+    inner.extend_from_slice(&CTA_FILTER_F_CTA_PROTO_NUM.to_ne_bytes());
+    DefaultNla::new(CTA_FILTER, inner)
 }
 
 fn encode_tuple(proto: u8, t: &Tuple) -> Vec<CtTuple> {
@@ -294,6 +380,37 @@ pub(crate) fn decode_flow(attrs: &[ConntrackAttribute]) -> Option<Flow> {
 mod tests {
     use super::*;
     use netlink_packet_core::{Emitable, NlaBuffer, NlasIterator, Parseable};
+
+    /// The filtered dump request carries CTA_FILTER with the nested flag
+    /// set on the wire (the kernel refuses it otherwise), its one attribute
+    /// the protocol-number flag.
+    #[test]
+    fn a_filtered_dump_request_marks_its_filter_nested() {
+        let attrs = vec![
+            ConntrackAttribute::CtaTupleOrig(vec![CtTuple::Proto(vec![ProtoTuple::Protocol(
+                CtProto::from(17),
+            )])]),
+            ConntrackAttribute::Other(proto_filter()),
+        ];
+        let msg = ConntrackMessage::Get(attrs.clone());
+        let nf = NetfilterMessage::new(NetfilterHeader::new(nf_family(IpFamily::V4), 0, 0), msg);
+        let mut packet = NetlinkMessage::new(NetlinkHeader::default(), NetlinkPayload::from(nf));
+        packet.finalize();
+        let mut out = vec![0u8; packet.buffer_len()];
+        packet.serialize(&mut out);
+        assert!(filtered_get(&packet.payload).is_some());
+        mark_last_nested(&mut out, &attrs);
+        let filter = &out[out.len() - 12..];
+        assert_eq!(u16::from_ne_bytes([filter[0], filter[1]]), 12);
+        assert_eq!(u16::from_ne_bytes([filter[2], filter[3]]), CTA_FILTER | NLA_F_NESTED);
+        assert_eq!(u32::from_ne_bytes([filter[8], filter[9], filter[10], filter[11]]), 1 << 3);
+        // Requests without a filter are left alone.
+        let plain = NetfilterMessage::new(
+            NetfilterHeader::new(nf_family(IpFamily::V4), 0, 0),
+            ConntrackMessage::Get(Vec::new()),
+        );
+        assert!(filtered_get(&NetlinkPayload::from(plain)).is_none());
+    }
 
     /// A delete request encodes the original tuple the way a dump reply
     /// carries it: what is decoded from the emitted bytes is the flow.
