@@ -359,6 +359,9 @@ impl Lab {
                 .args(["--cluster-cidr", &cluster_cidr])
                 .args(["--service-cluster-ip-range", &svc_range])
                 .args(["--datastore-type", "etcdv3", "--etcd-endpoints", &self.cfg.etcd_endpoint()])
+                // The nodes share this machine: each its own conntrack state.
+                .arg("--state-dir")
+                .arg(self.run_dir.join(&n.name).join("kube-proxy-rules"))
                 .arg(manifest);
             run_cmd(&mut cmd)?;
         }

@@ -39,7 +39,7 @@ use crate::nftables::NftablesConfig;
     name = "kube-proxy-rules",
     version,
     about = "kube-proxy's service rules (iptables or nftables mode) from manifests and Calico pod records",
-    after_help = "Inputs: Service, EndpointSlice, Pod, Deployment manifests (YAML or JSON, Lists too), \
+    after_help = "Inputs: Service, EndpointSlice, Pod, Deployment, Node manifests (YAML or JSON, Lists too), \
                   files or directories (*.yaml, *.yml, *.json).\n\
                   IPv6 and dual-stack: one proxier per family, as kube-proxy's MetaProxier. A family \
                   is synced only when it has services or a --node-ip; IPv6 goes to ip6tables-restore \
@@ -116,6 +116,11 @@ pub struct NodeArgs {
     /// Node name: endpoints with this nodeName are local (default: the host name)
     #[arg(long, value_name = "NAME")]
     pub hostname_override: Option<String>,
+    /// The node's zone (its Node's topology.kubernetes.io/zone label, which kube-proxy reads
+    /// from the API): EndpointSlice hints for it keep traffic in it. Unset: zone hints are
+    /// not used
+    #[arg(long, value_name = "ZONE", value_parser = zone_name)]
+    pub node_zone: Option<String>,
     /// Node IP(s), one per family; repeatable
     #[arg(long, value_name = "IP[,IP]", value_parser = node_ip_list)]
     pub node_ip: Vec<CommaList<IpAddr>>,
@@ -170,7 +175,21 @@ pub struct SyncArgs {
           default_missing_value = "true", default_value = "false", value_parser = parse_bool,
           value_name = "BOOL")]
     pub rewrite_top_level_chains: bool,
+    /// After each successful sync, delete the conntrack entries of UDP/SCTP services whose
+    /// endpoint went away, or that were made while the service had no endpoint (as kube-proxy)
+    #[arg(long, action = ArgAction::Set, num_args = 0..=1, require_equals = true,
+          default_missing_value = "true", default_value = "true", value_parser = parse_bool,
+          value_name = "BOOL")]
+    pub conntrack_cleanup: bool,
+    /// Where the last synced UDP/SCTP services are remembered (conntrack-ipv4.json,
+    /// conntrack-ipv6.json), so a restart cleans only what changed meanwhile. One directory
+    /// per node
+    #[arg(long, value_name = "DIR", default_value = DEFAULT_STATE_DIR)]
+    pub state_dir: PathBuf,
 }
+
+/// `--state-dir`'s default.
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/kube-proxy-rules";
 
 /// `bench`.
 #[derive(Debug, Clone, clap::Args)]
@@ -197,12 +216,31 @@ pub struct BenchArgs {
     /// (endpoints in one DNAT map: one-service changes cost a few map elements)
     #[arg(long, value_name = "LAYOUT", default_value = "kube-proxy", value_parser = <NftLayout as std::str::FromStr>::from_str)]
     pub nftables_layout: NftLayout,
+    /// Instead of the rules: the conntrack cleanup on N UDP entries in a scratch namespace,
+    /// against one `conntrack -D` per filter
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub conntrack_entries: usize,
 }
 
 /// `--node-ip`: as kube-proxy (ParseIPSloppy), `::ffff:a.b.c.d` is the
 /// IPv4 address and leading zeros are allowed.
 fn node_ip_list(v: &str) -> Result<CommaList<IpAddr>, String> {
     CommaList::parse_with(v, |ip| crate::model::service::parse_ip_sloppy(ip).ok_or("invalid IP"))
+}
+
+/// `--node-zone`: a label value, as the API server admits it (at most 63
+/// characters, alphanumerics, `-`, `_`, `.`, alphanumeric at both ends).
+fn zone_name(v: &str) -> Result<String, String> {
+    let ok_end = |c: Option<char>| c.is_some_and(|c| c.is_ascii_alphanumeric());
+    let valid = v.len() <= 63
+        && ok_end(v.chars().next())
+        && ok_end(v.chars().last())
+        && v.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if valid {
+        Ok(v.to_string())
+    } else {
+        Err(format!("{v:?} is not a label value (alphanumerics, '-', '_', '.', at most 63)"))
+    }
 }
 
 /// `--service-cluster-ip-range`: at most one range per family, primary first.
@@ -263,6 +301,8 @@ pub struct Args {
     pub proxy_mode: ProxyMode,
     pub inputs: Vec<PathBuf>,
     pub hostname: Option<String>,
+    /// `--node-zone`.
+    pub zone: Option<String>,
     pub node_ips: Vec<IpAddr>,
     /// `--cluster-cidr`: at most one per family (the first of each).
     pub cluster_cidrs: Vec<IpNetwork>,
@@ -275,6 +315,10 @@ pub struct Args {
     pub datastore: Option<DatastoreConfig>,
     pub dry_run: bool,
     pub rewrite_top_level: bool,
+    /// `--conntrack-cleanup`.
+    pub conntrack_cleanup: bool,
+    /// `--state-dir`.
+    pub state_dir: PathBuf,
     pub canonical: bool,
     pub sync_period: Duration,
     pub min_sync_period: Duration,
@@ -284,6 +328,8 @@ pub struct Args {
     pub bench_restore_command: String,
     /// `--nftables-layout`.
     pub nft_layout: NftLayout,
+    /// `bench --conntrack-entries` (0: the rules bench).
+    pub bench_conntrack_entries: usize,
 }
 
 /// The pod-records datastore: the datastore flags (or their variables)
@@ -335,12 +381,14 @@ impl Args {
                 a.bench_restore = !b.no_restore;
                 a.bench_restore_command = b.restore_command;
                 a.nft_layout = b.nftables_layout;
+                a.bench_conntrack_entries = b.conntrack_entries;
                 return Ok(a);
             }
         };
         a.proxy_mode = node.proxy_mode;
         a.inputs = inputs;
         a.hostname = node.hostname_override;
+        a.zone = node.node_zone;
         a.node_ips = CommaList::concat(&node.node_ip);
         for n in CommaList::concat(&node.cluster_cidr) {
             if !a.cluster_cidrs.iter().any(|c| c.is_ipv4() == n.is_ipv4()) {
@@ -362,6 +410,8 @@ impl Args {
         self.sync_period = s.sync_period;
         self.min_sync_period = s.min_sync_period;
         self.rewrite_top_level = s.rewrite_top_level_chains;
+        self.conntrack_cleanup = s.conntrack_cleanup;
+        self.state_dir = s.state_dir.clone();
     }
 
     /// kube-proxy's defaults (and the bench's), for `command`.
@@ -371,6 +421,7 @@ impl Args {
             proxy_mode: ProxyMode::default(),
             inputs: Vec::new(),
             hostname: None,
+            zone: None,
             node_ips: Vec::new(),
             cluster_cidrs: Vec::new(),
             masquerade_bit: 14,
@@ -381,6 +432,8 @@ impl Args {
             datastore: None,
             dry_run: false,
             rewrite_top_level: false,
+            conntrack_cleanup: true,
+            state_dir: PathBuf::from(DEFAULT_STATE_DIR),
             canonical: false,
             sync_period: Duration::from_secs(30),
             min_sync_period: Duration::from_secs(1),
@@ -389,6 +442,7 @@ impl Args {
             bench_restore: true,
             bench_restore_command: "iptables-restore".into(),
             nft_layout: NftLayout::default(),
+            bench_conntrack_entries: 0,
         }
     }
 
@@ -475,6 +529,7 @@ impl Args {
             masquerade_all: self.masquerade_all,
             nodeport_addresses: Vec::new(),
             local_addresses: self.local_addresses(family, in_other_netns),
+            zone: self.zone.clone(),
         };
         for a in &self.nodeport_addresses {
             if a == "primary" {
@@ -773,6 +828,23 @@ mod tests {
         }
         // A value flag at the end without its value.
         assert_eq!(clap_err(&["render", "--hostname-override"]).kind(), clap::error::ErrorKind::InvalidValue);
+    }
+
+    #[test]
+    fn node_zone_is_a_label_value_and_reaches_both_modes() {
+        let a = args(&["sync", "--hostname-override", "n", "--node-zone", "eu-west-1a"]).unwrap();
+        assert_eq!(a.zone.as_deref(), Some("eu-west-1a"));
+        assert_eq!(a.nft_config(IpFamily::V4, true).unwrap().node.zone.as_deref(), Some("eu-west-1a"));
+        assert_eq!(args(&["sync", "--hostname-override", "n"]).unwrap().zone, None);
+        for bad in [
+            "--node-zone=-a",
+            "--node-zone=a b",
+            "--node-zone=zone/a",
+            &format!("--node-zone={}", "z".repeat(64)),
+        ] {
+            let e = clap_err(&["sync", bad]);
+            assert_eq!(e.kind(), clap::error::ErrorKind::ValueValidation, "{bad}");
+        }
     }
 
     #[test]

@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use crate::backend::Backend;
 use crate::cli::{input_stamp, Args, Command, PodRecords, ProxyMode};
+use crate::conntrack::ConntrackCleanup;
 use crate::exec::Runner;
 use crate::family::IpFamily;
 use crate::inputs::Loaded;
@@ -170,13 +171,26 @@ fn mode_syncer(args: &Args, family: IpFamily) -> Result<Box<dyn ModeSyncer>, Str
             let cfg = args.proxier_config(&ipt)?;
             let mut backend = IptablesBackend::new(ipt, cfg, args.sync_period);
             backend.minimize_top_level = !args.rewrite_top_level;
-            Box::new(Syncer::new(backend))
+            Box::new(with_cleanup(args, family, Syncer::new(backend)))
         }
         ProxyMode::Nftables => {
             let nft = Nft::current().with_family(family);
-            Box::new(Syncer::new(NftablesBackend::new(nft, args.nft_config(family, false)?)))
+            Box::new(with_cleanup(
+                args,
+                family,
+                Syncer::new(NftablesBackend::new(nft, args.nft_config(family, false)?)),
+            ))
         }
     })
+}
+
+/// The stale-flow cleanup after each sync (`--conntrack-cleanup`), in this
+/// process's namespace, remembering under `--state-dir`.
+fn with_cleanup<B: Backend>(args: &Args, family: IpFamily, syncer: Syncer<B>) -> Syncer<B> {
+    if !args.conntrack_cleanup {
+        return syncer;
+    }
+    syncer.with_conntrack_cleanup(ConntrackCleanup::new(family, None, Some(&args.state_dir)))
 }
 
 fn cmd_sync(args: &Args) -> Result<i32, String> {

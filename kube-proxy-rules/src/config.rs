@@ -9,6 +9,7 @@ use std::net::IpAddr;
 use ipnetwork::IpNetwork;
 
 use crate::family::IpFamily;
+use crate::model::Locality;
 
 /// The node settings a payload depends on, in either mode.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -29,6 +30,10 @@ pub struct NodeConfig {
     pub nodeport_addresses: Vec<IpNetwork>,
     /// This node's interface addresses, matched against `nodeport_addresses`.
     pub local_addresses: Vec<IpAddr>,
+    /// The node's zone (its Node's `topology.kubernetes.io/zone` label, or
+    /// `--node-zone`): topology hints for it keep traffic in it
+    /// ([`crate::model::topology`]). None: zone hints are not used.
+    pub zone: Option<String>,
 }
 
 /// kube-proxy's mark: `fmt.Sprintf("%#08x", 1<<bit)` pads the digits to 8: `0x00004000`.
@@ -47,6 +52,7 @@ impl Default for NodeConfig {
             masquerade_all: false,
             nodeport_addresses: Vec::new(),
             local_addresses: Vec::new(),
+            zone: None,
         }
     }
 }
@@ -55,6 +61,11 @@ impl NodeConfig {
     /// The first `--node-ip` of the family: "the" node IP (LB source ranges).
     pub fn node_ip(&self) -> Option<IpAddr> {
         self.node_ips.iter().copied().find(|ip| self.family.has(*ip))
+    }
+
+    /// The node name and zone endpoints are categorized for.
+    pub fn locality(&self) -> Locality<'_> {
+        Locality { node: &self.hostname, zone: self.zone.as_deref() }
     }
 
     /// `nodePortAddresses.MatchAll()`: no `--nodeport-addresses`, or a /0.

@@ -148,6 +148,16 @@ pub fn build_state(objs: &Objects, weps: &[WorkloadEndpoint], service_cidrs: &[I
     let catalog = PodCatalog::new(objs);
     let weps = valid_pod_records(weps, &mut out.errors);
     eps.extend(endpoints::from_pod_records(&selector_based, &weps, &catalog));
+    // Endpoints on a Node given as a manifest get its zone (topology hints).
+    let zones: BTreeMap<String, String> = objs
+        .nodes
+        .iter()
+        .filter_map(|n| {
+            let zone = n.metadata.labels.get(crate::model::topology::ZONE_LABEL)?;
+            (!zone.is_empty()).then(|| (n.metadata.name().to_string(), zone.clone()))
+        })
+        .collect();
+    endpoints::fill_zones(&mut eps, &zones);
 
     let mut services: Vec<_> = keep.into_iter().map(|(sp, _)| sp).collect();
     services.sort_by(|a, b| (&a.name_string, a.protocol).cmp(&(&b.name_string, b.protocol)));

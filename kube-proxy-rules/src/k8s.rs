@@ -1,8 +1,9 @@
-//! The Kubernetes objects a user has (Service, EndpointSlice, Pod, Deployment),
-//! read from YAML (multi-document) or JSON files, single objects or `v1 List`s.
+//! The Kubernetes objects a user has (Service, EndpointSlice, Pod, Deployment,
+//! Node), read from YAML (multi-document) or JSON files, single objects or
+//! `v1 List`s.
 //!
 //! Only the fields kube-proxy (and the endpoint controller for selector-based
-//! services) reads are typed. A document that is not one of the four kinds, or
+//! services) reads are typed. A document that is not one of the five kinds, or
 //! that does not decode, becomes an [`ObjectError`] naming its kind, namespace
 //! and name; the caller reports it and goes on with the rest.
 
@@ -135,6 +136,11 @@ pub struct ServiceSpec {
     pub load_balancer_ip: Option<String>,
     #[serde(default)]
     pub allocate_load_balancer_node_ports: Option<bool>,
+    /// `PreferClose` (= `PreferSameZone`) or `PreferSameNode`: what the
+    /// EndpointSlice controller turns into hints (see
+    /// [`crate::model::topology`]).
+    #[serde(default)]
+    pub traffic_distribution: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -193,6 +199,28 @@ pub struct SliceEndpoint {
     pub conditions: EndpointConditions,
     #[serde(default)]
     pub node_name: Option<String>,
+    /// The zone of the endpoint's node (`topology.kubernetes.io/zone`).
+    #[serde(default)]
+    pub zone: Option<String>,
+    #[serde(default)]
+    pub hints: Option<EndpointHints>,
+}
+
+/// Where an endpoint should be consumed (set by the EndpointSlice controller).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EndpointHints {
+    #[serde(default)]
+    pub for_zones: Vec<HintName>,
+    #[serde(default)]
+    pub for_nodes: Vec<HintName>,
+}
+
+/// `{name: …}` of a `forZones`/`forNodes` entry.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct HintName {
+    #[serde(default)]
+    pub name: String,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -280,6 +308,13 @@ pub struct Deployment {
     pub spec: DeploymentSpec,
 }
 
+/// A Node: only its labels are read (its zone, `topology.kubernetes.io/zone`).
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct Node {
+    #[serde(default)]
+    pub metadata: ObjectMeta,
+}
+
 /// Everything read from the inputs, in input order.
 #[derive(Debug, Clone, Default)]
 pub struct Objects {
@@ -287,6 +322,7 @@ pub struct Objects {
     pub slices: Vec<EndpointSlice>,
     pub pods: Vec<Pod>,
     pub deployments: Vec<Deployment>,
+    pub nodes: Vec<Node>,
 }
 
 fn object_ref(v: &serde_yaml::Value) -> ObjectRef {
@@ -341,13 +377,16 @@ impl Objects {
             ("Deployment", "apps/v1") => serde_yaml::from_value::<Deployment>(v)
                 .map_err(|e| e.to_string())
                 .and_then(|o| check_meta(&o.metadata, dns1123_subdomain).map(|_| self.deployments.push(o))),
-            ("Service" | "EndpointSlice" | "Pod" | "Deployment", other) => {
+            ("Node", "v1") => serde_yaml::from_value::<Node>(v)
+                .map_err(|e| e.to_string())
+                .and_then(|o| check_meta(&o.metadata, dns1123_subdomain).map(|_| self.nodes.push(o))),
+            ("Service" | "EndpointSlice" | "Pod" | "Deployment" | "Node", other) => {
                 Err(format!("unsupported apiVersion {other:?} for {}", oref.kind))
             }
             ("", _) => Err("kind is missing".into()),
-            (other, _) => {
-                Err(format!("unknown kind {other:?} (expected Service, EndpointSlice, Pod or Deployment)"))
-            }
+            (other, _) => Err(format!(
+                "unknown kind {other:?} (expected Service, EndpointSlice, Pod, Deployment or Node)"
+            )),
         };
         if let Err(reason) = result {
             errors.push(err(reason));

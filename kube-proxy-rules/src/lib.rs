@@ -1,6 +1,7 @@
 //! # kube-proxy-rules: kube-proxy's service rules for a Calico node
 //!
-//! Reads Services, EndpointSlices, Pods and Deployments as a user has them
+//! Reads Services, EndpointSlices, Pods, Deployments and Nodes (their zone
+//! labels) as a user has them
 //! (YAML/JSON files) plus the pod records Calico's CNI writes
 //! (WorkloadEndpoints in the datastore), and produces exactly what one of
 //! kube-proxy's proxiers would write, then applies it the way kube-proxy does.
@@ -40,16 +41,23 @@
 //!   apiserver defaults ([`model::service`]), endpoints and the
 //!   traffic-policy decisions both proxiers share ([`model::endpoints`]), the
 //!   state one sync renders ([`model::ProxyState`]), what changed since the
-//!   last applied sync ([`model::changes`]: per-service fingerprints) and when
-//!   a sync must be full ([`model::full_sync`]: [`model::FullSyncReason`]).
-//!   Runs no tool and knows no rule syntax.
+//!   last applied sync ([`model::changes`]: per-service fingerprints), when
+//!   a sync must be full ([`model::full_sync`]: [`model::FullSyncReason`])
+//!   and topology hints ([`model::topology`]: EndpointSlice hints,
+//!   `trafficDistribution`, the node's zone). Runs no tool and knows no rule
+//!   syntax.
 //! * [`config`]: the node settings both backends share; what only one uses
 //!   is in that backend's config ([`iptables::IptablesConfig`],
 //!   [`nftables::NftablesConfig`]).
 //! * [`backend`]: the [`backend::Backend`] trait (render, apply, remember,
 //!   canary) and its [`backend::SyncError`]; [`syncer`]: [`syncer::Syncer`],
 //!   the one loop over it (full-sync decision, changed services,
-//!   success/failure bookkeeping, node addresses, dry runs).
+//!   success/failure bookkeeping, node addresses, dry runs, and the
+//!   conntrack cleanup after each successful sync).
+//! * [`conntrack`]: stale UDP/SCTP conntrack entries (an endpoint gone, a
+//!   service's first endpoint): typed filters, ctnetlink dump and delete, the
+//!   last cleaned state persisted under `--state-dir`. Backend-agnostic: the
+//!   entries are the kernel's.
 //! * [`iptables`], [`nftables`]: the two backends, each with its rule
 //!   builders named after the chains they fill (`render`), the tool it runs
 //!   (`ipt`, `nft`), its [`backend::Backend`] impl (`backend`) and test
@@ -71,7 +79,9 @@
 //! Owns: the rules of its proxy mode in the current (or a named) network
 //! namespace: the KUBE-* chains in iptables' filter, nat and mangle tables
 //! (and the jump rules into them from the built-in chains), or table `ip`/
-//! `ip6 kube-proxy`; what it remembers of them between syncs.
+//! `ip6 kube-proxy`; what it remembers of them between syncs; the deletion
+//! of stale UDP/SCTP conntrack entries of its services, and the state file
+//! it remembers them by (`--state-dir`).
 //!
 //! May call: `calico-store` (read-only: pod records and the store revision),
 //! the `iptables`/`iptables-restore`/`iptables-save` binaries (and their
@@ -79,12 +89,15 @@
 //! (or, through `ip netns exec`, of a named one, for tests and benchmarks),
 //! the kernel's nfnetlink (element-only transactions of the endpoint-maps
 //! layout; a named namespace is entered on a thread of `netlink-util`'s),
+//! the kernel's conntrack table through ctnetlink (`NETLINK_NETFILTER`:
+//! dump, delete by tuple) in the node's namespace, the `--state-dir` files,
 //! `sh`/`cat` for the namespace's `route_localnet` and
 //! `nf_conntrack_tcp_be_liberal` sysctls, the filesystem (inputs, `/proc`),
 //! `tool-cli` (the shared flag groups and value parsers), the process
 //! environment (the datastore flags' variables, read by clap).
 //!
-//! Never: writes to the datastore; flushes, rewrites or deletes chains and
+//! Never: writes to the datastore; deletes conntrack entries that are not
+//! UDP/SCTP flows of its own service addresses; flushes, rewrites or deletes chains and
 //! tables it does not own (leftover chains with names it could not have
 //! written are left alone); writes anything to stdout but a payload or a
 //! dry run's diff (bad objects, notes and progress are `log` records: the
@@ -96,6 +109,7 @@ pub mod backend;
 pub mod cli;
 pub mod commands;
 pub mod config;
+pub mod conntrack;
 pub mod exec;
 pub mod family;
 pub mod inputs;

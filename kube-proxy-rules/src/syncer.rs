@@ -5,10 +5,13 @@
 //! remember the result: the new fingerprints after a success, a full sync
 //! next after a failure (the changes are folded into the fingerprints that
 //! were not applied, and the kernel may differ from what was remembered).
+//! After each successful sync, the stale UDP/SCTP conntrack entries are
+//! deleted ([`Syncer::conntrack`], [`crate::conntrack`]), in either mode.
 
 use std::net::IpAddr;
 
 use crate::backend::{Backend, SyncError, SyncPlan};
+use crate::conntrack::{CleanupReport, ConntrackCleanup};
 use crate::model::{ChangeTracker, Changes, FullSyncReason, FullSyncs, ProxyState};
 
 /// What a sync did.
@@ -21,6 +24,9 @@ pub struct SyncReport<O> {
     pub changed_services: usize,
     /// What the backend did.
     pub outcome: O,
+    /// What the conntrack cleanup after it did (None: no cleanup is set up,
+    /// or it failed: logged, and retried by the next sync).
+    pub conntrack: Option<CleanupReport>,
 }
 
 impl<O> SyncReport<O> {
@@ -48,11 +54,24 @@ pub struct Syncer<B: Backend> {
     /// When the next sync must be full.
     pub full_syncs: FullSyncs,
     changes: ChangeTracker,
+    /// The stale-flow cleanup run after each successful sync (None: none).
+    pub conntrack: Option<ConntrackCleanup>,
 }
 
 impl<B: Backend> Syncer<B> {
     pub fn new(backend: B) -> Self {
-        Syncer { backend, full_syncs: FullSyncs::default(), changes: ChangeTracker::default() }
+        Syncer {
+            backend,
+            full_syncs: FullSyncs::default(),
+            changes: ChangeTracker::default(),
+            conntrack: None,
+        }
+    }
+
+    /// Clean stale UDP/SCTP conntrack entries after each successful sync.
+    pub fn with_conntrack_cleanup(mut self, cleanup: ConntrackCleanup) -> Self {
+        self.conntrack = Some(cleanup);
+        self
     }
 
     /// Take the node's current addresses (`run` re-reads them before every
@@ -65,6 +84,19 @@ impl<B: Backend> Syncer<B> {
         }
         self.backend.node_mut().local_addresses = addresses;
         self.force_full_sync(FullSyncReason::NodeAddressesChanged);
+        true
+    }
+
+    /// Take the node's zone (its Node's `topology.kubernetes.io/zone`
+    /// label, or `--node-zone`). If it changed, the next sync is a full one:
+    /// topology hints pick other endpoints, and a service's fingerprint does
+    /// not cover the node's zone. Returns true if it changed.
+    pub fn set_zone(&mut self, zone: Option<String>) -> bool {
+        if self.backend.node().zone == zone {
+            return false;
+        }
+        self.backend.node_mut().zone = zone;
+        self.force_full_sync(FullSyncReason::NodeZoneChanged);
         true
     }
 
@@ -118,7 +150,22 @@ impl<B: Backend> Syncer<B> {
             Ok(outcome) => {
                 self.full_syncs.synced(full.is_some());
                 self.changes.applied(changes.now);
-                Ok(SyncReport { full, changed_services, outcome })
+                // The rules are in place: flows DNATed by older rules to
+                // endpoints that are gone can go (their next packet meets
+                // the new rules).
+                let conntrack = self.conntrack.as_mut().and_then(|c| match c.after_sync(state) {
+                    Ok(r) => {
+                        if r.deleted > 0 {
+                            log::info!("deleted {} stale conntrack entries", r.deleted);
+                        }
+                        Some(r)
+                    }
+                    Err(e) => {
+                        log::error!("{e} (retried after the next sync)");
+                        None
+                    }
+                });
+                Ok(SyncReport { full, changed_services, outcome, conntrack })
             }
             Err(e) => {
                 // The changes are folded into fingerprints that were not
@@ -152,6 +199,7 @@ impl<B: Backend> Syncer<B> {
 mod tests {
     use super::*;
     use crate::config::NodeConfig;
+    use crate::family::IpFamily;
     use crate::k8s::Objects;
 
     /// A backend that applies nothing: it records the plans it was given
@@ -282,5 +330,76 @@ mod tests {
         assert!(s.set_local_addresses(vec!["192.0.2.1".parse().unwrap()]));
         assert_eq!(s.backend.node.local_addresses, ["192.0.2.1".parse::<IpAddr>().unwrap()]);
         assert_eq!(s.sync(&ProxyState::default()).unwrap().full, Some(FullSyncReason::NodeAddressesChanged));
+    }
+
+    /// A conntrack table that only counts how often it was read.
+    #[derive(Clone, Default)]
+    struct CountingTable(std::sync::Arc<std::sync::atomic::AtomicUsize>);
+
+    impl crate::conntrack::FlowTable for CountingTable {
+        fn dump(
+            &mut self,
+            _: IpFamily,
+            _: Option<u8>,
+        ) -> Result<Vec<crate::conntrack::Flow>, crate::conntrack::ConntrackError> {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            Ok(Vec::new())
+        }
+        fn delete(
+            &mut self,
+            _: IpFamily,
+            _: &crate::conntrack::Flow,
+        ) -> Result<bool, crate::conntrack::ConntrackError> {
+            Ok(true)
+        }
+    }
+
+    fn udp_state(endpoint: &str) -> ProxyState {
+        let yaml = format!(
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: dns, namespace: ns}}\n\
+             spec: {{clusterIP: 10.96.0.10, ports: [{{port: 53, protocol: UDP}}]}}\n---\n\
+             apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
+             metadata: {{name: dns-1, namespace: ns, labels: {{kubernetes.io/service-name: dns}}}}\n\
+             addressType: IPv4\nports: [{{port: 53, protocol: UDP}}]\nendpoints: [{{addresses: [{endpoint}]}}]\n"
+        );
+        let mut objs = Objects::default();
+        let mut errors = Vec::new();
+        objs.add_text(&yaml, "test", &mut errors);
+        crate::inputs::build_state(&objs, &[], &["10.96.0.0/12".parse().unwrap()]).state
+    }
+
+    /// The cleanup runs after a sync that succeeded, never after one that
+    /// failed (the old rules may still DNAT to the old endpoint).
+    #[test]
+    fn conntrack_is_cleaned_after_successful_syncs_only() {
+        let table = CountingTable::default();
+        let reads = table.0.clone();
+        let cleanup = ConntrackCleanup::with_table(IpFamily::V4, Box::new(table), None);
+        let mut s = Syncer::new(Recorder::default()).with_conntrack_cleanup(cleanup);
+        assert!(s.sync(&udp_state("10.244.0.11")).unwrap().conntrack.is_some_and(|r| r.reconciled));
+        let after_first = reads.load(std::sync::atomic::Ordering::Relaxed);
+        s.backend.fail_with = Some("applying".into());
+        s.sync(&udp_state("10.244.0.12")).unwrap_err();
+        assert_eq!(
+            reads.load(std::sync::atomic::Ordering::Relaxed),
+            after_first,
+            "no cleanup after a failure"
+        );
+        s.backend.fail_with = None;
+        let r = s.sync(&udp_state("10.244.0.12")).unwrap().conntrack.unwrap();
+        assert!(!r.reconciled && r.filters == 1, "{r:?}");
+        assert_eq!(reads.load(std::sync::atomic::Ordering::Relaxed), after_first + 1);
+    }
+
+    #[test]
+    fn a_new_zone_makes_the_next_sync_full() {
+        let mut s = Syncer::new(Recorder::default());
+        s.sync(&ProxyState::default()).unwrap();
+        assert!(!s.set_zone(None));
+        assert!(s.set_zone(Some("zone-a".into())));
+        assert!(!s.set_zone(Some("zone-a".into())));
+        assert_eq!(s.backend.node.zone.as_deref(), Some("zone-a"));
+        assert_eq!(s.sync(&ProxyState::default()).unwrap().full, Some(FullSyncReason::NodeZoneChanged));
+        assert_eq!(s.sync(&ProxyState::default()).unwrap().full, None);
     }
 }

@@ -46,7 +46,7 @@ pub fn dns1123_label(s: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// `IsDNS1123Subdomain`: EndpointSlice, Pod and Deployment names.
+/// `IsDNS1123Subdomain`: EndpointSlice, Pod, Deployment and Node names.
 pub fn dns1123_subdomain(s: &str) -> Result<(), String> {
     if s.len() > DNS1123_SUBDOMAIN_MAX {
         return Err(format!("must be at most {DNS1123_SUBDOMAIN_MAX} characters (an RFC 1123 subdomain)"));

@@ -44,6 +44,7 @@ fn config(dir: &Path) -> Setup {
         let (k, v) = line.split_once('=').unwrap();
         match k {
             "hostname" => cfg.node.hostname = v.into(),
+            "zone" => cfg.node.zone = Some(v.into()),
             "node_ip" => {
                 cfg.node.node_ips.extend(v.split(',').map(|c| c.parse::<std::net::IpAddr>().unwrap()))
             }

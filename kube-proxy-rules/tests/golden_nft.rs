@@ -75,6 +75,7 @@ fn case(dir: &Path) -> Case {
             "base" => c.base = Some(root().join(v)),
             "generated" => c.generated = v.parse().unwrap(),
             "hostname" => c.cfg.node.hostname = v.into(),
+            "zone" => c.cfg.node.zone = Some(v.into()),
             "node_ip" => c.cfg.node.node_ips = list(v).iter().map(|s| s.parse().unwrap()).collect(),
             "cluster_cidr" => c.cfg.node.cluster_cidr = (v != "none").then(|| v.parse().unwrap()),
             "masquerade_all" => c.cfg.node.masquerade_all = v.parse().unwrap(),

@@ -36,6 +36,7 @@ use kube_proxy_rules::model::service::Protocol;
 use kube_proxy_rules::model::{ProxyState, ServiceKey};
 use kube_proxy_rules::nftables::{self, Nft};
 
+pub mod conntrack;
 pub mod synthetic;
 use synthetic::synthetic_state;
 
@@ -93,6 +94,9 @@ fn one_service_changed(state: &ProxyState) -> (ProxyState, HashSet<ServiceKey>) 
 }
 
 pub fn run(args: &Args) -> Result<i32, String> {
+    if args.bench_conntrack_entries > 0 {
+        return conntrack::run(args.bench_conntrack_entries);
+    }
     let (n, m) = (args.bench_services, args.bench_endpoints);
     if n == 0 || m == 0 {
         return Err("--services and --endpoints must be > 0".into());

@@ -40,6 +40,7 @@ pub fn synthetic_state(services: usize, endpoints: usize) -> ProxyState {
             health_check_node_port: 0,
             internal_policy_local: false,
             external_policy_local: false,
+            traffic_distribution: None,
         };
         let eps: Vec<EndpointInfo> = (0..endpoints)
             .map(|j| {

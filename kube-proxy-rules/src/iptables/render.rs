@@ -16,7 +16,7 @@ use crate::config::NodeConfig;
 use crate::family::IpFamily;
 use crate::model::endpoints::{EndpointInfo, Traffic};
 use crate::model::service::ServicePortInfo;
-use crate::model::ProxyState;
+use crate::model::{Locality, ProxyState};
 use crate::names::{self, *};
 use crate::validate::{check_comment, check_line, check_name, UnsafeText};
 
@@ -316,8 +316,8 @@ struct PortPlan<'a> {
 }
 
 impl<'a> PortPlan<'a> {
-    fn new(sp: &'a ServicePortInfo, eps: &'a [EndpointInfo], node: &str) -> Self {
-        let t = Traffic::new(sp, eps, node);
+    fn new(sp: &'a ServicePortInfo, eps: &'a [EndpointInfo], here: Locality<'_>) -> Self {
+        let t = Traffic::new(sp, eps, here);
         let internal_chain = if sp.internal_policy_local { &sp.chains.svl } else { &sp.chains.svc };
         let external_policy_chain = if sp.external_policy_local { &sp.chains.svl } else { &sp.chains.svc };
         let name = &sp.name_string;
@@ -965,7 +965,7 @@ pub fn render(
     for sp in &state.services {
         // The service port name goes into comments, quoted and unquoted.
         check_comment("iptables comment", &sp.name_string)?;
-        let p = PortPlan::new(sp, state.endpoints_of(sp), &cfg.node.hostname);
+        let p = PortPlan::new(sp, state.endpoints_of(sp), cfg.node.locality());
         let before = top_lengths(&t);
         kube_top_level(&mut t, &p, cfg);
         let top = cache.services.entry((sp.namespace.clone(), sp.name.clone())).or_default();
@@ -1068,7 +1068,7 @@ fn render_changed_only(
         let mut top = ServiceTop::default();
         for sp in state.ports_of(key) {
             check_comment("iptables comment", &sp.name_string)?;
-            let p = PortPlan::new(sp, state.endpoints_of(sp), &cfg.node.hostname);
+            let p = PortPlan::new(sp, state.endpoints_of(sp), cfg.node.locality());
             let mut scratch = Tables::default();
             kube_top_level(&mut scratch, &p, cfg);
             for (i, b) in top_buffers(&scratch).enumerate() {
@@ -1093,7 +1093,7 @@ fn render_changed_only(
     let mut written_rules = 0;
     for (key, top) in &fresh {
         for sp in state.ports_of(key) {
-            let p = PortPlan::new(sp, state.endpoints_of(sp), &cfg.node.hostname);
+            let p = PortPlan::new(sp, state.endpoints_of(sp), cfg.node.locality());
             out.written_service_chains.extend(service_port_chains(&mut t, &p, cfg, large));
         }
         written_rules += top.rules;

@@ -11,6 +11,7 @@ use std::net::{IpAddr, SocketAddr};
 use calico_store::model::WorkloadEndpoint;
 
 use super::service::{parse_ip_sloppy, Protocol, ServicePortInfo};
+use super::topology::{self, EndpointTopology, Hints, Locality};
 use crate::family::IpFamily;
 use crate::k8s::{Container, EndpointSlice, IntOrString, ObjectError, ObjectRef, Objects};
 
@@ -27,6 +28,9 @@ pub struct EndpointInfo {
     pub ready: bool,
     pub serving: bool,
     pub terminating: bool,
+    /// The slice's zone and hints for it (None for most endpoints: see
+    /// [`super::topology`]).
+    pub topology: Option<Box<EndpointTopology>>,
 }
 
 impl EndpointInfo {
@@ -48,6 +52,7 @@ impl EndpointInfo {
             ready: true,
             serving: true,
             terminating: false,
+            topology: None,
         }
     }
     pub fn is_local(&self, node: &str) -> bool {
@@ -130,11 +135,40 @@ pub fn from_slices(slices: &[EndpointSlice], errors: &mut Vec<ObjectError>) -> E
                 info.ready = ep.conditions.ready.unwrap_or(true);
                 info.serving = ep.conditions.serving.unwrap_or(true);
                 info.terminating = ep.conditions.terminating.unwrap_or(false);
+                info.topology = slice_topology(ep);
                 set.entry(info.endpoint.clone()).or_insert(info);
             }
         }
     }
     sets.into_iter().map(|(k, v)| (k, v.into_values().collect())).collect()
+}
+
+/// A slice endpoint's zone and hints (None when it has neither).
+fn slice_topology(ep: &crate::k8s::SliceEndpoint) -> Option<Box<EndpointTopology>> {
+    let zone = ep.zone.clone().filter(|z| !z.is_empty());
+    let hints = ep.hints.as_ref().map(|h| Hints {
+        for_zones: h.for_zones.iter().map(|z| z.name.clone()).collect(),
+        for_nodes: h.for_nodes.iter().map(|n| n.name.clone()).collect(),
+    });
+    (zone.is_some() || hints.is_some()).then(|| Box::new(EndpointTopology { zone, hints }))
+}
+
+/// The zones of the nodes (`topology.kubernetes.io/zone` of the Node
+/// manifests), given to the endpoints on those nodes that have none, as the
+/// EndpointSlice controller fills an endpoint's `zone` from its Node: pod
+/// records (no controller ran for them) and slices written without `zone`.
+pub fn fill_zones(eps: &mut EndpointsMap, zones: &BTreeMap<String, String>) {
+    if zones.is_empty() {
+        return;
+    }
+    for e in eps.values_mut().flatten() {
+        let Some(zone) = e.node_name.as_ref().and_then(|n| zones.get(n)) else { continue };
+        match &mut e.topology {
+            Some(t) if t.zone.is_some() => {}
+            Some(t) => t.zone = Some(zone.clone()),
+            None => e.topology = Some(Box::new(EndpointTopology { zone: Some(zone.clone()), hints: None })),
+        }
+    }
 }
 
 /// Services that have at least one EndpointSlice (`ns`, `name`).
@@ -267,13 +301,18 @@ pub struct Categorized<'a> {
     pub has_any: bool,
 }
 
-/// kube-proxy's `CategorizeEndpoints` (without topology hints): ready
-/// endpoints, else serving+terminating ones as a fallback; the same for the
-/// endpoints on this node when a Local policy is in use.
-pub fn categorize<'a>(eps: &'a [EndpointInfo], sp: &ServicePortInfo, node: &str) -> Categorized<'a> {
+/// kube-proxy's `CategorizeEndpoints`: the cluster endpoints are the ready
+/// ones available for the topology mode ([`topology::mode`]: hints for this
+/// node or zone, else all), else serving+terminating ones as a fallback; the
+/// local endpoints (when a Local policy is in use) ignore topology: ready
+/// local ones, else serving+terminating local ones.
+pub fn categorize<'a>(eps: &'a [EndpointInfo], sp: &ServicePortInfo, here: Locality<'_>) -> Categorized<'a> {
+    let node = here.node;
     let mut c = Categorized::default();
     if sp.uses_cluster_endpoints() {
-        c.cluster = eps.iter().filter(|e| e.ready).collect();
+        let td = sp.traffic_distribution;
+        let mode = topology::mode(eps, td, here);
+        c.cluster = eps.iter().filter(|e| e.ready && topology::available(e, mode, td, here)).collect();
         if c.cluster.is_empty() {
             c.cluster = eps.iter().filter(|e| e.serving && e.terminating).collect();
         }
@@ -337,8 +376,8 @@ pub struct Traffic<'a> {
 }
 
 impl<'a> Traffic<'a> {
-    pub fn new(sp: &ServicePortInfo, eps: &'a [EndpointInfo], node: &str) -> Self {
-        let c = categorize(eps, sp, node);
+    pub fn new(sp: &ServicePortInfo, eps: &'a [EndpointInfo], here: Locality<'_>) -> Self {
+        let c = categorize(eps, sp, here);
         let has_endpoints = c.has_any;
         Traffic {
             uses_cluster_chain: !c.cluster.is_empty() && sp.uses_cluster_endpoints(),

@@ -23,6 +23,8 @@ pub enum FullSyncReason {
     CanaryGone(&'static str),
     /// The node's addresses changed: NodePorts are served on them.
     NodeAddressesChanged,
+    /// The node's zone changed: topology hints pick other endpoints.
+    NodeZoneChanged,
     /// iptables large-cluster mode flipped: every endpoint rule changes text.
     LargeClusterModeChanged,
     /// Deleting stale chains failed (nftables): a full sync lists what the
@@ -39,6 +41,7 @@ impl std::fmt::Display for FullSyncReason {
             FullSyncReason::SyncFailed(e) => write!(f, "previous sync failed: {e}"),
             FullSyncReason::CanaryGone(what) => f.write_str(what),
             FullSyncReason::NodeAddressesChanged => f.write_str("node addresses changed"),
+            FullSyncReason::NodeZoneChanged => f.write_str("node zone changed"),
             FullSyncReason::LargeClusterModeChanged => {
                 f.write_str("large-cluster mode changed (every endpoint rule changes text)")
             }

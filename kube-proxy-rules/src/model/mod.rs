@@ -13,11 +13,13 @@ pub mod changes;
 pub mod endpoints;
 pub mod full_sync;
 pub mod service;
+pub mod topology;
 
 pub use changes::{fingerprints, ChangeTracker, Changes, ServiceKey};
 pub use endpoints::{EndpointInfo, EndpointsMap, Traffic};
 pub use full_sync::{FullSyncReason, FullSyncs, FULL_SYNC_PERIOD};
 pub use service::{Protocol, ServicePortInfo};
+pub use topology::{Locality, TrafficDistribution};
 
 use crate::family::IpFamily;
 use endpoints::key_of;

@@ -11,6 +11,7 @@ use sha2::{Digest, Sha256};
 
 use crate::family::{unmap, unmap_net, IpFamily};
 use crate::k8s::{IntOrString, ObjectError, ObjectRef, Service};
+use crate::model::topology::TrafficDistribution;
 use crate::names::ServiceChains;
 use crate::validate::{dns1123_label, iana_svc_name};
 
@@ -69,6 +70,8 @@ pub struct ServicePortInfo {
     pub health_check_node_port: u16,
     pub internal_policy_local: bool,
     pub external_policy_local: bool,
+    /// `spec.trafficDistribution` (see [`crate::model::topology`]).
+    pub traffic_distribution: Option<TrafficDistribution>,
     pub chains: ServiceChains,
 }
 
@@ -248,6 +251,10 @@ pub fn convert(svc: &Service, source: &str) -> Result<Converted, ObjectError> {
     let etp_local = policy(spec.external_traffic_policy.as_deref(), "externalTrafficPolicy")?;
     let external_policy_local = externally_accessible && etp_local;
     let internal_policy_local = policy(spec.internal_traffic_policy.as_deref(), "internalTrafficPolicy")?;
+    let traffic_distribution = match spec.traffic_distribution.as_deref() {
+        None | Some("") => None,
+        Some(td) => Some(TrafficDistribution::parse(td).map_err(err)?),
+    };
     let health_check_node_port = if svc_type == "LoadBalancer" && etp_local {
         let hc = spec.health_check_node_port.unwrap_or(0);
         u16::try_from(hc).map_err(|_| err(format!("invalid spec.healthCheckNodePort {hc}")))?
@@ -330,6 +337,7 @@ pub fn convert(svc: &Service, source: &str) -> Result<Converted, ObjectError> {
                 health_check_node_port,
                 internal_policy_local,
                 external_policy_local,
+                traffic_distribution,
                 chains: chains.clone(),
             });
         }

@@ -27,7 +27,7 @@ use crate::config::NodeConfig;
 use crate::family::IpFamily;
 use crate::model::endpoints::{EndpointInfo, Traffic};
 use crate::model::service::ServicePortInfo;
-use crate::model::{ProxyState, ServiceKey};
+use crate::model::{Locality, ProxyState, ServiceKey};
 use crate::names::nft_endpoint_base;
 use crate::validate::{check_comment, check_line, check_name, check_word, UnsafeText};
 
@@ -982,8 +982,8 @@ struct PortPlan<'a> {
 }
 
 impl<'a> PortPlan<'a> {
-    fn new(sp: &'a ServicePortInfo, eps: &'a [EndpointInfo], node: &str) -> Self {
-        let t = Traffic::new(sp, eps, node);
+    fn new(sp: &'a ServicePortInfo, eps: &'a [EndpointInfo], here: Locality<'_>) -> Self {
+        let t = Traffic::new(sp, eps, here);
         let reject = "goto reject-chain";
         let (internal_verdict, external_verdict) =
             if !t.has_endpoints { (reject, reject) } else { ("drop", "drop") };
@@ -1337,7 +1337,7 @@ fn write_service_port(
     state: &ProxyState,
     cfg: &NftablesConfig,
 ) {
-    let p = PortPlan::new(sp, state.endpoints_of(sp), &cfg.node.hostname);
+    let p = PortPlan::new(sp, state.endpoints_of(sp), cfg.node.locality());
     // Endpoint chains (kube-proxy's layout, and affinity services in either).
     let by_map = cfg.layout == NftLayout::EndpointMaps && sp.affinity_timeout.is_none();
     let eps: Vec<(&EndpointInfo, EndpointNames)> = if by_map {
