@@ -112,28 +112,155 @@ fn two_handles_on_one_directory_see_each_other() {
     assert_eq!(s1.get("/shared").unwrap().unwrap().value, b"2");
 }
 
+fn log_of(d: &Path) -> std::path::PathBuf {
+    d.join("store.log")
+}
+
+fn assert_corrupt(err: StoreError, what: &str) {
+    match err {
+        StoreError::Corrupt { key, reason } => {
+            assert!(key.ends_with("store.log"), "{key}");
+            assert!(reason.contains(what), "{reason}");
+        }
+        other => panic!("expected Corrupt, got {other}"),
+    }
+}
+
+/// A crash in the middle of an append leaves part of a record at the end of
+/// the log: every cut of a real record is read as "not there" and the next
+/// commit cuts it off, keeping its bytes in a side file.
 #[test]
-fn corrupt_document_is_reported_and_never_overwritten() {
+fn a_torn_append_is_cut_off_by_the_next_commit_and_kept() {
+    let (d, s) = store();
+    let r1 = s.create("/k", b"1").unwrap();
+    let good = std::fs::read(log_of(d.path())).unwrap();
+    s.update("/k", b"2", r1).unwrap();
+    let whole = std::fs::read(log_of(d.path())).unwrap();
+    let last = &whole[good.len()..];
+    for cut in [1, 11, 12, last.len() / 2, last.len() - 1] {
+        std::fs::write(log_of(d.path()), [&good[..], &last[..cut]].concat()).unwrap();
+        let fresh = FileStore::open(d.path()).unwrap();
+        // Readers ignore the torn record: the update was never acknowledged.
+        assert_eq!(fresh.get("/k").unwrap().unwrap().value, b"1", "cut {cut}");
+        assert_eq!(fresh.revision().unwrap(), r1);
+        // The next commit cuts it off and keeps the bytes.
+        let r = fresh.update("/k", b"3", r1).unwrap();
+        assert_eq!(FileStore::open(d.path()).unwrap().get("/k").unwrap().unwrap().revision, r);
+        let kept: Vec<_> = std::fs::read_dir(d.path())
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with("store.log.torn-"))
+            .collect();
+        assert_eq!(kept.len(), 1, "cut {cut}: {kept:?}");
+        assert_eq!(std::fs::read(&kept[0]).unwrap(), &last[..cut]);
+        std::fs::remove_file(&kept[0]).unwrap();
+    }
+}
+
+/// Damage with valid records after it is not a torn append: every read and
+/// commit fails, and nothing is written.
+#[test]
+fn damage_before_valid_records_is_corrupt_and_never_overwritten() {
+    let (d, s) = store();
+    let r = s.create("/a", b"1").unwrap();
+    s.create("/b", b"2").unwrap();
+    s.update("/a", b"3", r).unwrap();
+    let mut bytes = std::fs::read(log_of(d.path())).unwrap();
+    // Flip a byte in the middle record's payload.
+    let first = bytes.len() / 2;
+    bytes[first] ^= 0x55;
+    std::fs::write(log_of(d.path()), &bytes).unwrap();
+    let fresh = FileStore::open(d.path()).unwrap();
+    for err in
+        [fresh.get("/a").unwrap_err(), fresh.create("/c", b"1").unwrap_err(), fresh.revision().unwrap_err()]
+    {
+        assert_corrupt(err, "byte");
+    }
+    drop(s);
+    assert_eq!(std::fs::read(log_of(d.path())).unwrap(), bytes);
+    assert!(fresh.ready().is_err());
+}
+
+/// A truncated or emptied log (the snapshot record cut) is corruption, never
+/// an empty store.
+#[test]
+fn a_truncated_snapshot_is_corrupt_not_empty() {
     let (d, s) = store();
     s.create("/k", b"1").unwrap();
-    let data = d.path().join("store.json");
-    std::fs::write(&data, b"{\"revision\":3,\"keys\":{\"/k\":").unwrap();
-    for err in [s.get("/k").unwrap_err(), s.create("/other", b"1").unwrap_err(), s.revision().unwrap_err()] {
-        match err {
-            StoreError::Corrupt { key, .. } => assert!(key.ends_with("store.json"), "{key}"),
-            other => panic!("expected Corrupt, got {other}"),
-        }
+    let bytes = std::fs::read(log_of(d.path())).unwrap();
+    for cut in [0, 5, 20] {
+        std::fs::write(log_of(d.path()), &bytes[..cut]).unwrap();
+        let fresh = FileStore::open(d.path()).unwrap();
+        assert_corrupt(fresh.get("/k").unwrap_err(), "byte 0");
+        assert_corrupt(fresh.create("/x", b"1").unwrap_err(), "byte 0");
+        assert_eq!(std::fs::read(log_of(d.path())).unwrap(), &bytes[..cut]);
     }
-    // The commit attempt left the damaged file as it was.
-    assert_eq!(std::fs::read(&data).unwrap(), b"{\"revision\":3,\"keys\":{\"/k\":");
-    assert!(s.ready().is_err());
+}
+
+/// A `store.json` of the previous layout becomes the log on first open,
+/// keeping every key's value and revision and the store revision.
+#[test]
+fn the_previous_layout_is_migrated_on_first_open() {
+    let d = tempfile::tempdir().unwrap();
+    std::fs::write(
+        d.path().join("store.json"),
+        br#"{"revision":9,"keys":{"/a":{"rev":4,"json":{"x":[1,2]}},"/b":{"rev":9,"text":"plain"},"/c":{"rev":2,"bytes":[255,0]}}}"#,
+    )
+    .unwrap();
+    let s = FileStore::open(d.path()).unwrap();
+    assert_eq!(s.revision().unwrap(), 9);
+    let got: Vec<_> = s.list("/").unwrap().into_iter().map(|kv| (kv.key, kv.value, kv.revision)).collect();
+    assert_eq!(
+        got,
+        [
+            ("/a".to_string(), br#"{"x":[1,2]}"#.to_vec(), 4),
+            ("/b".to_string(), b"plain".to_vec(), 9),
+            ("/c".to_string(), vec![255, 0], 2)
+        ]
+    );
+    assert!(!d.path().join("store.json").exists());
+    assert!(d.path().join("store.json.migrated").exists());
+    assert_eq!(s.create("/d", b"1").unwrap(), 10);
+    // Opening again does not migrate again.
+    assert_eq!(FileStore::open(d.path()).unwrap().revision().unwrap(), 10);
 }
 
 #[test]
-fn entry_without_a_value_is_corrupt_naming_the_key() {
+fn a_corrupt_previous_layout_is_reported_and_kept() {
+    let d = tempfile::tempdir().unwrap();
+    let old = d.path().join("store.json");
+    std::fs::write(&old, b"{\"revision\":3,\"keys\":{\"/k\":").unwrap();
+    assert!(
+        matches!(FileStore::open(d.path()), Err(StoreError::Corrupt { key, .. }) if key.ends_with("store.json"))
+    );
+    assert_eq!(std::fs::read(&old).unwrap(), b"{\"revision\":3,\"keys\":{\"/k\":");
+    assert!(!log_of(d.path()).exists());
+    std::fs::write(&old, br#"{"revision":1,"keys":{"/bad":{"rev":1}}}"#).unwrap();
+    assert!(matches!(FileStore::open(d.path()), Err(StoreError::Corrupt { key, .. }) if key == "/bad"));
+}
+
+/// The log is compacted as it grows; a handle that read the old log follows
+/// the rename, and revisions keep counting.
+#[test]
+fn the_log_is_compacted_and_readers_follow() {
     let (d, s) = store();
-    std::fs::write(d.path().join("store.json"), br#"{"revision":1,"keys":{"/bad":{"rev":1}}}"#).unwrap();
-    assert!(matches!(s.get("/bad"), Err(StoreError::Corrupt { key, .. }) if key == "/bad"));
+    let other = FileStore::open(d.path()).unwrap();
+    let value = vec![b'x'; 8 * 1024];
+    let mut rev = s.create("/big", &value).unwrap();
+    let mut inodes = std::collections::HashSet::new();
+    for i in 0..200 {
+        use std::os::unix::fs::MetadataExt;
+        rev = s.update("/big", &value, rev).unwrap();
+        s.create(&format!("/n/{i}"), b"1").unwrap();
+        assert_eq!(other.revision().unwrap(), s.revision().unwrap());
+        assert_eq!(other.get("/big").unwrap().unwrap().revision, rev);
+        inodes.insert(std::fs::metadata(log_of(d.path())).unwrap().ino());
+    }
+    let size = std::fs::metadata(log_of(d.path())).unwrap().len();
+    assert!(inodes.len() > 1, "never compacted");
+    assert!(size < 2 * 9 * 1024 + 256 * 1024 + 16 * 1024, "log of {size} bytes");
+    assert_eq!(other.list("/n/").unwrap().len(), 200);
+    assert_eq!(FileStore::open(d.path()).unwrap().revision().unwrap(), s.revision().unwrap());
 }
 
 #[test]
