@@ -556,11 +556,16 @@ impl Datastore for FileStore {
     }
 
     fn commit(&self, ops: &[Op]) -> Result<Revision, StoreError> {
+        self.commit_then(ops, &mut |_| {})
+    }
+
+    fn commit_then(&self, ops: &[Op], visible: &mut dyn FnMut(Revision)) -> Result<Revision, StoreError> {
         let (rev, flush) = {
             let _lock = self.lock(FlockArg::LockExclusive)?;
             let mut st = self.state();
             self.append(&mut st, ops)?
         };
+        visible(rev);
         // Outside the lock: the next committer appends while this flush
         // runs, and one journal commit serves both.
         if let Some(file) = flush {
