@@ -134,11 +134,21 @@ impl Durability {
     }
 }
 
-/// One live key.
+/// One live key. The value stays in the buffer it was read with (shared by
+/// the keys of that read): a first read of a megabyte of log copies no value
+/// that a later record replaces.
 #[derive(Debug, Clone)]
 struct Value {
     revision: Revision,
-    data: Vec<u8>,
+    chunk: Arc<Vec<u8>>,
+    start: usize,
+    len: usize,
+}
+
+impl Value {
+    fn bytes(&self) -> &[u8] {
+        &self.chunk[self.start..self.start + self.len]
+    }
 }
 
 /// What this handle has read of the log.
@@ -328,11 +338,12 @@ impl FileStore {
         }
         let mut buf = vec![0u8; (len - st.offset) as usize];
         file.read_exact_at(&mut buf, st.offset).map_err(io_err(&self.log))?;
+        let buf = Arc::new(buf);
         let mut at = 0;
         while at < buf.len() {
             match record::decode(&buf[at..]) {
                 Ok((rec, n)) => {
-                    self.apply(st, rec)?;
+                    self.apply(st, rec, &buf)?;
                     st.offset += n as u64;
                     at += n;
                 }
@@ -347,7 +358,8 @@ impl FileStore {
         Ok(Tail::Clean)
     }
 
-    fn apply(&self, st: &mut State, rec: record::Record<'_>) -> Result<(), StoreError> {
+    /// Apply `rec`, decoded from `chunk` (its values are kept as ranges of it).
+    fn apply(&self, st: &mut State, rec: record::Record<'_>, chunk: &Arc<Vec<u8>>) -> Result<(), StoreError> {
         let first = st.offset == 0;
         match (first, rec.kind) {
             (true, Kind::Snapshot) => {}
@@ -362,11 +374,20 @@ impl FileStore {
         for e in rec.entries {
             match e {
                 Entry::Put { key, revision, value } => {
-                    let new = (key.len() + value.len()) as u64;
-                    let v = Value { revision, data: value.to_vec() };
-                    match st.keys.insert(key.to_string(), v) {
-                        Some(old) => st.live = st.live - (key.len() + old.data.len()) as u64 + new,
-                        None => st.live += new,
+                    let start = (value.as_ptr() as usize)
+                        .checked_sub(chunk.as_ptr() as usize)
+                        .filter(|s| s + value.len() <= chunk.len())
+                        .ok_or_else(|| self.corrupt(st.offset, "a value outside its record"))?;
+                    let v = Value { revision, chunk: Arc::clone(chunk), start, len: value.len() };
+                    match st.keys.get_mut(key) {
+                        Some(old) => {
+                            st.live = st.live - old.len as u64 + v.len as u64;
+                            *old = v;
+                        }
+                        None => {
+                            st.live += (key.len() + v.len) as u64;
+                            st.keys.insert(key.to_string(), v);
+                        }
                     }
                 }
                 Entry::Delete { key } if first => {
@@ -374,7 +395,7 @@ impl FileStore {
                 }
                 Entry::Delete { key } => {
                     if let Some(old) = st.keys.remove(key) {
-                        st.live -= (key.len() + old.data.len()) as u64;
+                        st.live -= (key.len() + old.len) as u64;
                     }
                 }
             }
@@ -459,7 +480,7 @@ impl FileStore {
     }
 
     fn kv(key: &str, v: &Value) -> KeyValue {
-        KeyValue { key: key.to_string(), value: v.data.clone(), revision: v.revision }
+        KeyValue { key: key.to_string(), value: v.bytes().to_vec(), revision: v.revision }
     }
 
     /// The commit under both locks: catch up, check, append, maybe
@@ -490,8 +511,9 @@ impl FileStore {
             let _ = file.set_len(st.offset);
             return Err(io_err(&self.log)(e));
         }
+        let rec = Arc::new(rec);
         let (decoded, n) = record::decode(&rec).map_err(|b| self.corrupt(st.offset, format!("{b:?}")))?;
-        self.apply(st, decoded)?;
+        self.apply(st, decoded, &rec)?;
         st.offset += n as u64;
         if st.offset > 2 * st.live + COMPACT_SLACK {
             self.compact(st)?;
@@ -506,7 +528,7 @@ impl FileStore {
         let rec = record::encode(
             Kind::Snapshot,
             st.revision,
-            st.keys.iter().map(|(k, v)| Entry::Put { key: k, revision: v.revision, value: &v.data }),
+            st.keys.iter().map(|(k, v)| Entry::Put { key: k, revision: v.revision, value: v.bytes() }),
         );
         let before = st.offset;
         self.replace_log(&rec)?;

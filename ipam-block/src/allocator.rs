@@ -75,8 +75,10 @@ impl<'a> Ipam<'a> {
     /// Keep node-local state in `dir` (created on demand): the allocation
     /// hint (see [`crate::hint`]) and `ipam.lock`, a `flock` held around each
     /// assign/release so that this node's plugin processes queue instead of
-    /// racing on the same block (like calico-ipam's host-wide lock). The
-    /// datastore's CAS still protects against other nodes.
+    /// racing on the same block (like calico-ipam's host-wide lock), until
+    /// the commit is visible (not until it is durable: see
+    /// [`calico_store::Datastore::commit_then`]). The datastore's CAS still
+    /// protects against other nodes.
     pub fn with_state_dir(mut self, dir: impl Into<PathBuf>) -> Ipam<'a> {
         let dir = dir.into();
         self.hints = Some(HintDir::new(&dir, &self.node));

@@ -198,8 +198,39 @@ pub fn valid_record_after(buf: &[u8]) -> Option<usize> {
         .find(|&i| decode(&buf[i..]).is_ok())
 }
 
-/// CRC-32C (Castagnoli), bitwise table built at compile time.
+/// CRC-32C (Castagnoli). Every process checks every record it reads, a
+/// megabyte or more on its first read, so the CPU's CRC32 instruction is
+/// used where there is one (SSE 4.2: ~8 bytes a cycle instead of one).
 pub fn crc32c(data: &[u8]) -> u32 {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("sse4.2") {
+        // SAFETY: the CPU was just checked to support SSE 4.2, the only
+        // target feature `crc32c_sse42` is compiled with.
+        return unsafe { crc32c_sse42(data) };
+    }
+    crc32c_table(data)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "sse4.2")]
+unsafe fn crc32c_sse42(data: &[u8]) -> u32 {
+    use std::arch::x86_64::{_mm_crc32_u64, _mm_crc32_u8};
+    let mut crc = !0u64;
+    let mut words = data.chunks_exact(8);
+    for w in &mut words {
+        let mut a = [0u8; 8];
+        a.copy_from_slice(w);
+        crc = _mm_crc32_u64(crc, u64::from_le_bytes(a));
+    }
+    let mut crc = crc as u32;
+    for &b in words.remainder() {
+        crc = _mm_crc32_u8(crc, b);
+    }
+    !crc
+}
+
+/// CRC-32C one byte at a time, with a table built at compile time.
+fn crc32c_table(data: &[u8]) -> u32 {
     const TABLE: [u32; 256] = {
         let mut t = [0u32; 256];
         let mut i = 0;
@@ -227,8 +258,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn crc32c_known_vector() {
+    fn crc32c_known_vector_and_both_implementations_agree() {
         assert_eq!(crc32c(b"123456789"), 0xE306_9283);
+        assert_eq!(crc32c_table(b"123456789"), 0xE306_9283);
+        let data: Vec<u8> = (0..1000u32).map(|i| (i * 7 + i / 13) as u8).collect();
+        for len in [0, 1, 7, 8, 9, 63, 64, 65, 999, 1000] {
+            assert_eq!(crc32c(&data[..len]), crc32c_table(&data[..len]), "len {len}");
+        }
     }
 
     #[test]
