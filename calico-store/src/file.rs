@@ -5,9 +5,10 @@
 //! A directory (`datastore_path`, default `/var/lib/calico-rs`) holding:
 //!
 //! * `store.log`: an append-only log of binary records ([`record`] has the
-//!   format). The first record is a snapshot of every key (with its own
-//!   revision); each commit appends one record with its puts and deletes,
-//!   all at the commit's revision. Keys and values are Calico's etcd v3 keys
+//!   format), followed by zeros. The first record is a snapshot of every key
+//!   (with its own revision); each commit appends one record with its puts
+//!   and deletes, all at the commit's revision. Zeros where a record would
+//!   start mark the end. Keys and values are Calico's etcd v3 keys
 //!   and JSON documents, byte for byte, so everything above the
 //!   [`Datastore`] trait (`calicoctl`, the rule generator, the node agent)
 //!   reads them as before.
@@ -26,6 +27,13 @@
 //! directory); appending a record costs a `pwrite` of the few KiB that
 //! changed and one `fdatasync`. A multi-key commit is one record with one
 //! checksum, so it is applied whole or not at all.
+//!
+//! The log is grown 256 KiB at a time, with zeros written (not a sparse
+//! hole): an append overwrites blocks the file already has, so its
+//! `fdatasync` writes data only. Appending past the end would change the
+//! file size, and flushing that takes an ext4 journal commit, which waits
+//! for the data of every other file the journal orders before it (~0.1 ms
+//! against up to ~8 ms measured here while other programs write).
 //!
 //! When the log exceeds twice the live data (plus 256 KiB), the committer
 //! that crossed the line compacts it: it writes a snapshot to
@@ -53,10 +61,12 @@
 //! ## Damage
 //!
 //! Every record carries a CRC-32C. A record that is incomplete or fails its
-//! checksum at the end of the log is an append a crash cut short, which was
-//! never acknowledged (it is acknowledged only after its flush, and a later
+//! checksum at the end of the log, or bytes other than zeros after the last
+//! record (an append whose first page was lost), are an append a crash cut
+//! short, which was never acknowledged (it is acknowledged only after its flush, and a later
 //! record's flush would have covered it): the next committer moves its bytes
-//! to `store.log.torn-…`, cuts the log back and logs a warning. Damage that
+//! to `store.log.torn-…`, cuts the file back to the last whole record
+//! (the next append grows it again) and logs a warning. Damage that
 //! is followed by a valid record, a log whose first record is not a whole
 //! snapshot, or revisions that go backwards are [`StoreError::Corrupt`]
 //! naming the file and offset: every read and commit fails and nothing is
@@ -85,6 +95,14 @@ const LEGACY_FILE: &str = "store.json";
 const LEGACY_MIGRATED: &str = "store.json.migrated";
 /// Compaction starts when the log is larger than twice the live data plus this.
 const COMPACT_SLACK: u64 = 256 * 1024;
+/// Zeros written after the last record whenever the log grows: appends then
+/// overwrite blocks that exist, and their `fdatasync` flushes data only,
+/// with no journal commit for a new file size (which waits for every other
+/// file's data the journal orders before it: ~0.1 ms against up to ~8 ms
+/// here while other programs write).
+const PREALLOCATE: usize = 256 * 1024;
+/// How much a catch-up reads at a time after the first read.
+const READ_CHUNK: u64 = 64 * 1024;
 
 /// The embedded single-node datastore. Cheap to open; clones share one
 /// decoded copy of the state, so a process reads the log once and then only
@@ -158,8 +176,10 @@ struct State {
     /// compare inode numbers) and its (device, inode).
     file: Option<Arc<File>>,
     id: (u64, u64),
-    /// End of the last record applied.
+    /// End of the last record applied (the log's logical end: zeros follow).
     offset: u64,
+    /// The file's size when last looked at (records, then zeros).
+    len: u64,
     revision: Revision,
     keys: BTreeMap<String, Value>,
     /// Bytes of live keys and values (drives compaction).
@@ -170,8 +190,8 @@ struct State {
 enum Tail {
     /// Every byte of the log is applied.
     Clean,
-    /// The bytes from `state.offset` on are no complete record.
-    Bad { bad: Bad, rest: Vec<u8> },
+    /// The bytes at `state.offset` are no complete record.
+    Bad(Bad),
 }
 
 fn io_err(p: &Path) -> impl Fn(std::io::Error) -> StoreError + '_ {
@@ -282,6 +302,7 @@ impl FileStore {
         let mut f =
             OpenOptions::new().create(true).truncate(true).write(true).open(&tmp).map_err(io_err(&tmp))?;
         f.write_all(snapshot).map_err(io_err(&tmp))?;
+        f.write_all(&vec![0u8; PREALLOCATE]).map_err(io_err(&tmp))?;
         if self.durability != Durability::None {
             f.sync_data().map_err(io_err(&tmp))?;
         }
@@ -329,33 +350,61 @@ impl FileStore {
             // again from the start and judge what is there.
             *st = State { file: Some(Arc::clone(&file)), id: st.id, ..State::default() };
         }
-        if len == st.offset {
-            return if len == 0 {
-                Err(self.corrupt(0, "the log is empty (no snapshot)"))
-            } else {
-                Ok(Tail::Clean)
-            };
+        st.len = len;
+        if len == 0 {
+            return Err(self.corrupt(0, "the log is empty (no snapshot)"));
         }
-        let mut buf = vec![0u8; (len - st.offset) as usize];
-        file.read_exact_at(&mut buf, st.offset).map_err(io_err(&self.log))?;
-        let buf = Arc::new(buf);
-        let mut at = 0;
-        while at < buf.len() {
-            match record::decode(&buf[at..]) {
-                Ok((rec, n)) => {
-                    self.apply(st, rec, &buf)?;
-                    st.offset += n as u64;
-                    at += n;
+        // The first read takes the whole file; a catch-up reads a chunk
+        // and more only for a record that does not fit.
+        let mut want = if st.offset == 0 { len } else { READ_CHUNK };
+        loop {
+            if st.offset >= len {
+                return Ok(Tail::Clean);
+            }
+            let mut buf = vec![0u8; want.min(len - st.offset) as usize];
+            file.read_exact_at(&mut buf, st.offset).map_err(io_err(&self.log))?;
+            let buf = Arc::new(buf);
+            let mut at = 0;
+            loop {
+                let rest = &buf[at..];
+                if rest.is_empty() {
+                    break;
                 }
-                Err(bad) if st.offset == 0 => {
-                    // The first record arrives whole, by rename: any damage
-                    // there is corruption, never a torn append.
-                    return Err(self.corrupt(0, format!("the snapshot record is damaged ({bad:?})")));
+                if rest.len() >= 4 && rest[..4] == [0; 4] {
+                    // Zeros where the next record would start: the end.
+                    return Ok(Tail::Clean);
                 }
-                Err(bad) => return Ok(Tail::Bad { bad, rest: buf[at..].to_vec() }),
+                match record::decode(rest) {
+                    Ok((rec, n)) => {
+                        self.apply(st, rec, &buf)?;
+                        st.offset += n as u64;
+                        at += n;
+                    }
+                    Err(Bad::Incomplete) if st.offset + (rest.len() as u64) < len => {
+                        // The record goes on past this chunk: read again from it.
+                        let need = match rest.get(4..8) {
+                            Some(l) => u32::from_le_bytes([l[0], l[1], l[2], l[3]]) as u64,
+                            None => 0,
+                        };
+                        want = (record::HEADER_LEN as u64 + need).max(READ_CHUNK);
+                        break;
+                    }
+                    Err(bad) if st.offset == 0 => {
+                        // The first record arrives whole, by rename: any damage
+                        // there is corruption, never a torn append.
+                        return Err(self.corrupt(0, format!("the snapshot record is damaged ({bad:?})")));
+                    }
+                    Err(bad) => return Ok(Tail::Bad(bad)),
+                }
             }
         }
-        Ok(Tail::Clean)
+    }
+
+    /// Everything from the logical end to the end of the file.
+    fn remainder(&self, st: &State, file: &File) -> Result<Vec<u8>, StoreError> {
+        let mut rest = vec![0u8; st.len.saturating_sub(st.offset) as usize];
+        file.read_exact_at(&mut rest, st.offset).map_err(io_err(&self.log))?;
+        Ok(rest)
     }
 
     /// Apply `rec`, decoded from `chunk` (its values are kept as ranges of it).
@@ -420,13 +469,14 @@ impl FileStore {
         let mut st = self.state();
         match self.refresh(&mut st)? {
             Tail::Clean => f(&st),
-            Tail::Bad { bad, rest } => {
+            Tail::Bad(bad) => {
+                let file = st.file.clone().ok_or_else(|| self.corrupt(st.offset, "log not open"))?;
+                let rest = self.remainder(&st, &file)?;
                 self.judge_tail(&st, &bad, &rest)?;
                 log::warn!(
-                    "{}: a torn record at byte {} ({} bytes) is ignored until the next commit cuts it off",
+                    "{}: a torn record at byte {} is ignored until the next commit cuts it off",
                     self.log.display(),
                     st.offset,
-                    rest.len()
                 );
                 f(&st)
             }
@@ -459,7 +509,8 @@ impl FileStore {
         let keep = self.dir.join(format!("{LOG_FILE}.torn-{}-{secs}", st.offset));
         let mut k =
             OpenOptions::new().create(true).truncate(true).write(true).open(&keep).map_err(io_err(&keep))?;
-        k.write_all(rest).map_err(io_err(&keep))?;
+        let used = rest.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1);
+        k.write_all(&rest[..used]).map_err(io_err(&keep))?;
         if self.durability != Durability::None {
             k.sync_data().map_err(io_err(&keep))?;
         }
@@ -473,7 +524,7 @@ impl FileStore {
              acknowledged; its bytes are kept in {}",
             self.log.display(),
             st.offset,
-            rest.len(),
+            used,
             keep.display()
         );
         Ok(())
@@ -486,9 +537,21 @@ impl FileStore {
     /// The commit under both locks: catch up, check, append, maybe
     /// compact. Returns the revision and the file to flush (if any).
     fn append(&self, st: &mut State, ops: &[Op]) -> Result<(Revision, Option<Arc<File>>), StoreError> {
-        if let Tail::Bad { bad, rest } = self.refresh(st)? {
-            let file = st.file.clone().ok_or_else(|| self.corrupt(st.offset, "log not open"))?;
-            self.cut_torn_tail(st, &file, &bad, &rest)?;
+        let tail = self.refresh(st)?;
+        let file = st.file.clone().ok_or_else(|| self.corrupt(st.offset, "log not open"))?;
+        // Under the lock nobody is appending: past the end there must be
+        // zeros only. Anything else is what a crash left of an append.
+        let rest = self.remainder(st, &file)?;
+        match tail {
+            Tail::Bad(bad) => {
+                self.cut_torn_tail(st, &file, &bad, &rest)?;
+                st.len = st.offset;
+            }
+            Tail::Clean if rest.iter().any(|&b| b != 0) => {
+                self.cut_torn_tail(st, &file, &Bad::Invalid("bytes after the last record".into()), &rest)?;
+                st.len = st.offset;
+            }
+            Tail::Clean => {}
         }
         if ops.is_empty() {
             return Ok((st.revision, None));
@@ -505,11 +568,22 @@ impl FileStore {
                 Op::Delete { key, .. } => Entry::Delete { key },
             }),
         );
-        let file = st.file.clone().ok_or_else(|| self.corrupt(st.offset, "log not open"))?;
-        if let Err(e) = file.write_all_at(&rec, st.offset) {
-            // Leave no partial record behind (the next commit would cut it anyway).
-            let _ = file.set_len(st.offset);
-            return Err(io_err(&self.log)(e));
+        let end = st.offset + rec.len() as u64;
+        let written = if end > st.len {
+            // Grow the file: this record, then zeros for the next appends.
+            let mut grown = rec.clone();
+            grown.resize(rec.len() + PREALLOCATE, 0);
+            file.write_all_at(&grown, st.offset).map(|()| st.offset + grown.len() as u64)
+        } else {
+            file.write_all_at(&rec, st.offset).map(|()| st.len)
+        };
+        match written {
+            Ok(len) => st.len = len,
+            Err(e) => {
+                // Leave no partial record behind (the next commit would cut it anyway).
+                let _ = file.set_len(st.offset);
+                return Err(io_err(&self.log)(e));
+            }
         }
         let rec = Arc::new(rec);
         let (decoded, n) = record::decode(&rec).map_err(|b| self.corrupt(st.offset, format!("{b:?}")))?;

@@ -127,33 +127,70 @@ fn assert_corrupt(err: StoreError, what: &str) {
     }
 }
 
-/// A crash in the middle of an append leaves part of a record at the end of
-/// the log: every cut of a real record is read as "not there" and the next
-/// commit cuts it off, keeping its bytes in a side file.
+/// The records of a log: (start, end) of each, up to the zeros after the last.
+fn records(log: &[u8]) -> Vec<(usize, usize)> {
+    let mut out = Vec::new();
+    let mut at = 0;
+    while let Ok((_, n)) = calico_store::file::record::decode(&log[at..]) {
+        out.push((at, at + n));
+        at += n;
+    }
+    out
+}
+
+fn torn_files(d: &Path) -> Vec<std::path::PathBuf> {
+    std::fs::read_dir(d)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with("store.log.torn-"))
+        .collect()
+}
+
+/// A crash in the middle of an append leaves part of a record after the
+/// last whole one (the rest of it still zeros, or its first page lost while
+/// later ones reached the disk): readers see the store without it, and the
+/// next commit cuts it off, keeping its bytes in a side file.
 #[test]
 fn a_torn_append_is_cut_off_by_the_next_commit_and_kept() {
     let (d, s) = store();
     let r1 = s.create("/k", b"1").unwrap();
-    let good = std::fs::read(log_of(d.path())).unwrap();
-    s.update("/k", b"2", r1).unwrap();
+    s.update("/k", &vec![b'2'; 6000], r1).unwrap();
     let whole = std::fs::read(log_of(d.path())).unwrap();
-    let last = &whole[good.len()..];
+    let recs = records(&whole);
+    assert_eq!(recs.len(), 3, "snapshot and two commits");
+    let (start, end) = recs[2];
+    let last = &whole[start..end];
+    // (kept bytes, torn log): a prefix of the record, or its tail without its head.
+    let mut cases: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
     for cut in [1, 11, 12, last.len() / 2, last.len() - 1] {
-        std::fs::write(log_of(d.path()), [&good[..], &last[..cut]].concat()).unwrap();
+        let mut torn = whole.clone();
+        torn[start + cut..end].fill(0);
+        cases.push((last[..cut].to_vec(), torn));
+    }
+    let mut headless = whole.clone();
+    headless[start..start + 4096].fill(0);
+    cases.push((last[4096..].to_vec(), headless));
+    let mut truncated = whole[..start].to_vec();
+    truncated.extend_from_slice(&last[..100]);
+    cases.push((last[..100].to_vec(), truncated));
+    for (i, (kept_bytes, torn)) in cases.into_iter().enumerate() {
+        std::fs::write(log_of(d.path()), &torn).unwrap();
         let fresh = FileStore::open(d.path()).unwrap();
         // Readers ignore the torn record: the update was never acknowledged.
-        assert_eq!(fresh.get("/k").unwrap().unwrap().value, b"1", "cut {cut}");
+        assert_eq!(fresh.get("/k").unwrap().unwrap().value, b"1", "case {i}");
         assert_eq!(fresh.revision().unwrap(), r1);
         // The next commit cuts it off and keeps the bytes.
         let r = fresh.update("/k", b"3", r1).unwrap();
-        assert_eq!(FileStore::open(d.path()).unwrap().get("/k").unwrap().unwrap().revision, r);
-        let kept: Vec<_> = std::fs::read_dir(d.path())
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with("store.log.torn-"))
-            .collect();
-        assert_eq!(kept.len(), 1, "cut {cut}: {kept:?}");
-        assert_eq!(std::fs::read(&kept[0]).unwrap(), &last[..cut]);
+        let again = FileStore::open(d.path()).unwrap();
+        assert_eq!(again.get("/k").unwrap().unwrap().revision, r, "case {i}");
+        assert_eq!(again.get("/k").unwrap().unwrap().value, b"3", "case {i}");
+        let kept = torn_files(d.path());
+        assert_eq!(kept.len(), 1, "case {i}: {kept:?}");
+        let mut k = std::fs::read(&kept[0]).unwrap();
+        // Kept from the end of the last whole record to the last non-zero byte.
+        let lead = k.iter().position(|&b| b != 0).unwrap_or(k.len());
+        k.drain(..lead);
+        assert_eq!(k, kept_bytes, "case {i}");
         std::fs::remove_file(&kept[0]).unwrap();
     }
 }
@@ -167,9 +204,9 @@ fn damage_before_valid_records_is_corrupt_and_never_overwritten() {
     s.create("/b", b"2").unwrap();
     s.update("/a", b"3", r).unwrap();
     let mut bytes = std::fs::read(log_of(d.path())).unwrap();
-    // Flip a byte in the middle record's payload.
-    let first = bytes.len() / 2;
-    bytes[first] ^= 0x55;
+    // Flip a byte in the payload of the middle commit.
+    let (start, end) = records(&bytes)[2];
+    bytes[(start + end) / 2] ^= 0x55;
     std::fs::write(log_of(d.path()), &bytes).unwrap();
     let fresh = FileStore::open(d.path()).unwrap();
     for err in
@@ -259,7 +296,8 @@ fn the_log_is_compacted_and_readers_follow() {
     }
     let size = std::fs::metadata(log_of(d.path())).unwrap().len();
     assert!(inodes.len() > 1, "never compacted");
-    assert!(size < 2 * 9 * 1024 + 256 * 1024 + 16 * 1024, "log of {size} bytes");
+    // Twice the live data, the slack before compaction, the zeros after.
+    assert!(size < 2 * 9 * 1024 + 2 * 256 * 1024 + 16 * 1024, "log of {size} bytes");
     assert_eq!(other.list("/n/").unwrap().len(), 200);
     assert_eq!(FileStore::open(d.path()).unwrap().revision().unwrap(), s.revision().unwrap());
 }
@@ -476,4 +514,22 @@ fn processes_killed_mid_commit_lose_no_acknowledged_commit() {
     assert_eq!(counter.unwrap_or(0), keys.len(), "a commit was applied in part");
     // And the store still takes commits.
     s.create("/after", b"1").unwrap();
+}
+
+/// A handle that already read the log catches up with records larger than
+/// one read and larger than the zeros kept after the last record.
+#[test]
+fn a_reader_catches_up_with_records_of_any_size() {
+    let (d, s) = store();
+    let other = FileStore::open(d.path()).unwrap();
+    assert_eq!(other.revision().unwrap(), 0);
+    for (i, size) in [10, 70 * 1024, 300 * 1024, 5, 1024 * 1024].into_iter().enumerate() {
+        let value: Vec<u8> = (0..size).map(|b| (b * 7 + i) as u8).collect();
+        let key = format!("/v/{i}");
+        let rev = s.create(&key, &value).unwrap();
+        let got = other.get(&key).unwrap().unwrap();
+        assert_eq!((got.value.len(), got.revision), (size, rev), "size {size}");
+        assert_eq!(got.value, value);
+    }
+    assert_eq!(FileStore::open(d.path()).unwrap().list("/v/").unwrap().len(), 5);
 }
