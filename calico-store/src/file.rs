@@ -101,8 +101,10 @@ const COMPACT_SLACK: u64 = 256 * 1024;
 /// file's data the journal orders before it: ~0.1 ms against up to ~8 ms
 /// here while other programs write).
 const PREALLOCATE: usize = 256 * 1024;
-/// How much a catch-up reads at a time after the first read.
-const READ_CHUNK: u64 = 64 * 1024;
+/// How much a catch-up reads at a time after the first read: most commits
+/// are a few KiB, and `revision()` (what watchers poll) reads this much even
+/// when nothing changed, since appends no longer change the file size.
+const READ_CHUNK: u64 = 16 * 1024;
 
 /// The embedded single-node datastore. Cheap to open; clones share one
 /// decoded copy of the state, so a process reads the log once and then only
