@@ -28,7 +28,7 @@
 //! changed and one `fdatasync`. A multi-key commit is one record with one
 //! checksum, so it is applied whole or not at all.
 //!
-//! The log is grown 256 KiB at a time, with zeros written (not a sparse
+//! The log is grown 128 KiB at a time, with zeros written (not a sparse
 //! hole): an append overwrites blocks the file already has, so its
 //! `fdatasync` writes data only. Appending past the end would change the
 //! file size, and flushing that takes an ext4 journal commit, which waits
@@ -100,7 +100,7 @@ const COMPACT_SLACK: u64 = 256 * 1024;
 /// with no journal commit for a new file size (which waits for every other
 /// file's data the journal orders before it: ~0.1 ms against up to ~8 ms
 /// here while other programs write).
-const PREALLOCATE: usize = 256 * 1024;
+const PREALLOCATE: usize = 128 * 1024;
 /// How much a catch-up reads at a time after the first read: most commits
 /// are a few KiB, and `revision()` (what watchers poll) reads this much even
 /// when nothing changed, since appends no longer change the file size.
@@ -356,9 +356,10 @@ impl FileStore {
         if len == 0 {
             return Err(self.corrupt(0, "the log is empty (no snapshot)"));
         }
-        // The first read takes the whole file; a catch-up reads a chunk
-        // and more only for a record that does not fit.
-        let mut want = if st.offset == 0 { len } else { READ_CHUNK };
+        // A catch-up reads a chunk, and more only for a record that does
+        // not fit; a first read starts bigger and doubles, stopping at the
+        // zeros after the last record rather than reading them all.
+        let mut want = if st.offset == 0 { 8 * READ_CHUNK } else { READ_CHUNK };
         loop {
             if st.offset >= len {
                 return Ok(Tail::Clean);
@@ -370,6 +371,7 @@ impl FileStore {
             loop {
                 let rest = &buf[at..];
                 if rest.is_empty() {
+                    want = want.saturating_mul(2);
                     break;
                 }
                 if rest.len() >= 4 && rest[..4] == [0; 4] {
@@ -388,7 +390,7 @@ impl FileStore {
                             Some(l) => u32::from_le_bytes([l[0], l[1], l[2], l[3]]) as u64,
                             None => 0,
                         };
-                        want = (record::HEADER_LEN as u64 + need).max(READ_CHUNK);
+                        want = (record::HEADER_LEN as u64 + need).max(want.saturating_mul(2));
                         break;
                     }
                     Err(bad) if st.offset == 0 => {
