@@ -533,3 +533,22 @@ fn a_reader_catches_up_with_records_of_any_size() {
     }
     assert_eq!(FileStore::open(d.path()).unwrap().list("/v/").unwrap().len(), 5);
 }
+
+/// `commit_then` tells the caller once the commit is visible (another handle
+/// reads it inside the callback) and not for a commit that failed.
+#[test]
+fn commit_then_reports_a_visible_commit_once() {
+    let (d, s) = store();
+    let other = FileStore::open(d.path()).unwrap();
+    let mut seen = Vec::new();
+    let rev = s
+        .commit_then(&[Op::Create { key: "/k".into(), value: b"1".to_vec() }], &mut |r| {
+            seen.push((r, other.get("/k").unwrap().map(|kv| kv.revision)));
+        })
+        .unwrap();
+    assert_eq!(seen, [(rev, Some(rev))]);
+    let failed = s.commit_then(&[Op::Create { key: "/k".into(), value: b"2".to_vec() }], &mut |r| {
+        panic!("told about a failed commit at {r}")
+    });
+    assert!(matches!(failed, Err(StoreError::Conflict { .. })));
+}
