@@ -191,7 +191,7 @@ fn a_datastore_outage_keeps_the_routes_and_the_agent_recovers() {
     wait_for("first blackhole", Duration::from_secs(5), || blackholes(&ns).contains("10.251.0.0/26"));
 
     // The store becomes unreadable: the agent keeps running and keeps routes.
-    let data = store_dir.join("store.json");
+    let data = store_dir.join("store.log");
     let good = std::fs::read(&data).unwrap();
     std::fs::write(&data, b"{ truncated").unwrap();
     std::thread::sleep(Duration::from_secs(2));

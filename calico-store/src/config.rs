@@ -115,11 +115,13 @@ pub struct DatastoreConfig {
     pub etcd_cert_file: Option<PathBuf>,
     #[serde(default)]
     pub etcd_ca_cert_file: Option<PathBuf>,
-    /// File store durability per commit: `full` (default: fsync the data
-    /// file and its directory), `data` (fsync the data file only: a power
-    /// loss may lose the last commits, never tear the file) or `none` (page
-    /// cache only: commits stay atomic for crashing processes, a power loss
-    /// may lose recent commits). See [`crate::file::Durability`].
+    /// File store durability per commit: `full` (default: `fdatasync` the
+    /// log before a commit returns, shared by concurrent commits; a commit
+    /// that returned survives a power loss), `data` (flush only the
+    /// compaction snapshot: a power loss may lose the last commits, and
+    /// what is left is a prefix of them) or `none` (page cache only: commits
+    /// stay atomic for crashing processes, a power loss may lose recent
+    /// commits). See [`crate::file::Durability`].
     #[serde(default)]
     pub datastore_sync: Option<String>,
     /// Bound on how long one datastore call may take before it is

@@ -45,8 +45,11 @@ impl std::fmt::Debug for DirWatch {
 }
 
 /// What makes a wait re-read the revision: a file written, created or
-/// renamed into the directory; the directory itself going away.
-const WAKE_ON: AddWatchFlags = AddWatchFlags::IN_CLOSE_WRITE
+/// renamed into the directory; the directory itself going away. The file
+/// store appends to a log it keeps open (and preallocated, so its size does
+/// not change), so a commit shows as `IN_MODIFY` long before any close.
+const WAKE_ON: AddWatchFlags = AddWatchFlags::IN_MODIFY
+    .union(AddWatchFlags::IN_CLOSE_WRITE)
     .union(AddWatchFlags::IN_CREATE)
     .union(AddWatchFlags::IN_MOVED_TO)
     .union(AddWatchFlags::IN_DELETE_SELF)

@@ -97,6 +97,19 @@ pub trait Datastore: Send + Sync {
     /// Apply all `ops` atomically. Returns the revision the commit created.
     fn commit(&self, ops: &[Op]) -> Result<Revision, StoreError>;
 
+    /// [`Datastore::commit`], calling `visible` with the new revision once
+    /// every reader sees the commit, possibly before it is durable; returns
+    /// (like `commit`) only after it is durable. `visible` runs only if the
+    /// commit was applied. Lets a caller release its own lock while the
+    /// commit is flushed, so that the next caller's commit can share the
+    /// flush (the file store's group commit). The default calls `visible`
+    /// after `commit`.
+    fn commit_then(&self, ops: &[Op], visible: &mut dyn FnMut(Revision)) -> Result<Revision, StoreError> {
+        let rev = self.commit(ops)?;
+        visible(rev);
+        Ok(rev)
+    }
+
     /// A store-wide revision that changes whenever anything is written. Cheap
     /// polling for watchers (node agent, rule generator): relist only when it moved.
     fn revision(&self) -> Result<Revision, StoreError>;

@@ -6,14 +6,15 @@
 //!
 //! Default mode ([`cycle`]): sequential ADD then DEL of one pod, alternating
 //! the two so drift (page cache, CPU frequency, the other core's load) hits
-//! both alike; medians, p90, the ratio and the peak RSS of each plugin process
-//! tree (`wait4` rusage).
+//! both alike; medians, p90, the ratios (median ADD; the cycle beyond the
+//! kernel's own veth deletion) and the peak RSS of each plugin process tree
+//! (`wait4` rusage).
 //!
 //! `--throughput` ([`throughput`]): 3 logical nodes × N pods, C full-pod ADDs
 //! in flight at once, then DEL of every pod, for ours on a real etcd, ours on
-//! the file store and the reference: pods/s, p50/p99 ADD latency, duplicate
-//! addresses and what is left after DEL (both must be zero; exit code 1
-//! otherwise).
+//! the file store and the reference: pods/s, p50/p99 ADD latency, the file
+//! store's pods/s and p99 against the reference's, duplicate addresses and
+//! what is left after DEL (both must be zero; exit code 1 otherwise).
 //!
 //! Everything runs inside namespaces this program creates and removes.
 //! Owns its command line (clap; `cni-bench --help`) and exit codes: 0 done,

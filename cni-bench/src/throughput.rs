@@ -38,6 +38,10 @@ const NETWORK: &str = "bench-net";
 const POOL: &str = "10.77.0.0/16";
 /// Target for ours on etcd (README, "Benchmarks").
 const TARGET_PODS_PER_SEC: f64 = 100.0;
+/// Targets for ours on the file store against the reference, same run
+/// (README, "Benchmarks"): ADD pods/s ratio and ADD p99 ratio.
+const TARGET_FILE_RATE: f64 = 2.0;
+const TARGET_FILE_P99: f64 = 0.5;
 
 pub struct ThroughputArgs {
     pub per_node: usize,
@@ -499,6 +503,18 @@ fn report(rows: &[Row], args: &ThroughputArgs) {
         println!(
             "target >= {TARGET_PODS_PER_SEC:.0} pods/s for ours on etcd: {rate:.1} ({})",
             if rate >= TARGET_PODS_PER_SEC { "met" } else { "NOT met" }
+        );
+    }
+    let file = rows.iter().find(|r| r.label == Kind::CalicoFile.label());
+    let reference = rows.iter().find(|r| r.label == Kind::PtpHostLocal.label());
+    if let (Some(file), Some(reference)) = (file, reference) {
+        let rate = file.add_rate() / reference.add_rate().max(f64::MIN_POSITIVE);
+        let p99 = file.add_p99.as_secs_f64() / reference.add_p99.as_secs_f64().max(f64::MIN_POSITIVE);
+        println!(
+            "ours on the file store / ptp+host-local: ADD pods/s {rate:.2}x (target >= {TARGET_FILE_RATE:.1}x: \
+             {}), ADD p99 {p99:.2}x (target <= {TARGET_FILE_P99:.1}x: {})",
+            if rate >= TARGET_FILE_RATE { "met" } else { "NOT met" },
+            if p99 <= TARGET_FILE_P99 { "met" } else { "NOT met" }
         );
     }
     let clean = rows.iter().all(|r| r.duplicates == 0 && r.leaked() == 0);

@@ -75,8 +75,10 @@ impl<'a> Ipam<'a> {
     /// Keep node-local state in `dir` (created on demand): the allocation
     /// hint (see [`crate::hint`]) and `ipam.lock`, a `flock` held around each
     /// assign/release so that this node's plugin processes queue instead of
-    /// racing on the same block (like calico-ipam's host-wide lock). The
-    /// datastore's CAS still protects against other nodes.
+    /// racing on the same block (like calico-ipam's host-wide lock), until
+    /// the commit is visible (not until it is durable: see
+    /// [`calico_store::Datastore::commit_then`]). The datastore's CAS still
+    /// protects against other nodes.
     pub fn with_state_dir(mut self, dir: impl Into<PathBuf>) -> Ipam<'a> {
         let dir = dir.into();
         self.hints = Some(HintDir::new(&dir, &self.node));
@@ -140,7 +142,10 @@ impl<'a> Ipam<'a> {
         if req.ipv4.is_none() && req.ipv6.is_none() {
             return Err(IpamError::InvalidConfig("no address family requested".to_string()));
         }
-        let _lock = self.host_lock()?;
+        // Held until the commit is visible, not until it is durable: the
+        // next allocation on this node reads the new block at once, and its
+        // commit can share this one's flush (see `Datastore::commit_then`).
+        let mut lock = self.host_lock()?;
         let attr = self.attribute(req);
         let mut s = Session::new(self);
         let families: Vec<(IpFamily, &FamilyRequest)> =
@@ -185,26 +190,12 @@ impl<'a> Ipam<'a> {
             let extra_ops = extra(&assigned)?;
             let extra_keys: HashSet<String> = extra_ops.iter().map(|o| o.key().to_string()).collect();
             ops.extend(extra_ops);
-            match self.store.commit(&ops) {
-                Ok(rev) => {
-                    for p in &picks {
-                        match (&self.hints, &p.hint_request) {
-                            (Some(h), Some(request)) => {
-                                let hint = Hint {
-                                    request: request.clone(),
-                                    pool: p.pool.as_str().to_string(),
-                                    block: p.doc.clone(),
-                                    revision: rev,
-                                };
-                                h.write(p.cidr.family(), &hint);
-                            }
-                            // An `IP=` address: not a hint of its own, but
-                            // if it is in the hinted block, that copy changed.
-                            _ => self.refresh_hint(p.doc.clone(), rev),
-                        }
-                    }
-                    Ok(Cas::Done(assigned))
-                }
+            let mut remember = |rev: Revision| {
+                self.remember_picks(&picks, rev);
+                drop(lock.take());
+            };
+            match self.store.commit_then(&ops, &mut remember) {
+                Ok(_) => Ok(Cas::Done(assigned)),
                 Err(StoreError::Conflict { key }) if extra_keys.contains(&key) => {
                     Err(StoreError::Conflict { key }.into())
                 }
@@ -219,6 +210,27 @@ impl<'a> Ipam<'a> {
                 Err(e) => Err(e.into()),
             }
         })
+    }
+
+    /// After a commit of `picks` at `rev`: remember the node's block in the
+    /// hint (under the host lock, which the caller still holds).
+    fn remember_picks(&self, picks: &[Pick], rev: Revision) {
+        for p in picks {
+            match (&self.hints, &p.hint_request) {
+                (Some(h), Some(request)) => {
+                    let hint = Hint {
+                        request: request.clone(),
+                        pool: p.pool.as_str().to_string(),
+                        block: p.doc.clone(),
+                        revision: rev,
+                    };
+                    h.write(p.cidr.family(), &hint);
+                }
+                // An `IP=` address: not a hint of its own, but
+                // if it is in the hinted block, that copy changed.
+                _ => self.refresh_hint(p.doc.clone(), rev),
+            }
+        }
     }
 
     fn attribute(&self, req: &AssignRequest) -> AllocationAttribute {
@@ -244,42 +256,51 @@ impl<'a> Ipam<'a> {
     /// atomic commit (committed alone when the handle does not exist). A
     /// conflict on one of their keys is returned, not retried.
     pub fn release_handle_with(&self, handle: &Handle, extra: &[Op]) -> Result<Vec<IpAddr>, IpamError> {
-        let _lock = self.host_lock()?;
-        let released = release::release::<IpamError>(self.store, handle, extra, |attempt| {
-            let Some(hkv) = self.store.get(&handle.key())? else { return Ok(None) };
-            let hdoc: IpamHandle = model::decode(&hkv)?;
-            let mut commit = ReleaseCommit::new();
-            for (seg, &count) in &hdoc.block {
-                let cidr: BlockCidr = seg.parse().map_err(|_| StoreError::Corrupt {
-                    key: hkv.key.clone(),
-                    reason: format!("block {seg:?} is not a CIDR"),
-                })?;
-                // First attempt: take this node's hinted block from the hint
-                // instead of reading it (the commit's CAS catches a stale
-                // copy); after a conflict, read. A hinted copy is only
-                // trusted if it holds what the handle says it holds there: a
-                // copy that misses the allocation would release nothing,
-                // write no block (so no CAS catches it) and delete the
-                // handle, leaking the address.
-                let hinted = if attempt == 0 { self.hinted_block(&cidr) } else { None }
-                    .filter(|(doc, _)| block::ips_of_handle(doc, handle).len() == count as usize);
-                let (doc, revision) = match hinted {
-                    Some(v) => v,
-                    None => {
-                        let Some(bkv) = self.store.get(&cidr.key())? else { continue };
-                        (block::decode_block(&bkv)?, bkv.revision)
-                    }
-                };
-                commit.free_handle(cidr.key(), doc, revision, handle);
+        // Held until the commit is visible, not until it is durable (as in
+        // `assign_with`); the hint is refreshed under it.
+        let mut lock = self.host_lock()?;
+        let mut visible = |rev: Revision, updated: &[AllocationBlock]| {
+            for doc in updated {
+                self.refresh_hint(doc.clone(), rev);
             }
-            commit.delete_handle(hkv.key, hkv.revision);
-            Ok(Some(commit))
-        })?;
-        if let Some(rev) = released.revision {
-            for doc in released.updated.iter().cloned() {
-                self.refresh_hint(doc, rev);
-            }
-        }
+            drop(lock.take());
+        };
+        let released = release::release::<IpamError>(
+            self.store,
+            handle,
+            extra,
+            |attempt| {
+                let Some(hkv) = self.store.get(&handle.key())? else { return Ok(None) };
+                let hdoc: IpamHandle = model::decode(&hkv)?;
+                let mut commit = ReleaseCommit::new();
+                for (seg, &count) in &hdoc.block {
+                    let cidr: BlockCidr = seg.parse().map_err(|_| StoreError::Corrupt {
+                        key: hkv.key.clone(),
+                        reason: format!("block {seg:?} is not a CIDR"),
+                    })?;
+                    // First attempt: take this node's hinted block from the hint
+                    // instead of reading it (the commit's CAS catches a stale
+                    // copy); after a conflict, read. A hinted copy is only
+                    // trusted if it holds what the handle says it holds there: a
+                    // copy that misses the allocation would release nothing,
+                    // write no block (so no CAS catches it) and delete the
+                    // handle, leaking the address.
+                    let hinted = if attempt == 0 { self.hinted_block(&cidr) } else { None }
+                        .filter(|(doc, _)| block::ips_of_handle(doc, handle).len() == count as usize);
+                    let (doc, revision) = match hinted {
+                        Some(v) => v,
+                        None => {
+                            let Some(bkv) = self.store.get(&cidr.key())? else { continue };
+                            (block::decode_block(&bkv)?, bkv.revision)
+                        }
+                    };
+                    commit.free_handle(cidr.key(), doc, revision, handle);
+                }
+                commit.delete_handle(hkv.key, hkv.revision);
+                Ok(Some(commit))
+            },
+            &mut visible,
+        )?;
         Ok(released.ips())
     }
 

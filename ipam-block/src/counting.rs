@@ -74,6 +74,11 @@ impl Datastore for CountingStore {
         self.inner.commit(ops)
     }
 
+    fn commit_then(&self, ops: &[Op], visible: &mut dyn FnMut(Revision)) -> Result<Revision, StoreError> {
+        self.commits.fetch_add(1, Ordering::Relaxed);
+        self.inner.commit_then(ops, visible)
+    }
+
     fn revision(&self) -> Result<Revision, StoreError> {
         self.revisions.fetch_add(1, Ordering::Relaxed);
         self.inner.revision()

@@ -143,26 +143,32 @@ pub fn release_ip(store: &dyn Datastore, ip: IpAddr) -> Result<Option<String>, I
 /// [`release_ip`] telling "not allocated" (`None`) from "allocated without a
 /// handle" (`Some(None)`).
 pub(crate) fn release_one(store: &dyn Datastore, ip: IpAddr) -> Result<Option<Option<String>>, IpamError> {
-    let released = release::release::<IpamError>(store, ip, &[], |_| {
-        let family = IpFamily::of_addr(&ip);
-        let Some(kv) = store
-            .list(&model::blocks_prefix(family))?
-            .into_iter()
-            .find(|kv| key_block(&kv.key).is_some_and(|c| c.contains(ip)))
-        else {
-            return Ok(None);
-        };
-        let doc = block::decode_block(&kv)?;
-        let mut commit = ReleaseCommit::new();
-        if commit.free_ip(&kv.key, || (doc, kv.revision), ip).is_none() {
-            return Ok(None);
-        }
-        commit.decrement_handles(|h| -> Result<_, IpamError> {
-            let Some(hkv) = store.get(&model::handle_key(h))? else { return Ok(None) };
-            Ok(Some((hkv.key.clone(), model::decode(&hkv)?, hkv.revision)))
-        })?;
-        Ok(Some(commit))
-    })?;
+    let released = release::release::<IpamError>(
+        store,
+        ip,
+        &[],
+        |_| {
+            let family = IpFamily::of_addr(&ip);
+            let Some(kv) = store
+                .list(&model::blocks_prefix(family))?
+                .into_iter()
+                .find(|kv| key_block(&kv.key).is_some_and(|c| c.contains(ip)))
+            else {
+                return Ok(None);
+            };
+            let doc = block::decode_block(&kv)?;
+            let mut commit = ReleaseCommit::new();
+            if commit.free_ip(&kv.key, || (doc, kv.revision), ip).is_none() {
+                return Ok(None);
+            }
+            commit.decrement_handles(|h| -> Result<_, IpamError> {
+                let Some(hkv) = store.get(&model::handle_key(h))? else { return Ok(None) };
+                Ok(Some((hkv.key.clone(), model::decode(&hkv)?, hkv.revision)))
+            })?;
+            Ok(Some(commit))
+        },
+        &mut |_, _| {},
+    )?;
     Ok(released.freed.into_iter().next().map(|(_, handle)| handle))
 }
 

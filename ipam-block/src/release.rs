@@ -165,11 +165,15 @@ impl Released {
 /// returns the commit, or `None` when there is nothing to release (then
 /// `extra` is committed alone, if any). A conflict on a key of `extra` is
 /// returned as `Store(Conflict)`; `read`'s own errors end the release.
+/// `visible` gets the commit's revision and the blocks it updated as soon
+/// as the commit is visible, before it is durable
+/// ([`Datastore::commit_then`]).
 pub fn release<E>(
     store: &dyn Datastore,
     what: impl Display,
     extra: &[Op],
     mut read: impl FnMut(usize) -> Result<Option<ReleaseCommit>, E>,
+    visible: &mut dyn FnMut(Revision, &[AllocationBlock]),
 ) -> Result<Released, E>
 where
     E: From<IpamError> + From<StoreError>,
@@ -177,12 +181,16 @@ where
     let extra_keys: HashSet<&str> = extra.iter().map(Op::key).collect();
     crate::retry::cas(format_args!("release {what}"), |attempt| {
         let Some(commit) = read(attempt)? else {
-            let revision = if extra.is_empty() { None } else { Some(store.commit(extra)?) };
+            let revision = if extra.is_empty() {
+                None
+            } else {
+                Some(store.commit_then(extra, &mut |r| visible(r, &[]))?)
+            };
             return Ok(Cas::Done(Released { revision, ..Released::default() }));
         };
         let (mut ops, updated) = commit.ops();
         ops.extend_from_slice(extra);
-        match store.commit(&ops) {
+        match store.commit_then(&ops, &mut |r| visible(r, &updated)) {
             Ok(rev) => Ok(Cas::Done(Released { freed: commit.freed, updated, revision: Some(rev) })),
             Err(StoreError::Conflict { key }) if extra_keys.contains(key.as_str()) => {
                 Err(StoreError::Conflict { key }.into())
@@ -263,8 +271,16 @@ mod tests {
         let (ops, updated) = c.ops();
         assert_eq!(ops.len(), 2, "{ops:?}");
         assert_eq!(updated.len(), 1);
-        let r = release::<IpamError>(&e.store, "t", &[], |_| Ok(Some(e.free(&["10.9.0.0", "10.9.0.2"]))))
-            .unwrap();
+        let mut seen = Vec::new();
+        let r = release::<IpamError>(
+            &e.store,
+            "t",
+            &[],
+            |_| Ok(Some(e.free(&["10.9.0.0", "10.9.0.2"]))),
+            &mut |rev, blocks| seen.push((rev, blocks.len())),
+        )
+        .unwrap();
+        assert_eq!(seen, [(r.revision.unwrap(), 1)], "told once the commit is visible");
         assert_eq!(r.ips(), [ip("10.9.0.0"), ip("10.9.0.2")]);
         assert!(r.revision.is_some());
         let b = block::decode_block(&e.store.get(&e.cidr.key()).unwrap().unwrap()).unwrap();
@@ -279,12 +295,14 @@ mod tests {
     #[test]
     fn an_emptied_block_of_nobody_is_deleted_and_its_handle_with_it() {
         let e = env(false, 1);
-        release::<IpamError>(&e.store, "t", &[], |_| Ok(Some(e.free(&["10.9.0.0"])))).unwrap();
+        release::<IpamError>(&e.store, "t", &[], |_| Ok(Some(e.free(&["10.9.0.0"]))), &mut |_, _| {})
+            .unwrap();
         assert!(e.store.get(&e.cidr.key()).unwrap().is_none());
         assert_eq!(e.handle_count(), None);
         // An affine block stays, empty.
         let e = env(true, 1);
-        release::<IpamError>(&e.store, "t", &[], |_| Ok(Some(e.free(&["10.9.0.0"])))).unwrap();
+        release::<IpamError>(&e.store, "t", &[], |_| Ok(Some(e.free(&["10.9.0.0"]))), &mut |_, _| {})
+            .unwrap();
         assert!(e.store.get(&e.cidr.key()).unwrap().is_some());
     }
 
@@ -293,15 +311,21 @@ mod tests {
         let e = env(true, 2);
         // The first attempt's copy goes stale before the commit.
         let mut attempts = Vec::new();
-        let r = release::<IpamError>(&e.store, "t", &[], |n| {
-            attempts.push(n);
-            let c = e.free(&["10.9.0.0"]);
-            if n == 0 {
-                let kv = e.store.get(&e.cidr.key()).unwrap().unwrap();
-                e.store.update(&kv.key, &kv.value, kv.revision).unwrap();
-            }
-            Ok(Some(c))
-        })
+        let r = release::<IpamError>(
+            &e.store,
+            "t",
+            &[],
+            |n| {
+                attempts.push(n);
+                let c = e.free(&["10.9.0.0"]);
+                if n == 0 {
+                    let kv = e.store.get(&e.cidr.key()).unwrap().unwrap();
+                    e.store.update(&kv.key, &kv.value, kv.revision).unwrap();
+                }
+                Ok(Some(c))
+            },
+            &mut |_, _| {},
+        )
         .unwrap();
         assert_eq!(attempts, [0, 1]);
         assert_eq!(r.ips(), [ip("10.9.0.0")]);
@@ -310,10 +334,16 @@ mod tests {
         // The caller's own op conflicts: returned after one attempt.
         let extra = [Op::Delete { key: "/caller/record".into(), revision: 7 }];
         let mut calls = 0;
-        let r = release::<IpamError>(&e.store, "t", &extra, |_| {
-            calls += 1;
-            Ok(Some(e.free(&["10.9.0.1"])))
-        });
+        let r = release::<IpamError>(
+            &e.store,
+            "t",
+            &extra,
+            |_| {
+                calls += 1;
+                Ok(Some(e.free(&["10.9.0.1"])))
+            },
+            &mut |_, _| {},
+        );
         assert!(matches!(r, Err(IpamError::Store(StoreError::Conflict { key })) if key == "/caller/record"));
         assert_eq!(calls, 1);
         assert_eq!(e.handle_count(), Some(1), "nothing of a failed commit is applied");
@@ -321,10 +351,10 @@ mod tests {
         // Nothing to release: the caller's ops are committed alone.
         let rev = e.store.create("/caller/record", b"x").unwrap();
         let extra = [Op::Delete { key: "/caller/record".into(), revision: rev }];
-        let r = release::<IpamError>(&e.store, "t", &extra, |_| Ok(None)).unwrap();
+        let r = release::<IpamError>(&e.store, "t", &extra, |_| Ok(None), &mut |_, _| {}).unwrap();
         assert!(r.freed.is_empty() && r.revision.is_some());
         assert!(e.store.get("/caller/record").unwrap().is_none());
-        let r = release::<IpamError>(&e.store, "t", &[], |_| Ok(None)).unwrap();
+        let r = release::<IpamError>(&e.store, "t", &[], |_| Ok(None), &mut |_, _| {}).unwrap();
         assert!(r.revision.is_none());
     }
 
@@ -342,7 +372,9 @@ mod tests {
         c.delete_handle(hkv.key, hkv.revision);
         let (ops, _) = c.ops();
         assert_eq!(ops.iter().map(Op::key).collect::<Vec<_>>(), [e.cidr.key(), h.key()]);
-        let r = release::<IpamError>(&e.store, "t", &[], |_| Ok(Some(std::mem::take(&mut c)))).unwrap();
+        let r =
+            release::<IpamError>(&e.store, "t", &[], |_| Ok(Some(std::mem::take(&mut c))), &mut |_, _| {})
+                .unwrap();
         assert_eq!(r.freed, [(ip("10.9.0.0"), Some("net.h".into())), (ip("10.9.0.1"), Some("net.h".into()))]);
         assert_eq!(e.handle_count(), None);
     }

@@ -34,31 +34,37 @@ fn release_in_one_commit(
     handle: Option<&str>,
     still_ok: &dyn Fn(&Snapshot) -> Result<(), OpsError>,
 ) -> Result<Vec<IpAddr>, OpsError> {
-    release::release(store, format_args!("{ips:?}"), &[], |_| {
-        let snap = Snapshot::load(store)?;
-        still_ok(&snap)?;
-        let mut commit = ReleaseCommit::new();
-        for &ip in ips {
-            let b = snap.block_of(ip).ok_or_else(|| {
-                OpsError::Refused(format!("{ip} is not allocated: no allocation block holds it"))
-            })?;
-            let owner = match commit.free_ip(&b.key, || (b.value.clone(), b.revision), ip) {
-                Some(owner) => owner,
-                None => return Err(OpsError::Refused(format!("{ip} is not allocated"))),
-            };
-            if handle.is_some() && owner.as_deref() != handle {
-                return Err(OpsError::Refused(format!(
-                    "{ip} now belongs to handle {} instead of {}",
-                    owner.as_deref().unwrap_or("<none>"),
-                    handle.unwrap_or_default()
-                )));
+    release::release(
+        store,
+        format_args!("{ips:?}"),
+        &[],
+        |_| {
+            let snap = Snapshot::load(store)?;
+            still_ok(&snap)?;
+            let mut commit = ReleaseCommit::new();
+            for &ip in ips {
+                let b = snap.block_of(ip).ok_or_else(|| {
+                    OpsError::Refused(format!("{ip} is not allocated: no allocation block holds it"))
+                })?;
+                let owner = match commit.free_ip(&b.key, || (b.value.clone(), b.revision), ip) {
+                    Some(owner) => owner,
+                    None => return Err(OpsError::Refused(format!("{ip} is not allocated"))),
+                };
+                if handle.is_some() && owner.as_deref() != handle {
+                    return Err(OpsError::Refused(format!(
+                        "{ip} now belongs to handle {} instead of {}",
+                        owner.as_deref().unwrap_or("<none>"),
+                        handle.unwrap_or_default()
+                    )));
+                }
             }
-        }
-        commit.decrement_handles(|h| {
-            Ok::<_, OpsError>(snap.handles.get(h).map(|d| (d.key.clone(), d.value.clone(), d.revision)))
-        })?;
-        Ok(Some(commit))
-    })?;
+            commit.decrement_handles(|h| {
+                Ok::<_, OpsError>(snap.handles.get(h).map(|d| (d.key.clone(), d.value.clone(), d.revision)))
+            })?;
+            Ok(Some(commit))
+        },
+        &mut |_, _| {},
+    )?;
     Ok(ips.to_vec())
 }
 
