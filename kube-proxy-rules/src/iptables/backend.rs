@@ -192,6 +192,14 @@ impl Backend for IptablesBackend {
         Ok(missing.then_some(FullSyncReason::CanaryGone(CANARY_GONE)))
     }
 
+    fn rule_counts(o: &IptablesOutcome) -> crate::backend::RuleCounts {
+        let r = &o.rendered;
+        crate::backend::RuleCounts {
+            total: vec![("filter", r.filter_rules), ("nat", r.nat_rules + r.skipped_nat_rules)],
+            written: vec![("filter", r.filter_rules), ("nat", r.nat_rules)],
+        }
+    }
+
     fn summary(r: &IptablesSyncReport) -> String {
         let kind = match &r.full {
             Some(why) => format!("full: {why}"),
