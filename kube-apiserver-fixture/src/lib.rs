@@ -30,7 +30,8 @@
 //!   which stamps `resourceVersion`, `uid`, `creationTimestamp` as the server
 //!   would; [`ApiServer::drop_watches`] ends every open watch (a dropped
 //!   connection); [`ApiServer::requests`] is the request log (how many lists
-//!   and watches a client made).
+//!   and watches a client made); [`ApiServer::fail_requests`] answers the
+//!   next requests of a resource with `500`.
 //!
 //! Serves plain HTTP/1.1 on a listener the test gives (loopback, or a
 //! socket made inside a test namespace), one thread per connection,
@@ -114,6 +115,8 @@ struct Store {
     watch_generation: u64,
     requests: Vec<Request>,
     max_page: Option<usize>,
+    /// The next n requests of a resource fail with 500.
+    failing: HashMap<Resource, usize>,
     bookmark_interval: Option<Duration>,
     uid: u64,
 }
@@ -274,6 +277,13 @@ impl ApiServer {
         self.shared.lock().requests.clone()
     }
 
+    /// Answer the next `n` requests (lists and watches) of `r` with
+    /// `500 Internal Server Error` (an API server in trouble: the client
+    /// must back off and retry).
+    pub fn fail_requests(&self, r: Resource, n: usize) {
+        self.shared.lock().failing.insert(r, n);
+    }
+
     /// The current resourceVersion of the store.
     pub fn resource_version(&self) -> u64 {
         self.shared.lock().rv
@@ -378,6 +388,7 @@ fn respond(conn: &mut TcpStream, code: u16, body: &Value) -> std::io::Result<()>
         400 => "Bad Request",
         404 => "Not Found",
         410 => "Gone",
+        500 => "Internal Server Error",
         _ => "Error",
     };
     write!(
@@ -423,6 +434,14 @@ fn handle(shared: &Shared, mut conn: TcpStream) -> std::io::Result<()> {
     let Some((resource, namespace)) = route(path) else {
         return respond(&mut conn, 404, &status(404, "NotFound", &format!("no resource at {path}")));
     };
+    {
+        let mut st = shared.lock();
+        if let Some(n) = st.failing.get_mut(&resource).filter(|n| **n > 0) {
+            *n -= 1;
+            drop(st);
+            return respond(&mut conn, 500, &status(500, "InternalError", "the fixture was told to fail"));
+        }
+    }
     let q = |k: &str| req.query.get(k).map(String::as_str);
     let matches = |o: &Value| {
         namespace.as_deref().is_none_or(|ns| o["metadata"]["namespace"].as_str() == Some(ns))
