@@ -87,20 +87,27 @@ demo-lab: deps build
 
 # Each benchmark measures the reference in the same run and prints ratios.
 bench: deps build
-	@echo "== 1/5 CNI ADD+DEL cycle: calico + calico-ipam vs ptp + host-local"
+	@echo "== 1/6 CNI ADD+DEL cycle: calico + calico-ipam vs ptp + host-local"
 	target/release/cni-bench --ours $(STATIC_DIR)
-	@echo; echo "== 2/5 full-pod throughput: 3 nodes x 300 pods, 32 ADDs in flight, etcd / file / ptp+host-local"
+	@echo; echo "== 2/6 full-pod throughput: 3 nodes x 300 pods, 32 ADDs in flight, etcd / file / ptp+host-local"
 	target/release/cni-bench --throughput --ours $(STATIC_DIR)
-	@echo; echo "== 3/5 IPAM alone: etcd round trips per allocation; 3 nodes x 300 calico-ipam ADDs vs host-local"
+	@echo; echo "== 3/6 IPAM alone: etcd round trips per allocation; 3 nodes x 300 calico-ipam ADDs vs host-local"
 	target/release/ipam-bench
-	@echo; echo "== 4/5 service rules: 10,000 services x 10 endpoints, render vs iptables-restore"
+	@echo; echo "== 4/6 service rules: 10,000 services x 10 endpoints, render vs iptables-restore"
 	@echo "   (iptables-legacy-restore: the nf_tables iptables-restore 1.8.9 is super-linear in the"
 	@echo "    number of chains here and does not finish 10,000 services within an hour; see below)"
 	target/release/kube-proxy-rules bench --restore-command iptables-legacy-restore
 	@echo; echo "   the same at 1,000 services with the nf_tables iptables-restore:"
 	target/release/kube-proxy-rules bench --services 1000
-	@echo; echo "== 5/5 service rules, nftables mode: 10,000 services x 10 endpoints, render vs nft -f (~2 min)"
+	@echo; echo "== 5/6 service rules, nftables mode: 10,000 services x 10 endpoints, render vs nft -f (~2 min)"
 	target/release/kube-proxy-rules bench --proxy-mode nftables
+	@echo; echo "== 6/6 network programming latency through the Kubernetes API: one EndpointSlice change"
+	@echo "   (a watch event of the test API server) to the rules committed, p50/p99 over 100 changes,"
+	@echo "   render and apply apart; run's peak RSS. 10,000 services: iptables through the legacy binaries"
+	target/release/kube-proxy-api-bench --proxy-mode iptables --services 1000
+	target/release/kube-proxy-api-bench --proxy-mode nftables --services 1000
+	target/release/kube-proxy-api-bench --proxy-mode iptables --services 10000 --legacy-iptables
+	target/release/kube-proxy-api-bench --proxy-mode nftables --services 10000
 
 fmt:
 	$(CARGO) fmt --all

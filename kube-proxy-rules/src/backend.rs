@@ -111,6 +111,11 @@ pub trait Backend {
     /// The log line of a sync that succeeded.
     fn summary(report: &SyncReport<Self::Outcome>) -> String;
 
+    /// How long a sync's render took (the rest was applying it).
+    fn render_time(_outcome: &Self::Outcome) -> Option<std::time::Duration> {
+        None
+    }
+
     /// The rules a sync left per table, for the metrics (kube-proxy's
     /// `sync_proxy_rules_iptables_total` and `_last`); none by default.
     fn rule_counts(_outcome: &Self::Outcome) -> RuleCounts {
@@ -147,4 +152,6 @@ pub struct SyncDone {
     pub line: String,
     pub full: bool,
     pub rules: RuleCounts,
+    /// The render's share of the sync (the rest is the apply).
+    pub render: Option<std::time::Duration>,
 }

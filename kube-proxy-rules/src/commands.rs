@@ -222,7 +222,12 @@ impl<B: Backend> ModeSyncer for Syncer<B> {
         if let Some(e) = B::problem(&r.outcome) {
             log::error!("{e}");
         }
-        Ok(SyncDone { line: B::summary(&r), full: r.is_full(), rules: B::rule_counts(&r.outcome) })
+        Ok(SyncDone {
+            line: B::summary(&r),
+            full: r.is_full(),
+            rules: B::rule_counts(&r.outcome),
+            render: B::render_time(&r.outcome),
+        })
     }
     fn dry_run(&mut self, state: &ProxyState) -> Result<(), String> {
         let dry_run = Syncer::dry_run(self, state).map_err(|e| e.to_string())?;

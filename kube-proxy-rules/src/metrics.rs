@@ -337,6 +337,7 @@ mod tests {
                 line: String::new(),
                 full: true,
                 rules: crate::backend::RuleCounts { total: vec![("nat", 7)], written: vec![("nat", 3)] },
+                render: None,
             },
             Duration::from_millis(3),
         );

@@ -173,6 +173,7 @@ pub fn run_loop(args: &Args, records: &PodRecords) -> Result<i32, String> {
         }
         addresses_changed = false;
 
+        let load_started = Instant::now();
         let loaded = match load(&cur, records, &mut cached, &mut dirty, api.as_ref()) {
             Ok(l) => l,
             Err(e) => {
@@ -182,6 +183,7 @@ pub fn run_loop(args: &Args, records: &PodRecords) -> Result<i32, String> {
                 continue;
             }
         };
+        let state_time = load_started.elapsed();
         if changed {
             report(&loaded);
         }
@@ -224,8 +226,17 @@ pub fn run_loop(args: &Args, records: &PodRecords) -> Result<i32, String> {
             let tag = syncers.tag(*family);
             match result {
                 Ok(done) => {
-                    metrics.synced(&done, started.elapsed());
-                    log::info!("{tag}{}, {:?}", done.line, started.elapsed());
+                    let took = started.elapsed();
+                    metrics.synced(&done, took);
+                    // The sync's time, then its parts: building the state
+                    // from the inputs (shared by the families), rendering,
+                    // applying (`make bench`'s latency benchmark reads them).
+                    let render = done.render.unwrap_or_default();
+                    log::info!(
+                        "{tag}{}, {took:?} (state {state_time:?}, render {render:?}, apply {:?})",
+                        done.line,
+                        took.saturating_sub(render)
+                    );
                 }
                 Err(e) => {
                     metrics.sync_failed();
