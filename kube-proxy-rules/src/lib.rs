@@ -1,9 +1,12 @@
 //! # kube-proxy-rules: kube-proxy's service rules for a Calico node
 //!
 //! Reads Services, EndpointSlices, Pods and Deployments as a user has them
-//! (YAML/JSON files) plus the pod records Calico's CNI writes
-//! (WorkloadEndpoints in the datastore), and produces exactly what one of
-//! kube-proxy's proxiers would write, then applies it the way kube-proxy does.
+//! (YAML/JSON files) or, in `run`, as the Kubernetes API server has them
+//! (Services, EndpointSlices, this node's Node: [`source::api`]), plus the
+//! pod records Calico's CNI writes (WorkloadEndpoints in the datastore), and
+//! produces exactly what one of kube-proxy's proxiers would write, then
+//! applies it the way kube-proxy does; `run` also serves kube-proxy's health
+//! checks ([`health`]) and metrics ([`metrics`]).
 //! `--proxy-mode` picks the proxier, with the same inputs and flags:
 //!
 //! * `iptables` (default): the iptables-restore payload (chain names, rule
@@ -60,6 +63,12 @@
 //!   (whether a family's backend works on this node), [`cli`] (the command
 //!   line: clap with kube-proxy's spellings, resolved into [`cli::Args`]),
 //!   [`commands`] (`render`, `sync`, `run`).
+//! * [`run`]: `run`'s event loop; [`source`]: what it waits on (the API
+//!   watchers and their cache, inotify on the inputs, the datastore's change
+//!   notification), each on a thread or task of its own sending events down
+//!   one channel; [`health`] and [`metrics`]: kube-proxy's `/healthz`,
+//!   `/livez`, health check node ports and `/metrics`, served by hyper on the
+//!   same tokio runtime as the watchers.
 //!
 //! The `bench` subcommand and its synthetic cluster are the binary's
 //! (`src/bench`, declared by `main.rs`); the integration tests compile the
@@ -69,9 +78,14 @@
 //! Owns: the rules of its proxy mode in the current (or a named) network
 //! namespace: the KUBE-* chains in iptables' filter, nat and mangle tables
 //! (and the jump rules into them from the built-in chains), or table `ip`/
-//! `ip6 kube-proxy`; what it remembers of them between syncs.
+//! `ip6 kube-proxy`; what it remembers of them between syncs; in `run`, the
+//! listening sockets of `--healthz-bind-address`, `--metrics-bind-address`
+//! and the services' health check node ports, and its watches.
 //!
-//! May call: `calico-store` (read-only: pod records and the store revision),
+//! May call: the Kubernetes API server (`run`, read-only: list and watch
+//! Services, EndpointSlices and its own Node, through `kube`; never writes),
+//! `calico-store` (read-only: pod records, the store revision and its change
+//! notification),
 //! the `iptables`/`iptables-restore`/`iptables-save` binaries (and their
 //! `ip6tables` twins) and the `nft` binary of the current network namespace
 //! (or, through `ip netns exec`, of a named one, for tests and benchmarks),
@@ -80,7 +94,7 @@
 //! `tool-cli` (the shared flag groups and value parsers), the process
 //! environment (the datastore flags' variables, read by clap).
 //!
-//! Never: writes to the datastore; flushes, rewrites or deletes chains and
+//! Never: writes to the datastore or the API server; flushes, rewrites or deletes chains and
 //! tables it does not own (leftover chains with names it could not have
 //! written are left alone); writes anything to stdout but a payload or a
 //! dry run's diff (bad objects, notes and progress are `log` records: the
