@@ -28,7 +28,7 @@ use crate::health::{HealthServers, ServiceHealth};
 use crate::inputs::{self, Loaded};
 use crate::k8s::{self, ObjectError, Objects};
 use crate::metrics::Metrics;
-use crate::model::ProxyState;
+use crate::model::{service, ProxyState};
 use crate::source::api::{ApiSource, Kind, NodeInfo};
 use crate::source::{self, Event};
 
@@ -38,9 +38,8 @@ struct Dirty {
     files: bool,
     records: bool,
     api: bool,
+    /// The Node object changed in what the rules depend on (its IPs, its zone).
     node: bool,
-    /// When the oldest unsynced change was seen (the health check's "queued").
-    since: Option<Instant>,
     /// EndpointSlice change trigger times (network programming latency).
     trigger_times: Vec<SystemTime>,
 }
@@ -51,9 +50,17 @@ impl Dirty {
     }
 }
 
+/// The file inputs as last read, with what the apiserver would allocate
+/// (ClusterIPs, NodePorts) filled in and the notes saying so.
+struct FileInputs {
+    objs: Objects,
+    errors: Vec<ObjectError>,
+    notes: Vec<String>,
+}
+
 /// The inputs as last read.
 struct Cached {
-    files: Option<(Objects, Vec<ObjectError>)>,
+    files: Option<FileInputs>,
     records: Option<(Vec<WorkloadEndpoint>, Vec<ObjectError>)>,
 }
 
@@ -107,8 +114,14 @@ pub fn run_loop(args: &Args, records: &PodRecords) -> Result<i32, String> {
             Err(RecvTimeoutError::Timeout) => None,
             Err(RecvTimeoutError::Disconnected) => return Err("every change source stopped".into()),
         };
+        let mut node_event = false;
         for ev in first.into_iter().chain(rx.try_iter()) {
-            dirty.since.get_or_insert_with(Instant::now);
+            if matches!(&ev, Event::Api(c) if c.kind == Kind::Node) {
+                // A Node update (kubelet's status heartbeats) is a change
+                // for the rules only if its IPs or zone changed: seen below.
+                node_event = true;
+                continue;
+            }
             health.queued();
             metrics.queued();
             match ev {
@@ -117,10 +130,7 @@ pub fn run_loop(args: &Args, records: &PodRecords) -> Result<i32, String> {
                 Event::Api(change) => {
                     metrics.api_change(&change);
                     dirty.trigger_times.extend(change.trigger_times);
-                    match change.kind {
-                        Kind::Node => dirty.node = true,
-                        _ => dirty.api = true,
-                    }
+                    dirty.api = true;
                 }
             }
         }
@@ -134,16 +144,17 @@ pub fn run_loop(args: &Args, records: &PodRecords) -> Result<i32, String> {
                 }
                 continue;
             }
-            if dirty.node || node.is_none() {
-                dirty.node = false;
+            if node_event || node.is_none() {
                 // No Node object: eligible, as kube-proxy until a Node says otherwise.
                 health.node_eligible(cache.node.as_ref().is_none_or(|n| n.eligible));
                 let seen = cache.node.clone().unwrap_or_default();
                 drop(cache);
-                if node.as_ref() != Some(&seen) {
+                let relevant = |n: &NodeInfo| (n.node_ips(), n.zone().map(str::to_string));
+                if node.as_ref().map(relevant) != Some(relevant(&seen)) {
+                    dirty.node |= node.is_some();
                     apply_node(args, &mut cur, &seen, &mut syncers);
-                    node = Some(seen);
                 }
+                node = Some(seen);
             }
         }
 
@@ -173,11 +184,13 @@ pub fn run_loop(args: &Args, records: &PodRecords) -> Result<i32, String> {
         }
         addresses_changed = false;
 
+        dirty.node = false;
         let load_started = Instant::now();
         let loaded = match load(&cur, records, &mut cached, &mut dirty, api.as_ref()) {
             Ok(l) => l,
             Err(e) => {
                 log::error!("{e}");
+                health.queued();
                 retry_at = Some(Instant::now() + args.sync_period);
                 last_sync = Some(Instant::now());
                 continue;
@@ -248,10 +261,11 @@ pub fn run_loop(args: &Args, records: &PodRecords) -> Result<i32, String> {
         last_sync = Some(Instant::now());
         if failed {
             retry_at = Some(Instant::now() + args.sync_period);
-            // Still queued: /healthz turns 503 once this lasts the health timeout.
+            // Queued until a sync succeeds: /healthz turns 503 once that
+            // takes longer than the health timeout.
+            health.queued();
         } else {
             retry_at = None;
-            dirty.since = None;
             health.updated(services_health);
             metrics.programmed(&triggers);
         }
@@ -289,7 +303,9 @@ fn load(
     api: Option<&ApiSource>,
 ) -> Result<Loaded, String> {
     if dirty.files || cached.files.is_none() {
-        cached.files = Some(k8s::load(&args.inputs));
+        let (mut objs, errors) = k8s::load(&args.inputs);
+        let notes = service::allocate(&mut objs.services, &args.service_cidrs);
+        cached.files = Some(FileInputs { objs, errors, notes });
     }
     if dirty.records || cached.records.is_none() {
         cached.records = Some(records.read()?);
@@ -297,19 +313,25 @@ fn load(
     dirty.files = false;
     dirty.records = false;
     dirty.api = false;
-    let (Some((file_objs, file_errors)), Some((weps, record_errors))) = (&cached.files, &cached.records)
-    else {
+    let (Some(files), Some((weps, record_errors))) = (&cached.files, &cached.records) else {
         return Err("inputs not read".into());
     };
-    let mut objs = file_objs.clone();
-    if let Some(api) = api {
-        api.cache.lock().add_to(&mut objs);
-    }
-    let mut loaded = inputs::build_state(&objs, weps, &args.service_cidrs);
-    let mut errors = file_errors.clone();
+    // The API's objects are shared with the cache, not copied, and the
+    // watchers are not held up while the state is built.
+    let (api_services, api_slices) = api.map(|a| a.cache.lock().snapshot()).unwrap_or_default();
+    let mut services: Vec<&k8s::Service> = files.objs.services.iter().collect();
+    let mut slices: Vec<&k8s::EndpointSlice> = files.objs.slices.iter().collect();
+    services.extend(api_services.iter().map(|s| &**s));
+    slices.extend(api_slices.iter().map(|s| &**s));
+    let mut loaded = inputs::build_state_from(&services, &slices, &files.objs, weps);
+    let file_objs = &files.objs;
+    let mut errors = files.errors.clone();
     errors.append(&mut loaded.errors);
     errors.extend(record_errors.iter().cloned());
     loaded.errors = errors;
+    let mut notes = files.notes.clone();
+    notes.append(&mut loaded.notes);
+    loaded.notes = notes;
     log::debug!(
         "loaded {} service ports with {} endpoints ({} objects from files, {} pod records)",
         loaded.state.services.len(),

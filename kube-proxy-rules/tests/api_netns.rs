@@ -283,6 +283,13 @@ fn api_follows_services_slices_and_dropped_watches(mode: &str) {
     api.create(SERVICES, service("api", "10.96.0.32", json!({})));
     api.create(ENDPOINT_SLICES, slice("api-1", "api", &[("10.244.9.9", "node1")]));
     wait_answer(t.client.name(), "10.96.0.32:80", "a", &log);
+    // A NodePort on the node IP the Node object gives (no --node-ip: in
+    // nftables mode NodePorts are served on the primary node IPs only).
+    let np = json!({"type": "NodePort",
+                    "ports": [{"port": 80, "targetPort": 8080, "protocol": "TCP", "nodePort": 30200}]});
+    api.create(SERVICES, service("np", "10.96.0.33", np));
+    api.create(ENDPOINT_SLICES, slice("np-1", "np", &[("10.244.9.10", "node1")]));
+    wait_answer(t.client.name(), "192.168.79.1:30200", "b", &log);
     assert_eq!(run.full_syncs(), 1, "{}", log());
 
     // A dropped watch resumes from its resourceVersion: no relist, no full sync.
@@ -344,7 +351,7 @@ fn no_rules_before_every_kind_was_listed() {
     let api = api_server_in(&t.node);
     api.create(SERVICES, service("web", "10.96.0.30", json!({})));
     api.create(ENDPOINT_SLICES, slice("web-1", "web", &[("10.244.9.9", "node1")]));
-    api.fail_requests(NODES, 3);
+    api.fail_requests(NODES, 4);
     let tmp = tempfile::tempdir().unwrap();
     let url = api.url();
     let run = Run::start(t.node.name(), "iptables", &["--master", url.as_str()], tmp.path().join("run.log"));

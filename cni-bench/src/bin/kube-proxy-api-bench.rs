@@ -207,7 +207,9 @@ fn run(cli: &Cli) -> Result<(), String> {
             "--hostname-override",
             "node1",
         ])
-        .args(["--sync-period", "1h", "--min-sync-period", "0s"])
+        // A failed sync (e.g. the legacy xtables lock held by another process)
+        // is retried after the sync period.
+        .args(["--sync-period", "10s", "--min-sync-period", "0s"])
         .args(["--healthz-bind-address=", "--metrics-bind-address="])
         .stdout(Stdio::null())
         .stderr(File::create(&log_path).map_err(|e| e.to_string())?);

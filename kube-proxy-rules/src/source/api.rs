@@ -165,8 +165,8 @@ pub type ObjectKey = (String, String);
 /// The objects the watchers keep, as [`crate::k8s`]'s types.
 #[derive(Debug, Default)]
 pub struct ApiCache {
-    pub services: BTreeMap<ObjectKey, k8s::Service>,
-    pub slices: BTreeMap<ObjectKey, k8s::EndpointSlice>,
+    pub services: BTreeMap<ObjectKey, Arc<k8s::Service>>,
+    pub slices: BTreeMap<ObjectKey, Arc<k8s::EndpointSlice>>,
     /// This node's Node object (None: not there, or not listed yet).
     pub node: Option<NodeInfo>,
     listed: Vec<Kind>,
@@ -178,10 +178,11 @@ impl ApiCache {
         [Kind::Service, Kind::EndpointSlice, Kind::Node].iter().all(|k| self.listed.contains(k))
     }
 
-    /// The cached Services and EndpointSlices as inputs (after the files' ones).
-    pub fn add_to(&self, objs: &mut k8s::Objects) {
-        objs.services.extend(self.services.values().cloned());
-        objs.slices.extend(self.slices.values().cloned());
+    /// The cached Services and EndpointSlices, shared (not copied): `run`
+    /// builds its state from them without holding the lock the watchers
+    /// update the cache under.
+    pub fn snapshot(&self) -> (Vec<Arc<k8s::Service>>, Vec<Arc<k8s::EndpointSlice>>) {
+        (self.services.values().cloned().collect(), self.slices.values().cloned().collect())
     }
 }
 
@@ -279,11 +280,11 @@ impl SharedCache {
         let mut cache = self.lock();
         match c {
             Converted::Service(k, s) => {
-                cache.services.insert(k, *s);
+                cache.services.insert(k, Arc::new(*s));
                 None
             }
             Converted::Slice(k, s, t) => {
-                cache.slices.insert(k, s);
+                cache.slices.insert(k, Arc::new(s));
                 t
             }
             Converted::Node(n) => {
@@ -317,10 +318,10 @@ impl SharedCache {
         for c in listed {
             match c {
                 Converted::Service(k, s) => {
-                    cache.services.insert(k, *s);
+                    cache.services.insert(k, Arc::new(*s));
                 }
                 Converted::Slice(k, s, _) => {
-                    cache.slices.insert(k, s);
+                    cache.slices.insert(k, Arc::new(s));
                 }
                 Converted::Node(n) => cache.node = Some(n),
             }
