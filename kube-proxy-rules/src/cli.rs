@@ -901,6 +901,36 @@ mod tests {
     }
 
     #[test]
+    fn run_takes_kube_proxys_api_health_and_metrics_flags() {
+        let a = args(&["run", "--kubeconfig", "/etc/kubernetes/kp.conf", "--master=https://10.0.0.1:6443"])
+            .unwrap();
+        let api = a.api_settings().unwrap();
+        assert_eq!(api.kubeconfig, Some(PathBuf::from("/etc/kubernetes/kp.conf")));
+        assert_eq!(api.master.as_deref(), Some("https://10.0.0.1:6443"));
+        // kube-proxy's defaults.
+        assert_eq!(a.healthz_bind_address, Some("0.0.0.0:10256".parse().unwrap()));
+        assert_eq!(a.metrics_bind_address, Some("127.0.0.1:10249".parse().unwrap()));
+        let a = args(&["run", "--healthz-bind-address=", "--metrics-bind-address", "[::1]:9100", "x.yaml"])
+            .unwrap();
+        assert_eq!(
+            (a.healthz_bind_address, a.metrics_bind_address),
+            (None, Some("[::1]:9100".parse().unwrap()))
+        );
+        // Files only: no API source (unless asked for).
+        assert!(a.api_settings().is_none());
+        assert!(args(&["run", "--in-cluster", "x.yaml"]).unwrap().api_settings().is_some());
+        assert_eq!(
+            clap_err(&["run", "--healthz-bind-address", "10256"]).kind(),
+            clap::error::ErrorKind::ValueValidation
+        );
+        // Only run has them.
+        assert_eq!(
+            clap_err(&["sync", "--master", "http://x"]).kind(),
+            clap::error::ErrorKind::UnknownArgument
+        );
+    }
+
+    #[test]
     fn bench_takes_the_makefile_invocations() {
         let a = args(&["bench", "--restore-command", "iptables-legacy-restore"]).unwrap();
         assert_eq!(

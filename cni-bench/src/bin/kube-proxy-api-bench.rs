@@ -207,9 +207,11 @@ fn run(cli: &Cli) -> Result<(), String> {
             "--hostname-override",
             "node1",
         ])
-        // A failed sync (e.g. the legacy xtables lock held by another process)
-        // is retried after the sync period.
-        .args(["--sync-period", "10s", "--min-sync-period", "0s"])
+        // No periodic sync or canary check in the way of the changes (the
+        // canary check lists the table), except with the legacy binaries: a
+        // sync that failed on the xtables lock another process held is
+        // retried after the sync period.
+        .args(["--sync-period", if cli.legacy_iptables { "10s" } else { "1h" }, "--min-sync-period", "0s"])
         .args(["--healthz-bind-address=", "--metrics-bind-address="])
         .stdout(Stdio::null())
         .stderr(File::create(&log_path).map_err(|e| e.to_string())?);
