@@ -296,6 +296,7 @@ fn api_follows_services_slices_and_dropped_watches(mode: &str) {
     let count =
         |f: &dyn Fn(&kube_apiserver_fixture::Request) -> bool| api.requests().iter().filter(|r| f(r)).count();
     let lists_before = count(&|r| !r.is_watch());
+    let lists_services_before = count(&|r| r.is_list_of(SERVICES));
     let watches_before = count(&|r| r.is_watch_of(ENDPOINT_SLICES));
     api.drop_watches();
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -311,20 +312,30 @@ fn api_follows_services_slices_and_dropped_watches(mode: &str) {
     assert_eq!(count(&|r| !r.is_watch()), lists_before, "a dropped watch made a relist");
     assert_eq!(run.full_syncs(), 1, "a dropped watch made a full sync\n{}", log());
 
-    // An expired resourceVersion (the history was compacted): 410, a relist
-    // of that kind, and still no full sync (nothing changed).
-    api.compact();
+    // An expired resourceVersion: the Services watch is down (dropped, its
+    // next attempt refused with a 500, so the client backs off) while the
+    // `api` Service is deleted and the history compacted. The client's
+    // watch from its old version gets 410, it relists, and the Service it
+    // never saw a DELETED event for is gone. Still no full sync.
+    let services_watches = count(&|r| r.is_watch_of(SERVICES));
+    api.fail_requests(SERVICES, 1);
     api.drop_watches();
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while count(&|r| r.is_list_of(ENDPOINT_SLICES)) == 0 || count(&|r| !r.is_watch()) == lists_before {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while count(&|r| r.is_watch_of(SERVICES)) == services_watches {
+        assert!(Instant::now() < deadline, "the watch was not retried: {:?}", api.requests());
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    api.delete(SERVICES, "default", "api");
+    api.compact();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while count(&|r| r.is_list_of(SERVICES)) == lists_services_before {
         assert!(Instant::now() < deadline, "no relist after 410: {:?}", api.requests());
         std::thread::sleep(Duration::from_millis(50));
     }
-    run.wait_for("relisted", 1);
-    api.delete(SERVICES, "default", "api");
+    run.wait_for("relisted Services", 1);
     let deadline = Instant::now() + Duration::from_secs(15);
     while fetch(t.client.name(), "10.96.0.32:80").is_ok() {
-        assert!(Instant::now() < deadline, "the deleted service still answers\n{}", log());
+        assert!(Instant::now() < deadline, "the Service deleted during the outage still answers\n{}", log());
         std::thread::sleep(Duration::from_millis(50));
     }
     wait_answer(t.client.name(), "10.96.0.30:80", "a", &log);
