@@ -355,7 +355,8 @@ fn api_source_nftables() {
 
 /// No rule is written before every kind has been listed: the Node list
 /// fails (500, the client backs off and retries) while the Services and
-/// slices are there; once it succeeds the rules come.
+/// slices are there; once it succeeds the rules come. The API server is
+/// named by a kubeconfig file.
 #[test]
 fn no_rules_before_every_kind_was_listed() {
     let t = topology();
@@ -364,8 +365,21 @@ fn no_rules_before_every_kind_was_listed() {
     api.create(ENDPOINT_SLICES, slice("web-1", "web", &[("10.244.9.9", "node1")]));
     api.fail_requests(NODES, 4);
     let tmp = tempfile::tempdir().unwrap();
-    let url = api.url();
-    let run = Run::start(t.node.name(), "iptables", &["--master", url.as_str()], tmp.path().join("run.log"));
+    // Through a kubeconfig this time (kube-proxy's --kubeconfig).
+    let kubeconfig = tmp.path().join("kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters: [{{name: c, cluster: {{server: \"{}\"}}}}]\n\
+             users: [{{name: u, user: {{}}}}]\ncontexts: [{{name: x, context: {{cluster: c, user: u}}}}]\n\
+             current-context: x\n",
+            api.url()
+        ),
+    )
+    .unwrap();
+    let kubeconfig = kubeconfig.display().to_string();
+    let run =
+        Run::start(t.node.name(), "iptables", &["--kubeconfig", &kubeconfig], tmp.path().join("run.log"));
     run.wait_for("listed EndpointSlices", 1);
     run.wait_for("watching the Node", 1);
     assert!(
