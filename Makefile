@@ -88,19 +88,19 @@ demo-lab: deps build
 
 # Each benchmark measures the reference in the same run and prints ratios.
 bench: deps build
-	@echo "== 1/7 CNI ADD+DEL cycle: calico + calico-ipam vs ptp + host-local"
+	@echo "== 1/8 CNI ADD+DEL cycle: calico + calico-ipam vs ptp + host-local"
 	target/release/cni-bench --ours $(STATIC_DIR)
-	@echo; echo "== 2/7 full-pod throughput: 3 nodes x 300 pods, 32 ADDs in flight, etcd / file / ptp+host-local"
+	@echo; echo "== 2/8 full-pod throughput: 3 nodes x 300 pods, 32 ADDs in flight, etcd / file / ptp+host-local"
 	target/release/cni-bench --throughput --ours $(STATIC_DIR)
-	@echo; echo "== 3/7 IPAM alone: etcd round trips per allocation; 3 nodes x 300 calico-ipam ADDs vs host-local"
+	@echo; echo "== 3/8 IPAM alone: etcd round trips per allocation; 3 nodes x 300 calico-ipam ADDs vs host-local"
 	target/release/ipam-bench
-	@echo; echo "== 4/7 service rules: 10,000 services x 10 endpoints, render vs iptables-restore"
+	@echo; echo "== 4/8 service rules: 10,000 services x 10 endpoints, render vs iptables-restore"
 	@echo "   (iptables-legacy-restore: the nf_tables iptables-restore 1.8.9 is super-linear in the"
 	@echo "    number of chains here and does not finish 10,000 services within an hour; see below)"
 	target/release/kube-proxy-rules bench --restore-command iptables-legacy-restore
 	@echo; echo "   the same at 1,000 services with the nf_tables iptables-restore:"
 	target/release/kube-proxy-rules bench --services 1000
-	@echo; echo "== 5/7 service rules, nftables mode: 10,000 services x 10 endpoints, render vs nft -f"
+	@echo; echo "== 5/8 service rules, nftables mode: 10,000 services x 10 endpoints, render vs nft -f"
 	@echo "   kube-proxy's layout (~3 min):"
 	target/release/kube-proxy-rules bench --proxy-mode nftables
 	@echo; echo "   --nftables-layout endpoint-maps (endpoints in one DNAT map; ~30 s):"
@@ -108,9 +108,16 @@ bench: deps build
 	@echo; echo "   both layouts at 1,000 services (target: full nft -f <= 1 s):"
 	target/release/kube-proxy-rules bench --proxy-mode nftables --services 1000
 	target/release/kube-proxy-rules bench --proxy-mode nftables --services 1000 --nftables-layout endpoint-maps
-	@echo; echo "== 6/7 routing reaction in the lab: 50 block claims -> route at the tor (agent watching etcd, BIRD, BGP)"
+	@echo; echo "== 6/8 network programming latency through the Kubernetes API: one EndpointSlice change"
+	@echo "   (a watch event of the test API server) to the rules committed, p50/p99 over 100 changes,"
+	@echo "   render and apply apart; run's peak RSS. 10,000 services: iptables through the legacy binaries"
+	target/release/kube-proxy-api-bench --proxy-mode iptables --services 1000
+	target/release/kube-proxy-api-bench --proxy-mode nftables --services 1000
+	target/release/kube-proxy-api-bench --proxy-mode iptables --services 10000 --legacy-iptables
+	target/release/kube-proxy-api-bench --proxy-mode nftables --services 10000
+	@echo; echo "== 7/8 routing reaction in the lab: 50 block claims -> route at the tor (agent watching etcd, BIRD, BGP)"
 	target/release/calico-lab bench-claims --claims 50
-	@echo; echo "== 7/7 stale UDP flows: conntrack cleanup (one dump, delete by tuple) vs conntrack -D per filter"
+	@echo; echo "== 8/8 stale UDP flows: conntrack cleanup (one dump, delete by tuple) vs conntrack -D per filter"
 	target/release/kube-proxy-rules bench --conntrack-entries 100000
 
 fmt:

@@ -111,6 +111,17 @@ pub trait Backend {
     /// The log line of a sync that succeeded.
     fn summary(report: &SyncReport<Self::Outcome>) -> String;
 
+    /// How long a sync's render took (the rest was applying it).
+    fn render_time(_outcome: &Self::Outcome) -> Option<std::time::Duration> {
+        None
+    }
+
+    /// The rules a sync left per table, for the metrics (kube-proxy's
+    /// `sync_proxy_rules_iptables_total` and `_last`); none by default.
+    fn rule_counts(_outcome: &Self::Outcome) -> RuleCounts {
+        RuleCounts::default()
+    }
+
     /// A problem a sync met without failing, logged as an error before its
     /// summary.
     fn problem(_outcome: &Self::Outcome) -> Option<String> {
@@ -122,4 +133,25 @@ pub trait Backend {
     fn finish_one_shot(&mut self) -> Option<String> {
         None
     }
+}
+
+/// Rule counts per table after a sync (iptables mode; kube-proxy exports
+/// none for nftables).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RuleCounts {
+    /// (table, rules the kernel has from us after the sync).
+    pub total: Vec<(&'static str, usize)>,
+    /// (table, rules this sync wrote).
+    pub written: Vec<(&'static str, usize)>,
+}
+
+/// What `run` and `sync` take from a sync that succeeded.
+#[derive(Debug, Clone)]
+pub struct SyncDone {
+    /// The log line.
+    pub line: String,
+    pub full: bool,
+    pub rules: RuleCounts,
+    /// The render's share of the sync (the rest is the apply).
+    pub render: Option<std::time::Duration>,
 }

@@ -17,7 +17,7 @@ use std::net::{IpAddr, Ipv4Addr};
 
 use crate::family::IpFamily;
 use std::path::PathBuf;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use calico_store::{Datastore, DatastoreConfig};
 use clap::{ArgAction, Parser, Subcommand};
@@ -88,16 +88,19 @@ pub enum CliCommand {
         #[command(flatten)]
         datastore: DatastoreArgs,
     },
-    /// Keep syncing when the inputs or the pod records change (partial syncs)
+    /// Keep syncing when the API objects, the inputs or the pod records change (partial syncs);
+    /// serve /healthz, /livez, /metrics and the services' health check node ports
     #[command(args_override_self = true)]
     Run {
-        /// Manifest files or directories (polled for changes)
+        /// Manifest files or directories (followed through inotify)
         #[arg(value_name = "FILE|DIR")]
         inputs: Vec<PathBuf>,
         #[command(flatten)]
         node: NodeArgs,
         #[command(flatten)]
         sync: SyncArgs,
+        #[command(flatten)]
+        api: ApiArgs,
         #[command(flatten)]
         datastore: DatastoreArgs,
     },
@@ -190,6 +193,46 @@ pub struct SyncArgs {
 
 /// `--state-dir`'s default.
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/kube-proxy-rules";
+
+/// `run`'s Kubernetes API and its health and metrics servers (kube-proxy's flags).
+#[derive(Debug, Clone, clap::Args)]
+#[command(next_help_heading = "Kubernetes API, health and metrics (kube-proxy's flags)")]
+pub struct ApiArgs {
+    /// Path to a kubeconfig file: follow Services, EndpointSlices and this node's Node through
+    /// the API server it names
+    #[arg(long, value_name = "FILE")]
+    pub kubeconfig: Option<PathBuf>,
+    /// The API server's address (overrides the kubeconfig's server), e.g. https://10.0.0.1:6443
+    #[arg(long, value_name = "URL")]
+    pub master: Option<String>,
+    /// Follow the API server with the in-cluster service account even with FILE|DIR inputs
+    /// (without inputs, --kubeconfig or --master, in a pod, it is the default)
+    #[arg(long, action = ArgAction::Set, num_args = 0..=1, require_equals = true,
+          default_missing_value = "true", default_value = "false", value_parser = parse_bool,
+          value_name = "BOOL")]
+    pub in_cluster: bool,
+    /// /healthz and /livez (empty: off)
+    #[arg(long, value_name = "IP:PORT", default_value = "0.0.0.0:10256", value_parser = bind_address)]
+    pub healthz_bind_address: BindAddress,
+    /// /metrics in the Prometheus text format (empty: off)
+    #[arg(long, value_name = "IP:PORT", default_value = "127.0.0.1:10249", value_parser = bind_address)]
+    pub metrics_bind_address: BindAddress,
+}
+
+/// `--healthz-bind-address`, `--metrics-bind-address`: `IP:PORT`, `IP`
+/// (kube-proxy's default port of the flag is added by the user), or empty
+/// for off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BindAddress(pub Option<std::net::SocketAddr>);
+
+fn bind_address(v: &str) -> Result<BindAddress, String> {
+    if v.is_empty() {
+        return Ok(BindAddress(None));
+    }
+    v.parse::<std::net::SocketAddr>()
+        .map(|a| BindAddress(Some(a)))
+        .map_err(|e| format!("expected IP:PORT: {e}"))
+}
 
 /// `bench`.
 #[derive(Debug, Clone, clap::Args)]
@@ -330,6 +373,13 @@ pub struct Args {
     pub nft_layout: NftLayout,
     /// `bench --conntrack-entries` (0: the rules bench).
     pub bench_conntrack_entries: usize,
+    /// `run`: the API server (kubeconfig, master, or in-cluster); none of
+    /// the three: no API source.
+    pub kubeconfig: Option<PathBuf>,
+    pub master: Option<String>,
+    pub in_cluster: bool,
+    pub healthz_bind_address: Option<std::net::SocketAddr>,
+    pub metrics_bind_address: Option<std::net::SocketAddr>,
 }
 
 /// The pod-records datastore: the datastore flags (or their variables)
@@ -369,9 +419,15 @@ impl Args {
                 a.set_sync(&sync);
                 (node, datastore, inputs)
             }
-            CliCommand::Run { node, sync, datastore, inputs } => {
+            CliCommand::Run { node, sync, api, datastore, inputs } => {
                 a.command = Command::Run;
                 a.set_sync(&sync);
+                a.kubeconfig = api.kubeconfig;
+                a.master = api.master;
+                a.in_cluster = api.in_cluster
+                    || (inputs.is_empty() && std::env::var_os("KUBERNETES_SERVICE_HOST").is_some());
+                a.healthz_bind_address = api.healthz_bind_address.0;
+                a.metrics_bind_address = api.metrics_bind_address.0;
                 (node, datastore, inputs)
             }
             CliCommand::Bench(b) => {
@@ -443,6 +499,11 @@ impl Args {
             bench_restore_command: "iptables-restore".into(),
             nft_layout: NftLayout::default(),
             bench_conntrack_entries: 0,
+            kubeconfig: None,
+            master: None,
+            in_cluster: false,
+            healthz_bind_address: None,
+            metrics_bind_address: None,
         }
     }
 
@@ -511,15 +572,32 @@ impl Args {
         out
     }
 
+    /// The node's name: `--hostname-override`, else the host name
+    /// (lowercased, as kube-proxy).
+    pub fn node_name(&self) -> Result<String, String> {
+        match &self.hostname {
+            Some(h) => Ok(h.clone()),
+            None => std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|h| h.trim().to_lowercase())
+                .map_err(|e| format!("no --hostname-override and cannot read the host name: {e}")),
+        }
+    }
+
+    /// The API server to follow, if any: `--kubeconfig`, `--master`, or the
+    /// in-cluster service account.
+    pub fn api_settings(&self) -> Option<crate::source::api::ApiSettings> {
+        (self.kubeconfig.is_some() || self.master.is_some() || self.in_cluster).then(|| {
+            crate::source::api::ApiSettings {
+                kubeconfig: self.kubeconfig.clone(),
+                master: self.master.clone(),
+            }
+        })
+    }
+
     /// The settings both proxiers share, for one family: the node IPs,
     /// cluster CIDR and node-port ranges of that family.
     fn node_config(&self, family: IpFamily, in_other_netns: bool) -> Result<NodeConfig, String> {
-        let hostname = match &self.hostname {
-            Some(h) => h.clone(),
-            None => std::fs::read_to_string("/proc/sys/kernel/hostname")
-                .map(|h| h.trim().to_lowercase())
-                .map_err(|e| format!("no --hostname-override and cannot read the host name: {e}"))?,
-        };
+        let hostname = self.node_name()?;
         let mut cfg = NodeConfig {
             family,
             hostname,
@@ -600,6 +678,21 @@ impl PodRecords {
         }
     }
 
+    /// The store, for a watcher of its own (None without a store).
+    pub fn store(&self) -> Option<std::sync::Arc<dyn Datastore>> {
+        self.store.clone()
+    }
+
+    /// Read the pod records alone (none without a store).
+    pub fn read(
+        &self,
+    ) -> Result<(Vec<calico_store::model::WorkloadEndpoint>, Vec<crate::k8s::ObjectError>), String> {
+        match &self.store {
+            Some(s) => inputs::load_pod_records(s.as_ref()),
+            None => Ok((Vec::new(), Vec::new())),
+        }
+    }
+
     /// Read the inputs and the records into a state; bad objects are in `errors`.
     pub fn load(&self, args: &Args) -> Result<Loaded, String> {
         let (weps, mut record_errors) = match &self.store {
@@ -617,21 +710,6 @@ impl PodRecords {
         );
         Ok(loaded)
     }
-}
-
-/// The modification times of every input file (and the directories), to poll.
-pub fn input_stamp(paths: &[PathBuf]) -> Vec<(PathBuf, Option<SystemTime>)> {
-    let mut out = Vec::new();
-    for p in paths {
-        out.push((p.clone(), std::fs::metadata(p).and_then(|m| m.modified()).ok()));
-        if let Ok(files) = crate::k8s::input_files(p) {
-            for f in files {
-                let t = std::fs::metadata(&f).and_then(|m| m.modified()).ok();
-                out.push((f, t));
-            }
-        }
-    }
-    out
 }
 
 #[cfg(test)]
@@ -906,6 +984,36 @@ mod tests {
         assert_eq!(cli.log.verbose, 1);
         let cli: Cli = tool_cli::try_parse_without_env(["k", "sync", "--log-level", "debug"]).unwrap();
         assert_eq!(cli.log.log_level, Some(log::LevelFilter::Debug));
+    }
+
+    #[test]
+    fn run_takes_kube_proxys_api_health_and_metrics_flags() {
+        let a = args(&["run", "--kubeconfig", "/etc/kubernetes/kp.conf", "--master=https://10.0.0.1:6443"])
+            .unwrap();
+        let api = a.api_settings().unwrap();
+        assert_eq!(api.kubeconfig, Some(PathBuf::from("/etc/kubernetes/kp.conf")));
+        assert_eq!(api.master.as_deref(), Some("https://10.0.0.1:6443"));
+        // kube-proxy's defaults.
+        assert_eq!(a.healthz_bind_address, Some("0.0.0.0:10256".parse().unwrap()));
+        assert_eq!(a.metrics_bind_address, Some("127.0.0.1:10249".parse().unwrap()));
+        let a = args(&["run", "--healthz-bind-address=", "--metrics-bind-address", "[::1]:9100", "x.yaml"])
+            .unwrap();
+        assert_eq!(
+            (a.healthz_bind_address, a.metrics_bind_address),
+            (None, Some("[::1]:9100".parse().unwrap()))
+        );
+        // Files only: no API source (unless asked for).
+        assert!(a.api_settings().is_none());
+        assert!(args(&["run", "--in-cluster", "x.yaml"]).unwrap().api_settings().is_some());
+        assert_eq!(
+            clap_err(&["run", "--healthz-bind-address", "10256"]).kind(),
+            clap::error::ErrorKind::ValueValidation
+        );
+        // Only run has them.
+        assert_eq!(
+            clap_err(&["sync", "--master", "http://x"]).kind(),
+            clap::error::ErrorKind::UnknownArgument
+        );
     }
 
     #[test]

@@ -2,10 +2,9 @@
 //! is the binary's own: `src/bench`).
 
 use std::io::Write;
-use std::time::{Duration, Instant};
 
-use crate::backend::Backend;
-use crate::cli::{input_stamp, Args, Command, PodRecords, ProxyMode};
+use crate::backend::{Backend, SyncDone};
+use crate::cli::{Args, Command, PodRecords, ProxyMode};
 use crate::conntrack::ConntrackCleanup;
 use crate::exec::Runner;
 use crate::family::IpFamily;
@@ -17,7 +16,7 @@ use crate::nftables::{self, Nft, NftablesBackend};
 use crate::syncer::Syncer;
 
 /// Report notes and bad objects (logged: stderr; stdout is the payload).
-fn report(loaded: &Loaded) {
+pub(crate) fn report(loaded: &Loaded) {
     for n in &loaded.notes {
         log::info!("note: {n}");
     }
@@ -46,7 +45,7 @@ pub fn run(args: &Args) -> Result<i32, String> {
 /// split): IPv6 when it has services or a `--node-ip`; IPv4 unless only
 /// IPv6 has anything (an IPv4-only node behaves exactly as without dual-stack
 /// support and never runs ip6tables or touches table ip6 kube-proxy).
-fn family_states(args: &Args, state: ProxyState) -> Vec<(IpFamily, ProxyState)> {
+pub(crate) fn family_states(args: &Args, state: ProxyState) -> Vec<(IpFamily, ProxyState)> {
     let [v4, v6] = state.split_families();
     let has_node_ip = |f: IpFamily| args.node_ips.iter().any(|ip| f.has(*ip));
     let v6_active = !v6.is_empty() || has_node_ip(IpFamily::V6);
@@ -90,7 +89,7 @@ fn usable_families(
 /// services they were for are gone, so are the rules. Reading the IPv4
 /// tables is harmless on any node; IPv6 is not checked this way (an
 /// IPv4-only node never runs ip6tables or reads `ip6 kube-proxy`).
-fn with_ipv4_leftovers(
+pub(crate) fn with_ipv4_leftovers(
     args: &Args,
     mut families: Vec<(IpFamily, ProxyState)>,
 ) -> Vec<(IpFamily, ProxyState)> {
@@ -204,8 +203,8 @@ fn cmd_sync(args: &Args) -> Result<i32, String> {
             syncer.dry_run(state)?;
             continue;
         }
-        let line = syncer.sync_once(state)?;
-        log::info!("{}{line}", tag(*family));
+        let done = syncer.sync_once(state)?;
+        log::info!("{}{}", tag(*family), done.line);
         syncer.finish_one_shot(&tag(*family));
     }
     Ok(0)
@@ -213,9 +212,9 @@ fn cmd_sync(args: &Args) -> Result<i32, String> {
 
 /// A syncer of either mode, as `sync` and `run` drive it (one impl for
 /// both: [`Syncer`] over the mode's [`Backend`]).
-trait ModeSyncer {
-    /// Sync once; the line to log.
-    fn sync_once(&mut self, state: &ProxyState) -> Result<String, String>;
+pub(crate) trait ModeSyncer {
+    /// Sync once: the line to log and what the metrics take.
+    fn sync_once(&mut self, state: &ProxyState) -> Result<SyncDone, String>;
     /// Print what a sync would do and remember it as applied (`--dry-run`).
     fn dry_run(&mut self, state: &ProxyState) -> Result<(), String>;
     /// Check the canary (iptables: the KUBE-PROXY-CANARY chains; nftables:
@@ -232,12 +231,17 @@ trait ModeSyncer {
 }
 
 impl<B: Backend> ModeSyncer for Syncer<B> {
-    fn sync_once(&mut self, state: &ProxyState) -> Result<String, String> {
+    fn sync_once(&mut self, state: &ProxyState) -> Result<SyncDone, String> {
         let r = self.sync(state).map_err(|e| e.to_string())?;
         if let Some(e) = B::problem(&r.outcome) {
             log::error!("{e}");
         }
-        Ok(B::summary(&r))
+        Ok(SyncDone {
+            line: B::summary(&r),
+            full: r.is_full(),
+            rules: B::rule_counts(&r.outcome),
+            render: B::render_time(&r.outcome),
+        })
     }
     fn dry_run(&mut self, state: &ProxyState) -> Result<(), String> {
         let dry_run = Syncer::dry_run(self, state).map_err(|e| e.to_string())?;
@@ -264,14 +268,15 @@ impl<B: Backend> ModeSyncer for Syncer<B> {
 
 fn cmd_run(args: &Args) -> Result<i32, String> {
     let records = PodRecords::open(args.datastore.as_ref())?;
-    run_loop(args, &records)
+    crate::run::run_loop(args, &records)
 }
 
 /// The running syncers, one per family that had something to do (created
 /// on first need, kept after: a family whose services went away is synced
 /// empty, which removes its rules).
-struct FamilySyncers {
-    syncers: Vec<(IpFamily, Box<dyn ModeSyncer>)>,
+#[derive(Default)]
+pub(crate) struct FamilySyncers {
+    pub(crate) syncers: Vec<(IpFamily, Box<dyn ModeSyncer>)>,
     /// Families probed before their first sync, and whether they work
     /// (probed once: a family that cannot work is warned about once).
     probed: Vec<(IpFamily, bool)>,
@@ -279,7 +284,7 @@ struct FamilySyncers {
 
 impl FamilySyncers {
     /// Whether `family` can be proxied here, probed the first time it is asked.
-    fn usable(&mut self, args: &Args, family: IpFamily) -> bool {
+    pub(crate) fn usable(&mut self, args: &Args, family: IpFamily) -> bool {
         if let Some((_, ok)) = self.probed.iter().find(|(f, _)| *f == family) {
             return *ok;
         }
@@ -290,7 +295,7 @@ impl FamilySyncers {
         self.probed.push((family, reason.is_none()));
         reason.is_none()
     }
-    fn get(&mut self, args: &Args, family: IpFamily) -> Result<&mut Box<dyn ModeSyncer>, String> {
+    pub(crate) fn get(&mut self, args: &Args, family: IpFamily) -> Result<&mut Box<dyn ModeSyncer>, String> {
         let i = match self.syncers.iter().position(|(f, _)| *f == family) {
             Some(i) => i,
             None => {
@@ -302,124 +307,11 @@ impl FamilySyncers {
         };
         Ok(&mut self.syncers[i].1)
     }
-    fn tag(&self, family: IpFamily) -> String {
+    pub(crate) fn tag(&self, family: IpFamily) -> String {
         if self.syncers.len() > 1 {
             format!("{family}: ")
         } else {
             String::new()
         }
-    }
-}
-
-/// Keep the rules in sync: resync when an input file or the pod records
-/// change (polled), at least every sync period, never more often than the
-/// min sync period; check the canary every sync period; retry failures.
-/// The node's addresses are re-read on every poll (kube-proxy re-reads the
-/// node IPs on every sync): a change forces a full sync, so NodePorts follow
-/// an address added or removed while `run` runs. The syncers also force a
-/// full sync once the last one is [`crate::model::FULL_SYNC_PERIOD`] old.
-fn run_loop(args: &Args, records: &PodRecords) -> Result<i32, String> {
-    let mut syncers = FamilySyncers { syncers: Vec::new(), probed: Vec::new() };
-    let poll = args.min_sync_period.clamp(Duration::from_millis(50), Duration::from_millis(500));
-    let mut last_stamp = None;
-    let mut last_rev = None;
-    let mut last_sync: Option<Instant> = None;
-    let mut last_canary = Instant::now();
-    let mut retry_at: Option<Instant> = None;
-    let mut addresses_changed = false;
-    loop {
-        for (family, syncer) in syncers.syncers.iter_mut() {
-            if syncer.set_local_addresses(args.local_addresses(*family, false)) {
-                log::info!("{family} node addresses changed: the next sync is a full one");
-                addresses_changed = true;
-            }
-        }
-        let stamp = input_stamp(&args.inputs);
-        let rev = match records.revision() {
-            Ok(r) => Some(r),
-            Err(e) => {
-                log::error!("{e}");
-                last_rev // keep going with what we had
-            }
-        };
-        let changed = last_stamp.as_ref() != Some(&stamp) || rev != last_rev;
-        let periodic = last_sync.is_none_or(|t| t.elapsed() >= args.sync_period);
-        if !args.dry_run && last_sync.is_some() && last_canary.elapsed() >= args.sync_period {
-            last_canary = Instant::now();
-            for (_, syncer) in syncers.syncers.iter_mut() {
-                match syncer.check_canary() {
-                    Ok(Some(reason)) => log::info!("{reason}: forcing a full sync"),
-                    Ok(None) => {}
-                    Err(e) => log::error!("{e}"),
-                }
-            }
-        }
-        let retry_due = retry_at.is_some_and(|t| Instant::now() >= t);
-        let rate_ok = last_sync.is_none_or(|t| t.elapsed() >= args.min_sync_period);
-        let canary_forced = syncers.syncers.iter().any(|(_, s)| s.canary_forced());
-        if (changed || periodic || retry_due || canary_forced || addresses_changed) && rate_ok {
-            addresses_changed = false;
-            last_stamp = Some(stamp);
-            last_rev = rev;
-            match records.load(args) {
-                Ok(loaded) => {
-                    if changed {
-                        report(&loaded);
-                    }
-                    let mut families = family_states(args, loaded.state);
-                    if last_sync.is_none() {
-                        families = with_ipv4_leftovers(args, families);
-                    }
-                    families.retain(|(f, _)| syncers.usable(args, *f));
-                    // A family synced before stays: its rules follow its (now empty) state.
-                    for (f, _) in &syncers.syncers {
-                        if !families.iter().any(|(g, _)| g == f) {
-                            families.push((*f, ProxyState::default()));
-                        }
-                    }
-                    families.sort_by_key(|(f, _)| *f);
-                    let mut failed = false;
-                    for (family, state) in &families {
-                        let syncer = match syncers.get(args, *family) {
-                            Ok(s) => s,
-                            Err(e) => {
-                                log::error!("{family}: {e}");
-                                failed = true;
-                                continue;
-                            }
-                        };
-                        if args.dry_run {
-                            if changed || periodic {
-                                if let Err(e) = syncer.dry_run(state) {
-                                    log::error!("{e}");
-                                }
-                            }
-                            continue;
-                        }
-                        let started = Instant::now();
-                        let result = syncer.sync_once(state);
-                        let tag = syncers.tag(*family);
-                        match result {
-                            Ok(line) => log::info!("{tag}{line}, {:?}", started.elapsed()),
-                            Err(e) => {
-                                log::error!(
-                                    "{tag}sync failed, retrying with a full sync in {:?}: {e}",
-                                    args.sync_period
-                                );
-                                failed = true;
-                            }
-                        }
-                    }
-                    retry_at = failed.then(|| Instant::now() + args.sync_period);
-                    last_sync = Some(Instant::now());
-                }
-                Err(e) => {
-                    log::error!("{e}");
-                    retry_at = Some(Instant::now() + args.sync_period);
-                    last_sync = Some(Instant::now());
-                }
-            }
-        }
-        std::thread::sleep(poll);
     }
 }

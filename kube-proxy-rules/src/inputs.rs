@@ -97,13 +97,32 @@ pub fn store_revision(store: &dyn Datastore) -> Result<Revision, String> {
 /// take endpoints from slices, and from pod records for selector-based
 /// services without a slice.
 pub fn build_state(objs: &Objects, weps: &[WorkloadEndpoint], service_cidrs: &[IpNetwork]) -> Loaded {
-    let mut out = Loaded::default();
     let mut services = objs.services.clone();
-    out.notes.extend(service::allocate(&mut services, service_cidrs));
+    let notes = service::allocate(&mut services, service_cidrs);
+    let services: Vec<&k8s::Service> = services.iter().collect();
+    let slices: Vec<&k8s::EndpointSlice> = objs.slices.iter().collect();
+    let mut out = build_state_from(&services, &slices, objs, weps);
+    let mut all_notes = notes;
+    all_notes.append(&mut out.notes);
+    out.notes = all_notes;
+    out
+}
 
+/// Build the state from services that already have what the apiserver
+/// allocates (the API's objects, or manifests after
+/// [`service::allocate`]) and slices, by reference (`run` builds it from
+/// its caches on every sync without copying them); `catalog` gives the
+/// Pods and Deployments the pod records are matched with.
+pub fn build_state_from(
+    services: &[&k8s::Service],
+    slices: &[&k8s::EndpointSlice],
+    catalog: &Objects,
+    weps: &[WorkloadEndpoint],
+) -> Loaded {
+    let mut out = Loaded::default();
     let mut ports = Vec::new();
     let mut selectors: Vec<BTreeMap<String, String>> = Vec::new();
-    for svc in &services {
+    for svc in services {
         match service::convert(svc, &svc.source) {
             Ok(Converted::Ports(p)) => {
                 for sp in p {
@@ -136,8 +155,8 @@ pub fn build_state(objs: &Objects, weps: &[WorkloadEndpoint], service_cidrs: &[I
         }
     }
 
-    let mut eps: EndpointsMap = endpoints::from_slices(&objs.slices, &mut out.errors);
-    let with_slices = endpoints::services_with_slices(&objs.slices);
+    let mut eps: EndpointsMap = endpoints::from_slices(slices.iter().copied(), &mut out.errors);
+    let with_slices = endpoints::services_with_slices(slices.iter().copied());
     let selector_based: Vec<_> = keep
         .iter()
         .filter(|(sp, sel)| {
@@ -145,11 +164,8 @@ pub fn build_state(objs: &Objects, weps: &[WorkloadEndpoint], service_cidrs: &[I
         })
         .cloned()
         .collect();
-    let catalog = PodCatalog::new(objs);
-    let weps = valid_pod_records(weps, &mut out.errors);
-    eps.extend(endpoints::from_pod_records(&selector_based, &weps, &catalog));
     // Endpoints on a Node given as a manifest get its zone (topology hints).
-    let zones: BTreeMap<String, String> = objs
+    let zones: BTreeMap<String, String> = catalog
         .nodes
         .iter()
         .filter_map(|n| {
@@ -157,6 +173,9 @@ pub fn build_state(objs: &Objects, weps: &[WorkloadEndpoint], service_cidrs: &[I
             (!zone.is_empty()).then(|| (n.metadata.name().to_string(), zone.clone()))
         })
         .collect();
+    let catalog = PodCatalog::new(catalog);
+    let weps = valid_pod_records(weps, &mut out.errors);
+    eps.extend(endpoints::from_pod_records(&selector_based, &weps, &catalog));
     endpoints::fill_zones(&mut eps, &zones);
 
     let mut services: Vec<_> = keep.into_iter().map(|(sp, _)| sp).collect();

@@ -452,6 +452,29 @@ fn check_slice(slice: &EndpointSlice) -> Result<(), String> {
     Ok(())
 }
 
+impl Service {
+    /// A Service as the API server serves it (JSON), through the same
+    /// decoding and checks as a manifest's.
+    pub fn from_api(v: serde_json::Value) -> Result<Service, String> {
+        let mut o: Service = serde_json::from_value(v).map_err(|e| e.to_string())?;
+        o.source = "API".into();
+        check_meta(&o.metadata, dns1123_label)?;
+        Ok(o)
+    }
+}
+
+impl EndpointSlice {
+    /// An EndpointSlice as the API server serves it (JSON), through the
+    /// same decoding and checks as a manifest's.
+    pub fn from_api(v: serde_json::Value) -> Result<EndpointSlice, String> {
+        let mut o: EndpointSlice = serde_json::from_value(v).map_err(|e| e.to_string())?;
+        o.source = "API".into();
+        check_meta(&o.metadata, dns1123_subdomain)?;
+        check_slice(&o)?;
+        Ok(o)
+    }
+}
+
 fn file_error(source: &str, reason: String) -> ObjectError {
     ObjectError { object: ObjectRef::default(), source_file: source.to_string(), reason }
 }

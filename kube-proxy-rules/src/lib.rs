@@ -1,10 +1,13 @@
 //! # kube-proxy-rules: kube-proxy's service rules for a Calico node
 //!
 //! Reads Services, EndpointSlices, Pods, Deployments and Nodes (their zone
-//! labels) as a user has them
-//! (YAML/JSON files) plus the pod records Calico's CNI writes
+//! labels) as a user has them (YAML/JSON files) or, in `run`, as the
+//! Kubernetes API server has them (Services, EndpointSlices, this node's
+//! Node: [`source::api`]), plus the pod records Calico's CNI writes
 //! (WorkloadEndpoints in the datastore), and produces exactly what one of
-//! kube-proxy's proxiers would write, then applies it the way kube-proxy does.
+//! kube-proxy's proxiers would write, then applies it the way kube-proxy
+//! does; `run` also serves kube-proxy's health checks ([`health`]) and
+//! metrics ([`metrics`]).
 //! `--proxy-mode` picks the proxier, with the same inputs and flags:
 //!
 //! * `iptables` (default): the iptables-restore payload (chain names, rule
@@ -70,6 +73,12 @@
 //!   (whether a family's backend works on this node), [`cli`] (the command
 //!   line: clap with kube-proxy's spellings, resolved into [`cli::Args`]),
 //!   [`commands`] (`render`, `sync`, `run`).
+//! * [`run`]: `run`'s event loop; [`source`]: what it waits on (the API
+//!   watchers and their cache, inotify on the inputs, the datastore's change
+//!   notification), each on a thread or task of its own sending events down
+//!   one channel; [`health`] and [`metrics`]: kube-proxy's `/healthz`,
+//!   `/livez`, health check node ports and `/metrics`, served by hyper on the
+//!   same tokio runtime as the watchers.
 //!
 //! The `bench` subcommand and its synthetic cluster are the binary's
 //! (`src/bench`, declared by `main.rs`); the integration tests compile the
@@ -81,9 +90,14 @@
 //! (and the jump rules into them from the built-in chains), or table `ip`/
 //! `ip6 kube-proxy`; what it remembers of them between syncs; the deletion
 //! of stale UDP/SCTP conntrack entries of its services, and the state file
-//! it remembers them by (`--state-dir`).
+//! it remembers them by (`--state-dir`); in `run`, the listening sockets of
+//! `--healthz-bind-address`, `--metrics-bind-address` and the services'
+//! health check node ports, and its watches.
 //!
-//! May call: `calico-store` (read-only: pod records and the store revision),
+//! May call: the Kubernetes API server (`run`, read-only: list and watch
+//! Services, EndpointSlices and its own Node, through `kube`; never writes),
+//! `calico-store` (read-only: pod records, the store revision and its change
+//! notification),
 //! the `iptables`/`iptables-restore`/`iptables-save` binaries (and their
 //! `ip6tables` twins) and the `nft` binary of the current network namespace
 //! (or, through `ip netns exec`, of a named one, for tests and benchmarks),
@@ -96,8 +110,9 @@
 //! `tool-cli` (the shared flag groups and value parsers), the process
 //! environment (the datastore flags' variables, read by clap).
 //!
-//! Never: writes to the datastore; deletes conntrack entries that are not
-//! UDP/SCTP flows of its own service addresses; flushes, rewrites or deletes chains and
+//! Never: writes to the datastore or the API server; deletes conntrack
+//! entries that are not UDP/SCTP flows of its own service addresses;
+//! flushes, rewrites or deletes chains and
 //! tables it does not own (leftover chains with names it could not have
 //! written are left alone); writes anything to stdout but a payload or a
 //! dry run's diff (bad objects, notes and progress are `log` records: the
@@ -112,12 +127,16 @@ pub mod config;
 pub mod conntrack;
 pub mod exec;
 pub mod family;
+pub mod health;
 pub mod inputs;
 pub mod iptables;
 pub mod k8s;
+pub mod metrics;
 pub mod model;
 pub mod names;
 pub mod nftables;
 pub mod probe;
+pub mod run;
+pub mod source;
 pub mod syncer;
 pub mod validate;

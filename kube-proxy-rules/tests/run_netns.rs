@@ -517,3 +517,55 @@ fn run_skips_ipv6_on_an_ipv6_disabled_node_iptables() {
 fn run_skips_ipv6_on_an_ipv6_disabled_node_nftables() {
     run_skips_ipv6_on_an_ipv6_disabled_node("nftables");
 }
+
+/// Inputs are followed through inotify, not by the periodic sync (an hour
+/// here): a file input replaced by a rename over it (as editors and
+/// config-management tools write files), a new file in a new subdirectory
+/// of a directory input, and a pod record, each bring a partial sync.
+#[test]
+fn run_follows_inputs_through_inotify_not_the_sync_period() {
+    let ns = Netns::new("kpr");
+    let tmp = tempfile::tempdir().unwrap();
+    let (store_dir, dir) = (tmp.path().join("store"), tmp.path().join("m"));
+    std::fs::create_dir(&dir).unwrap();
+    let file = tmp.path().join("web.yaml");
+    std::fs::write(&file, WEB).unwrap();
+    let store = calico_store::file::FileStore::open(store_dir.clone()).unwrap();
+    let (k, v) = record("web-abc-11111", "10.244.0.11");
+    store.create(&k, &v).unwrap();
+    let log = tmp.path().join("run.log");
+    let flags: Vec<String> = ["--hostname-override", "node1", "--datastore-type", "file", "--datastore-path"]
+        .iter()
+        .map(|s| s.to_string())
+        .chain([store_dir.display().to_string(), file.display().to_string(), dir.display().to_string()])
+        .chain(["--sync-period=1h".to_string()])
+        .collect();
+    let run = Runner::start(ns.name(), "iptables", &flags, log);
+    run.wait_for("synced (full: first sync)", 1);
+    let nat = || ns.exec(&["iptables-save", "-t", "nat"]);
+
+    // The file replaced by a rename: web's port changes.
+    let staged = tmp.path().join(".web.yaml.tmp");
+    std::fs::write(&staged, WEB.replace("targetPort: 8080", "targetPort: 8081")).unwrap();
+    std::fs::rename(&staged, &file).unwrap();
+    run.wait_for("synced (partial): 1 services changed", 1);
+    assert!(nat().contains("default/web -> 10.244.0.11:8081"), "{}", nat());
+
+    // A new subdirectory of the directory input, then a manifest in it.
+    std::fs::create_dir(dir.join("sub")).unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    std::fs::write(dir.join("sub").join("api.yaml"), API).unwrap();
+    run.wait_for("synced (partial): 1 services changed", 2);
+    assert!(nat().contains("default/api -> 10.244.0.99:6443"), "{}", nat());
+
+    // A pod record: the datastore's change notification.
+    let (k, v) = record("web-abc-22222", "10.244.0.12");
+    store.create(&k, &v).unwrap();
+    run.wait_for("synced (partial): 1 services changed", 3);
+    assert!(nat().contains("default/web -> 10.244.0.12:8081"), "{}", nat());
+    // An unrelated file next to the file input brings no sync.
+    let syncs = run.log().matches("synced (").count();
+    std::fs::write(tmp.path().join("unrelated.yaml"), API).unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(run.log().matches("synced (").count(), syncs, "{}", run.log());
+}

@@ -31,6 +31,8 @@ pub const CANARY_GONE: &str = "canary chain KUBE-PROXY-CANARY is gone";
 #[derive(Debug)]
 pub struct IptablesOutcome {
     pub rendered: Rendered,
+    /// How long the render took (the rest of the sync is applying it).
+    pub render_time: std::time::Duration,
     /// Jump rules from the built-in chains added (full syncs only).
     pub jump_rules_added: usize,
 }
@@ -162,7 +164,9 @@ impl Backend for IptablesBackend {
             }
         }
         let existing = self.existing_chains(large)?;
+        let render_started = Instant::now();
         let mut rendered = render(state, &self.cfg, &self.render_plan(plan, existing.as_ref()))?;
+        let render_time = render_started.elapsed();
         let what = if plan.is_full() { "full iptables-restore" } else { "partial iptables-restore" };
         self.ipt.restore(&rendered.payload).map_err(ipt_err(what))?;
         if existing.is_some() {
@@ -171,7 +175,7 @@ impl Backend for IptablesBackend {
         self.applied_top_level = rendered.top_level_hashes.clone();
         self.top_cache.commit(rendered.top_cache.take());
         self.last_large_cluster = Some(large);
-        Ok(IptablesOutcome { rendered, jump_rules_added })
+        Ok(IptablesOutcome { rendered, render_time, jump_rules_added })
     }
 
     fn preview(
@@ -200,6 +204,18 @@ impl Backend for IptablesBackend {
     fn check_canary(&mut self) -> Result<Option<FullSyncReason>, IptablesSyncError> {
         let missing = self.ipt.canary_missing().map_err(ipt_err("checking the canary chains"))?;
         Ok(missing.then_some(FullSyncReason::CanaryGone(CANARY_GONE)))
+    }
+
+    fn render_time(o: &IptablesOutcome) -> Option<std::time::Duration> {
+        Some(o.render_time)
+    }
+
+    fn rule_counts(o: &IptablesOutcome) -> crate::backend::RuleCounts {
+        let r = &o.rendered;
+        crate::backend::RuleCounts {
+            total: vec![("filter", r.filter_rules), ("nat", r.nat_rules + r.skipped_nat_rules)],
+            written: vec![("filter", r.filter_rules), ("nat", r.nat_rules)],
+        }
     }
 
     fn summary(r: &IptablesSyncReport) -> String {

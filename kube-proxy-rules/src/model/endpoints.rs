@@ -73,7 +73,10 @@ pub fn key_of(sp: &ServicePortInfo) -> (String, Protocol) {
 /// takes the endpoints of its family ([`crate::model::ProxyState::split_families`]).
 /// A slice with an invalid address (or one of the other family) or port is
 /// an error and contributes nothing.
-pub fn from_slices(slices: &[EndpointSlice], errors: &mut Vec<ObjectError>) -> EndpointsMap {
+pub fn from_slices<'a>(
+    slices: impl IntoIterator<Item = &'a EndpointSlice>,
+    errors: &mut Vec<ObjectError>,
+) -> EndpointsMap {
     let mut sets: HashMap<(String, Protocol), BTreeMap<String, EndpointInfo>> = HashMap::new();
     'slice: for slice in slices {
         let oref = ObjectRef {
@@ -172,9 +175,11 @@ pub fn fill_zones(eps: &mut EndpointsMap, zones: &BTreeMap<String, String>) {
 }
 
 /// Services that have at least one EndpointSlice (`ns`, `name`).
-pub fn services_with_slices(slices: &[EndpointSlice]) -> BTreeSet<(String, String)> {
+pub fn services_with_slices<'a>(
+    slices: impl IntoIterator<Item = &'a EndpointSlice>,
+) -> BTreeSet<(String, String)> {
     slices
-        .iter()
+        .into_iter()
         .filter_map(|s| s.service_name().map(|n| (s.metadata.ns().to_string(), n.to_string())))
         .collect()
 }

@@ -69,6 +69,8 @@ pub struct StaleDeletion {
 #[derive(Debug)]
 pub struct NftOutcome {
     pub rendered: NftRendered,
+    /// How long the render took (the rest of the sync is applying it).
+    pub render_time: std::time::Duration,
     /// Stale chains deleted (in their own transaction) before the sync.
     pub deleted_stale_chains: Vec<String>,
     /// Deleting them failed (they stay; the next sync is a full one).
@@ -238,7 +240,9 @@ impl Backend for NftablesBackend {
         prelude: StaleDeletion,
     ) -> Result<NftOutcome, NftSyncError> {
         let listing = if plan.is_full() { Some(self.listing()?) } else { None };
+        let render_started = std::time::Instant::now();
         let rendered = render(state, &self.cfg, &self.nft_plan(plan, listing.as_ref()))?;
+        let render_time = render_started.elapsed();
         let what = if plan.is_full() { "full nft transaction" } else { "incremental nft transaction" };
         // Nothing changed: no transaction at all (nft would accept an
         // empty one, but there is no reason to run it).
@@ -248,6 +252,7 @@ impl Backend for NftablesBackend {
         self.commit(&rendered, plan.is_full());
         Ok(NftOutcome {
             rendered,
+            render_time,
             deleted_stale_chains: prelude.deleted,
             stale_delete_error: prelude.failed.map(|r| r.to_string()),
         })
@@ -274,6 +279,10 @@ impl Backend for NftablesBackend {
         let check = format!("checking table {}", family.nft_table());
         let intact = self.nft.table_intact().map_err(nft_err(&check))?;
         Ok((!intact).then(|| FullSyncReason::CanaryGone(table_gone(family))))
+    }
+
+    fn render_time(o: &NftOutcome) -> Option<std::time::Duration> {
+        Some(o.render_time)
     }
 
     fn summary(r: &NftSyncReport) -> String {
