@@ -44,11 +44,12 @@ impl std::fmt::Debug for DirWatch {
     }
 }
 
-/// What makes a wait re-read the revision: a file written, created or
+/// What makes a wait re-read the revision: a file written, created, deleted or
 /// renamed into the directory; the directory itself going away. The file
 /// store appends to a log it keeps open (and preallocated, so its size does
 /// not change), so a commit shows as `IN_MODIFY` long before any close.
 const WAKE_ON: AddWatchFlags = AddWatchFlags::IN_MODIFY
+    .union(AddWatchFlags::IN_DELETE)
     .union(AddWatchFlags::IN_CLOSE_WRITE)
     .union(AddWatchFlags::IN_CREATE)
     .union(AddWatchFlags::IN_MOVED_TO)
@@ -124,7 +125,10 @@ impl DirWatch {
                     Err(Errno::EAGAIN) => Vec::new(),
                     Err(e) => return Err(self.io(e)),
                 };
-                if events.iter().any(gone) {
+                // The kernel reports the directory's own removal only once
+                // nothing pins it, and a store handle holding its log open
+                // pins it: a file deleted in it makes us look at the path.
+                if events.iter().any(gone) || (events.iter().any(deleted) && !self.dir.is_dir()) {
                     // The directory was removed or moved: the next wait
                     // watches whatever is at the path then.
                     *guard = None;
@@ -155,6 +159,10 @@ impl DirWatch {
 
 fn gone(e: &InotifyEvent) -> bool {
     e.mask.intersects(AddWatchFlags::IN_DELETE_SELF | AddWatchFlags::IN_MOVE_SELF | AddWatchFlags::IN_IGNORED)
+}
+
+fn deleted(e: &InotifyEvent) -> bool {
+    e.mask.contains(AddWatchFlags::IN_DELETE)
 }
 
 fn wakes(e: &InotifyEvent) -> bool {
