@@ -15,7 +15,7 @@ use std::cmp::Ordering;
 use std::collections::{BTreeMap, HashMap};
 
 use crate::family::IpFamily;
-use crate::nftables::render::{ENDPOINT_DNAT, FAMILY_TABLE};
+use crate::nftables::render::{ENDPOINT_DNAT_MAPS, FAMILY_TABLE};
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 struct Chain {
@@ -360,30 +360,34 @@ pub fn normalize_listing(listing: &str) -> String {
 /// reuses or allocates ranges), what they DNAT to does not: two tables that
 /// resolve alike dispatch alike.
 pub fn resolve_endpoint_slots(normalized: &str) -> String {
-    let mut slots: HashMap<u64, String> = HashMap::new();
-    let mut in_map = false;
+    let map_of = |line: &str| {
+        line.strip_prefix("map ").and_then(|name| ENDPOINT_DNAT_MAPS.iter().find(|m| **m == name)).copied()
+    };
+    let mut slots: HashMap<(&str, u64), String> = HashMap::new();
+    let mut in_map = None;
     for line in normalized.lines() {
         if !line.starts_with(' ') {
-            in_map = line == format!("map {ENDPOINT_DNAT}");
-        } else if in_map {
+            in_map = map_of(line);
+        } else if let Some(map) = in_map {
             if let Some((k, v)) = line.trim().strip_prefix("element ").and_then(|e| e.split_once(" : ")) {
                 if let Ok(k) = k.parse() {
-                    slots.insert(k, v.to_string());
+                    slots.insert((map, k), v.to_string());
                 }
             }
         }
     }
-    let map_ref = format!(" map @{ENDPOINT_DNAT}");
     let mut out = String::with_capacity(normalized.len());
-    let mut in_map = false;
+    let mut in_map = None;
     for line in normalized.lines() {
         if !line.starts_with(' ') {
-            in_map = line == format!("map {ENDPOINT_DNAT}");
-        } else if in_map && line.trim().starts_with("element ") {
+            in_map = map_of(line);
+        } else if in_map.is_some() && line.trim().starts_with("element ") {
             continue;
         }
         let resolved = (|| {
-            let head = line.strip_suffix(&map_ref)?;
+            let (head, map) = ENDPOINT_DNAT_MAPS
+                .iter()
+                .find_map(|m| line.strip_suffix(&format!(" map @{m}")).map(|h| (h, *m)))?;
             let (before, spec) = head.split_once("numgen random mod ")?;
             let mut words = spec.split(' ');
             let n: u64 = words.next()?.parse().ok()?;
@@ -393,7 +397,7 @@ pub fn resolve_endpoint_slots(normalized: &str) -> String {
                 _ => return None,
             };
             let eps: Vec<&str> =
-                (base..base + n).map(|k| slots.get(&k).map(String::as_str).unwrap_or("?")).collect();
+                (base..base + n).map(|k| slots.get(&(map, k)).map(String::as_str).unwrap_or("?")).collect();
             Some(format!("{before}numgen random mod {n} endpoints [{}]", eps.join(", ")))
         })();
         out.push_str(resolved.as_deref().unwrap_or(line));

@@ -21,15 +21,17 @@
 //!
 //! The rule text, names, comments, priorities and operation counts are
 //! kube-proxy's (its proxier_test expectations are transcribed in
-//! tests/golden-nft and tests/sync_nft.rs) in the default layout,
-//! [`render::NftLayout::KubeProxy`]. `--nftables-layout endpoint-maps`
-//! ([`render::NftLayout::EndpointMaps`]) departs from it where the cost of a
-//! change is decided:
+//! tests/golden-nft and tests/sync_nft.rs) in the layout
+//! `--nftables-layout kube-proxy` ([`render::NftLayout::KubeProxy`]). The
+//! default, `endpoint-maps` ([`render::NftLayout::EndpointMaps`]), departs
+//! from it where the cost of a change is decided:
 //!
 //! * no chain per endpoint: a policy chain DNATs with `numgen random mod N
-//!   offset K map @endpoint-dnat`, slots K … K+N-1 of one shared map holding
-//!   its endpoints (`ip . port`); a new endpoint count moves the chain to
-//!   another slot range, the same count keeps it;
+//!   offset K map @endpoint-dnat` (`-udp`, `-sctp`: one map per protocol,
+//!   since nft cannot read back a UDP rule using a map typed by `tcp dport`
+//!   or `th dport`), slots K … K+N-1 holding its endpoints (`ip . port`); a
+//!   new endpoint count moves the chain to another slot range, the same
+//!   count keeps it;
 //! * hairpin masquerade after DNAT: `ct status dnat ip saddr . ip daddr
 //!   @endpoint-hairpin` in `masquerading` (kube-proxy's endpoint chains mark
 //!   before DNAT, when the endpoint is known);

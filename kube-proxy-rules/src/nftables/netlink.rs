@@ -19,7 +19,7 @@ use std::net::IpAddr;
 use netlink_sys::{protocols::NETLINK_NETFILTER, Socket};
 
 use crate::family::IpFamily;
-use crate::nftables::render::{ENDPOINT_DNAT, ENDPOINT_HAIRPIN};
+use crate::nftables::render::{ENDPOINT_DNAT, ENDPOINT_DNAT_SCTP, ENDPOINT_DNAT_UDP, ENDPOINT_HAIRPIN};
 
 // linux/netfilter/nfnetlink.h, nf_tables.h, netlink.h.
 const NFNL_SUBSYS_NFTABLES: u16 = 10;
@@ -109,7 +109,12 @@ impl ElementBatch {
                 None => (inner, None),
             };
             let op = match set {
-                ENDPOINT_DNAT => {
+                ENDPOINT_DNAT | ENDPOINT_DNAT_UDP | ENDPOINT_DNAT_SCTP => {
+                    let set = match set {
+                        ENDPOINT_DNAT_UDP => ENDPOINT_DNAT_UDP,
+                        ENDPOINT_DNAT_SCTP => ENDPOINT_DNAT_SCTP,
+                        _ => ENDPOINT_DNAT,
+                    };
                     // The slot: numgen's 32-bit result, in host byte order.
                     let slot: u32 = key.parse().ok()?;
                     let data = match (verb, value) {
@@ -124,13 +129,7 @@ impl ElementBatch {
                         (Verb::Delete, None) => None,
                         _ => return None,
                     };
-                    ElementOp {
-                        verb,
-                        set: ENDPOINT_DNAT,
-                        key: slot.to_ne_bytes().to_vec(),
-                        data,
-                        line: line.into(),
-                    }
+                    ElementOp { verb, set, key: slot.to_ne_bytes().to_vec(), data, line: line.into() }
                 }
                 ENDPOINT_HAIRPIN if value.is_none() => {
                     let (a, b) = key.split_once(" . ")?;

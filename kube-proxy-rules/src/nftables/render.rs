@@ -26,7 +26,7 @@ use ipnetwork::IpNetwork;
 use crate::config::NodeConfig;
 use crate::family::IpFamily;
 use crate::model::endpoints::{EndpointInfo, Traffic};
-use crate::model::service::ServicePortInfo;
+use crate::model::service::{Protocol, ServicePortInfo};
 use crate::model::{Locality, ProxyState, ServiceKey};
 use crate::names::nft_endpoint_base;
 use crate::validate::{check_comment, check_line, check_name, check_word, UnsafeText};
@@ -47,8 +47,15 @@ pub const MARK_FOR_MASQUERADE: &str = "mark-for-masquerade";
 pub const MASQUERADING: &str = "masquerading";
 // Sets.
 pub const NODEPORT_IPS: &str = "nodeport-ips";
-// The endpoint-maps layout's map and set (see [`NftLayout::EndpointMaps`]).
+// The endpoint-maps layout's maps and set (see [`NftLayout::EndpointMaps`]):
+// one DNAT map per transport protocol, since a map's data is typed by one
+// protocol's port field and nft refuses to read back a `meta l4proto udp`
+// rule that uses a map typed by `tcp dport` (or by `th dport`).
 pub const ENDPOINT_DNAT: &str = "endpoint-dnat";
+pub const ENDPOINT_DNAT_UDP: &str = "endpoint-dnat-udp";
+pub const ENDPOINT_DNAT_SCTP: &str = "endpoint-dnat-sctp";
+/// The endpoint DNAT maps, TCP's first.
+pub const ENDPOINT_DNAT_MAPS: [&str; 3] = [ENDPOINT_DNAT, ENDPOINT_DNAT_UDP, ENDPOINT_DNAT_SCTP];
 pub const ENDPOINT_HAIRPIN: &str = "endpoint-hairpin";
 
 // Per-service-port and per-endpoint prefixes.
@@ -98,7 +105,8 @@ pub enum NftLayout {
     /// chain per endpoint (hairpin masquerade, affinity update, DNAT). Every
     /// endpoint chain is a jump target the kernel re-validates whenever a
     /// transaction touches a verdict map or adds a rule with a verdict.
-    #[default]
+    /// `--nftables-layout kube-proxy`; what the goldens transcribed from
+    /// kube-proxy's tests are written in.
     KubeProxy,
     /// No endpoint chains: the policy chain DNATs through one shared map,
     /// `dnat to numgen random mod N offset K map @endpoint-dnat`, whose slots
@@ -108,7 +116,9 @@ pub enum NftLayout {
     /// An endpoint change is then a few map elements (no chain, no verdict,
     /// nothing the kernel re-validates); one chain per service port instead of
     /// one per endpoint. Services with ClientIP affinity keep kube-proxy's
-    /// endpoint chains (their per-endpoint affinity sets need them).
+    /// endpoint chains (their per-endpoint affinity sets need them). The
+    /// default: a one-service change then costs what the change is.
+    #[default]
     EndpointMaps,
 }
 
@@ -154,13 +164,17 @@ pub enum Container {
     NoEndpointServices,
     NoEndpointNodePorts,
     ServiceNodePorts,
-    /// Endpoint-maps layout: slot → `ip . port`.
+    /// Endpoint-maps layout: slot → `ip . port` of TCP policy chains.
     EndpointDnat,
+    /// The same for UDP policy chains.
+    EndpointDnatUdp,
+    /// The same for SCTP policy chains.
+    EndpointDnatSctp,
     /// Endpoint-maps layout: `ip . ip` of every endpoint (hairpin check).
     EndpointHairpin,
 }
 
-const CONTAINERS: usize = 8;
+const CONTAINERS: usize = 10;
 
 impl Container {
     pub const ALL: [Container; CONTAINERS] = [
@@ -171,6 +185,8 @@ impl Container {
         Container::NoEndpointNodePorts,
         Container::ServiceNodePorts,
         Container::EndpointDnat,
+        Container::EndpointDnatUdp,
+        Container::EndpointDnatSctp,
         Container::EndpointHairpin,
     ];
     pub fn name(self) -> &'static str {
@@ -182,6 +198,8 @@ impl Container {
             Container::NoEndpointNodePorts => "no-endpoint-nodeports",
             Container::ServiceNodePorts => "service-nodeports",
             Container::EndpointDnat => ENDPOINT_DNAT,
+            Container::EndpointDnatUdp => ENDPOINT_DNAT_UDP,
+            Container::EndpointDnatSctp => ENDPOINT_DNAT_SCTP,
             Container::EndpointHairpin => ENDPOINT_HAIRPIN,
         }
     }
@@ -191,7 +209,21 @@ impl Container {
     /// Whether the table of `layout` has this set or map.
     fn in_layout(self, layout: NftLayout) -> bool {
         layout == NftLayout::EndpointMaps
-            || !matches!(self, Container::EndpointDnat | Container::EndpointHairpin)
+            || !matches!(
+                self,
+                Container::EndpointDnat
+                    | Container::EndpointDnatUdp
+                    | Container::EndpointDnatSctp
+                    | Container::EndpointHairpin
+            )
+    }
+    /// The endpoint DNAT map of a protocol's policy chains.
+    pub fn endpoint_dnat(protocol: Protocol) -> Container {
+        match protocol {
+            Protocol::Tcp => Container::EndpointDnat,
+            Protocol::Udp => Container::EndpointDnatUdp,
+            Protocol::Sctp => Container::EndpointDnatSctp,
+        }
     }
     fn index(self) -> usize {
         self as usize
@@ -870,10 +902,13 @@ fn setup_table(tx: &mut Tx, cfg: &NftablesConfig, recreate_base_chains: bool) {
 fn endpoint_maps(tx: &mut Tx, cfg: &NftablesConfig) {
     let ipx = tx.ipx;
     let addr_type = cfg.node.family.nft_addr_type();
-    let map = format!(
-        "{{ typeof numgen random mod 1 : {ipx} daddr . tcp dport ; comment \"endpoints of the policy chains, by slot\" ; }}"
-    );
-    tx.op("add", "map", &[ENDPOINT_DNAT, &map]);
+    for protocol in [Protocol::Tcp, Protocol::Udp, Protocol::Sctp] {
+        let p = protocol.as_str();
+        let map = format!(
+            "{{ typeof numgen random mod 1 : {ipx} daddr . {p} dport ; comment \"endpoints of the {p} policy chains, by slot\" ; }}"
+        );
+        tx.op("add", "map", &[Container::endpoint_dnat(protocol).name(), &map]);
+    }
     let set = format!(
         "{{ type {addr_type} . {addr_type} ; comment \"endpoint . endpoint: hairpin connections\" ; }}"
     );
@@ -1182,8 +1217,10 @@ fn policy_chain_by_map(tx: &mut Tx, chain: &str, sp: &ServicePortInfo, eps: usiz
     }
     let ipx = tx.ipx;
     let nat = format!(
-        "{ipx} addr . port to numgen random mod {} offset {} map @{ENDPOINT_DNAT}",
-        slots.len, slots.base
+        "{ipx} addr . port to numgen random mod {} offset {} map @{}",
+        slots.len,
+        slots.base,
+        Container::endpoint_dnat(sp.protocol).name()
     );
     tx.rule(chain, &["meta l4proto", sp.protocol.as_str(), "dnat", &nat]);
 }
@@ -1388,7 +1425,8 @@ fn write_service_port(
             };
             for (i, ep) in list.iter().enumerate() {
                 let value = format!("{} . {}", ep.ip, ep.port);
-                el.ensure(tx, Container::EndpointDnat, (s.base + i as u32).to_string(), value, None);
+                let map = Container::endpoint_dnat(sp.protocol);
+                el.ensure(tx, map, (s.base + i as u32).to_string(), value, None);
             }
             policy_chain_by_map(ct, chain, sp, list.len(), &s);
             objects.slots.push(s);
