@@ -102,11 +102,11 @@ bench: deps build
 	target/release/kube-proxy-rules bench --services 1000
 	@echo; echo "== 5/8 service rules, nftables mode: 10,000 services x 10 endpoints, render vs nft -f"
 	@echo "   kube-proxy's layout (~3 min):"
-	target/release/kube-proxy-rules bench --proxy-mode nftables
+	target/release/kube-proxy-rules bench --proxy-mode nftables --nftables-layout kube-proxy
 	@echo; echo "   --nftables-layout endpoint-maps (endpoints in one DNAT map; ~30 s):"
 	target/release/kube-proxy-rules bench --proxy-mode nftables --nftables-layout endpoint-maps
 	@echo; echo "   both layouts at 1,000 services (target: full nft -f <= 1 s):"
-	target/release/kube-proxy-rules bench --proxy-mode nftables --services 1000
+	target/release/kube-proxy-rules bench --proxy-mode nftables --services 1000 --nftables-layout kube-proxy
 	target/release/kube-proxy-rules bench --proxy-mode nftables --services 1000 --nftables-layout endpoint-maps
 	@echo; echo "== 6/8 network programming latency through the Kubernetes API: one EndpointSlice change"
 	@echo "   (a watch event of the test API server) to the rules committed, p50/p99 over 100 changes,"

@@ -151,9 +151,9 @@ pub struct NodeArgs {
     /// One range per family, primary first: ClusterIPs for manifests without one (no IPv6 default)
     #[arg(long, value_name = "CIDR[,CIDR]", default_value = DEFAULT_SERVICE_CIDR, value_parser = service_ranges)]
     pub service_cluster_ip_range: ServiceRanges,
-    /// nftables mode: kube-proxy (one chain per endpoint, kube-proxy's table) or endpoint-maps
-    /// (endpoints in one DNAT map: one-service changes cost a few map elements)
-    #[arg(long, value_name = "LAYOUT", default_value = "kube-proxy", value_parser = <NftLayout as std::str::FromStr>::from_str)]
+    /// nftables mode: endpoint-maps (endpoints in one DNAT map: a one-service change costs a
+    /// few map elements) or kube-proxy (one chain per endpoint, kube-proxy's table to the rule)
+    #[arg(long, value_name = "LAYOUT", default_value = "endpoint-maps", value_parser = <NftLayout as std::str::FromStr>::from_str)]
     pub nftables_layout: NftLayout,
 }
 
@@ -255,9 +255,9 @@ pub struct BenchArgs {
     /// The restore program (e.g. iptables-legacy-restore)
     #[arg(long, value_name = "PROG", default_value = "iptables-restore")]
     pub restore_command: String,
-    /// nftables mode: kube-proxy (one chain per endpoint, kube-proxy's table) or endpoint-maps
-    /// (endpoints in one DNAT map: one-service changes cost a few map elements)
-    #[arg(long, value_name = "LAYOUT", default_value = "kube-proxy", value_parser = <NftLayout as std::str::FromStr>::from_str)]
+    /// nftables mode: endpoint-maps (endpoints in one DNAT map: a one-service change costs a
+    /// few map elements) or kube-proxy (one chain per endpoint, kube-proxy's table to the rule)
+    #[arg(long, value_name = "LAYOUT", default_value = "endpoint-maps", value_parser = <NftLayout as std::str::FromStr>::from_str)]
     pub nftables_layout: NftLayout,
     /// Instead of the rules: the conntrack cleanup on N UDP entries in a scratch namespace,
     /// against one `conntrack -D` per filter

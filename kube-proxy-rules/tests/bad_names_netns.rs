@@ -69,7 +69,8 @@ fn an_injecting_service_name_is_skipped_and_the_valid_service_syncs_in_nftables_
     let tables = ns.exec(&["nft", "list", "tables"]);
     assert!(!tables.contains("pwned"), "the injected table exists:\n{tables}");
     let table = ns.exec(&["nft", "list", "table", "ip", "kube-proxy"]);
-    assert!(table.contains("dnat to 10.180.0.1:80"), "{table}");
+    // The valid service's endpoint, as an endpoint-dnat element (the default layout).
+    assert!(table.contains(": 10.180.0.1 . 80"), "{table}");
     assert!(!table.contains("172.30.0.20") && !table.contains("1.2.3.4"), "{table}");
 }
 

@@ -24,6 +24,7 @@ use kube_proxy_rules::config::NodeConfig;
 use kube_proxy_rules::family::IpFamily;
 use kube_proxy_rules::inputs;
 use kube_proxy_rules::nftables::dump::{simulate, sort_dump};
+use kube_proxy_rules::nftables::render::NftLayout;
 use kube_proxy_rules::nftables::{render, Nft, NftPlan, NftablesConfig};
 
 fn root() -> PathBuf {
@@ -55,7 +56,8 @@ fn case(dir: &Path) -> Case {
             ..Default::default()
         },
         service_cidrs: vec!["172.30.0.0/16".parse().unwrap()],
-        ..Default::default()
+        // kube-proxy's table: what its tests' expectations are written in.
+        layout: NftLayout::KubeProxy,
     };
     let mut c = Case {
         dir: dir.to_path_buf(),

@@ -14,6 +14,15 @@ use testbed::Netns;
 
 const BIN: &str = env!("CARGO_BIN_EXE_kube-proxy-rules");
 
+/// Whether an nftables listing DNATs to `ip:port`, in either layout: an
+/// endpoint chain's `dnat to ip:port` (kube-proxy's) or an `endpoint-dnat`
+/// map element `… : ip . port` (endpoint-maps, the default).
+fn dnats_to(table: &str, ip: &str, port: u16) -> bool {
+    let chain =
+        if ip.contains(':') { format!("dnat to [{ip}]:{port}") } else { format!("dnat to {ip}:{port}") };
+    table.contains(&chain) || table.contains(&format!(": {ip} . {port}"))
+}
+
 fn record(pod: &str, ip: &str) -> (String, Vec<u8>) {
     let name = model::workload_endpoint_name("node1", "k8s", pod, "eth0");
     let wep = WorkloadEndpoint::new(
@@ -229,20 +238,20 @@ fn run_in_nftables_mode_follows_changes_and_recreates_a_deleted_table() {
     let table = || ns.exec(&["nft", "list", "table", "ip", "kube-proxy"]);
 
     run.wait_for("synced (full: first sync)", 1);
-    assert!(table().contains("dnat to 10.244.0.11:8080"), "{}", table());
+    assert!(dnats_to(&table(), "10.244.0.11", 8080), "{}", table());
 
     // A new manifest file: an incremental sync of that one service.
     std::fs::write(manifests.join("api.yaml"), API).unwrap();
     let log = run.wait_for("synced (incremental): 1 services changed", 1);
     assert!(!log.contains("error"), "{log}");
-    assert!(table().contains("dnat to 10.244.0.99:6443"));
+    assert!(dnats_to(&table(), "10.244.0.99", 6443), "{}", table());
 
     // A new pod record: web gets a second endpoint.
     let (k, v) = record("web-abc-22222", "10.244.0.12");
     store.create(&k, &v).unwrap();
     run.wait_for("synced (incremental): 1 services changed", 2);
     let t = table();
-    assert!(t.contains("dnat to 10.244.0.12:8080") && t.contains("numgen random mod 2"), "{t}");
+    assert!(dnats_to(&t, "10.244.0.12", 8080) && t.contains("numgen random mod 2"), "{t}");
 
     // Periodic syncs with nothing changed write nothing.
     run.wait_for("synced (incremental): 0 services changed, 0 chains written, 0 stale chains flushed", 1);
@@ -251,7 +260,7 @@ fn run_in_nftables_mode_follows_changes_and_recreates_a_deleted_table() {
     ns.exec(&["nft", "delete", "table", "ip", "kube-proxy"]);
     run.wait_for("synced (full: table ip kube-proxy is gone or flushed)", 1);
     let t = table();
-    assert!(t.contains("dnat to 10.244.0.12:8080") && t.contains("dnat to 10.244.0.99:6443"), "{t}");
+    assert!(dnats_to(&t, "10.244.0.12", 8080) && dnats_to(&t, "10.244.0.99", 6443), "{t}");
     // The iptables side of this namespace was never touched.
     assert!(!ns.exec(&["iptables-save"]).contains("KUBE-"));
 }
@@ -265,7 +274,9 @@ fn dry_run_in_nftables_mode_shows_the_transaction_without_applying_it() {
     std::fs::write(manifests.join("api.yaml"), API).unwrap();
     let sync = |extra: &[&str]| {
         let out = Command::new("ip")
+            // kube-proxy's layout: the dry run's endpoint chains are what is checked.
             .args(["netns", "exec", ns.name(), BIN, "sync", "--proxy-mode", "nftables"])
+            .args(["--nftables-layout", "kube-proxy"])
             .args(extra)
             .args(args(&store_dir, &manifests))
             .output()
@@ -444,7 +455,10 @@ fn run_starts_the_ipv6_proxier_when_ipv6_services_appear(mode: &str) {
         "nftables" => ns.try_exec(&["nft", "list", "table", "ip6", "kube-proxy"]).unwrap_or_default(),
         _ => ns.exec(&["ip6tables-save", "-t", "nat"]),
     };
-    let endpoint6 = if mode == "nftables" { "dnat to [fd00:244::99]:6443" } else { "[fd00:244::99]:6443" };
+    let has_endpoint6 = |rules: &str| match mode {
+        "nftables" => dnats_to(rules, "fd00:244::99", 6443),
+        _ => rules.contains("[fd00:244::99]:6443"),
+    };
 
     run.wait_for("synced (full: first sync)", 1);
     std::thread::sleep(Duration::from_millis(300));
@@ -454,7 +468,7 @@ fn run_starts_the_ipv6_proxier_when_ipv6_services_appear(mode: &str) {
     std::fs::write(manifests.join("api6.yaml"), API6).unwrap();
     let log = run.wait_for("IPv6: synced (full: first sync)", 1);
     assert!(!log.contains("error"), "{log}");
-    assert!(rules6().contains(endpoint6), "{}", rules6());
+    assert!(has_endpoint6(&rules6()), "{}", rules6());
     // The IPv4 proxier goes on, with no IPv6 address in its rules.
     run.wait_for("IPv4: synced", 1);
 
@@ -467,7 +481,7 @@ fn run_starts_the_ipv6_proxier_when_ipv6_services_appear(mode: &str) {
         "IPv6: synced (partial): 0 services changed, 0 chains written, 2 stale chains deleted"
     };
     run.wait_for(changed, 1);
-    assert!(!rules6().contains(endpoint6), "{}", rules6());
+    assert!(!has_endpoint6(&rules6()), "{}", rules6());
 }
 
 #[test]

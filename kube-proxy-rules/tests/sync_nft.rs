@@ -74,7 +74,7 @@ fn config() -> NftablesConfig {
             ..Default::default()
         },
         service_cidrs: vec!["172.30.0.0/16".parse().unwrap()],
-        ..Default::default()
+        layout: NftLayout::KubeProxy,
     }
 }
 

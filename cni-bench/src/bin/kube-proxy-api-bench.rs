@@ -50,6 +50,9 @@ struct Cli {
     /// iptables mode through iptables-legacy(-restore|-save)
     #[arg(long)]
     legacy_iptables: bool,
+    /// nftables mode: kube-proxy or endpoint-maps (run's default when unset)
+    #[arg(long)]
+    nftables_layout: Option<String>,
     /// The kube-proxy-rules binary (default: next to this one)
     #[arg(long)]
     bin: Option<PathBuf>,
@@ -213,6 +216,9 @@ fn run(cli: &Cli) -> Result<(), String> {
         // retried after the sync period.
         .args(["--sync-period", if cli.legacy_iptables { "10s" } else { "1h" }, "--min-sync-period", "0s"])
         .args(["--healthz-bind-address=", "--metrics-bind-address="])
+        .arg("--state-dir")
+        .arg(tmp.path().join("state"))
+        .args(cli.nftables_layout.iter().flat_map(|l| ["--nftables-layout", l.as_str()]))
         .stdout(Stdio::null())
         .stderr(File::create(&log_path).map_err(|e| e.to_string())?);
     if cli.legacy_iptables {
@@ -278,7 +284,11 @@ fn run(cli: &Cli) -> Result<(), String> {
         for v in [&mut total, &mut state, &mut render, &mut apply] {
             v.sort();
         }
-        let mode = if cli.legacy_iptables { "iptables (legacy)".to_string() } else { cli.proxy_mode.clone() };
+        let mode = match (&cli.nftables_layout, cli.legacy_iptables) {
+            (_, true) => "iptables (legacy)".to_string(),
+            (Some(layout), false) => format!("{} ({layout} layout)", cli.proxy_mode),
+            (None, false) => cli.proxy_mode.clone(),
+        };
         println!(
             "{mode}, {} services x {} endpoints: first full sync {:.1} s after start ({})",
             cli.services,
