@@ -264,7 +264,12 @@ fn run(cli: &Cli) -> Result<(), String> {
             .unwrap_or_default()
             .to_string();
         let rules = if cli.proxy_mode == "nftables" {
-            ns.try_exec(&["nft", "list", "chains", "ip"])?
+            // kube-proxy's layout names an endpoint chain after its
+            // endpoint; endpoint-maps holds it in the TCP map.
+            let chains = ns.try_exec(&["nft", "list", "chains", "ip"])?;
+            let map =
+                ns.try_exec(&["nft", "list", "map", "ip", "kube-proxy", "endpoint-dnat"]).unwrap_or_default();
+            chains + &map
         } else {
             let save = if cli.legacy_iptables { "iptables-legacy-save" } else { "iptables-save" };
             ns.try_exec(&[save, "-t", "nat"])?

@@ -162,7 +162,7 @@ impl NftablesBackend {
     }
 
     /// Remember what a transaction (applied, or taken as applied) leaves.
-    fn commit(&mut self, rendered: &NftRendered, full: bool) {
+    fn commit(&mut self, rendered: &mut NftRendered, full: bool) {
         let now = Instant::now();
         self.applied.commit(rendered, full);
         if full {
@@ -241,7 +241,7 @@ impl Backend for NftablesBackend {
     ) -> Result<NftOutcome, NftSyncError> {
         let listing = if plan.is_full() { Some(self.listing()?) } else { None };
         let render_started = std::time::Instant::now();
-        let rendered = render(state, &self.cfg, &self.nft_plan(plan, listing.as_ref()))?;
+        let mut rendered = render(state, &self.cfg, &self.nft_plan(plan, listing.as_ref()))?;
         let render_time = render_started.elapsed();
         let what = if plan.is_full() { "full nft transaction" } else { "incremental nft transaction" };
         // Nothing changed: no transaction at all (nft would accept an
@@ -249,7 +249,7 @@ impl Backend for NftablesBackend {
         if rendered.operations > 0 {
             self.nft.apply_fast(&rendered.transaction).map_err(nft_err(what))?;
         }
-        self.commit(&rendered, plan.is_full());
+        self.commit(&mut rendered, plan.is_full());
         Ok(NftOutcome {
             rendered,
             render_time,
@@ -269,7 +269,7 @@ impl Backend for NftablesBackend {
     }
 
     fn mark_applied(&mut self, _state: &ProxyState, preview: &NftPreview, full: bool) {
-        self.commit(&preview.rendered, full);
+        self.commit(&mut preview.rendered.clone(), full);
     }
 
     /// kube-proxy's canary in nftables mode: the table itself. Gone when it
