@@ -88,4 +88,38 @@ impl Datastore for CountingStore {
         self.revisions.fetch_add(1, Ordering::Relaxed);
         self.inner.ready()
     }
+
+    /// Forwarded, so a wrapped store keeps its own change notification (an
+    /// etcd watch, inotify) instead of the trait's polling default; not
+    /// counted: the revision reads a poll would make are what it saves, and
+    /// the inner store's reads on a change are its own.
+    fn wait_for_change(
+        &self,
+        after: Revision,
+        timeout: std::time::Duration,
+    ) -> Result<Option<Revision>, StoreError> {
+        self.inner.wait_for_change(after, timeout)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use calico_store::file::FileStore;
+    use std::time::Duration;
+
+    /// The trait's default `wait_for_change` polls `revision()`, which this
+    /// wrapper would count; the forwarded one waits on the store's inotify.
+    #[test]
+    fn an_idle_wait_makes_no_counted_request_and_a_commit_ends_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let inner = Arc::new(FileStore::open(dir.path()).unwrap());
+        let counting = CountingStore::new(inner.clone());
+        let rev = counting.revision().unwrap();
+        counting.reset();
+        assert_eq!(counting.wait_for_change(rev, Duration::from_millis(300)).unwrap(), None);
+        assert_eq!(counting.counts().total(), 0, "{:?}", counting.counts());
+        inner.commit(&[Op::Create { key: "/calico/x".into(), value: b"1".to_vec() }]).unwrap();
+        assert!(counting.wait_for_change(rev, Duration::from_secs(20)).unwrap().is_some());
+    }
 }
