@@ -20,14 +20,41 @@
 
 use std::sync::Arc;
 
-use calico_store::Datastore;
+use calico_store::model::{self, WorkloadEndpoint};
+use calico_store::{Datastore, Op, StoreError};
 use cni_proto::{CniError, CniResult, Command, Plugin, Request};
-use ipam_block::cni::{CalicoIpam, IpamCniConf};
-use ipam_block::Handle;
+use ipam_block::cni::{ipam_error, CalicoIpam, IpamCniConf};
+use ipam_block::{AssignedIp, Handle, IpamError};
 use ipnetwork::IpNetwork;
 
 use crate::dataplane::host_prefix;
+use crate::endpoint;
 use crate::errors::ERR_CALICO;
+
+/// The pod record an in-process ADD writes in its allocation's commit, so
+/// that both exist together or not at all, with one commit (and one
+/// `fdatasync` on the file store) instead of two one after the other.
+pub struct PodRecord<'a> {
+    pub key: &'a str,
+    pub container_id: &'a str,
+    /// The record for the pod's addresses (/32, /128).
+    pub build: &'a (dyn Fn(&[IpNetwork]) -> WorkloadEndpoint + Sync),
+}
+
+impl PodRecord<'_> {
+    /// The write of the record for `assigned`: a create, or with
+    /// `replace`, a replacement of whatever record is there now.
+    fn op(&self, store: &dyn Datastore, assigned: &[AssignedIp], replace: bool) -> Result<Op, IpamError> {
+        let ips: Vec<IpNetwork> = assigned.iter().map(|a| host_prefix(a.ip)).collect();
+        let value = model::encode(&(self.build)(&ips));
+        let key = self.key.to_string();
+        let existing = if replace { store.get(self.key)?.map(|kv| kv.revision) } else { None };
+        Ok(match existing {
+            Some(revision) => Op::Update { key, value, revision },
+            None => Op::Create { key, value },
+        })
+    }
+}
 
 /// The plugin's datastore handle, opened on first use and shared by the
 /// threads of one command.
@@ -70,9 +97,16 @@ impl<'a> Delegate<'a> {
     }
 
     /// IPAM ADD. In process it commits through `store` (the plugin's own
-    /// handle: one open and one read of the datastore per ADD). On success
-    /// the allocation is armed for rollback.
-    pub fn add(&'a self, req: &'a Request, store: &'a dyn Datastore) -> Result<Allocation<'a>, CniError> {
+    /// handle: one open and one read of the datastore per ADD), with
+    /// `record` in the same commit. On success the allocation (and the
+    /// record) is armed for rollback. A delegate writes no record: the
+    /// caller does, after it.
+    pub fn add(
+        &'a self,
+        req: &'a Request,
+        store: &'a dyn Datastore,
+        record: Option<&'a PodRecord<'a>>,
+    ) -> Result<Allocation<'a>, CniError> {
         let (result, release) = match self {
             Delegate::Exec(t) => {
                 let result = req.delegate(t, Command::Add).map_err(|e| self.context(e))?;
@@ -80,19 +114,38 @@ impl<'a> Delegate<'a> {
             }
             Delegate::InProcess(conf) => {
                 let request = CalicoIpam::assign_request(req, conf).map_err(|e| self.context(e))?;
-                let result = CalicoIpam::assign_on(store, conf, &request).map_err(|e| self.context(e))?;
+                let assigned = match record {
+                    None => CalicoIpam::assign_on_with(store, conf, &request, |_| Ok(Vec::new())),
+                    Some(rec) => {
+                        // A new pod's record is created without a read; a
+                        // record of an earlier sandbox of the same pod makes
+                        // the commit conflict, and it is replaced (Calico),
+                        // reading it first.
+                        let create = |a: &[AssignedIp]| Ok(vec![rec.op(store, a, false)?]);
+                        match CalicoIpam::assign_on_with(store, conf, &request, create) {
+                            Err(IpamError::Store(StoreError::Conflict { key })) if key == rec.key => {
+                                log::info!("replacing the pod record {key} of an earlier sandbox");
+                                let replace = |a: &[AssignedIp]| Ok(vec![rec.op(store, a, true)?]);
+                                CalicoIpam::assign_on_with(store, conf, &request, replace)
+                            }
+                            other => other,
+                        }
+                    }
+                }
+                .map_err(|e| self.context(ipam_error(e).context("IPAM ADD")))?;
+                let result = CalicoIpam::result_of(&request, assigned).map_err(|e| self.context(e));
                 // What the delegate would have printed, read back as from its
                 // stdout: the result in the config's version.
-                let result = CniResult::from_value(&result.to_json(req.version()))
-                    .map_err(|e| e.context(&format!("result of {CALICO_IPAM}")))
-                    .map_err(|e| self.context(e));
+                let result = result.and_then(|r| {
+                    CniResult::from_value(&r.to_json(req.version()))
+                        .map_err(|e| self.context(e.context(&format!("result of {CALICO_IPAM}"))))
+                });
+                let release = Release::InProcess { conf, store, handle: request.handle, record };
                 match result {
-                    Ok(r) => (r, Release::InProcess { conf, store, handle: request.handle }),
+                    Ok(r) => (r, release),
                     Err(e) => {
-                        // Assigned but unusable: give the addresses back now.
-                        if let Err(re) = CalicoIpam::release_on(store, conf, &request.handle) {
-                            log::error!("rollback IPAM DEL of {} failed: {re}", request.handle);
-                        }
+                        // Assigned but unusable: give it back now.
+                        release.run();
                         return Err(e);
                     }
                 }
@@ -131,8 +184,30 @@ impl<'a> Delegate<'a> {
 enum Release<'a> {
     /// IPAM DEL through the delegate.
     Exec(&'a str),
-    /// The handle released in this process, through the ADD's store.
-    InProcess { conf: &'a IpamCniConf, store: &'a dyn Datastore, handle: Handle },
+    /// The handle released in this process, through the ADD's store, and
+    /// the pod record written with it deleted (if still this container's).
+    InProcess {
+        conf: &'a IpamCniConf,
+        store: &'a dyn Datastore,
+        handle: Handle,
+        record: Option<&'a PodRecord<'a>>,
+    },
+}
+
+impl Release<'_> {
+    /// In process only (a delegate is released through its request).
+    fn run(&self) {
+        let Release::InProcess { conf, store, handle, record } = self else { return };
+        if let Err(e) = CalicoIpam::release_on(*store, conf, handle) {
+            log::error!("rollback IPAM DEL of {handle} failed: {e}");
+        }
+        if let Some(rec) = record {
+            log::info!("rolling back: deleting pod record {}", rec.key);
+            if let Err(e) = endpoint::delete_if_owned(*store, rec.key, rec.container_id) {
+                log::error!("rollback of pod record {} failed: {e}", rec.key);
+            }
+        }
+    }
 }
 
 /// An IPAM allocation that is released (IPAM DEL) on drop unless committed.
@@ -175,13 +250,12 @@ impl Drop for Allocation<'_> {
         }
         let name = self.name;
         log::info!("rolling back: IPAM DEL through {name}");
-        let outcome = match &self.release {
-            Release::InProcess { conf, store, handle } => CalicoIpam::release_on(*store, conf, handle),
-            Release::Exec(t) => self.req.delegate(t, Command::Del).map(drop),
-        };
-        if let Err(e) = outcome {
-            log::error!("rollback IPAM DEL through {name} failed: {e}");
+        if let Release::Exec(t) = &self.release {
+            if let Err(e) = self.req.delegate(t, Command::Del) {
+                log::error!("rollback IPAM DEL through {name} failed: {e}");
+            }
         }
+        self.release.run();
     }
 }
 
@@ -252,7 +326,7 @@ mod tests {
             for (cid, args) in [("c1", ""), ("c2", "IgnoreUnknown=1;IP=10.9.0.77")] {
                 let req = request(ours.path(), cid, args, version);
                 let d = Delegate::new(&req, CALICO_IPAM).unwrap();
-                let got = d.add(&req, store.as_ref()).unwrap().commit();
+                let got = d.add(&req, store.as_ref(), None).unwrap().commit();
                 let want = CalicoIpam.add(&request(theirs.path(), cid, args, version)).unwrap();
                 let want = CniResult::from_value(&want.to_json(version)).unwrap();
                 assert_eq!(got, want, "{version} {cid}");
@@ -268,7 +342,7 @@ mod tests {
         let store: Arc<dyn Datastore> = Arc::new(FileStore::open(dir.path()).unwrap());
         let req = request(dir.path(), "c1", "", "1.0.0");
         let d = Delegate::new(&req, CALICO_IPAM).unwrap();
-        let alloc = d.add(&req, store.as_ref()).unwrap();
+        let alloc = d.add(&req, store.as_ref(), None).unwrap();
         let ip = alloc.pod_ips().unwrap()[0].ip();
         assert_eq!(held(store.as_ref(), "c1"), vec![ip]);
         drop(alloc);
@@ -277,12 +351,63 @@ mod tests {
         let reopened = FileStore::open(dir.path()).unwrap();
         assert!(held(&reopened, "c1").is_empty());
 
-        let kept = d.add(&req, store.as_ref()).unwrap().commit();
+        let kept = d.add(&req, store.as_ref(), None).unwrap().commit();
         assert_eq!(held(store.as_ref(), "c1"), vec![kept.ips[0].address.ip()]);
         // DEL releases, and again is no error.
         d.forward(&req, Command::Del, &shared(&store)).unwrap();
         assert!(held(store.as_ref(), "c1").is_empty());
         d.forward(&req, Command::Del, &shared(&store)).unwrap();
+    }
+
+    fn wep(cid: &str, ips: &[IpNetwork]) -> WorkloadEndpoint {
+        let args = cni_proto::CniArgs::parse("K8S_POD_NAMESPACE=ns;K8S_POD_NAME=web-0").unwrap();
+        let cid = cni_proto::ContainerId::parse(cid).unwrap();
+        let ifname = cni_proto::IfName::parse("eth0").unwrap();
+        let w = crate::identity::Workload::new(&args, &cid, &ifname, "node-1").unwrap();
+        endpoint::build(&w, "cali0", "02:00:00:00:00:01", ips, NET)
+    }
+
+    fn record_of(store: &dyn Datastore, key: &str) -> Option<(WorkloadEndpoint, i64)> {
+        store.get(key).unwrap().map(|kv| (model::decode(&kv).unwrap(), kv.revision))
+    }
+
+    /// In process, the pod record is written in the allocation's commit (one
+    /// revision for both), replaces a record of an earlier sandbox of the
+    /// pod, and is deleted with the allocation on rollback.
+    #[test]
+    fn the_pod_record_goes_with_the_allocation() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Datastore> = Arc::new(FileStore::open(dir.path()).unwrap());
+        let key = "/calico/resources/v3/projectcalico.org/workloadendpoints/ns/node--1-k8s-web--0-eth0";
+        for cid in ["c1", "c2"] {
+            let build = |ips: &[IpNetwork]| wep(cid, ips);
+            let rec = PodRecord { key, container_id: cid, build: &build };
+            let req = request(dir.path(), cid, "", "1.0.0");
+            let d = Delegate::new(&req, CALICO_IPAM).unwrap();
+            let before = store.revision().unwrap();
+            let result = d.add(&req, store.as_ref(), Some(&rec)).unwrap().commit();
+            if cid == "c2" {
+                // c1 created the pool and claimed the block first.
+                assert_eq!(store.revision().unwrap(), before + 1, "one commit for c2");
+            }
+            let (doc, rev) = record_of(store.as_ref(), key).expect("record written");
+            assert_eq!(doc.spec.container_id, cid, "c2 replaced c1's record");
+            assert_eq!(doc.spec.ip_networks, vec![host_prefix(result.ips[0].address.ip())]);
+            let handle = Handle::for_container(NET, cid).unwrap();
+            assert_eq!(store.get(&handle.key()).unwrap().unwrap().revision, rev);
+        }
+        // c3's ADD fails later: its allocation and record go, c2's record
+        // (replaced by c3's) is not restored, as before (Calico's replace).
+        let build = |ips: &[IpNetwork]| wep("c3", ips);
+        let rec = PodRecord { key, container_id: "c3", build: &build };
+        let req = request(dir.path(), "c3", "", "1.0.0");
+        let d = Delegate::new(&req, CALICO_IPAM).unwrap();
+        let alloc = d.add(&req, store.as_ref(), Some(&rec)).unwrap();
+        assert_eq!(record_of(store.as_ref(), key).unwrap().0.spec.container_id, "c3");
+        drop(alloc);
+        assert!(held(store.as_ref(), "c3").is_empty());
+        assert!(record_of(store.as_ref(), key).is_none());
+        assert_eq!(held(store.as_ref(), "c2").len(), 1, "c2's address is not touched");
     }
 
     #[test]
@@ -292,14 +417,14 @@ mod tests {
         // Outside every pool.
         let req = request(dir.path(), "c1", "IgnoreUnknown=1;IP=192.0.2.7", "1.0.0");
         let d = Delegate::new(&req, CALICO_IPAM).unwrap();
-        let e = d.add(&req, store.as_ref()).err().unwrap();
+        let e = d.add(&req, store.as_ref(), None).err().unwrap();
         assert!(e.msg.starts_with("IPAM plugin calico-ipam: IPAM ADD"), "{e}");
         assert!(held(store.as_ref(), "c1").is_empty());
         assert!(store.list("/calico/ipam/v2/handle/").unwrap().is_empty());
         // A bad IP= fails before the store is touched, with the delegate's code.
         let req = request(dir.path(), "c2", "IgnoreUnknown=1;IP=bogus", "1.0.0");
         let d = Delegate::new(&req, CALICO_IPAM).unwrap();
-        let e = d.add(&req, store.as_ref()).err().unwrap();
+        let e = d.add(&req, store.as_ref(), None).err().unwrap();
         assert_eq!(e.code, CalicoIpam.add(&req).err().unwrap().code);
         // A failed store on DEL is the delegate-prefixed error, not a panic.
         let failing = || Err(CniError::try_again_later("store down", ""));

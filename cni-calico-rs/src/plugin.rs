@@ -14,7 +14,7 @@ use crate::dataplane::{self, Expected, Families, VethPlan, GATEWAY_V4};
 use crate::endpoint;
 use crate::errors::{store_error, ERR_CALICO};
 use crate::identity::{Orchestrator, Workload};
-use crate::ipam::{Delegate, SharedStore};
+use crate::ipam::{Delegate, PodRecord, SharedStore};
 
 /// The plugin; stateless, everything comes from the request.
 pub struct Calico;
@@ -124,6 +124,9 @@ impl Plugin for Calico {
         let store = open_store(&ctx.conf)?;
         let delegate = Delegate::new(req, &ctx.conf.ipam.ipam_type)?;
         let mtu = ctx.conf.mtu();
+        // Chosen here rather than by the kernel, so that the pod record can
+        // be written before the veth exists.
+        let pod_mac = dataplane::random_pod_mac();
         let plan = VethPlan {
             host_name: &host_name,
             ifname,
@@ -132,13 +135,21 @@ impl Plugin for Calico {
             num_queues: ctx.conf.num_queues,
             expected: expected_families(&ctx.conf),
             allow_ip_forwarding: ctx.conf.container_settings.allow_ip_forwarding,
+            pod_mac: Some(pod_mac),
         };
+        let key = ctx.workload.endpoint_key();
+        let pod_mac = pod_mac.to_string();
+        let build =
+            |ips: &[IpNetwork]| endpoint::build(&ctx.workload, &host_name, &pod_mac, ips, &req.conf.name);
+        let record = PodRecord { key: &key, container_id: ctx.workload.container_id.as_str(), build: &build };
+        // In process, the pod record goes into IPAM's commit.
+        let in_process = matches!(delegate, Delegate::InProcess(_));
         // IPAM (most of ADD's time: datastore reads and a commit, or a
         // delegate process) runs beside the veth creation, which needs no
         // address. Whichever fails, the other's guard undoes it when it is
         // dropped here.
         let (alloc, veth) = std::thread::scope(|s| {
-            let ipam = s.spawn(|| delegate.add(req, &*store));
+            let ipam = s.spawn(|| delegate.add(req, &*store, in_process.then_some(&record)));
             let veth = store
                 .ready()
                 .map_err(|e| store_error("datastore not ready", e))
@@ -150,23 +161,28 @@ impl Plugin for Calico {
         let alloc = alloc?;
         let veth = veth?;
         let ips = alloc.pod_ips()?;
-        let pod_mac = veth.pod_mac().map(|m| m.to_string()).unwrap_or_default();
-        let wep = endpoint::build(&ctx.workload, &host_name, &pod_mac, &ips, &req.conf.name);
-        let key = ctx.workload.endpoint_key();
-        // The pod record is written while the addresses and routes go in;
-        // it is deleted again if they fail.
-        let (wired, record) = std::thread::scope(|s| {
-            let record = s.spawn(|| endpoint::put(&*store, &key, &wep));
-            let wired = veth.finish(&ips);
-            let record =
-                record.join().unwrap_or_else(|_| Err(CniError::internal("the pod record thread panicked")));
-            (wired, record)
-        });
-        let record = record?;
+        let (wired, recorded) = if in_process {
+            (veth.finish(&ips), None)
+        } else {
+            // After a delegate, the pod record is written while the
+            // addresses and routes go in; it is deleted again if they fail.
+            let wep = build(&ips);
+            let (wired, record) = std::thread::scope(|s| {
+                let record = s.spawn(|| endpoint::put(&*store, &key, &wep));
+                let wired = veth.finish(&ips);
+                let record = record
+                    .join()
+                    .unwrap_or_else(|_| Err(CniError::internal("the pod record thread panicked")));
+                (wired, record)
+            });
+            (wired, Some(record?))
+        };
         let wired = wired?;
 
         let result = build_result(req, &wired, &ips, mtu, netns_path);
-        record.commit();
+        if let Some(record) = recorded {
+            record.commit();
+        }
         wired.commit();
         let ipam_result = alloc.commit();
         let shown: Vec<String> = ips.iter().map(ToString::to_string).collect();

@@ -14,14 +14,14 @@ use std::sync::Arc;
 
 use calico_store::cni::store_error;
 use calico_store::model::{self, IpFamily};
-use calico_store::{Datastore, DatastoreConfig, StoreError};
+use calico_store::{Datastore, DatastoreConfig, Op, StoreError};
 use cni_proto::{CniError, CniResult, IpConfig, NetConf, Plugin, Request};
 use ipnetwork::IpNetwork;
 use serde::Deserialize;
 use serde_json::Value;
 
 use crate::types::{Handle, PoolRef};
-use crate::{AssignRequest, FamilyRequest, Ipam, IpamError};
+use crate::{AssignRequest, AssignedIp, FamilyRequest, Ipam, IpamError};
 
 /// The plugin object keys calico-ipam reads (unknown keys are ignored).
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -209,8 +209,30 @@ impl CalicoIpam {
         conf: &IpamCniConf,
         request: &AssignRequest,
     ) -> Result<CniResult, CniError> {
-        let ipam = Ipam::new(store, &conf.nodename).with_state_dir(conf.state_dir());
-        let assigned = ipam.assign(request).map_err(|e| ipam_error(e).context("IPAM ADD"))?;
+        let assigned = Self::assign_on_with(store, conf, request, |_| Ok(Vec::new()))
+            .map_err(|e| ipam_error(e).context("IPAM ADD"))?;
+        Self::result_of(request, assigned)
+    }
+
+    /// [`CalicoIpam::assign_on`]'s allocation plus the caller's own writes
+    /// in the same commit ([`Ipam::assign_with`]): the `calico` plugin's pod
+    /// record. The error is IPAM's own, so that the caller can tell a
+    /// conflict on one of its keys; [`ipam_error`] then maps it as
+    /// [`CalicoIpam::assign_on`] does (`.context("IPAM ADD")`).
+    pub fn assign_on_with<F>(
+        store: &dyn Datastore,
+        conf: &IpamCniConf,
+        request: &AssignRequest,
+        extra: F,
+    ) -> Result<Vec<AssignedIp>, IpamError>
+    where
+        F: Fn(&[AssignedIp]) -> Result<Vec<Op>, IpamError>,
+    {
+        Ipam::new(store, &conf.nodename).with_state_dir(conf.state_dir()).assign_with(request, extra)
+    }
+
+    /// The plugin's result for `assigned`: `ips` only, /32 and /128.
+    pub fn result_of(request: &AssignRequest, assigned: Vec<AssignedIp>) -> Result<CniResult, CniError> {
         let mut result = CniResult::default();
         for a in assigned {
             let prefix = if a.ip.is_ipv4() { 32 } else { 128 };
