@@ -17,6 +17,12 @@
 //! plugins. A replacement `calico-ipam` in `CNI_PATH` is therefore not run
 //! by `calico`: install it under another name and set `ipam.type` to it
 //! (every other type is exec'd).
+//!
+//! In process, the ADD also writes the pod record in IPAM's own commit
+//! ([`PodRecord`], `Ipam::assign_with`): the allocation and the record exist
+//! together or not at all, and the ADD waits for one datastore commit (one
+//! `fdatasync` on the file store) instead of two in a row. Rollback releases
+//! the handle and deletes the record if it is still this container's.
 
 use std::sync::Arc;
 
