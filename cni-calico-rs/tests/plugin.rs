@@ -1,4 +1,5 @@
-//! The built `calico` plugin (with the built `calico-ipam` as its delegate)
+//! The built `calico` plugin (Calico IPAM in its process; the built
+//! `calico-ipam` where a test execs it under another name)
 //! driven the way a runtime drives it, inside namespaces these tests create.
 //! Build first: `cargo build -p cni-calico-rs -p ipam-block --bins`.
 
