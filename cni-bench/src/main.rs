@@ -1,7 +1,8 @@
 //! # cni-bench: ours against the reference plugins, same run
 //!
 //! Owns the CNI benchmarks of `make bench`, both comparing
-//! * ours: `calico` delegating to `calico-ipam`, and
+//! * ours: `calico` with Calico IPAM (`calico-ipam`, which `calico` runs in
+//!   its own process), and
 //! * the reference: Debian's `ptp` delegating to `host-local`.
 //!
 //! Default mode ([`cycle`]): sequential ADD then DEL of one pod, alternating

@@ -67,6 +67,24 @@ pub struct VethPlan<'a> {
     pub expected: Option<Families>,
     /// The pod's `ip_forward` / IPv6 `forwarding` (container_settings).
     pub allow_ip_forwarding: bool,
+    /// The pod end's MAC; `None`: the kernel picks one.
+    pub pod_mac: Option<MacAddr>,
+}
+
+/// A random locally administered unicast MAC, as the kernel picks for a
+/// veth end (`eth_random_addr`), for the pod's end: the plugin chooses it so
+/// that the pod record can be written before the veth exists.
+pub fn random_pod_mac() -> MacAddr {
+    use std::hash::{BuildHasher, Hasher};
+    // RandomState's keys come from the OS's random source (once per
+    // thread, then stepped per instance); the time makes two processes that
+    // happen to share keys differ as well.
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    h.write_u128(now.as_nanos());
+    h.write_u32(std::process::id());
+    let b = h.finish().to_le_bytes();
+    MacAddr([(b[0] & 0xfe) | 0x02, b[1], b[2], b[3], b[4], b[5]])
 }
 
 /// ADD's first half, built while IPAM allocates: the veth exists (its peer
@@ -203,6 +221,9 @@ pub fn create<'a>(plan: &'a VethPlan<'a>) -> Result<Veth<'a>, CniError> {
         .mac(MacAddr::CALICO_HOST)
         .mtu(plan.mtu)
         .peer_netns(plan.netns);
+    if let Some(mac) = plan.pod_mac {
+        cfg = cfg.peer_mac(mac);
+    }
     if let Some(q) = plan.num_queues {
         cfg = cfg.queues(q);
     }
@@ -242,7 +263,7 @@ impl std::fmt::Debug for Veth<'_> {
 }
 
 impl Veth<'_> {
-    /// The pod end's MAC (kernel-chosen).
+    /// The pod end's MAC (the plan's, or kernel-chosen).
     pub fn pod_mac(&self) -> Option<MacAddr> {
         self.pod.mac
     }
@@ -574,6 +595,16 @@ mod tests {
             num_queues: None,
             expected,
             allow_ip_forwarding: false,
+            pod_mac: None,
+        }
+    }
+
+    #[test]
+    fn random_pod_macs_are_local_unicast_and_differ() {
+        let (a, b) = (random_pod_mac(), random_pod_mac());
+        assert_ne!(a, b);
+        for m in [a, b] {
+            assert_eq!(m.0[0] & 0x03, 0x02, "locally administered unicast: {m}");
         }
     }
 

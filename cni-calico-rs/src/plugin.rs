@@ -2,7 +2,7 @@
 
 use std::net::IpAddr;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use calico_store::Datastore;
 use cni_proto::{CniError, CniResult, Command, Interface, IpConfig, Plugin, Request, Route};
@@ -14,7 +14,7 @@ use crate::dataplane::{self, Expected, Families, VethPlan, GATEWAY_V4};
 use crate::endpoint;
 use crate::errors::{store_error, ERR_CALICO};
 use crate::identity::{Orchestrator, Workload};
-use crate::ipam;
+use crate::ipam::{Delegate, PodRecord, SharedStore};
 
 /// The plugin; stateless, everything comes from the request.
 pub struct Calico;
@@ -122,7 +122,11 @@ impl Plugin for Calico {
             ));
         }
         let store = open_store(&ctx.conf)?;
+        let delegate = Delegate::new(req, &ctx.conf.ipam.ipam_type)?;
         let mtu = ctx.conf.mtu();
+        // Chosen here rather than by the kernel, so that the pod record can
+        // be written before the veth exists.
+        let pod_mac = dataplane::random_pod_mac();
         let plan = VethPlan {
             host_name: &host_name,
             ifname,
@@ -131,12 +135,21 @@ impl Plugin for Calico {
             num_queues: ctx.conf.num_queues,
             expected: expected_families(&ctx.conf),
             allow_ip_forwarding: ctx.conf.container_settings.allow_ip_forwarding,
+            pod_mac: Some(pod_mac),
         };
-        // IPAM (a separate process, most of ADD's time) runs beside the veth
-        // creation, which needs no address. Whichever fails, the other's
-        // guard undoes it when it is dropped here.
+        let key = ctx.workload.endpoint_key();
+        let pod_mac = pod_mac.to_string();
+        let build =
+            |ips: &[IpNetwork]| endpoint::build(&ctx.workload, &host_name, &pod_mac, ips, &req.conf.name);
+        let record = PodRecord { key: &key, container_id: ctx.workload.container_id.as_str(), build: &build };
+        // In process, the pod record goes into IPAM's commit.
+        let in_process = matches!(delegate, Delegate::InProcess(_));
+        // IPAM (most of ADD's time: datastore reads and a commit, or a
+        // delegate process) runs beside the veth creation, which needs no
+        // address. Whichever fails, the other's guard undoes it when it is
+        // dropped here.
         let (alloc, veth) = std::thread::scope(|s| {
-            let ipam = s.spawn(|| ipam::add(req, &ctx.conf.ipam.ipam_type));
+            let ipam = s.spawn(|| delegate.add(req, &*store, in_process.then_some(&record)));
             let veth = store
                 .ready()
                 .map_err(|e| store_error("datastore not ready", e))
@@ -148,23 +161,28 @@ impl Plugin for Calico {
         let alloc = alloc?;
         let veth = veth?;
         let ips = alloc.pod_ips()?;
-        let pod_mac = veth.pod_mac().map(|m| m.to_string()).unwrap_or_default();
-        let wep = endpoint::build(&ctx.workload, &host_name, &pod_mac, &ips, &req.conf.name);
-        let key = ctx.workload.endpoint_key();
-        // The pod record is written while the addresses and routes go in;
-        // it is deleted again if they fail.
-        let (wired, record) = std::thread::scope(|s| {
-            let record = s.spawn(|| endpoint::put(&*store, &key, &wep));
-            let wired = veth.finish(&ips);
-            let record =
-                record.join().unwrap_or_else(|_| Err(CniError::internal("the pod record thread panicked")));
-            (wired, record)
-        });
-        let record = record?;
+        let (wired, recorded) = if in_process {
+            (veth.finish(&ips), None)
+        } else {
+            // After a delegate, the pod record is written while the
+            // addresses and routes go in; it is deleted again if they fail.
+            let wep = build(&ips);
+            let (wired, record) = std::thread::scope(|s| {
+                let record = s.spawn(|| endpoint::put(&*store, &key, &wep));
+                let wired = veth.finish(&ips);
+                let record = record
+                    .join()
+                    .unwrap_or_else(|_| Err(CniError::internal("the pod record thread panicked")));
+                (wired, record)
+            });
+            (wired, Some(record?))
+        };
         let wired = wired?;
 
         let result = build_result(req, &wired, &ips, mtu, netns_path);
-        record.commit();
+        if let Some(record) = recorded {
+            record.commit();
+        }
         wired.commit();
         let ipam_result = alloc.commit();
         let shown: Vec<String> = ips.iter().map(ToString::to_string).collect();
@@ -181,16 +199,23 @@ impl Plugin for Calico {
     ///
     /// The IPAM release runs beside the data-plane teardown: deleting a veth
     /// spends most of its time in the kernel waiting for an RCU grace period
-    /// (~20 ms), during which the IPAM process can start and commit. Releasing
-    /// the address before its veth is gone is safe: released ordinals go to
-    /// the tail of the block's free list, so the address is the last one of
-    /// its block to be handed out again (ptp even releases before it deletes).
+    /// (~16 ms), during which IPAM can release and commit. In process, IPAM
+    /// and the pod record share one store handle, opened by whichever needs
+    /// it first. Releasing the address before its veth is gone is safe:
+    /// released ordinals go to the tail of the block's free list, so the
+    /// address is the last one of its block to be handed out again (ptp even
+    /// releases before it deletes).
     fn del(&self, req: &Request) -> Result<(), CniError> {
         let ctx = Context::new(req)?;
         let ifname = ctx.workload.ifname.as_str();
+        let store = OnceLock::new();
+        let store = || store.get_or_init(|| open_store(&ctx.conf)).clone();
         let (ipam_result, mut errors) = std::thread::scope(|s| {
-            let ipam = s.spawn(|| ipam::forward(req, &ctx.conf.ipam.ipam_type, Command::Del));
-            let errors = del_dataplane_and_record(req, &ctx, ifname);
+            let ipam = s.spawn(|| {
+                Delegate::new(req, &ctx.conf.ipam.ipam_type)
+                    .and_then(|d| d.forward(req, Command::Del, &store))
+            });
+            let errors = del_dataplane_and_record(req, &ctx, ifname, &store);
             let ipam_result =
                 ipam.join().unwrap_or_else(|_| Err(CniError::internal("the IPAM DEL thread panicked")));
             (ipam_result, errors)
@@ -211,7 +236,8 @@ impl Plugin for Calico {
             .prev_result
             .as_ref()
             .ok_or_else(|| CniError::invalid_config("CHECK needs prevResult", "prevResult is missing"))?;
-        ipam::forward(req, &ctx.conf.ipam.ipam_type, Command::Check)?;
+        let store = || open_store(&ctx.conf);
+        Delegate::new(req, &ctx.conf.ipam.ipam_type)?.forward(req, Command::Check, &store)?;
         let netns_path = req.netns().ok_or_else(|| CniError::missing_env(&["CNI_NETNS"]))?;
         let sandbox = netns_path.display().to_string();
         let ifname = ctx.workload.ifname.as_str();
@@ -251,7 +277,8 @@ impl Plugin for Calico {
         let store = calico_store::open(&conf.datastore)
             .map_err(|e| CniError::unavailable("datastore cannot be opened", e.to_string()))?;
         store.ready().map_err(|e| CniError::unavailable("datastore not ready", e.to_string()))?;
-        ipam::forward(req, &conf.ipam.ipam_type, Command::Status)
+        let store = || Ok(store.clone());
+        Delegate::new(req, &conf.ipam.ipam_type)?.forward(req, Command::Status, &store)
     }
 
     /// Remove this node's pod records of this network whose attachment is
@@ -294,7 +321,10 @@ impl Plugin for Calico {
             }
             Err(e) => errors.push(e),
         }
-        if let Err(e) = ipam::forward(req, &conf.ipam.ipam_type, Command::Gc) {
+        let store = || open_store(&conf);
+        if let Err(e) =
+            Delegate::new(req, &conf.ipam.ipam_type).and_then(|d| d.forward(req, Command::Gc, &store))
+        {
             errors.push(e);
         }
         for extra in errors.iter().skip(1) {
@@ -309,13 +339,17 @@ impl Plugin for Calico {
 /// is deleted beside the interface: deleting a veth waits for the kernel's
 /// RCU grace period, and the record's datastore commit fits in it. Returns
 /// every failure; none stops the next step.
-fn del_dataplane_and_record(req: &Request, ctx: &Context, ifname: &str) -> Vec<CniError> {
+fn del_dataplane_and_record(
+    req: &Request,
+    ctx: &Context,
+    ifname: &str,
+    store: &SharedStore,
+) -> Vec<CniError> {
     let mut errors = Vec::new();
     let key = ctx.workload.endpoint_key();
     let (unwired, owned) = std::thread::scope(|s| {
         let owned = s.spawn(|| {
-            open_store(&ctx.conf)
-                .and_then(|s| endpoint::delete_if_owned(&*s, &key, ctx.workload.container_id.as_str()))
+            store().and_then(|s| endpoint::delete_if_owned(&*s, &key, ctx.workload.container_id.as_str()))
         });
         let unwired = dataplane::unwire(req.netns(), ifname);
         let owned =

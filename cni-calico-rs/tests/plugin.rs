@@ -1,4 +1,5 @@
-//! The built `calico` plugin (with the built `calico-ipam` as its delegate)
+//! The built `calico` plugin (Calico IPAM in its process; the built
+//! `calico-ipam` where a test execs it under another name)
 //! driven the way a runtime drives it, inside namespaces these tests create.
 //! Build first: `cargo build -p cni-calico-rs -p ipam-block --bins`.
 
@@ -777,4 +778,58 @@ fn cni_container_ids_sharing_a_veth_name_do_not_break_each_other() {
     assert!(node.handle("samepref-0002").is_none());
     assert_eq!(links(&pb), vec!["lo".to_string()]);
     node.run(&with_cmd(&first, "CHECK"), &with_prev(&conf, &r1)).silent_ok();
+}
+
+/// With `ipam.type: calico-ipam` the plugin runs Calico IPAM in its own
+/// process: it needs no `calico-ipam` in CNI_PATH, and it answers exactly
+/// what it answers when it execs the `calico-ipam` binary (installed here
+/// under another name, which is how a user keeps exec). Both nodes have the
+/// same node name, so IPAM picks the same block and address on each.
+#[test]
+fn in_process_calico_ipam_answers_like_the_exec_d_binary() {
+    let (ours, theirs) = (Node::new(), Node::new());
+    let bins = ours.dir.path().join("bin");
+    std::fs::create_dir(&bins).unwrap();
+    std::os::unix::fs::symlink(testbed::target_bin("calico-ipam"), bins.join("calico-ipam-exec")).unwrap();
+    let empty = ours.dir.path().join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    for (i, version) in ["0.3.1", "0.4.0", "1.0.0", "1.1.0"].into_iter().enumerate() {
+        let pool = format!("10.81.{i}.0/24");
+        let mut in_process = ours.conf(version, &pool);
+        in_process["nodename"] = json!("same-node");
+        let mut exec_d = theirs.conf(version, &pool);
+        exec_d["nodename"] = json!("same-node");
+        exec_d["ipam"]["type"] = json!("calico-ipam-exec");
+        let cid = format!("c{i}");
+        let (pod_a, pod_b) = (Netns::new("cpx"), Netns::new("cpy"));
+        let a = ours.run_raw(
+            &add_call(&cid, &pod_a, K8S_ARGS),
+            in_process.to_string().as_bytes(),
+            &[("CNI_PATH", empty.to_str().unwrap())],
+        );
+        let b = theirs.run_raw(
+            &add_call(&cid, &pod_b, K8S_ARGS),
+            exec_d.to_string().as_bytes(),
+            &[("CNI_PATH", bins.to_str().unwrap())],
+        );
+        let (mut a, mut b) = (a.ok().json(), b.ok().json());
+        for r in [&mut a, &mut b] {
+            // The pod's MAC is random; the sandboxes are two namespaces.
+            r["interfaces"][1]["mac"] = Value::Null;
+            r["interfaces"][1]["sandbox"] = Value::Null;
+        }
+        assert_eq!(a, b, "{version}");
+        assert!(a["ips"][0]["address"].as_str().unwrap().starts_with(&format!("10.81.{i}.")), "{a}");
+        assert_eq!(ours.handle(&cid), theirs.handle(&cid), "{version}");
+        // DEL without calico-ipam in CNI_PATH releases in process too.
+        ours.run_raw(
+            &with_cmd(&add_call(&cid, &pod_a, K8S_ARGS), "DEL"),
+            in_process.to_string().as_bytes(),
+            &[("CNI_PATH", empty.to_str().unwrap())],
+        )
+        .silent_ok();
+        assert!(ours.handle(&cid).is_none());
+    }
+    assert_eq!(ours.allocated(), 0);
+    assert_eq!(theirs.allocated(), 4);
 }

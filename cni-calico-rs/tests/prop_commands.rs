@@ -50,6 +50,10 @@ struct Fixture {
     node_links: BTreeSet<String>,
 }
 
+/// `calico-ipam` under another name in the fixture's bin directory: the
+/// plugin execs it (it runs `calico-ipam` itself in process).
+const EXEC_IPAM: &str = "calico-ipam-exec";
+
 impl Fixture {
     fn new() -> Fixture {
         let node = Node::new();
@@ -60,6 +64,7 @@ impl Fixture {
         let wrapper = bin.path().join("loop-ipam");
         std::fs::write(&wrapper, format!("#!/bin/sh\nexec {}\n", plugin_bin().display())).unwrap();
         std::fs::set_permissions(&wrapper, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        std::os::unix::fs::symlink(testbed::target_bin("calico-ipam"), bin.path().join(EXEC_IPAM)).unwrap();
         let node_links = node.links().into_iter().collect();
         Fixture { node, pod, bin, node_links }
     }
@@ -563,7 +568,14 @@ fn run_bad(fx: &Fixture, cmd: &str, bad: &Bad) -> Result<(), TestCaseError> {
         }
         Bad::Env(e) => {
             let (env, codes) = env_for(fx, cmd, e);
-            (env, valid_conf(fx, cmd).to_string().into_bytes(), codes)
+            let mut conf = valid_conf(fx, cmd);
+            // CNI_PATH and the delegation depth are the delegation's
+            // environment: `calico-ipam` runs in process and reads neither,
+            // so they are tried with an IPAM plugin that is exec'd.
+            if matches!(e, BadEnv::Depth(_) | BadEnv::NoCniPath) {
+                conf["ipam"]["type"] = json!(EXEC_IPAM);
+            }
+            (env, conf.to_string().into_bytes(), codes)
         }
     };
     let out = run_bounded(&fx.node, &plugin_bin(), &env, &stdin).map_err(TestCaseError::fail)?;

@@ -14,14 +14,14 @@ use std::sync::Arc;
 
 use calico_store::cni::store_error;
 use calico_store::model::{self, IpFamily};
-use calico_store::{Datastore, DatastoreConfig, StoreError};
+use calico_store::{Datastore, DatastoreConfig, Op, StoreError};
 use cni_proto::{CniError, CniResult, IpConfig, NetConf, Plugin, Request};
 use ipnetwork::IpNetwork;
 use serde::Deserialize;
 use serde_json::Value;
 
 use crate::types::{Handle, PoolRef};
-use crate::{AssignRequest, FamilyRequest, Ipam, IpamError};
+use crate::{AssignRequest, AssignedIp, FamilyRequest, Ipam, IpamError};
 
 /// The plugin object keys calico-ipam reads (unknown keys are ignored).
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -175,31 +175,64 @@ pub fn requested_ips(arg: Option<&str>) -> Result<(Option<IpAddr>, Option<IpAddr
 pub struct CalicoIpam;
 
 impl CalicoIpam {
-    fn handle(req: &Request, conf: &IpamCniConf) -> Result<Handle, CniError> {
+    /// The IPAM handle of this request: `<network>.<CNI_CONTAINERID>`.
+    pub fn handle(req: &Request, conf: &IpamCniConf) -> Result<Handle, CniError> {
         Handle::for_container(&conf.network, req.container_id()?.as_str())
             .map_err(|e| CniError::invalid_config(e.to_string(), ""))
     }
-}
 
-impl Plugin for CalicoIpam {
-    fn add(&self, req: &Request) -> Result<CniResult, CniError> {
-        let conf = IpamCniConf::from_netconf(&req.conf)?;
-        let handle = Self::handle(req, &conf)?;
+    /// What an ADD asks of [`Ipam::assign`]: the handle, `IP=` and the pod
+    /// from CNI_ARGS, the families and their pools. Reads no datastore, so
+    /// a bad request fails before anything is opened.
+    pub fn assign_request(req: &Request, conf: &IpamCniConf) -> Result<AssignRequest, CniError> {
+        let handle = Self::handle(req, conf)?;
         let (ip4, ip6) = requested_ips(req.args().get("IP"))?;
         let family = |on: bool, pools: &[PoolRef], ip: Option<IpAddr>| {
             (on || ip.is_some()).then(|| FamilyRequest { pools: pools.to_vec(), ip })
         };
-        let request = AssignRequest {
+        Ok(AssignRequest {
             handle,
             namespace: req.args().get("K8S_POD_NAMESPACE").map(str::to_string),
             pod: req.args().get("K8S_POD_NAME").map(str::to_string),
             // An explicit IP= of a family implies that family.
             ipv4: family(conf.assign_ipv4 && ip6.is_none() || ip4.is_some(), &conf.ipv4_pools, ip4),
             ipv6: family(conf.assign_ipv6 && ip4.is_none() || ip6.is_some(), &conf.ipv6_pools, ip6),
-        };
-        let store = conf.open_store()?;
-        let ipam = Ipam::new(store.as_ref(), &conf.nodename).with_state_dir(conf.state_dir());
-        let assigned = ipam.assign(&request).map_err(|e| ipam_error(e).context("IPAM ADD"))?;
+        })
+    }
+
+    /// IPAM ADD on an open store: the addresses of `request`, as the
+    /// plugin's result (`ips` only, /32 and /128). The plugin's ADD is
+    /// [`CalicoIpam::assign_request`], [`IpamCniConf::open_store`], then this;
+    /// the `calico` plugin calls it in-process on its own store handle.
+    pub fn assign_on(
+        store: &dyn Datastore,
+        conf: &IpamCniConf,
+        request: &AssignRequest,
+    ) -> Result<CniResult, CniError> {
+        let assigned = Self::assign_on_with(store, conf, request, |_| Ok(Vec::new()))
+            .map_err(|e| ipam_error(e).context("IPAM ADD"))?;
+        Self::result_of(request, assigned)
+    }
+
+    /// [`CalicoIpam::assign_on`]'s allocation plus the caller's own writes
+    /// in the same commit ([`Ipam::assign_with`]): the `calico` plugin's pod
+    /// record. The error is IPAM's own, so that the caller can tell a
+    /// conflict on one of its keys; [`ipam_error`] then maps it as
+    /// [`CalicoIpam::assign_on`] does (`.context("IPAM ADD")`).
+    pub fn assign_on_with<F>(
+        store: &dyn Datastore,
+        conf: &IpamCniConf,
+        request: &AssignRequest,
+        extra: F,
+    ) -> Result<Vec<AssignedIp>, IpamError>
+    where
+        F: Fn(&[AssignedIp]) -> Result<Vec<Op>, IpamError>,
+    {
+        Ipam::new(store, &conf.nodename).with_state_dir(conf.state_dir()).assign_with(request, extra)
+    }
+
+    /// The plugin's result for `assigned`: `ips` only, /32 and /128.
+    pub fn result_of(request: &AssignRequest, assigned: Vec<AssignedIp>) -> Result<CniResult, CniError> {
         let mut result = CniResult::default();
         for a in assigned {
             let prefix = if a.ip.is_ipv4() { 32 } else { 128 };
@@ -210,14 +243,30 @@ impl Plugin for CalicoIpam {
         Ok(result)
     }
 
+    /// IPAM DEL on an open store: release everything `handle` holds
+    /// (idempotent). The plugin's DEL is [`CalicoIpam::handle`],
+    /// [`IpamCniConf::open_store`], then this.
+    pub fn release_on(store: &dyn Datastore, conf: &IpamCniConf, handle: &Handle) -> Result<(), CniError> {
+        let ipam = Ipam::new(store, &conf.nodename).with_state_dir(conf.state_dir());
+        let freed = ipam.release_handle(handle).map_err(|e| ipam_error(e).context("IPAM DEL"))?;
+        log::info!("released {freed:?} of {handle}");
+        Ok(())
+    }
+}
+
+impl Plugin for CalicoIpam {
+    fn add(&self, req: &Request) -> Result<CniResult, CniError> {
+        let conf = IpamCniConf::from_netconf(&req.conf)?;
+        let request = Self::assign_request(req, &conf)?;
+        let store = conf.open_store()?;
+        Self::assign_on(store.as_ref(), &conf, &request)
+    }
+
     fn del(&self, req: &Request) -> Result<(), CniError> {
         let conf = IpamCniConf::from_netconf(&req.conf)?;
         let handle = Self::handle(req, &conf)?;
         let store = conf.open_store()?;
-        let ipam = Ipam::new(store.as_ref(), &conf.nodename).with_state_dir(conf.state_dir());
-        let freed = ipam.release_handle(&handle).map_err(|e| ipam_error(e).context("IPAM DEL"))?;
-        log::info!("released {freed:?} of {handle}");
-        Ok(())
+        Self::release_on(store.as_ref(), &conf, &handle)
     }
 
     fn check(&self, req: &Request) -> Result<(), CniError> {

@@ -32,7 +32,10 @@
 //!   `calicoctl` commands live in [`ops`].
 //!
 //! The `calico-ipam` binary (`src/bin/calico-ipam.rs`) maps the CNI protocol
-//! onto this library ([`cni`]). The operator binaries `calicoctl` and
+//! onto this library ([`cni`]); the `calico` plugin (`cni-calico-rs`) calls
+//! the same [`cni::CalicoIpam`] in its own process, on its own store handle,
+//! instead of exec'ing the binary (one process and one datastore open per
+//! pod). The operator binaries `calicoctl` and
 //! `ipam-bench` parse their command lines with clap and `tool-cli` (the
 //! tools' datastore flags, logger and error line); `clap` and `tool-cli` are
 //! dependencies of the package for them, never used by the library.

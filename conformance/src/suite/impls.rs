@@ -100,7 +100,7 @@ pub enum Datastore {
     Etcd,
 }
 
-/// Our `calico` delegating to `calico-ipam`.
+/// Our `calico` with `ipam.type: calico-ipam` (run in `calico`'s process).
 pub struct CalicoImpl {
     /// Where `calico`, `calico-ipam` and `cni-probe` are (the target dir).
     pub bin_dir: PathBuf,

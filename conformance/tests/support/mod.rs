@@ -11,7 +11,7 @@ use calico_store::model;
 use conformance::suite::CalicoImpl;
 use serde_json::{json, Value};
 
-/// The `calico` plugin object (delegating to `calico-ipam` with one IPv4
+/// The `calico` plugin object (`ipam.type: calico-ipam`, run in process, one IPv4
 /// pool) of a runtime's conflist: the file datastore in `<dir>/store`, a
 /// debug log in `<dir>/calico.log`.
 pub fn calico_plugin(node: &str, dir: &Path, pool: &str) -> Value {
