@@ -11,7 +11,6 @@
 use std::fs::File;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -21,7 +20,9 @@ use kube_apiserver_fixture::{ApiServer, ENDPOINT_SLICES, NODES, SERVICES};
 use serde_json::{json, Value};
 use testbed::Netns;
 
-const BIN: &str = env!("CARGO_BIN_EXE_kube-proxy-rules");
+#[path = "support/run_process.rs"]
+mod run_process;
+use run_process::RunProcess;
 
 /// Run `f` on a thread that has entered `netns` (setns affects one thread only).
 fn in_netns<T: Send + 'static>(netns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
@@ -137,46 +138,11 @@ fn wait_http_body(
 }
 
 /// `kube-proxy-rules run` in a namespace, its stderr in a file.
-struct Run {
-    child: Child,
-    log: std::path::PathBuf,
-}
-
-impl Run {
-    fn start(ns: &str, mode: &str, flags: &[&str], log: std::path::PathBuf) -> Run {
-        let child = Command::new("ip")
-            .args(["netns", "exec", ns, BIN, "run", "--proxy-mode", mode, "--hostname-override", "node1"])
-            .args(flags)
-            .stdout(Stdio::null())
-            .stderr(File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
-        Run { child, log }
-    }
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-    fn wait_for(&self, needle: &str, n: usize) -> String {
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            let log = self.log();
-            if log.matches(needle).count() >= n {
-                return log;
-            }
-            assert!(Instant::now() < deadline, "no {n}x {needle:?} in the run log:\n{log}");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-    fn full_syncs(&self) -> usize {
-        self.log().matches("synced (full").count()
-    }
-}
-
-impl Drop for Run {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// `run --proxy-mode <mode> --hostname-override node1 <flags>` in `ns`.
+fn start_run(ns: &str, mode: &str, flags: &[&str], log: std::path::PathBuf) -> RunProcess {
+    let mut args = vec!["--proxy-mode", mode, "--hostname-override", "node1"];
+    args.extend_from_slice(flags);
+    RunProcess::spawn(ns, &args, log)
 }
 
 /// The test API server, listening on the node namespace's loopback.
@@ -264,7 +230,7 @@ fn api_follows_services_slices_and_dropped_watches(mode: &str) {
     let tmp = tempfile::tempdir().unwrap();
     let url = api.url();
     let flags = ["--master", url.as_str(), "--sync-period", "30s", "--min-sync-period", "0s"];
-    let run = Run::start(t.node.name(), mode, &flags, tmp.path().join("run.log"));
+    let run = start_run(t.node.name(), mode, &flags, tmp.path().join("run.log"));
     let log = || run.log();
     run.wait_for("synced (full: first sync)", 1);
     wait_answer(t.client.name(), "10.96.0.30:80", "a", &log);
@@ -379,7 +345,7 @@ fn no_rules_before_every_kind_was_listed() {
     .unwrap();
     let kubeconfig = kubeconfig.display().to_string();
     let run =
-        Run::start(t.node.name(), "iptables", &["--kubeconfig", &kubeconfig], tmp.path().join("run.log"));
+        start_run(t.node.name(), "iptables", &["--kubeconfig", &kubeconfig], tmp.path().join("run.log"));
     run.wait_for("listed EndpointSlices", 1);
     run.wait_for("watching the Node", 1);
     assert!(
@@ -425,7 +391,7 @@ fn health_and_metrics_servers() {
         "--metrics-bind-address",
         "127.0.0.1:10249",
     ];
-    let run = Run::start(t.node.name(), "iptables", &flags, tmp.path().join("run.log"));
+    let run = start_run(t.node.name(), "iptables", &flags, tmp.path().join("run.log"));
     let log = || run.log();
     run.wait_for("synced (full: first sync)", 1);
     let ns = t.node.name();

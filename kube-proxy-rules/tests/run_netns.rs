@@ -5,14 +5,16 @@
 //! shows which chains a sync would rewrite, create or delete.
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use calico_store::model::{self, ObjectMeta, WorkloadEndpoint, WorkloadEndpointSpec};
 use calico_store::Datastore;
 use testbed::Netns;
 
-const BIN: &str = env!("CARGO_BIN_EXE_kube-proxy-rules");
+#[path = "support/run_process.rs"]
+mod run_process;
+use run_process::{RunProcess, BIN};
 
 /// Whether an nftables listing DNATs to `ip:port`, in either layout: an
 /// endpoint chain's `dnat to ip:port` (kube-proxy's) or an `endpoint-dnat`
@@ -71,48 +73,15 @@ endpoints: [{addresses: [10.244.0.99]}]
 ports: [{port: 6443}]
 ";
 
-struct Runner {
-    child: Child,
-    log: std::path::PathBuf,
-}
-
-impl Runner {
-    /// `kube-proxy-rules run --proxy-mode <mode> <flags>` inside namespace
-    /// `ns`, syncing every second at most every 100 ms, its stderr in `log`.
-    fn start(ns: &str, mode: &str, flags: &[String], log: std::path::PathBuf) -> Runner {
-        let child = Command::new("ip")
-            .args(["netns", "exec", ns, BIN, "run", "--proxy-mode", mode])
-            .args(["--sync-period", "1s", "--min-sync-period", "100ms"])
-            .args(flags)
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
-        Runner { child, log }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-    /// Wait until the log has `n` occurrences of `needle`.
-    fn wait_for(&self, needle: &str, n: usize) -> String {
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            let log = self.log();
-            if log.matches(needle).count() >= n {
-                return log;
-            }
-            assert!(Instant::now() < deadline, "no {n}x {needle:?} in the run log:\n{log}");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for Runner {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// `run --proxy-mode <mode>` in `ns`, syncing every second at most every
+/// 100 ms, with `flags`.
+fn start_run(ns: &str, mode: &str, flags: &[String], log: std::path::PathBuf) -> RunProcess {
+    let mut args: Vec<String> = ["--proxy-mode", mode, "--sync-period", "1s", "--min-sync-period", "100ms"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    args.extend_from_slice(flags);
+    RunProcess::spawn(ns, &args, log)
 }
 
 fn args(store: &Path, manifests: &Path) -> Vec<String> {
@@ -135,7 +104,7 @@ fn run_follows_files_and_pod_records_with_partial_syncs() {
     store.create(&k, &v).unwrap();
 
     let log = tmp.path().join("run.log");
-    let run = Runner::start(ns.name(), "iptables", &args(&store_dir, &manifests), log);
+    let run = start_run(ns.name(), "iptables", &args(&store_dir, &manifests), log);
 
     run.wait_for("synced (full: first sync)", 1);
     let nat = ns.exec(&["iptables-save", "-t", "nat"]);
@@ -234,7 +203,7 @@ fn run_in_nftables_mode_follows_changes_and_recreates_a_deleted_table() {
     store.create(&k, &v).unwrap();
 
     let log = tmp.path().join("run.log");
-    let run = Runner::start(ns.name(), "nftables", &args(&store_dir, &manifests), log);
+    let run = start_run(ns.name(), "nftables", &args(&store_dir, &manifests), log);
     let table = || ns.exec(&["nft", "list", "table", "ip", "kube-proxy"]);
 
     run.wait_for("synced (full: first sync)", 1);
@@ -395,7 +364,7 @@ fn nodeport_follows_a_new_node_address(mode: &str) {
     let log = tmp.path().join("run.log");
     let flags = ["--hostname-override", "node1", "--nodeport-addresses", "10.77.0.0/16"].map(String::from);
     let flags = [&flags[..], &[tmp.path().join("np.yaml").display().to_string()]].concat();
-    let run = Runner::start(node.name(), mode, &flags, log);
+    let run = start_run(node.name(), mode, &flags, log);
     run.wait_for("synced (full: first sync)", 1);
     // The NodePort is not served on the node's other addresses.
     assert!(fetch_from(client.name(), "192.168.78.1:30080").is_err());
@@ -450,7 +419,7 @@ fn run_starts_the_ipv6_proxier_when_ipv6_services_appear(mode: &str) {
     std::fs::create_dir(&manifests).unwrap();
     std::fs::write(manifests.join("web.yaml"), WEB).unwrap();
     let log = tmp.path().join("run.log");
-    let run = Runner::start(ns.name(), mode, &args(&store_dir, &manifests), log);
+    let run = start_run(ns.name(), mode, &args(&store_dir, &manifests), log);
     let rules6 = || match mode {
         "nftables" => ns.try_exec(&["nft", "list", "table", "ip6", "kube-proxy"]).unwrap_or_default(),
         _ => ns.exec(&["ip6tables-save", "-t", "nat"]),
@@ -505,7 +474,7 @@ fn run_skips_ipv6_on_an_ipv6_disabled_node(mode: &str) {
     std::fs::create_dir(&manifests).unwrap();
     std::fs::write(manifests.join("web.yaml"), WEB).unwrap();
     let log = tmp.path().join("run.log");
-    let run = Runner::start(ns.name(), mode, &args(&store_dir, &manifests), log);
+    let run = start_run(ns.name(), mode, &args(&store_dir, &manifests), log);
     run.wait_for("synced (full: first sync)", 1);
     std::fs::write(manifests.join("api6.yaml"), API6).unwrap();
     let warning = "IPv6 services present but IPv6 is unavailable on this node: running single-stack";
@@ -554,7 +523,7 @@ fn run_follows_inputs_through_inotify_not_the_sync_period() {
         .chain([store_dir.display().to_string(), file.display().to_string(), dir.display().to_string()])
         .chain(["--sync-period=1h".to_string()])
         .collect();
-    let run = Runner::start(ns.name(), "iptables", &flags, log);
+    let run = start_run(ns.name(), "iptables", &flags, log);
     run.wait_for("synced (full: first sync)", 1);
     let nat = || ns.exec(&["iptables-save", "-t", "nat"]);
 
