@@ -4,23 +4,12 @@
 //! apply), and the last natOutgoing pool going removes them.
 
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use calico_store::file::FileStore;
 use calico_store::model::{self, IpPool, IpPoolSpec, ObjectMeta};
 use calico_store::Datastore;
-use testbed::{Daemon, Netns};
-
-fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
-    let end = Instant::now() + timeout;
-    while Instant::now() < end {
-        if f() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    panic!("timed out after {timeout:?} waiting for {what}");
-}
+use testbed::{wait_for, Daemon, Netns};
 
 fn put_pool(s: &FileStore, name: &str, cidr: &str, nat: bool) {
     let pool = IpPool::new(

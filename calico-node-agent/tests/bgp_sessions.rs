@@ -14,18 +14,7 @@ use calico_store::model::{
 };
 use calico_store::Datastore;
 use ipnetwork::IpNetwork;
-use testbed::{Daemon, Netns};
-
-fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
-    let end = Instant::now() + timeout;
-    while Instant::now() < end {
-        if f() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    panic!("timed out after {timeout:?} waiting for {what}");
-}
+use testbed::{wait_for, Daemon, Netns};
 
 fn put(store: &FileStore, key: &str, value: Vec<u8>) {
     match store.get(key).unwrap() {

@@ -4,24 +4,13 @@
 
 use std::path::Path;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use calico_store::file::FileStore;
 use calico_store::model::{self, AffinityState, AllocationAttribute, AllocationBlock, BlockAffinity, Node};
 use calico_store::Datastore;
 use ipnetwork::IpNetwork;
-use testbed::{Daemon, Netns};
-
-fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
-    let end = Instant::now() + timeout;
-    while Instant::now() < end {
-        if f() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    panic!("timed out after {timeout:?} waiting for {what}");
-}
+use testbed::{wait_for, Daemon, Netns};
 
 fn claim(store: &FileStore, node: &str, cidr: &str, borrowed_by: Option<(&str, u32)>) {
     let net: IpNetwork = cidr.parse().unwrap();

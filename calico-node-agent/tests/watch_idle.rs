@@ -6,7 +6,7 @@
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use calico_node_agent::agent::Agent;
 use calico_node_agent::config::AgentConfig;
@@ -15,7 +15,7 @@ use calico_store::model::{self, AffinityState, AllocationBlock, BlockAffinity};
 use calico_store::{Datastore, KeyValue, Op, Revision, StoreError};
 use ipnetwork::IpNetwork;
 use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
-use testbed::{Daemon, Netns};
+use testbed::{wait_for, Daemon, Netns};
 
 /// Forwards to a store and counts every request (get, list, commit,
 /// revision). `wait_for_change` is forwarded uncounted: it is the watch, and
@@ -51,17 +51,6 @@ impl Datastore for Counting {
     fn wait_for_change(&self, after: Revision, timeout: Duration) -> Result<Option<Revision>, StoreError> {
         self.inner.wait_for_change(after, timeout)
     }
-}
-
-fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
-    let end = Instant::now() + timeout;
-    while Instant::now() < end {
-        if f() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    panic!("timed out after {timeout:?} waiting for {what}");
 }
 
 fn claim(store: &dyn Datastore, node: &str, cidr: &str) {

@@ -286,6 +286,20 @@ pub fn target_bin(name: &str) -> PathBuf {
     p
 }
 
+/// Poll `f` every 50 ms until it holds; panic naming `what` after
+/// `timeout`. For state a test waits on that has no event to wait for
+/// (a route the agent writes, a BGP session coming up).
+pub fn wait_for(what: &str, timeout: std::time::Duration, mut f: impl FnMut() -> bool) {
+    let end = std::time::Instant::now() + timeout;
+    while std::time::Instant::now() < end {
+        if f() {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    panic!("timed out after {timeout:?} waiting for {what}");
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
