@@ -420,6 +420,10 @@ pub fn settings(cfg: &AgentConfig, st: &RoutingState) -> BgpSettings {
         rr_client: false,
     };
     let node_as_of = |n: &MeshNode| n.as_number.unwrap_or(default_as);
+    // A Calico node a BGPPeer makes this node peer with (either way round).
+    let node_peer = |rule: &PeerRule, n: &MeshNode, ip: IpAddr| {
+        peer(ip, None, node_as_of(n), PeerKind::Node, format!("BGPPeer {} node {}", rule.name, n.name))
+    };
     for rule in st.bgp_peers.iter().filter(|r| r.applies_to(&cfg.node_name, labels)) {
         let kind = if rule.scope == PeerScope::Global { PeerKind::Global } else { PeerKind::Node };
         match &rule.target {
@@ -440,18 +444,7 @@ pub fn settings(cfg: &AgentConfig, st: &RoutingState) -> BgpSettings {
             PeerTarget::Nodes(sel) => {
                 for n in st.other_nodes.iter().filter(|n| sel.matches(&n.labels)) {
                     for ip in node_addrs(n, true, true) {
-                        add(
-                            peer(
-                                ip,
-                                None,
-                                node_as_of(n),
-                                PeerKind::Node,
-                                format!("BGPPeer {} node {}", rule.name, n.name),
-                            ),
-                            n.rr_cluster_id,
-                            Some(rule),
-                            &mut problems,
-                        );
+                        add(node_peer(rule, n, ip), n.rr_cluster_id, Some(rule), &mut problems);
                     }
                 }
             }
@@ -478,18 +471,7 @@ pub fn settings(cfg: &AgentConfig, st: &RoutingState) -> BgpSettings {
         };
         for n in st.other_nodes.iter().filter(|n| rule.applies_to(&n.name, &n.labels)) {
             for ip in node_addrs(n, v4, v6) {
-                add(
-                    peer(
-                        ip,
-                        None,
-                        node_as_of(n),
-                        PeerKind::Node,
-                        format!("BGPPeer {} node {}", rule.name, n.name),
-                    ),
-                    n.rr_cluster_id,
-                    Some(rule),
-                    &mut problems,
-                );
+                add(node_peer(rule, n, ip), n.rr_cluster_id, Some(rule), &mut problems);
             }
         }
     }
