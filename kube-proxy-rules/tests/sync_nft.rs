@@ -769,3 +769,39 @@ fn an_ipv6_endpoint_change_goes_over_netlink_in_the_endpoint_maps_layout() {
     assert!(listing.contains("fd00:180::7 . 80") && !listing.contains("fd00:180::2 . 80"), "{listing}");
     assert!(listing.contains("fd00:180::7 . fd00:180::7"), "{listing}");
 }
+
+/// A restarted proxy's first sync is full, and `nft -f` then reads the
+/// table back. In the endpoint-maps layout a UDP or SCTP policy chain
+/// DNATs through a map typed by its protocol's port: with one map typed
+/// `tcp dport` (or `th dport`) for all, nft 1.0.6 refused to read those
+/// rules back and every later full sync failed. (The incremental sequences
+/// above never list the table, so they could not see it.)
+#[test]
+fn full_syncs_over_udp_and_sctp_services_in_the_endpoint_maps_layout() {
+    let proto_svc = |name: &str, ip: &str, proto: &str, ep: &str| {
+        format!(
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: ns1}}\n\
+             spec: {{clusterIP: {ip}, ports: [{{name: p, port: 53, protocol: {proto}}}]}}\n---\n\
+             apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
+             metadata: {{name: {name}-1, namespace: ns1, labels: {{kubernetes.io/service-name: {name}}}}}\n\
+             addressType: IPv4\nendpoints: [{{addresses: [{ep}]}}]\nports: [{{name: p, port: 5353, protocol: {proto}}}]\n---\n"
+        )
+    };
+    let yaml = proto_svc("dns-udp", "172.30.0.53", "UDP", "10.180.0.53")
+        + &proto_svc("dns-tcp", "172.30.0.54", "TCP", "10.180.0.54")
+        + &proto_svc("sig", "172.30.0.55", "SCTP", "10.180.0.55");
+    let st = state(&yaml);
+    let cfg = maps_config();
+    let ns = Netns::new("knu");
+    let nft = Nft::in_netns(ns.name());
+    for start in 0..3 {
+        // A new backend is a new process: its first sync is full.
+        let mut syncer = Syncer::new(NftablesBackend::new(nft.clone(), cfg.clone()));
+        let r = syncer.sync(&st).unwrap_or_else(|e| panic!("start {start}: {e}"));
+        assert!(r.is_full(), "start {start}");
+    }
+    let table = kernel_table(&nft, &BTreeSet::new());
+    assert_eq!(table, fresh_table(&st, &cfg));
+    assert!(table.contains("endpoints [10.180.0.53 . 5353]"), "{table}");
+    assert!(table.contains("endpoints [10.180.0.55 . 5353]"), "{table}");
+}
