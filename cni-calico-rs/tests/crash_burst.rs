@@ -8,7 +8,7 @@
 mod support;
 
 use std::collections::{BTreeMap, HashSet};
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::IpAddr;
 use std::process::{Child, Stdio};
 use std::time::{Duration, SystemTime};
@@ -55,11 +55,9 @@ fn spawn(node: &Node, cmd: &str, cid: &str, pod: &Netns, conf: &[u8]) -> Child {
 }
 
 /// Exit status (None: killed) and stdout.
-fn finish(mut c: Child) -> (Option<i32>, String) {
-    let status = c.wait().unwrap();
-    let mut out = String::new();
-    c.stdout.take().unwrap().read_to_string(&mut out).unwrap();
-    (status.code(), out)
+fn finish(c: Child) -> (Option<i32>, String) {
+    let out = c.wait_with_output().unwrap();
+    (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 #[test]

@@ -5,7 +5,7 @@
 //! brings what the killed ADDs left to zero.
 
 use std::collections::{BTreeMap, HashSet};
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::IpAddr;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, SystemTime};
@@ -54,11 +54,9 @@ fn spawn(command: &str, cid: &str, conf: &[u8], netns: &std::path::Path) -> Chil
 }
 
 /// Exit status (None: killed) and stdout.
-fn finish(mut c: Child) -> (Option<i32>, String) {
-    let status = c.wait().unwrap();
-    let mut out = String::new();
-    c.stdout.take().unwrap().read_to_string(&mut out).unwrap();
-    (status.code(), out)
+fn finish(c: Child) -> (Option<i32>, String) {
+    let out = c.wait_with_output().unwrap();
+    (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 fn wep(store: &dyn Datastore, cid: &str, ip: IpAddr) {
