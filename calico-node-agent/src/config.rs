@@ -258,11 +258,7 @@ impl AgentConfig {
             let ip = v6.ip();
             // BIRD refuses a link-local source address without an interface,
             // and neither the unspecified nor a multicast address can be one.
-            if ip.is_unspecified()
-                || ip.is_multicast()
-                || ip.is_loopback()
-                || (ip.segments()[0] & 0xffc0) == 0xfe80
-            {
+            if !crate::state::usable_v6(ip) {
                 return Err(ConfigError::Invalid(format!(
                     "node_ipv6 {v6}: a global or unique-local unicast address is required"
                 )));

@@ -110,9 +110,11 @@ impl Secrets {
             return Secrets::Dir(path.to_path_buf());
         }
         let map = std::fs::read(path).map_err(|e| e.to_string()).and_then(|bytes| {
-            // serde_json's message names a line and column, never the text.
-            serde_json::from_slice(&bytes)
-                .map_err(|e| format!("not a JSON object of objects of strings ({e})"))
+            // Only where: serde_json's message quotes the value it found
+            // (`invalid type: string "…"`), which may be a password.
+            serde_json::from_slice(&bytes).map_err(|e| {
+                format!("not a JSON object of objects of strings (line {}, column {})", e.line(), e.column())
+            })
         });
         Secrets::File { path: path.to_path_buf(), map }
     }
@@ -170,6 +172,21 @@ mod tests {
 
     fn r(name: &str, key: &str) -> SecretKeyRef {
         SecretKeyRef { name: name.into(), key: key.into() }
+    }
+
+    /// serde_json's own message quotes the value it did not expect: a
+    /// password written one level too high must not reach the error (the
+    /// agent logs it as a problem).
+    #[test]
+    fn a_malformed_secrets_file_is_reported_without_its_values() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("secrets.json");
+        for text in [r#"{"tor": "t0rpass-secret"}"#, r#"{"tor": {"password": 4242424242}}"#] {
+            std::fs::write(&path, text).unwrap();
+            let e = Secrets::open(Some(&path)).password(&r("tor", "password")).unwrap_err().to_string();
+            assert!(e.contains("line 1"), "{e}");
+            assert!(!e.contains("t0rpass") && !e.contains("4242424242"), "{e}");
+        }
     }
 
     #[test]
