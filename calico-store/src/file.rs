@@ -377,8 +377,10 @@ impl FileStore {
                     want = want.saturating_mul(2);
                     break;
                 }
-                if rest.len() >= 4 && rest[..4] == [0; 4] {
-                    // Zeros where the next record would start: the end.
+                if rest.iter().take(4).all(|b| *b == 0) {
+                    // Zeros where the next record would start: the end. Also
+                    // fewer than four of them: an append can end 1-3 bytes
+                    // short of the preallocated end of the file.
                     return Ok(Tail::Clean);
                 }
                 match record::decode(rest) {
@@ -707,6 +709,30 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let s = FileStore::open(dir.path().join("db")).unwrap();
         (dir, s)
+    }
+
+    /// A log whose last record ends 1-3 bytes before the end of the file
+    /// (the preallocated zeros nearly used up) is a clean log, not a torn
+    /// append: nothing is cut or kept aside.
+    #[test]
+    fn a_log_ending_a_few_zeros_short_of_the_file_is_clean() {
+        for gap in 1..=3u64 {
+            let (dir, s) = store();
+            s.commit(&[Op::Create { key: "/k".into(), value: b"value-ends-nonzero".to_vec() }]).unwrap();
+            let log = dir.path().join("db").join(LOG_FILE);
+            let bytes = std::fs::read(&log).unwrap();
+            let end = bytes.iter().rposition(|b| *b != 0).unwrap() as u64 + 1;
+            std::fs::OpenOptions::new().write(true).open(&log).unwrap().set_len(end + gap).unwrap();
+            let reopened = FileStore::open(dir.path().join("db")).unwrap();
+            assert_eq!(reopened.get("/k").unwrap().unwrap().value, b"value-ends-nonzero");
+            reopened.commit(&[Op::Create { key: "/k2".into(), value: b"2".to_vec() }]).unwrap();
+            let kept: Vec<_> = std::fs::read_dir(dir.path().join("db"))
+                .unwrap()
+                .filter_map(|e| e.ok())
+                .filter(|e| e.file_name().to_string_lossy().contains("torn"))
+                .collect();
+            assert!(kept.is_empty(), "gap {gap}: a clean log was taken for a torn one: {kept:?}");
+        }
     }
 
     /// A commit that is in the log stands even when the compaction after it
