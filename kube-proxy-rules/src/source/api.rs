@@ -430,25 +430,20 @@ async fn follow<K>(
             }
             Ok(WatchEvent::Apply(o)) => {
                 let Some(c) = convert_logged(&o) else {
-                    // Now invalid: whatever was cached for it goes.
-                    let meta = o.meta();
-                    let key = (
-                        meta.namespace.clone().unwrap_or_else(|| "default".into()),
-                        meta.name.clone().unwrap_or_default(),
-                    );
-                    cache.remove(kind, &key);
+                    // Now invalid: whatever was cached for it goes, and the
+                    // rules follow (a change like a deletion).
+                    cache.remove(kind, &meta_key(o.meta()));
+                    let change = ApiChange { kind, objects: 1, relist: false, trigger_times: Vec::new() };
+                    if tx.send(Event::Api(change)).is_err() {
+                        return;
+                    }
                     continue;
                 };
                 let t = cache.apply(c);
                 ApiChange { kind, objects: 1, relist: false, trigger_times: t.into_iter().collect() }
             }
             Ok(WatchEvent::Delete(o)) => {
-                let meta = o.meta();
-                let key = (
-                    meta.namespace.clone().filter(|n| !n.is_empty()).unwrap_or_else(|| "default".into()),
-                    meta.name.clone().unwrap_or_default(),
-                );
-                cache.remove(kind, &key);
+                cache.remove(kind, &meta_key(o.meta()));
                 ApiChange { kind, objects: 1, relist: false, trigger_times: Vec::new() }
             }
         };
@@ -456,6 +451,15 @@ async fn follow<K>(
             return; // `run` is gone
         }
     }
+}
+
+/// The cache key of an object: its namespace (an empty or absent one is
+/// `default`, as the API server defaults it) and name.
+fn meta_key(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> ObjectKey {
+    (
+        meta.namespace.clone().filter(|n| !n.is_empty()).unwrap_or_else(|| "default".into()),
+        meta.name.clone().unwrap_or_default(),
+    )
 }
 
 #[cfg(test)]
