@@ -225,6 +225,9 @@ pub(crate) trait ModeSyncer {
     /// Take the node's current addresses; true if they changed (the next
     /// sync is then a full one: NodePorts are served on them).
     fn set_local_addresses(&mut self, addresses: Vec<std::net::IpAddr>) -> bool;
+    /// Take the node's zone (topology hints); true if it changed (the next
+    /// sync is then a full one).
+    fn set_zone(&mut self, zone: Option<String>) -> bool;
     /// After a one-shot `sync`: what no later sync will do (nftables: wait
     /// until the flushed stale chains are safe to delete, and delete them).
     fn finish_one_shot(&mut self, tag: &str);
@@ -258,6 +261,9 @@ impl<B: Backend> ModeSyncer for Syncer<B> {
     }
     fn set_local_addresses(&mut self, addresses: Vec<std::net::IpAddr>) -> bool {
         Syncer::set_local_addresses(self, addresses)
+    }
+    fn set_zone(&mut self, zone: Option<String>) -> bool {
+        Syncer::set_zone(self, zone)
     }
     fn finish_one_shot(&mut self, tag: &str) {
         if let Some(line) = self.backend.finish_one_shot() {

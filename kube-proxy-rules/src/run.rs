@@ -200,7 +200,6 @@ pub fn run_loop(args: &Args, records: &PodRecords) -> Result<i32, String> {
         if changed {
             report(&loaded);
         }
-        let node_name = cur.node_name()?;
         let services_health = ServiceHealth::of(&loaded.state, &node_name);
         metrics.no_local_endpoints(&loaded.state, &node_name);
         let mut families = family_states(&cur, loaded.state);
@@ -273,17 +272,21 @@ pub fn run_loop(args: &Args, records: &PodRecords) -> Result<i32, String> {
 }
 
 /// The Node object changed: take its addresses as the node IPs when
-/// `--node-ip` is not set, and its `topology.kubernetes.io/zone` label as the
-/// zone when `--node-zone` is not set (the syncers are rebuilt: NodePorts and
-/// the local-traffic rules follow the node IPs, topology hints the zone; their
-/// next sync is full).
+/// `--node-ip` is not set (the syncers are rebuilt: NodePorts and the
+/// local-traffic rules follow the node IPs), and its
+/// `topology.kubernetes.io/zone` label as the zone when `--node-zone` is not
+/// set (the syncers take it: topology hints follow it). Either way the next
+/// sync is full.
 fn apply_node(args: &Args, cur: &mut Args, node: &NodeInfo, syncers: &mut FamilySyncers) {
     if args.zone.is_none() {
         let zone = node.zone().map(str::to_string);
         if zone != cur.zone {
             log::info!("node zone from the Node object: {zone:?}; the next sync is a full one");
+            for (_, syncer) in syncers.syncers.iter_mut() {
+                syncer.set_zone(zone.clone());
+            }
+            // Syncers made later take it from here.
             cur.zone = zone;
-            syncers.syncers.clear();
         }
     }
     if !args.node_ips.is_empty() {
