@@ -356,7 +356,7 @@ impl ConntrackCleanup {
             if !filters.is_empty() {
                 (report.deleted, report.vanished) = self.delete_stale(&filters)?;
             }
-            self.file_current = self.file_current && self.baseline.as_ref() == Some(&now);
+            self.file_current = false;
             self.baseline = Some(now);
         }
         self.persist();

@@ -390,7 +390,7 @@ impl Applied {
                 self.objects.remove(k);
             }
         }
-        self.slots = r.slots.clone();
+        self.slots = std::mem::take(&mut r.slots);
     }
 }
 
