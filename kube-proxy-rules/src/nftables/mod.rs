@@ -74,6 +74,7 @@ pub mod dump;
 pub mod netlink;
 pub mod nft;
 pub mod render;
+pub mod text;
 
 pub use backend::{NftOutcome, NftPreview, NftSyncError, NftSyncReport, NftablesBackend};
 pub use nft::{Nft, NftError};

@@ -31,6 +31,8 @@ use crate::model::{Locality, ProxyState, ServiceKey};
 use crate::names::nft_endpoint_base;
 use crate::validate::{check_comment, check_line, check_name, check_word, UnsafeText};
 
+pub use super::text::ElemText;
+
 /// The IPv4 proxier's table (the IPv6 one is `ip6 kube-proxy`: see
 /// [`IpFamily::nft_table`]; each family's objects and rules live in its own
 /// table, written by its own transaction, as kube-proxy's two proxiers do).
@@ -235,8 +237,8 @@ impl Container {
 /// incremental one re-creates an element when either changed.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ElementData {
-    pub value: String,
-    pub comment: Option<String>,
+    pub value: ElemText,
+    pub comment: Option<Box<str>>,
     /// How many services want this element (an endpoint's hairpin element
     /// is shared by every service it backs): deleted when the last one goes.
     pub owners: u32,
@@ -245,7 +247,8 @@ pub struct ElementData {
     /// A map element several services want (the same externalIP and port in
     /// two Services): what each wants. The last service in name order wins,
     /// as in a full sync, which writes them in that order.
-    pub contenders: Vec<(Writer, String, Option<String>)>,
+    /// Boxed: almost every element has none (the field is 8 bytes, not 24).
+    pub contenders: Option<Box<Contenders>>,
 }
 
 /// A service as the writer of map elements: one allocation per service per
@@ -253,11 +256,14 @@ pub struct ElementData {
 /// copy of the service's name in each element was ~10 MiB).
 pub type Writer = std::sync::Arc<ServiceKey>;
 
+/// What each service that wants a shared map element wants: (writer, value, comment).
+pub type Contenders = Vec<(Writer, ElemText, Option<Box<str>>)>;
+
 /// The elements of the six sets/maps: key (`10.96.0.10 . tcp . 80`) → value
 /// and comment, as a transaction leaves them.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Elements {
-    maps: [HashMap<String, ElementData>; CONTAINERS],
+    maps: [HashMap<ElemText, ElementData>; CONTAINERS],
 }
 
 impl Elements {
@@ -276,7 +282,7 @@ impl Elements {
         self.maps.iter().all(HashMap::is_empty)
     }
     /// Apply an incremental transaction's element changes.
-    fn apply(&mut self, changes: &[(Container, String, Option<ElementData>)]) {
+    fn apply(&mut self, changes: &[(Container, ElemText, Option<ElementData>)]) {
         for (c, key, data) in changes {
             match data {
                 Some(d) => self.maps[c.index()].insert(key.clone(), d.clone()),
@@ -349,7 +355,7 @@ pub struct ServiceObjects {
     pub chains: Vec<String>,
     pub affinity_sets: Vec<String>,
     /// The set and map elements it wants (see [`ElementData::owners`]).
-    pub elements: Vec<(Container, String)>,
+    pub elements: Vec<(Container, ElemText)>,
     /// Its policy chains' `endpoint-dnat` slots (endpoint-maps layout).
     pub slots: Vec<Slots>,
     /// A hash of the text of its chains, sets and rules as last written.
@@ -440,7 +446,7 @@ pub struct NftRendered {
     /// Full: every element after the transaction.
     pub elements: Elements,
     /// Incremental: the elements it added, changed (Some) or deleted (None).
-    pub element_changes: Vec<(Container, String, Option<ElementData>)>,
+    pub element_changes: Vec<(Container, ElemText, Option<ElementData>)>,
     /// The `endpoint-dnat` slots in use after the transaction.
     pub slots: SlotAllocator,
     /// The chains and sets of every service whose chains this transaction
@@ -582,15 +588,15 @@ struct ElementWriter<'a> {
     /// Full: every element. Incremental: the elements touched so far.
     new: Elements,
     /// Incremental: the touched elements that were deleted.
-    gone: HashSet<(Container, String)>,
+    gone: HashSet<(Container, ElemText)>,
     /// Full sync of the endpoint-maps layout: no operation per element; each
     /// map's elements go in one `add element` at the end ([`Self::write_batched`]).
     batched: bool,
     /// The service being written: what it owned before, what it wants now.
     service: Writer,
-    old: HashSet<(Container, String)>,
-    wanted: Vec<(Container, String)>,
-    wanted_set: HashSet<(Container, String)>,
+    old: HashSet<(Container, ElemText)>,
+    wanted: Vec<(Container, ElemText)>,
+    wanted_set: HashSet<(Container, ElemText)>,
     added: usize,
     deleted: usize,
 }
@@ -616,31 +622,31 @@ impl<'a> ElementWriter<'a> {
         if let Some(d) = self.new.maps[c.index()].get(key) {
             return Some(d);
         }
-        if self.gone.contains(&(c, key.to_string())) {
+        if self.gone.contains(&(c, ElemText::new(key))) {
             return None;
         }
         self.applied.and_then(|a| a.maps[c.index()].get(key))
     }
 
     /// Start writing service `key`, which owned `old` elements.
-    fn begin(&mut self, key: &ServiceKey, old: &[(Container, String)]) {
+    fn begin(&mut self, key: &ServiceKey, old: &[(Container, ElemText)]) {
         self.service = Writer::new(key.clone());
         self.old = old.iter().cloned().collect();
         self.wanted.clear();
         self.wanted_set.clear();
     }
 
-    fn ensure(&mut self, tx: &mut Tx, c: Container, key: String, value: String, comment: Option<&str>) {
+    fn ensure(&mut self, tx: &mut Tx, c: Container, key: ElemText, value: ElemText, comment: Option<&str>) {
         let id = (c, key);
         let new_owner = !self.wanted_set.contains(&id) && !self.old.contains(&id);
-        let comment = comment.map(str::to_string);
+        let comment = comment.map(Box::from);
         let data = match self.current(c, &id.1).cloned() {
             None => ElementData {
                 value,
                 comment,
                 owners: 1,
                 writer: (!c.is_set()).then(|| self.service.clone()),
-                contenders: Vec::new(),
+                contenders: None,
             },
             Some(mut d) => {
                 if new_owner {
@@ -648,17 +654,18 @@ impl<'a> ElementWriter<'a> {
                 }
                 if !c.is_set() {
                     let me = self.service.clone();
-                    let shared = d.owners > 1 || !d.contenders.is_empty();
+                    let shared = d.owners > 1 || d.contenders.is_some();
                     if shared {
-                        if d.contenders.is_empty() {
-                            if let Some(w) = d.writer.clone().filter(|w| *w != me) {
-                                d.contenders.push((w, d.value.clone(), d.comment.clone()));
-                            }
-                        }
-                        d.contenders.retain(|(k, ..)| *k != me);
-                        d.contenders.push((me, value, comment));
-                        d.contenders.sort_by(|a, b| a.0.cmp(&b.0));
-                        if let Some((w, v, cm)) = d.contenders.last().cloned() {
+                        let list = d.contenders.get_or_insert_with(|| {
+                            let first = d.writer.clone().filter(|w| *w != me);
+                            Box::new(
+                                first.map(|w| (w, d.value.clone(), d.comment.clone())).into_iter().collect(),
+                            )
+                        });
+                        list.retain(|(k, ..)| *k != me);
+                        list.push((me, value, comment));
+                        list.sort_by(|a, b| a.0.cmp(&b.0));
+                        if let Some((w, v, cm)) = list.last().cloned() {
                             (d.writer, d.value, d.comment) = (Some(w), v, cm);
                         }
                     } else {
@@ -675,7 +682,7 @@ impl<'a> ElementWriter<'a> {
     }
 
     /// Leave element `id` as `data` says, writing what differs from now.
-    fn put(&mut self, tx: &mut Tx, id: &(Container, String), data: ElementData) {
+    fn put(&mut self, tx: &mut Tx, id: &(Container, ElemText), data: ElementData) {
         let (c, key) = (id.0, &id.1);
         if self.batched {
             // Written at the end, all of a map in one operation.
@@ -703,8 +710,8 @@ impl<'a> ElementWriter<'a> {
 
     /// The service is written: it lets go of what it no longer wants, and
     /// hands back what it owns now.
-    fn end(&mut self, tx: &mut Tx) -> Vec<(Container, String)> {
-        let mut released: Vec<(Container, String)> =
+    fn end(&mut self, tx: &mut Tx) -> Vec<(Container, ElemText)> {
+        let mut released: Vec<(Container, ElemText)> =
             self.old.iter().filter(|id| !self.wanted_set.contains(*id)).cloned().collect();
         released.sort();
         for id in released {
@@ -715,7 +722,7 @@ impl<'a> ElementWriter<'a> {
         std::mem::take(&mut self.wanted)
     }
 
-    fn release(&mut self, tx: &mut Tx, id: (Container, String)) {
+    fn release(&mut self, tx: &mut Tx, id: (Container, ElemText)) {
         let (c, key) = (id.0, id.1.as_str());
         let Some(mut d) = self.current(c, key).cloned() else { return };
         if d.owners <= 1 {
@@ -727,12 +734,16 @@ impl<'a> ElementWriter<'a> {
         }
         d.owners -= 1;
         let me = &self.service;
-        d.contenders.retain(|(k, ..)| k != me);
-        if let Some((w, v, cm)) = d.contenders.last().cloned() {
-            (d.writer, d.value, d.comment) = (Some(w), v, cm);
+        let mut alone = false;
+        if let Some(list) = d.contenders.as_mut() {
+            list.retain(|(k, ..)| k != me);
+            if let Some((w, v, cm)) = list.last().cloned() {
+                (d.writer, d.value, d.comment) = (Some(w), v, cm);
+            }
+            alone = list.len() <= 1;
         }
-        if d.contenders.len() <= 1 {
-            d.contenders.clear();
+        if alone {
+            d.contenders = None;
         }
         self.put(tx, &id, d);
     }
@@ -743,7 +754,7 @@ impl<'a> ElementWriter<'a> {
     fn write_batched(&mut self, tx: &mut Tx) {
         const BATCH: usize = 20_000;
         for c in Container::ALL {
-            let mut items: Vec<(&String, &ElementData)> = self.new.maps[c.index()].iter().collect();
+            let mut items: Vec<(&ElemText, &ElementData)> = self.new.maps[c.index()].iter().collect();
             items.sort_by(|a, b| a.0.cmp(b.0));
             self.added += items.len();
             for chunk in items.chunks(BATCH) {
@@ -774,7 +785,7 @@ impl<'a> ElementWriter<'a> {
     }
 
     /// Incremental: every element touched, as the transaction leaves it.
-    fn changes(self) -> Vec<(Container, String, Option<ElementData>)> {
+    fn changes(self) -> Vec<(Container, ElemText, Option<ElementData>)> {
         let mut out: Vec<_> = self.gone.into_iter().map(|(c, k)| (c, k, None)).collect();
         for c in Container::ALL {
             out.extend(self.new.maps[c.index()].iter().map(|(k, d)| (c, k.clone(), Some(d.clone()))));
@@ -1066,40 +1077,64 @@ fn service_elements(tx: &mut Tx, el: &mut ElementWriter<'_>, p: &PortPlan<'_>) {
     let key = |ip: &dyn std::fmt::Display| format!("{ip} . {proto} . {port}");
     let goto = |chain: &str| format!("goto {chain}");
     let comment = Some(sp.name_string.as_str());
-    el.ensure(tx, Container::ClusterIps, sp.cluster_ip.to_string(), String::new(), None);
+    el.ensure(tx, Container::ClusterIps, sp.cluster_ip.to_string().into(), ElemText::default(), None);
     if p.t.has_internal_endpoints {
-        el.ensure(tx, Container::ServiceIps, key(&sp.cluster_ip), goto(p.internal_chain()), None);
+        el.ensure(
+            tx,
+            Container::ServiceIps,
+            key(&sp.cluster_ip).into(),
+            goto(p.internal_chain()).into(),
+            None,
+        );
     } else {
-        el.ensure(tx, Container::NoEndpointServices, key(&sp.cluster_ip), p.internal_verdict.into(), comment);
+        el.ensure(
+            tx,
+            Container::NoEndpointServices,
+            key(&sp.cluster_ip).into(),
+            p.internal_verdict.into(),
+            comment,
+        );
     }
     for eip in &sp.external_ips {
         if p.t.has_endpoints {
-            el.ensure(tx, Container::ServiceIps, key(eip), goto(&p.names.external), None);
+            el.ensure(tx, Container::ServiceIps, key(eip).into(), goto(&p.names.external).into(), None);
         }
         if !p.t.has_external_endpoints {
-            el.ensure(tx, Container::NoEndpointServices, key(eip), p.external_verdict.into(), comment);
+            el.ensure(tx, Container::NoEndpointServices, key(eip).into(), p.external_verdict.into(), comment);
         }
     }
     for lbip in &sp.load_balancer_vips {
         if p.t.has_endpoints {
-            el.ensure(tx, Container::ServiceIps, key(lbip), goto(&p.names.external), None);
+            el.ensure(tx, Container::ServiceIps, key(lbip).into(), goto(&p.names.external).into(), None);
         }
         if p.uses_firewall_chain {
-            el.ensure(tx, Container::FirewallIps, key(lbip), goto(&p.names.firewall), None);
+            el.ensure(tx, Container::FirewallIps, key(lbip).into(), goto(&p.names.firewall).into(), None);
         }
     }
     if !p.t.has_external_endpoints {
         for lbip in &sp.load_balancer_vips {
-            el.ensure(tx, Container::NoEndpointServices, key(lbip), p.external_verdict.into(), comment);
+            el.ensure(
+                tx,
+                Container::NoEndpointServices,
+                key(lbip).into(),
+                p.external_verdict.into(),
+                comment,
+            );
         }
     }
     if sp.node_port != 0 {
         let np = format!("{proto} . {}", sp.node_port);
         if p.t.has_endpoints {
-            el.ensure(tx, Container::ServiceNodePorts, np.clone(), goto(&p.names.external), None);
+            el.ensure(
+                tx,
+                Container::ServiceNodePorts,
+                np.as_str().into(),
+                goto(&p.names.external).into(),
+                None,
+            );
         }
         if !p.t.has_external_endpoints {
-            el.ensure(tx, Container::NoEndpointNodePorts, np, p.external_verdict.into(), comment);
+            el.ensure(tx, Container::NoEndpointNodePorts, np.into(), p.external_verdict.into(), comment);
         }
     }
 }
@@ -1434,13 +1469,19 @@ fn write_service_port(
             for (i, ep) in list.iter().enumerate() {
                 let value = format!("{} . {}", ep.ip, ep.port);
                 let map = Container::endpoint_dnat(sp.protocol);
-                el.ensure(tx, map, (s.base + i as u32).to_string(), value, None);
+                el.ensure(tx, map, (s.base + i as u32).to_string().into(), value.into(), None);
             }
             policy_chain_by_map(ct, chain, sp, list.len(), &s);
             objects.slots.push(s);
         }
         for ep in &p.t.all_reachable {
-            el.ensure(tx, Container::EndpointHairpin, format!("{} . {}", ep.ip, ep.ip), String::new(), None);
+            el.ensure(
+                tx,
+                Container::EndpointHairpin,
+                format!("{} . {}", ep.ip, ep.ip).into(),
+                ElemText::default(),
+                None,
+            );
         }
         return;
     }
