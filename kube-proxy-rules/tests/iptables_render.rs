@@ -9,7 +9,6 @@ use std::collections::{BTreeSet, HashSet};
 use kube_proxy_rules::config::NodeConfig;
 use kube_proxy_rules::iptables::{render, IptablesConfig, RenderPlan, TopLevelCache};
 use kube_proxy_rules::model::endpoints::{key_of, EndpointInfo};
-use kube_proxy_rules::model::service::Protocol;
 use support::synthetic_state;
 
 fn cfg() -> IptablesConfig {
@@ -34,7 +33,7 @@ fn large_cluster_mode_drops_endpoint_comments_above_1000_endpoints() {
     // the cluster IP rules keep theirs.
     let mut st = synthetic_state(100, 10);
     let sp = st.services[0].clone();
-    let ep = EndpointInfo::new(&sp.name_string, sp.protocol, "10.127.0.1".parse().unwrap(), 8080, None);
+    let ep = EndpointInfo::new("10.127.0.1".parse().unwrap(), 8080, None);
     st.endpoints.get_mut(&key_of(&sp)).unwrap().push(ep);
     let big = render(&st, &cfg(), &RenderPlan { full: true, ..Default::default() }).unwrap();
     assert!(big.large_cluster_mode);
@@ -104,8 +103,7 @@ fn the_writer_refuses_a_name_that_could_inject() {
     assert_eq!((e.what, e.bad), ("iptables comment", '"'));
     // Any word, not only the service port name: a line end never gets through.
     let mut st = synthetic_state(1, 1);
-    let key = key_of(&st.services[0]);
-    st.endpoints.get_mut(&key).unwrap()[0].chain = "KUBE-SEP-X\n-A INPUT -j ACCEPT".into();
+    st.services[0].chains.svc = "KUBE-SVC-X\n-A INPUT -j ACCEPT".into();
     let e = render(&st, &cfg(), &RenderPlan { full: true, ..Default::default() }).unwrap_err();
     assert_eq!(e.bad, '\n');
 }
@@ -134,7 +132,7 @@ fn a_partial_render_from_the_cache_equals_one_over_every_service() {
     let mut next = st.clone();
     let sp = next.services.iter().find(|s| s.name == "svc-7").unwrap().clone();
     let eps = next.endpoints.get_mut(&key_of(&sp)).unwrap();
-    eps[0] = EndpointInfo::new(&sp.name_string, Protocol::Tcp, "10.127.0.1".parse().unwrap(), 8080, None);
+    eps[0] = EndpointInfo::new("10.127.0.1".parse().unwrap(), 8080, None);
     let fast = render(&next, &cfg(), &plan(Some(&cache))).unwrap();
     let slow = render(&next, &cfg(), &plan(None)).unwrap();
     assert!(fast.changed_only && !slow.changed_only);

@@ -8,7 +8,6 @@ use std::collections::{BTreeSet, HashSet};
 
 use kube_proxy_rules::config::NodeConfig;
 use kube_proxy_rules::model::endpoints::{key_of, EndpointInfo};
-use kube_proxy_rules::model::service::Protocol;
 use kube_proxy_rules::nftables::render::NftLayout;
 use kube_proxy_rules::nftables::{render, Applied, NftPlan, NftablesConfig};
 use support::synthetic_state;
@@ -68,7 +67,7 @@ fn one_endpoint_replaced(layout: NftLayout) -> (kube_proxy_rules::nftables::NftR
     let mut next = st.clone();
     let sp = next.services[7].clone();
     let eps = next.endpoints.get_mut(&key_of(&sp)).unwrap();
-    eps[0] = EndpointInfo::new(&sp.name_string, Protocol::Tcp, "10.127.0.1".parse().unwrap(), 8080, None);
+    eps[0] = EndpointInfo::new("10.127.0.1".parse().unwrap(), 8080, None);
     let changed: HashSet<_> = [(sp.namespace.clone(), sp.name.clone())].into();
     let removed = HashSet::new();
     let plan = NftPlan {

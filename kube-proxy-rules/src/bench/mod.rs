@@ -32,7 +32,6 @@ use kube_proxy_rules::config::NodeConfig;
 use kube_proxy_rules::iptables::Iptables;
 use kube_proxy_rules::iptables::{render, IptablesConfig, RenderPlan, TopLevelCache};
 use kube_proxy_rules::model::endpoints::{key_of, EndpointInfo};
-use kube_proxy_rules::model::service::Protocol;
 use kube_proxy_rules::model::{ProxyState, ServiceKey};
 use kube_proxy_rules::nftables::{self, Nft};
 
@@ -85,7 +84,7 @@ fn one_service_changed(state: &ProxyState) -> (ProxyState, HashSet<ServiceKey>) 
     if let Some(eps) = changed_state.endpoints.get_mut(&key_of(&victim)) {
         if let Some(e) = eps.first_mut() {
             let ip = Ipv4Addr::new(10, 127, 255, 1);
-            *e = EndpointInfo::new(&victim.name_string, Protocol::Tcp, ip.into(), 8080, e.node_name.clone());
+            *e = EndpointInfo::new(ip.into(), 8080, e.node_name.clone());
         }
         eps.sort_by(|a, b| a.endpoint.cmp(&b.endpoint));
     }

@@ -567,7 +567,7 @@ fn kube_svc(
     large_cluster: bool,
 ) {
     nat_chains.chain_line(chain);
-    let seps: Vec<&str> = eps.iter().map(|e| e.chain.as_str()).collect();
+    let seps: Vec<String> = eps.iter().map(|e| e.chain(sp)).collect();
     let comments: Vec<String> = if large_cluster {
         Vec::new()
     } else {
@@ -622,7 +622,7 @@ fn kube_sep(
     large_cluster: bool,
 ) {
     let sp = p.sp;
-    let sep = &ep.chain;
+    let sep = &ep.chain(sp);
     nat_chains.chain_line(sep);
     let ip = ep.ip.to_string();
     let mut args: Vec<&str> = Vec::with_capacity(16);
@@ -856,7 +856,7 @@ fn active_chains(p: &PortPlan<'_>, active: &mut BTreeSet<String>) {
             active.insert(c.clone());
         }
     }
-    active.extend(p.all_reachable.iter().map(|ep| ep.chain.clone()));
+    active.extend(p.all_reachable.iter().map(|ep| ep.chain(p.sp)));
 }
 
 /// Stale service chains (existing, not active): flushed by a chain line,

@@ -22,8 +22,6 @@ pub struct EndpointInfo {
     pub port: u16,
     /// `ip:port` or `[ip]:port` (`net.JoinHostPort`): the DNAT target, comment and hash input.
     pub endpoint: String,
-    /// Its `KUBE-SEP-…` chain (hashed once, when the endpoint is read).
-    pub chain: String,
     pub node_name: Option<String>,
     pub ready: bool,
     pub serving: bool,
@@ -34,26 +32,24 @@ pub struct EndpointInfo {
 }
 
 impl EndpointInfo {
-    /// An endpoint of the service port `svc_port_name` (`ns/name:port`) / `protocol`.
-    pub fn new(
-        svc_port_name: &str,
-        protocol: Protocol,
-        ip: IpAddr,
-        port: u16,
-        node_name: Option<String>,
-    ) -> Self {
-        let endpoint = SocketAddr::new(ip, port).to_string();
+    /// An endpoint at `ip:port` on `node_name`, ready and serving.
+    pub fn new(ip: IpAddr, port: u16, node_name: Option<String>) -> Self {
         EndpointInfo {
             ip,
             port,
-            chain: crate::names::endpoint_chain(svc_port_name, protocol.as_str(), &endpoint),
-            endpoint,
+            endpoint: SocketAddr::new(ip, port).to_string(),
             node_name,
             ready: true,
             serving: true,
             terminating: false,
             topology: None,
         }
+    }
+    /// Its `KUBE-SEP-…` chain as endpoint of `sp` (the iptables proxier's;
+    /// hashed when a rule needs it, not for every endpoint read: the
+    /// nftables proxier never does).
+    pub fn chain(&self, sp: &ServicePortInfo) -> String {
+        crate::names::endpoint_chain(&sp.name_string, sp.protocol.as_str(), &self.endpoint)
     }
     pub fn is_local(&self, node: &str) -> bool {
         self.node_name.as_deref() == Some(node)
@@ -134,7 +130,7 @@ pub fn from_slices<'a>(
                 if port_name.is_empty() { format!("{ns}/{svc}") } else { format!("{ns}/{svc}:{port_name}") };
             let set = sets.entry((name_string.clone(), *proto)).or_default();
             for (ip, ep) in &eps {
-                let mut info = EndpointInfo::new(&name_string, *proto, *ip, *port, ep.node_name.clone());
+                let mut info = EndpointInfo::new(*ip, *port, ep.node_name.clone());
                 info.ready = ep.conditions.ready.unwrap_or(true);
                 info.serving = ep.conditions.serving.unwrap_or(true);
                 info.terminating = ep.conditions.terminating.unwrap_or(false);
@@ -287,7 +283,7 @@ pub fn from_pod_records(
             else {
                 continue;
             };
-            let info = EndpointInfo::new(&sp.name_string, sp.protocol, ip, port, Some(wep.spec.node.clone()));
+            let info = EndpointInfo::new(ip, port, Some(wep.spec.node.clone()));
             set.entry(info.endpoint.clone()).or_insert(info);
         }
         // A dual-stack service's two ports share the key: one list, each family's part sorted.
