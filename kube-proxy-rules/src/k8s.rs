@@ -202,8 +202,9 @@ pub struct SliceEndpoint {
     /// The zone of the endpoint's node (`topology.kubernetes.io/zone`).
     #[serde(default)]
     pub zone: Option<String>,
+    /// Boxed: most endpoints have none (40 bytes less per endpoint).
     #[serde(default)]
-    pub hints: Option<EndpointHints>,
+    pub hints: Option<Box<EndpointHints>>,
 }
 
 /// Where an endpoint should be consumed (set by the EndpointSlice controller).

@@ -102,7 +102,7 @@ fn endpoint(e: &Ep) -> EndpointInfo {
 }
 
 fn set(eps: &[&EndpointInfo]) -> BTreeSet<String> {
-    eps.iter().map(|e| e.endpoint.clone()).collect()
+    eps.iter().map(|e| e.endpoint()).collect()
 }
 
 fn run(c: &Case) -> Result<(), String> {
@@ -187,7 +187,7 @@ fn slice_yaml(td: &str, endpoints: &str) -> String {
 
 fn cluster(sp: &ServicePortInfo, eps: &[EndpointInfo], node: &str, zone: Option<&str>) -> Vec<String> {
     let c = categorize(eps, sp, Locality { node, zone });
-    c.cluster.iter().map(|e| e.endpoint.clone()).collect()
+    c.cluster.iter().map(|e| e.endpoint()).collect()
 }
 
 #[test]

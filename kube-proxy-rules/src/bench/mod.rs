@@ -86,7 +86,7 @@ fn one_service_changed(state: &ProxyState) -> (ProxyState, HashSet<ServiceKey>) 
             let ip = Ipv4Addr::new(10, 127, 255, 1);
             *e = EndpointInfo::new(ip.into(), 8080, e.node_name.clone());
         }
-        eps.sort_by(|a, b| a.endpoint.cmp(&b.endpoint));
+        eps.sort_by_cached_key(EndpointInfo::endpoint);
     }
     let changed: HashSet<_> = [(victim.namespace.clone(), victim.name.clone())].into_iter().collect();
     (changed_state, changed)

@@ -50,7 +50,7 @@ pub fn synthetic_state(services: usize, endpoints: usize) -> ProxyState {
             })
             .collect();
         let mut eps = eps;
-        eps.sort_by(|a, b| a.endpoint.cmp(&b.endpoint));
+        eps.sort_by_cached_key(EndpointInfo::endpoint);
         st.endpoints.insert(key_of(&sp), eps);
         st.services.push(sp);
     }

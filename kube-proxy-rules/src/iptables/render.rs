@@ -571,7 +571,7 @@ fn kube_svc(
     let comments: Vec<String> = if large_cluster {
         Vec::new()
     } else {
-        eps.iter().map(|e| quoted(&format!("{} -> {}", sp.name_string, e.endpoint))).collect()
+        eps.iter().map(|e| quoted(&format!("{} -> {}", sp.name_string, e.addr()))).collect()
     };
     let timeout = sp.affinity_timeout.map(|t| t.to_string());
     let n = seps.len();
@@ -637,7 +637,8 @@ fn kube_sep(
     if sp.affinity_timeout.is_some() {
         args.extend(["-m", "recent", "--name", sep, "--set"]);
     }
-    args.extend(["-m", p.proto, "-p", p.proto, "-j", "DNAT", "--to-destination", &ep.endpoint]);
+    let destination = ep.endpoint();
+    args.extend(["-m", p.proto, "-p", p.proto, "-j", "DNAT", "--to-destination", &destination]);
     nat_rules.write(&args);
 }
 

@@ -20,6 +20,7 @@
 //! cluster's. The two layouts are [`NftLayout`]'s.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
+use std::net::SocketAddr;
 
 use ipnetwork::IpNetwork;
 
@@ -1215,10 +1216,10 @@ fn policy_chain(
     tx: &mut Tx,
     chain: &str,
     eps: &[&EndpointInfo],
-    names: &HashMap<&str, &EndpointNames>,
+    names: &HashMap<SocketAddr, &EndpointNames>,
     affinity: bool,
 ) {
-    let lookup = |ep: &EndpointInfo| names.get(ep.endpoint.as_str()).copied();
+    let lookup = |ep: &EndpointInfo| names.get(&ep.addr()).copied();
     if affinity {
         for ep in eps {
             if let Some(n) = lookup(ep) {
@@ -1249,7 +1250,7 @@ fn endpoint_chain(tx: &mut Tx, sp: &ServicePortInfo, ep: &EndpointInfo, names: &
         let update = format!("update @{} {{ {} saddr }}", names.affinity, tx.ipx);
         tx.rule(&names.chain, &[&update]);
     }
-    tx.rule(&names.chain, &["meta l4proto", sp.protocol.as_str(), "dnat to", &ep.endpoint]);
+    tx.rule(&names.chain, &["meta l4proto", sp.protocol.as_str(), "dnat to", &ep.endpoint()]);
 }
 
 /// `service-…` / `local-…` in the endpoint-maps layout: DNAT to one of the
@@ -1489,8 +1490,7 @@ fn write_service_port(
         affinity_sets(ct, &eps, timeout, cfg.node.family);
         objects.affinity_sets.extend(eps.iter().map(|(_, n)| n.affinity.clone()));
     }
-    let by_endpoint: HashMap<&str, &EndpointNames> =
-        eps.iter().map(|(ep, n)| (ep.endpoint.as_str(), n)).collect();
+    let by_endpoint: HashMap<SocketAddr, &EndpointNames> = eps.iter().map(|(ep, n)| (ep.addr(), n)).collect();
     let affinity = sp.affinity_timeout.is_some();
     if p.t.uses_cluster_chain {
         policy_chain(ct, &p.names.cluster, &p.t.cluster, &by_endpoint, affinity);

@@ -210,14 +210,20 @@ fn key_of(meta: &k8s::ObjectMeta) -> ObjectKey {
 
 fn convert_service(o: &ApiService) -> Result<Converted, ObjectError> {
     let v = serde_json::to_value(o).map_err(|e| api_error("Service", &o.metadata, e.to_string()))?;
-    let svc = k8s::Service::from_api(v).map_err(|reason| api_error("Service", &o.metadata, reason))?;
+    let mut svc = k8s::Service::from_api(v).map_err(|reason| api_error("Service", &o.metadata, reason))?;
+    // Nothing reads a cached Service's labels (the proxy-name selector is
+    // the server's): not kept, as nothing but the service-name label of a
+    // slice is (a slice copies its Service's labels; a BTreeMap of them is
+    // a 500-byte node per object).
+    svc.metadata.labels.clear();
     Ok(Converted::Service(key_of(&svc.metadata), Box::new(svc)))
 }
 
 fn convert_slice(o: &ApiSlice) -> Result<Converted, ObjectError> {
     let v = serde_json::to_value(o).map_err(|e| api_error("EndpointSlice", &o.metadata, e.to_string()))?;
-    let slice =
+    let mut slice =
         k8s::EndpointSlice::from_api(v).map_err(|reason| api_error("EndpointSlice", &o.metadata, reason))?;
+    slice.metadata.labels.retain(|k, _| k == k8s::SERVICE_NAME_LABEL);
     let trigger = o
         .metadata
         .annotations
