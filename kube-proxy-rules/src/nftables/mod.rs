@@ -71,6 +71,7 @@
 
 pub mod backend;
 pub mod dump;
+pub mod elements;
 pub mod netlink;
 pub mod nft;
 pub mod render;

@@ -32,6 +32,7 @@ use crate::model::{Locality, ProxyState, ServiceKey};
 use crate::names::nft_endpoint_base;
 use crate::validate::{check_comment, check_line, check_name, check_word, UnsafeText};
 
+pub use super::elements::{Contenders, ElementData, Elements, Writer};
 pub use super::text::ElemText;
 
 /// The IPv4 proxier's table (the IPv6 one is `ip6 kube-proxy`: see
@@ -177,7 +178,7 @@ pub enum Container {
     EndpointHairpin,
 }
 
-const CONTAINERS: usize = 10;
+pub(super) const CONTAINERS: usize = 10;
 
 impl Container {
     pub const ALL: [Container; CONTAINERS] = [
@@ -228,68 +229,8 @@ impl Container {
             Protocol::Sctp => Container::EndpointDnatSctp,
         }
     }
-    fn index(self) -> usize {
+    pub(super) fn index(self) -> usize {
         self as usize
-    }
-}
-
-/// What an element holds besides its key: the verdict (`goto service-…`,
-/// empty for a set) and its comment. A fresh full sync writes both, so an
-/// incremental one re-creates an element when either changed.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ElementData {
-    pub value: ElemText,
-    pub comment: Option<Box<str>>,
-    /// How many services want this element (an endpoint's hairpin element
-    /// is shared by every service it backs): deleted when the last one goes.
-    pub owners: u32,
-    /// A map element's service (None for set elements: they carry no value).
-    pub writer: Option<Writer>,
-    /// A map element several services want (the same externalIP and port in
-    /// two Services): what each wants. The last service in name order wins,
-    /// as in a full sync, which writes them in that order.
-    /// Boxed: almost every element has none (the field is 8 bytes, not 24).
-    pub contenders: Option<Box<Contenders>>,
-}
-
-/// A service as the writer of map elements: one allocation per service per
-/// render, shared by all its elements (at 10,000 services × 10 endpoints a
-/// copy of the service's name in each element was ~10 MiB).
-pub type Writer = std::sync::Arc<ServiceKey>;
-
-/// What each service that wants a shared map element wants: (writer, value, comment).
-pub type Contenders = Vec<(Writer, ElemText, Option<Box<str>>)>;
-
-/// The elements of the six sets/maps: key (`10.96.0.10 . tcp . 80`) → value
-/// and comment, as a transaction leaves them.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Elements {
-    maps: [HashMap<ElemText, ElementData>; CONTAINERS],
-}
-
-impl Elements {
-    /// The value (verdict) of an element.
-    pub fn get(&self, c: Container, key: &str) -> Option<&str> {
-        self.maps[c.index()].get(key).map(|d| d.value.as_str())
-    }
-    /// The comment of an element (None: it has none, or there is no such element).
-    pub fn comment(&self, c: Container, key: &str) -> Option<&str> {
-        self.maps[c.index()].get(key).and_then(|d| d.comment.as_deref())
-    }
-    pub fn len(&self, c: Container) -> usize {
-        self.maps[c.index()].len()
-    }
-    pub fn is_empty(&self) -> bool {
-        self.maps.iter().all(HashMap::is_empty)
-    }
-    /// Apply an incremental transaction's element changes.
-    fn apply(&mut self, changes: &[(Container, ElemText, Option<ElementData>)]) {
-        for (c, key, data) in changes {
-            match data {
-                Some(d) => self.maps[c.index()].insert(key.clone(), d.clone()),
-                None => self.maps[c.index()].remove(key),
-            };
-        }
     }
 }
 
@@ -619,14 +560,14 @@ impl<'a> ElementWriter<'a> {
     }
 
     /// The element as this transaction leaves it so far.
-    fn current(&self, c: Container, key: &str) -> Option<&ElementData> {
-        if let Some(d) = self.new.maps[c.index()].get(key) {
+    fn current(&self, c: Container, key: &str) -> Option<ElementData> {
+        if let Some(d) = self.new.get(c, key) {
             return Some(d);
         }
         if self.gone.contains(&(c, ElemText::new(key))) {
             return None;
         }
-        self.applied.and_then(|a| a.maps[c.index()].get(key))
+        self.applied.and_then(|a| a.get(c, key))
     }
 
     /// Start writing service `key`, which owned `old` elements.
@@ -641,7 +582,7 @@ impl<'a> ElementWriter<'a> {
         let id = (c, key);
         let new_owner = !self.wanted_set.contains(&id) && !self.old.contains(&id);
         let comment = comment.map(Box::from);
-        let data = match self.current(c, &id.1).cloned() {
+        let data = match self.current(c, &id.1) {
             None => ElementData {
                 value,
                 comment,
@@ -687,7 +628,7 @@ impl<'a> ElementWriter<'a> {
         let (c, key) = (id.0, &id.1);
         if self.batched {
             // Written at the end, all of a map in one operation.
-            self.new.maps[c.index()].insert(key.clone(), data);
+            self.new.insert(c, key, data);
             return;
         }
         match self.current(c, key) {
@@ -706,7 +647,7 @@ impl<'a> ElementWriter<'a> {
             }
         }
         self.gone.remove(id);
-        self.new.maps[c.index()].insert(key.clone(), data);
+        self.new.insert(c, key, data);
     }
 
     /// The service is written: it lets go of what it no longer wants, and
@@ -725,11 +666,11 @@ impl<'a> ElementWriter<'a> {
 
     fn release(&mut self, tx: &mut Tx, id: (Container, ElemText)) {
         let (c, key) = (id.0, id.1.as_str());
-        let Some(mut d) = self.current(c, key).cloned() else { return };
+        let Some(mut d) = self.current(c, key) else { return };
         if d.owners <= 1 {
             tx.element("delete", c, key, None, "");
             self.deleted += 1;
-            self.new.maps[c.index()].remove(key);
+            self.new.remove(c, key);
             self.gone.insert(id);
             return;
         }
@@ -754,34 +695,41 @@ impl<'a> ElementWriter<'a> {
     /// grows with the number of operations in a transaction).
     fn write_batched(&mut self, tx: &mut Tx) {
         const BATCH: usize = 20_000;
-        for c in Container::ALL {
-            let mut items: Vec<(&ElemText, &ElementData)> = self.new.maps[c.index()].iter().collect();
-            items.sort_by(|a, b| a.0.cmp(b.0));
-            self.added += items.len();
-            for chunk in items.chunks(BATCH) {
-                let mut e = String::with_capacity(chunk.len() * 48);
-                e.push_str("{ ");
-                for (i, (key, d)) in chunk.iter().enumerate() {
-                    if i > 0 {
-                        e.push_str(" , ");
-                    }
-                    tx.check(check_comment("nft element key", key));
-                    tx.check(check_comment("nft element value", &d.value));
-                    e.push_str(key);
-                    if let Some(cm) = &d.comment {
-                        tx.check(check_comment("nft element comment", cm));
-                        e.push_str(" comment \"");
-                        e.push_str(cm);
-                        e.push('"');
-                    }
-                    if !d.value.is_empty() {
-                        e.push_str(" : ");
-                        e.push_str(&d.value);
-                    }
-                }
+        let flush = |tx: &mut Tx, c: Container, e: &mut String| {
+            if !e.is_empty() {
                 e.push_str(" }");
-                tx.op("add", "element", &[c.name(), &e]);
+                tx.op("add", "element", &[c.name(), e]);
+                e.clear();
             }
+        };
+        for c in Container::ALL {
+            let mut e = String::new();
+            let mut n = 0usize;
+            let mut added = 0usize;
+            self.new.for_each(c, |key, d| {
+                if n == BATCH {
+                    flush(tx, c, &mut e);
+                    n = 0;
+                }
+                e.push_str(if n == 0 { "{ " } else { " , " });
+                n += 1;
+                added += 1;
+                tx.check(check_comment("nft element key", key));
+                tx.check(check_comment("nft element value", &d.value));
+                e.push_str(key);
+                if let Some(cm) = &d.comment {
+                    tx.check(check_comment("nft element comment", cm));
+                    e.push_str(" comment \"");
+                    e.push_str(cm);
+                    e.push('"');
+                }
+                if !d.value.is_empty() {
+                    e.push_str(" : ");
+                    e.push_str(&d.value);
+                }
+            });
+            flush(tx, c, &mut e);
+            self.added += added;
         }
     }
 
@@ -789,7 +737,7 @@ impl<'a> ElementWriter<'a> {
     fn changes(self) -> Vec<(Container, ElemText, Option<ElementData>)> {
         let mut out: Vec<_> = self.gone.into_iter().map(|(c, k)| (c, k, None)).collect();
         for c in Container::ALL {
-            out.extend(self.new.maps[c.index()].iter().map(|(k, d)| (c, k.clone(), Some(d.clone()))));
+            self.new.for_each(c, |k, d| out.push((c, ElemText::new(k), Some(d.clone()))));
         }
         out
     }
