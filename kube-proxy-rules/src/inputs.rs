@@ -9,7 +9,7 @@ use calico_store::{Datastore, Revision};
 use ipnetwork::IpNetwork;
 
 use crate::k8s::{self, ObjectError, ObjectRef, Objects};
-use crate::model::endpoints::{self, EndpointsMap, PodCatalog};
+use crate::model::endpoints::{self, EndpointsMap, PodCatalog, SliceEndpoints};
 use crate::model::service::{self, Converted};
 use crate::model::ProxyState;
 use crate::validate::{dns1123_label, dns1123_subdomain};
@@ -100,7 +100,8 @@ pub fn build_state(objs: &Objects, weps: &[WorkloadEndpoint], service_cidrs: &[I
     let mut services = objs.services.clone();
     let notes = service::allocate(&mut services, service_cidrs);
     let services: Vec<&k8s::Service> = services.iter().collect();
-    let slices: Vec<&k8s::EndpointSlice> = objs.slices.iter().collect();
+    let converted: Vec<SliceEndpoints> = objs.slices.iter().map(endpoints::convert_slice).collect();
+    let slices: Vec<&SliceEndpoints> = converted.iter().collect();
     let mut out = build_state_from(&services, &slices, objs, weps);
     let mut all_notes = notes;
     all_notes.append(&mut out.notes);
@@ -110,12 +111,12 @@ pub fn build_state(objs: &Objects, weps: &[WorkloadEndpoint], service_cidrs: &[I
 
 /// Build the state from services that already have what the apiserver
 /// allocates (the API's objects, or manifests after
-/// [`service::allocate`]) and slices, by reference (`run` builds it from
-/// its caches on every sync without copying them); `catalog` gives the
-/// Pods and Deployments the pod records are matched with.
+/// [`service::allocate`]) and converted slices, by reference (`run` builds
+/// it from its caches on every sync without copying them); `catalog` gives
+/// the Pods and Deployments the pod records are matched with.
 pub fn build_state_from(
     services: &[&k8s::Service],
-    slices: &[&k8s::EndpointSlice],
+    slices: &[&SliceEndpoints],
     catalog: &Objects,
     weps: &[WorkloadEndpoint],
 ) -> Loaded {
@@ -155,7 +156,7 @@ pub fn build_state_from(
         }
     }
 
-    let mut eps: EndpointsMap = endpoints::from_slices(slices.iter().copied(), &mut out.errors);
+    let mut eps: EndpointsMap = endpoints::merge_slices(slices.iter().copied(), &mut out.errors);
     let with_slices = endpoints::services_with_slices(slices.iter().copied());
     let selector_based: Vec<_> = keep
         .iter()

@@ -28,6 +28,7 @@ use crate::health::{HealthServers, ServiceHealth};
 use crate::inputs::{self, Loaded};
 use crate::k8s::{self, ObjectError, Objects};
 use crate::metrics::Metrics;
+use crate::model::endpoints::{self, SliceEndpoints};
 use crate::model::{service, ProxyState};
 use crate::source::api::{ApiSource, Kind, NodeInfo};
 use crate::source::{self, Event};
@@ -54,6 +55,8 @@ impl Dirty {
 /// (ClusterIPs, NodePorts) filled in and the notes saying so.
 struct FileInputs {
     objs: Objects,
+    /// `objs.slices`, converted once per read.
+    slices: Vec<SliceEndpoints>,
     errors: Vec<ObjectError>,
     notes: Vec<String>,
 }
@@ -312,7 +315,8 @@ fn load(
     if dirty.files || cached.files.is_none() {
         let (mut objs, errors) = k8s::load(&args.inputs);
         let notes = service::allocate(&mut objs.services, &args.service_cidrs);
-        cached.files = Some(FileInputs { objs, errors, notes });
+        let slices = objs.slices.iter().map(endpoints::convert_slice).collect();
+        cached.files = Some(FileInputs { objs, slices, errors, notes });
     }
     if dirty.records || cached.records.is_none() {
         cached.records = Some(records.read()?);
@@ -327,7 +331,7 @@ fn load(
     // watchers are not held up while the state is built.
     let (api_services, api_slices) = api.map(|a| a.cache.lock().snapshot()).unwrap_or_default();
     let mut services: Vec<&k8s::Service> = files.objs.services.iter().collect();
-    let mut slices: Vec<&k8s::EndpointSlice> = files.objs.slices.iter().collect();
+    let mut slices: Vec<&SliceEndpoints> = files.slices.iter().collect();
     services.extend(api_services.iter().map(|s| &**s));
     slices.extend(api_slices.iter().map(|s| &**s));
     let mut loaded = inputs::build_state_from(&services, &slices, &files.objs, weps);

@@ -31,6 +31,7 @@ use kube::{Api, Client, Config};
 
 use super::{Event, Sender};
 use crate::k8s::{self, ObjectError};
+use crate::model::endpoints::{self, SliceEndpoints};
 use crate::model::topology::ZONE_LABEL;
 
 /// kube-proxy's label selector for Services and EndpointSlices: not the
@@ -165,7 +166,8 @@ pub type ObjectKey = (String, String);
 #[derive(Debug, Default)]
 pub struct ApiCache {
     pub services: BTreeMap<ObjectKey, Arc<k8s::Service>>,
-    pub slices: BTreeMap<ObjectKey, Arc<k8s::EndpointSlice>>,
+    /// Slices are kept converted ([`SliceEndpoints`]), not as objects.
+    pub slices: BTreeMap<ObjectKey, Arc<SliceEndpoints>>,
     /// This node's Node object (None: not there, or not listed yet).
     pub node: Option<NodeInfo>,
     listed: Vec<Kind>,
@@ -180,7 +182,7 @@ impl ApiCache {
     /// The cached Services and EndpointSlices, shared (not copied): `run`
     /// builds its state from them without holding the lock the watchers
     /// update the cache under.
-    pub fn snapshot(&self) -> (Vec<Arc<k8s::Service>>, Vec<Arc<k8s::EndpointSlice>>) {
+    pub fn snapshot(&self) -> (Vec<Arc<k8s::Service>>, Vec<Arc<SliceEndpoints>>) {
         (self.services.values().cloned().collect(), self.slices.values().cloned().collect())
     }
 }
@@ -200,7 +202,7 @@ impl SharedCache {
 /// One object of a kind, converted.
 enum Converted {
     Service(ObjectKey, Box<k8s::Service>),
-    Slice(ObjectKey, k8s::EndpointSlice, Option<SystemTime>),
+    Slice(ObjectKey, SliceEndpoints, Option<SystemTime>),
     Node(NodeInfo),
 }
 
@@ -212,25 +214,23 @@ fn convert_service(o: &ApiService) -> Result<Converted, ObjectError> {
     let v = serde_json::to_value(o).map_err(|e| api_error("Service", &o.metadata, e.to_string()))?;
     let mut svc = k8s::Service::from_api(v).map_err(|reason| api_error("Service", &o.metadata, reason))?;
     // Nothing reads a cached Service's labels (the proxy-name selector is
-    // the server's): not kept, as nothing but the service-name label of a
-    // slice is (a slice copies its Service's labels; a BTreeMap of them is
-    // a 500-byte node per object).
+    // the server's): not kept (a BTreeMap of them is a 500-byte node per
+    // object).
     svc.metadata.labels.clear();
     Ok(Converted::Service(key_of(&svc.metadata), Box::new(svc)))
 }
 
 fn convert_slice(o: &ApiSlice) -> Result<Converted, ObjectError> {
     let v = serde_json::to_value(o).map_err(|e| api_error("EndpointSlice", &o.metadata, e.to_string()))?;
-    let mut slice =
+    let slice =
         k8s::EndpointSlice::from_api(v).map_err(|reason| api_error("EndpointSlice", &o.metadata, reason))?;
-    slice.metadata.labels.retain(|k, _| k == k8s::SERVICE_NAME_LABEL);
     let trigger = o
         .metadata
         .annotations
         .as_ref()
         .and_then(|a| a.get(TRIGGER_TIME_ANNOTATION))
         .and_then(|t| parse_rfc3339(t));
-    Ok(Converted::Slice(key_of(&slice.metadata), slice, trigger))
+    Ok(Converted::Slice(key_of(&slice.metadata), endpoints::convert_slice(&slice), trigger))
 }
 
 fn api_error(
