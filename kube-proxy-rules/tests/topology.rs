@@ -88,7 +88,7 @@ fn service_port(s: &Svc, td: Option<TrafficDistribution>) -> ServicePortInfo {
 fn endpoint(e: &Ep) -> EndpointInfo {
     let addr: std::net::SocketAddr = e.ep.parse().unwrap();
     let node = if e.local { NODE } else { "other-node" };
-    let mut info = EndpointInfo::new(addr.ip(), addr.port(), Some(node.into()));
+    let mut info = EndpointInfo::new(addr.ip(), addr.port(), Some(node));
     info.ready = e.ready;
     info.serving = e.serving;
     info.terminating = e.terminating;
@@ -249,7 +249,7 @@ fn traffic_distribution_hints_what_the_controller_would() {
 fn pod_record_endpoints_prefer_their_node_with_prefer_same_node() {
     let eps: Vec<EndpointInfo> = [("10.0.1.1", "n1"), ("10.0.1.2", "n1"), ("10.0.2.1", "n2")]
         .iter()
-        .map(|(ip, node)| EndpointInfo::new(ip.parse().unwrap(), 80, Some(node.to_string())))
+        .map(|(ip, node)| EndpointInfo::new(ip.parse().unwrap(), 80, Some(node)))
         .collect();
     let same_node = service_port(&Svc::default(), Some(TrafficDistribution::PreferSameNode));
     assert_eq!(cluster(&same_node, &eps, "n1", Some("a")), ["10.0.1.1:80", "10.0.1.2:80"]);

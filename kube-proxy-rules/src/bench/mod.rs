@@ -84,7 +84,7 @@ fn one_service_changed(state: &ProxyState) -> (ProxyState, HashSet<ServiceKey>) 
     if let Some(eps) = changed_state.endpoints.get_mut(&key_of(&victim)) {
         if let Some(e) = eps.first_mut() {
             let ip = Ipv4Addr::new(10, 127, 255, 1);
-            *e = EndpointInfo::new(ip.into(), 8080, e.node_name.clone());
+            *e = EndpointInfo::new(ip.into(), 8080, e.node_name.as_deref());
         }
         eps.sort_by_cached_key(EndpointInfo::endpoint);
     }

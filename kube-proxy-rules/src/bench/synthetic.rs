@@ -46,7 +46,7 @@ pub fn synthetic_state(services: usize, endpoints: usize) -> ProxyState {
             .map(|j| {
                 let ip = Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 128, 0, 0)) + (i * endpoints + j) as u32);
                 let node = if j == 0 { "bench-node".to_string() } else { format!("node-{}", j % 50) };
-                EndpointInfo::new(ip.into(), 8080, Some(node))
+                EndpointInfo::new(ip.into(), 8080, Some(&node))
             })
             .collect();
         let mut eps = eps;
