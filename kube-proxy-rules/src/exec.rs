@@ -3,8 +3,8 @@
 //! `ip netns exec` (never the root namespace's firewall by accident: the
 //! namespace is explicit).
 
-use std::io::Write;
-use std::process::{Command, Output, Stdio};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::process::{Command, ExitStatus, Output, Stdio};
 
 /// Where the tools run.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -56,6 +56,53 @@ impl Runner {
                 });
             }
             child.wait_with_output()
+        })
+    }
+
+    /// Run `program args…` to completion, handing each line of its stdout
+    /// to `line` as it arrives: a dump is never held whole (an
+    /// `iptables-save -t nat` of 10,000 services × 10 endpoints is ~40 MB,
+    /// of which a full sync needs only the chain names). Returns the exit
+    /// status and stderr.
+    pub fn run_lines(
+        &self,
+        program: &str,
+        args: &[&str],
+        mut line: impl FnMut(&str),
+    ) -> std::io::Result<(ExitStatus, Vec<u8>)> {
+        let mut cmd = self.command(program);
+        cmd.args(args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        let mut child = cmd.spawn()?;
+        let (stdout, stderr) = (child.stdout.take(), child.stderr.take());
+        std::thread::scope(|s| {
+            let errors = s.spawn(move || {
+                let mut buf = Vec::new();
+                if let Some(mut e) = stderr {
+                    // A read error leaves what was read: stderr is for messages only.
+                    let _ = e.read_to_end(&mut buf);
+                }
+                buf
+            });
+            let mut read = Ok(());
+            if let Some(out) = stdout {
+                let mut r = BufReader::new(out);
+                let mut buf = Vec::new();
+                loop {
+                    buf.clear();
+                    match r.read_until(b'\n', &mut buf) {
+                        Ok(0) => break,
+                        Ok(_) => line(String::from_utf8_lossy(&buf).trim_end_matches('\n')),
+                        Err(e) => {
+                            read = Err(e);
+                            break;
+                        }
+                    }
+                }
+            }
+            // Waited for even after a read error: no zombie is left.
+            let status = child.wait()?;
+            read?;
+            Ok((status, errors.join().unwrap_or_default()))
         })
     }
 }

@@ -10,7 +10,9 @@
 //! sync that applied it (its log line is written once `iptables-restore` or
 //! `nft -f` returned: the rules are committed in the kernel). p50 and p99 of
 //! that latency, and of its parts as `run` measured them (building the
-//! state, rendering, applying); then `run`'s peak RSS (VmHWM).
+//! state, rendering, applying); then `run`'s peak RSS (VmHWM), and again
+//! after a restart onto the populated table (a full sync that lists what
+//! the kernel holds).
 //!
 //! `--legacy-iptables`: run iptables mode against the legacy iptables
 //! binaries (a PATH of symlinks): the nf_tables `iptables-restore` 1.8.9
@@ -277,15 +279,7 @@ fn run(cli: &Cli) -> Result<(), String> {
         if cli.changes > 0 && !rules.contains(&want) {
             return Err(format!("the last change ({want}) is not in the kernel's rules"));
         }
-        let mut rss = String::new();
-        File::open(format!("/proc/{}/status", child.id()))
-            .and_then(|mut f| f.read_to_string(&mut rss))
-            .map_err(|e| e.to_string())?;
-        let hwm_kib: u64 = rss
-            .lines()
-            .find_map(|l| l.strip_prefix("VmHWM:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .unwrap_or(0);
+        let hwm = peak_rss_mib(&child)?;
         for v in [&mut total, &mut state, &mut render, &mut apply] {
             v.sort();
         }
@@ -319,8 +313,22 @@ fn run(cli: &Cli) -> Result<(), String> {
             println!("  ({skipped} sync(s) with no change in between, not counted)");
         }
         println!(
-            "  run's peak RSS (VmHWM): {:.1} MiB (kube-proxy nftables, 10k services: ~260 MiB reported; target <= 100 MiB)",
-            hwm_kib as f64 / 1024.0
+            "  run's peak RSS (VmHWM): {hwm:.1} MiB (kube-proxy nftables, 10k services: ~260 MiB reported; target <= 100 MiB)"
+        );
+        // A restart onto the populated table (kube-proxy's restarts and
+        // upgrades): the new process's first sync is a full one that also
+        // lists what the kernel holds (iptables-save -t nat, nft list), so
+        // its peak is the other one to know.
+        let _ = child.kill();
+        let _ = child.wait();
+        let restarted = Instant::now();
+        child = cmd.spawn().map_err(|e| format!("{}: {e}", bin.display()))?;
+        tail.next_line("synced (", Instant::now() + Duration::from_secs(3600), &mut child)?;
+        let took = restarted.elapsed();
+        println!(
+            "  restarted onto the populated table: first full sync {:.1} s, peak RSS (VmHWM) {:.1} MiB",
+            took.as_secs_f64(),
+            peak_rss_mib(&child)?
         );
         Ok(())
     })();
@@ -332,6 +340,20 @@ fn run(cli: &Cli) -> Result<(), String> {
         eprintln!("run's log:\n{}", std::fs::read_to_string(&log_path).unwrap_or_default());
     }
     result
+}
+
+/// A process's peak RSS (VmHWM), in MiB.
+fn peak_rss_mib(child: &Child) -> Result<f64, String> {
+    let mut status = String::new();
+    File::open(format!("/proc/{}/status", child.id()))
+        .and_then(|mut f| f.read_to_string(&mut status))
+        .map_err(|e| e.to_string())?;
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .ok_or("no VmHWM in /proc/<pid>/status")?;
+    Ok(kib as f64 / 1024.0)
 }
 
 fn main() -> std::process::ExitCode {

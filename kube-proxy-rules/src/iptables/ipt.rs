@@ -204,9 +204,28 @@ impl Iptables {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
-    /// The chains of a table (`:CHAIN` lines of iptables-save).
+    /// The chains of a table (`:CHAIN` lines of iptables-save), read as
+    /// the dump streams by (see [`crate::exec::Runner::run_lines`]).
     pub fn chains(&self, table: &str) -> Result<BTreeSet<String>, IptablesError> {
-        Ok(chains_of_save(&self.save(table)?))
+        let program = self.family.iptables_save();
+        let args = ["-t", table];
+        let mut chains = BTreeSet::new();
+        let (status, stderr) = self
+            .runner
+            .run_lines(program, &args, |l| {
+                if let Some(c) = chain_of_save_line(l) {
+                    chains.insert(c.to_string());
+                }
+            })
+            .map_err(|source| IptablesError::Spawn { program: program.to_string(), source })?;
+        if !status.success() {
+            return Err(IptablesError::Failed {
+                command: format!("{program} {}", args.join(" ")),
+                status: status.to_string(),
+                stderr: String::from_utf8_lossy(&stderr).trim().to_string(),
+            });
+        }
+        Ok(chains)
     }
 
     /// Create a chain unless it exists (`EnsureChain`). Returns true if created.
@@ -321,9 +340,10 @@ impl Iptables {
 
 /// The chain names declared in an iptables-save dump.
 pub fn chains_of_save(dump: &str) -> BTreeSet<String> {
-    dump.lines()
-        .filter_map(|l| l.strip_prefix(':'))
-        .filter_map(|l| l.split_whitespace().next())
-        .map(str::to_string)
-        .collect()
+    dump.lines().filter_map(chain_of_save_line).map(str::to_string).collect()
+}
+
+/// The chain an iptables-save line declares (`:KUBE-SERVICES - [0:0]`).
+fn chain_of_save_line(line: &str) -> Option<&str> {
+    line.strip_prefix(':')?.split_whitespace().next()
 }

@@ -131,9 +131,12 @@ impl Nft {
     }
 
     /// The names of one kind of object (`chains`, `sets`, `maps`) in table
-    /// `ip kube-proxy` (`nft -j list <kind>s ip`); empty if there is no table.
+    /// `ip kube-proxy` (`nft -t -j list <kind>s ip`); empty if there is no
+    /// table. Terse: `list sets` also prints every element otherwise (at
+    /// 10,000 services × 10 endpoints a full sync onto an existing table
+    /// parsed the 110,000 elements of the hairpin and cluster-ip sets as JSON).
     fn list(&self, kind: &str) -> Result<BTreeSet<String>, NftError> {
-        let args = ["-j", "list", kind, self.family.nft()];
+        let args = ["-t", "-j", "list", kind, self.family.nft()];
         let out = self.check(&args, None)?;
         let command = args.join(" ");
         let v: serde_json::Value = serde_json::from_slice(&out.stdout)
