@@ -427,23 +427,62 @@ fn add_host_route(host: &mut Netlink, ip: IpNetwork, link: &Link) -> Result<(), 
 /// that is no longer a namespace, or a missing link are all success.
 /// Returns whether something was deleted.
 pub fn unwire(netns: Option<&Path>, ifname: &str) -> Result<bool, CniError> {
-    let Some(path) = netns else { return Ok(false) };
+    std::thread::scope(|s| unwire_start(s, netns, ifname).wait())
+}
+
+/// [`unwire`], started: the deletion runs on a thread of `scope` while the
+/// caller goes on, and [`Unwiring::wait`] gives its outcome. Deleting a veth
+/// spends most of its time in the kernel waiting for RCU grace periods
+/// (~15 ms), so a DEL starts it before anything else and does the rest
+/// meanwhile.
+pub fn unwire_start<'scope>(
+    scope: &'scope std::thread::Scope<'scope, '_>,
+    netns: Option<&Path>,
+    ifname: &'scope str,
+) -> Unwiring<'scope> {
+    let Some(path) = netns else { return Unwiring::Done(Ok(false)) };
     let ns = match Netns::open(path) {
         Ok(ns) => ns,
         Err(e @ (netlink_util::Error::NotFound { .. } | netlink_util::Error::Invalid { .. })) => {
             log::info!("netns {} is gone ({e}): nothing to clean up inside it", path.display());
-            return Ok(false);
+            return Unwiring::Done(Ok(false));
         }
-        Err(e) => return Err(dataplane_error(&format!("open netns {}", path.display()), e)),
+        Err(e) => return Unwiring::Done(Err(dataplane_error(&format!("open netns {}", path.display()), e))),
     };
+    let what = format!("delete {ifname} in {}", path.display());
     // By name: one request, no lookup first (the pod's namespace holds
     // nothing else of ours that could carry the name).
-    ns.run(|nl| match nl.del_link_by_name(ifname) {
+    let deleting = ns.spawn_run(scope, move |nl| match nl.del_link_by_name(ifname) {
         Ok(()) => Ok(true),
         Err(e) if e.is_not_found() => Ok(false),
         Err(e) => Err(e),
-    })
-    .map_err(nl(&format!("delete {ifname} in {}", path.display())))
+    });
+    match deleting {
+        Ok(handle) => Unwiring::Running { handle, what },
+        Err(e) => Unwiring::Done(Err(dataplane_error(&what, e))),
+    }
+}
+
+/// A pod-side deletion in progress ([`unwire_start`]).
+#[must_use = "the deletion's outcome comes from Unwiring::wait"]
+pub enum Unwiring<'scope> {
+    /// Decided without a deletion (no netns, or it could not be opened).
+    Done(Result<bool, CniError>),
+    /// The deletion's thread.
+    Running { handle: std::thread::ScopedJoinHandle<'scope, netlink_util::Result<bool>>, what: String },
+}
+
+impl Unwiring<'_> {
+    /// Whether something was deleted, once the deletion has returned.
+    pub fn wait(self) -> Result<bool, CniError> {
+        match self {
+            Unwiring::Done(r) => r,
+            Unwiring::Running { handle, what } => match handle.join() {
+                Ok(r) => r.map_err(|e| dataplane_error(&what, e)),
+                Err(_) => Err(CniError::internal(format!("{what}: the thread panicked"))),
+            },
+        }
+    }
 }
 
 /// Delete a host veth by name (node namespace) if it exists and is a veth.

@@ -14,7 +14,7 @@ use crate::dataplane::{self, Expected, Families, VethPlan, GATEWAY_V4};
 use crate::endpoint;
 use crate::errors::{store_error, ERR_CALICO};
 use crate::identity::{Orchestrator, Workload};
-use crate::ipam::{Delegate, PodRecord, SharedStore};
+use crate::ipam::{Delegate, PodRecord};
 
 /// The plugin; stateless, everything comes from the request.
 pub struct Calico;
@@ -197,29 +197,54 @@ impl Plugin for Calico {
     /// Best effort and idempotent: every step runs even if an earlier one
     /// failed; the first error is returned (so the runtime retries).
     ///
-    /// The IPAM release runs beside the data-plane teardown: deleting a veth
-    /// spends most of its time in the kernel waiting for an RCU grace period
-    /// (~16 ms), during which IPAM can release and commit. In process, IPAM
-    /// and the pod record share one store handle, opened by whichever needs
-    /// it first. Releasing the address before its veth is gone is safe:
-    /// released ordinals go to the tail of the block's free list, so the
-    /// address is the last one of its block to be handed out again (ptp even
-    /// releases before it deletes).
+    /// The pod's interface is deleted first, on its own thread, and the rest
+    /// runs beside it: deleting a veth spends most of its time in the kernel
+    /// waiting for RCU grace periods (~15 ms), during which IPAM releases
+    /// and the pod record goes, each committed. In process, IPAM and the pod
+    /// record share one store handle, opened by whichever needs it first.
+    /// Releasing the address before its veth is gone is safe: released
+    /// ordinals go to the tail of the block's free list, so the address is
+    /// the last one of its block to be handed out again (ptp even releases
+    /// before it deletes).
     fn del(&self, req: &Request) -> Result<(), CniError> {
         let ctx = Context::new(req)?;
         let ifname = ctx.workload.ifname.as_str();
         let store = OnceLock::new();
         let store = || store.get_or_init(|| open_store(&ctx.conf)).clone();
-        let (ipam_result, mut errors) = std::thread::scope(|s| {
+        let (unwired, ipam_result, owned) = std::thread::scope(|s| {
+            // Before anything else: the sooner the kernel has the request,
+            // the sooner its grace periods are over.
+            let unwiring = dataplane::unwire_start(s, req.netns(), ifname);
             let ipam = s.spawn(|| {
                 Delegate::new(req, &ctx.conf.ipam.ipam_type)
                     .and_then(|d| d.forward(req, Command::Del, &store))
             });
-            let errors = del_dataplane_and_record(req, &ctx, ifname, &store);
+            let key = ctx.workload.endpoint_key();
+            let owned = store()
+                .and_then(|s| endpoint::delete_if_owned(&*s, &key, ctx.workload.container_id.as_str()));
             let ipam_result =
                 ipam.join().unwrap_or_else(|_| Err(CniError::internal("the IPAM DEL thread panicked")));
-            (ipam_result, errors)
+            (unwiring.wait(), ipam_result, owned)
         });
+        let mut errors = Vec::new();
+        match unwired {
+            Ok(true) => log::info!("deleted {ifname} in {:?}", req.netns()),
+            Ok(false) => log::info!("{ifname} not found in {:?}: nothing to delete", req.netns()),
+            Err(e) => errors.push(e),
+        }
+        match owned {
+            // The record says which host veth this container had; it may
+            // outlive a netns that was deleted while held open elsewhere.
+            // Looked up only after the interface is gone: usually it went
+            // with it.
+            Ok(Some(wep)) => {
+                if let Err(e) = dataplane::delete_host_veth(&wep.spec.interface_name) {
+                    errors.push(e);
+                }
+            }
+            Ok(None) => {}
+            Err(e) => errors.push(e),
+        }
         if let Err(e) = ipam_result {
             errors.push(e);
         }
@@ -332,47 +357,4 @@ impl Plugin for Calico {
         }
         errors.into_iter().next().map_or(Ok(()), Err)
     }
-}
-
-/// DEL's own part: the pod's interface (and with it the host veth and its
-/// routes), and the pod record if it belongs to this container. The record
-/// is deleted beside the interface: deleting a veth waits for the kernel's
-/// RCU grace period, and the record's datastore commit fits in it. Returns
-/// every failure; none stops the next step.
-fn del_dataplane_and_record(
-    req: &Request,
-    ctx: &Context,
-    ifname: &str,
-    store: &SharedStore,
-) -> Vec<CniError> {
-    let mut errors = Vec::new();
-    let key = ctx.workload.endpoint_key();
-    let (unwired, owned) = std::thread::scope(|s| {
-        let owned = s.spawn(|| {
-            store().and_then(|s| endpoint::delete_if_owned(&*s, &key, ctx.workload.container_id.as_str()))
-        });
-        let unwired = dataplane::unwire(req.netns(), ifname);
-        let owned =
-            owned.join().unwrap_or_else(|_| Err(CniError::internal("the pod record thread panicked")));
-        (unwired, owned)
-    });
-    match unwired {
-        Ok(true) => log::info!("deleted {ifname} in {:?}", req.netns()),
-        Ok(false) => log::info!("{ifname} not found in {:?}: nothing to delete", req.netns()),
-        Err(e) => errors.push(e),
-    }
-    match owned {
-        // The record says which host veth this container had; it may
-        // outlive a netns that was deleted while held open elsewhere.
-        // Looked up only after the interface is gone: usually it went
-        // with it.
-        Ok(Some(wep)) => {
-            if let Err(e) = dataplane::delete_host_veth(&wep.spec.interface_name) {
-                errors.push(e);
-            }
-        }
-        Ok(None) => {}
-        Err(e) => errors.push(e),
-    }
-    errors
 }

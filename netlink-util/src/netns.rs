@@ -100,6 +100,34 @@ impl Netns {
         })
     }
 
+    /// [`Netns::run`] without waiting: `f` runs on a thread of `scope` that
+    /// enters this namespace (the handle moves there) and opens a netlink
+    /// socket there; the returned handle gives its result when joined (a
+    /// panic in `f` comes back as the join's `Err`). For a caller with other
+    /// work to do meanwhile, e.g. a DEL whose veth deletion waits on the
+    /// kernel for milliseconds. The calling thread's namespace is never
+    /// changed.
+    pub fn spawn_run<'scope, T, F>(
+        self,
+        scope: &'scope std::thread::Scope<'scope, '_>,
+        f: F,
+    ) -> Result<std::thread::ScopedJoinHandle<'scope, Result<T>>>
+    where
+        F: FnOnce(&mut Netlink) -> Result<T> + Send + 'scope,
+        T: Send + 'scope,
+    {
+        let path = self.path.clone();
+        std::thread::Builder::new()
+            .name("netns".into())
+            .spawn_scoped(scope, move || {
+                setns(self.file.as_fd(), CloneFlags::CLONE_NEWNET)
+                    .map_err(|e| Error::io(format!("setns into {}", self.path.display()), e.into()))?;
+                let mut nl = Netlink::new()?;
+                f(&mut nl)
+            })
+            .map_err(|e| Error::io(format!("spawn a thread for netns {}", path.display()), e))
+    }
+
     /// Like [`Netns::run`] without opening a netlink socket (sysctls only,
     /// or a closure that opens its own sockets).
     pub fn run_thread<T, F>(&self, f: F) -> Result<T>
@@ -165,6 +193,25 @@ mod tests {
         // The caller's thread did not move.
         assert!(before.is_current().unwrap());
         assert!(!target.same_as(&before).unwrap());
+    }
+
+    #[test]
+    fn spawn_run_works_inside_while_the_caller_goes_on() {
+        let ns = testbed::Netns::new("nlu");
+        let target = Netns::open(ns.path()).unwrap();
+        let before = Netns::current().unwrap();
+        let (inside, lo) = std::thread::scope(|s| {
+            let h = Netns::open(ns.path())
+                .unwrap()
+                .spawn_run(s, |nl| Ok((target.is_current()?, nl.link_by_name("lo")?)))
+                .unwrap();
+            // The caller's thread did not move, even while the other runs.
+            assert!(before.is_current().unwrap());
+            h.join().unwrap().unwrap()
+        });
+        assert!(inside);
+        assert_eq!(lo.name, "lo");
+        assert!(before.is_current().unwrap());
     }
 
     #[test]
