@@ -121,16 +121,28 @@ pub fn delete_if_owned(
 ) -> Result<Option<WorkloadEndpoint>, CniError> {
     let what = format!("delete pod record {key}");
     Retry::CAS.run(&what, |_| {
-        let Some((wep, rev)) = read(ds, key)? else { return Ok(Cas::Done(None)) };
-        if !wep.spec.container_id.is_empty() && wep.spec.container_id != container_id {
-            log::info!(
-                "pod record {key} belongs to container {}, not {container_id}: kept",
-                wep.spec.container_id
-            );
-            return Ok(Cas::Done(None));
-        }
+        let Some((wep, rev)) = read_owned(ds, key, container_id)? else { return Ok(Cas::Done(None)) };
         Cas::of_write(ds.delete(key, rev).map(|_| Some(wep))).map_err(|e| store_error(&what, e))
     })
+}
+
+/// The record at `key` and its revision if it belongs to `container_id` (or
+/// names no container): what [`delete_if_owned`] would delete. A record of
+/// another container (a newer sandbox of the same pod) is `None`.
+pub fn read_owned(
+    ds: &dyn Datastore,
+    key: &str,
+    container_id: &str,
+) -> Result<Option<(WorkloadEndpoint, Revision)>, CniError> {
+    let Some((wep, rev)) = read(ds, key)? else { return Ok(None) };
+    if !wep.spec.container_id.is_empty() && wep.spec.container_id != container_id {
+        log::info!(
+            "pod record {key} belongs to container {}, not {container_id}: kept",
+            wep.spec.container_id
+        );
+        return Ok(None);
+    }
+    Ok(Some((wep, rev)))
 }
 
 /// Delete the record at `key` only if it is still at `revision` (GC).

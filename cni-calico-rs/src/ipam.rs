@@ -22,12 +22,15 @@
 //! ([`PodRecord`], `Ipam::assign_with`): the allocation and the record exist
 //! together or not at all, and the ADD waits for one datastore commit (one
 //! `fdatasync` on the file store) instead of two in a row. Rollback releases
-//! the handle and deletes the record if it is still this container's.
+//! the handle and deletes the record if it is still this container's. DEL
+//! does the same in reverse: one commit releases the handle and deletes the
+//! record ([`Delegate::del_with_record`]).
 
 use std::sync::Arc;
 
 use calico_store::cni::store_error;
 use calico_store::model::{self, WorkloadEndpoint};
+use calico_store::retry::{Cas, Retry};
 use calico_store::{Datastore, DatastoreType, Op, StoreError};
 use cni_proto::{CniError, CniResult, Command, Plugin, Request};
 use ipam_block::cni::{ipam_error, CalicoIpam, IpamCniConf};
@@ -199,6 +202,82 @@ impl<'a> Delegate<'a> {
             },
         };
         outcome.map_err(|e| e.context(&format!("IPAM plugin {} ({command})", self.name())))
+    }
+}
+
+/// Why a joint DEL commit (IPAM release and pod record) was not made.
+enum Joint {
+    /// The record could not be read: IPAM releases alone.
+    Record(CniError),
+    /// IPAM failed: the record is deleted alone.
+    Ipam(IpamError),
+    /// The record kept changing: both alone.
+    Exhausted,
+}
+
+impl From<calico_store::retry::Exhausted> for Joint {
+    fn from(_: calico_store::retry::Exhausted) -> Joint {
+        Joint::Exhausted
+    }
+}
+
+impl Delegate<'_> {
+    /// DEL of IPAM and of the pod record at `key` (if `container_id` owns
+    /// it; the deleted record is returned, for the host veth it names).
+    /// Best effort: both are attempted whatever the other does.
+    ///
+    /// In process, one commit releases the handle and deletes the record,
+    /// as ADD writes both in one: a DEL waits for one datastore flush
+    /// instead of two, on this thread instead of two. If that commit cannot
+    /// be made (the record does not read, IPAM fails, the record keeps
+    /// changing), each is done on its own. A delegate is exec'd on its own
+    /// thread beside the record's deletion.
+    pub fn del_with_record(
+        &self,
+        req: &Request,
+        store: &SharedStore,
+        key: &str,
+        container_id: &str,
+    ) -> (Result<(), CniError>, Result<Option<WorkloadEndpoint>, CniError>) {
+        let record_alone = || store().and_then(|s| endpoint::delete_if_owned(&*s, key, container_id));
+        let Delegate::InProcess(conf) = self else {
+            return std::thread::scope(|s| {
+                let ipam = s.spawn(|| self.forward(req, Command::Del, store));
+                let record = record_alone();
+                let ipam =
+                    ipam.join().unwrap_or_else(|_| Err(CniError::internal("the IPAM DEL thread panicked")));
+                (ipam, record)
+            });
+        };
+        let ipam_alone = || self.forward(req, Command::Del, store);
+        let Ok(handle) = CalicoIpam::handle(req, conf) else { return (ipam_alone(), record_alone()) };
+        let opened = store().and_then(|s| read_before_locking(conf, s.as_ref()).map(|()| s));
+        let Ok(s) = opened else { return (ipam_alone(), record_alone()) };
+        let what = format!("release {handle} with pod record {key}");
+        let joint = Retry::CAS.run(&what, |_| {
+            let owned = endpoint::read_owned(s.as_ref(), key, container_id).map_err(Joint::Record)?;
+            let extra: Vec<Op> = owned
+                .iter()
+                .map(|(_, revision)| Op::Delete { key: key.to_string(), revision: *revision })
+                .collect();
+            match CalicoIpam::release_on_with(s.as_ref(), conf, &handle, &extra) {
+                Ok(()) => Ok(Cas::Done(owned.map(|(wep, _)| wep))),
+                Err(IpamError::Store(StoreError::Conflict { key: k })) if k == key => {
+                    Ok(Cas::Conflict { key: k })
+                }
+                Err(e) => Err(Joint::Ipam(e)),
+            }
+        });
+        match joint {
+            Ok(deleted) => (Ok(()), Ok(deleted)),
+            Err(Joint::Record(e)) => (ipam_alone(), Err(e)),
+            Err(Joint::Ipam(e)) => {
+                let e =
+                    ipam_error(e).context("IPAM DEL").context(&format!("IPAM plugin {CALICO_IPAM} (DEL)"));
+                (Err(e), record_alone())
+            }
+            Err(Joint::Exhausted) => (ipam_alone(), record_alone()),
+        }
     }
 }
 
@@ -430,6 +509,48 @@ mod tests {
         assert!(held(store.as_ref(), "c3").is_empty());
         assert!(record_of(store.as_ref(), key).is_none());
         assert_eq!(held(store.as_ref(), "c2").len(), 1, "c2's address is not touched");
+    }
+
+    /// In process, DEL releases the address and deletes the pod record in
+    /// one commit; another container's record is kept; a second DEL finds
+    /// nothing; a record that does not decode still lets IPAM release.
+    #[test]
+    fn del_releases_and_deletes_the_record_in_one_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Datastore> = Arc::new(FileStore::open(dir.path()).unwrap());
+        let key = "/calico/resources/v3/projectcalico.org/workloadendpoints/ns/node--1-k8s-web--0-eth0";
+        let build = |ips: &[IpNetwork]| wep("c1", ips);
+        let rec = PodRecord { key, container_id: "c1", build: &build };
+        let req = request(dir.path(), "c1", "", "1.0.0");
+        let d = Delegate::new(&req, CALICO_IPAM).unwrap();
+        d.add(&req, store.as_ref(), Some(&rec)).unwrap().commit();
+        // An older sandbox's DEL (another container) keeps the record.
+        let old = request(dir.path(), "c0", "", "1.0.0");
+        let (ipam, owned) =
+            Delegate::new(&old, CALICO_IPAM).unwrap().del_with_record(&old, &shared(&store), key, "c0");
+        ipam.unwrap();
+        assert!(owned.unwrap().is_none());
+        assert!(record_of(store.as_ref(), key).is_some());
+
+        let before = store.revision().unwrap();
+        let (ipam, owned) = d.del_with_record(&req, &shared(&store), key, "c1");
+        ipam.unwrap();
+        assert_eq!(owned.unwrap().unwrap().spec.container_id, "c1");
+        assert_eq!(store.revision().unwrap(), before + 1, "one commit for both");
+        assert!(held(store.as_ref(), "c1").is_empty());
+        assert!(record_of(store.as_ref(), key).is_none());
+        let (ipam, owned) = d.del_with_record(&req, &shared(&store), key, "c1");
+        ipam.unwrap();
+        assert!(owned.unwrap().is_none(), "idempotent");
+
+        let req2 = request(dir.path(), "c2", "", "1.0.0");
+        let d2 = Delegate::new(&req2, CALICO_IPAM).unwrap();
+        d2.add(&req2, store.as_ref(), None).unwrap().commit();
+        store.create(key, b"{").unwrap();
+        let (ipam, owned) = d2.del_with_record(&req2, &shared(&store), key, "c2");
+        ipam.unwrap();
+        assert_eq!(owned.unwrap_err().code, 100);
+        assert!(held(store.as_ref(), "c2").is_empty(), "released although the record did not read");
     }
 
     #[test]

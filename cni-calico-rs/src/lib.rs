@@ -34,11 +34,12 @@
 //! Running IPAM beside the veth creation takes the veth off ADD's critical
 //! path; nothing before IPAM's answer needs an address.
 //!
-//! DEL, best effort and idempotent: three at once, because deleting a veth
-//! waits for the kernel's RCU grace period and the rest fits in it: the pod's
-//! interface (its host peer and routes go with it); the pod record if this
-//! container owns it (then the host veth it names, if still there); IPAM
-//! DEL, always. The first error is returned.
+//! DEL, best effort and idempotent: the pod's interface is deleted first
+//! (its host peer and routes go with it), on its own thread, because that
+//! waits for the kernel's RCU grace periods and the rest fits in it: IPAM
+//! DEL, always, and the pod record if this container owns it (with
+//! calico-ipam both in one datastore commit); then the host veth the record
+//! names, if still there. The first error is returned.
 //!
 //! The node must route 169.254.1.1 somewhere other than the pod's veth (a
 //! default route does) for proxy ARP to answer the pod's gateway, and must

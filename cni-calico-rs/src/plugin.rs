@@ -200,8 +200,8 @@ impl Plugin for Calico {
     /// The pod's interface is deleted first, on its own thread, and the rest
     /// runs beside it: deleting a veth spends most of its time in the kernel
     /// waiting for RCU grace periods (~15 ms), during which IPAM releases
-    /// and the pod record goes, each committed. In process, IPAM and the pod
-    /// record share one store handle, opened by whichever needs it first.
+    /// and the pod record goes: in process, in one datastore commit
+    /// ([`Delegate::del_with_record`]); with a delegate, in two.
     /// Releasing the address before its veth is gone is safe: released
     /// ordinals go to the tail of the block's free list, so the address is
     /// the last one of its block to be handed out again (ptp even releases
@@ -215,15 +215,12 @@ impl Plugin for Calico {
             // Before anything else: the sooner the kernel has the request,
             // the sooner its grace periods are over.
             let unwiring = dataplane::unwire_start(s, req.netns(), ifname);
-            let ipam = s.spawn(|| {
-                Delegate::new(req, &ctx.conf.ipam.ipam_type)
-                    .and_then(|d| d.forward(req, Command::Del, &store))
-            });
             let key = ctx.workload.endpoint_key();
-            let owned = store()
-                .and_then(|s| endpoint::delete_if_owned(&*s, &key, ctx.workload.container_id.as_str()));
-            let ipam_result =
-                ipam.join().unwrap_or_else(|_| Err(CniError::internal("the IPAM DEL thread panicked")));
+            let cid = ctx.workload.container_id.as_str();
+            let (ipam_result, owned) = match Delegate::new(req, &ctx.conf.ipam.ipam_type) {
+                Ok(d) => d.del_with_record(req, &store, &key, cid),
+                Err(e) => (Err(e), store().and_then(|s| endpoint::delete_if_owned(&*s, &key, cid))),
+            };
             (unwiring.wait(), ipam_result, owned)
         });
         let mut errors = Vec::new();

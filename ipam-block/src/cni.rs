@@ -247,8 +247,22 @@ impl CalicoIpam {
     /// (idempotent). The plugin's DEL is [`CalicoIpam::handle`],
     /// [`IpamCniConf::open_store`], then this.
     pub fn release_on(store: &dyn Datastore, conf: &IpamCniConf, handle: &Handle) -> Result<(), CniError> {
+        Self::release_on_with(store, conf, handle, &[]).map_err(|e| ipam_error(e).context("IPAM DEL"))
+    }
+
+    /// [`CalicoIpam::release_on`] with the caller's own writes in the same
+    /// commit ([`Ipam::release_handle_with`]; committed alone when the
+    /// handle does not exist): the `calico` plugin's DEL deletes the pod
+    /// record in it. The error is IPAM's own, so that the caller can tell a
+    /// conflict on one of its keys (returned, not retried) from the rest.
+    pub fn release_on_with(
+        store: &dyn Datastore,
+        conf: &IpamCniConf,
+        handle: &Handle,
+        extra: &[Op],
+    ) -> Result<(), IpamError> {
         let ipam = Ipam::new(store, &conf.nodename).with_state_dir(conf.state_dir());
-        let freed = ipam.release_handle(handle).map_err(|e| ipam_error(e).context("IPAM DEL"))?;
+        let freed = ipam.release_handle_with(handle, extra)?;
         log::info!("released {freed:?} of {handle}");
         Ok(())
     }
