@@ -211,7 +211,7 @@ impl Plugin for Calico {
         let ifname = ctx.workload.ifname.as_str();
         let store = OnceLock::new();
         let store = || store.get_or_init(|| open_store(&ctx.conf)).clone();
-        let (unwired, ipam_result, owned) = std::thread::scope(|s| {
+        let (unwired, ipam_result, owned, host_gone) = std::thread::scope(|s| {
             // Before anything else: the sooner the kernel has the request,
             // the sooner its grace periods are over.
             let unwiring = dataplane::unwire_start(s, req.netns(), ifname);
@@ -221,7 +221,15 @@ impl Plugin for Calico {
                 Ok(d) => d.del_with_record(req, &store, &key, cid),
                 Err(e) => (Err(e), store().and_then(|s| endpoint::delete_if_owned(&*s, &key, cid))),
             };
-            (unwiring.wait(), ipam_result, owned)
+            // The host veth the record names normally goes with the pod's
+            // interface, which the kernel unlists at once and then waits on
+            // for milliseconds: looked up now, it is usually gone already,
+            // and nothing is left for after the wait.
+            let host_gone = match &owned {
+                Ok(Some(wep)) => dataplane::host_link_exists(&wep.spec.interface_name).is_ok_and(|e| !e),
+                _ => false,
+            };
+            (unwiring.wait(), ipam_result, owned, host_gone)
         });
         let mut errors = Vec::new();
         match unwired {
@@ -230,10 +238,10 @@ impl Plugin for Calico {
             Err(e) => errors.push(e),
         }
         match owned {
+            Ok(Some(_)) if host_gone => {}
             // The record says which host veth this container had; it may
             // outlive a netns that was deleted while held open elsewhere.
-            // Looked up only after the interface is gone: usually it went
-            // with it.
+            // Looked up (again) once the pod's interface is gone.
             Ok(Some(wep)) => {
                 if let Err(e) = dataplane::delete_host_veth(&wep.spec.interface_name) {
                     errors.push(e);
