@@ -226,7 +226,7 @@ impl Backend for IptablesBackend {
         format!(
             "synced ({kind}): {} services changed, {} chains written, {} stale chains deleted",
             r.changed_services,
-            r.outcome.rendered.written_service_chains.len(),
+            r.outcome.rendered.written_service_chains,
             r.outcome.rendered.deleted_chains.len(),
         )
     }
