@@ -164,3 +164,23 @@ fn a_partial_render_from_the_cache_equals_one_over_every_service() {
     assert_eq!(fast.payload, slow.payload);
     assert!(fast.payload.contains("bench/svc-7:http has no endpoints"));
 }
+
+/// The fingerprints the backend filters a listing with know every
+/// per-service chain a full render writes, and not a stale one: filtering
+/// never hides a chain the render would delete, nor keeps a used one.
+#[test]
+fn used_chain_fingerprints_know_every_chain_a_full_render_writes() {
+    use kube_proxy_rules::iptables::UsedChains;
+    let st = synthetic_state(20, 3);
+    let full = render(&st, &cfg(), &RenderPlan { full: true, ..Default::default() }).unwrap();
+    let used = UsedChains::of(&st, &cfg());
+    let written: Vec<&str> = full
+        .payload
+        .lines()
+        .filter_map(|l| l.strip_prefix(':')?.split(' ').next())
+        .filter(|c| kube_proxy_rules::names::is_service_chain(c))
+        .collect();
+    assert_eq!(written.len(), full.written_service_chains);
+    assert!(written.iter().all(|c| used.contains(c)));
+    assert!(!used.contains("KUBE-SEP-STALE0000000000"));
+}

@@ -18,7 +18,8 @@ use crate::backend::{Backend, SyncError, SyncPlan};
 use crate::config::NodeConfig;
 use crate::iptables::ipt::{Iptables, IptablesError};
 use crate::iptables::{
-    render, IptablesConfig, RenderPlan, Rendered, TopLevelCache, LARGE_CLUSTER_ENDPOINTS_THRESHOLD,
+    render, IptablesConfig, RenderPlan, Rendered, TopLevelCache, UsedChains,
+    LARGE_CLUSTER_ENDPOINTS_THRESHOLD,
 };
 use crate::model::{Changes, FullSyncReason, ProxyState};
 use crate::names;
@@ -92,13 +93,23 @@ impl IptablesBackend {
         }
     }
 
-    fn existing_chains(&mut self, large: bool) -> Result<Option<BTreeSet<String>>, IptablesSyncError> {
+    /// The nat chains that may be stale (every existing chain but those the
+    /// state is known to use, see [`UsedChains`]); None when not listed.
+    fn existing_chains(
+        &mut self,
+        large: bool,
+        state: &ProxyState,
+    ) -> Result<Option<BTreeSet<String>>, IptablesSyncError> {
         // iptables-save is slow on big rule sets: in large clusters clean up
         // stale chains at most once per sync period (they are unreferenced).
         if large && self.last_cleanup.is_some_and(|t| t.elapsed() < self.sync_period) {
             return Ok(None);
         }
-        let chains = self.ipt.chains("nat").map_err(ipt_err("listing nat chains (iptables-save -t nat)"))?;
+        let used = UsedChains::of(state, &self.cfg);
+        let chains = self
+            .ipt
+            .chains_where("nat", |c| !used.contains(c))
+            .map_err(ipt_err("listing nat chains (iptables-save -t nat)"))?;
         Ok(Some(chains))
     }
 
@@ -163,7 +174,7 @@ impl Backend for IptablesBackend {
                 self.ipt.enable_route_localnet().map_err(ipt_err("setting route_localnet"))?;
             }
         }
-        let existing = self.existing_chains(large)?;
+        let existing = self.existing_chains(large, state)?;
         let render_started = Instant::now();
         let mut rendered = render(state, &self.cfg, &self.render_plan(plan, existing.as_ref()))?;
         let render_time = render_started.elapsed();

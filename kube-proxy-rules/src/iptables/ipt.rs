@@ -207,13 +207,22 @@ impl Iptables {
     /// The chains of a table (`:CHAIN` lines of iptables-save), read as
     /// the dump streams by (see [`crate::exec::Runner::run_lines`]).
     pub fn chains(&self, table: &str) -> Result<BTreeSet<String>, IptablesError> {
+        self.chains_where(table, |_| true)
+    }
+
+    /// The chains of a table that `keep` keeps (the others are never held).
+    pub fn chains_where(
+        &self,
+        table: &str,
+        keep: impl Fn(&str) -> bool,
+    ) -> Result<BTreeSet<String>, IptablesError> {
         let program = self.family.iptables_save();
         let args = ["-t", table];
         let mut chains = BTreeSet::new();
         let (status, stderr) = self
             .runner
             .run_lines(program, &args, |l| {
-                if let Some(c) = chain_of_save_line(l) {
+                if let Some(c) = chain_of_save_line(l).filter(|c| keep(c)) {
                     chains.insert(c.to_string());
                 }
             })

@@ -19,6 +19,6 @@ pub mod render;
 pub use backend::{IptablesBackend, IptablesOutcome, IptablesPreview, IptablesSyncError, IptablesSyncReport};
 pub use ipt::{Iptables, IptablesError};
 pub use render::{
-    render, IptablesConfig, RenderPlan, Rendered, TopCacheUpdate, TopLevelCache,
+    render, IptablesConfig, RenderPlan, Rendered, TopCacheUpdate, TopLevelCache, UsedChains,
     LARGE_CLUSTER_ENDPOINTS_THRESHOLD,
 };
