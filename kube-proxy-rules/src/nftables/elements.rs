@@ -45,6 +45,9 @@ pub type Writer = std::sync::Arc<ServiceKey>;
 /// What each service that wants a shared map element wants: (writer, value, comment).
 pub type Contenders = Vec<(Writer, ElemText, Option<Box<str>>)>;
 
+/// How far beyond the slot vector's end a slot key may be to be kept in it.
+const MAX_SLOT_GAP: usize = 1 << 16;
+
 /// How a container's keys look, which decides how they are kept.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Form {
@@ -136,7 +139,11 @@ impl Store {
             d.value.is_empty() && d.comment.is_none() && d.writer.is_none() && d.contenders.is_none();
         match form {
             Form::Slot if plain_slot => {
-                if let (Some(i), Some(w)) = (slot_of(key), d.writer.clone()) {
+                // Slots are allocated from the bottom, so the vector grows by
+                // a service's endpoints at a time; a key far beyond its end
+                // (not one of ours) is kept as text rather than allocate for it.
+                let near = |i: &usize| *i <= self.slots.len() + MAX_SLOT_GAP;
+                if let (Some(i), Some(w)) = (slot_of(key).filter(near), d.writer.clone()) {
                     if self.slots.len() <= i {
                         self.slots.resize(i + 1, None);
                     }
@@ -284,6 +291,7 @@ mod tests {
         prop_oneof![
             (0u32..40).prop_map(|n| n.to_string()),
             Just("007".to_string()),
+            Just("4000000000".to_string()),
             (0u8..4).prop_map(|n| format!("10.0.0.{n}")),
             (0u8..4).prop_map(|n| format!("10.0.0.{n} . 10.0.0.{n}")),
             Just("10.0.0.1 . 10.0.0.2".to_string()),
