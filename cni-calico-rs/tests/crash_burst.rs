@@ -18,18 +18,7 @@ use calico_store::Datastore;
 use ipam_block::ops::{self, Snapshot};
 use ipam_block::{Handle, Ipam};
 use support::*;
-use testbed::Netns;
-
-struct Rng(u64);
-
-impl Rng {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0 % n
-    }
-}
+use testbed::{finish, Netns, Rng};
 
 fn spawn(node: &Node, cmd: &str, cid: &str, pod: &Netns, conf: &[u8]) -> Child {
     let args = format!("K8S_POD_NAMESPACE=crash;K8S_POD_NAME={cid}");
@@ -54,21 +43,13 @@ fn spawn(node: &Node, cmd: &str, cid: &str, pod: &Netns, conf: &[u8]) -> Child {
     c
 }
 
-/// Exit status (None: killed) and stdout.
-fn finish(c: Child) -> (Option<i32>, String) {
-    let out = c.wait_with_output().unwrap();
-    (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
 #[test]
 fn killed_adds_lose_no_acknowledged_pod_and_leave_allocation_and_record_together() {
     let node = Node::new();
     let mut conf = node.conf("1.0.0", "10.83.0.0/22");
     conf["log_level"] = serde_json::json!("info");
     let conf = conf.to_string().into_bytes();
-    let seed = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap().as_nanos() as u64 | 1;
-    eprintln!("seed {seed}");
-    let mut rng = Rng(seed);
+    let mut rng = Rng::from_clock();
     let mut pods: BTreeMap<String, Netns> = BTreeMap::new();
     let mut acked: BTreeMap<String, IpAddr> = BTreeMap::new();
     let (mut kills, mut next) = (0, 0);

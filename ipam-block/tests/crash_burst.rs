@@ -18,22 +18,12 @@ use ipam_block::{Handle, Ipam};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use serde_json::json;
+use testbed::{finish, Rng};
 
 const IPAM: &str = env!("CARGO_BIN_EXE_calico-ipam");
 const CALICOCTL: &str = env!("CARGO_BIN_EXE_calicoctl");
 const NETWORK: &str = "crash-net";
 const NODE: &str = "node-a";
-
-struct Rng(u64);
-
-impl Rng {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0 % n
-    }
-}
 
 fn spawn(command: &str, cid: &str, conf: &[u8], netns: &std::path::Path) -> Child {
     let mut c = Command::new(IPAM)
@@ -51,12 +41,6 @@ fn spawn(command: &str, cid: &str, conf: &[u8], netns: &std::path::Path) -> Chil
     // A child killed before it reads its config makes this write fail: fine.
     let _ = c.stdin.take().unwrap().write_all(conf);
     c
-}
-
-/// Exit status (None: killed) and stdout.
-fn finish(c: Child) -> (Option<i32>, String) {
-    let out = c.wait_with_output().unwrap();
-    (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 fn wep(store: &dyn Datastore, cid: &str, ip: IpAddr) {
@@ -90,9 +74,7 @@ fn killed_ipam_processes_lose_no_acknowledged_add_and_gc_clears_the_rest() {
         "ipam": {"type": "calico-ipam", "ipv4_pools": ["10.44.0.0/20"]}
     }))
     .unwrap();
-    let seed = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap().as_nanos() as u64 | 1;
-    eprintln!("seed {seed}");
-    let mut rng = Rng(seed);
+    let mut rng = Rng::from_clock();
     // container → address, for every ADD that returned success and was not deleted.
     let mut live: BTreeMap<String, IpAddr> = BTreeMap::new();
     let mut deleted: Vec<String> = Vec::new();

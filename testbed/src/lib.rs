@@ -20,7 +20,9 @@
 //!   plugins run);
 //! * [`NetnsForward`]: a loopback port inside a netns forwarded to an address
 //!   in the test's own netns (plugins in a node netns reaching [`Etcd`]);
-//! * [`target_bin`]: the path of a workspace binary built by cargo.
+//! * [`target_bin`]: the path of a workspace binary built by cargo;
+//! * [`Rng`], [`finish`]: random kill points that can be replayed, and a
+//!   plugin process's exit code and stdout (the crash tests).
 //!
 //! May call: `ip netns`, `nsenter`, `etcd`, `curl` (etcd's health), kill(2)
 //! on the processes and groups it started or found inside its namespaces,
@@ -298,6 +300,38 @@ pub fn wait_for(what: &str, timeout: std::time::Duration, mut f: impl FnMut() ->
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
     panic!("timed out after {timeout:?} waiting for {what}");
+}
+
+/// A xorshift64 for tests that pick random points (where to kill a plugin):
+/// seeded from the clock, the seed printed so that a failing run can be
+/// replayed with [`Rng::new`].
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed | 1)
+    }
+    pub fn from_clock() -> Rng {
+        let now = std::time::SystemTime::now().duration_since(std::time::SystemTime::UNIX_EPOCH);
+        let seed = now.map(|d| d.as_nanos() as u64).unwrap_or(0x9e37_79b9_7f4a_7c15);
+        eprintln!("seed {}", seed | 1);
+        Rng::new(seed)
+    }
+    /// A number below `n` (> 0).
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % n
+    }
+}
+
+/// Wait for a plugin process: its exit code (None: killed by a signal) and stdout.
+pub fn finish(c: Child) -> (Option<i32>, String) {
+    match c.wait_with_output() {
+        Ok(out) => (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned()),
+        Err(e) => panic!("waiting for a plugin process: {e}"),
+    }
 }
 
 #[cfg(test)]
