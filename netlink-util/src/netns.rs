@@ -116,16 +116,10 @@ impl Netns {
         F: FnOnce(&mut Netlink) -> Result<T> + Send + 'scope,
         T: Send + 'scope,
     {
-        let path = self.path.clone();
-        std::thread::Builder::new()
-            .name("netns".into())
-            .spawn_scoped(scope, move || {
-                setns(self.file.as_fd(), CloneFlags::CLONE_NEWNET)
-                    .map_err(|e| Error::io(format!("setns into {}", self.path.display()), e.into()))?;
-                let mut nl = Netlink::new()?;
-                f(&mut nl)
-            })
-            .map_err(|e| Error::io(format!("spawn a thread for netns {}", path.display()), e))
+        spawn_in(scope, self, move || {
+            let mut nl = Netlink::new()?;
+            f(&mut nl)
+        })
     }
 
     /// Like [`Netns::run`] without opening a netlink socket (sysctls only,
@@ -135,21 +129,35 @@ impl Netns {
         F: FnOnce() -> Result<T> + Send,
         T: Send,
     {
-        std::thread::scope(|s| {
-            let handle = std::thread::Builder::new()
-                .name("netns".into())
-                .spawn_scoped(s, || {
-                    setns(self.file.as_fd(), CloneFlags::CLONE_NEWNET)
-                        .map_err(|e| Error::io(format!("setns into {}", self.path.display()), e.into()))?;
-                    f()
-                })
-                .map_err(|e| Error::io(format!("spawn a thread for netns {}", self.path.display()), e))?;
-            match handle.join() {
-                Ok(r) => r,
-                Err(panic) => std::panic::resume_unwind(panic),
-            }
+        std::thread::scope(|s| match spawn_in(s, self, f)?.join() {
+            Ok(r) => r,
+            Err(panic) => std::panic::resume_unwind(panic),
         })
     }
+}
+
+/// `f` on a new thread of `scope` that first enters `ns` (owned or
+/// borrowed): the one place a thread changes namespace.
+fn spawn_in<'scope, T, N, F>(
+    scope: &'scope std::thread::Scope<'scope, '_>,
+    ns: N,
+    f: F,
+) -> Result<std::thread::ScopedJoinHandle<'scope, Result<T>>>
+where
+    N: std::borrow::Borrow<Netns> + Send + 'scope,
+    F: FnOnce() -> Result<T> + Send + 'scope,
+    T: Send + 'scope,
+{
+    let path = ns.borrow().path.clone();
+    std::thread::Builder::new()
+        .name("netns".into())
+        .spawn_scoped(scope, move || {
+            let ns = ns.borrow();
+            setns(ns.file.as_fd(), CloneFlags::CLONE_NEWNET)
+                .map_err(|e| Error::io(format!("setns into {}", ns.path.display()), e.into()))?;
+            f()
+        })
+        .map_err(|e| Error::io(format!("spawn a thread for netns {}", path.display()), e))
 }
 
 impl AsFd for Netns {
