@@ -347,11 +347,6 @@ impl Iptables {
     }
 }
 
-/// The chain names declared in an iptables-save dump.
-pub fn chains_of_save(dump: &str) -> BTreeSet<String> {
-    dump.lines().filter_map(chain_of_save_line).map(str::to_string).collect()
-}
-
 /// The chain an iptables-save line declares (`:KUBE-SERVICES - [0:0]`).
 fn chain_of_save_line(line: &str) -> Option<&str> {
     line.strip_prefix(':')?.split_whitespace().next()

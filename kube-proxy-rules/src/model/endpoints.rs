@@ -217,15 +217,6 @@ pub fn merge_slices<'a>(
     out
 }
 
-/// Endpoints from EndpointSlices (see [`convert_slice`], [`merge_slices`]).
-pub fn from_slices<'a>(
-    slices: impl IntoIterator<Item = &'a EndpointSlice>,
-    errors: &mut Vec<ObjectError>,
-) -> EndpointsMap {
-    let converted: Vec<SliceEndpoints> = slices.into_iter().map(convert_slice).collect();
-    merge_slices(&converted, errors)
-}
-
 /// A slice endpoint's zone and hints (None when it has neither).
 fn slice_topology(ep: &crate::k8s::SliceEndpoint) -> Option<Box<EndpointTopology>> {
     let zone = ep.zone.clone().filter(|z| !z.is_empty());
