@@ -32,9 +32,15 @@ TOOLS   = calicoctl kube-proxy-rules calico-node-agent cnitool
 
 # The two plugins are executed once per pod and per command, so their start
 # counts: linked statically (glibc, crt-static) each starts ~0.3 ms sooner
-# and peaks ~1 MiB lower than dynamically linked. `--target` keeps the flag
-# away from build scripts and proc-macros, so these land in their own
-# directory; `install` and the benchmarks use them. Tests run the ordinary
+# and peaks ~1 MiB lower than dynamically linked. A static-pie relocates
+# itself before `main`, writing every pointer in its read-only data: one
+# codegen unit with fat LTO leaves less code and data to relocate and fault
+# in, and packed relative relocations (DT_RELR, glibc >= 2.36) shrink the
+# table it reads; together exec to first system call went from 0.46-0.50 to
+# 0.36-0.39 ms and page faults from 103 to 71 per run (a static-pie C
+# program takes 0.21 ms), for ~2 minutes more of build. `--target` keeps
+# the flags away from build scripts and proc-macros, so these land in their
+# own directory; `install` and the benchmarks use them. Tests run the ordinary
 # debug build (same code).
 HOST_TRIPLE := $(shell rustc -vV 2>/dev/null | sed -n 's/^host: //p')
 STATIC_DIR  := target/$(HOST_TRIPLE)/release
@@ -53,7 +59,9 @@ deps:
 
 build:
 	$(CARGO) build --release --workspace --bins
-	RUSTFLAGS="-C target-feature=+crt-static" $(CARGO) build --release --target $(HOST_TRIPLE) \
+	RUSTFLAGS="-C target-feature=+crt-static -C link-arg=-Wl,-z,pack-relative-relocs" \
+	CARGO_PROFILE_RELEASE_LTO=fat CARGO_PROFILE_RELEASE_CODEGEN_UNITS=1 \
+	$(CARGO) build --release --target $(HOST_TRIPLE) \
 		-p cni-calico-rs -p ipam-block --bin calico --bin calico-ipam
 
 build-debug:
