@@ -165,6 +165,14 @@ const FAMILIES: [IpFamily; 2] = [IpFamily::V4, IpFamily::V6];
 pub struct NatOutgoing {
     mode: NatMode,
     backend: Box<dyn Backend + Send>,
+    /// The other mode's backend, whose leftovers (a restart with the other
+    /// `nat_outgoing_mode`) are removed.
+    other: Box<dyn Backend + Send>,
+    /// The other mode's rules are known gone (removed, or its tool absent).
+    other_cleared: bool,
+    /// Why they could not be removed, once logged (logged again only if the
+    /// reason changes).
+    other_failure: Option<String>,
     /// What the firewall holds now, as far as we know (`None`: unknown, the
     /// next apply writes or removes every family).
     applied: Option<NatPools>,
@@ -174,29 +182,47 @@ pub struct NatOutgoing {
 
 impl NatOutgoing {
     pub fn new(mode: NatMode) -> NatOutgoing {
-        NatOutgoing { mode, backend: backend(mode), applied: None, random_fully: None }
+        let other = match mode {
+            NatMode::Iptables => NatMode::Nftables,
+            NatMode::Nftables => NatMode::Iptables,
+        };
+        NatOutgoing::with_backends(mode, backend(mode), backend(other))
+    }
+
+    /// With given backends: `backend` writes this mode's rules, `other`
+    /// removes the other mode's leftovers.
+    pub fn with_backends(
+        mode: NatMode,
+        backend: Box<dyn Backend + Send>,
+        other: Box<dyn Backend + Send>,
+    ) -> NatOutgoing {
+        NatOutgoing {
+            mode,
+            backend,
+            other,
+            other_cleared: false,
+            other_failure: None,
+            applied: None,
+            random_fully: None,
+        }
     }
 
     pub fn mode(&self) -> NatMode {
         self.mode
     }
 
+    /// Whether `--random-fully` is in use (`None`: no rule written yet).
+    pub fn random_fully(&self) -> Option<bool> {
+        self.random_fully
+    }
+
     /// Make the firewall hold `pools`' rules. Writes only what changed since
-    /// the last apply; the first one also removes the other mode's rules (a
-    /// restart with the other `nat_outgoing_mode`). Returns whether anything
-    /// was written.
+    /// the last apply; until it has worked, each also removes the other
+    /// mode's rules (see [`NatOutgoing::clear_other_mode`]). Returns whether
+    /// anything was written.
     pub fn apply(&mut self, pools: &NatPools) -> Result<bool, NatError> {
+        self.clear_other_mode();
         let first = self.applied.is_none();
-        if first {
-            let other = match self.mode {
-                NatMode::Iptables => NatMode::Nftables,
-                NatMode::Nftables => NatMode::Iptables,
-            };
-            let b = backend(other);
-            for f in FAMILIES {
-                b.remove(f)?;
-            }
-        }
         let mut wrote = false;
         for f in FAMILIES {
             let want = pools.family(f);
@@ -214,8 +240,41 @@ impl NatOutgoing {
         Ok(wrote)
     }
 
+    /// Remove the other mode's rules (left by a run with the other
+    /// `nat_outgoing_mode`), once. Best effort: a node without the other
+    /// mode's tool has none of its rules to remove, and a failure is logged
+    /// and tried again on the next apply, never holding up this mode's rules
+    /// (a node with `nft` but no iptables, or the reverse, must still get
+    /// them).
+    fn clear_other_mode(&mut self) {
+        if self.other_cleared {
+            return;
+        }
+        let result = FAMILIES.iter().try_for_each(|f| self.other.remove(*f));
+        match result {
+            Ok(()) => {
+                self.other_cleared = true;
+                self.other_failure = None;
+            }
+            Err(NatError::Spawn { ref source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+                self.other_cleared = true;
+                self.other_failure = None;
+            }
+            Err(e) => {
+                let e = e.to_string();
+                if self.other_failure.as_deref() != Some(e.as_str()) {
+                    log::warn!("natOutgoing: the other mode's rules could not be removed: {e}; retrying");
+                }
+                self.other_failure = Some(e);
+            }
+        }
+    }
+
     /// Write the rules held again (someone may have flushed them).
     pub fn reapply(&mut self) -> Result<(), NatError> {
+        self.clear_other_mode();
+        // Taken while writing: after a failure what the firewall holds is
+        // unknown, and the next apply writes every family.
         let Some(pools) = self.applied.take() else { return Ok(()) };
         for f in FAMILIES {
             if let Some(p) = pools.family(f) {
@@ -236,24 +295,33 @@ impl NatOutgoing {
         Ok(())
     }
 
+    /// Write one family's rules, with the fully random port mapping when the
+    /// firewall takes it. Decided on the first write: with it; if that
+    /// fails and a write without it works, with it once more, so that only
+    /// a refusal of the mapping itself (not a failure that happened to come
+    /// first) turns it off for good.
     fn write(&mut self, p: &FamilyPools<'_>) -> Result<(), NatError> {
-        match self.random_fully {
-            Some(rf) => self.backend.write(p, rf),
-            None => match self.backend.write(p, true) {
-                Ok(()) => {
-                    self.random_fully = Some(true);
-                    Ok(())
-                }
-                Err(with) => {
-                    // Older kernels and tools have no fully random mapping:
-                    // masquerade without it, as Calico does.
-                    self.backend.write(p, false)?;
-                    log::warn!("natOutgoing: masquerading without random-fully ({with})");
-                    self.random_fully = Some(false);
-                    Ok(())
-                }
-            },
+        if let Some(rf) = self.random_fully {
+            return self.backend.write(p, rf);
         }
+        let with = match self.backend.write(p, true) {
+            Ok(()) => {
+                self.random_fully = Some(true);
+                return Ok(());
+            }
+            Err(with) => with,
+        };
+        self.backend.write(p, false)?;
+        if self.backend.write(p, true).is_ok() {
+            self.random_fully = Some(true);
+        } else {
+            // Older kernels and tools have no fully random mapping:
+            // masquerade without it, as Calico does. (The failed write left
+            // the one without it in place: each write is one transaction.)
+            log::warn!("natOutgoing: masquerading without random-fully ({with})");
+            self.random_fully = Some(false);
+        }
+        Ok(())
     }
 }
 
@@ -343,6 +411,114 @@ mod tests {
         assert!(
             problems.iter().any(|p| p.contains("hostbits") && p.contains("not strictly masked")),
             "{problems:?}"
+        );
+    }
+
+    /// A firewall that fails as told and records what it was asked.
+    #[derive(Default)]
+    struct Script {
+        /// Calls, in order: `write v4 rf`, `remove v4`, ...
+        calls: Vec<String>,
+        /// Outcomes of the next removes / writes with random-fully (popped
+        /// from the front; when empty, success).
+        removes: std::collections::VecDeque<Option<NatError>>,
+        rf_writes: std::collections::VecDeque<Option<NatError>>,
+    }
+
+    struct Fake(std::sync::Arc<std::sync::Mutex<Script>>);
+
+    impl Backend for Fake {
+        fn write(&self, p: &FamilyPools<'_>, random_fully: bool) -> Result<(), NatError> {
+            let mut s = self.0.lock().unwrap();
+            s.calls.push(format!("write {:?} {random_fully}", p.family));
+            match random_fully {
+                true => s.rf_writes.pop_front().flatten().map_or(Ok(()), Err),
+                false => Ok(()),
+            }
+        }
+        fn remove(&self, family: IpFamily) -> Result<(), NatError> {
+            let mut s = self.0.lock().unwrap();
+            s.calls.push(format!("remove {family:?}"));
+            s.removes.pop_front().flatten().map_or(Ok(()), Err)
+        }
+    }
+
+    type Shared = std::sync::Arc<std::sync::Mutex<Script>>;
+
+    fn fakes() -> (NatOutgoing, Shared, Shared) {
+        let ours = Shared::default();
+        let other = Shared::default();
+        let nat = NatOutgoing::with_backends(
+            NatMode::Iptables,
+            Box::new(Fake(ours.clone())),
+            Box::new(Fake(other.clone())),
+        );
+        (nat, ours, other)
+    }
+
+    fn missing_tool() -> NatError {
+        NatError::Spawn { program: "nft".into(), source: std::io::Error::from(std::io::ErrorKind::NotFound) }
+    }
+
+    fn refused() -> NatError {
+        use std::os::unix::process::ExitStatusExt;
+        NatError::Failed {
+            program: "iptables-restore".into(),
+            status: std::process::ExitStatus::from_raw(256),
+            stderr: "refused".into(),
+        }
+    }
+
+    fn v4_pools() -> NatPools {
+        let mut p = NatPools::default();
+        p.add(net("10.244.0.0/16"), true);
+        p
+    }
+
+    #[test]
+    fn a_node_without_the_other_modes_tool_still_gets_its_rules() {
+        let (mut nat, ours, other) = fakes();
+        other.lock().unwrap().removes.push_back(Some(missing_tool()));
+        assert!(nat.apply(&v4_pools()).unwrap());
+        assert_eq!(ours.lock().unwrap().calls, ["write V4 true", "remove V6"]);
+        // Nothing of a mode whose tool is absent to remove: not tried again.
+        nat.reapply().unwrap();
+        assert_eq!(other.lock().unwrap().calls, ["remove V4"]);
+    }
+
+    #[test]
+    fn the_other_modes_rules_are_removed_again_until_it_works_without_holding_ours_up() {
+        let (mut nat, ours, other) = fakes();
+        other.lock().unwrap().removes.push_back(Some(refused()));
+        assert!(nat.apply(&v4_pools()).unwrap());
+        assert!(ours.lock().unwrap().calls.contains(&"write V4 true".to_string()));
+        assert!(!nat.apply(&v4_pools()).unwrap(), "unchanged pools: nothing of ours rewritten");
+        nat.reapply().unwrap();
+        assert_eq!(
+            other.lock().unwrap().calls,
+            ["remove V4", "remove V4", "remove V6"],
+            "retried once, then done"
+        );
+    }
+
+    #[test]
+    fn random_fully_goes_only_when_the_firewall_refuses_it() {
+        // A first write that fails for another reason: kept.
+        let (mut nat, ours, _) = fakes();
+        ours.lock().unwrap().rf_writes.push_back(Some(refused()));
+        nat.apply(&v4_pools()).unwrap();
+        assert_eq!(nat.random_fully(), Some(true));
+        assert_eq!(ours.lock().unwrap().calls[..3], ["write V4 true", "write V4 false", "write V4 true"]);
+
+        // Refused every time: masquerade without it, and stop asking.
+        let (mut nat, ours, _) = fakes();
+        ours.lock().unwrap().rf_writes.extend([Some(refused()), Some(refused())]);
+        nat.apply(&v4_pools()).unwrap();
+        assert_eq!(nat.random_fully(), Some(false));
+        nat.reapply().unwrap();
+        assert_eq!(
+            ours.lock().unwrap().calls,
+            ["write V4 true", "write V4 false", "write V4 true", "remove V6", "write V4 false"]
         );
     }
 
