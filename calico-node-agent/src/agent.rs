@@ -211,17 +211,19 @@ impl Agent {
                     .join(", ")
             );
         }
-        let text = render(&inputs);
-        match self.bird.apply(&text)? {
-            Applied::Reconfigured => log::info!("BIRD reconfigured ({})", self.cfg.bird_config.display()),
-            Applied::WrittenNotRunning | Applied::Unchanged => {}
-        }
-        self.last_bgp = Some(inputs.bgp);
-        self.last_state = Some(st);
-        // Last, and apart: a firewall that refuses the rules must not hold
-        // up routes and BIRD, nor make the agent re-read the datastore.
+        let bird = self.bird.apply(&render(&inputs));
+        let bgp = inputs.bgp;
+        // Apart from routes and BIRD: a firewall that refuses the rules must
+        // not hold them up, nor make the agent re-read the datastore; and a
+        // BIRD that refuses its config (returned below, and retried) must not
+        // keep pods from reaching the outside world.
         self.pools = pools;
         self.apply_nat(false);
+        if let Applied::Reconfigured = bird? {
+            log::info!("BIRD reconfigured ({})", self.cfg.bird_config.display());
+        }
+        self.last_bgp = Some(bgp);
+        self.last_state = Some(st);
         self.last_revision = Some(revision);
         Ok(())
     }
@@ -239,12 +241,13 @@ impl Agent {
             log::info!("removed stray blackhole route {}", b.0);
         }
         // BIRD not reachable at the last reconcile: the retry.
-        if let Applied::Reconfigured = self.bird.apply(&render(&BirdInputs::new(&self.cfg, st)))? {
+        let bird = self.bird.apply(&render(&BirdInputs::new(&self.cfg, st)));
+        // A flushed firewall gets its natOutgoing rules back; a failed
+        // write is tried again (whatever BIRD said).
+        self.apply_nat(true);
+        if let Applied::Reconfigured = bird? {
             log::info!("BIRD reconfigured ({})", self.cfg.bird_config.display());
         }
-        // A flushed firewall gets its natOutgoing rules back; a failed
-        // write is tried again.
-        self.apply_nat(true);
         Ok(())
     }
 

@@ -62,6 +62,19 @@ fn rules(ns: &Netns, mode: &str) -> String {
     }
 }
 
+/// A directory of links to these tools only, for an agent's PATH.
+fn path_of(dir: &Path, tools: &[&str]) -> std::path::PathBuf {
+    let bin = dir.join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    for tool in tools {
+        let found =
+            testbed::run_stdout(std::process::Command::new("sh").args(["-c", &format!("command -v {tool}")]))
+                .unwrap();
+        std::os::unix::fs::symlink(found.trim(), bin.join(tool)).unwrap();
+    }
+    bin
+}
+
 fn follows_the_pools(mode: &str) {
     let ns = Netns::new("nan");
     let dir = tempfile::tempdir().unwrap();
@@ -152,15 +165,10 @@ fn a_firewall_failure_does_not_hold_up_routes() {
     ])
     .unwrap();
     // A PATH with what the agent (and nsenter, which starts it) runs, but no nft.
-    let bin = dir.path().join("bin");
-    std::fs::create_dir_all(&bin).unwrap();
-    for tool in ["nsenter", "bird", "birdc", "iptables", "iptables-restore", "ip6tables", "ip6tables-restore"]
-    {
-        let found =
-            testbed::run_stdout(std::process::Command::new("sh").args(["-c", &format!("command -v {tool}")]))
-                .unwrap();
-        std::os::unix::fs::symlink(found.trim(), bin.join(tool)).unwrap();
-    }
+    let bin = path_of(
+        dir.path(),
+        &["nsenter", "bird", "birdc", "iptables", "iptables-restore", "ip6tables", "ip6tables-restore"],
+    );
     let _agent = start_agent_with_path(&ns, dir.path(), "nftables", Some(&bin));
     wait_for("the block's blackhole", Duration::from_secs(10), || {
         ns.exec(&["ip", "route", "show", "type", "blackhole"]).contains("10.247.0.0/26")
@@ -171,4 +179,28 @@ fn a_firewall_failure_does_not_hold_up_routes() {
     let log = std::fs::read_to_string(dir.path().join("agent.log")).unwrap();
     assert_eq!(log.matches("natOutgoing rules: cannot run nft").count(), 1, "{log}");
     assert!(!log.contains("reconcile:"), "the reconcile itself succeeded: {log}");
+}
+
+/// An iptables node without `nft` (the other mode's tool, whose leftovers the
+/// agent removes at start) and whose BIRD config cannot be applied (no
+/// `bird` to check it): the natOutgoing rules are written all the same, and
+/// the BIRD failure is reported and retried.
+#[test]
+fn neither_a_missing_other_mode_nor_a_failing_bird_holds_up_natoutgoing() {
+    let ns = Netns::new("nab");
+    let dir = tempfile::tempdir().unwrap();
+    let s = FileStore::open(dir.path().join("store")).unwrap();
+    put_pool(&s, "default-ipv4-ippool", "10.245.0.0/16", true);
+    let bin =
+        path_of(dir.path(), &["nsenter", "iptables", "iptables-restore", "ip6tables", "ip6tables-restore"]);
+    let _agent = start_agent_with_path(&ns, dir.path(), "iptables", Some(&bin));
+    wait_for("natOutgoing rules", Duration::from_secs(10), || {
+        let r = rules(&ns, "iptables");
+        r.contains("-s 10.245.0.0/16") && r.contains("MASQUERADE")
+    });
+    wait_for("the BIRD failure in the log", Duration::from_secs(10), || {
+        std::fs::read_to_string(dir.path().join("agent.log")).is_ok_and(|l| l.contains("reconcile: BIRD"))
+    });
+    let log = std::fs::read_to_string(dir.path().join("agent.log")).unwrap();
+    assert!(!log.contains("natOutgoing rules:"), "no natOutgoing failure: {log}");
 }
