@@ -77,22 +77,16 @@ impl ConntrackSocket {
     }
 
     /// Open one in the named network namespace (`/run/netns/<name>`), on a
-    /// thread of its own: the socket stays in that namespace for its life,
-    /// whichever thread uses it.
+    /// thread that entered it (`netlink-util`'s): the socket stays in that
+    /// namespace for its life, whichever thread uses it.
     pub fn open_in(netns: Option<&str>) -> Result<Self, ConntrackError> {
         let Some(name) = netns else { return Self::open() };
-        let path = format!("/run/netns/{name}");
-        let err = |message: String| ConntrackError::Netns { netns: name.to_string(), message };
-        std::thread::scope(|s| {
-            s.spawn(|| {
-                let fd = std::fs::File::open(&path).map_err(|e| err(e.to_string()))?;
-                nix::sched::setns(&fd, nix::sched::CloneFlags::CLONE_NEWNET)
-                    .map_err(|e| err(e.to_string()))?;
-                Self::open()
-            })
-            .join()
-            .unwrap_or_else(|_| Err(err("the thread opening the socket panicked".into())))
-        })
+        let err = |e: netlink_util::Error| ConntrackError::Netns {
+            netns: name.to_string(),
+            message: e.to_string(),
+        };
+        let ns = netlink_util::Netns::open(format!("/run/netns/{name}")).map_err(err)?;
+        ns.run_thread(|| Ok(Self::open())).map_err(err)?
     }
 
     fn send(
