@@ -68,16 +68,15 @@ pub struct Percentiles {
 }
 
 impl Percentiles {
-    /// Nearest-rank percentiles; `None` for no samples.
+    /// Nearest-rank percentiles ([`testbed::percentile`]); `None` for no samples.
     pub fn of(samples: &[Duration]) -> Option<Percentiles> {
         let mut v = samples.to_vec();
         v.sort();
-        let rank = |p: f64| v[((p / 100.0 * v.len() as f64).ceil() as usize).clamp(1, v.len()) - 1];
-        (!v.is_empty()).then(|| Percentiles {
-            min: v[0],
-            p50: rank(50.0),
-            p99: rank(99.0),
-            max: v[v.len() - 1],
+        Some(Percentiles {
+            min: *v.first()?,
+            p50: testbed::percentile(&v, 0.50),
+            p99: testbed::percentile(&v, 0.99),
+            max: *v.last()?,
         })
     }
 }

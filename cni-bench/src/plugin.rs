@@ -100,14 +100,7 @@ pub fn first_ip(stdout: &[u8]) -> Result<std::net::IpAddr, String> {
         .ok_or_else(|| format!("ADD result without an address: {v}"))
 }
 
-/// `sorted[p]` by nearest rank (`p` in 0..=1); zero for no samples.
-pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    let idx = ((sorted.len() - 1) as f64 * p).round() as usize;
-    sorted[idx.min(sorted.len() - 1)]
-}
+pub use testbed::percentile;
 
 pub fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0

@@ -22,7 +22,8 @@
 //!   in the test's own netns (plugins in a node netns reaching [`Etcd`]);
 //! * [`target_bin`]: the path of a workspace binary built by cargo;
 //! * [`Rng`], [`finish`]: random kill points that can be replayed, and a
-//!   plugin process's exit code and stdout (the crash tests).
+//!   plugin process's exit code and stdout (the crash tests);
+//! * [`percentile`]: the one percentile every bench and lab measure reports.
 //!
 //! May call: `ip netns`, `nsenter`, `etcd`, `curl` (etcd's health), kill(2)
 //! on the processes and groups it started or found inside its namespaces,
@@ -334,9 +335,32 @@ pub fn finish(c: Child) -> (Option<i32>, String) {
     }
 }
 
+/// The `p` percentile (0..=1) of `sorted` by nearest rank: the smallest
+/// sample with at least a fraction `p` of the samples at or below it (p50 of
+/// 1..=50 is 25, p99 is 50); zero for no samples.
+pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let rank = (sorted.len() as f64 * p).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn percentiles_are_nearest_rank() {
+        let ms = |v: u64| Duration::from_millis(v);
+        let samples: Vec<_> = (1..=50).map(ms).collect();
+        assert_eq!(percentile(&samples, 0.5), ms(25));
+        assert_eq!(percentile(&samples, 0.99), ms(50));
+        assert_eq!(percentile(&samples, 0.0), ms(1));
+        assert_eq!(percentile(&samples, 1.0), ms(50));
+        assert_eq!(percentile(&[ms(1), ms(2)], 0.5), ms(1));
+        assert_eq!(percentile(&[], 0.5), Duration::ZERO);
+    }
 
     #[test]
     fn a_taken_port_fails_fast_as_address_in_use() {

@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 use clap::Parser;
 use kube_apiserver_fixture::{ApiServer, ENDPOINT_SLICES, NODES, SERVICES};
 use serde_json::{json, Value};
-use testbed::Netns;
+use testbed::{percentile, Netns};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -145,14 +145,6 @@ impl LogTail {
             self.buf.push_str(&more);
         }
     }
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    let i = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1;
-    sorted[i]
 }
 
 fn ms(d: Duration) -> String {
@@ -379,9 +371,5 @@ mod tests {
         assert_eq!(r, Duration::from_micros(830));
         assert_eq!(a, Duration::from_micros(11_670));
         assert_eq!(parse_duration("2.5s"), Some(Duration::from_millis(2500)));
-        assert_eq!(
-            percentile(&[Duration::from_millis(1), Duration::from_millis(2)], 0.5),
-            Duration::from_millis(1)
-        );
     }
 }
