@@ -1,5 +1,5 @@
-//! Text formatting shared with the binaries (calicoctl, ipam-bench,
-//! cni-bench); their durations are `tool_cli::values::parse_duration`'s.
+//! Text formatting shared with the binaries (calicoctl, and cni-bench's
+//! ipam-bench); their durations are `tool_cli::values::parse_duration`'s.
 
 /// Render rows as an aligned text table (header first).
 pub fn table(rows: &[Vec<String>]) -> String {

@@ -32,6 +32,7 @@ use clap::builder::RangedU64ValueParser;
 use clap::Parser;
 use ipam_block::ops::Snapshot;
 use ipam_block::{AssignRequest, FamilyRequest, Handle, Ipam, PoolRef};
+use testbed::percentile;
 use tool_cli::{LogArgs, Logging};
 
 const TOOL: &str = "ipam-bench";
@@ -317,14 +318,6 @@ struct Row {
     del_secs: f64,
     duplicates: usize,
     leaks: String,
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i.min(sorted.len() - 1)]
 }
 
 fn throughput(
