@@ -289,8 +289,22 @@ impl Lab {
                 let t0 = Instant::now();
                 s.commit(&claim_ops(&node_name, &net))?;
                 let added = |l: &str| !l.starts_with("Deleted");
-                let at_node = node_mon.wait(&prefix, |l| added(l) && l.contains("blackhole"), timeout)?;
-                let at_tor = tor_mon.wait(&prefix, added, timeout)?;
+                let seen = node_mon
+                    .wait(&prefix, |l| added(l) && l.contains("blackhole"), timeout)
+                    .and_then(|at_node| Ok((at_node, tor_mon.wait(&prefix, added, timeout)?)));
+                let (at_node, at_tor) = match seen {
+                    Ok(at) => at,
+                    Err(e) => {
+                        // The claim goes even when the round failed: left in
+                        // the lab's etcd, it would be a block of this node
+                        // for good, and the next measurement's same round
+                        // could not claim it again.
+                        if let Err(r) = release(s, &node_name, &net) {
+                            log::warn!("releasing the claim of {prefix} after a failed round: {r}");
+                        }
+                        return Err(e);
+                    }
+                };
                 out.push(ClaimTiming {
                     to_node: at_node.saturating_duration_since(t0),
                     to_tor: at_tor.saturating_duration_since(t0),
