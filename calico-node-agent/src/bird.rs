@@ -321,6 +321,9 @@ pub fn render(i: &BirdInputs<'_>) -> String {
             if i.bgp.rr_cluster_id.is_some() && p.as_number == i.bgp.local_as {
                 w!("  {} {{ export filter calico_export_rr; }};", channel(p.ip.is_ipv6()));
             }
+            if p.keep_next_hop {
+                w!("  {} {{ next hop keep; }}; # BGPPeer keepOriginalNextHop", channel(p.ip.is_ipv6()));
+            }
             w!("}}");
         }
     }

@@ -46,7 +46,13 @@
 //!   (other Calico nodes by label, each with its own AS, on both of their
 //!   addresses); scoped by `node`, by `nodeSelector` over this node's
 //!   labels, or by neither (every node); `password.secretKeyRef` (BIRD
-//!   `password`, TCP-MD5, from `bgp_secrets`: [`secrets`]). Completed in
+//!   `password`, TCP-MD5, from `bgp_secrets`: [`secrets`]);
+//!   `keepOriginalNextHop` (BIRD `next hop keep` towards a peer in another
+//!   AS, as calico/node; iBGP keeps next hops anyway). What it asks for is
+//!   what this agent's routes have regardless: unlike calico/node, which
+//!   passes the blocks it learnt from the mesh on to its peers, every node
+//!   announces only what it owns, so a block's next hop is always the node
+//!   it lives on. Completed in
 //!   reverse as calico/node does: a node matched by `peerSelector` (or whose
 //!   address and AS are the `peerIP` and `asNumber`) peers back with the
 //!   nodes the BGPPeer applies to. Protocols are named `Global_<ip>`
@@ -87,16 +93,15 @@
 //! * a Node `asNumber` of 0 is unset; selectors are bounded in length and
 //!   nesting ([`calico_store::selector`]);
 //! * BGPPeer fields the agent does not implement (`sourceAddress`,
-//!   `keepOriginalNextHop`, `filters`, `ttlSecurity`, ...) are ignored: the
-//!   peering is made without them.
+//!   `filters`, `ttlSecurity`, ...) are ignored: the peering is made without
+//!   them.
 //!
 //! Each of these is logged once while it lasts (not on every pass), naming
 //! the document, never a password. As a last line of defence every rendered
 //! text is checked with `bird -p` before it is applied; a refusal names the
 //! rendered section (and its `description`, the document it comes from) and
 //! BIRD keeps its current configuration. Not implemented: per-node
-//! BGPConfigurations (`node.<name>`), `keepOriginalNextHop`, `listenPort`,
-//! and IPv6-only nodes (the router id and a node's mesh entry need an IPv4
+//! BGPConfigurations (`node.<name>`), `listenPort`, and IPv6-only nodes (the router id and a node's mesh entry need an IPv4
 //! address: a Node without `ipv4Address` is not meshed).
 //!
 //! May call: `calico-store` (read, plus its own Node resource), the

@@ -202,8 +202,11 @@ pub struct PeerRule {
     /// `password.secretKeyRef`: the session's TCP-MD5 password, looked up in
     /// the agent's `bgp_secrets` ([`crate::secrets`]).
     pub password: Option<SecretKeyRef>,
+    /// `keepOriginalNextHop`: routes go to an eBGP peer with their own next
+    /// hop, not this node's address.
+    pub keep_original_next_hop: bool,
     /// Fields set on the resource that the agent does not implement
-    /// (`sourceAddress`, `keepOriginalNextHop`, ...): the peering is made
+    /// (`sourceAddress`, `filters`, `ttlSecurity`, ...): the peering is made
     /// without them.
     pub ignored_fields: Vec<String>,
 }
@@ -271,7 +274,14 @@ impl PeerRule {
         };
         // `null` is how some clients write an unset field.
         let ignored_fields = s.other.iter().filter(|(_, v)| !v.is_null()).map(|(k, _)| k.clone()).collect();
-        Ok(PeerRule { name: p.metadata.name.clone(), scope, target, password, ignored_fields })
+        Ok(PeerRule {
+            name: p.metadata.name.clone(),
+            scope,
+            target,
+            password,
+            keep_original_next_hop: s.keep_original_next_hop.unwrap_or(false),
+            ignored_fields,
+        })
     }
 
     /// Does this BGPPeer apply to node `node` with `labels`?
@@ -309,6 +319,10 @@ pub struct Peer {
     /// This node reflects routes to this peer (BIRD `rr client`): this node
     /// has a cluster ID, the peer is in its AS and not in its cluster.
     pub rr_client: bool,
+    /// Routes go to this peer with the next hop they came with (BIRD `next
+    /// hop keep`): its BGPPeer has `keepOriginalNextHop` and the peer is in
+    /// another AS (as calico/node; BIRD keeps iBGP next hops anyway).
+    pub keep_next_hop: bool,
 }
 
 /// Everything BGP the BIRD configuration needs, merged.
@@ -408,6 +422,7 @@ pub fn settings(cfg: &AgentConfig, st: &RoutingState) -> BgpSettings {
                 }
             }
             p.rr_client = rr_cluster_id.is_some() && p.as_number == local_as && cluster != rr_cluster_id;
+            p.keep_next_hop = rule.is_some_and(|r| r.keep_original_next_hop) && p.as_number != local_as;
             peers.push(p);
         };
     let peer = |ip: IpAddr, port, as_number, kind, source: String| Peer {
@@ -418,6 +433,7 @@ pub fn settings(cfg: &AgentConfig, st: &RoutingState) -> BgpSettings {
         source,
         password: None,
         rr_client: false,
+        keep_next_hop: false,
     };
     let node_as_of = |n: &MeshNode| n.as_number.unwrap_or(default_as);
     // A Calico node a BGPPeer makes this node peer with (either way round).
@@ -659,6 +675,38 @@ mod tests {
     }
 
     #[test]
+    fn the_original_next_hop_is_kept_for_ebgp_peers_only() {
+        let keep = |name: &str, ip: &str, asn: u32| {
+            peer(
+                name,
+                BgpPeerSpec {
+                    peer_ip: s(ip),
+                    as_number: Some(asn),
+                    keep_original_next_hop: Some(true),
+                    ..Default::default()
+                },
+            )
+            .unwrap()
+        };
+        let plain = peer(
+            "plain",
+            BgpPeerSpec { peer_ip: s("10.0.0.3"), as_number: Some(65000), ..Default::default() },
+        )
+        .unwrap();
+        let st = RoutingState {
+            bgp_peers: vec![keep("ebgp", "10.0.0.11", 65000), keep("ibgp", "10.0.0.2", 64600), plain],
+            ..Default::default()
+        };
+        let b = settings(&cfg("--as 64600"), &st);
+        let kept: Vec<(String, bool)> = b.peers.iter().map(|p| (p.ip.to_string(), p.keep_next_hop)).collect();
+        assert_eq!(
+            kept,
+            [("10.0.0.11".into(), true), ("10.0.0.2".into(), false), ("10.0.0.3".into(), false)],
+            "iBGP keeps next hops anyway, and only a BGPPeer that asks gets it"
+        );
+    }
+
+    #[test]
     fn config_alone_is_the_fallback() {
         let b = BgpSettings::from_config(&cfg("--as 64600 --peer 10.0.0.254:65000 --mesh"));
         assert_eq!(b.local_as, AsNumber(64600));
@@ -864,10 +912,10 @@ mod tests {
             }),
             ..Default::default()
         };
-        spec.other.insert("keepOriginalNextHop".into(), serde_json::json!(true));
+        spec.other.insert("sourceAddress".into(), serde_json::json!("None"));
         spec.other.insert("ttlSecurity".into(), serde_json::Value::Null);
         let r = peer("p", spec).unwrap();
-        assert_eq!(r.ignored_fields, ["keepOriginalNextHop"]);
+        assert_eq!(r.ignored_fields, ["sourceAddress"]);
         assert_eq!(r.password, Some(SecretKeyRef { name: "x".into(), key: "y".into() }));
         assert_eq!(
             r.target,

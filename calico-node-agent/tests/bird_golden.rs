@@ -359,7 +359,8 @@ fn no_single_bad_document_makes_bird_refuse_the_config() {
         BgpPeerSpec {
             peer_ip: Some("192.168.10.9".into()),
             as_number: Some(65009),
-            other: [("keepOriginalNextHop".to_string(), serde_json::json!(true))].into(),
+            keep_original_next_hop: Some(true),
+            other: [("sourceAddress".to_string(), serde_json::json!("None"))].into(),
             ..Default::default()
         },
     );
@@ -428,7 +429,7 @@ fn no_single_bad_document_makes_bird_refuse_the_config() {
         "as-zero: peerIP 192.168.10.7: asNumber 0",
         "port-zero: peerIP 192.168.10.8:0: port 0",
         "deep: peerSelector: invalid selector",
-        "extras: keepOriginalNextHop is not implemented",
+        "extras: sourceAddress is not implemented",
         "pw-plain: ",
         "v6-link-local: peerIP fe80::1: not a unicast address of another host (link-local",
         "node-a: routeReflectorClusterID \"300.0.0.1\" is not an IPv4-formatted cluster ID",

@@ -590,9 +590,13 @@ pub struct BgpPeerSpec {
     /// the password itself: the document is readable by every node).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub password: Option<BgpPassword>,
-    /// Every other field (`sourceAddress`, `keepOriginalNextHop`,
-    /// `filters`, ...), kept as written so a reader can say what it ignores
-    /// and a rewrite does not lose it.
+    /// Pass routes on to this (eBGP) peer with the next hop they came with,
+    /// instead of this node's address.
+    #[serde(rename = "keepOriginalNextHop", default, skip_serializing_if = "Option::is_none")]
+    pub keep_original_next_hop: Option<bool>,
+    /// Every other field (`sourceAddress`, `filters`, `ttlSecurity`, ...),
+    /// kept as written so a reader can say what it ignores and a rewrite
+    /// does not lose it.
     #[serde(flatten, default, skip_serializing_if = "BTreeMap::is_empty")]
     pub other: BTreeMap<String, serde_json::Value>,
 }
@@ -836,16 +840,22 @@ mod tests {
     fn bgp_peer_keeps_fields_it_does_not_model() {
         let json = r#"{"kind":"BGPPeer","apiVersion":"projectcalico.org/v3","metadata":{"name":"p"},
             "spec":{"peerIP":"192.168.10.1","asNumber":65000,"password":{"secretKeyRef":{"name":"s","key":"k"}},
-                    "keepOriginalNextHop":true}}"#;
+                    "keepOriginalNextHop":true,"sourceAddress":"None"}}"#;
         let p: BgpPeer = decode(&kv("k", json)).unwrap();
         assert_eq!(p.spec.as_number, Some(65000));
-        assert_eq!(p.spec.other.keys().collect::<Vec<_>>(), ["keepOriginalNextHop"]);
+        assert_eq!(p.spec.keep_original_next_hop, Some(true));
+        assert_eq!(p.spec.other.keys().collect::<Vec<_>>(), ["sourceAddress"]);
         assert_eq!(
             p.spec.password.clone().and_then(|p| p.secret_key_ref),
             Some(SecretKeyRef { name: "s".into(), key: "k".into() })
         );
         let out = String::from_utf8(encode(&p)).unwrap();
-        assert!(out.contains("secretKeyRef") && out.contains("keepOriginalNextHop"), "{out}");
+        assert!(
+            out.contains("secretKeyRef")
+                && out.contains(r#""keepOriginalNextHop":true"#)
+                && out.contains("sourceAddress"),
+            "{out}"
+        );
     }
 
     #[test]
