@@ -19,7 +19,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use ipnetwork::IpNetwork;
 
 use crate::config::AgentConfig;
-use crate::peering::{self, BgpSettings, PeerKind};
+use crate::peering::{self, BgpSettings, PeerKind, BGP_PORT};
 use crate::state::RoutingState;
 
 /// Everything the configuration depends on (config + datastore view).
@@ -213,7 +213,14 @@ pub fn render(i: &BirdInputs<'_>) -> String {
         if let Some(d) = i.bgp.debug {
             w!("  {} # BGPConfiguration logSeverityScreen", d.statement());
         }
-        w!("  local as {};", i.bgp.local_as);
+        match i.bgp.listen_port {
+            Some(port) => {
+                w!("  local port {port} as {}; # BGPConfiguration listenPort", i.bgp.local_as);
+            }
+            None => {
+                w!("  local as {};", i.bgp.local_as);
+            }
+        }
         w!("  multihop;");
         w!("  graceful restart;");
         w!("  connect delay time 2;");
@@ -264,7 +271,15 @@ pub fn render(i: &BirdInputs<'_>) -> String {
                 let asn = n.as_number.unwrap_or(i.bgp.default_as);
                 w!("protocol bgp Mesh_{} from {} {{", ident(ip), template(&ip));
                 w!("  description {};", quoted(&n.name));
-                w!("  neighbor {} as {};", ip, asn);
+                // Its own listenPort, else the cluster's (179: no port).
+                match n.listen_port.map_or(i.bgp.cluster_listen_port, |p| (p != BGP_PORT).then_some(p)) {
+                    Some(port) => {
+                        w!("  neighbor {ip} port {port} as {asn}; # its listenPort");
+                    }
+                    None => {
+                        w!("  neighbor {ip} as {asn};");
+                    }
+                }
                 w!("  source address {};", src);
                 // Calico's rule (a string comparison of the addresses, as Go's
                 // template `gt` does): the greater address waits for the other to

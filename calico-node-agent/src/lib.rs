@@ -40,7 +40,14 @@
 //!   `logSeverityScreen` (BIRD `debug all` / `{ states }` / `off`),
 //!   `serviceClusterIPs` / `serviceExternalIPs` (CIDRs announced by every
 //!   node; IPv6 ones by nodes with `node_ipv6`), `nodeMeshPassword` (the
-//!   mesh sessions' password, from `bgp_secrets`; unreadable: no mesh).
+//!   mesh sessions' password, from `bgp_secrets`; unreadable: no mesh),
+//!   `listenPort` (every node's BGP port; BIRD 2 has no global `listen bgp`,
+//!   so `local port` in the sessions' template, and the mesh reaches each
+//!   node at its port).
+//! * `…/bgpconfigurations/node.<name>`: one node's own `listenPort` and
+//!   `logSeverityScreen`, over the `default` ones for that node; its
+//!   cluster-wide fields are reported and ignored, as is a BGPConfiguration
+//!   with any other name.
 //! * `/calico/resources/v3/projectcalico.org/bgppeers/<name>`: `peerIP`
 //!   (`ip`, `ip:port`, `v6` or `[v6]:port`) + `asNumber`, or `peerSelector`
 //!   (other Calico nodes by label, each with its own AS, on both of their
@@ -100,9 +107,10 @@
 //! the document, never a password. As a last line of defence every rendered
 //! text is checked with `bird -p` before it is applied; a refusal names the
 //! rendered section (and its `description`, the document it comes from) and
-//! BIRD keeps its current configuration. Not implemented: per-node
-//! BGPConfigurations (`node.<name>`), `listenPort`, and IPv6-only nodes (the router id and a node's mesh entry need an IPv4
-//! address: a Node without `ipv4Address` is not meshed).
+//! BIRD keeps its current configuration. Not implemented: the per-node
+//! fields `prefixAdvertisements` and `bindMode`, and IPv6-only nodes (the
+//! router id and a node's mesh entry need an IPv4 address: a Node without
+//! `ipv4Address` is not meshed).
 //!
 //! May call: `calico-store` (read, plus its own Node resource), the
 //! `bgp_secrets` file or directory (read only), `netlink-util` (routes),

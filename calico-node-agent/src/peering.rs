@@ -71,6 +71,9 @@ impl BirdDebug {
     }
 }
 
+/// BGP's port, where a node listens unless a `listenPort` says otherwise.
+pub const BGP_PORT: u16 = 179;
+
 /// The cluster-wide settings of BGPConfiguration `default`, validated.
 /// `None` fields leave the agent's config in charge.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -86,6 +89,61 @@ pub struct BgpDefaults {
     pub service_cidrs: Vec<IpNetwork>,
     /// `nodeMeshPassword.secretKeyRef`: the password of every mesh session.
     pub mesh_password: Option<SecretKeyRef>,
+    /// `listenPort`: the port every node's BGP listens on (179 when unset),
+    /// unless its own BGPConfiguration says otherwise.
+    pub listen_port: Option<u16>,
+}
+
+/// A `listenPort` BIRD can use: 0 is no port.
+fn valid_port(port: Option<u16>, problems: &mut Vec<String>) -> Option<u16> {
+    let p = port?;
+    if p == 0 {
+        problems.push("listenPort 0 is not a port; ignored".into());
+        return None;
+    }
+    Some(p)
+}
+
+fn valid_debug(severity: Option<&str>, problems: &mut Vec<String>) -> Option<BirdDebug> {
+    match BirdDebug::from_severity(severity?) {
+        Ok(d) => Some(d),
+        Err(e) => {
+            problems.push(format!("{e}; ignored"));
+            None
+        }
+    }
+}
+
+/// What a node's own BGPConfiguration (`node.<name>`) sets for it, validated:
+/// the fields Calico takes per node that the agent implements. Cluster-wide
+/// fields there are reported and ignored.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NodeBgpConfig {
+    pub listen_port: Option<u16>,
+    pub debug: Option<BirdDebug>,
+}
+
+impl NodeBgpConfig {
+    pub fn from_spec(spec: &BgpConfigurationSpec) -> (NodeBgpConfig, Vec<String>) {
+        let mut problems = Vec::new();
+        let cluster_wide = [
+            ("asNumber", spec.as_number.is_some()),
+            ("nodeToNodeMeshEnabled", spec.node_to_node_mesh_enabled.is_some()),
+            ("serviceClusterIPs", !spec.service_cluster_ips.is_empty()),
+            ("serviceExternalIPs", !spec.service_external_ips.is_empty()),
+            ("nodeMeshPassword", spec.node_mesh_password.is_some()),
+        ];
+        for (field, set) in cluster_wide {
+            if set {
+                problems.push(format!("{field} is cluster-wide (BGPConfiguration default); ignored here"));
+            }
+        }
+        let c = NodeBgpConfig {
+            listen_port: valid_port(spec.listen_port, &mut problems),
+            debug: valid_debug(spec.log_severity_screen.as_deref(), &mut problems),
+        };
+        (c, problems)
+    }
 }
 
 impl BgpDefaults {
@@ -121,13 +179,8 @@ impl BgpDefaults {
             }
             a
         });
-        let debug = spec.log_severity_screen.as_deref().and_then(|s| match BirdDebug::from_severity(s) {
-            Ok(d) => Some(d),
-            Err(e) => {
-                problems.push(format!("{e}; ignored"));
-                None
-            }
-        });
+        let debug = valid_debug(spec.log_severity_screen.as_deref(), &mut problems);
+        let listen_port = valid_port(spec.listen_port, &mut problems);
         let mesh_password = spec.node_mesh_password.as_ref().and_then(|p| {
             if p.secret_key_ref.is_none() {
                 problems.push("nodeMeshPassword: only secretKeyRef {name, key} is supported; ignored".into());
@@ -141,6 +194,7 @@ impl BgpDefaults {
             debug,
             service_cidrs,
             mesh_password,
+            listen_port,
         };
         (d, problems)
     }
@@ -335,6 +389,12 @@ pub struct BgpSettings {
     pub mesh: bool,
     pub peers: Vec<Peer>,
     pub debug: Option<BirdDebug>,
+    /// The port this node's BGP listens on, when not 179 (its own
+    /// BGPConfiguration's `listenPort`, else the default one's).
+    pub listen_port: Option<u16>,
+    /// The `listenPort` of the nodes without their own (BGPConfiguration
+    /// default's): where the mesh reaches them.
+    pub cluster_listen_port: Option<u16>,
     pub service_cidrs: Vec<IpNetwork>,
     /// BGPConfiguration `nodeMeshPassword`, read from `bgp_secrets`.
     pub mesh_password: Option<Password>,
@@ -373,6 +433,12 @@ pub fn settings(cfg: &AgentConfig, st: &RoutingState) -> BgpSettings {
     let node_as = st.this_node.as_ref().and_then(|n| n.as_number);
     let local_as = node_as.or(d.as_number).or(cfg.as_number).unwrap_or(AsNumber(DEFAULT_AS_NUMBER));
     let rr_cluster_id = st.this_node.as_ref().and_then(|n| n.rr_cluster_id);
+    // 179 is BGP's port: the same as unset.
+    let not_179 = |p: Option<u16>| p.filter(|&p| p != BGP_PORT);
+    let listen_port = not_179(st.node_bgp.listen_port.or(d.listen_port));
+    let cluster_listen_port = not_179(d.listen_port);
+    // Where another Calico node's BGP listens.
+    let port_of = |n: &MeshNode| not_179(n.listen_port.or(d.listen_port));
     // Before this node's Node resource exists, its labels are the ones it is
     // about to write.
     let labels = st.this_node.as_ref().map_or(&cfg.labels, |n| &n.labels);
@@ -438,7 +504,7 @@ pub fn settings(cfg: &AgentConfig, st: &RoutingState) -> BgpSettings {
     let node_as_of = |n: &MeshNode| n.as_number.unwrap_or(default_as);
     // A Calico node a BGPPeer makes this node peer with (either way round).
     let node_peer = |rule: &PeerRule, n: &MeshNode, ip: IpAddr| {
-        peer(ip, None, node_as_of(n), PeerKind::Node, format!("BGPPeer {} node {}", rule.name, n.name))
+        peer(ip, port_of(n), node_as_of(n), PeerKind::Node, format!("BGPPeer {} node {}", rule.name, n.name))
     };
     for rule in st.bgp_peers.iter().filter(|r| r.applies_to(&cfg.node_name, labels)) {
         let kind = if rule.scope == PeerScope::Global { PeerKind::Global } else { PeerKind::Node };
@@ -479,7 +545,7 @@ pub fn settings(cfg: &AgentConfig, st: &RoutingState) -> BgpSettings {
             PeerTarget::Addr { ip, port, as_number }
                 if (*ip == me4 || Some(*ip) == me6)
                     && *as_number == local_as
-                    && port.is_none_or(|p| p == 179) =>
+                    && not_179(*port) == listen_port =>
             {
                 (ip.is_ipv4(), ip.is_ipv6())
             }
@@ -521,7 +587,9 @@ pub fn settings(cfg: &AgentConfig, st: &RoutingState) -> BgpSettings {
         default_as,
         mesh,
         peers,
-        debug: d.debug,
+        debug: st.node_bgp.debug.or(d.debug),
+        listen_port,
+        cluster_listen_port,
         service_cidrs: d.service_cidrs.clone(),
         mesh_password,
         rr_cluster_id,
@@ -781,6 +849,7 @@ mod tests {
             labels: labels(l),
             ipv6: None,
             rr_cluster_id: None,
+            listen_port: None,
         };
         let st = RoutingState {
             this_node: Some(ThisNode {

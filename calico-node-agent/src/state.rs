@@ -12,7 +12,7 @@ use calico_store::{Datastore, StoreError};
 use ipnetwork::IpNetwork;
 
 use crate::config::AsNumber;
-use crate::peering::{BgpDefaults, ClusterId, PeerRule};
+use crate::peering::{BgpDefaults, ClusterId, NodeBgpConfig, PeerRule};
 
 /// An IPAM block (IPv4 or IPv6) confirmed affine to this node: pinned
 /// locally by a blackhole route and announced as one aggregate.
@@ -48,6 +48,8 @@ pub struct MeshNode {
     pub ipv6: Option<Ipv6Addr>,
     /// Its `routeReflectorClusterID`: the mesh skips a route reflector.
     pub rr_cluster_id: Option<ClusterId>,
+    /// The `listenPort` of its own BGPConfiguration (`node.<name>`), if any.
+    pub listen_port: Option<u16>,
 }
 
 /// This node's own Node resource as the datastore has it.
@@ -72,6 +74,9 @@ pub struct RoutingState {
     pub this_node: Option<ThisNode>,
     /// BGPConfiguration `default`; all fields `None` when there is none.
     pub bgp_defaults: BgpDefaults,
+    /// This node's own BGPConfiguration (`node.<name>`); all `None` when
+    /// there is none.
+    pub node_bgp: NodeBgpConfig,
     /// Every valid BGPPeer, whichever node it is for, sorted by name.
     pub bgp_peers: Vec<PeerRule>,
     /// What was skipped or partly ignored in the BGP documents, each naming
@@ -200,6 +205,7 @@ pub fn read(store: &dyn Datastore, node: &str) -> Result<RoutingState, StoreErro
                 labels: n.metadata.labels.clone(),
                 ipv6,
                 rr_cluster_id,
+                listen_port: None,
             }),
             _ => log::warn!("node {} has an unusable ipv4Address {addr:?}", n.metadata.name),
         }
@@ -209,20 +215,47 @@ pub fn read(store: &dyn Datastore, node: &str) -> Result<RoutingState, StoreErro
     // BGP resources: a bad document is reported and skipped, a bad field of
     // the BGPConfiguration alone is dropped (the rest still applies), and
     // an invalid BGPPeer costs only its own peerings.
-    let cfg_key = model::bgp_configuration_key(model::DEFAULT_BGP_CONFIGURATION);
-    if let Some(kv) = store.get(&cfg_key)? {
-        match model::decode_bgp_configuration(&kv) {
-            Ok((c, bad_fields)) => {
-                let (d, bad_values) = BgpDefaults::from_spec(&c.spec);
-                for p in bad_fields.iter().chain(&bad_values) {
-                    state.problems.insert(format!("{}: {p}", kv.key));
-                }
-                state.bgp_defaults = d;
-            }
+    // `default` is cluster-wide; `node.<name>` holds one node's own
+    // settings (this node's, and the other nodes' listen ports, where the
+    // mesh reaches them).
+    let mut node_ports = BTreeMap::new();
+    let this_node_config = model::node_bgp_configuration(node);
+    for kv in store.list(&model::bgp_configurations_prefix())? {
+        let name = kv.key.strip_prefix(&model::bgp_configurations_prefix()).unwrap_or(&kv.key);
+        let (c, bad_fields) = match model::decode_bgp_configuration(&kv) {
+            Ok(decoded) => decoded,
             Err(e) => {
                 state.problems.insert(format!("ignoring BGPConfiguration: {e}"));
+                continue;
             }
+        };
+        let report = |state: &mut RoutingState, bad: &[String]| {
+            for p in bad {
+                state.problems.insert(format!("{}: {p}", kv.key));
+            }
+        };
+        report(&mut state, &bad_fields);
+        if name == model::DEFAULT_BGP_CONFIGURATION {
+            let (d, bad_values) = BgpDefaults::from_spec(&c.spec);
+            report(&mut state, &bad_values);
+            state.bgp_defaults = d;
+        } else if let Some(other) = name.strip_prefix("node.") {
+            let (n, bad_values) = NodeBgpConfig::from_spec(&c.spec);
+            if name == this_node_config {
+                report(&mut state, &bad_values);
+                state.node_bgp = n;
+            } else if let Some(port) = n.listen_port {
+                node_ports.insert(other.to_string(), port);
+            }
+        } else {
+            state.problems.insert(format!(
+                "{}: not a BGPConfiguration Calico reads (only default and node.<name>); ignored",
+                kv.key
+            ));
         }
+    }
+    for n in &mut state.other_nodes {
+        n.listen_port = node_ports.get(&n.name).copied();
     }
     for kv in store.list(&model::bgp_peers_prefix())? {
         let rule = model::decode::<BgpPeer>(&kv)
@@ -343,6 +376,7 @@ mod tests {
                 labels: BTreeMap::new(),
                 ipv6: None,
                 rr_cluster_id: None,
+                listen_port: None,
             }]
         );
         assert_eq!(st.this_node, Some(ThisNode::default()));

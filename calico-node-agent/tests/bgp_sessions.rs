@@ -205,3 +205,88 @@ fn md5_passwords_and_ipv6_sessions_to_a_peer() {
         assert!(!log.contains(secret), "{secret} logged:\n{log}");
     }
 }
+
+/// BGPConfiguration `listenPort`: the node's BIRD listens there (and not on
+/// 179), and a peer that can only reach it there gets its session: the tor
+/// listens on a port of its own, so the node's connections to its 179 are
+/// refused and the session is the one the tor opens to the node's port.
+#[test]
+fn the_node_listens_on_its_listen_port() {
+    let node_ns = Netns::new("nlp");
+    let tor_ns = Netns::new("tlp");
+    node_ns.exec(&[
+        "ip",
+        "link",
+        "add",
+        "eth0",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "eth1",
+        "netns",
+        tor_ns.name(),
+    ]);
+    for (ns, dev, v4) in [(&node_ns, "eth0", "192.168.77.2/24"), (&tor_ns, "eth1", "192.168.77.1/24")] {
+        ns.exec(&["ip", "addr", "add", v4, "dev", dev]);
+        ns.exec(&["ip", "link", "set", dev, "up"]);
+        ns.exec(&["ip", "link", "set", "lo", "up"]);
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (store_dir, run, tor_run) =
+        (dir.path().join("store"), dir.path().join("run"), dir.path().join("tor"));
+    std::fs::create_dir_all(&run).unwrap();
+    std::fs::create_dir_all(&tor_run).unwrap();
+    let store = FileStore::open(&store_dir).unwrap();
+    let node = testbed::unique("n");
+    claim(&store, &node, "10.252.0.0/26");
+    bgp_peer(&store, "tor", "192.168.77.1", None);
+    let config = model::BgpConfiguration::new(
+        "BGPConfiguration",
+        ObjectMeta { name: "default".into(), ..Default::default() },
+        model::BgpConfigurationSpec {
+            listen_port: Some(1790),
+            node_to_node_mesh_enabled: Some(false),
+            ..Default::default()
+        },
+    );
+    put(&store, &model::bgp_configuration_key("default"), model::encode(&config));
+
+    std::fs::write(
+        tor_run.join("bird.conf"),
+        "router id 192.168.77.1;\nprotocol device { scan time 2; }\n\
+         protocol bgp n { local 192.168.77.1 port 1800 as 65000; neighbor 192.168.77.2 port 1790 as 64512; \
+         connect retry time 1; error wait time 1,2; ipv4 { import all; export none; }; }\n",
+    )
+    .unwrap();
+    let _tor = bird(&tor_ns, &tor_run, "bird-tor");
+
+    let agent_args = |cmd: &mut Command| {
+        cmd.args(["--node-name", &node, "--node-ip", "192.168.77.2/24"])
+            .arg("--datastore-path")
+            .arg(&store_dir)
+            .arg("--bird-config")
+            .arg(run.join("bird.conf"))
+            .arg("--bird-socket")
+            .arg(run.join("bird.ctl"))
+            .args(["--poll-interval-ms", "200"])
+            .arg("--log-file")
+            .arg(run.join("agent.log"));
+    };
+    let mut once = node_ns.nsenter(testbed::target_bin("calico-node-agent"));
+    once.args(["run", "--once"]);
+    agent_args(&mut once);
+    let out = once.output().unwrap();
+    assert!(out.status.success(), "run --once: {}", String::from_utf8_lossy(&out.stderr));
+    let _node_bird = bird(&node_ns, &run, "bird-node");
+
+    let listening = node_ns.exec(&["ss", "-Hltn"]);
+    assert!(listening.contains(":1790 "), "BIRD listens on 1790: {listening}");
+    assert!(!listening.contains(":179 "), "and not on 179: {listening}");
+    wait_for("the session the tor opens to port 1790", Duration::from_secs(20), || {
+        established(&tor_run, "n")
+    });
+    wait_for("the tor learns the block", Duration::from_secs(10), || {
+        birdc(&tor_run, &["show", "route"]).contains("10.252.0.0/26")
+    });
+}

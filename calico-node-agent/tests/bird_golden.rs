@@ -49,6 +49,7 @@ fn state(blocks: &[&str], borrowed: &[&str], nodes: &[(&str, &str, Option<u32>)]
                 labels: Default::default(),
                 ipv6: None,
                 rr_cluster_id: None,
+                listen_port: None,
             })
             .collect(),
         ..Default::default()
@@ -155,6 +156,11 @@ impl Store {
     fn bgp_config(&self, spec: BgpConfigurationSpec) {
         let doc = BgpConfiguration::new("BGPConfiguration", meta("default"), spec);
         self.put(&model::bgp_configuration_key("default"), model::encode(&doc));
+    }
+
+    fn named_bgp_config(&self, name: &str, spec: BgpConfigurationSpec) {
+        let doc = BgpConfiguration::new("BGPConfiguration", meta(name), spec);
+        self.put(&model::bgp_configuration_key(name), model::encode(&doc));
     }
 
     /// What node-a renders, with `flags` as its agent config.
@@ -294,6 +300,54 @@ fn bgp_peer_selector_service_ips_and_logging() {
     );
     assert!(text.contains("debug { states };"));
     golden("bgp_peer_selector_services", &text);
+}
+
+/// `listenPort` cluster-wide and per node (`node.<name>`): node-a listens
+/// where its own BGPConfiguration says and reaches every other node where
+/// that node listens (its own, the cluster's, or 179); a peerSelector peer is
+/// a Calico node too. Cluster-wide fields in a per-node document and a
+/// document Calico does not read are reported.
+#[test]
+fn bgp_listen_ports_cluster_wide_and_per_node() {
+    let st = Store::new();
+    st.node("node-c", "192.168.30.2/24", None, &[("rr", "true")]);
+    st.node("node-d", "192.168.40.2/24", None, &[]);
+    st.bgp_config(BgpConfigurationSpec {
+        listen_port: Some(1790),
+        log_severity_screen: Some("Info".into()),
+        ..Default::default()
+    });
+    st.named_bgp_config(
+        "node.node-a",
+        BgpConfigurationSpec {
+            listen_port: Some(1791),
+            log_severity_screen: Some("Debug".into()),
+            as_number: Some(65111),
+            ..Default::default()
+        },
+    );
+    st.named_bgp_config("node.node-b", BgpConfigurationSpec { listen_port: Some(179), ..Default::default() });
+    st.named_bgp_config(
+        "node.node-d",
+        BgpConfigurationSpec { listen_port: Some(1794), ..Default::default() },
+    );
+    st.named_bgp_config("rack-1", BgpConfigurationSpec { listen_port: Some(1799), ..Default::default() });
+    st.peer("to-rr", BgpPeerSpec { peer_selector: Some("has(rr)".into()), ..Default::default() });
+    let text = st.render_a("");
+    assert!(text.contains("  local port 1791 as 64512;"), "node-a's own port and the cluster AS: {text}");
+    assert!(text.contains("debug all;"), "node-a's own logSeverityScreen");
+    let mesh = |name: &str| protocol(&text, name).unwrap_or_else(|| panic!("{name} in {text}"));
+    assert!(mesh("Mesh_192_168_20_2").contains("neighbor 192.168.20.2 as 64512;"), "node-b: 179");
+    assert!(mesh("Mesh_192_168_40_2").contains("neighbor 192.168.40.2 port 1794 as 64512;"));
+    assert!(mesh("Mesh_192_168_30_2").contains("neighbor 192.168.30.2 port 1790 as 64512;"));
+    let s = state::read(&st.s, "node-a").unwrap();
+    let problems: Vec<&String> = s.problems.iter().collect();
+    assert!(problems.iter().any(|p| p.contains("node.node-a: asNumber is cluster-wide")), "{problems:?}");
+    assert!(
+        problems.iter().any(|p| p.contains("rack-1: not a BGPConfiguration Calico reads")),
+        "{problems:?}"
+    );
+    golden("bgp_listen_ports", &text);
 }
 
 #[test]

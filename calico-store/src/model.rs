@@ -479,9 +479,15 @@ pub fn bgp_configuration_key(name: &str) -> String {
     format!("{}{name}", bgp_configurations_prefix())
 }
 
-/// The cluster-wide BGPConfiguration is the one named `default` (per-node
-/// ones are `node.<name>`, not used here).
+/// The cluster-wide BGPConfiguration is the one named `default`; a node's
+/// own is [`node_bgp_configuration`].
 pub const DEFAULT_BGP_CONFIGURATION: &str = "default";
+
+/// The name of node `node`'s own BGPConfiguration (`node.<name>`), whose
+/// per-node fields override the `default` one's for that node.
+pub fn node_bgp_configuration(node: &str) -> String {
+    format!("node.{node}")
+}
 
 /// `/calico/resources/v3/projectcalico.org/bgppeers/`.
 pub fn bgp_peers_prefix() -> String {
@@ -519,6 +525,9 @@ pub struct BgpConfigurationSpec {
     /// reference to a secret.
     #[serde(rename = "nodeMeshPassword", default, skip_serializing_if = "Option::is_none")]
     pub node_mesh_password: Option<BgpPassword>,
+    /// The port BGP listens on (179 when unset); per node in `node.<name>`.
+    #[serde(rename = "listenPort", default, skip_serializing_if = "Option::is_none")]
+    pub listen_port: Option<u16>,
 }
 
 pub type BgpConfiguration = Resource<BgpConfigurationSpec>;
@@ -559,6 +568,7 @@ pub fn decode_bgp_configuration(kv: &KeyValue) -> Result<(BgpConfiguration, Vec<
                         spec.node_to_node_mesh_enabled.or(s.node_to_node_mesh_enabled);
                     spec.as_number = spec.as_number.or(s.as_number);
                     spec.node_mesh_password = spec.node_mesh_password.take().or(s.node_mesh_password);
+                    spec.listen_port = spec.listen_port.or(s.listen_port);
                 }
                 Err(e) => bad.push(format!("{field} {value}: {e}")),
             },
@@ -779,6 +789,7 @@ mod tests {
         assert_eq!(c.spec.node_to_node_mesh_enabled, Some(false));
         assert_eq!(c.spec.as_number, Some(63400));
         assert_eq!(c.spec.log_severity_screen.as_deref(), Some("Info"));
+        assert_eq!(c.spec.listen_port, Some(178));
         assert_eq!(
             c.spec.service_cluster_ips,
             vec![ServiceIpBlock { cidr: "10.96.0.0/12".parse().unwrap() }]
@@ -801,7 +812,7 @@ mod tests {
             "metadata":{"name":"default"},
             "spec":{"logSeverityScreen":7,"nodeToNodeMeshEnabled":"yes","asNumber":"sixty",
                     "serviceClusterIPs":[{"cidr":"10.96.0.0/12"},{"cidr":"nonsense"},{"cidr":"10.97.0.1/16"}],
-                    "serviceExternalIPs":{"cidr":"1.2.3.0/24"},"listenPort":178}}"#;
+                    "serviceExternalIPs":{"cidr":"1.2.3.0/24"},"listenPort":70000}}"#;
         // The strict decode loses the whole document over one field.
         assert!(decode::<BgpConfiguration>(&kv("k", json)).is_err());
         let (c, bad) = decode_bgp_configuration(&kv("k", json)).unwrap();
@@ -812,8 +823,11 @@ mod tests {
         let cidrs: Vec<String> = c.spec.service_cluster_ips.iter().map(|b| b.cidr.to_string()).collect();
         assert_eq!(cidrs, ["10.96.0.0/12", "10.97.0.1/16"], "host bits are the reader's business");
         assert!(c.spec.service_external_ips.is_empty());
-        assert_eq!(bad.len(), 5, "{bad:?}");
-        for field in ["logSeverityScreen", "nodeToNodeMeshEnabled", "asNumber", "serviceClusterIPs[1]"] {
+        assert_eq!(c.spec.listen_port, None);
+        assert_eq!(bad.len(), 6, "{bad:?}");
+        for field in
+            ["logSeverityScreen", "nodeToNodeMeshEnabled", "asNumber", "serviceClusterIPs[1]", "listenPort"]
+        {
             assert!(bad.iter().any(|b| b.starts_with(field)), "{field}: {bad:?}");
         }
         // Good fields next to bad ones are kept.
