@@ -256,7 +256,7 @@ impl Agent {
     /// retried on the next resync or change.
     fn apply_nat(&mut self, again: bool) {
         let result = match (&self.nat_failure, again) {
-            (None, true) => self.nat.reapply().map(|()| false),
+            (None, true) => self.nat.reapply(),
             _ => self.nat.apply(&self.pools),
         };
         match result {

@@ -196,8 +196,10 @@ fn check_mode(mode: NatMode) {
             assert!(table.contains("masquerade fully-random"), "{table}");
         }
     }
-    // Unchanged pools: nothing written.
+    // Unchanged pools: nothing written; a resync finds the rules as it
+    // left them and writes nothing either.
     assert!(!in_node(&t, || nat.apply(&pools(true))).unwrap());
+    assert!(!in_node(&t, || nat.reapply()).unwrap(), "an idle resync only reads");
 
     // Rules flushed behind the agent's back come back with a resync.
     match mode {
@@ -205,8 +207,9 @@ fn check_mode(mode: NatMode) {
         NatMode::Nftables => drop(t.node.exec(&["nft", "flush", "table", "ip", "calico-nat-outgoing"])),
     }
     assert_eq!(seen_from(&t.pod1, OUTSIDE, PORT), POD1, "flushed");
-    in_node(&t, || nat.reapply()).unwrap();
+    assert!(in_node(&t, || nat.reapply()).unwrap(), "flushed rules are written again");
     assert_eq!(seen_from(&t.pod1, OUTSIDE, PORT), NODE_UPLINK, "after the resync");
+    assert!(!in_node(&t, || nat.reapply()).unwrap(), "and then left alone");
 
     // The pool turns natOutgoing off: rules removed, the pod's address again.
     assert!(in_node(&t, || nat.apply(&pools(false))).unwrap());

@@ -59,6 +59,20 @@ impl Backend for Iptables {
         Ok(())
     }
 
+    /// Our chain's rules and our jump(s) from `POSTROUTING`, as `-S` prints
+    /// them (an error when the chain is gone).
+    fn list(&self, family: IpFamily) -> Result<String, NatError> {
+        let (iptables, _) = tools(family);
+        let chain = run(iptables, &["-w", "-t", "nat", "-S", CHAIN], None)?;
+        let post = run(iptables, &["-w", "-t", "nat", "-S", "POSTROUTING"], None)?;
+        let mut out = String::from_utf8_lossy(&chain.stdout).into_owned();
+        for jump in String::from_utf8_lossy(&post.stdout).lines().filter(|l| l.contains(JUMP_COMMENT)) {
+            out.push_str(jump);
+            out.push('\n');
+        }
+        Ok(out)
+    }
+
     fn remove(&self, family: IpFamily) -> Result<(), NatError> {
         let (iptables, restore) = tools(family);
         let mut delete = vec!["-w", "-t", "nat", "-D", "POSTROUTING"];

@@ -19,7 +19,11 @@
 //!
 //! Rules exist only while a pool of the family has natOutgoing; they are
 //! removed (chain and jump, or table) when the last such pool goes, and the
-//! other mode's leftovers are removed at start. A pool document that cannot
+//! other mode's leftovers are removed at start (best effort: a node without
+//! the other mode's tool still gets its rules). The agent's resync lists
+//! them (`iptables -S`, `nft list table`) and writes them again only when
+//! the listing differs from the one taken right after the last write, so an
+//! idle node's firewall is read, not rewritten, every 10 s. A pool document that cannot
 //! be decoded or breaks Calico's pool rules is skipped and reported, never
 //! written into a rule.
 
@@ -150,6 +154,10 @@ pub trait Backend {
     fn write(&self, pools: &FamilyPools<'_>, random_fully: bool) -> Result<(), NatError>;
     /// Remove the family's rules, if there are any.
     fn remove(&self, family: IpFamily) -> Result<(), NatError>;
+    /// The family's rules as the firewall lists them now (an error when they
+    /// are not there). Only ever compared with an earlier listing, so its
+    /// format is the tool's business.
+    fn list(&self, family: IpFamily) -> Result<String, NatError>;
 }
 
 fn backend(mode: NatMode) -> Box<dyn Backend + Send> {
@@ -178,6 +186,16 @@ pub struct NatOutgoing {
     applied: Option<NatPools>,
     /// `--random-fully` / `fully-random` works here (`None`: not tried yet).
     random_fully: Option<bool>,
+    /// Per family (IPv4, IPv6): how the firewall listed our rules right
+    /// after we last wrote them (`None`: not listed, or no rules).
+    listed: [Option<String>; 2],
+}
+
+fn slot(family: IpFamily) -> usize {
+    match family {
+        IpFamily::V4 => 0,
+        IpFamily::V6 => 1,
+    }
 }
 
 impl NatOutgoing {
@@ -204,6 +222,7 @@ impl NatOutgoing {
             other_failure: None,
             applied: None,
             random_fully: None,
+            listed: [None, None],
         }
     }
 
@@ -232,7 +251,10 @@ impl NatOutgoing {
             }
             match want {
                 Some(p) => self.write(&p)?,
-                None => self.backend.remove(f)?,
+                None => {
+                    self.listed[slot(f)] = None;
+                    self.backend.remove(f)?;
+                }
             }
             wrote = true;
         }
@@ -270,25 +292,36 @@ impl NatOutgoing {
         }
     }
 
-    /// Write the rules held again (someone may have flushed them).
-    pub fn reapply(&mut self) -> Result<(), NatError> {
+    /// Write the rules held again where someone changed them behind our
+    /// back (flushed a chain, deleted the jump, edited the table): a family
+    /// whose rules list as they did right after our last write is left
+    /// alone, so an idle node's resync only reads the firewall. Returns
+    /// whether anything was rewritten.
+    pub fn reapply(&mut self) -> Result<bool, NatError> {
         self.clear_other_mode();
         // Taken while writing: after a failure what the firewall holds is
         // unknown, and the next apply writes every family.
-        let Some(pools) = self.applied.take() else { return Ok(()) };
+        let Some(pools) = self.applied.take() else { return Ok(false) };
+        let mut rewrote = false;
         for f in FAMILIES {
-            if let Some(p) = pools.family(f) {
-                self.write(&p)?;
+            let Some(p) = pools.family(f) else { continue };
+            if let (Ok(now), Some(then)) = (self.backend.list(f), &self.listed[slot(f)]) {
+                if now == *then {
+                    continue;
+                }
             }
+            self.write(&p)?;
+            rewrote = true;
         }
         self.applied = Some(pools);
-        Ok(())
+        Ok(rewrote)
     }
 
     /// Remove every rule of this mode (the agent does not on stop: like
     /// Felix, it leaves the node's dataplane in place).
     pub fn remove(&mut self) -> Result<(), NatError> {
         for f in FAMILIES {
+            self.listed[slot(f)] = None;
             self.backend.remove(f)?;
         }
         self.applied = Some(NatPools::default());
@@ -301,6 +334,14 @@ impl NatOutgoing {
     /// a refusal of the mapping itself (not a failure that happened to come
     /// first) turns it off for good.
     fn write(&mut self, p: &FamilyPools<'_>) -> Result<(), NatError> {
+        self.listed[slot(p.family)] = None;
+        self.write_rules(p)?;
+        // What a later resync compares with (not listed: it rewrites).
+        self.listed[slot(p.family)] = self.backend.list(p.family).ok();
+        Ok(())
+    }
+
+    fn write_rules(&mut self, p: &FamilyPools<'_>) -> Result<(), NatError> {
         if let Some(rf) = self.random_fully {
             return self.backend.write(p, rf);
         }
@@ -423,6 +464,8 @@ mod tests {
         /// from the front; when empty, success).
         removes: std::collections::VecDeque<Option<NatError>>,
         rf_writes: std::collections::VecDeque<Option<NatError>>,
+        /// Someone changed the rules behind our back this many times.
+        tampered: u32,
     }
 
     struct Fake(std::sync::Arc<std::sync::Mutex<Script>>);
@@ -440,6 +483,13 @@ mod tests {
             let mut s = self.0.lock().unwrap();
             s.calls.push(format!("remove {family:?}"));
             s.removes.pop_front().flatten().map_or(Ok(()), Err)
+        }
+        fn list(&self, family: IpFamily) -> Result<String, NatError> {
+            // What was written last (every write is recorded in `calls`),
+            // or what someone put there behind our back.
+            let s = self.0.lock().unwrap();
+            let last = s.calls.iter().rev().find(|c| c.contains(&format!(" {family:?}")));
+            Ok(format!("{last:?} {}", s.tampered))
         }
     }
 
@@ -515,11 +565,26 @@ mod tests {
         ours.lock().unwrap().rf_writes.extend([Some(refused()), Some(refused())]);
         nat.apply(&v4_pools()).unwrap();
         assert_eq!(nat.random_fully(), Some(false));
-        nat.reapply().unwrap();
+        ours.lock().unwrap().tampered += 1;
+        assert!(nat.reapply().unwrap());
         assert_eq!(
             ours.lock().unwrap().calls,
             ["write V4 true", "write V4 false", "write V4 true", "remove V6", "write V4 false"]
         );
+    }
+
+    #[test]
+    fn a_resync_rewrites_only_rules_changed_behind_its_back() {
+        let (mut nat, ours, _) = fakes();
+        nat.apply(&v4_pools()).unwrap();
+        let writes = |s: &Shared| s.lock().unwrap().calls.iter().filter(|c| c.starts_with("write")).count();
+        assert_eq!(writes(&ours), 1);
+        assert!(!nat.reapply().unwrap(), "listed as we left them: nothing written");
+        assert_eq!(writes(&ours), 1);
+        ours.lock().unwrap().tampered += 1;
+        assert!(nat.reapply().unwrap(), "changed: written again");
+        assert_eq!(writes(&ours), 2);
+        assert!(!nat.reapply().unwrap(), "and then left alone");
     }
 
     #[test]

@@ -53,6 +53,13 @@ impl Backend for Nftables {
         run("nft", &["-f", "-"], Some(render_table(p, random_fully).as_bytes())).map(drop)
     }
 
+    /// Our table as `nft list table` prints it (an error when it is gone).
+    fn list(&self, family: IpFamily) -> Result<String, NatError> {
+        let (fam, _) = family_words(family);
+        let out = run("nft", &["list", "table", fam, TABLE], None)?;
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
     fn remove(&self, family: IpFamily) -> Result<(), NatError> {
         let (fam, _) = family_words(family);
         // add + delete: removes the table if it exists, succeeds if not.
