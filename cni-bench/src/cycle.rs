@@ -47,6 +47,17 @@ fn kernel_tick() -> Option<Duration> {
     (!d.is_zero()).then_some(d)
 }
 
+/// `5: 41%, 6: 38%, ...`: the share of cycles that took each whole number
+/// of kernel ticks (rounded), shortest first.
+fn tick_histogram(cycles: &[Duration], tick: Duration) -> String {
+    let mut counts = std::collections::BTreeMap::<u64, usize>::new();
+    for c in cycles {
+        *counts.entry((c.as_secs_f64() / tick.as_secs_f64()).round() as u64).or_default() += 1;
+    }
+    let n = cycles.len().max(1) as f64;
+    counts.iter().map(|(t, k)| format!("{t}: {:.0}%", *k as f64 * 100.0 / n)).collect::<Vec<_>>().join(", ")
+}
+
 /// What the cycle mode needs from the command line.
 pub struct CycleArgs {
     pub iterations: usize,
@@ -230,11 +241,27 @@ fn report(impls: &[Implementation], results: &[Samples], n: usize, floor: Durati
                 t(reference),
                 t(floor)
             );
+            for (imp, s) in impls.iter().zip(results) {
+                println!("  {:<22} cycles by ticks: {}", imp.label, tick_histogram(&s.cycle, tick));
+            }
         }
         let rss = results[0].peak_rss_kib as f64 / 1024.0;
         println!(
             "peak RSS of calico/calico-ipam: {rss:.2} MiB (target <= 10 MiB: {})",
             if rss <= 10.0 { "met" } else { "NOT met" }
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cycles_are_counted_by_whole_ticks() {
+        let ms = |v: f64| Duration::from_secs_f64(v / 1000.0);
+        let cycles = [ms(19.6), ms(20.4), ms(23.7), ms(24.1), ms(28.2)];
+        assert_eq!(tick_histogram(&cycles, ms(4.0)), "5: 40%, 6: 40%, 7: 20%");
+        assert_eq!(tick_histogram(&[], ms(4.0)), "");
     }
 }
