@@ -19,7 +19,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use ipnetwork::IpNetwork;
 
 use crate::config::AgentConfig;
-use crate::peering::{self, BgpSettings, PeerKind, BGP_PORT};
+use crate::peering::{self, BgpSettings, PeerKind};
 use crate::state::RoutingState;
 
 /// Everything the configuration depends on (config + datastore view).
@@ -271,8 +271,7 @@ pub fn render(i: &BirdInputs<'_>) -> String {
                 let asn = n.as_number.unwrap_or(i.bgp.default_as);
                 w!("protocol bgp Mesh_{} from {} {{", ident(ip), template(&ip));
                 w!("  description {};", quoted(&n.name));
-                // Its own listenPort, else the cluster's (179: no port).
-                match n.listen_port.map_or(i.bgp.cluster_listen_port, |p| (p != BGP_PORT).then_some(p)) {
+                match peering::bgp_port(n.listen_port, i.bgp.cluster_listen_port) {
                     Some(port) => {
                         w!("  neighbor {ip} port {port} as {asn}; # its listenPort");
                     }

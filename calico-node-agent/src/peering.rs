@@ -74,6 +74,13 @@ impl BirdDebug {
 /// BGP's port, where a node listens unless a `listenPort` says otherwise.
 pub const BGP_PORT: u16 = 179;
 
+/// Where a node's BGP listens, from its own `listenPort` (`node.<name>`)
+/// and the cluster's (`default`): the first set one, `None` for BGP's own
+/// 179 (written without a port).
+pub fn bgp_port(own: Option<u16>, cluster: Option<u16>) -> Option<u16> {
+    own.or(cluster).filter(|&p| p != BGP_PORT)
+}
+
 /// The cluster-wide settings of BGPConfiguration `default`, validated.
 /// `None` fields leave the agent's config in charge.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -433,12 +440,10 @@ pub fn settings(cfg: &AgentConfig, st: &RoutingState) -> BgpSettings {
     let node_as = st.this_node.as_ref().and_then(|n| n.as_number);
     let local_as = node_as.or(d.as_number).or(cfg.as_number).unwrap_or(AsNumber(DEFAULT_AS_NUMBER));
     let rr_cluster_id = st.this_node.as_ref().and_then(|n| n.rr_cluster_id);
-    // 179 is BGP's port: the same as unset.
-    let not_179 = |p: Option<u16>| p.filter(|&p| p != BGP_PORT);
-    let listen_port = not_179(st.node_bgp.listen_port.or(d.listen_port));
-    let cluster_listen_port = not_179(d.listen_port);
+    let listen_port = bgp_port(st.node_bgp.listen_port, d.listen_port);
+    let cluster_listen_port = bgp_port(None, d.listen_port);
     // Where another Calico node's BGP listens.
-    let port_of = |n: &MeshNode| not_179(n.listen_port.or(d.listen_port));
+    let port_of = |n: &MeshNode| bgp_port(n.listen_port, d.listen_port);
     // Before this node's Node resource exists, its labels are the ones it is
     // about to write.
     let labels = st.this_node.as_ref().map_or(&cfg.labels, |n| &n.labels);
@@ -510,15 +515,17 @@ pub fn settings(cfg: &AgentConfig, st: &RoutingState) -> BgpSettings {
         let kind = if rule.scope == PeerScope::Global { PeerKind::Global } else { PeerKind::Node };
         match &rule.target {
             PeerTarget::Addr { ip, port, as_number } => {
-                // A Calico node's address: its cluster ID decides `rr client`.
-                let cluster = st
+                // A Calico node's address: its cluster ID decides `rr client`,
+                // and without a port of its own the session goes to the
+                // node's listenPort (Calico's rule).
+                let node = st
                     .other_nodes
                     .iter()
-                    .find(|n| IpAddr::V4(n.ip) == *ip || n.ipv6.map(IpAddr::V6) == Some(*ip))
-                    .and_then(|n| n.rr_cluster_id);
+                    .find(|n| IpAddr::V4(n.ip) == *ip || n.ipv6.map(IpAddr::V6) == Some(*ip));
+                let port = port.or_else(|| node.and_then(port_of));
                 add(
-                    peer(*ip, *port, *as_number, kind, format!("BGPPeer {}", rule.name)),
-                    cluster,
+                    peer(*ip, port, *as_number, kind, format!("BGPPeer {}", rule.name)),
+                    node.and_then(|n| n.rr_cluster_id),
                     Some(rule),
                     &mut problems,
                 )
@@ -545,7 +552,8 @@ pub fn settings(cfg: &AgentConfig, st: &RoutingState) -> BgpSettings {
             PeerTarget::Addr { ip, port, as_number }
                 if (*ip == me4 || Some(*ip) == me6)
                     && *as_number == local_as
-                    && not_179(*port) == listen_port =>
+                    // No port: whichever this node listens on.
+                    && (port.is_none() || bgp_port(*port, None) == listen_port) =>
             {
                 (ip.is_ipv4(), ip.is_ipv6())
             }
@@ -771,6 +779,63 @@ mod tests {
             kept,
             [("10.0.0.11".into(), true), ("10.0.0.2".into(), false), ("10.0.0.3".into(), false)],
             "iBGP keeps next hops anyway, and only a BGPPeer that asks gets it"
+        );
+    }
+
+    #[test]
+    fn a_peer_ip_of_a_calico_node_goes_to_its_listen_port() {
+        let node = |name: &str, ip: &str, port: Option<u16>| MeshNode {
+            name: name.into(),
+            ip: ip.parse().unwrap(),
+            as_number: None,
+            labels: BTreeMap::new(),
+            ipv6: None,
+            rr_cluster_id: None,
+            listen_port: port,
+        };
+        let by_ip = |name: &str, ip: &str, scope: Option<&str>| {
+            peer(
+                name,
+                BgpPeerSpec {
+                    peer_ip: s(ip),
+                    as_number: Some(64512),
+                    node_selector: scope.and_then(s),
+                    ..Default::default()
+                },
+            )
+            .unwrap()
+        };
+        let (mut defaults, _) = BgpDefaults::from_spec(&BgpConfigurationSpec::default());
+        defaults.listen_port = Some(1790);
+        let st = RoutingState {
+            other_nodes: vec![node("d", "10.0.0.4", Some(1794)), node("e", "10.0.0.5", None)],
+            bgp_defaults: defaults,
+            bgp_peers: vec![
+                by_ip("to-d", "10.0.0.4", None),
+                by_ip("to-e-explicit", "10.0.0.5:1800", None),
+                // Names this node (10.0.0.1) without a port, for the nodes
+                // labelled x: this node peers back with them.
+                by_ip("to-me", "10.0.0.1", Some("has(x)")),
+            ],
+            ..Default::default()
+        };
+        let mut st = st;
+        st.other_nodes[1].labels.insert("x".into(), String::new());
+        let b = settings(&cfg(""), &st);
+        let got: Vec<(String, Option<u16>)> = b.peers.iter().map(|p| (p.ip.to_string(), p.port)).collect();
+        assert_eq!(
+            got,
+            [("10.0.0.4".into(), Some(1794)), ("10.0.0.5".into(), Some(1800))],
+            "d's own port; e's explicit one; and the reverse of to-me is e, already a peer"
+        );
+        assert_eq!(b.listen_port, Some(1790));
+        // Without the explicit peer, the reverse of to-me is what peers with e.
+        st.bgp_peers.retain(|r| r.name != "to-e-explicit");
+        let b = settings(&cfg(""), &st);
+        assert!(
+            b.peers.iter().any(|p| p.ip.to_string() == "10.0.0.5" && p.source.contains("to-me")),
+            "{:?}",
+            b.peers
         );
     }
 
