@@ -219,6 +219,12 @@ impl Agent {
         // keep pods from reaching the outside world.
         self.pools = pools;
         self.apply_nat(false);
+        if bird.is_err() {
+            // Until BIRD takes its config the agent retries this reconcile
+            // instead of resyncing: the resync's check that the rules are
+            // still there (a flushed firewall) happens here meanwhile.
+            self.apply_nat(true);
+        }
         if let Applied::Reconfigured = bird? {
             log::info!("BIRD reconfigured ({})", self.cfg.bird_config.display());
         }
@@ -251,9 +257,10 @@ impl Agent {
         Ok(())
     }
 
-    /// Write the natOutgoing rules of `self.pools` (`again`: rewrite them
-    /// even if unchanged). A failure is logged once while it lasts and
-    /// retried on the next resync or change.
+    /// Write the natOutgoing rules of `self.pools`: what changed, or with
+    /// `again` what the firewall no longer holds as written
+    /// ([`NatOutgoing::reapply`]). A failure is logged once while it lasts
+    /// and retried on the next resync or change.
     fn apply_nat(&mut self, again: bool) {
         let result = match (&self.nat_failure, again) {
             (None, true) => self.nat.reapply(),

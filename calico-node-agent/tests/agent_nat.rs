@@ -201,6 +201,12 @@ fn neither_a_missing_other_mode_nor_a_failing_bird_holds_up_natoutgoing() {
     wait_for("the BIRD failure in the log", Duration::from_secs(10), || {
         std::fs::read_to_string(dir.path().join("agent.log")).is_ok_and(|l| l.contains("reconcile: BIRD"))
     });
+    // While BIRD keeps failing the agent retries its reconcile instead of
+    // resyncing: a flushed chain still comes back.
+    ns.exec(&["iptables", "-w", "-t", "nat", "-F", "cali-nat-outgoing"]);
+    wait_for("natOutgoing rules restored", Duration::from_secs(10), || {
+        rules(&ns, "iptables").contains("-s 10.245.0.0/16")
+    });
     let log = std::fs::read_to_string(dir.path().join("agent.log")).unwrap();
     assert!(!log.contains("natOutgoing rules:"), "no natOutgoing failure: {log}");
 }
