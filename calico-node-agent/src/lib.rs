@@ -114,8 +114,9 @@
 //!
 //! May call: `calico-store` (read, plus its own Node resource), the
 //! `bgp_secrets` file or directory (read only), `netlink-util` (routes),
-//! `birdc`/`bird` (BIRD control), `iptables`/`ip6tables`(-restore) or `nft`
-//! (its own natOutgoing chain or tables only), `tool-cli`/clap (the command
+//! `birdc`/`bird` (BIRD control), `iptables`/`ip6tables`(-restore) and `nft`
+//! (its own natOutgoing chain or tables only: the mode's, and the other
+//! mode's leftovers), `tool-cli`/clap (the command
 //! line, the datastore flags' environment variables). Never touches pod
 //! interfaces (the CNI plugin's) or the service rules (`kube-proxy-rules`'
 //! chains and tables), and never starts

@@ -154,9 +154,9 @@ pub trait Backend {
     fn write(&self, pools: &FamilyPools<'_>, random_fully: bool) -> Result<(), NatError>;
     /// Remove the family's rules, if there are any.
     fn remove(&self, family: IpFamily) -> Result<(), NatError>;
-    /// The family's rules as the firewall lists them now (an error when they
-    /// are not there). Only ever compared with an earlier listing, so its
-    /// format is the tool's business.
+    /// The family's rules as the firewall lists them now (an error, or a
+    /// different listing, when they are not all there). Only ever compared
+    /// with an earlier listing, so its format is the tool's business.
     fn list(&self, family: IpFamily) -> Result<String, NatError>;
 }
 
@@ -272,18 +272,19 @@ impl NatOutgoing {
         if self.other_cleared {
             return;
         }
-        let result = FAMILIES.iter().try_for_each(|f| self.other.remove(*f));
-        match result {
-            Ok(()) => {
+        // Each family on its own: one family's tool may be missing
+        // (ip6tables) while the other's works.
+        let failure = FAMILIES.iter().find_map(|f| match self.other.remove(*f) {
+            Ok(()) => None,
+            Err(NatError::Spawn { ref source, .. }) if source.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => Some(e.to_string()),
+        });
+        match failure {
+            None => {
                 self.other_cleared = true;
                 self.other_failure = None;
             }
-            Err(NatError::Spawn { ref source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
-                self.other_cleared = true;
-                self.other_failure = None;
-            }
-            Err(e) => {
-                let e = e.to_string();
+            Some(e) => {
                 if self.other_failure.as_deref() != Some(e.as_str()) {
                     log::warn!("natOutgoing: the other mode's rules could not be removed: {e}; retrying");
                 }
@@ -531,9 +532,10 @@ mod tests {
         other.lock().unwrap().removes.push_back(Some(missing_tool()));
         assert!(nat.apply(&v4_pools()).unwrap());
         assert_eq!(ours.lock().unwrap().calls, ["write V4 true", "remove V6"]);
-        // Nothing of a mode whose tool is absent to remove: not tried again.
+        // Nothing of a mode whose tool is absent to remove (the other
+        // family's tool is asked too): not tried again.
         nat.reapply().unwrap();
-        assert_eq!(other.lock().unwrap().calls, ["remove V4"]);
+        assert_eq!(other.lock().unwrap().calls, ["remove V4", "remove V6"]);
     }
 
     #[test]
