@@ -44,6 +44,10 @@ TOOLS   = calicoctl kube-proxy-rules calico-node-agent cnitool
 # debug build (same code).
 HOST_TRIPLE := $(shell rustc -vV 2>/dev/null | sed -n 's/^host: //p')
 STATIC_DIR  := target/$(HOST_TRIPLE)/release
+# DT_RELR only where the C library relocates it (glibc 2.36, Debian 12, and
+# later); an older one would start a binary with its pointers unrelocated.
+GLIBC_MINOR := $(shell getconf GNU_LIBC_VERSION 2>/dev/null | sed -n 's/^glibc 2\.\([0-9]*\).*/\1/p')
+RELR_FLAG   := $(shell [ "$(GLIBC_MINOR)" -ge 36 ] 2>/dev/null && echo "-C link-arg=-Wl,-z,pack-relative-relocs")
 
 .PHONY: all deps build build-debug install test conformance demo demo-node demo-lab bench fmt clean
 
@@ -59,7 +63,7 @@ deps:
 
 build:
 	$(CARGO) build --release --workspace --bins
-	RUSTFLAGS="-C target-feature=+crt-static -C link-arg=-Wl,-z,pack-relative-relocs" \
+	RUSTFLAGS="-C target-feature=+crt-static $(RELR_FLAG)" \
 	CARGO_PROFILE_RELEASE_LTO=fat CARGO_PROFILE_RELEASE_CODEGEN_UNITS=1 \
 	$(CARGO) build --release --target $(HOST_TRIPLE) \
 		-p cni-calico-rs -p ipam-block --bin calico --bin calico-ipam

@@ -280,8 +280,10 @@ fn the_node_listens_on_its_listen_port() {
     assert!(out.status.success(), "run --once: {}", String::from_utf8_lossy(&out.stderr));
     let _node_bird = bird(&node_ns, &run, "bird-node");
 
+    wait_for("BIRD to listen on 1790", Duration::from_secs(10), || {
+        node_ns.exec(&["ss", "-Hltn"]).contains(":1790 ")
+    });
     let listening = node_ns.exec(&["ss", "-Hltn"]);
-    assert!(listening.contains(":1790 "), "BIRD listens on 1790: {listening}");
     assert!(!listening.contains(":179 "), "and not on 179: {listening}");
     wait_for("the session the tor opens to port 1790", Duration::from_secs(20), || {
         established(&tor_run, "n")

@@ -1,6 +1,10 @@
 //! # cni-bench: ours against the reference plugins, same run
 //!
-//! Owns the CNI benchmarks of `make bench`, both comparing
+//! The benchmarks' crate (never shipped). This binary owns the CNI
+//! benchmarks of `make bench`; its other binaries are `ipam-bench` (IPAM
+//! alone: etcd requests per allocation, and calico-ipam against host-local)
+//! and `kube-proxy-api-bench` (`kube-proxy-rules run` following a test API
+//! server). The CNI benchmarks both compare
 //! * ours: `calico` with Calico IPAM (`calico-ipam`, which `calico` runs in
 //!   its own process), and
 //! * the reference: Debian's `ptp` delegating to `host-local`.

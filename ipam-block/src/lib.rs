@@ -35,10 +35,10 @@
 //! onto this library ([`cni`]); the `calico` plugin (`cni-calico-rs`) calls
 //! the same [`cni::CalicoIpam`] in its own process, on its own store handle,
 //! instead of exec'ing the binary (one process and one datastore open per
-//! pod). The binaries parse their command lines with clap and `tool-cli`
-//! (the tools' datastore flags, logger and error line); `clap` and
-//! `tool-cli` are dependencies of the package for them, never used by the
-//! library. Its benchmark, `ipam-bench`, lives with the others in
+//! pod). The operator binary `calicoctl` parses its command line with clap
+//! and `tool-cli` (the tools' datastore flags, logger and error line);
+//! `clap` and `tool-cli` are dependencies of the package for it, never used
+//! by the library. Its benchmark, `ipam-bench`, lives with the others in
 //! `cni-bench`.
 //!
 //! May call: `calico-store` (the datastore, its model, and its resolver
