@@ -62,13 +62,11 @@ fn established(dir: &Path, proto: &str) -> bool {
     birdc(dir, &["show", "protocols", proto]).contains("Established")
 }
 
-const RIGHT: &str = "Right-Pass1";
-const WRONG: &str = "Wrong-Pass2";
-
-#[test]
-fn md5_passwords_and_ipv6_sessions_to_a_peer() {
-    let node_ns = Netns::new("nbs");
-    let tor_ns = Netns::new("tbs");
+/// A "node" and a "tor" namespace joined by a veth (`eth0` in the node,
+/// `eth1` in the tor) with these IPv4 (and IPv6) addresses, all up.
+fn node_and_tor(names: (&str, &str), v4: (&str, &str), v6: Option<(&str, &str)>) -> (Netns, Netns) {
+    let node_ns = Netns::new(names.0);
+    let tor_ns = Netns::new(names.1);
     node_ns.exec(&[
         "ip",
         "link",
@@ -82,15 +80,53 @@ fn md5_passwords_and_ipv6_sessions_to_a_peer() {
         "netns",
         tor_ns.name(),
     ]);
-    for (ns, dev, v4, v6) in [
-        (&node_ns, "eth0", "192.168.78.2/24", "fd00:78::2/64"),
-        (&tor_ns, "eth1", "192.168.78.1/24", "fd00:78::1/64"),
-    ] {
+    for (ns, dev, v4, v6) in
+        [(&node_ns, "eth0", v4.0, v6.map(|v| v.0)), (&tor_ns, "eth1", v4.1, v6.map(|v| v.1))]
+    {
         ns.exec(&["ip", "addr", "add", v4, "dev", dev]);
-        ns.exec(&["ip", "-6", "addr", "add", v6, "dev", dev, "nodad"]);
+        if let Some(v6) = v6 {
+            ns.exec(&["ip", "-6", "addr", "add", v6, "dev", dev, "nodad"]);
+        }
         ns.exec(&["ip", "link", "set", dev, "up"]);
         ns.exec(&["ip", "link", "set", "lo", "up"]);
     }
+    (node_ns, tor_ns)
+}
+
+/// The agent's flags every test here gives (`extra` first): its node, the
+/// file store, BIRD's files under `run`, a quick retry and its log.
+fn agent_args(cmd: &mut Command, extra: &[&str], store_dir: &Path, run: &Path) {
+    cmd.args(extra)
+        .arg("--datastore-path")
+        .arg(store_dir)
+        .arg("--bird-config")
+        .arg(run.join("bird.conf"))
+        .arg("--bird-socket")
+        .arg(run.join("bird.ctl"))
+        .args(["--poll-interval-ms", "200"])
+        .arg("--log-file")
+        .arg(run.join("agent.log"));
+}
+
+/// `run --once` with these flags in `ns`: BIRD's config written before BIRD starts.
+fn run_once(ns: &Netns, extra: &[&str], store_dir: &Path, run: &Path) {
+    let mut once = ns.nsenter(testbed::target_bin("calico-node-agent"));
+    once.args(["run", "--once"]);
+    agent_args(&mut once, extra, store_dir, run);
+    let out = once.output().unwrap();
+    assert!(out.status.success(), "run --once: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+const RIGHT: &str = "Right-Pass1";
+const WRONG: &str = "Wrong-Pass2";
+
+#[test]
+fn md5_passwords_and_ipv6_sessions_to_a_peer() {
+    let (node_ns, tor_ns) = node_and_tor(
+        ("nbs", "tbs"),
+        ("192.168.78.2/24", "192.168.78.1/24"),
+        Some(("fd00:78::2/64", "fd00:78::1/64")),
+    );
     let dir = tempfile::tempdir().unwrap();
     let (store_dir, run, tor_run) =
         (dir.path().join("store"), dir.path().join("run"), dir.path().join("tor"));
@@ -120,29 +156,23 @@ fn md5_passwords_and_ipv6_sessions_to_a_peer() {
     .unwrap();
     let _tor = bird(&tor_ns, &tor_run, "bird-tor");
 
-    let agent_args = |cmd: &mut Command| {
-        cmd.args(["--node-name", &node, "--node-ip", "192.168.78.2/24", "--node-ipv6", "fd00:78::2/64"])
-            .arg("--bgp-secrets")
-            .arg(&secrets)
-            .arg("--datastore-path")
-            .arg(&store_dir)
-            .arg("--bird-config")
-            .arg(run.join("bird.conf"))
-            .arg("--bird-socket")
-            .arg(run.join("bird.ctl"))
-            .args(["--poll-interval-ms", "200", "-v"])
-            .arg("--log-file")
-            .arg(run.join("agent.log"));
-    };
-    let mut once = node_ns.nsenter(testbed::target_bin("calico-node-agent"));
-    once.args(["run", "--once"]);
-    agent_args(&mut once);
-    let out = once.output().unwrap();
-    assert!(out.status.success(), "run --once: {}", String::from_utf8_lossy(&out.stderr));
+    let secrets_path = secrets.to_string_lossy().into_owned();
+    let flags = [
+        "--node-name",
+        &node,
+        "--node-ip",
+        "192.168.78.2/24",
+        "--node-ipv6",
+        "fd00:78::2/64",
+        "--bgp-secrets",
+        &secrets_path,
+        "-v",
+    ];
+    run_once(&node_ns, &flags, &store_dir, &run);
     let _node_bird = bird(&node_ns, &run, "bird-node");
     let mut cmd = node_ns.nsenter(testbed::target_bin("calico-node-agent"));
     cmd.arg("run");
-    agent_args(&mut cmd);
+    agent_args(&mut cmd, &flags, &store_dir, &run);
     let _agent = Daemon::spawn("agent", cmd, &run.join("agent.out")).unwrap();
 
     // The Node carries its IPv6 address; the IPv6 block is blackholed.
@@ -212,26 +242,7 @@ fn md5_passwords_and_ipv6_sessions_to_a_peer() {
 /// refused and the session is the one the tor opens to the node's port.
 #[test]
 fn the_node_listens_on_its_listen_port() {
-    let node_ns = Netns::new("nlp");
-    let tor_ns = Netns::new("tlp");
-    node_ns.exec(&[
-        "ip",
-        "link",
-        "add",
-        "eth0",
-        "type",
-        "veth",
-        "peer",
-        "name",
-        "eth1",
-        "netns",
-        tor_ns.name(),
-    ]);
-    for (ns, dev, v4) in [(&node_ns, "eth0", "192.168.77.2/24"), (&tor_ns, "eth1", "192.168.77.1/24")] {
-        ns.exec(&["ip", "addr", "add", v4, "dev", dev]);
-        ns.exec(&["ip", "link", "set", dev, "up"]);
-        ns.exec(&["ip", "link", "set", "lo", "up"]);
-    }
+    let (node_ns, tor_ns) = node_and_tor(("nlp", "tlp"), ("192.168.77.2/24", "192.168.77.1/24"), None);
     let dir = tempfile::tempdir().unwrap();
     let (store_dir, run, tor_run) =
         (dir.path().join("store"), dir.path().join("run"), dir.path().join("tor"));
@@ -261,23 +272,7 @@ fn the_node_listens_on_its_listen_port() {
     .unwrap();
     let _tor = bird(&tor_ns, &tor_run, "bird-tor");
 
-    let agent_args = |cmd: &mut Command| {
-        cmd.args(["--node-name", &node, "--node-ip", "192.168.77.2/24"])
-            .arg("--datastore-path")
-            .arg(&store_dir)
-            .arg("--bird-config")
-            .arg(run.join("bird.conf"))
-            .arg("--bird-socket")
-            .arg(run.join("bird.ctl"))
-            .args(["--poll-interval-ms", "200"])
-            .arg("--log-file")
-            .arg(run.join("agent.log"));
-    };
-    let mut once = node_ns.nsenter(testbed::target_bin("calico-node-agent"));
-    once.args(["run", "--once"]);
-    agent_args(&mut once);
-    let out = once.output().unwrap();
-    assert!(out.status.success(), "run --once: {}", String::from_utf8_lossy(&out.stderr));
+    run_once(&node_ns, &["--node-name", &node, "--node-ip", "192.168.77.2/24"], &store_dir, &run);
     let _node_bird = bird(&node_ns, &run, "bird-node");
 
     wait_for("BIRD to listen on 1790", Duration::from_secs(10), || {
