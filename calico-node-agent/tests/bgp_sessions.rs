@@ -16,6 +16,8 @@ use calico_store::Datastore;
 use ipnetwork::IpNetwork;
 use testbed::{wait_for, Daemon, Netns};
 
+mod support;
+
 fn put(store: &FileStore, key: &str, value: Vec<u8>) {
     match store.get(key).unwrap() {
         Some(kv) => store.update(key, &value, kv.revision).unwrap(),
@@ -93,26 +95,11 @@ fn node_and_tor(names: (&str, &str), v4: (&str, &str), v6: Option<(&str, &str)>)
     (node_ns, tor_ns)
 }
 
-/// The agent's flags every test here gives (`extra` first): its node, the
-/// file store, BIRD's files under `run`, a quick retry and its log.
-fn agent_args(cmd: &mut Command, extra: &[&str], store_dir: &Path, run: &Path) {
-    cmd.args(extra)
-        .arg("--datastore-path")
-        .arg(store_dir)
-        .arg("--bird-config")
-        .arg(run.join("bird.conf"))
-        .arg("--bird-socket")
-        .arg(run.join("bird.ctl"))
-        .args(["--poll-interval-ms", "200"])
-        .arg("--log-file")
-        .arg(run.join("agent.log"));
-}
-
 /// `run --once` with these flags in `ns`: BIRD's config written before BIRD starts.
 fn run_once(ns: &Netns, extra: &[&str], store_dir: &Path, run: &Path) {
     let mut once = ns.nsenter(testbed::target_bin("calico-node-agent"));
     once.args(["run", "--once"]);
-    agent_args(&mut once, extra, store_dir, run);
+    support::agent_args(&mut once, extra, store_dir, run);
     let out = once.output().unwrap();
     assert!(out.status.success(), "run --once: {}", String::from_utf8_lossy(&out.stderr));
 }
@@ -172,7 +159,7 @@ fn md5_passwords_and_ipv6_sessions_to_a_peer() {
     let _node_bird = bird(&node_ns, &run, "bird-node");
     let mut cmd = node_ns.nsenter(testbed::target_bin("calico-node-agent"));
     cmd.arg("run");
-    agent_args(&mut cmd, &flags, &store_dir, &run);
+    support::agent_args(&mut cmd, &flags, &store_dir, &run);
     let _agent = Daemon::spawn("agent", cmd, &run.join("agent.out")).unwrap();
 
     // The Node carries its IPv6 address; the IPv6 block is blackholed.

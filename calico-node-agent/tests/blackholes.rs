@@ -12,6 +12,8 @@ use calico_store::Datastore;
 use ipnetwork::IpNetwork;
 use testbed::{wait_for, Daemon, Netns};
 
+mod support;
+
 fn claim(store: &FileStore, node: &str, cidr: &str, borrowed_by: Option<(&str, u32)>) {
     let net: IpNetwork = cidr.parse().unwrap();
     let mut block = AllocationBlock {
@@ -58,16 +60,8 @@ fn blackholes(ns: &Netns) -> String {
 
 fn start_agent(ns: &Netns, store_dir: &Path, run: &Path, node: &str) -> Daemon {
     let mut cmd = ns.nsenter(testbed::target_bin("calico-node-agent"));
-    cmd.args(["run", "--node-name", node, "--node-ip", "192.168.77.2/24", "--peer", "192.168.77.1:65000"])
-        .arg("--datastore-path")
-        .arg(store_dir)
-        .arg("--bird-config")
-        .arg(run.join("bird.conf"))
-        .arg("--bird-socket")
-        .arg(run.join("bird.ctl"))
-        .args(["--poll-interval-ms", "200"])
-        .arg("--log-file")
-        .arg(run.join("agent.log"));
+    let flags = ["run", "--node-name", node, "--node-ip", "192.168.77.2/24", "--peer", "192.168.77.1:65000"];
+    support::agent_args(&mut cmd, &flags, store_dir, run);
     Daemon::spawn("agent", cmd, &run.join("agent.out")).unwrap()
 }
 
