@@ -219,10 +219,11 @@ impl Agent {
         // keep pods from reaching the outside world.
         self.pools = pools;
         self.apply_nat(false);
-        if bird.is_err() {
+        if bird.is_err() && self.nat_failure.is_none() {
             // Until BIRD takes its config the agent retries this reconcile
             // instead of resyncing: the resync's check that the rules are
-            // still there (a flushed firewall) happens here meanwhile.
+            // still there (a flushed firewall) happens here meanwhile. (A
+            // write that just failed is not tried twice in one pass.)
             self.apply_nat(true);
         }
         if let Applied::Reconfigured = bird? {
